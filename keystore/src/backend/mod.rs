@@ -1,0 +1,83 @@
+//! Storage backends behind one trait, so the HTTP layer and the test suite are shared.
+//!
+//! Every state change is one atomic operation in the backend (a per-key compute in memory, one
+//! Lua script in Redis), so two gateways racing on one key can never both win a claim.
+
+pub mod memory;
+pub mod redis;
+
+use std::sync::Arc;
+
+use async_trait::async_trait;
+
+use crate::config::{BackendKind, Config};
+use crate::protocol::{ClaimRequest, CompleteRequest, ReleaseRequest};
+
+/// Result of a claim.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ClaimOutcome {
+    /// The caller now holds the key with this fencing token.
+    Claimed { token: String },
+    /// Another claim holds the key for this many more milliseconds.
+    InFlight { retry_after_ms: u64 },
+    /// The stored record, byte-exact.
+    Completed { record: Vec<u8> },
+    /// The key is held or completed with another fingerprint.
+    Mismatch,
+}
+
+/// Result of an operation fenced by a token (complete, release).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Fenced {
+    /// The token was the current claim's and the change was made.
+    Done,
+    /// The token is not the current claim's (taken over, expired, completed, released, unknown).
+    Stale,
+}
+
+/// The backend could not answer; the HTTP layer turns it into 503.
+#[derive(Debug, thiserror::Error)]
+pub enum BackendError {
+    #[error("redis: {0}")]
+    Redis(#[from] ::redis::RedisError),
+    #[error("timed out after {0} ms")]
+    Timeout(u64),
+    #[error("unexpected reply: {0}")]
+    Protocol(String),
+}
+
+/// A record store with the claim / complete / release semantics of the v1 API.
+#[async_trait]
+pub trait Backend: Send + Sync + 'static {
+    /// Claims `key`, or reports who holds it, or returns its record.
+    async fn claim(&self, req: &ClaimRequest) -> Result<ClaimOutcome, BackendError>;
+    /// Turns the current claim into a completed record.
+    async fn complete(&self, req: &CompleteRequest) -> Result<Fenced, BackendError>;
+    /// Drops the current claim so the next request runs again.
+    async fn release(&self, req: &ReleaseRequest) -> Result<Fenced, BackendError>;
+    /// Checks that the store answers (readiness).
+    async fn ping(&self) -> Result<(), BackendError>;
+    /// Short name for logs and metrics.
+    fn name(&self) -> &'static str;
+}
+
+/// A fresh fencing token: 128 random bits as 32 lowercase hex characters.
+pub fn new_token() -> String {
+    format!("{:032x}", rand::random::<u128>())
+}
+
+/// Builds the configured backend. Redis backends connect lazily, so the service starts (and reports
+/// not ready) while Redis is still down.
+pub fn build(config: &Config) -> anyhow::Result<Arc<dyn Backend>> {
+    Ok(match config.backend {
+        BackendKind::Memory => Arc::new(memory::MemoryBackend::new(config.max_entries)),
+        BackendKind::Redis => Arc::new(redis::RedisBackend::single(
+            &config.redis_urls,
+            config.backend_timeout(),
+        )?),
+        BackendKind::RedisCluster => Arc::new(redis::RedisBackend::cluster(
+            &config.redis_urls,
+            config.backend_timeout(),
+        )?),
+    })
+}

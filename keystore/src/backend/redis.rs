@@ -1,0 +1,228 @@
+//! Redis backend, single node or cluster: one implementation generic over the connection type.
+//!
+//! Layout: one hash per record, `idem:{<key>}` (the braces keep any future companion keys of a
+//! record in one cluster slot), fields `s` (`f` in flight / `c` completed), `fp`, `tok`, `until`
+//! (absolute ms, Redis clock) and `rec` (raw bytes). Every state change is one Lua script, so it is
+//! atomic and one round trip; the scripts read the Redis server clock (`TIME`) so that gateways
+//! with skewed clocks agree, and check `until` on read besides the key's own `PEXPIRE`.
+
+use std::future::Future;
+use std::pin::Pin;
+use std::time::Duration;
+
+use anyhow::Context as _;
+use async_trait::async_trait;
+use redis::aio::{ConnectionLike, ConnectionManager, ConnectionManagerConfig};
+use redis::cluster::ClusterClientBuilder;
+use redis::cluster_async::ClusterConnection;
+use redis::{RedisResult, Script, Value};
+use tokio::sync::OnceCell;
+
+use super::{new_token, Backend, BackendError, ClaimOutcome, Fenced};
+use crate::protocol::{ClaimRequest, CompleteRequest, Hex64, ReleaseRequest};
+
+/// Shared prelude: `now` in milliseconds from the Redis server clock.
+const NOW: &str = r"
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+";
+
+/// KEYS[1] record; ARGV fingerprint, new token, lease_ms.
+const CLAIM: &str = r"
+local cur = redis.call('HMGET', KEYS[1], 's', 'fp', 'until')
+local untl = tonumber(cur[3])
+if cur[1] and untl and untl > now then
+  if cur[2] ~= ARGV[1] then return {'mismatch'} end
+  if cur[1] == 'c' then return {'completed', redis.call('HGET', KEYS[1], 'rec')} end
+  return {'in_flight', string.format('%d', untl - now)}
+end
+local lease = tonumber(ARGV[3])
+redis.call('DEL', KEYS[1])
+redis.call('HSET', KEYS[1], 's', 'f', 'fp', ARGV[1], 'tok', ARGV[2],
+  'until', string.format('%d', now + lease))
+redis.call('PEXPIRE', KEYS[1], lease)
+return {'claimed', ARGV[2]}
+";
+
+/// Shared guard of complete and release: the key must be in flight, live, and held by ARGV[1].
+const FENCE: &str = r"
+local cur = redis.call('HMGET', KEYS[1], 's', 'tok', 'until')
+local untl = tonumber(cur[3])
+if cur[1] ~= 'f' or cur[2] ~= ARGV[1] or not untl or untl <= now then return 'stale' end
+";
+
+/// KEYS[1] record; ARGV token, record bytes, retention_ms.
+const COMPLETE: &str = r"
+local retention = tonumber(ARGV[3])
+redis.call('HDEL', KEYS[1], 'tok')
+redis.call('HSET', KEYS[1], 's', 'c', 'rec', ARGV[2],
+  'until', string.format('%d', now + retention))
+redis.call('PEXPIRE', KEYS[1], retention)
+return 'stored'
+";
+
+/// KEYS[1] record; ARGV token.
+const RELEASE: &str = r"
+redis.call('DEL', KEYS[1])
+return 'released'
+";
+
+type Connect<C> = Box<dyn Fn() -> Pin<Box<dyn Future<Output = RedisResult<C>> + Send>> + Send + Sync>;
+
+/// A Redis backend over a reconnecting connection `C` (`ConnectionManager` or `ClusterConnection`).
+pub struct RedisBackend<C> {
+    /// Makes the connection; run on first use so the service can start before Redis.
+    connect: Connect<C>,
+    conn: OnceCell<C>,
+    claim: Script,
+    complete: Script,
+    release: Script,
+    name: &'static str,
+}
+
+impl RedisBackend<ConnectionManager> {
+    /// A single node at `urls[0]`. `timeout` bounds connecting and each reply.
+    pub fn single(urls: &[String], timeout: Duration) -> anyhow::Result<Self> {
+        let [url] = urls else {
+            anyhow::bail!("--redis-url: the redis backend takes exactly one URL, got {urls:?}");
+        };
+        let client = redis::Client::open(url.as_str()).with_context(|| format!("--redis-url {url}"))?;
+        // Few, quick reconnect attempts: a request never waits long on a dead node (it gets 503),
+        // and the next request after a failed round starts a new one.
+        let config = ConnectionManagerConfig::new()
+            .set_connection_timeout(timeout)
+            .set_response_timeout(timeout)
+            .set_number_of_retries(2)
+            .set_factor(50)
+            .set_max_delay(500);
+        let connect: Connect<ConnectionManager> = Box::new(move || {
+            let (client, config) = (client.clone(), config.clone());
+            Box::pin(async move { ConnectionManager::new_with_config(client, config).await })
+        });
+        Ok(Self::new(connect, "redis"))
+    }
+}
+
+impl RedisBackend<ClusterConnection> {
+    /// A cluster discovered from the seed nodes `urls`.
+    pub fn cluster(urls: &[String], timeout: Duration) -> anyhow::Result<Self> {
+        anyhow::ensure!(!urls.is_empty(), "--redis-url: give at least one cluster seed node");
+        let client = ClusterClientBuilder::new(urls.to_vec())
+            .connection_timeout(timeout)
+            .response_timeout(timeout)
+            .retries(2)
+            .build()
+            .context("--redis-url")?;
+        let connect: Connect<ClusterConnection> = Box::new(move || {
+            let client = client.clone();
+            Box::pin(async move { client.get_async_connection().await })
+        });
+        Ok(Self::new(connect, "redis-cluster"))
+    }
+}
+
+impl<C> RedisBackend<C>
+where
+    C: ConnectionLike + Clone + Send + Sync + 'static,
+{
+    fn new(connect: Connect<C>, name: &'static str) -> Self {
+        let script = |body: &str| Script::new(&format!("{NOW}{body}"));
+        Self {
+            connect,
+            conn: OnceCell::new(),
+            claim: script(CLAIM),
+            complete: script(&format!("{FENCE}{COMPLETE}")),
+            release: script(&format!("{FENCE}{RELEASE}")),
+            name,
+        }
+    }
+
+    /// The shared connection, connecting if no attempt succeeded yet.
+    async fn connection(&self) -> Result<C, BackendError> {
+        let conn = self.conn.get_or_try_init(|| (self.connect)()).await?;
+        Ok(conn.clone())
+    }
+
+    /// Redis key of a record.
+    fn record_key(key: &Hex64) -> String {
+        format!("idem:{{{}}}", key.as_str())
+    }
+}
+
+fn fenced(reply: &str, done: &str) -> Result<Fenced, BackendError> {
+    match reply {
+        r if r == done => Ok(Fenced::Done),
+        "stale" => Ok(Fenced::Stale),
+        other => Err(BackendError::Protocol(other.to_owned())),
+    }
+}
+
+#[async_trait]
+impl<C> Backend for RedisBackend<C>
+where
+    C: ConnectionLike + Clone + Send + Sync + 'static,
+{
+    async fn claim(&self, req: &ClaimRequest) -> Result<ClaimOutcome, BackendError> {
+        let mut conn = self.connection().await?;
+        let token = new_token();
+        let reply: Vec<Vec<u8>> = self
+            .claim
+            .key(Self::record_key(&req.key))
+            .arg(req.fingerprint.as_str())
+            .arg(&token)
+            .arg(req.lease_ms)
+            .invoke_async(&mut conn)
+            .await?;
+        let bad = || BackendError::Protocol(format!("claim: {reply:?}"));
+        match reply.as_slice() {
+            [tag, t] if tag.as_slice() == b"claimed" => Ok(ClaimOutcome::Claimed {
+                token: String::from_utf8(t.clone()).map_err(|_| bad())?,
+            }),
+            [tag, ms] if tag.as_slice() == b"in_flight" => {
+                let ms = std::str::from_utf8(ms).ok().and_then(|s| s.parse::<u64>().ok());
+                Ok(ClaimOutcome::InFlight {
+                    retry_after_ms: ms.ok_or_else(bad)?.max(1),
+                })
+            }
+            [tag, rec] if tag.as_slice() == b"completed" => Ok(ClaimOutcome::Completed {
+                record: rec.clone(),
+            }),
+            [tag] if tag.as_slice() == b"mismatch" => Ok(ClaimOutcome::Mismatch),
+            _ => Err(bad()),
+        }
+    }
+
+    async fn complete(&self, req: &CompleteRequest) -> Result<Fenced, BackendError> {
+        let mut conn = self.connection().await?;
+        let reply: String = self
+            .complete
+            .key(Self::record_key(&req.key))
+            .arg(&req.token)
+            .arg(req.record.as_slice())
+            .arg(req.retention_ms)
+            .invoke_async(&mut conn)
+            .await?;
+        fenced(&reply, "stored")
+    }
+
+    async fn release(&self, req: &ReleaseRequest) -> Result<Fenced, BackendError> {
+        let mut conn = self.connection().await?;
+        let reply: String = self
+            .release
+            .key(Self::record_key(&req.key))
+            .arg(&req.token)
+            .invoke_async(&mut conn)
+            .await?;
+        fenced(&reply, "released")
+    }
+
+    async fn ping(&self) -> Result<(), BackendError> {
+        let mut conn = self.connection().await?;
+        let _: Value = redis::cmd("PING").query_async(&mut conn).await?;
+        Ok(())
+    }
+
+    fn name(&self) -> &'static str {
+        self.name
+    }
+}

@@ -1,0 +1,245 @@
+//! HTTP layer: the v1 routes, bearer authentication, body limit, health, readiness and metrics.
+
+use std::future::Future;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use axum::body::Bytes;
+use axum::extract::rejection::BytesRejection;
+use axum::extract::{DefaultBodyLimit, Request, State};
+use axum::http::{header, StatusCode};
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use serde_json::json;
+
+use crate::backend::{Backend, BackendError, ClaimOutcome, Fenced};
+use crate::config::Config;
+use crate::metrics::Metrics;
+use crate::protocol::{
+    encode_record, ClaimRequest, ClaimResponse, CompleteRequest, FencedResponse, ProtocolError,
+    ReleaseRequest,
+};
+
+/// What the HTTP layer needs besides the backend.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    /// Bearer token required on /v1 (`None`: open).
+    pub token: Option<String>,
+    /// Larger bodies get 413.
+    pub max_body_bytes: usize,
+    /// Bound of one backend call; past it, 503.
+    pub backend_timeout: Duration,
+}
+
+impl From<&Config> for Settings {
+    fn from(c: &Config) -> Self {
+        Self {
+            // An empty KEYSTORE_TOKEN (a common templating leftover) means no token, not "".
+            token: c.token.clone().filter(|t| !t.is_empty()),
+            max_body_bytes: c.max_body_bytes,
+            backend_timeout: c.backend_timeout(),
+        }
+    }
+}
+
+#[derive(Clone)]
+struct AppState {
+    backend: Arc<dyn Backend>,
+    metrics: Metrics,
+    /// The full expected `Authorization` value, precomputed.
+    authorization: Option<Arc<[u8]>>,
+    timeout: Duration,
+}
+
+/// Builds the service's router.
+pub fn router(backend: Arc<dyn Backend>, settings: Settings, metrics: Metrics) -> Router {
+    let state = AppState {
+        backend,
+        metrics,
+        authorization: settings
+            .token
+            .map(|t| Arc::from(format!("Bearer {t}").into_bytes())),
+        timeout: settings.backend_timeout,
+    };
+    let v1 = Router::new()
+        .route("/claim", post(claim))
+        .route("/complete", post(complete))
+        .route("/release", post(release))
+        .route_layer(middleware::from_fn_with_state(state.clone(), authenticate));
+    Router::new()
+        .nest("/v1", v1)
+        .route("/healthz", get(healthz))
+        .route("/readyz", get(readyz))
+        .route("/metrics", get(render_metrics))
+        .layer(DefaultBodyLimit::max(settings.max_body_bytes))
+        .with_state(state)
+}
+
+fn error(status: StatusCode, message: impl Into<String>) -> Response {
+    (status, Json(json!({ "error": message.into() }))).into_response()
+}
+
+/// Compares without an early exit, so response time does not leak how much of a guess matched.
+fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+async fn authenticate(State(s): State<AppState>, req: Request, next: Next) -> Response {
+    if let Some(expected) = &s.authorization {
+        let given = req
+            .headers()
+            .get(header::AUTHORIZATION)
+            .map(|v| v.as_bytes())
+            .unwrap_or_default();
+        if !constant_time_eq(given, expected) {
+            s.metrics.op(op_of(req.uri().path()), "unauthorized");
+            let mut resp = error(StatusCode::UNAUTHORIZED, "missing or wrong bearer token");
+            resp.headers_mut()
+                .insert(header::WWW_AUTHENTICATE, header::HeaderValue::from_static("Bearer"));
+            return resp;
+        }
+    }
+    next.run(req).await
+}
+
+/// The operation label of a /v1 path (route_layer only sees our three routes).
+fn op_of(path: &str) -> &'static str {
+    match path.rsplit('/').next() {
+        Some("claim") => "claim",
+        Some("complete") => "complete",
+        _ => "release",
+    }
+}
+
+impl AppState {
+    /// Reads and validates a body, or answers 400/413 naming the problem.
+    fn parse<T>(
+        &self,
+        op: &str,
+        body: Result<Bytes, BytesRejection>,
+        parse: fn(&[u8]) -> Result<T, ProtocolError>,
+    ) -> Result<T, Response> {
+        let outcome = match body {
+            Err(rejection) => Err((rejection.status(), format!("body: {}", rejection.body_text()))),
+            Ok(bytes) => parse(&bytes).map_err(|e| (StatusCode::BAD_REQUEST, e.0)),
+        };
+        outcome.map_err(|(status, message)| {
+            let label = if status == StatusCode::PAYLOAD_TOO_LARGE { "too_large" } else { "bad_request" };
+            self.metrics.op(op, label);
+            error(status, message)
+        })
+    }
+
+    /// Runs one backend call with the time bound and metrics; a failure becomes a 503 response.
+    async fn call<T>(
+        &self,
+        op: &'static str,
+        fut: impl Future<Output = Result<T, BackendError>>,
+    ) -> Result<T, Response> {
+        let backend = self.backend.name();
+        let start = Instant::now();
+        let result = match tokio::time::timeout(self.timeout, fut).await {
+            Ok(r) => r,
+            Err(_) => Err(BackendError::Timeout(
+                u64::try_from(self.timeout.as_millis()).unwrap_or(u64::MAX),
+            )),
+        };
+        self.metrics
+            .backend_seconds
+            .with_label_values(&[backend, op])
+            .observe(start.elapsed().as_secs_f64());
+        result.map_err(|e| {
+            tracing::warn!(backend, op, error = %e, "backend call failed");
+            self.metrics.backend_errors.with_label_values(&[backend, op]).inc();
+            self.metrics.op(op, "error");
+            error(StatusCode::SERVICE_UNAVAILABLE, format!("backend unavailable: {e}"))
+        })
+    }
+
+    fn fenced(&self, op: &str, result: Fenced, done: FencedResponse) -> Response {
+        let (status, body) = match result {
+            Fenced::Done => (StatusCode::OK, done),
+            Fenced::Stale => (StatusCode::CONFLICT, FencedResponse::Stale),
+        };
+        let label = match body {
+            FencedResponse::Stored => "stored",
+            FencedResponse::Released => "released",
+            FencedResponse::Stale => "stale",
+        };
+        self.metrics.op(op, label);
+        (status, Json(body)).into_response()
+    }
+}
+
+async fn claim(State(s): State<AppState>, body: Result<Bytes, BytesRejection>) -> Response {
+    let req = match s.parse("claim", body, ClaimRequest::parse) {
+        Ok(r) => r,
+        Err(resp) => return resp,
+    };
+    let outcome = match s.call("claim", s.backend.claim(&req)).await {
+        Ok(o) => o,
+        Err(resp) => return resp,
+    };
+    let (label, body) = match outcome {
+        ClaimOutcome::Claimed { token } => ("claimed", ClaimResponse::Claimed { token }),
+        ClaimOutcome::InFlight { retry_after_ms } => {
+            ("in_flight", ClaimResponse::InFlight { retry_after_ms })
+        }
+        ClaimOutcome::Completed { record } => (
+            "completed",
+            ClaimResponse::Completed {
+                record: encode_record(&record),
+            },
+        ),
+        ClaimOutcome::Mismatch => ("mismatch", ClaimResponse::Mismatch),
+    };
+    s.metrics.op("claim", label);
+    Json(body).into_response()
+}
+
+async fn complete(State(s): State<AppState>, body: Result<Bytes, BytesRejection>) -> Response {
+    let req = match s.parse("complete", body, CompleteRequest::parse) {
+        Ok(r) => r,
+        Err(resp) => return resp,
+    };
+    match s.call("complete", s.backend.complete(&req)).await {
+        Ok(result) => s.fenced("complete", result, FencedResponse::Stored),
+        Err(resp) => resp,
+    }
+}
+
+async fn release(State(s): State<AppState>, body: Result<Bytes, BytesRejection>) -> Response {
+    let req = match s.parse("release", body, ReleaseRequest::parse) {
+        Ok(r) => r,
+        Err(resp) => return resp,
+    };
+    match s.call("release", s.backend.release(&req)).await {
+        Ok(result) => s.fenced("release", result, FencedResponse::Released),
+        Err(resp) => resp,
+    }
+}
+
+async fn healthz() -> Response {
+    Json(json!({ "status": "ok" })).into_response()
+}
+
+async fn readyz(State(s): State<AppState>) -> Response {
+    match tokio::time::timeout(s.timeout, s.backend.ping()).await {
+        Ok(Ok(())) => Json(json!({ "status": "ready" })).into_response(),
+        Ok(Err(e)) => error(StatusCode::SERVICE_UNAVAILABLE, format!("backend unavailable: {e}")),
+        Err(_) => error(StatusCode::SERVICE_UNAVAILABLE, "backend unavailable: ping timed out"),
+    }
+}
+
+async fn render_metrics(State(s): State<AppState>) -> Response {
+    match s.metrics.render() {
+        Ok(text) => (
+            [(header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")],
+            text,
+        )
+            .into_response(),
+        Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
+    }
+}

@@ -1,0 +1,63 @@
+//! Prometheus metrics, kept in a registry of our own (not the global one) so that several servers
+//! in one process, as in the tests, do not mix their counts.
+
+use prometheus::{
+    Encoder, HistogramOpts, HistogramVec, IntCounterVec, Opts, Registry, TextEncoder,
+};
+
+/// The key store's metrics.
+#[derive(Clone)]
+pub struct Metrics {
+    registry: Registry,
+    /// Requests per operation and outcome (claimed, in_flight, completed, mismatch, stored,
+    /// released, stale, bad_request, unauthorized, error).
+    pub ops: IntCounterVec,
+    /// Backend call latency per operation, errors included.
+    pub backend_seconds: HistogramVec,
+    /// Backend failures (each answered 503) per operation.
+    pub backend_errors: IntCounterVec,
+}
+
+impl Metrics {
+    /// Creates and registers the metrics.
+    pub fn new() -> Result<Self, prometheus::Error> {
+        let registry = Registry::new();
+        let ops = IntCounterVec::new(
+            Opts::new("keystore_requests_total", "Key-store requests by operation and outcome"),
+            &["op", "outcome"],
+        )?;
+        let backend_seconds = HistogramVec::new(
+            HistogramOpts::new("keystore_backend_duration_seconds", "Backend call latency")
+                .buckets(vec![
+                    0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25,
+                    0.5, 1.0,
+                ]),
+            &["backend", "op"],
+        )?;
+        let backend_errors = IntCounterVec::new(
+            Opts::new("keystore_backend_errors_total", "Backend calls that failed or timed out"),
+            &["backend", "op"],
+        )?;
+        registry.register(Box::new(ops.clone()))?;
+        registry.register(Box::new(backend_seconds.clone()))?;
+        registry.register(Box::new(backend_errors.clone()))?;
+        Ok(Self {
+            registry,
+            ops,
+            backend_seconds,
+            backend_errors,
+        })
+    }
+
+    /// Counts one request.
+    pub fn op(&self, op: &str, outcome: &str) {
+        self.ops.with_label_values(&[op, outcome]).inc();
+    }
+
+    /// The Prometheus text exposition.
+    pub fn render(&self) -> Result<String, prometheus::Error> {
+        let mut buf = Vec::new();
+        TextEncoder::new().encode(&self.registry.gather(), &mut buf)?;
+        String::from_utf8(buf).map_err(|e| prometheus::Error::Msg(e.to_string()))
+    }
+}
