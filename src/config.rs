@@ -1,0 +1,461 @@
+//! Plugin configuration: the JSON in the Wasm filter's `configuration`, parsed and validated once at
+//! load so that a bad value is refused by Envoy with the field named, never discovered per request.
+
+use serde::Deserialize;
+use std::fmt;
+
+/// Statuses that are never stored: the request did not really run (SPEC §4).
+pub const NEVER_STORED: [u16; 6] = [401, 403, 408, 409, 425, 429];
+
+/// What to do when the key store is unreachable, slow or answers garbage.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum FailureMode {
+    /// Forward the request, protected by the local cache only.
+    FailOpen,
+    /// Answer 503 problem+json.
+    FailClosed,
+}
+
+/// Whether requests without a caller value share one anonymous scope or are refused.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Anonymous {
+    Allow,
+    Reject,
+}
+
+/// Where the caller identity comes from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum CallerSource {
+    Header(String),
+    Property(Vec<String>),
+}
+
+/// How a rule matches the request path (query excluded).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum PathMatch {
+    Prefix(String),
+    Exact(String),
+}
+
+impl PathMatch {
+    fn matches(&self, path: &str) -> bool {
+        match self {
+            PathMatch::Prefix(p) => path.starts_with(p.as_str()),
+            PathMatch::Exact(p) => path == p,
+        }
+    }
+
+    /// A stable label that scopes keys to the rule, so one key on two routes never shares a record.
+    pub fn scope(&self) -> String {
+        match self {
+            PathMatch::Prefix(p) => format!("prefix:{p}"),
+            PathMatch::Exact(p) => format!("exact:{p}"),
+        }
+    }
+}
+
+/// One covered route with its effective settings (top-level defaults already applied).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RouteRule {
+    pub path: PathMatch,
+    pub methods: Vec<String>,
+    pub required: bool,
+    pub retention_ms: u64,
+    pub store_5xx: bool,
+    pub failure_mode: FailureMode,
+}
+
+/// Where the mesh-wide key store is reached.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct KeystoreConfig {
+    pub cluster: String,
+    pub authority: String,
+    pub timeout_ms: u64,
+    pub token: Option<String>,
+    pub path_prefix: String,
+}
+
+/// The validated configuration.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Config {
+    /// Lower-case, as Envoy presents header names.
+    pub header_name: String,
+    pub routes: Vec<RouteRule>,
+    pub caller: CallerSource,
+    pub anonymous: Anonymous,
+    pub hmac_secret: Vec<u8>,
+    /// True when the operator kept the built-in secret: worth a warning at load.
+    pub default_secret: bool,
+    pub fingerprint_headers: Vec<String>,
+    pub max_body_bytes: usize,
+    pub max_response_bytes: usize,
+    pub lock_lease_ms: u64,
+    pub l1_slots: u32,
+    pub keystore: Option<KeystoreConfig>,
+}
+
+/// A configuration error that names the offending field.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConfigError {
+    pub field: String,
+    pub reason: String,
+}
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "invalid plugin configuration: field `{}`: {}", self.field, self.reason)
+    }
+}
+
+fn err(field: impl Into<String>, reason: impl Into<String>) -> ConfigError {
+    ConfigError {
+        field: field.into(),
+        reason: reason.into(),
+    }
+}
+
+const DEFAULT_SECRET: &str = "change-me";
+const MAX_SLOTS: u32 = 1 << 20;
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawConfig {
+    header_name: Option<String>,
+    methods: Option<Vec<String>>,
+    routes: Option<Vec<RawRule>>,
+    caller: Option<RawCaller>,
+    anonymous: Option<Anonymous>,
+    hmac_secret: Option<String>,
+    fingerprint_headers: Option<Vec<String>>,
+    max_body_bytes: Option<u64>,
+    max_response_bytes: Option<u64>,
+    retention_s: Option<u64>,
+    lock_lease_ms: Option<u64>,
+    store_5xx: Option<bool>,
+    failure_mode: Option<FailureMode>,
+    l1_slots: Option<u32>,
+    keystore: Option<RawKeystore>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawRule {
+    prefix: Option<String>,
+    exact: Option<String>,
+    methods: Option<Vec<String>>,
+    required: Option<bool>,
+    retention_s: Option<u64>,
+    store_5xx: Option<bool>,
+    failure_mode: Option<FailureMode>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawCaller {
+    header: Option<String>,
+    property: Option<Vec<String>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawKeystore {
+    cluster: Option<String>,
+    authority: Option<String>,
+    timeout_ms: Option<u64>,
+    token: Option<String>,
+    path_prefix: Option<String>,
+}
+
+impl Config {
+    /// Parses and validates the plugin configuration. An empty document means all defaults.
+    pub fn parse(bytes: &[u8]) -> Result<Config, ConfigError> {
+        let trimmed = bytes.iter().all(|b| b.is_ascii_whitespace());
+        let raw: RawConfig = if trimmed {
+            serde_json::from_str("{}").map_err(|e| err("(document)", e.to_string()))?
+        } else {
+            serde_json_path_error(bytes)?
+        };
+        Config::validate(raw)
+    }
+
+    fn validate(raw: RawConfig) -> Result<Config, ConfigError> {
+        let header_name = raw
+            .header_name
+            .unwrap_or_else(|| "idempotency-key".to_string())
+            .to_ascii_lowercase();
+        if !is_token(&header_name) {
+            return Err(err("header_name", "must be a non-empty HTTP header name"));
+        }
+        let methods = validate_methods("methods", raw.methods)?
+            .unwrap_or_else(|| vec!["POST".to_string(), "PATCH".to_string()]);
+        let retention_s = raw.retention_s.unwrap_or(86_400);
+        check_range("retention_s", retention_s, 1, 365 * 86_400)?;
+        let store_5xx = raw.store_5xx.unwrap_or(false);
+        let failure_mode = raw.failure_mode.unwrap_or(FailureMode::FailClosed);
+
+        let raw_rules = raw.routes.unwrap_or_else(|| {
+            vec![RawRule {
+                prefix: Some("/".to_string()),
+                exact: None,
+                methods: None,
+                required: None,
+                retention_s: None,
+                store_5xx: None,
+                failure_mode: None,
+            }]
+        });
+        let mut routes = Vec::with_capacity(raw_rules.len());
+        for (i, r) in raw_rules.into_iter().enumerate() {
+            let at = |f: &str| format!("routes[{i}].{f}");
+            let path = match (r.prefix, r.exact) {
+                (Some(p), None) => PathMatch::Prefix(check_path(&at("prefix"), p)?),
+                (None, Some(p)) => PathMatch::Exact(check_path(&at("exact"), p)?),
+                _ => return Err(err(format!("routes[{i}]"), "needs exactly one of `prefix` or `exact`")),
+            };
+            let rule_retention = r.retention_s.unwrap_or(retention_s);
+            check_range(&at("retention_s"), rule_retention, 1, 365 * 86_400)?;
+            routes.push(RouteRule {
+                path,
+                methods: validate_methods(&at("methods"), r.methods)?.unwrap_or_else(|| methods.clone()),
+                required: r.required.unwrap_or(false),
+                retention_ms: rule_retention * 1000,
+                store_5xx: r.store_5xx.unwrap_or(store_5xx),
+                failure_mode: r.failure_mode.unwrap_or(failure_mode),
+            });
+        }
+
+        let caller = match raw.caller {
+            None => CallerSource::Header("authorization".to_string()),
+            Some(RawCaller { header: Some(h), property: None }) => {
+                let h = h.to_ascii_lowercase();
+                if !is_token(&h) {
+                    return Err(err("caller.header", "must be a non-empty HTTP header name"));
+                }
+                CallerSource::Header(h)
+            }
+            Some(RawCaller { header: None, property: Some(p) }) => {
+                if p.is_empty() || p.iter().any(|s| s.is_empty()) {
+                    return Err(err("caller.property", "must be a non-empty list of non-empty path segments"));
+                }
+                CallerSource::Property(p)
+            }
+            Some(_) => return Err(err("caller", "needs exactly one of `header` or `property`")),
+        };
+
+        let secret = raw.hmac_secret.unwrap_or_else(|| DEFAULT_SECRET.to_string());
+        if secret.is_empty() {
+            return Err(err("hmac_secret", "must not be empty"));
+        }
+        let mut fingerprint_headers = Vec::new();
+        for (i, h) in raw.fingerprint_headers.unwrap_or_default().into_iter().enumerate() {
+            let h = h.to_ascii_lowercase();
+            if !is_token(&h) {
+                return Err(err(format!("fingerprint_headers[{i}]"), "must be an HTTP header name"));
+            }
+            fingerprint_headers.push(h);
+        }
+
+        let max_body_bytes = raw.max_body_bytes.unwrap_or(1 << 20);
+        check_range("max_body_bytes", max_body_bytes, 1, 64 << 20)?;
+        let max_response_bytes = raw.max_response_bytes.unwrap_or(64 << 10);
+        check_range("max_response_bytes", max_response_bytes, 1, 16 << 20)?;
+        let lock_lease_ms = raw.lock_lease_ms.unwrap_or(30_000);
+        check_range("lock_lease_ms", lock_lease_ms, 100, 3_600_000)?;
+        let l1_slots = raw.l1_slots.unwrap_or(1024);
+        check_range("l1_slots", u64::from(l1_slots), 1, u64::from(MAX_SLOTS))?;
+
+        let keystore = match raw.keystore {
+            None => None,
+            Some(k) => {
+                let cluster = k.cluster.unwrap_or_default();
+                if cluster.is_empty() {
+                    return Err(err("keystore.cluster", "is required when `keystore` is set"));
+                }
+                let timeout_ms = k.timeout_ms.unwrap_or(500);
+                check_range("keystore.timeout_ms", timeout_ms, 1, 60_000)?;
+                let path_prefix = k.path_prefix.unwrap_or_else(|| "/v1".to_string());
+                if !path_prefix.starts_with('/') || path_prefix.ends_with('/') {
+                    return Err(err("keystore.path_prefix", "must start with `/` and not end with `/`"));
+                }
+                if let Some(t) = &k.token {
+                    if t.is_empty() || !t.bytes().all(|b| b.is_ascii_graphic()) {
+                        return Err(err("keystore.token", "must be non-empty printable ASCII"));
+                    }
+                }
+                Some(KeystoreConfig {
+                    authority: k.authority.unwrap_or_else(|| cluster.clone()),
+                    cluster,
+                    timeout_ms,
+                    token: k.token,
+                    path_prefix,
+                })
+            }
+        };
+
+        Ok(Config {
+            header_name,
+            routes,
+            caller,
+            anonymous: raw.anonymous.unwrap_or(Anonymous::Allow),
+            default_secret: secret == DEFAULT_SECRET,
+            hmac_secret: secret.into_bytes(),
+            fingerprint_headers,
+            max_body_bytes: to_usize(max_body_bytes),
+            max_response_bytes: to_usize(max_response_bytes),
+            lock_lease_ms,
+            l1_slots,
+            keystore,
+        })
+    }
+
+    /// The first rule covering this method and path, if any.
+    pub fn route_for(&self, method: &str, path: &str) -> Option<&RouteRule> {
+        let path_only = path.split('?').next().unwrap_or(path);
+        self.routes
+            .iter()
+            .find(|r| r.path.matches(path_only) && r.methods.iter().any(|m| m == method))
+    }
+}
+
+/// Deserializes with the path of the failing field kept, so a type error names it.
+fn serde_json_path_error(bytes: &[u8]) -> Result<RawConfig, ConfigError> {
+    let mut de = serde_json::Deserializer::from_slice(bytes);
+    let raw: RawConfig = serde_path_to_error::deserialize(&mut de).map_err(|e| {
+        let path = e.path().to_string();
+        let inner = e.into_inner();
+        // serde names an unknown field in its message, at the path of its parent.
+        let field = match (inner.to_string().split('`').nth(1), path.as_str()) {
+            (Some(name), ".") if inner.to_string().starts_with("unknown field") => name.to_string(),
+            (Some(name), p) if inner.to_string().starts_with("unknown field") => format!("{p}.{name}"),
+            (_, ".") => "(document)".to_string(),
+            (_, p) => p.to_string(),
+        };
+        err(field, inner.to_string())
+    })?;
+    de.end().map_err(|e| err("(document)", e.to_string()))?;
+    Ok(raw)
+}
+
+fn to_usize(v: u64) -> usize {
+    usize::try_from(v).unwrap_or(usize::MAX)
+}
+
+fn check_range(field: &str, v: u64, min: u64, max: u64) -> Result<(), ConfigError> {
+    if v < min || v > max {
+        return Err(err(field, format!("must be between {min} and {max}, got {v}")));
+    }
+    Ok(())
+}
+
+fn check_path(field: &str, p: String) -> Result<String, ConfigError> {
+    if !p.starts_with('/') {
+        return Err(err(field, "must start with `/`"));
+    }
+    Ok(p)
+}
+
+fn validate_methods(field: &str, methods: Option<Vec<String>>) -> Result<Option<Vec<String>>, ConfigError> {
+    let Some(methods) = methods else {
+        return Ok(None);
+    };
+    if methods.is_empty() {
+        return Err(err(field, "must list at least one method"));
+    }
+    let mut out = Vec::with_capacity(methods.len());
+    for m in methods {
+        let upper = m.to_ascii_uppercase();
+        if !is_token(&upper) {
+            return Err(err(field, format!("`{m}` is not an HTTP method")));
+        }
+        out.push(upper);
+    }
+    Ok(Some(out))
+}
+
+/// RFC 9110 token characters: what header names and methods are made of.
+fn is_token(s: &str) -> bool {
+    !s.is_empty()
+        && s.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(s: &str) -> Result<Config, ConfigError> {
+        Config::parse(s.as_bytes())
+    }
+
+    #[test]
+    fn empty_document_gives_defaults() {
+        let c = parse("").unwrap();
+        assert_eq!(c.header_name, "idempotency-key");
+        assert_eq!(c.routes.len(), 1);
+        assert_eq!(c.routes[0].methods, vec!["POST", "PATCH"]);
+        assert!(!c.routes[0].required);
+        assert_eq!(c.routes[0].retention_ms, 86_400_000);
+        assert_eq!(c.routes[0].failure_mode, FailureMode::FailClosed);
+        assert_eq!(c.caller, CallerSource::Header("authorization".into()));
+        assert_eq!(c.max_body_bytes, 1 << 20);
+        assert!(c.default_secret);
+        assert!(c.keystore.is_none());
+        assert_eq!(parse("{}").unwrap(), c);
+    }
+
+    #[test]
+    fn rules_inherit_top_level_settings() {
+        let c = parse(
+            r#"{"methods":["post"],"retention_s":60,"failure_mode":"fail_open",
+                "routes":[{"exact":"/payments","required":true},{"prefix":"/x","methods":["PUT"],"retention_s":5}]}"#,
+        )
+        .unwrap();
+        assert_eq!(c.routes[0].methods, vec!["POST"]);
+        assert_eq!(c.routes[0].retention_ms, 60_000);
+        assert_eq!(c.routes[0].failure_mode, FailureMode::FailOpen);
+        assert!(c.routes[0].required);
+        assert_eq!(c.routes[1].methods, vec!["PUT"]);
+        assert_eq!(c.routes[1].retention_ms, 5_000);
+        assert!(c.route_for("POST", "/payments?x=1").is_some());
+        assert!(c.route_for("POST", "/payments/1").is_none());
+        assert!(c.route_for("GET", "/payments").is_none());
+        assert!(c.route_for("PUT", "/x/y").is_some());
+    }
+
+    #[test]
+    fn errors_name_the_field() {
+        let cases = [
+            (r#"{"max_body_bytes":"big"}"#, "max_body_bytes"),
+            (r#"{"max_body_bytes":0}"#, "max_body_bytes"),
+            (r#"{"bogus":1}"#, "bogus"),
+            (r#"{"routes":[{"prefix":"/a","exact":"/b"}]}"#, "routes[0]"),
+            (r#"{"routes":[{"prefix":"a"}]}"#, "routes[0].prefix"),
+            (r#"{"routes":[{"prefix":"/a","methods":[]}]}"#, "routes[0].methods"),
+            (r#"{"header_name":"bad name"}"#, "header_name"),
+            (r#"{"caller":{"header":"a","property":["b"]}}"#, "caller"),
+            (r#"{"failure_mode":"maybe"}"#, "failure_mode"),
+            (r#"{"keystore":{}}"#, "keystore.cluster"),
+            (r#"{"keystore":{"cluster":"k","timeout_ms":0}}"#, "keystore.timeout_ms"),
+            (r#"{"hmac_secret":""}"#, "hmac_secret"),
+            (r#"{"l1_slots":0}"#, "l1_slots"),
+            ("\"text\"", "(document)"),
+            ("{\"retention_s\": 5", "(document)"),
+        ];
+        for (doc, field) in cases {
+            let e = parse(doc).unwrap_err();
+            assert!(e.field.contains(field), "{doc}: got field {:?} ({})", e.field, e.reason);
+            assert!(e.to_string().contains(field));
+        }
+    }
+
+    #[test]
+    fn keystore_defaults() {
+        let c = parse(r#"{"keystore":{"cluster":"ks"}}"#).unwrap();
+        let k = c.keystore.unwrap();
+        assert_eq!(k.authority, "ks");
+        assert_eq!(k.timeout_ms, 500);
+        assert_eq!(k.path_prefix, "/v1");
+    }
+}

@@ -1,0 +1,54 @@
+//! The small surface of Envoy that the filter's decisions need. The proxy-wasm adapter implements
+//! it with hostcalls; native tests implement it with a fake that behaves like Envoy.
+
+use crate::metrics::Metric;
+
+/// Why a shared-data write was refused.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SharedSetError {
+    /// Someone wrote the key since it was read.
+    CasMismatch,
+    /// Any other host failure.
+    Failed(String),
+}
+
+/// An HTTP request to the key store, through an Envoy cluster.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Callout {
+    pub cluster: String,
+    pub headers: Vec<(String, String)>,
+    pub body: Vec<u8>,
+    pub timeout_ms: u64,
+}
+
+/// Envoy shared data: a key-value map per Envoy process, shared by its workers, with CAS.
+pub trait SharedData {
+    /// The value and its CAS version. Envoy answers `(None, None)` for a key never written and
+    /// `(None, Some(cas))` for a removed one.
+    fn shared_get(&self, key: &str) -> (Option<Vec<u8>>, Option<u32>);
+    /// Writes `value`. With `cas`, the write happens only if the key is still at that version
+    /// (Envoy ignores the check for a key that does not exist yet).
+    fn shared_set(&self, key: &str, value: &[u8], cas: Option<u32>) -> Result<(), SharedSetError>;
+}
+
+/// Everything one HTTP stream needs from Envoy.
+pub trait Host: SharedData {
+    fn now_ms(&self) -> u64;
+    /// An identifier unique across the workers of one Envoy, for claim ownership.
+    fn random_u64(&self) -> u64;
+    /// Request headers, including pseudo-headers; values as bytes.
+    fn request_headers(&self) -> Vec<(String, Vec<u8>)>;
+    /// The first `size` bytes of the buffered request body.
+    fn request_body(&self, size: usize) -> Vec<u8>;
+    fn response_headers(&self) -> Vec<(String, Vec<u8>)>;
+    fn response_body(&self, size: usize) -> Vec<u8>;
+    /// An Envoy property (or dynamic metadata) by path.
+    fn property(&self, path: &[String]) -> Option<Vec<u8>>;
+    /// Answers the client locally; the upstream is not called.
+    fn send_response(&self, status: u16, headers: &[(String, Vec<u8>)], body: &[u8]);
+    /// Starts a callout; its answer arrives through the stream's callout callback with the token.
+    fn dispatch(&self, callout: &Callout) -> Result<u32, String>;
+    fn resume_request(&self);
+    fn resume_response(&self);
+    fn count(&self, metric: Metric);
+}

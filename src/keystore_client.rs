@@ -1,0 +1,184 @@
+//! The filter's side of the key-store protocol (README, "Key-store API"): callout requests, and
+//! replies parsed strictly, so an unexpected answer becomes a counted store error, never a panic.
+
+use crate::config::KeystoreConfig;
+use crate::fingerprint::Fingerprint;
+use crate::host::Callout;
+use crate::record::Record;
+use crate::scope::RecordKey;
+use base64::engine::general_purpose::STANDARD as B64;
+use base64::Engine;
+use serde::Deserialize;
+use serde_json::json;
+
+/// What the key store said to a claim.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ClaimReply {
+    Claimed { token: String },
+    InFlight { retry_after_ms: u64 },
+    Completed(Record),
+    Mismatch,
+}
+
+/// What the key store said to complete or release.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum AckReply {
+    Done,
+    /// The token is no longer the current claim's: someone took the key over.
+    Stale,
+}
+
+#[derive(Deserialize)]
+#[serde(tag = "outcome", rename_all = "snake_case")]
+enum RawClaim {
+    Claimed { token: String },
+    InFlight { retry_after_ms: u64 },
+    Completed { record: String },
+    Mismatch,
+}
+
+#[derive(Deserialize)]
+#[serde(tag = "outcome", rename_all = "snake_case")]
+enum RawAck {
+    Stored,
+    Released,
+    Stale,
+}
+
+fn callout(cfg: &KeystoreConfig, op: &str, body: serde_json::Value) -> Callout {
+    let mut headers = vec![
+        (":method".to_string(), "POST".to_string()),
+        (":path".to_string(), format!("{}/{op}", cfg.path_prefix)),
+        (":authority".to_string(), cfg.authority.clone()),
+        ("content-type".to_string(), "application/json".to_string()),
+    ];
+    if let Some(token) = &cfg.token {
+        headers.push(("authorization".to_string(), format!("Bearer {token}")));
+    }
+    Callout {
+        cluster: cfg.cluster.clone(),
+        headers,
+        body: body.to_string().into_bytes(),
+        timeout_ms: cfg.timeout_ms,
+    }
+}
+
+pub fn claim(cfg: &KeystoreConfig, key: &RecordKey, fp: &Fingerprint, lease_ms: u64) -> Callout {
+    callout(
+        cfg,
+        "claim",
+        json!({"key": key.hex(), "fingerprint": hex::encode(fp), "lease_ms": lease_ms}),
+    )
+}
+
+pub fn complete(cfg: &KeystoreConfig, key: &RecordKey, token: &str, record: &Record, retention_ms: u64) -> Callout {
+    callout(
+        cfg,
+        "complete",
+        json!({"key": key.hex(), "token": token, "record": B64.encode(record.encode()), "retention_ms": retention_ms}),
+    )
+}
+
+pub fn release(cfg: &KeystoreConfig, key: &RecordKey, token: &str) -> Callout {
+    callout(cfg, "release", json!({"key": key.hex(), "token": token}))
+}
+
+/// Parses a claim reply. `status` is `None` when the callout was reset (no headers).
+pub fn parse_claim(status: Option<u16>, body: &[u8]) -> Result<ClaimReply, String> {
+    match status {
+        Some(200) => {}
+        Some(s) => return Err(format!("key store answered {s} to claim")),
+        None => return Err("key store callout failed without a response".to_string()),
+    }
+    let raw: RawClaim = serde_json::from_slice(body).map_err(|e| format!("unparsable claim reply: {e}"))?;
+    Ok(match raw {
+        RawClaim::Claimed { token } if !token.is_empty() => ClaimReply::Claimed { token },
+        RawClaim::Claimed { .. } => return Err("claim reply has an empty token".to_string()),
+        RawClaim::InFlight { retry_after_ms } => ClaimReply::InFlight { retry_after_ms },
+        RawClaim::Completed { record } => {
+            let bytes = B64.decode(record).map_err(|e| format!("claim reply record is not base64: {e}"))?;
+            ClaimReply::Completed(Record::decode(&bytes).map_err(|e| e.0)?)
+        }
+        RawClaim::Mismatch => ClaimReply::Mismatch,
+    })
+}
+
+/// Parses a complete or release reply.
+pub fn parse_ack(status: Option<u16>, body: &[u8]) -> Result<AckReply, String> {
+    match status {
+        Some(200 | 409) => {}
+        Some(s) => return Err(format!("key store answered {s}")),
+        None => return Err("key store callout failed without a response".to_string()),
+    }
+    match serde_json::from_slice::<RawAck>(body) {
+        Ok(RawAck::Stored | RawAck::Released) => Ok(AckReply::Done),
+        Ok(RawAck::Stale) => Ok(AckReply::Stale),
+        Err(e) => Err(format!("unparsable key store reply: {e}")),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn cfg() -> KeystoreConfig {
+        KeystoreConfig {
+            cluster: "ks".into(),
+            authority: "keystore.internal".into(),
+            timeout_ms: 250,
+            token: Some("t0k".into()),
+            path_prefix: "/v1".into(),
+        }
+    }
+
+    #[test]
+    fn claim_request_carries_only_hashes() {
+        let c = claim(&cfg(), &RecordKey([0xab; 32]), &[1; 32], 3000);
+        assert_eq!(c.cluster, "ks");
+        assert_eq!(c.timeout_ms, 250);
+        assert!(c.headers.contains(&(":path".into(), "/v1/claim".into())));
+        assert!(c.headers.contains(&(":authority".into(), "keystore.internal".into())));
+        assert!(c.headers.contains(&("authorization".into(), "Bearer t0k".into())));
+        let v: serde_json::Value = serde_json::from_slice(&c.body).unwrap();
+        assert_eq!(v["key"], "ab".repeat(32));
+        assert_eq!(v["fingerprint"], "01".repeat(32));
+        assert_eq!(v["lease_ms"], 3000);
+    }
+
+    #[test]
+    fn parses_every_claim_outcome() {
+        let rec = Record { fingerprint: [1; 32], created_ms: 1, expires_ms: 2, response: None };
+        let body = format!(r#"{{"outcome":"completed","record":"{}"}}"#, B64.encode(rec.encode()));
+        assert_eq!(parse_claim(Some(200), body.as_bytes()), Ok(ClaimReply::Completed(rec)));
+        assert_eq!(
+            parse_claim(Some(200), br#"{"outcome":"claimed","token":"x"}"#),
+            Ok(ClaimReply::Claimed { token: "x".into() })
+        );
+        assert_eq!(
+            parse_claim(Some(200), br#"{"outcome":"in_flight","retry_after_ms":5}"#),
+            Ok(ClaimReply::InFlight { retry_after_ms: 5 })
+        );
+        assert_eq!(parse_claim(Some(200), br#"{"outcome":"mismatch"}"#), Ok(ClaimReply::Mismatch));
+    }
+
+    #[test]
+    fn garbage_replies_are_errors() {
+        for (status, body) in [
+            (Some(503), &b"upstream connect error"[..]),
+            (Some(504), b""),
+            (None, b""),
+            (Some(200), b"not json"),
+            (Some(200), br#"{"outcome":"claimed"}"#),
+            (Some(200), br#"{"outcome":"claimed","token":""}"#),
+            (Some(200), br#"{"outcome":"completed","record":"%%%"}"#),
+            (Some(200), br#"{"outcome":"completed","record":"AAAA"}"#),
+            (Some(200), br#"{"outcome":"weird"}"#),
+        ] {
+            assert!(parse_claim(status, body).is_err(), "{status:?} {body:?}");
+        }
+        assert_eq!(parse_ack(Some(409), br#"{"outcome":"stale"}"#), Ok(AckReply::Stale));
+        assert_eq!(parse_ack(Some(200), br#"{"outcome":"stored"}"#), Ok(AckReply::Done));
+        assert!(parse_ack(Some(500), b"").is_err());
+        assert!(parse_ack(Some(200), b"{").is_err());
+    }
+}

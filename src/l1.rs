@@ -1,0 +1,331 @@
+//! L1, the near cache in Envoy shared data. Envoy never frees a shared-data key, so the key space is
+//! a fixed set of slots, created once at start; each slot holds a small bucket of entries, and every
+//! change is a CAS on an existing key (a CAS on a missing key is not checked by Envoy).
+//!
+//! Memory bound: `slots × slot_budget` bytes of values, plus one small in-flight entry per request
+//! being executed. Completed entries are evicted, oldest first, to keep a bucket in its budget;
+//! in-flight claims are never evicted (they are what stops duplicates on this Envoy).
+
+use crate::fingerprint::Fingerprint;
+use crate::host::{SharedData, SharedSetError};
+use crate::record::Record;
+use crate::scope::RecordKey;
+use serde::{Deserialize, Serialize};
+
+const SLOT_PREFIX: &str = "idempotency.v1.slot";
+/// How often a CAS that lost a race is retried before giving up on L1 for this request.
+const CAS_ATTEMPTS: usize = 16;
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+enum State {
+    InFlight { fingerprint: Fingerprint, lease_until_ms: u64, owner: u64 },
+    /// The encoded [`Record`], kept encoded so that a lookup decodes only the entry it needs.
+    Completed { expires_ms: u64, record: Vec<u8> },
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+struct Entry {
+    key: [u8; 32],
+    /// When the entry was written: eviction order.
+    written_ms: u64,
+    state: State,
+}
+
+impl Entry {
+    fn is_live(&self, now_ms: u64) -> bool {
+        match &self.state {
+            State::InFlight { lease_until_ms, .. } => now_ms < *lease_until_ms,
+            State::Completed { expires_ms, .. } => now_ms < *expires_ms,
+        }
+    }
+
+    fn size(&self) -> usize {
+        match &self.state {
+            State::InFlight { .. } => 64,
+            State::Completed { record, .. } => 64 + record.len(),
+        }
+    }
+}
+
+/// What a lookup-or-claim found.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum L1Outcome {
+    /// This request now holds the local claim.
+    Claimed,
+    /// A completed record with the same fingerprint.
+    Completed(Record),
+    /// The key is in flight on this Envoy.
+    InFlight { lease_left_ms: u64 },
+    /// The key is held or completed with another fingerprint.
+    Mismatch,
+    /// L1 could not be used (lost CAS races, host failure): the caller decides what that means.
+    Unavailable(String),
+}
+
+/// The near cache. `slot_budget` bounds the bytes one slot's bucket may hold.
+pub struct NearCache {
+    pub slots: u32,
+    pub slot_budget: usize,
+}
+
+fn slot_key(slot: u32) -> String {
+    format!("{SLOT_PREFIX}.{slot}")
+}
+
+fn decode_bucket(value: Option<&[u8]>) -> Vec<Entry> {
+    // A slot that does not decode (an older layout, a torn value) is treated as empty: L1 is a cache.
+    value
+        .filter(|v| !v.is_empty())
+        .and_then(|v| postcard::from_bytes(v).ok())
+        .unwrap_or_default()
+}
+
+fn encode_bucket(entries: &[Entry]) -> Vec<u8> {
+    postcard::to_allocvec(entries).unwrap_or_default()
+}
+
+impl NearCache {
+    /// Creates the slot keys that do not exist yet. Run at start on every worker: a slot another
+    /// worker already created (and maybe filled) is left alone.
+    pub fn ensure_slots(&self, shared: &dyn SharedData) -> Result<(), SharedSetError> {
+        for slot in 0..self.slots {
+            let key = slot_key(slot);
+            if let (_, None) = shared.shared_get(&key) {
+                shared.shared_set(&key, &[], None)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Reads the slot for `key` and, if nobody holds or completed the key, claims it for `owner`.
+    pub fn lookup_or_claim(
+        &self,
+        shared: &dyn SharedData,
+        key: &RecordKey,
+        fingerprint: &Fingerprint,
+        owner: u64,
+        now_ms: u64,
+        lease_ms: u64,
+    ) -> L1Outcome {
+        let entry = Entry {
+            key: key.0,
+            written_ms: now_ms,
+            state: State::InFlight { fingerprint: *fingerprint, lease_until_ms: now_ms + lease_ms, owner },
+        };
+        let mut found = None;
+        let result = self.update(shared, key, now_ms, |bucket| {
+            found = None;
+            if let Some(existing) = bucket.iter().find(|e| e.key == key.0 && e.is_live(now_ms)) {
+                found = Some(match &existing.state {
+                    State::InFlight { fingerprint: f, .. } if f != fingerprint => L1Outcome::Mismatch,
+                    State::InFlight { lease_until_ms, .. } => L1Outcome::InFlight {
+                        lease_left_ms: lease_until_ms.saturating_sub(now_ms),
+                    },
+                    State::Completed { record, .. } => match Record::decode(record) {
+                        Ok(r) if &r.fingerprint != fingerprint => L1Outcome::Mismatch,
+                        Ok(r) => L1Outcome::Completed(r),
+                        // A record that no longer decodes is dropped and the key claimed anew.
+                        Err(_) => {
+                            bucket.retain(|e| e.key != key.0);
+                            bucket.push(entry.clone());
+                            return true;
+                        }
+                    },
+                });
+                return false;
+            }
+            bucket.retain(|e| e.key != key.0);
+            bucket.push(entry.clone());
+            true
+        });
+        match (result, found) {
+            (Err(e), _) => L1Outcome::Unavailable(e),
+            (Ok(()), Some(outcome)) => outcome,
+            (Ok(()), None) => L1Outcome::Claimed,
+        }
+    }
+
+    /// Turns `owner`'s claim into a completed record (or caches a record read from the key store
+    /// when `owner` holds the claim). Returns false when the claim is no longer `owner`'s.
+    pub fn complete(
+        &self,
+        shared: &dyn SharedData,
+        key: &RecordKey,
+        owner: u64,
+        record: &Record,
+        now_ms: u64,
+    ) -> Result<bool, String> {
+        let encoded = record.encode();
+        let mut owned = false;
+        self.update(shared, key, now_ms, |bucket| {
+            owned = bucket.iter().any(|e| e.key == key.0 && is_owner(e, owner));
+            if !owned {
+                return false;
+            }
+            bucket.retain(|e| e.key != key.0);
+            bucket.push(Entry {
+                key: key.0,
+                written_ms: now_ms,
+                state: State::Completed { expires_ms: record.expires_ms, record: encoded.clone() },
+            });
+            true
+        })?;
+        Ok(owned)
+    }
+
+    /// Drops `owner`'s claim so that a retry executes again.
+    pub fn release(&self, shared: &dyn SharedData, key: &RecordKey, owner: u64, now_ms: u64) -> Result<bool, String> {
+        let mut owned = false;
+        self.update(shared, key, now_ms, |bucket| {
+            let before = bucket.len();
+            bucket.retain(|e| !(e.key == key.0 && is_owner(e, owner)));
+            owned = bucket.len() != before;
+            owned
+        })?;
+        Ok(owned)
+    }
+
+    /// Read-modify-CAS loop on the key's slot. `change` edits the bucket and says whether to write.
+    /// Expired entries are dropped and the bucket is trimmed to its budget before each write.
+    fn update(
+        &self,
+        shared: &dyn SharedData,
+        key: &RecordKey,
+        now_ms: u64,
+        mut change: impl FnMut(&mut Vec<Entry>) -> bool,
+    ) -> Result<(), String> {
+        let slot = slot_key(key.slot(self.slots));
+        for _ in 0..CAS_ATTEMPTS {
+            let (value, cas) = shared.shared_get(&slot);
+            let Some(cas) = cas else {
+                return Err(format!("slot {slot} does not exist"));
+            };
+            let mut bucket = decode_bucket(value.as_deref());
+            if !change(&mut bucket) {
+                return Ok(());
+            }
+            bucket.retain(|e| e.is_live(now_ms));
+            self.trim(&mut bucket, key);
+            match shared.shared_set(&slot, &encode_bucket(&bucket), Some(cas)) {
+                Ok(()) => return Ok(()),
+                Err(SharedSetError::CasMismatch) => continue,
+                Err(SharedSetError::Failed(e)) => return Err(e),
+            }
+        }
+        Err(format!("slot {slot} stayed contended for {CAS_ATTEMPTS} attempts"))
+    }
+
+    /// Evicts the oldest completed entries (never `keep`'s, never a claim) until the bucket fits.
+    fn trim(&self, bucket: &mut Vec<Entry>, keep: &RecordKey) {
+        let mut total: usize = bucket.iter().map(Entry::size).sum();
+        while total > self.slot_budget {
+            let victim = bucket
+                .iter()
+                .enumerate()
+                .filter(|(_, e)| e.key != keep.0 && matches!(e.state, State::Completed { .. }))
+                .min_by_key(|(_, e)| e.written_ms)
+                .map(|(i, _)| i);
+            let Some(i) = victim else { break };
+            total -= bucket.get(i).map_or(0, Entry::size);
+            bucket.remove(i);
+        }
+    }
+}
+
+fn is_owner(e: &Entry, owner: u64) -> bool {
+    matches!(e.state, State::InFlight { owner: o, .. } if o == owner)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::testing::FakeShared;
+
+    fn rk(n: u8) -> RecordKey {
+        RecordKey([n; 32])
+    }
+
+    fn record(fp: Fingerprint, body: usize) -> Record {
+        Record {
+            fingerprint: fp,
+            created_ms: 0,
+            expires_ms: 10_000,
+            response: Some(crate::record::StoredResponse { status: 201, headers: vec![], body: vec![1; body] }),
+        }
+    }
+
+    fn cache(slots: u32) -> (NearCache, FakeShared) {
+        let shared = FakeShared::default();
+        let c = NearCache { slots, slot_budget: 4096 };
+        c.ensure_slots(&shared).unwrap();
+        (c, shared)
+    }
+
+    #[test]
+    fn claim_then_conflict_then_complete_then_replay() {
+        let (c, s) = cache(4);
+        let fp = [1; 32];
+        assert_eq!(c.lookup_or_claim(&s, &rk(1), &fp, 7, 0, 1000), L1Outcome::Claimed);
+        assert_eq!(c.lookup_or_claim(&s, &rk(1), &fp, 8, 10, 1000), L1Outcome::InFlight { lease_left_ms: 990 });
+        assert_eq!(c.lookup_or_claim(&s, &rk(1), &[2; 32], 8, 10, 1000), L1Outcome::Mismatch);
+        assert_eq!(c.complete(&s, &rk(1), 8, &record(fp, 3), 20), Ok(false), "not the owner");
+        assert_eq!(c.complete(&s, &rk(1), 7, &record(fp, 3), 20), Ok(true));
+        assert_eq!(c.lookup_or_claim(&s, &rk(1), &fp, 9, 30, 1000), L1Outcome::Completed(record(fp, 3)));
+        assert_eq!(c.lookup_or_claim(&s, &rk(1), &[2; 32], 9, 30, 1000), L1Outcome::Mismatch);
+        // After retention the key is new again.
+        assert_eq!(c.lookup_or_claim(&s, &rk(1), &fp, 9, 10_000, 1000), L1Outcome::Claimed);
+    }
+
+    #[test]
+    fn release_and_lease_expiry_free_the_key() {
+        let (c, s) = cache(1);
+        let fp = [1; 32];
+        assert_eq!(c.lookup_or_claim(&s, &rk(1), &fp, 7, 0, 100), L1Outcome::Claimed);
+        assert_eq!(c.release(&s, &rk(1), 8, 1), Ok(false));
+        assert_eq!(c.release(&s, &rk(1), 7, 1), Ok(true));
+        assert_eq!(c.lookup_or_claim(&s, &rk(1), &fp, 8, 2, 100), L1Outcome::Claimed);
+        // The lease runs out: another request takes the key over; the stale owner cannot complete.
+        assert_eq!(c.lookup_or_claim(&s, &rk(1), &fp, 9, 200, 100), L1Outcome::Claimed);
+        assert_eq!(c.complete(&s, &rk(1), 8, &record(fp, 1), 201), Ok(false));
+        assert_eq!(c.complete(&s, &rk(1), 9, &record(fp, 1), 201), Ok(true));
+    }
+
+    #[test]
+    fn buckets_hold_many_keys_and_evict_oldest_completed_first() {
+        let (c, s) = cache(1);
+        let fp = [1; 32];
+        for n in 0..3 {
+            assert_eq!(c.lookup_or_claim(&s, &rk(n), &fp, u64::from(n), u64::from(n), 1000), L1Outcome::Claimed);
+            assert_eq!(c.complete(&s, &rk(n), u64::from(n), &record(fp, 1500), u64::from(n)), Ok(true));
+        }
+        // Budget 4096 holds two 1.5 KiB records: the oldest went.
+        assert_eq!(c.lookup_or_claim(&s, &rk(0), &fp, 99, 5, 1000), L1Outcome::Claimed);
+        assert!(matches!(c.lookup_or_claim(&s, &rk(2), &fp, 99, 5, 1000), L1Outcome::Completed(_)));
+        let (v, _) = s.shared_get(&slot_key(0));
+        assert!(v.unwrap().len() <= 4096 + 256);
+    }
+
+    #[test]
+    fn lost_cas_is_retried() {
+        let (c, s) = cache(1);
+        s.fail_next_cas(3);
+        assert_eq!(c.lookup_or_claim(&s, &rk(1), &[1; 32], 7, 0, 100), L1Outcome::Claimed);
+        s.fail_next_cas(100);
+        assert!(matches!(c.lookup_or_claim(&s, &rk(2), &[1; 32], 7, 0, 100), L1Outcome::Unavailable(_)));
+    }
+
+    #[test]
+    fn garbage_slot_is_treated_as_empty() {
+        let (c, s) = cache(1);
+        s.shared_set(&slot_key(0), b"\xff\xff\xff garbage", None).unwrap();
+        assert_eq!(c.lookup_or_claim(&s, &rk(1), &[1; 32], 7, 0, 100), L1Outcome::Claimed);
+    }
+
+    #[test]
+    fn ensure_slots_keeps_existing_data() {
+        let (c, s) = cache(2);
+        assert_eq!(c.lookup_or_claim(&s, &rk(1), &[1; 32], 7, 0, 100), L1Outcome::Claimed);
+        c.ensure_slots(&s).unwrap();
+        assert!(matches!(c.lookup_or_claim(&s, &rk(1), &[1; 32], 8, 1, 100), L1Outcome::InFlight { .. }));
+    }
+}

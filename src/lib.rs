@@ -1,0 +1,23 @@
+//! An Envoy proxy-wasm filter that makes retried POST/PATCH requests safe with the
+//! `Idempotency-Key` header.
+//!
+//! Every decision lives in plain Rust modules that never call proxy-wasm ([`stream`] and what it
+//! uses); [`adapter`] maps Envoy's callbacks and hostcalls onto them through [`host::Host`].
+
+pub mod config;
+pub mod fingerprint;
+pub mod host;
+pub mod key;
+pub mod keystore_client;
+pub mod l1;
+pub mod metrics;
+pub mod problem;
+pub mod record;
+pub mod scope;
+pub mod stream;
+
+#[cfg(target_arch = "wasm32")]
+mod adapter;
+
+#[cfg(test)]
+mod testing;

@@ -1,0 +1,87 @@
+//! RFC 9457 problem details for every answer the filter makes itself.
+
+use serde::Serialize;
+
+/// One kind of problem the filter answers with.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Problem {
+    MissingKey,
+    InvalidKey,
+    Conflict,
+    Mismatch,
+    BodyTooLarge,
+    NotReplayable,
+    Unauthenticated,
+    StoreUnavailable,
+}
+
+#[derive(Serialize)]
+struct Body<'a> {
+    #[serde(rename = "type")]
+    kind: String,
+    title: &'a str,
+    status: u16,
+    detail: &'a str,
+}
+
+impl Problem {
+    pub fn status(self) -> u16 {
+        match self {
+            Problem::MissingKey | Problem::InvalidKey => 400,
+            Problem::Unauthenticated => 401,
+            Problem::Conflict => 409,
+            Problem::NotReplayable => 410,
+            Problem::BodyTooLarge => 413,
+            Problem::Mismatch => 422,
+            Problem::StoreUnavailable => 503,
+        }
+    }
+
+    fn slug_and_title(self) -> (&'static str, &'static str) {
+        match self {
+            Problem::MissingKey => ("missing-key", "Idempotency-Key is missing"),
+            Problem::InvalidKey => ("invalid-key", "Idempotency-Key is invalid"),
+            Problem::Conflict => ("request-in-progress", "A request with this Idempotency-Key is being processed"),
+            Problem::Mismatch => ("key-reused", "Idempotency-Key is already used with another request"),
+            Problem::BodyTooLarge => ("body-too-large", "Request body is too large to fingerprint"),
+            Problem::NotReplayable => ("response-not-replayable", "The response to this request was not kept"),
+            Problem::Unauthenticated => ("no-caller", "The request has no caller identity"),
+            Problem::StoreUnavailable => ("store-unavailable", "The idempotency key store is unavailable"),
+        }
+    }
+
+    /// The local reply: status, headers, JSON body.
+    pub fn response(self, detail: &str) -> (u16, Vec<(String, Vec<u8>)>, Vec<u8>) {
+        let (slug, title) = self.slug_and_title();
+        let body = Body {
+            kind: format!("urn:envoy-idempotency:problem:{slug}"),
+            title,
+            status: self.status(),
+            detail,
+        };
+        let mut headers = vec![("content-type".to_string(), b"application/problem+json".to_vec())];
+        if self == Problem::Conflict {
+            headers.push(("retry-after".to_string(), b"1".to_vec()));
+        }
+        (self.status(), headers, serde_json::to_vec(&body).unwrap_or_default())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn problem_json_has_the_rfc_9457_fields() {
+        let (status, headers, body) = Problem::Mismatch.response("the body differs");
+        assert_eq!(status, 422);
+        assert_eq!(headers[0].1, b"application/problem+json");
+        let v: serde_json::Value = serde_json::from_slice(&body).unwrap();
+        assert_eq!(v["status"], 422);
+        assert_eq!(v["detail"], "the body differs");
+        assert!(v["type"].as_str().unwrap().ends_with("key-reused"));
+        assert!(v["title"].is_string());
+        let (_, headers, _) = Problem::Conflict.response("");
+        assert!(headers.iter().any(|(n, _)| n == "retry-after"));
+    }
+}

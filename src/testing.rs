@@ -1,0 +1,167 @@
+//! A fake Envoy for native tests: shared data with Envoy's CAS rules, a clock, callouts that the
+//! test answers, and a record of every local reply, resume and counter.
+
+use crate::host::{Callout, Host, SharedData, SharedSetError};
+use crate::metrics::Metric;
+use std::cell::{Cell, RefCell};
+use std::collections::HashMap;
+use std::rc::Rc;
+
+/// Shared data as Envoy keeps it: a version per key, CAS checked only on keys that exist.
+#[derive(Default, Clone)]
+pub struct FakeShared {
+    map: Rc<RefCell<HashMap<String, (Vec<u8>, u32)>>>,
+    fail_cas: Rc<Cell<usize>>,
+}
+
+impl FakeShared {
+    /// Makes the next `n` CAS writes fail, as if another worker had written first.
+    pub fn fail_next_cas(&self, n: usize) {
+        self.fail_cas.set(n);
+    }
+}
+
+impl SharedData for FakeShared {
+    fn shared_get(&self, key: &str) -> (Option<Vec<u8>>, Option<u32>) {
+        match self.map.borrow().get(key) {
+            Some((v, cas)) if v.is_empty() => (None, Some(*cas)),
+            Some((v, cas)) => (Some(v.clone()), Some(*cas)),
+            None => (None, None),
+        }
+    }
+
+    fn shared_set(&self, key: &str, value: &[u8], cas: Option<u32>) -> Result<(), SharedSetError> {
+        let mut map = self.map.borrow_mut();
+        if let (Some(expected), Some((_, current))) = (cas, map.get(key)) {
+            if self.fail_cas.get() > 0 {
+                self.fail_cas.set(self.fail_cas.get() - 1);
+                return Err(SharedSetError::CasMismatch);
+            }
+            if expected != *current {
+                return Err(SharedSetError::CasMismatch);
+            }
+        }
+        let next = map.get(key).map_or(1, |(_, c)| c + 1);
+        map.insert(key.to_string(), (value.to_vec(), next));
+        Ok(())
+    }
+}
+
+/// A local reply the filter sent.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Sent {
+    pub status: u16,
+    pub headers: Vec<(String, Vec<u8>)>,
+    pub body: Vec<u8>,
+}
+
+impl Sent {
+    pub fn header(&self, name: &str) -> Option<&[u8]> {
+        self.headers.iter().find(|(n, _)| n == name).map(|(_, v)| v.as_slice())
+    }
+}
+
+/// One stream's view of a fake Envoy; several share a [`FakeShared`] and a clock like workers do.
+pub struct FakeHost {
+    pub shared: FakeShared,
+    pub clock: Rc<Cell<u64>>,
+    pub ids: Rc<Cell<u64>>,
+    pub request_headers: Vec<(String, Vec<u8>)>,
+    pub request_body: Vec<u8>,
+    pub response_headers: Vec<(String, Vec<u8>)>,
+    pub response_body: Vec<u8>,
+    pub properties: HashMap<Vec<String>, Vec<u8>>,
+    pub sent: RefCell<Vec<Sent>>,
+    pub callouts: RefCell<Vec<(u32, Callout)>>,
+    pub refuse_dispatch: Cell<bool>,
+    pub resumed_request: Cell<u32>,
+    pub resumed_response: Cell<u32>,
+    pub counts: RefCell<HashMap<Metric, u64>>,
+}
+
+impl FakeHost {
+    pub fn new(shared: &FakeShared, clock: &Rc<Cell<u64>>, ids: &Rc<Cell<u64>>) -> FakeHost {
+        FakeHost {
+            shared: shared.clone(),
+            clock: clock.clone(),
+            ids: ids.clone(),
+            request_headers: Vec::new(),
+            request_body: Vec::new(),
+            response_headers: Vec::new(),
+            response_body: Vec::new(),
+            properties: HashMap::new(),
+            sent: RefCell::new(Vec::new()),
+            callouts: RefCell::new(Vec::new()),
+            refuse_dispatch: Cell::new(false),
+            resumed_request: Cell::new(0),
+            resumed_response: Cell::new(0),
+            counts: RefCell::new(HashMap::new()),
+        }
+    }
+
+    pub fn count_of(&self, m: Metric) -> u64 {
+        self.counts.borrow().get(&m).copied().unwrap_or(0)
+    }
+
+    pub fn last_sent(&self) -> Option<Sent> {
+        self.sent.borrow().last().cloned()
+    }
+
+    pub fn last_callout(&self) -> Option<(u32, Callout)> {
+        self.callouts.borrow().last().cloned()
+    }
+}
+
+impl SharedData for FakeHost {
+    fn shared_get(&self, key: &str) -> (Option<Vec<u8>>, Option<u32>) {
+        self.shared.shared_get(key)
+    }
+    fn shared_set(&self, key: &str, value: &[u8], cas: Option<u32>) -> Result<(), SharedSetError> {
+        self.shared.shared_set(key, value, cas)
+    }
+}
+
+impl Host for FakeHost {
+    fn now_ms(&self) -> u64 {
+        self.clock.get()
+    }
+    fn random_u64(&self) -> u64 {
+        self.ids.set(self.ids.get() + 1);
+        self.ids.get()
+    }
+    fn request_headers(&self) -> Vec<(String, Vec<u8>)> {
+        self.request_headers.clone()
+    }
+    fn request_body(&self, size: usize) -> Vec<u8> {
+        self.request_body.iter().take(size).copied().collect()
+    }
+    fn response_headers(&self) -> Vec<(String, Vec<u8>)> {
+        self.response_headers.clone()
+    }
+    fn response_body(&self, size: usize) -> Vec<u8> {
+        self.response_body.iter().take(size).copied().collect()
+    }
+    fn property(&self, path: &[String]) -> Option<Vec<u8>> {
+        self.properties.get(path).cloned()
+    }
+    fn send_response(&self, status: u16, headers: &[(String, Vec<u8>)], body: &[u8]) {
+        self.sent.borrow_mut().push(Sent { status, headers: headers.to_vec(), body: body.to_vec() });
+    }
+    fn dispatch(&self, callout: &Callout) -> Result<u32, String> {
+        if self.refuse_dispatch.get() {
+            return Err("cluster not found".to_string());
+        }
+        let token = self.callouts.borrow().len() as u32 + 100;
+        self.callouts.borrow_mut().push((token, callout.clone()));
+        Ok(token)
+    }
+    fn resume_request(&self) {
+        self.resumed_request.set(self.resumed_request.get() + 1);
+    }
+    fn resume_response(&self) {
+        self.resumed_response.set(self.resumed_response.get() + 1);
+    }
+    fn count(&self, metric: Metric) {
+        *self.counts.borrow_mut().entry(metric).or_default() += 1;
+    }
+}
