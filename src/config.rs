@@ -329,7 +329,7 @@ fn serde_json_path_error(bytes: &[u8]) -> Result<RawConfig, ConfigError> {
         let field = match (inner.to_string().split('`').nth(1), path.as_str()) {
             (Some(name), ".") if inner.to_string().starts_with("unknown field") => name.to_string(),
             (Some(name), p) if inner.to_string().starts_with("unknown field") => format!("{p}.{name}"),
-            (_, ".") => "(document)".to_string(),
+            (_, "." | "?") => "(document)".to_string(),
             (_, p) => p.to_string(),
         };
         err(field, inner.to_string())
