@@ -555,7 +555,8 @@ impl Envoy {
             if envoy.admin_port != 0 {
                 let ready = http.get(envoy.admin_url("/ready")).send().await;
                 if let Ok(resp) = ready {
-                    if resp.status() == 200 && resp.text().await.unwrap_or_default().trim() == "LIVE"
+                    if resp.status() == 200
+                        && resp.text().await.unwrap_or_default().trim() == "LIVE"
                     {
                         break;
                     }
@@ -598,8 +599,9 @@ impl Envoy {
 
     /// Envoy's log file plus whatever it wrote on stdout/stderr.
     pub fn full_log(&self) -> String {
-        let mut text = String::from_utf8_lossy(&std::fs::read(self.proc.log_path()).unwrap_or_default())
-            .into_owned();
+        let mut text =
+            String::from_utf8_lossy(&std::fs::read(self.proc.log_path()).unwrap_or_default())
+                .into_owned();
         let out = std::fs::read(self.dir.path().join("envoy.out")).unwrap_or_default();
         text.push_str(&String::from_utf8_lossy(&out));
         text
@@ -827,7 +829,12 @@ pub async fn h2c_with_trailers(
 
 /// Asserts an RFC 9457 problem answer with this status.
 pub fn assert_problem(resp: &Resp, status: u16) -> Value {
-    assert_eq!(resp.status, status, "expected a {status} problem, got {}", resp.describe());
+    assert_eq!(
+        resp.status,
+        status,
+        "expected a {status} problem, got {}",
+        resp.describe()
+    );
     let content_type = resp.header("content-type").unwrap_or_default();
     assert!(
         content_type.starts_with("application/problem+json"),
@@ -842,7 +849,11 @@ pub fn assert_problem(resp: &Resp, status: u16) -> Value {
         );
     }
     assert_eq!(problem["status"], status, "problem status: {problem}");
-    assert!(!resp.replayed(), "a problem is not a replay: {}", resp.describe());
+    assert!(
+        !resp.replayed(),
+        "a problem is not a replay: {}",
+        resp.describe()
+    );
     problem
 }
 
@@ -860,8 +871,17 @@ const VOLATILE_HEADERS: &[&str] = &[
 /// Asserts that `replay` is a byte-exact replay of `original`: same status, body bytes and
 /// (non-volatile) headers, plus `Idempotent-Replayed: true`.
 pub fn assert_replay(original: &Resp, replay: &Resp) {
-    assert!(!original.replayed(), "the original is not a replay: {}", original.describe());
-    assert_eq!(replay.status, original.status, "replay status: {}", replay.describe());
+    assert!(
+        !original.replayed(),
+        "the original is not a replay: {}",
+        original.describe()
+    );
+    assert_eq!(
+        replay.status,
+        original.status,
+        "replay status: {}",
+        replay.describe()
+    );
     assert_eq!(
         replay.body,
         original.body,
@@ -869,7 +889,11 @@ pub fn assert_replay(original: &Resp, replay: &Resp) {
         replay.describe(),
         original.describe()
     );
-    assert!(replay.replayed(), "missing idempotent-replayed: true: {}", replay.describe());
+    assert!(
+        replay.replayed(),
+        "missing idempotent-replayed: true: {}",
+        replay.describe()
+    );
     for (name, value) in &original.headers {
         if VOLATILE_HEADERS.contains(&name.as_str()) {
             continue;

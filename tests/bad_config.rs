@@ -1,0 +1,75 @@
+//! An invalid filter configuration is refused at load (SPEC §8): Envoy exits or never becomes
+//! ready, and its log names the offending field.
+
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::indexing_slicing
+)]
+
+mod support;
+
+use std::time::Duration;
+
+use support::*;
+
+/// Starts Envoy with `plugin` and asserts it is refused with a log line naming one of `fields`
+/// (no log check when `fields` is empty).
+async fn assert_refused(plugin: &str, fields: &[&str]) {
+    let options = EnvoyOptions::with_filter(closed_port(), plugin);
+    match Envoy::try_start(&options, Duration::from_secs(20)).await {
+        Ok(envoy) => panic!(
+            "Envoy accepted the plugin configuration {plugin}; log tail:\n{}",
+            envoy.log_tail(40)
+        ),
+        Err(err) => {
+            if let Some(status) = err.exit {
+                assert!(!status.success(), "Envoy exited 0 with {plugin}");
+            }
+            assert!(
+                fields.is_empty() || fields.iter().any(|field| err.log.contains(field)),
+                "the log does not name {fields:?} for {plugin}; log tail:\n{}",
+                err.log
+                    .lines()
+                    .rev()
+                    .take(40)
+                    .collect::<Vec<_>>()
+                    .into_iter()
+                    .rev()
+                    .collect::<Vec<_>>()
+                    .join("\n")
+            );
+        }
+    }
+}
+
+#[tokio::test]
+async fn wrong_type_is_refused_naming_the_field() {
+    assert_refused(r#"{"max_body_bytes":"big"}"#, &["max_body_bytes"]).await;
+}
+
+#[tokio::test]
+async fn rule_with_both_prefix_and_exact_is_refused() {
+    assert_refused(
+        r#"{"routes":[{"prefix":"/a","exact":"/b"}]}"#,
+        &["routes", "prefix", "exact"],
+    )
+    .await;
+}
+
+#[tokio::test]
+async fn unknown_field_is_refused_naming_it() {
+    assert_refused(r#"{"max_body_byte":1024}"#, &["max_body_byte"]).await;
+}
+
+#[tokio::test]
+async fn not_json_is_refused() {
+    assert_refused(r#"{"routes": ["#, &[]).await;
+}
+
+#[tokio::test]
+async fn a_valid_configuration_is_accepted() {
+    let options = EnvoyOptions::with_filter(closed_port(), r#"{"max_body_bytes":1024}"#);
+    Envoy::start(&options).await;
+}

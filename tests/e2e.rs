@@ -1,0 +1,556 @@
+//! End-to-end tests of the filter in one Envoy with Envoy's shared data as the only store
+//! (`"keystore"` absent): the rows of SPEC §4 that apply to a single gateway.
+//!
+//! Each test starts its own payments upstream and Envoy (so tests run in parallel) and uses fresh
+//! keys. "The upstream executed N times" is read from the upstream's own `/_demo/stats`.
+//! Needs `make build` (the Wasm filter and payments-demo) and Envoy (see `support`).
+
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::indexing_slicing
+)]
+
+mod support;
+
+use std::collections::HashSet;
+
+use reqwest::header::HeaderValue;
+use serde_json::{json, Value};
+use support::*;
+
+/// The demo's configuration: the key is required for `POST /payments`, the caller is the
+/// `authorization` header, no key store.
+fn plugin(extra: Value) -> String {
+    let mut config = json!({
+        "routes": [{"exact": "/payments", "methods": ["POST"], "required": true}],
+        "caller": {"header": "authorization"},
+        "hmac_secret": "e2e-secret",
+    });
+    if let (Some(config), Some(extra)) = (config.as_object_mut(), extra.as_object()) {
+        config.extend(extra.clone());
+    }
+    config.to_string()
+}
+
+#[tokio::test]
+async fn first_request_executes_once_and_retries_replay_byte_exact() {
+    let (upstream, envoy) = gateway(&plugin(json!({}))).await;
+    let http = client();
+    let key = new_key();
+    let body = r#"{"amount":1000,"currency":"EUR"}"#;
+
+    let first = send(post_payment(
+        &http,
+        &envoy,
+        "Bearer alice",
+        Some(&key),
+        body,
+    ))
+    .await;
+    assert_eq!(first.status, 201, "{}", first.describe());
+    assert!(!first.replayed(), "{}", first.describe());
+    assert_eq!(
+        first.json()["request"],
+        json!({"amount": 1000, "currency": "EUR"})
+    );
+    assert!(first.header("location").is_some(), "{}", first.describe());
+    assert_eq!(upstream.post_requests().await, 1);
+
+    // Retries, over HTTP/1.1 and h2c, replay the stored answer and never reach the upstream.
+    for _ in 0..2 {
+        let retry = send(post_payment(
+            &http,
+            &envoy,
+            "Bearer alice",
+            Some(&key),
+            body,
+        ))
+        .await;
+        assert_replay(&first, &retry);
+    }
+    let h2 = send(post_payment(
+        &h2c_client(),
+        &envoy,
+        "Bearer alice",
+        Some(&key),
+        body,
+    ))
+    .await;
+    assert_replay(&first, &h2);
+
+    // The key as a Structured Field string is the same key as the bare token.
+    let quoted = format!("\"{key}\"");
+    let retry = send(post_payment(
+        &http,
+        &envoy,
+        "Bearer alice",
+        Some(&quoted),
+        body,
+    ))
+    .await;
+    assert_replay(&first, &retry);
+
+    assert_eq!(
+        upstream.post_requests().await,
+        1,
+        "the upstream executed a retry"
+    );
+    let payments = upstream.payments().await;
+    assert_eq!(payments.len(), 1);
+    assert_eq!(payments[0]["id"], first.json()["id"]);
+    assert_eq!(envoy.counter("executed").await, 1);
+    assert_eq!(envoy.counter("replayed").await, 4);
+}
+
+#[tokio::test]
+async fn same_key_other_fingerprint_gets_422() {
+    let (upstream, envoy) = gateway(&plugin(json!({}))).await;
+    let http = client();
+    let key = new_key();
+
+    let first = send(post_payment(
+        &http,
+        &envoy,
+        "alice",
+        Some(&key),
+        r#"{"amount":1}"#,
+    ))
+    .await;
+    assert_eq!(first.status, 201, "{}", first.describe());
+
+    // Other body.
+    let other = send(post_payment(
+        &http,
+        &envoy,
+        "alice",
+        Some(&key),
+        r#"{"amount":2}"#,
+    ))
+    .await;
+    assert_problem(&other, 422);
+    // Same body, other query string (the fingerprint covers path and query).
+    let query = send(
+        http.post(envoy.url("/payments?currency=USD"))
+            .header("content-type", "application/json")
+            .header("authorization", "alice")
+            .header("idempotency-key", &key)
+            .body(r#"{"amount":1}"#),
+    )
+    .await;
+    assert_problem(&query, 422);
+
+    // The original still replays.
+    let retry = send(post_payment(
+        &http,
+        &envoy,
+        "alice",
+        Some(&key),
+        r#"{"amount":1}"#,
+    ))
+    .await;
+    assert_replay(&first, &retry);
+    assert_eq!(upstream.post_requests().await, 1);
+    assert_eq!(envoy.counter("mismatch").await, 2);
+}
+
+#[tokio::test]
+async fn missing_or_invalid_keys_get_400_and_never_reach_the_upstream() {
+    let (upstream, envoy) = gateway(&plugin(json!({}))).await;
+    let http = client();
+    let body = r#"{"amount":5}"#;
+    let post = || {
+        http.post(envoy.url("/payments"))
+            .header("content-type", "application/json")
+            .header("authorization", "alice")
+            .body(body)
+    };
+
+    let missing = send(post()).await;
+    assert_problem(&missing, 400);
+
+    let long = "k".repeat(256);
+    let invalid: Vec<(&str, Vec<HeaderValue>)> = vec![
+        ("empty", vec![HeaderValue::from_static("")]),
+        ("empty sf-string", vec![HeaderValue::from_static("\"\"")]),
+        (
+            "256 characters",
+            vec![HeaderValue::from_str(&long).unwrap()],
+        ),
+        (
+            "control character",
+            vec![HeaderValue::from_static("ab\tcd")],
+        ),
+        ("broken sf-string", vec![HeaderValue::from_static("\"abc")]),
+        (
+            "non-UTF-8 bytes",
+            vec![HeaderValue::from_bytes(&[0xff, 0xfe, b'a', b'b']).unwrap()],
+        ),
+        (
+            "non-ASCII UTF-8",
+            vec![HeaderValue::from_bytes("clé-ü".as_bytes()).unwrap()],
+        ),
+        (
+            "two differing fields",
+            vec![
+                HeaderValue::from_static("key-one"),
+                HeaderValue::from_static("key-two"),
+            ],
+        ),
+    ];
+    for (case, values) in &invalid {
+        let mut req = post();
+        for value in values {
+            req = req.header("idempotency-key", value.clone());
+        }
+        let resp = send(req).await;
+        assert_eq!(resp.status, 400, "{case}: {}", resp.describe());
+        assert_problem(&resp, 400);
+    }
+    assert_eq!(
+        upstream.post_requests().await,
+        0,
+        "an invalid request reached the upstream"
+    );
+
+    // Boundaries that are valid: 255 characters, and a sf-string with an escaped quote.
+    let longest = "k".repeat(255);
+    let ok = send(post().header("idempotency-key", &longest)).await;
+    assert_eq!(ok.status, 201, "255-character key: {}", ok.describe());
+    let escaped = send(post().header("idempotency-key", r#""a\"b""#)).await;
+    assert_eq!(
+        escaped.status,
+        201,
+        "escaped sf-string: {}",
+        escaped.describe()
+    );
+    assert_eq!(upstream.post_requests().await, 2);
+
+    assert_eq!(envoy.counter("missing_key").await, 1);
+    assert_eq!(envoy.counter("invalid_key").await, invalid.len() as u64);
+}
+
+#[tokio::test]
+async fn retry_while_in_flight_gets_409_with_retry_after() {
+    let (upstream, envoy) = gateway(&plugin(json!({}))).await;
+    let http = client();
+    let key = new_key();
+    let body = r#"{"amount":7}"#;
+
+    let slow = {
+        let req = post_payment(&http, &envoy, "alice", Some(&key), body)
+            .header("x-demo-delay-ms", "1500");
+        tokio::spawn(send(req))
+    };
+    upstream.wait_post_requests(1).await;
+
+    let conflict = send(post_payment(&http, &envoy, "alice", Some(&key), body)).await;
+    assert_problem(&conflict, 409);
+    let retry_after = conflict
+        .header("retry-after")
+        .unwrap_or_else(|| panic!("409 without retry-after: {}", conflict.describe()));
+    assert!(
+        retry_after.trim().parse::<u64>().is_ok(),
+        "retry-after is not delta-seconds: {retry_after:?}"
+    );
+
+    let first = slow.await.unwrap();
+    assert_eq!(first.status, 201, "{}", first.describe());
+    assert!(!first.replayed());
+    let retry = send(post_payment(&http, &envoy, "alice", Some(&key), body)).await;
+    assert_replay(&first, &retry);
+
+    assert_eq!(upstream.post_requests().await, 1);
+    assert_eq!(envoy.counter("conflict").await, 1);
+}
+
+#[tokio::test]
+async fn body_over_the_limit_gets_413() {
+    let (upstream, envoy) = gateway(&plugin(json!({"max_body_bytes": 1024}))).await;
+    let http = client();
+    let big = format!(r#"{{"memo":"{}"}}"#, "x".repeat(2000));
+
+    // With content-length (HTTP/1.1).
+    let resp = send(post_payment(&http, &envoy, "alice", Some(&new_key()), &big)).await;
+    assert_problem(&resp, 413);
+    // Without content-length (h2c DATA frames, then trailers).
+    let resp = h2c_with_trailers(
+        envoy.port,
+        "POST",
+        "/payments",
+        &[
+            ("content-type", "application/json"),
+            ("authorization", "alice"),
+            ("idempotency-key", &new_key()),
+        ],
+        big.as_bytes(),
+        &[("x-checksum", "1")],
+    )
+    .await;
+    assert_problem(&resp, 413);
+    assert_eq!(upstream.post_requests().await, 0);
+
+    // Under the limit is fine.
+    let small = format!(r#"{{"memo":"{}"}}"#, "x".repeat(900));
+    let resp = send(post_payment(
+        &http,
+        &envoy,
+        "alice",
+        Some(&new_key()),
+        &small,
+    ))
+    .await;
+    assert_eq!(resp.status, 201, "{}", resp.describe());
+    assert_eq!(upstream.post_requests().await, 1);
+    assert_eq!(envoy.counter("too_large").await, 2);
+}
+
+#[tokio::test]
+async fn upstream_5xx_is_passed_on_and_not_stored() {
+    let (upstream, envoy) = gateway(&plugin(json!({}))).await;
+    let http = client();
+    let key = new_key();
+    let body = r#"{"amount":9}"#;
+
+    for (attempt, status) in [(1, "500"), (2, "500"), (3, "503")] {
+        let resp = send(
+            post_payment(&http, &envoy, "alice", Some(&key), body).header("x-demo-status", status),
+        )
+        .await;
+        assert_eq!(resp.status.to_string(), status, "{}", resp.describe());
+        assert!(!resp.replayed(), "a 5xx was replayed: {}", resp.describe());
+        assert_eq!(resp.json()["status"], status.parse::<u16>().unwrap());
+        assert_eq!(
+            upstream.post_requests().await,
+            attempt,
+            "a retry after a 5xx must execute"
+        );
+    }
+
+    // The next attempt succeeds and is the one stored.
+    let ok = send(post_payment(&http, &envoy, "alice", Some(&key), body)).await;
+    assert_eq!(ok.status, 201, "{}", ok.describe());
+    assert!(!ok.replayed());
+    let retry = send(post_payment(&http, &envoy, "alice", Some(&key), body)).await;
+    assert_replay(&ok, &retry);
+    assert_eq!(upstream.post_requests().await, 4);
+    assert_eq!(upstream.payment_count().await, 1);
+}
+
+#[tokio::test]
+async fn statuses_that_never_ran_are_not_stored() {
+    let (upstream, envoy) = gateway(&plugin(json!({}))).await;
+    let http = client();
+    let body = r#"{"amount":11}"#;
+
+    let mut expected_posts = 0;
+    for status in ["429", "401", "409"] {
+        let key = new_key();
+        for _ in 0..2 {
+            let resp = send(
+                post_payment(&http, &envoy, "alice", Some(&key), body)
+                    .header("x-demo-status", status),
+            )
+            .await;
+            expected_posts += 1;
+            assert_eq!(resp.status.to_string(), status, "{}", resp.describe());
+            assert!(
+                !resp.replayed(),
+                "a {status} was replayed: {}",
+                resp.describe()
+            );
+            assert_eq!(
+                upstream.post_requests().await,
+                expected_posts,
+                "a retry after {status} must execute again"
+            );
+        }
+    }
+}
+
+#[tokio::test]
+async fn other_4xx_answers_are_stored_and_replayed() {
+    let (upstream, envoy) = gateway(&plugin(json!({}))).await;
+    let http = client();
+    let key = new_key();
+    let body = r#"{"amount":13}"#;
+
+    // An upstream 400 is a real outcome (the request ran): it is stored like a 201.
+    let first =
+        send(post_payment(&http, &envoy, "alice", Some(&key), body).header("x-demo-status", "400"))
+            .await;
+    assert_eq!(first.status, 400, "{}", first.describe());
+    let retry =
+        send(post_payment(&http, &envoy, "alice", Some(&key), body).header("x-demo-status", "400"))
+            .await;
+    assert_replay(&first, &retry);
+    assert_eq!(upstream.post_requests().await, 1);
+}
+
+#[tokio::test]
+async fn another_caller_with_the_same_key_executes_separately() {
+    let (upstream, envoy) = gateway(&plugin(json!({}))).await;
+    let http = client();
+    let key = new_key();
+    let body = r#"{"amount":17}"#;
+
+    let alice = send(post_payment(
+        &http,
+        &envoy,
+        "Bearer alice",
+        Some(&key),
+        body,
+    ))
+    .await;
+    let bob = send(post_payment(&http, &envoy, "Bearer bob", Some(&key), body)).await;
+    assert_eq!(alice.status, 201, "{}", alice.describe());
+    assert_eq!(bob.status, 201, "{}", bob.describe());
+    assert!(
+        !bob.replayed(),
+        "bob got alice's answer: {}",
+        bob.describe()
+    );
+    assert_ne!(alice.json()["id"], bob.json()["id"]);
+
+    // No caller at all: the anonymous scope, distinct from both.
+    let anonymous = send(
+        http.post(envoy.url("/payments"))
+            .header("content-type", "application/json")
+            .header("idempotency-key", &key)
+            .body(body),
+    )
+    .await;
+    assert_eq!(anonymous.status, 201, "{}", anonymous.describe());
+    assert!(!anonymous.replayed());
+
+    assert_replay(
+        &alice,
+        &send(post_payment(
+            &http,
+            &envoy,
+            "Bearer alice",
+            Some(&key),
+            body,
+        ))
+        .await,
+    );
+    assert_replay(
+        &bob,
+        &send(post_payment(&http, &envoy, "Bearer bob", Some(&key), body)).await,
+    );
+    assert_eq!(upstream.post_requests().await, 3);
+    assert_eq!(upstream.payment_count().await, 3);
+}
+
+#[tokio::test]
+async fn requests_not_covered_pass_through() {
+    let (upstream, envoy) = gateway(&plugin(json!({}))).await;
+    let http = client();
+
+    let created = send(post_payment(&http, &envoy, "alice", Some(&new_key()), "{}")).await;
+    assert_eq!(created.status, 201, "{}", created.describe());
+
+    // GET is not covered: no key needed, an invalid key is ignored, nothing is replayed.
+    for key in [None, Some("\"broken")] {
+        let mut req = http
+            .get(envoy.url("/payments"))
+            .header("authorization", "alice");
+        if let Some(key) = key {
+            req = req.header("idempotency-key", key);
+        }
+        let list = send(req).await;
+        assert_eq!(list.status, 200, "{}", list.describe());
+        assert!(!list.replayed());
+        assert_eq!(list.json().as_array().map(Vec::len), Some(1));
+    }
+    // A path that no rule matches reaches the upstream (which has no such route) without a key.
+    let other = send(http.post(envoy.url("/refunds")).body("{}")).await;
+    assert_eq!(other.status, 404, "{}", other.describe());
+    // The exact rule does not cover a sub-path.
+    let sub = send(http.post(envoy.url("/payments/abc")).body("{}")).await;
+    assert_eq!(sub.status, 405, "{}", sub.describe());
+    // PUT is not in the rule's methods.
+    let put = send(http.put(envoy.url("/payments")).body("{}")).await;
+    assert_eq!(put.status, 405, "{}", put.describe());
+
+    assert_eq!(upstream.post_requests().await, 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn concurrent_duplicates_create_exactly_one_payment() {
+    let (upstream, envoy) = gateway(&plugin(json!({}))).await;
+    let http = client();
+    let key = new_key();
+    let body = r#"{"amount":19}"#;
+
+    let tasks: Vec<_> = (0..50)
+        .map(|_| {
+            let req = post_payment(&http, &envoy, "alice", Some(&key), body)
+                .header("x-demo-delay-ms", "300");
+            tokio::spawn(send(req))
+        })
+        .collect();
+    let mut answers = Vec::new();
+    for task in tasks {
+        answers.push(task.await.unwrap());
+    }
+
+    let mut originals = 0;
+    let mut bodies = HashSet::new();
+    for answer in &answers {
+        match answer.status {
+            201 => {
+                if !answer.replayed() {
+                    originals += 1;
+                }
+                bodies.insert(answer.body.clone());
+            }
+            409 => {
+                assert_problem(answer, 409);
+            }
+            _ => panic!("unexpected answer: {}", answer.describe()),
+        }
+    }
+    assert_eq!(originals, 1, "exactly one answer comes from the upstream");
+    assert_eq!(bodies.len(), 1, "every 201 carries the same payment");
+    assert_eq!(upstream.post_requests().await, 1);
+    assert_eq!(upstream.payment_count().await, 1);
+}
+
+#[tokio::test]
+async fn h2c_with_request_trailers_executes_once_and_replays() {
+    let (upstream, envoy) = gateway(&plugin(json!({}))).await;
+    let key = new_key();
+    let headers = [
+        ("content-type", "application/json"),
+        ("authorization", "alice"),
+        ("idempotency-key", key.as_str()),
+    ];
+    let body = br#"{"amount":23,"memo":"with trailers"}"#;
+    let trailers = [("x-checksum", "c0ffee")];
+
+    let first = h2c_with_trailers(envoy.port, "POST", "/payments", &headers, body, &trailers).await;
+    assert_eq!(first.status, 201, "{}", first.describe());
+    assert!(!first.replayed());
+    assert_eq!(first.json()["request"]["amount"], 23);
+
+    let retry = h2c_with_trailers(envoy.port, "POST", "/payments", &headers, body, &trailers).await;
+    assert_replay(&first, &retry);
+    // The same request over HTTP/1.1 (no trailers) replays too.
+    let http1 = send(post_payment(
+        &client(),
+        &envoy,
+        "alice",
+        Some(&key),
+        std::str::from_utf8(body).unwrap(),
+    ))
+    .await;
+    assert_replay(&first, &http1);
+    // Other body with trailers: 422.
+    let other =
+        h2c_with_trailers(envoy.port, "POST", "/payments", &headers, b"{}", &trailers).await;
+    assert_problem(&other, 422);
+
+    assert_eq!(upstream.post_requests().await, 1);
+}
