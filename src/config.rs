@@ -105,7 +105,11 @@ pub struct ConfigError {
 
 impl fmt::Display for ConfigError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "invalid plugin configuration: field `{}`: {}", self.field, self.reason)
+        write!(
+            f,
+            "invalid plugin configuration: field `{}`: {}",
+            self.field, self.reason
+        )
     }
 }
 
@@ -212,13 +216,19 @@ impl Config {
             let path = match (r.prefix, r.exact) {
                 (Some(p), None) => PathMatch::Prefix(check_path(&at("prefix"), p)?),
                 (None, Some(p)) => PathMatch::Exact(check_path(&at("exact"), p)?),
-                _ => return Err(err(format!("routes[{i}]"), "needs exactly one of `prefix` or `exact`")),
+                _ => {
+                    return Err(err(
+                        format!("routes[{i}]"),
+                        "needs exactly one of `prefix` or `exact`",
+                    ))
+                }
             };
             let rule_retention = r.retention_s.unwrap_or(retention_s);
             check_range(&at("retention_s"), rule_retention, 1, 365 * 86_400)?;
             routes.push(RouteRule {
                 path,
-                methods: validate_methods(&at("methods"), r.methods)?.unwrap_or_else(|| methods.clone()),
+                methods: validate_methods(&at("methods"), r.methods)?
+                    .unwrap_or_else(|| methods.clone()),
                 required: r.required.unwrap_or(false),
                 retention_ms: rule_retention * 1000,
                 store_5xx: r.store_5xx.unwrap_or(store_5xx),
@@ -228,31 +238,50 @@ impl Config {
 
         let caller = match raw.caller {
             None => CallerSource::Header("authorization".to_string()),
-            Some(RawCaller { header: Some(h), property: None }) => {
+            Some(RawCaller {
+                header: Some(h),
+                property: None,
+            }) => {
                 let h = h.to_ascii_lowercase();
                 if !is_token(&h) {
                     return Err(err("caller.header", "must be a non-empty HTTP header name"));
                 }
                 CallerSource::Header(h)
             }
-            Some(RawCaller { header: None, property: Some(p) }) => {
+            Some(RawCaller {
+                header: None,
+                property: Some(p),
+            }) => {
                 if p.is_empty() || p.iter().any(|s| s.is_empty()) {
-                    return Err(err("caller.property", "must be a non-empty list of non-empty path segments"));
+                    return Err(err(
+                        "caller.property",
+                        "must be a non-empty list of non-empty path segments",
+                    ));
                 }
                 CallerSource::Property(p)
             }
             Some(_) => return Err(err("caller", "needs exactly one of `header` or `property`")),
         };
 
-        let secret = raw.hmac_secret.unwrap_or_else(|| DEFAULT_SECRET.to_string());
+        let secret = raw
+            .hmac_secret
+            .unwrap_or_else(|| DEFAULT_SECRET.to_string());
         if secret.is_empty() {
             return Err(err("hmac_secret", "must not be empty"));
         }
         let mut fingerprint_headers = Vec::new();
-        for (i, h) in raw.fingerprint_headers.unwrap_or_default().into_iter().enumerate() {
+        for (i, h) in raw
+            .fingerprint_headers
+            .unwrap_or_default()
+            .into_iter()
+            .enumerate()
+        {
             let h = h.to_ascii_lowercase();
             if !is_token(&h) {
-                return Err(err(format!("fingerprint_headers[{i}]"), "must be an HTTP header name"));
+                return Err(err(
+                    format!("fingerprint_headers[{i}]"),
+                    "must be an HTTP header name",
+                ));
             }
             fingerprint_headers.push(h);
         }
@@ -271,13 +300,19 @@ impl Config {
             Some(k) => {
                 let cluster = k.cluster.unwrap_or_default();
                 if cluster.is_empty() {
-                    return Err(err("keystore.cluster", "is required when `keystore` is set"));
+                    return Err(err(
+                        "keystore.cluster",
+                        "is required when `keystore` is set",
+                    ));
                 }
                 let timeout_ms = k.timeout_ms.unwrap_or(500);
                 check_range("keystore.timeout_ms", timeout_ms, 1, 60_000)?;
                 let path_prefix = k.path_prefix.unwrap_or_else(|| "/v1".to_string());
                 if !path_prefix.starts_with('/') || path_prefix.ends_with('/') {
-                    return Err(err("keystore.path_prefix", "must start with `/` and not end with `/`"));
+                    return Err(err(
+                        "keystore.path_prefix",
+                        "must start with `/` and not end with `/`",
+                    ));
                 }
                 if let Some(t) = &k.token {
                     if t.is_empty() || !t.bytes().all(|b| b.is_ascii_graphic()) {
@@ -328,7 +363,9 @@ fn serde_json_path_error(bytes: &[u8]) -> Result<RawConfig, ConfigError> {
         // serde names an unknown field in its message, at the path of its parent.
         let field = match (inner.to_string().split('`').nth(1), path.as_str()) {
             (Some(name), ".") if inner.to_string().starts_with("unknown field") => name.to_string(),
-            (Some(name), p) if inner.to_string().starts_with("unknown field") => format!("{p}.{name}"),
+            (Some(name), p) if inner.to_string().starts_with("unknown field") => {
+                format!("{p}.{name}")
+            }
             (_, "." | "?") => "(document)".to_string(),
             (_, p) => p.to_string(),
         };
@@ -344,7 +381,10 @@ fn to_usize(v: u64) -> usize {
 
 fn check_range(field: &str, v: u64, min: u64, max: u64) -> Result<(), ConfigError> {
     if v < min || v > max {
-        return Err(err(field, format!("must be between {min} and {max}, got {v}")));
+        return Err(err(
+            field,
+            format!("must be between {min} and {max}, got {v}"),
+        ));
     }
     Ok(())
 }
@@ -356,7 +396,10 @@ fn check_path(field: &str, p: String) -> Result<String, ConfigError> {
     Ok(p)
 }
 
-fn validate_methods(field: &str, methods: Option<Vec<String>>) -> Result<Option<Vec<String>>, ConfigError> {
+fn validate_methods(
+    field: &str,
+    methods: Option<Vec<String>>,
+) -> Result<Option<Vec<String>>, ConfigError> {
     let Some(methods) = methods else {
         return Ok(None);
     };
@@ -432,12 +475,18 @@ mod tests {
             (r#"{"bogus":1}"#, "bogus"),
             (r#"{"routes":[{"prefix":"/a","exact":"/b"}]}"#, "routes[0]"),
             (r#"{"routes":[{"prefix":"a"}]}"#, "routes[0].prefix"),
-            (r#"{"routes":[{"prefix":"/a","methods":[]}]}"#, "routes[0].methods"),
+            (
+                r#"{"routes":[{"prefix":"/a","methods":[]}]}"#,
+                "routes[0].methods",
+            ),
             (r#"{"header_name":"bad name"}"#, "header_name"),
             (r#"{"caller":{"header":"a","property":["b"]}}"#, "caller"),
             (r#"{"failure_mode":"maybe"}"#, "failure_mode"),
             (r#"{"keystore":{}}"#, "keystore.cluster"),
-            (r#"{"keystore":{"cluster":"k","timeout_ms":0}}"#, "keystore.timeout_ms"),
+            (
+                r#"{"keystore":{"cluster":"k","timeout_ms":0}}"#,
+                "keystore.timeout_ms",
+            ),
             (r#"{"hmac_secret":""}"#, "hmac_secret"),
             (r#"{"l1_slots":0}"#, "l1_slots"),
             ("\"text\"", "(document)"),
@@ -445,7 +494,12 @@ mod tests {
         ];
         for (doc, field) in cases {
             let e = parse(doc).unwrap_err();
-            assert!(e.field.contains(field), "{doc}: got field {:?} ({})", e.field, e.reason);
+            assert!(
+                e.field.contains(field),
+                "{doc}: got field {:?} ({})",
+                e.field,
+                e.reason
+            );
             assert!(e.to_string().contains(field));
         }
     }

@@ -56,7 +56,10 @@ mod tests {
 
     #[test]
     fn chunking_does_not_matter() {
-        assert_eq!(fp("POST", "/p", &[], &[b"hello world"]), fp("POST", "/p", &[], &[b"hello", b" world"]));
+        assert_eq!(
+            fp("POST", "/p", &[], &[b"hello world"]),
+            fp("POST", "/p", &[], &[b"hello", b" world"])
+        );
     }
 
     #[test]
@@ -65,7 +68,10 @@ mod tests {
         assert_ne!(base, fp("PATCH", "/p?a=1", &[], &[b"{}"]));
         assert_ne!(base, fp("POST", "/p?a=2", &[], &[b"{}"]));
         assert_ne!(base, fp("POST", "/p?a=1", &[], &[b"{ }"]));
-        assert_ne!(base, fp("POST", "/p?a=1", &[("x-tenant", vec![b"a"])], &[b"{}"]));
+        assert_ne!(
+            base,
+            fp("POST", "/p?a=1", &[("x-tenant", vec![b"a"])], &[b"{}"])
+        );
         assert_ne!(
             fp("POST", "/p", &[("x", vec![b"a"])], &[]),
             fp("POST", "/p", &[("x", vec![])], &[])
@@ -74,6 +80,9 @@ mod tests {
 
     #[test]
     fn fields_cannot_bleed_into_each_other() {
-        assert_ne!(fp("POST", "/ab", &[], &[b""]), fp("POST", "/a", &[], &[b"b"]));
+        assert_ne!(
+            fp("POST", "/ab", &[], &[b""]),
+            fp("POST", "/a", &[], &[b"b"])
+        );
     }
 }

@@ -3,6 +3,9 @@
 
 use crate::metrics::Metric;
 
+/// Header fields in order, names as Envoy gives them, values as bytes (they need not be UTF-8).
+pub type Headers = Vec<(String, Vec<u8>)>;
+
 /// Why a shared-data write was refused.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum SharedSetError {

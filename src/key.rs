@@ -31,9 +31,16 @@ impl fmt::Display for KeyError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             KeyError::Empty => write!(f, "the key is empty"),
-            KeyError::TooLong(n) => write!(f, "the key has {n} characters; at most {MAX_KEY_LEN} are allowed"),
-            KeyError::NotPrintableAscii => write!(f, "the key must be printable ASCII characters only"),
-            KeyError::BrokenString(why) => write!(f, "the key is not a valid structured-field string: {why}"),
+            KeyError::TooLong(n) => write!(
+                f,
+                "the key has {n} characters; at most {MAX_KEY_LEN} are allowed"
+            ),
+            KeyError::NotPrintableAscii => {
+                write!(f, "the key must be printable ASCII characters only")
+            }
+            KeyError::BrokenString(why) => {
+                write!(f, "the key is not a valid structured-field string: {why}")
+            }
             KeyError::Parameters => write!(f, "the key must not carry structured-field parameters"),
             KeyError::Conflicting => write!(f, "the request carries several different keys"),
         }
@@ -76,7 +83,10 @@ pub fn parse_key(raw: &[u8]) -> Result<IdempotencyKey, KeyError> {
 fn trim_ows(raw: &[u8]) -> &[u8] {
     let is_ows = |b: &u8| *b == b' ' || *b == b'\t';
     let start = raw.iter().position(|b| !is_ows(b)).unwrap_or(raw.len());
-    let end = raw.iter().rposition(|b| !is_ows(b)).map_or(start, |i| i + 1);
+    let end = raw
+        .iter()
+        .rposition(|b| !is_ows(b))
+        .map_or(start, |i| i + 1);
     raw.get(start..end).unwrap_or_default()
 }
 
@@ -89,7 +99,11 @@ fn parse_sf_string(value: &[u8]) -> Result<String, KeyError> {
             None => return Err(KeyError::BrokenString("no closing quote")),
             Some(b'\\') => match bytes.next() {
                 Some(&c @ (b'"' | b'\\')) => out.push(char::from(c)),
-                Some(_) => return Err(KeyError::BrokenString("a backslash may only escape `\"` or `\\`")),
+                Some(_) => {
+                    return Err(KeyError::BrokenString(
+                        "a backslash may only escape `\"` or `\\`",
+                    ))
+                }
                 None => return Err(KeyError::BrokenString("no closing quote")),
             },
             Some(b'"') => break,
@@ -110,7 +124,11 @@ fn parse_bare(value: &[u8]) -> Result<String, KeyError> {
     for &c in value {
         match c {
             b';' => return Err(KeyError::Parameters),
-            b'"' | b'\\' | b',' => return Err(KeyError::BrokenString("a bare key may not hold `\"`, `\\` or `,`")),
+            b'"' | b'\\' | b',' => {
+                return Err(KeyError::BrokenString(
+                    "a bare key may not hold `\"`, `\\` or `,`",
+                ))
+            }
             0x21..=0x7e => out.push(char::from(c)),
             _ => return Err(KeyError::NotPrintableAscii),
         }
@@ -142,8 +160,14 @@ mod tests {
     #[test]
     fn length_limits() {
         assert_eq!(ok("x".repeat(255).as_bytes()).len(), 255);
-        assert_eq!(parse_key("x".repeat(256).as_bytes()), Err(KeyError::TooLong(256)));
-        assert_eq!(parse_key(format!("\"{}\"", "y".repeat(256)).as_bytes()), Err(KeyError::TooLong(256)));
+        assert_eq!(
+            parse_key("x".repeat(256).as_bytes()),
+            Err(KeyError::TooLong(256))
+        );
+        assert_eq!(
+            parse_key(format!("\"{}\"", "y".repeat(256)).as_bytes()),
+            Err(KeyError::TooLong(256))
+        );
         assert_eq!(parse_key(b""), Err(KeyError::Empty));
         assert_eq!(parse_key(b"   "), Err(KeyError::Empty));
         assert_eq!(parse_key(b"\"\""), Err(KeyError::Empty));

@@ -71,7 +71,13 @@ pub fn claim(cfg: &KeystoreConfig, key: &RecordKey, fp: &Fingerprint, lease_ms: 
     )
 }
 
-pub fn complete(cfg: &KeystoreConfig, key: &RecordKey, token: &str, record: &Record, retention_ms: u64) -> Callout {
+pub fn complete(
+    cfg: &KeystoreConfig,
+    key: &RecordKey,
+    token: &str,
+    record: &Record,
+    retention_ms: u64,
+) -> Callout {
     callout(
         cfg,
         "complete",
@@ -90,13 +96,16 @@ pub fn parse_claim(status: Option<u16>, body: &[u8]) -> Result<ClaimReply, Strin
         Some(s) => return Err(format!("key store answered {s} to claim")),
         None => return Err("key store callout failed without a response".to_string()),
     }
-    let raw: RawClaim = serde_json::from_slice(body).map_err(|e| format!("unparsable claim reply: {e}"))?;
+    let raw: RawClaim =
+        serde_json::from_slice(body).map_err(|e| format!("unparsable claim reply: {e}"))?;
     Ok(match raw {
         RawClaim::Claimed { token } if !token.is_empty() => ClaimReply::Claimed { token },
         RawClaim::Claimed { .. } => return Err("claim reply has an empty token".to_string()),
         RawClaim::InFlight { retry_after_ms } => ClaimReply::InFlight { retry_after_ms },
         RawClaim::Completed { record } => {
-            let bytes = B64.decode(record).map_err(|e| format!("claim reply record is not base64: {e}"))?;
+            let bytes = B64
+                .decode(record)
+                .map_err(|e| format!("claim reply record is not base64: {e}"))?;
             ClaimReply::Completed(Record::decode(&bytes).map_err(|e| e.0)?)
         }
         RawClaim::Mismatch => ClaimReply::Mismatch,
@@ -137,8 +146,12 @@ mod tests {
         assert_eq!(c.cluster, "ks");
         assert_eq!(c.timeout_ms, 250);
         assert!(c.headers.contains(&(":path".into(), "/v1/claim".into())));
-        assert!(c.headers.contains(&(":authority".into(), "keystore.internal".into())));
-        assert!(c.headers.contains(&("authorization".into(), "Bearer t0k".into())));
+        assert!(c
+            .headers
+            .contains(&(":authority".into(), "keystore.internal".into())));
+        assert!(c
+            .headers
+            .contains(&("authorization".into(), "Bearer t0k".into())));
         let v: serde_json::Value = serde_json::from_slice(&c.body).unwrap();
         assert_eq!(v["key"], "ab".repeat(32));
         assert_eq!(v["fingerprint"], "01".repeat(32));
@@ -147,9 +160,20 @@ mod tests {
 
     #[test]
     fn parses_every_claim_outcome() {
-        let rec = Record { fingerprint: [1; 32], created_ms: 1, expires_ms: 2, response: None };
-        let body = format!(r#"{{"outcome":"completed","record":"{}"}}"#, B64.encode(rec.encode()));
-        assert_eq!(parse_claim(Some(200), body.as_bytes()), Ok(ClaimReply::Completed(rec)));
+        let rec = Record {
+            fingerprint: [1; 32],
+            created_ms: 1,
+            expires_ms: 2,
+            response: None,
+        };
+        let body = format!(
+            r#"{{"outcome":"completed","record":"{}"}}"#,
+            B64.encode(rec.encode())
+        );
+        assert_eq!(
+            parse_claim(Some(200), body.as_bytes()),
+            Ok(ClaimReply::Completed(rec))
+        );
         assert_eq!(
             parse_claim(Some(200), br#"{"outcome":"claimed","token":"x"}"#),
             Ok(ClaimReply::Claimed { token: "x".into() })
@@ -158,7 +182,10 @@ mod tests {
             parse_claim(Some(200), br#"{"outcome":"in_flight","retry_after_ms":5}"#),
             Ok(ClaimReply::InFlight { retry_after_ms: 5 })
         );
-        assert_eq!(parse_claim(Some(200), br#"{"outcome":"mismatch"}"#), Ok(ClaimReply::Mismatch));
+        assert_eq!(
+            parse_claim(Some(200), br#"{"outcome":"mismatch"}"#),
+            Ok(ClaimReply::Mismatch)
+        );
     }
 
     #[test]
@@ -176,8 +203,14 @@ mod tests {
         ] {
             assert!(parse_claim(status, body).is_err(), "{status:?} {body:?}");
         }
-        assert_eq!(parse_ack(Some(409), br#"{"outcome":"stale"}"#), Ok(AckReply::Stale));
-        assert_eq!(parse_ack(Some(200), br#"{"outcome":"stored"}"#), Ok(AckReply::Done));
+        assert_eq!(
+            parse_ack(Some(409), br#"{"outcome":"stale"}"#),
+            Ok(AckReply::Stale)
+        );
+        assert_eq!(
+            parse_ack(Some(200), br#"{"outcome":"stored"}"#),
+            Ok(AckReply::Done)
+        );
         assert!(parse_ack(Some(500), b"").is_err());
         assert!(parse_ack(Some(200), b"{").is_err());
     }

@@ -18,7 +18,11 @@ const CAS_ATTEMPTS: usize = 16;
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 enum State {
-    InFlight { fingerprint: Fingerprint, lease_until_ms: u64, owner: u64 },
+    InFlight {
+        fingerprint: Fingerprint,
+        lease_until_ms: u64,
+        owner: u64,
+    },
     /// The encoded [`Record`], kept encoded so that a lookup decodes only the entry it needs.
     Completed { expires_ms: u64, record: Vec<u8> },
 }
@@ -110,14 +114,20 @@ impl NearCache {
         let entry = Entry {
             key: key.0,
             written_ms: now_ms,
-            state: State::InFlight { fingerprint: *fingerprint, lease_until_ms: now_ms + lease_ms, owner },
+            state: State::InFlight {
+                fingerprint: *fingerprint,
+                lease_until_ms: now_ms + lease_ms,
+                owner,
+            },
         };
         let mut found = None;
         let result = self.update(shared, key, now_ms, |bucket| {
             found = None;
             if let Some(existing) = bucket.iter().find(|e| e.key == key.0 && e.is_live(now_ms)) {
                 found = Some(match &existing.state {
-                    State::InFlight { fingerprint: f, .. } if f != fingerprint => L1Outcome::Mismatch,
+                    State::InFlight { fingerprint: f, .. } if f != fingerprint => {
+                        L1Outcome::Mismatch
+                    }
                     State::InFlight { lease_until_ms, .. } => L1Outcome::InFlight {
                         lease_left_ms: lease_until_ms.saturating_sub(now_ms),
                     },
@@ -166,7 +176,10 @@ impl NearCache {
             bucket.push(Entry {
                 key: key.0,
                 written_ms: now_ms,
-                state: State::Completed { expires_ms: record.expires_ms, record: encoded.clone() },
+                state: State::Completed {
+                    expires_ms: record.expires_ms,
+                    record: encoded.clone(),
+                },
             });
             true
         })?;
@@ -174,7 +187,13 @@ impl NearCache {
     }
 
     /// Drops `owner`'s claim so that a retry executes again.
-    pub fn release(&self, shared: &dyn SharedData, key: &RecordKey, owner: u64, now_ms: u64) -> Result<bool, String> {
+    pub fn release(
+        &self,
+        shared: &dyn SharedData,
+        key: &RecordKey,
+        owner: u64,
+        now_ms: u64,
+    ) -> Result<bool, String> {
         let mut owned = false;
         self.update(shared, key, now_ms, |bucket| {
             let before = bucket.len();
@@ -212,7 +231,9 @@ impl NearCache {
                 Err(SharedSetError::Failed(e)) => return Err(e),
             }
         }
-        Err(format!("slot {slot} stayed contended for {CAS_ATTEMPTS} attempts"))
+        Err(format!(
+            "slot {slot} stayed contended for {CAS_ATTEMPTS} attempts"
+        ))
     }
 
     /// Evicts the oldest completed entries (never `keep`'s, never a claim) until the bucket fits.
@@ -250,13 +271,20 @@ mod tests {
             fingerprint: fp,
             created_ms: 0,
             expires_ms: 10_000,
-            response: Some(crate::record::StoredResponse { status: 201, headers: vec![], body: vec![1; body] }),
+            response: Some(crate::record::StoredResponse {
+                status: 201,
+                headers: vec![],
+                body: vec![1; body],
+            }),
         }
     }
 
     fn cache(slots: u32) -> (NearCache, FakeShared) {
         let shared = FakeShared::default();
-        let c = NearCache { slots, slot_budget: 4096 };
+        let c = NearCache {
+            slots,
+            slot_budget: 4096,
+        };
         c.ensure_slots(&shared).unwrap();
         (c, shared)
     }
@@ -265,27 +293,58 @@ mod tests {
     fn claim_then_conflict_then_complete_then_replay() {
         let (c, s) = cache(4);
         let fp = [1; 32];
-        assert_eq!(c.lookup_or_claim(&s, &rk(1), &fp, 7, 0, 1000), L1Outcome::Claimed);
-        assert_eq!(c.lookup_or_claim(&s, &rk(1), &fp, 8, 10, 1000), L1Outcome::InFlight { lease_left_ms: 990 });
-        assert_eq!(c.lookup_or_claim(&s, &rk(1), &[2; 32], 8, 10, 1000), L1Outcome::Mismatch);
-        assert_eq!(c.complete(&s, &rk(1), 8, &record(fp, 3), 20), Ok(false), "not the owner");
+        assert_eq!(
+            c.lookup_or_claim(&s, &rk(1), &fp, 7, 0, 1000),
+            L1Outcome::Claimed
+        );
+        assert_eq!(
+            c.lookup_or_claim(&s, &rk(1), &fp, 8, 10, 1000),
+            L1Outcome::InFlight { lease_left_ms: 990 }
+        );
+        assert_eq!(
+            c.lookup_or_claim(&s, &rk(1), &[2; 32], 8, 10, 1000),
+            L1Outcome::Mismatch
+        );
+        assert_eq!(
+            c.complete(&s, &rk(1), 8, &record(fp, 3), 20),
+            Ok(false),
+            "not the owner"
+        );
         assert_eq!(c.complete(&s, &rk(1), 7, &record(fp, 3), 20), Ok(true));
-        assert_eq!(c.lookup_or_claim(&s, &rk(1), &fp, 9, 30, 1000), L1Outcome::Completed(record(fp, 3)));
-        assert_eq!(c.lookup_or_claim(&s, &rk(1), &[2; 32], 9, 30, 1000), L1Outcome::Mismatch);
+        assert_eq!(
+            c.lookup_or_claim(&s, &rk(1), &fp, 9, 30, 1000),
+            L1Outcome::Completed(record(fp, 3))
+        );
+        assert_eq!(
+            c.lookup_or_claim(&s, &rk(1), &[2; 32], 9, 30, 1000),
+            L1Outcome::Mismatch
+        );
         // After retention the key is new again.
-        assert_eq!(c.lookup_or_claim(&s, &rk(1), &fp, 9, 10_000, 1000), L1Outcome::Claimed);
+        assert_eq!(
+            c.lookup_or_claim(&s, &rk(1), &fp, 9, 10_000, 1000),
+            L1Outcome::Claimed
+        );
     }
 
     #[test]
     fn release_and_lease_expiry_free_the_key() {
         let (c, s) = cache(1);
         let fp = [1; 32];
-        assert_eq!(c.lookup_or_claim(&s, &rk(1), &fp, 7, 0, 100), L1Outcome::Claimed);
+        assert_eq!(
+            c.lookup_or_claim(&s, &rk(1), &fp, 7, 0, 100),
+            L1Outcome::Claimed
+        );
         assert_eq!(c.release(&s, &rk(1), 8, 1), Ok(false));
         assert_eq!(c.release(&s, &rk(1), 7, 1), Ok(true));
-        assert_eq!(c.lookup_or_claim(&s, &rk(1), &fp, 8, 2, 100), L1Outcome::Claimed);
+        assert_eq!(
+            c.lookup_or_claim(&s, &rk(1), &fp, 8, 2, 100),
+            L1Outcome::Claimed
+        );
         // The lease runs out: another request takes the key over; the stale owner cannot complete.
-        assert_eq!(c.lookup_or_claim(&s, &rk(1), &fp, 9, 200, 100), L1Outcome::Claimed);
+        assert_eq!(
+            c.lookup_or_claim(&s, &rk(1), &fp, 9, 200, 100),
+            L1Outcome::Claimed
+        );
         assert_eq!(c.complete(&s, &rk(1), 8, &record(fp, 1), 201), Ok(false));
         assert_eq!(c.complete(&s, &rk(1), 9, &record(fp, 1), 201), Ok(true));
     }
@@ -295,12 +354,24 @@ mod tests {
         let (c, s) = cache(1);
         let fp = [1; 32];
         for n in 0..3 {
-            assert_eq!(c.lookup_or_claim(&s, &rk(n), &fp, u64::from(n), u64::from(n), 1000), L1Outcome::Claimed);
-            assert_eq!(c.complete(&s, &rk(n), u64::from(n), &record(fp, 1500), u64::from(n)), Ok(true));
+            assert_eq!(
+                c.lookup_or_claim(&s, &rk(n), &fp, u64::from(n), u64::from(n), 1000),
+                L1Outcome::Claimed
+            );
+            assert_eq!(
+                c.complete(&s, &rk(n), u64::from(n), &record(fp, 1500), u64::from(n)),
+                Ok(true)
+            );
         }
         // Budget 4096 holds two 1.5 KiB records: the oldest went.
-        assert_eq!(c.lookup_or_claim(&s, &rk(0), &fp, 99, 5, 1000), L1Outcome::Claimed);
-        assert!(matches!(c.lookup_or_claim(&s, &rk(2), &fp, 99, 5, 1000), L1Outcome::Completed(_)));
+        assert_eq!(
+            c.lookup_or_claim(&s, &rk(0), &fp, 99, 5, 1000),
+            L1Outcome::Claimed
+        );
+        assert!(matches!(
+            c.lookup_or_claim(&s, &rk(2), &fp, 99, 5, 1000),
+            L1Outcome::Completed(_)
+        ));
         let (v, _) = s.shared_get(&slot_key(0));
         assert!(v.unwrap().len() <= 4096 + 256);
     }
@@ -309,23 +380,39 @@ mod tests {
     fn lost_cas_is_retried() {
         let (c, s) = cache(1);
         s.fail_next_cas(3);
-        assert_eq!(c.lookup_or_claim(&s, &rk(1), &[1; 32], 7, 0, 100), L1Outcome::Claimed);
+        assert_eq!(
+            c.lookup_or_claim(&s, &rk(1), &[1; 32], 7, 0, 100),
+            L1Outcome::Claimed
+        );
         s.fail_next_cas(100);
-        assert!(matches!(c.lookup_or_claim(&s, &rk(2), &[1; 32], 7, 0, 100), L1Outcome::Unavailable(_)));
+        assert!(matches!(
+            c.lookup_or_claim(&s, &rk(2), &[1; 32], 7, 0, 100),
+            L1Outcome::Unavailable(_)
+        ));
     }
 
     #[test]
     fn garbage_slot_is_treated_as_empty() {
         let (c, s) = cache(1);
-        s.shared_set(&slot_key(0), b"\xff\xff\xff garbage", None).unwrap();
-        assert_eq!(c.lookup_or_claim(&s, &rk(1), &[1; 32], 7, 0, 100), L1Outcome::Claimed);
+        s.shared_set(&slot_key(0), b"\xff\xff\xff garbage", None)
+            .unwrap();
+        assert_eq!(
+            c.lookup_or_claim(&s, &rk(1), &[1; 32], 7, 0, 100),
+            L1Outcome::Claimed
+        );
     }
 
     #[test]
     fn ensure_slots_keeps_existing_data() {
         let (c, s) = cache(2);
-        assert_eq!(c.lookup_or_claim(&s, &rk(1), &[1; 32], 7, 0, 100), L1Outcome::Claimed);
+        assert_eq!(
+            c.lookup_or_claim(&s, &rk(1), &[1; 32], 7, 0, 100),
+            L1Outcome::Claimed
+        );
         c.ensure_slots(&s).unwrap();
-        assert!(matches!(c.lookup_or_claim(&s, &rk(1), &[1; 32], 8, 1, 100), L1Outcome::InFlight { .. }));
+        assert!(matches!(
+            c.lookup_or_claim(&s, &rk(1), &[1; 32], 8, 1, 100),
+            L1Outcome::InFlight { .. }
+        ));
     }
 }

@@ -20,4 +20,6 @@ pub mod stream;
 mod adapter;
 
 #[cfg(test)]
+mod stream_tests;
+#[cfg(test)]
 mod testing;

@@ -1,5 +1,6 @@
 //! RFC 9457 problem details for every answer the filter makes itself.
 
+use crate::host::Headers;
 use serde::Serialize;
 
 /// One kind of problem the filter answers with.
@@ -41,17 +42,29 @@ impl Problem {
         match self {
             Problem::MissingKey => ("missing-key", "Idempotency-Key is missing"),
             Problem::InvalidKey => ("invalid-key", "Idempotency-Key is invalid"),
-            Problem::Conflict => ("request-in-progress", "A request with this Idempotency-Key is being processed"),
-            Problem::Mismatch => ("key-reused", "Idempotency-Key is already used with another request"),
+            Problem::Conflict => (
+                "request-in-progress",
+                "A request with this Idempotency-Key is being processed",
+            ),
+            Problem::Mismatch => (
+                "key-reused",
+                "Idempotency-Key is already used with another request",
+            ),
             Problem::BodyTooLarge => ("body-too-large", "Request body is too large to fingerprint"),
-            Problem::NotReplayable => ("response-not-replayable", "The response to this request was not kept"),
+            Problem::NotReplayable => (
+                "response-not-replayable",
+                "The response to this request was not kept",
+            ),
             Problem::Unauthenticated => ("no-caller", "The request has no caller identity"),
-            Problem::StoreUnavailable => ("store-unavailable", "The idempotency key store is unavailable"),
+            Problem::StoreUnavailable => (
+                "store-unavailable",
+                "The idempotency key store is unavailable",
+            ),
         }
     }
 
     /// The local reply: status, headers, JSON body.
-    pub fn response(self, detail: &str) -> (u16, Vec<(String, Vec<u8>)>, Vec<u8>) {
+    pub fn response(self, detail: &str) -> (u16, Headers, Vec<u8>) {
         let (slug, title) = self.slug_and_title();
         let body = Body {
             kind: format!("urn:envoy-idempotency:problem:{slug}"),
@@ -59,11 +72,18 @@ impl Problem {
             status: self.status(),
             detail,
         };
-        let mut headers = vec![("content-type".to_string(), b"application/problem+json".to_vec())];
+        let mut headers = vec![(
+            "content-type".to_string(),
+            b"application/problem+json".to_vec(),
+        )];
         if self == Problem::Conflict {
             headers.push(("retry-after".to_string(), b"1".to_vec()));
         }
-        (self.status(), headers, serde_json::to_vec(&body).unwrap_or_default())
+        (
+            self.status(),
+            headers,
+            serde_json::to_vec(&body).unwrap_or_default(),
+        )
     }
 }
 

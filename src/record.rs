@@ -56,9 +56,8 @@ impl Record {
 
     pub fn decode(bytes: &[u8]) -> Result<Record, DecodeError> {
         match bytes.split_first() {
-            Some((&VERSION, rest)) => {
-                postcard::from_bytes(rest).map_err(|e| DecodeError(format!("record does not decode: {e}")))
-            }
+            Some((&VERSION, rest)) => postcard::from_bytes(rest)
+                .map_err(|e| DecodeError(format!("record does not decode: {e}"))),
             Some((v, _)) => Err(DecodeError(format!("unknown record version {v}"))),
             None => Err(DecodeError("empty record".to_string())),
         }
@@ -106,7 +105,10 @@ mod tests {
     fn round_trip_is_byte_exact() {
         let r = sample();
         assert_eq!(Record::decode(&r.encode()), Ok(r));
-        let gone = Record { response: None, ..sample() };
+        let gone = Record {
+            response: None,
+            ..sample()
+        };
         assert_eq!(Record::decode(&gone.encode()), Ok(gone));
     }
 
@@ -116,7 +118,10 @@ mod tests {
         assert!(Record::decode(b"\x09abc").is_err());
         let enc = sample().encode();
         for cut in 0..enc.len() {
-            assert!(Record::decode(&enc[..cut]).is_err(), "truncated at {cut} decoded");
+            assert!(
+                Record::decode(&enc[..cut]).is_err(),
+                "truncated at {cut} decoded"
+            );
         }
     }
 
@@ -128,6 +133,9 @@ mod tests {
             ("content-length".into(), b"2".to_vec()),
             ("content-type".into(), b"text/plain".to_vec()),
         ]);
-        assert_eq!(kept, vec![("content-type".to_string(), b"text/plain".to_vec())]);
+        assert_eq!(
+            kept,
+            vec![("content-type".to_string(), b"text/plain".to_vec())]
+        );
     }
 }

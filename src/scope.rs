@@ -61,10 +61,22 @@ mod tests {
     #[test]
     fn scoped_by_caller_route_and_secret() {
         let base = RecordKey::derive(b"s", "exact:/p", Some(b"Bearer a"), "k");
-        assert_eq!(base, RecordKey::derive(b"s", "exact:/p", Some(b"Bearer a"), "k"));
-        assert_ne!(base, RecordKey::derive(b"s", "exact:/p", Some(b"Bearer b"), "k"));
-        assert_ne!(base, RecordKey::derive(b"s", "exact:/q", Some(b"Bearer a"), "k"));
-        assert_ne!(base, RecordKey::derive(b"t", "exact:/p", Some(b"Bearer a"), "k"));
+        assert_eq!(
+            base,
+            RecordKey::derive(b"s", "exact:/p", Some(b"Bearer a"), "k")
+        );
+        assert_ne!(
+            base,
+            RecordKey::derive(b"s", "exact:/p", Some(b"Bearer b"), "k")
+        );
+        assert_ne!(
+            base,
+            RecordKey::derive(b"s", "exact:/q", Some(b"Bearer a"), "k")
+        );
+        assert_ne!(
+            base,
+            RecordKey::derive(b"t", "exact:/p", Some(b"Bearer a"), "k")
+        );
         assert_ne!(base, RecordKey::derive(b"s", "exact:/p", None, "k"));
         assert_ne!(
             RecordKey::derive(b"s", "r", None, "k"),

@@ -56,7 +56,11 @@ enum Phase {
     Reading(Box<Pending>),
     Claiming(Claim, u32),
     Executing(Claim),
-    Capturing { claim: Claim, status: u16, headers: Vec<(String, Vec<u8>)> },
+    Capturing {
+        claim: Claim,
+        status: u16,
+        headers: Vec<(String, Vec<u8>)>,
+    },
     /// The record is on its way to the key store; the response waits for it.
     Storing(u32),
     /// A release is on its way to the key store; the (unstored) response waits for it.
@@ -73,18 +77,27 @@ pub struct Stream {
 }
 
 fn header<'a>(headers: &'a [(String, Vec<u8>)], name: &str) -> Option<&'a [u8]> {
-    headers.iter().find(|(n, _)| n.eq_ignore_ascii_case(name)).map(|(_, v)| v.as_slice())
+    headers
+        .iter()
+        .find(|(n, _)| n.eq_ignore_ascii_case(name))
+        .map(|(_, v)| v.as_slice())
 }
 
 impl Stream {
     pub fn new(cfg: Rc<Config>, cache: Rc<NearCache>) -> Stream {
-        Stream { cfg, cache, phase: Phase::Idle }
+        Stream {
+            cfg,
+            cache,
+            phase: Phase::Idle,
+        }
     }
 
     pub fn on_request_headers(&mut self, host: &dyn Host, end_of_stream: bool) -> Flow {
         let headers = host.request_headers();
-        let method = String::from_utf8_lossy(header(&headers, ":method").unwrap_or_default()).into_owned();
-        let path = String::from_utf8_lossy(header(&headers, ":path").unwrap_or_default()).into_owned();
+        let method =
+            String::from_utf8_lossy(header(&headers, ":method").unwrap_or_default()).into_owned();
+        let path =
+            String::from_utf8_lossy(header(&headers, ":path").unwrap_or_default()).into_owned();
         let Some(rule) = self.cfg.route_for(&method, &path).cloned() else {
             host.count(Metric::NotCovered);
             return Flow::Continue;
@@ -97,7 +110,11 @@ impl Stream {
             Ok(Some(key)) => key,
             Ok(None) if rule.required => {
                 host.count(Metric::MissingKey);
-                let detail = format!("{method} {} requires the {} header", rule.path.scope(), self.cfg.header_name);
+                let detail = format!(
+                    "{method} {} requires the {} header",
+                    rule.path.scope(),
+                    self.cfg.header_name
+                );
                 return self.answer(host, Problem::MissingKey, &detail);
             }
             Ok(None) => {
@@ -116,20 +133,36 @@ impl Stream {
         .filter(|v| !v.is_empty());
         if caller.is_none() && self.cfg.anonymous == Anonymous::Reject {
             host.count(Metric::Unauthenticated);
-            return self.answer(host, Problem::Unauthenticated, "this route needs an authenticated caller");
+            return self.answer(
+                host,
+                Problem::Unauthenticated,
+                "this route needs an authenticated caller",
+            );
         }
-        let record_key =
-            RecordKey::derive(&self.cfg.hmac_secret, &rule.path.scope(), caller.as_deref(), key.as_str());
+        let record_key = RecordKey::derive(
+            &self.cfg.hmac_secret,
+            &rule.path.scope(),
+            caller.as_deref(),
+            key.as_str(),
+        );
         let fp_headers: Vec<(&str, Vec<&[u8]>)> = self
             .cfg
             .fingerprint_headers
             .iter()
             .map(|name| {
-                let values = headers.iter().filter(|(n, _)| n == name).map(|(_, v)| v.as_slice()).collect();
+                let values = headers
+                    .iter()
+                    .filter(|(n, _)| n == name)
+                    .map(|(_, v)| v.as_slice())
+                    .collect();
                 (name.as_str(), values)
             })
             .collect();
-        let pending = Pending { rule, key: record_key, fingerprinter: Fingerprinter::new(&method, &path, &fp_headers) };
+        let pending = Pending {
+            rule,
+            key: record_key,
+            fingerprinter: Fingerprinter::new(&method, &path, &fp_headers),
+        };
         if end_of_stream {
             return self.decide(host, pending);
         }
@@ -137,7 +170,12 @@ impl Stream {
         Flow::Pause
     }
 
-    pub fn on_request_body(&mut self, host: &dyn Host, body_size: usize, end_of_stream: bool) -> Flow {
+    pub fn on_request_body(
+        &mut self,
+        host: &dyn Host,
+        body_size: usize,
+        end_of_stream: bool,
+    ) -> Flow {
         match &self.phase {
             Phase::Reading(_) if body_size > self.cfg.max_body_bytes => self.body_too_large(host),
             Phase::Reading(_) if end_of_stream => self.finish_body(host),
@@ -179,9 +217,22 @@ impl Stream {
         let fingerprint = pending.fingerprinter.finish();
         let now = host.now_ms();
         let owner = host.random_u64();
-        let mut claim =
-            Claim { rule: pending.rule, key: pending.key, fingerprint, owner, l1: false, token: None };
-        match self.cache.lookup_or_claim(host, &claim.key, &fingerprint, owner, now, self.cfg.lock_lease_ms) {
+        let mut claim = Claim {
+            rule: pending.rule,
+            key: pending.key,
+            fingerprint,
+            owner,
+            l1: false,
+            token: None,
+        };
+        match self.cache.lookup_or_claim(
+            host,
+            &claim.key,
+            &fingerprint,
+            owner,
+            now,
+            self.cfg.lock_lease_ms,
+        ) {
             L1Outcome::Claimed => claim.l1 = true,
             L1Outcome::Completed(record) => return self.replay(host, &claim.key, record),
             L1Outcome::InFlight { .. } => return self.conflict(host, &claim.key),
@@ -202,7 +253,12 @@ impl Stream {
                 self.phase = Phase::Claiming(claim, token);
                 Flow::Pause
             }
-            Err(e) => self.store_failed(host, claim, &format!("claim callout not dispatched: {e}"), false),
+            Err(e) => self.store_failed(
+                host,
+                claim,
+                &format!("claim callout not dispatched: {e}"),
+                false,
+            ),
         }
     }
 
@@ -223,24 +279,44 @@ impl Stream {
         match claim.rule.failure_mode {
             FailureMode::FailOpen => {
                 host.count(Metric::FailOpen);
-                warn!("key {}: key store failed ({why}); fail_open: forwarding", claim.key.short());
+                warn!(
+                    "key {}: key store failed ({why}); fail_open: forwarding",
+                    claim.key.short()
+                );
                 self.execute(host, claim, resume)
             }
             FailureMode::FailClosed => {
-                warn!("key {}: key store failed ({why}); fail_closed: 503", claim.key.short());
+                warn!(
+                    "key {}: key store failed ({why}); fail_closed: 503",
+                    claim.key.short()
+                );
                 self.release_l1(host, &claim);
-                self.answer(host, Problem::StoreUnavailable, "the idempotency key store could not be reached")
+                self.answer(
+                    host,
+                    Problem::StoreUnavailable,
+                    "the idempotency key store could not be reached",
+                )
             }
         }
     }
 
-    pub fn on_callout_response(&mut self, host: &dyn Host, token: u32, status: Option<u16>, body: &[u8]) {
+    pub fn on_callout_response(
+        &mut self,
+        host: &dyn Host,
+        token: u32,
+        status: Option<u16>,
+        body: &[u8],
+    ) {
         match std::mem::replace(&mut self.phase, Phase::Idle) {
-            Phase::Claiming(claim, t) if t == token => self.on_claim_reply(host, claim, status, body),
+            Phase::Claiming(claim, t) if t == token => {
+                self.on_claim_reply(host, claim, status, body)
+            }
             Phase::Storing(t) if t == token => {
                 match keystore_client::parse_ack(status, body) {
                     Ok(AckReply::Done) => {}
-                    Ok(AckReply::Stale) => warn!("record not stored: the key store claim was taken over"),
+                    Ok(AckReply::Stale) => {
+                        warn!("record not stored: the key store claim was taken over")
+                    }
                     Err(e) => {
                         host.count(Metric::StoreError);
                         warn!("record not stored in the key store: {e}");
@@ -259,7 +335,13 @@ impl Stream {
         }
     }
 
-    fn on_claim_reply(&mut self, host: &dyn Host, mut claim: Claim, status: Option<u16>, body: &[u8]) {
+    fn on_claim_reply(
+        &mut self,
+        host: &dyn Host,
+        mut claim: Claim,
+        status: Option<u16>,
+        body: &[u8],
+    ) {
         match keystore_client::parse_claim(status, body) {
             Ok(ClaimReply::Claimed { token }) => {
                 claim.token = Some(token);
@@ -268,7 +350,9 @@ impl Stream {
             Ok(ClaimReply::Completed(record)) if record.fingerprint == claim.fingerprint => {
                 if claim.l1 {
                     // Keep the record near: the next retry on this Envoy needs no callout.
-                    let _ = self.cache.complete(host, &claim.key, claim.owner, &record, host.now_ms());
+                    let _ =
+                        self.cache
+                            .complete(host, &claim.key, claim.owner, &record, host.now_ms());
                 }
                 self.replay(host, &claim.key, record);
             }
@@ -295,21 +379,39 @@ impl Stream {
             .and_then(|s| std::str::from_utf8(s).ok())
             .and_then(|s| s.parse::<u16>().ok())
             .unwrap_or(0);
-        let storable = (status < 500 || claim.rule.store_5xx) && status >= 100 && !NEVER_STORED.contains(&status);
+        let storable = (status < 500 || claim.rule.store_5xx)
+            && status >= 100
+            && !NEVER_STORED.contains(&status);
         if !storable {
-            info!("key {}: upstream answered {status}; releasing the claim", claim.key.short());
+            info!(
+                "key {}: upstream answered {status}; releasing the claim",
+                claim.key.short()
+            );
             return self.release(host, claim);
         }
         let headers = storable_headers(headers);
         if end_of_stream {
-            let response = StoredResponse { status, headers, body: Vec::new() };
+            let response = StoredResponse {
+                status,
+                headers,
+                body: Vec::new(),
+            };
             return self.store(host, claim, Some(response));
         }
-        self.phase = Phase::Capturing { claim, status, headers };
+        self.phase = Phase::Capturing {
+            claim,
+            status,
+            headers,
+        };
         Flow::Continue
     }
 
-    pub fn on_response_body(&mut self, host: &dyn Host, body_size: usize, end_of_stream: bool) -> Flow {
+    pub fn on_response_body(
+        &mut self,
+        host: &dyn Host,
+        body_size: usize,
+        end_of_stream: bool,
+    ) -> Flow {
         let Phase::Capturing { headers, .. } = &self.phase else {
             return self.hold_response();
         };
@@ -341,10 +443,19 @@ impl Stream {
     }
 
     fn finish_capture(&mut self, host: &dyn Host, body: Option<Vec<u8>>) -> Flow {
-        let Phase::Capturing { claim, status, headers } = std::mem::replace(&mut self.phase, Phase::Idle) else {
+        let Phase::Capturing {
+            claim,
+            status,
+            headers,
+        } = std::mem::replace(&mut self.phase, Phase::Idle)
+        else {
             return Flow::Continue;
         };
-        let response = body.map(|body| StoredResponse { status, headers, body });
+        let response = body.map(|body| StoredResponse {
+            status,
+            headers,
+            body,
+        });
         self.store(host, claim, response)
     }
 
@@ -353,21 +464,38 @@ impl Stream {
         let now = host.now_ms();
         if response.is_none() {
             host.count(Metric::NotReplayable);
-            info!("key {}: response too large to keep; stored as not replayable", claim.key.short());
+            info!(
+                "key {}: response too large to keep; stored as not replayable",
+                claim.key.short()
+            );
         }
-        let record =
-            Record { fingerprint: claim.fingerprint, created_ms: now, expires_ms: now + claim.rule.retention_ms, response };
+        let record = Record {
+            fingerprint: claim.fingerprint,
+            created_ms: now,
+            expires_ms: now + claim.rule.retention_ms,
+            response,
+        };
         if claim.l1 {
-            match self.cache.complete(host, &claim.key, claim.owner, &record, now) {
+            match self
+                .cache
+                .complete(host, &claim.key, claim.owner, &record, now)
+            {
                 Ok(true) => {}
-                Ok(false) => warn!("key {}: near-cache claim was taken over before completion", claim.key.short()),
-                Err(e) => warn!("key {}: record not kept in the near cache: {e}", claim.key.short()),
+                Ok(false) => warn!(
+                    "key {}: near-cache claim was taken over before completion",
+                    claim.key.short()
+                ),
+                Err(e) => warn!(
+                    "key {}: record not kept in the near cache: {e}",
+                    claim.key.short()
+                ),
             }
         }
         let (Some(ks), Some(token)) = (&self.cfg.keystore, &claim.token) else {
             return Flow::Continue;
         };
-        let callout = keystore_client::complete(ks, &claim.key, token, &record, claim.rule.retention_ms);
+        let callout =
+            keystore_client::complete(ks, &claim.key, token, &record, claim.rule.retention_ms);
         match host.dispatch(&callout) {
             Ok(t) => {
                 self.phase = Phase::Storing(t);
@@ -375,7 +503,10 @@ impl Stream {
             }
             Err(e) => {
                 host.count(Metric::StoreError);
-                warn!("key {}: complete callout not dispatched: {e}", claim.key.short());
+                warn!(
+                    "key {}: complete callout not dispatched: {e}",
+                    claim.key.short()
+                );
                 Flow::Continue
             }
         }
@@ -395,7 +526,10 @@ impl Stream {
             }
             Err(e) => {
                 host.count(Metric::StoreError);
-                warn!("key {}: release callout not dispatched (the lease will expire): {e}", claim.key.short());
+                warn!(
+                    "key {}: release callout not dispatched (the lease will expire): {e}",
+                    claim.key.short()
+                );
                 Flow::Continue
             }
         }
@@ -403,8 +537,14 @@ impl Stream {
 
     fn release_l1(&self, host: &dyn Host, claim: &Claim) {
         if claim.l1 {
-            if let Err(e) = self.cache.release(host, &claim.key, claim.owner, host.now_ms()) {
-                warn!("key {}: near-cache claim not released (its lease will expire): {e}", claim.key.short());
+            if let Err(e) = self
+                .cache
+                .release(host, &claim.key, claim.owner, host.now_ms())
+            {
+                warn!(
+                    "key {}: near-cache claim not released (its lease will expire): {e}",
+                    claim.key.short()
+                );
             }
         }
     }
@@ -413,11 +553,16 @@ impl Stream {
     /// released in L1; in the key store it is left to its lease, since callouts die with the stream.
     pub fn on_done(&mut self, host: &dyn Host) {
         let claim = match std::mem::replace(&mut self.phase, Phase::Idle) {
-            Phase::Claiming(claim, _) | Phase::Executing(claim) | Phase::Capturing { claim, .. } => claim,
+            Phase::Claiming(claim, _)
+            | Phase::Executing(claim)
+            | Phase::Capturing { claim, .. } => claim,
             _ => return,
         };
         host.count(Metric::Released);
-        info!("key {}: stream ended before completion; releasing the claim", claim.key.short());
+        info!(
+            "key {}: stream ended before completion; releasing the claim",
+            claim.key.short()
+        );
         self.release_l1(host, &claim);
     }
 
@@ -442,13 +587,21 @@ impl Stream {
     fn conflict(&mut self, host: &dyn Host, key: &RecordKey) -> Flow {
         host.count(Metric::Conflict);
         debug!("key {}: in flight: 409", key.short());
-        self.answer(host, Problem::Conflict, "a request with this key is still being processed; retry later")
+        self.answer(
+            host,
+            Problem::Conflict,
+            "a request with this key is still being processed; retry later",
+        )
     }
 
     fn mismatch(&mut self, host: &dyn Host, key: &RecordKey) -> Flow {
         host.count(Metric::Mismatch);
         debug!("key {}: fingerprint mismatch: 422", key.short());
-        self.answer(host, Problem::Mismatch, "this key was used with a different request (method, path, query or body)")
+        self.answer(
+            host,
+            Problem::Mismatch,
+            "this key was used with a different request (method, path, query or body)",
+        )
     }
 
     fn answer(&mut self, host: &dyn Host, problem: Problem, detail: &str) -> Flow {

@@ -8,9 +8,12 @@ use std::collections::HashMap;
 use std::rc::Rc;
 
 /// Shared data as Envoy keeps it: a version per key, CAS checked only on keys that exist.
+/// Value and CAS version per key.
+type Store = HashMap<String, (Vec<u8>, u32)>;
+
 #[derive(Default, Clone)]
 pub struct FakeShared {
-    map: Rc<RefCell<HashMap<String, (Vec<u8>, u32)>>>,
+    map: Rc<RefCell<Store>>,
     fail_cas: Rc<Cell<usize>>,
 }
 
@@ -57,7 +60,10 @@ pub struct Sent {
 
 impl Sent {
     pub fn header(&self, name: &str) -> Option<&[u8]> {
-        self.headers.iter().find(|(n, _)| n == name).map(|(_, v)| v.as_slice())
+        self.headers
+            .iter()
+            .find(|(n, _)| n == name)
+            .map(|(_, v)| v.as_slice())
     }
 }
 
@@ -145,7 +151,11 @@ impl Host for FakeHost {
         self.properties.get(path).cloned()
     }
     fn send_response(&self, status: u16, headers: &[(String, Vec<u8>)], body: &[u8]) {
-        self.sent.borrow_mut().push(Sent { status, headers: headers.to_vec(), body: body.to_vec() });
+        self.sent.borrow_mut().push(Sent {
+            status,
+            headers: headers.to_vec(),
+            body: body.to_vec(),
+        });
     }
     fn dispatch(&self, callout: &Callout) -> Result<u32, String> {
         if self.refuse_dispatch.get() {
