@@ -48,8 +48,8 @@ impl From<&Config> for Settings {
 struct AppState {
     backend: Arc<dyn Backend>,
     metrics: Metrics,
-    /// The full expected `Authorization` value, precomputed.
-    authorization: Option<Arc<[u8]>>,
+    /// The bearer token required on /v1.
+    token: Option<Arc<[u8]>>,
     timeout: Duration,
 }
 
@@ -58,9 +58,7 @@ pub fn router(backend: Arc<dyn Backend>, settings: Settings, metrics: Metrics) -
     let state = AppState {
         backend,
         metrics,
-        authorization: settings
-            .token
-            .map(|t| Arc::from(format!("Bearer {t}").into_bytes())),
+        token: settings.token.map(|t| Arc::from(t.into_bytes())),
         timeout: settings.backend_timeout,
     };
     let v1 = Router::new()
@@ -78,7 +76,17 @@ pub fn router(backend: Arc<dyn Backend>, settings: Settings, metrics: Metrics) -
 }
 
 fn error(status: StatusCode, message: impl Into<String>) -> Response {
-    (status, Json(json!({ "error": message.into() }))).into_response()
+    Failure(status, message.into()).into_response()
+}
+
+/// A request that ends in an error answer: `{"error": "..."}` with this status.
+#[derive(Debug)]
+struct Failure(StatusCode, String);
+
+impl IntoResponse for Failure {
+    fn into_response(self) -> Response {
+        (self.0, Json(json!({ "error": self.1 }))).into_response()
+    }
 }
 
 /// Compares without an early exit, so response time does not leak how much of a guess matched.
@@ -87,17 +95,23 @@ fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
 }
 
 async fn authenticate(State(s): State<AppState>, req: Request, next: Next) -> Response {
-    if let Some(expected) = &s.authorization {
+    if let Some(expected) = &s.token {
+        // The scheme is case-insensitive (RFC 9110 §11.1); the token is compared exactly.
         let given = req
             .headers()
             .get(header::AUTHORIZATION)
-            .map(|v| v.as_bytes())
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.split_once(' '))
+            .filter(|(scheme, _)| scheme.eq_ignore_ascii_case("bearer"))
+            .map(|(_, token)| token.as_bytes())
             .unwrap_or_default();
         if !constant_time_eq(given, expected) {
             s.metrics.op(op_of(req.uri().path()), "unauthorized");
             let mut resp = error(StatusCode::UNAUTHORIZED, "missing or wrong bearer token");
-            resp.headers_mut()
-                .insert(header::WWW_AUTHENTICATE, header::HeaderValue::from_static("Bearer"));
+            resp.headers_mut().insert(
+                header::WWW_AUTHENTICATE,
+                header::HeaderValue::from_static("Bearer"),
+            );
             return resp;
         }
     }
@@ -120,15 +134,22 @@ impl AppState {
         op: &str,
         body: Result<Bytes, BytesRejection>,
         parse: fn(&[u8]) -> Result<T, ProtocolError>,
-    ) -> Result<T, Response> {
+    ) -> Result<T, Failure> {
         let outcome = match body {
-            Err(rejection) => Err((rejection.status(), format!("body: {}", rejection.body_text()))),
+            Err(rejection) => Err((
+                rejection.status(),
+                format!("body: {}", rejection.body_text()),
+            )),
             Ok(bytes) => parse(&bytes).map_err(|e| (StatusCode::BAD_REQUEST, e.0)),
         };
         outcome.map_err(|(status, message)| {
-            let label = if status == StatusCode::PAYLOAD_TOO_LARGE { "too_large" } else { "bad_request" };
+            let label = if status == StatusCode::PAYLOAD_TOO_LARGE {
+                "too_large"
+            } else {
+                "bad_request"
+            };
             self.metrics.op(op, label);
-            error(status, message)
+            Failure(status, message)
         })
     }
 
@@ -137,7 +158,7 @@ impl AppState {
         &self,
         op: &'static str,
         fut: impl Future<Output = Result<T, BackendError>>,
-    ) -> Result<T, Response> {
+    ) -> Result<T, Failure> {
         let backend = self.backend.name();
         let start = Instant::now();
         let result = match tokio::time::timeout(self.timeout, fut).await {
@@ -152,9 +173,15 @@ impl AppState {
             .observe(start.elapsed().as_secs_f64());
         result.map_err(|e| {
             tracing::warn!(backend, op, error = %e, "backend call failed");
-            self.metrics.backend_errors.with_label_values(&[backend, op]).inc();
+            self.metrics
+                .backend_errors
+                .with_label_values(&[backend, op])
+                .inc();
             self.metrics.op(op, "error");
-            error(StatusCode::SERVICE_UNAVAILABLE, format!("backend unavailable: {e}"))
+            Failure(
+                StatusCode::SERVICE_UNAVAILABLE,
+                format!("backend unavailable: {e}"),
+            )
         })
     }
 
@@ -173,15 +200,12 @@ impl AppState {
     }
 }
 
-async fn claim(State(s): State<AppState>, body: Result<Bytes, BytesRejection>) -> Response {
-    let req = match s.parse("claim", body, ClaimRequest::parse) {
-        Ok(r) => r,
-        Err(resp) => return resp,
-    };
-    let outcome = match s.call("claim", s.backend.claim(&req)).await {
-        Ok(o) => o,
-        Err(resp) => return resp,
-    };
+async fn claim(
+    State(s): State<AppState>,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Response, Failure> {
+    let req = s.parse("claim", body, ClaimRequest::parse)?;
+    let outcome = s.call("claim", s.backend.claim(&req)).await?;
     let (label, body) = match outcome {
         ClaimOutcome::Claimed { token } => ("claimed", ClaimResponse::Claimed { token }),
         ClaimOutcome::InFlight { retry_after_ms } => {
@@ -196,29 +220,25 @@ async fn claim(State(s): State<AppState>, body: Result<Bytes, BytesRejection>) -
         ClaimOutcome::Mismatch => ("mismatch", ClaimResponse::Mismatch),
     };
     s.metrics.op("claim", label);
-    Json(body).into_response()
+    Ok(Json(body).into_response())
 }
 
-async fn complete(State(s): State<AppState>, body: Result<Bytes, BytesRejection>) -> Response {
-    let req = match s.parse("complete", body, CompleteRequest::parse) {
-        Ok(r) => r,
-        Err(resp) => return resp,
-    };
-    match s.call("complete", s.backend.complete(&req)).await {
-        Ok(result) => s.fenced("complete", result, FencedResponse::Stored),
-        Err(resp) => resp,
-    }
+async fn complete(
+    State(s): State<AppState>,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Response, Failure> {
+    let req = s.parse("complete", body, CompleteRequest::parse)?;
+    let result = s.call("complete", s.backend.complete(&req)).await?;
+    Ok(s.fenced("complete", result, FencedResponse::Stored))
 }
 
-async fn release(State(s): State<AppState>, body: Result<Bytes, BytesRejection>) -> Response {
-    let req = match s.parse("release", body, ReleaseRequest::parse) {
-        Ok(r) => r,
-        Err(resp) => return resp,
-    };
-    match s.call("release", s.backend.release(&req)).await {
-        Ok(result) => s.fenced("release", result, FencedResponse::Released),
-        Err(resp) => resp,
-    }
+async fn release(
+    State(s): State<AppState>,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Response, Failure> {
+    let req = s.parse("release", body, ReleaseRequest::parse)?;
+    let result = s.call("release", s.backend.release(&req)).await?;
+    Ok(s.fenced("release", result, FencedResponse::Released))
 }
 
 async fn healthz() -> Response {
@@ -228,15 +248,24 @@ async fn healthz() -> Response {
 async fn readyz(State(s): State<AppState>) -> Response {
     match tokio::time::timeout(s.timeout, s.backend.ping()).await {
         Ok(Ok(())) => Json(json!({ "status": "ready" })).into_response(),
-        Ok(Err(e)) => error(StatusCode::SERVICE_UNAVAILABLE, format!("backend unavailable: {e}")),
-        Err(_) => error(StatusCode::SERVICE_UNAVAILABLE, "backend unavailable: ping timed out"),
+        Ok(Err(e)) => error(
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!("backend unavailable: {e}"),
+        ),
+        Err(_) => error(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "backend unavailable: ping timed out",
+        ),
     }
 }
 
 async fn render_metrics(State(s): State<AppState>) -> Response {
     match s.metrics.render() {
         Ok(text) => (
-            [(header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")],
+            [(
+                header::CONTENT_TYPE,
+                "text/plain; version=0.0.4; charset=utf-8",
+            )],
             text,
         )
             .into_response(),

@@ -23,7 +23,10 @@ pub use config::{BackendKind, Config};
 ///
 /// Once bound, prints `listening on ADDR` as the single line of stdout, so that a supervisor or a
 /// test started with port 0 learns the port.
-pub async fn run(config: Config, shutdown: impl Future<Output = ()> + Send + 'static) -> anyhow::Result<()> {
+pub async fn run(
+    config: Config,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> anyhow::Result<()> {
     let backend = backend::build(&config)?;
     let metrics = metrics::Metrics::new().context("metrics")?;
     let app = http::router(backend, http::Settings::from(&config), metrics);

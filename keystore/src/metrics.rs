@@ -23,7 +23,10 @@ impl Metrics {
     pub fn new() -> Result<Self, prometheus::Error> {
         let registry = Registry::new();
         let ops = IntCounterVec::new(
-            Opts::new("keystore_requests_total", "Key-store requests by operation and outcome"),
+            Opts::new(
+                "keystore_requests_total",
+                "Key-store requests by operation and outcome",
+            ),
             &["op", "outcome"],
         )?;
         let backend_seconds = HistogramVec::new(
@@ -35,7 +38,10 @@ impl Metrics {
             &["backend", "op"],
         )?;
         let backend_errors = IntCounterVec::new(
-            Opts::new("keystore_backend_errors_total", "Backend calls that failed or timed out"),
+            Opts::new(
+                "keystore_backend_errors_total",
+                "Backend calls that failed or timed out",
+            ),
             &["backend", "op"],
         )?;
         registry.register(Box::new(ops.clone()))?;

@@ -191,11 +191,26 @@ mod tests {
         let upper = H.to_uppercase();
         for (body, field) in [
             (format!(r#"{{"fingerprint":"{H}","lease_ms":5}}"#), "key"),
-            (format!(r#"{{"key":"{upper}","fingerprint":"{H}","lease_ms":5}}"#), "key"),
-            (format!(r#"{{"key":"{H}","fingerprint":"ab","lease_ms":5}}"#), "fingerprint"),
-            (format!(r#"{{"key":"{H}","fingerprint":"{H}","lease_ms":0}}"#), "lease_ms"),
-            (format!(r#"{{"key":"{H}","fingerprint":"{H}","lease_ms":1.5}}"#), "lease_ms"),
-            (format!(r#"{{"key":"{H}","fingerprint":"{H}","lease_ms":"5"}}"#), "lease_ms"),
+            (
+                format!(r#"{{"key":"{upper}","fingerprint":"{H}","lease_ms":5}}"#),
+                "key",
+            ),
+            (
+                format!(r#"{{"key":"{H}","fingerprint":"ab","lease_ms":5}}"#),
+                "fingerprint",
+            ),
+            (
+                format!(r#"{{"key":"{H}","fingerprint":"{H}","lease_ms":0}}"#),
+                "lease_ms",
+            ),
+            (
+                format!(r#"{{"key":"{H}","fingerprint":"{H}","lease_ms":1.5}}"#),
+                "lease_ms",
+            ),
+            (
+                format!(r#"{{"key":"{H}","fingerprint":"{H}","lease_ms":"5"}}"#),
+                "lease_ms",
+            ),
         ] {
             let e = ClaimRequest::parse(body.as_bytes()).unwrap_err();
             assert!(e.0.starts_with(field), "{body}: {e}");
@@ -205,10 +220,13 @@ mod tests {
         )
         .unwrap_err();
         assert!(e.0.starts_with("record"));
-        let e = ReleaseRequest::parse(format!(r#"{{"key":"{H}","token":""}}"#).as_bytes())
-            .unwrap_err();
+        let e =
+            ReleaseRequest::parse(format!(r#"{{"key":"{H}","token":""}}"#).as_bytes()).unwrap_err();
         assert!(e.0.starts_with("token"));
-        assert!(ReleaseRequest::parse(b"[]").unwrap_err().0.starts_with("body"));
+        assert!(ReleaseRequest::parse(b"[]")
+            .unwrap_err()
+            .0
+            .starts_with("body"));
     }
 
     #[test]

@@ -25,9 +25,13 @@ struct Entry {
 
 #[derive(Debug, Clone)]
 enum State {
-    InFlight { token: String },
+    InFlight {
+        token: String,
+    },
     /// `Arc` because moka clones values on every read.
-    Completed { record: Arc<[u8]> },
+    Completed {
+        record: Arc<[u8]>,
+    },
 }
 
 /// Tells moka to drop each entry at its own `until` (lease or retention).

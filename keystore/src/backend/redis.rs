@@ -67,7 +67,8 @@ redis.call('DEL', KEYS[1])
 return 'released'
 ";
 
-type Connect<C> = Box<dyn Fn() -> Pin<Box<dyn Future<Output = RedisResult<C>> + Send>> + Send + Sync>;
+type Connect<C> =
+    Box<dyn Fn() -> Pin<Box<dyn Future<Output = RedisResult<C>> + Send>> + Send + Sync>;
 
 /// A Redis backend over a reconnecting connection `C` (`ConnectionManager` or `ClusterConnection`).
 pub struct RedisBackend<C> {
@@ -86,7 +87,8 @@ impl RedisBackend<ConnectionManager> {
         let [url] = urls else {
             anyhow::bail!("--redis-url: the redis backend takes exactly one URL, got {urls:?}");
         };
-        let client = redis::Client::open(url.as_str()).with_context(|| format!("--redis-url {url}"))?;
+        let client =
+            redis::Client::open(url.as_str()).with_context(|| format!("--redis-url {url}"))?;
         // Few, quick reconnect attempts: a request never waits long on a dead node (it gets 503),
         // and the next request after a failed round starts a new one.
         let config = ConnectionManagerConfig::new()
@@ -106,7 +108,10 @@ impl RedisBackend<ConnectionManager> {
 impl RedisBackend<ClusterConnection> {
     /// A cluster discovered from the seed nodes `urls`.
     pub fn cluster(urls: &[String], timeout: Duration) -> anyhow::Result<Self> {
-        anyhow::ensure!(!urls.is_empty(), "--redis-url: give at least one cluster seed node");
+        anyhow::ensure!(
+            !urls.is_empty(),
+            "--redis-url: give at least one cluster seed node"
+        );
         let client = ClusterClientBuilder::new(urls.to_vec())
             .connection_timeout(timeout)
             .response_timeout(timeout)
@@ -179,7 +184,9 @@ where
                 token: String::from_utf8(t.clone()).map_err(|_| bad())?,
             }),
             [tag, ms] if tag.as_slice() == b"in_flight" => {
-                let ms = std::str::from_utf8(ms).ok().and_then(|s| s.parse::<u64>().ok());
+                let ms = std::str::from_utf8(ms)
+                    .ok()
+                    .and_then(|s| s.parse::<u64>().ok());
                 Ok(ClaimOutcome::InFlight {
                     retry_after_ms: ms.ok_or_else(bad)?.max(1),
                 })

@@ -1,0 +1,65 @@
+//! Smoke test of the binary: flags and env, the "listening on" line, SIGTERM shutdown.
+
+use std::process::Stdio;
+use std::time::Duration;
+
+use reqwest::StatusCode;
+use tokio::io::{AsyncBufReadExt, BufReader};
+use tokio::process::Command;
+
+#[tokio::test]
+async fn binary_listens_authenticates_and_stops_on_sigterm() {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_idempotency-keystore"))
+        .args(["--listen", "127.0.0.1:0", "--backend", "memory"])
+        .env("KEYSTORE_TOKEN", "tok")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+    let line = tokio::time::timeout(Duration::from_secs(10), lines.next_line())
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
+    let addr = line.strip_prefix("listening on 127.0.0.1:").expect(&line);
+    let base = format!("http://127.0.0.1:{addr}");
+    let http = reqwest::Client::new();
+    let claim =
+        serde_json::json!({"key": "a".repeat(64), "fingerprint": "b".repeat(64), "lease_ms": 100});
+    let resp = http
+        .post(format!("{base}/v1/claim"))
+        .json(&claim)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), StatusCode::UNAUTHORIZED);
+    let resp = http
+        .post(format!("{base}/v1/claim"))
+        .bearer_auth("tok")
+        .json(&claim)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), StatusCode::OK);
+    let status = http
+        .get(format!("{base}/readyz"))
+        .send()
+        .await
+        .unwrap()
+        .status();
+    assert_eq!(status, StatusCode::OK);
+
+    let pid = child.id().unwrap().to_string();
+    assert!(std::process::Command::new("kill")
+        .args(["-TERM", &pid])
+        .status()
+        .unwrap()
+        .success());
+    let exit = tokio::time::timeout(Duration::from_secs(10), child.wait())
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(exit.success(), "{exit:?}");
+}

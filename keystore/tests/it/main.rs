@@ -1,0 +1,10 @@
+//! Integration tests: one behaviour suite run against every backend through the real HTTP layer,
+//! plus Redis-specific failure tests and a smoke test of the binary.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+mod binary;
+mod common;
+mod memory;
+mod redis_cluster;
+mod redis_single;
+mod suite;

@@ -1,0 +1,366 @@
+//! The behaviour suite every backend must pass. `backend_suite!(factory)` instantiates it as
+//! `#[tokio::test]`s for an `async fn factory() -> Arc<dyn Backend>`.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use idempotency_keystore::backend::Backend;
+use reqwest::StatusCode;
+use serde_json::json;
+
+use crate::common::{b64, eventually, hex64, settings, unb64, Keystore};
+
+macro_rules! backend_suite {
+    ($factory:path) => {
+        $crate::suite::backend_suite!(@tests $factory;
+            claim_then_in_flight, completed_record_is_byte_exact, mismatch_in_both_states,
+            token_fencing, release_frees_the_key, lease_takeover_after_expiry,
+            retention_expiry, concurrent_claims_have_one_winner, malformed_fields_are_named,
+            bearer_token_required, body_limit_gives_413, health_ready_and_metrics);
+    };
+    (@tests $factory:path; $($name:ident),*) => {
+        $(
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn $name() {
+                $crate::suite::$name($factory().await).await
+            }
+        )*
+    };
+}
+pub(crate) use backend_suite;
+
+async fn open(backend: Arc<dyn Backend>) -> Keystore {
+    Keystore::start(backend, settings()).await
+}
+
+pub async fn claim_then_in_flight(backend: Arc<dyn Backend>) {
+    let ks = open(backend).await;
+    let (key, fp) = (hex64(), hex64());
+    let token = ks.claim_ok(&key, &fp, 30_000).await;
+    assert_eq!(token.len(), 32);
+    assert!(token.bytes().all(|b| b.is_ascii_hexdigit()));
+    let (status, body) = ks.claim(&key, &fp, 30_000).await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(body["outcome"], "in_flight", "{body}");
+    let left = body["retry_after_ms"].as_u64().unwrap();
+    assert!(left > 0 && left <= 30_000, "{body}");
+}
+
+pub async fn completed_record_is_byte_exact(backend: Arc<dyn Backend>) {
+    let ks = open(backend).await;
+    let records: [&[u8]; 3] = [
+        b"HTTP/1.1 200\r\n\r\n{\"ok\":true}",
+        &[0x00, 0xff, 0xfe, 0xc3, 0x28, 0x80, 0x00, b'\n', 0x7f],
+        b"",
+    ];
+    for record in records {
+        let (key, fp) = (hex64(), hex64());
+        let token = ks.claim_ok(&key, &fp, 30_000).await;
+        let (status, body) = ks.complete(&key, &token, record, 60_000).await;
+        assert_eq!(
+            (status, body),
+            (StatusCode::OK, json!({"outcome": "stored"}))
+        );
+        for _ in 0..2 {
+            let (status, body) = ks.claim(&key, &fp, 30_000).await;
+            assert_eq!(status, StatusCode::OK);
+            assert_eq!(body["outcome"], "completed", "{body}");
+            assert_eq!(unb64(&body["record"]), record);
+        }
+    }
+}
+
+pub async fn mismatch_in_both_states(backend: Arc<dyn Backend>) {
+    let ks = open(backend).await;
+    let (key, fp) = (hex64(), hex64());
+    let token = ks.claim_ok(&key, &fp, 30_000).await;
+    let (status, body) = ks.claim(&key, &hex64(), 30_000).await;
+    assert_eq!(
+        (status, body),
+        (StatusCode::OK, json!({"outcome": "mismatch"}))
+    );
+    ks.complete(&key, &token, b"r", 60_000).await;
+    let (status, body) = ks.claim(&key, &hex64(), 30_000).await;
+    assert_eq!(
+        (status, body),
+        (StatusCode::OK, json!({"outcome": "mismatch"}))
+    );
+}
+
+pub async fn token_fencing(backend: Arc<dyn Backend>) {
+    let ks = open(backend).await;
+    let stale = (StatusCode::CONFLICT, json!({"outcome": "stale"}));
+    let (key, fp) = (hex64(), hex64());
+    // No claim at all.
+    assert_eq!(ks.complete(&key, "nobody", b"r", 60_000).await, stale);
+    assert_eq!(ks.release(&key, "nobody").await, stale);
+    let token = ks.claim_ok(&key, &fp, 30_000).await;
+    assert_eq!(ks.complete(&key, "wrong", b"r", 60_000).await, stale);
+    assert_eq!(ks.release(&key, "wrong").await, stale);
+    // The claim survived the wrong attempts.
+    let (_, body) = ks.claim(&key, &fp, 30_000).await;
+    assert_eq!(body["outcome"], "in_flight");
+    assert_eq!(
+        ks.complete(&key, &token, b"first", 60_000).await.0,
+        StatusCode::OK
+    );
+    // Once completed, the token fences nothing any more: no overwrite, no release.
+    assert_eq!(ks.complete(&key, &token, b"second", 60_000).await, stale);
+    assert_eq!(ks.release(&key, &token).await, stale);
+    let (_, body) = ks.claim(&key, &fp, 30_000).await;
+    assert_eq!(unb64(&body["record"]), b"first");
+}
+
+pub async fn release_frees_the_key(backend: Arc<dyn Backend>) {
+    let ks = open(backend).await;
+    let (key, fp) = (hex64(), hex64());
+    let token = ks.claim_ok(&key, &fp, 30_000).await;
+    let released = (StatusCode::OK, json!({"outcome": "released"}));
+    assert_eq!(ks.release(&key, &token).await, released);
+    assert_eq!(
+        ks.release(&key, &token).await,
+        (StatusCode::CONFLICT, json!({"outcome": "stale"}))
+    );
+    // Free again, even for another fingerprint.
+    let second = ks.claim_ok(&key, &hex64(), 30_000).await;
+    assert_ne!(second, token);
+    assert_eq!(
+        ks.complete(&key, &token, b"late", 60_000).await.0,
+        StatusCode::CONFLICT
+    );
+}
+
+pub async fn lease_takeover_after_expiry(backend: Arc<dyn Backend>) {
+    let ks = open(backend).await;
+    let (key, fp) = (hex64(), hex64());
+    let old = ks.claim_ok(&key, &fp, 200).await;
+    let (_, body) = ks.claim(&key, &fp, 200).await;
+    assert_eq!(body["outcome"], "in_flight");
+    let new = eventually(Duration::from_secs(3), "lease expiry", || async {
+        let (_, body) = ks.claim(&key, &fp, 30_000).await;
+        (body["outcome"] == "claimed").then(|| body["token"].as_str().unwrap().to_owned())
+    })
+    .await;
+    assert_ne!(old, new);
+    // The slow former holder is fenced off; the new one completes.
+    assert_eq!(
+        ks.complete(&key, &old, b"old", 60_000).await.0,
+        StatusCode::CONFLICT
+    );
+    assert_eq!(ks.release(&key, &old).await.0, StatusCode::CONFLICT);
+    assert_eq!(
+        ks.complete(&key, &new, b"new", 60_000).await.0,
+        StatusCode::OK
+    );
+    let (_, body) = ks.claim(&key, &fp, 30_000).await;
+    assert_eq!(unb64(&body["record"]), b"new");
+}
+
+pub async fn retention_expiry(backend: Arc<dyn Backend>) {
+    let ks = open(backend).await;
+    let (key, fp) = (hex64(), hex64());
+    let token = ks.claim_ok(&key, &fp, 30_000).await;
+    assert_eq!(ks.complete(&key, &token, b"r", 200).await.0, StatusCode::OK);
+    let (_, body) = ks.claim(&key, &fp, 30_000).await;
+    assert_eq!(body["outcome"], "completed");
+    eventually(Duration::from_secs(3), "retention expiry", || async {
+        let (_, body) = ks.claim(&key, &hex64(), 30_000).await;
+        (body["outcome"] == "claimed").then_some(())
+    })
+    .await;
+}
+
+pub async fn concurrent_claims_have_one_winner(backend: Arc<dyn Backend>) {
+    let ks = open(backend).await;
+    let (key, fp) = (hex64(), hex64());
+    let tasks: Vec<_> = (0..100)
+        .map(|_| {
+            let (ks, key, fp) = (ks.clone(), key.clone(), fp.clone());
+            tokio::spawn(async move { ks.claim(&key, &fp, 30_000).await })
+        })
+        .collect();
+    let mut claimed = 0;
+    for t in tasks {
+        let (status, body) = t.await.unwrap();
+        assert_eq!(status, StatusCode::OK, "{body}");
+        match body["outcome"].as_str().unwrap() {
+            "claimed" => claimed += 1,
+            "in_flight" => {}
+            other => panic!("unexpected outcome {other}"),
+        }
+    }
+    assert_eq!(claimed, 1);
+}
+
+pub async fn malformed_fields_are_named(backend: Arc<dyn Backend>) {
+    let ks = open(backend).await;
+    let (k, f) = (hex64(), hex64());
+    let upper = k.to_uppercase();
+    let cases = [
+        ("/v1/claim", json!({"fingerprint": f, "lease_ms": 1}), "key"),
+        (
+            "/v1/claim",
+            json!({"key": upper, "fingerprint": f, "lease_ms": 1}),
+            "key",
+        ),
+        (
+            "/v1/claim",
+            json!({"key": &k[1..], "fingerprint": f, "lease_ms": 1}),
+            "key",
+        ),
+        (
+            "/v1/claim",
+            json!({"key": 5, "fingerprint": f, "lease_ms": 1}),
+            "key",
+        ),
+        (
+            "/v1/claim",
+            json!({"key": k, "fingerprint": "xyz", "lease_ms": 1}),
+            "fingerprint",
+        ),
+        ("/v1/claim", json!({"key": k, "lease_ms": 1}), "fingerprint"),
+        ("/v1/claim", json!({"key": k, "fingerprint": f}), "lease_ms"),
+        (
+            "/v1/claim",
+            json!({"key": k, "fingerprint": f, "lease_ms": 0}),
+            "lease_ms",
+        ),
+        (
+            "/v1/claim",
+            json!({"key": k, "fingerprint": f, "lease_ms": -5}),
+            "lease_ms",
+        ),
+        (
+            "/v1/claim",
+            json!({"key": k, "fingerprint": f, "lease_ms": 86_400_001}),
+            "lease_ms",
+        ),
+        (
+            "/v1/claim",
+            json!({"key": k, "fingerprint": f, "lease_ms": "10"}),
+            "lease_ms",
+        ),
+        (
+            "/v1/complete",
+            json!({"key": k, "token": "t", "record": "!!", "retention_ms": 1}),
+            "record",
+        ),
+        (
+            "/v1/complete",
+            json!({"key": k, "token": "t", "record": "YQ", "retention_ms": 1}),
+            "record",
+        ),
+        (
+            "/v1/complete",
+            json!({"key": k, "token": "t", "retention_ms": 1}),
+            "record",
+        ),
+        (
+            "/v1/complete",
+            json!({"key": k, "record": "YQ==", "retention_ms": 1}),
+            "token",
+        ),
+        (
+            "/v1/complete",
+            json!({"key": k, "token": "t", "record": "YQ=="}),
+            "retention_ms",
+        ),
+        (
+            "/v1/complete",
+            json!({"key": k, "token": "t", "record": "YQ==", "retention_ms": 0}),
+            "retention_ms",
+        ),
+        (
+            "/v1/complete",
+            json!({"token": "t", "record": "YQ==", "retention_ms": 1}),
+            "key",
+        ),
+        ("/v1/release", json!({"key": k, "token": ""}), "token"),
+        ("/v1/release", json!({"key": k, "token": 7}), "token"),
+        ("/v1/release", json!({"token": "t"}), "key"),
+        ("/v1/release", json!([k, "t"]), "body"),
+    ];
+    for (path, body, field) in cases {
+        let (status, answer) = ks.post(path, body.clone()).await;
+        assert_eq!(status, StatusCode::BAD_REQUEST, "{path} {body}: {answer}");
+        let error = answer["error"].as_str().unwrap();
+        assert!(
+            error.starts_with(field),
+            "{path} {body}: {error} should name {field}"
+        );
+    }
+    let (status, answer) = ks.post_auth("/v1/claim", "{not json".into(), None).await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+    assert!(answer["error"].as_str().unwrap().starts_with("body"));
+    // Unknown fields are ignored (forward compatibility).
+    let (status, _) = ks
+        .post(
+            "/v1/claim",
+            json!({"key": hex64(), "fingerprint": f, "lease_ms": 5, "x": 1}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK);
+}
+
+pub async fn bearer_token_required(backend: Arc<dyn Backend>) {
+    let mut s = settings();
+    s.token = Some("s3cret".into());
+    let ks = Keystore::start(backend, s).await;
+    let body = json!({"key": hex64(), "fingerprint": hex64(), "lease_ms": 1000}).to_string();
+    for auth in [
+        None,
+        Some("Bearer wrong"),
+        Some("s3cret"),
+        Some("Basic s3cret"),
+        Some("Bearer s3cret2"),
+    ] {
+        let (status, answer) = ks.post_auth("/v1/claim", body.clone(), auth).await;
+        assert_eq!(status, StatusCode::UNAUTHORIZED, "{auth:?}");
+        assert!(answer["error"].is_string());
+    }
+    let (status, answer) = ks.post_auth("/v1/claim", body, Some("Bearer s3cret")).await;
+    assert_eq!(status, StatusCode::OK, "{answer}");
+    let body = json!({"key": hex64(), "fingerprint": hex64(), "lease_ms": 1000}).to_string();
+    let (status, answer) = ks.post_auth("/v1/claim", body, Some("bearer s3cret")).await;
+    assert_eq!(status, StatusCode::OK, "{answer}");
+    // Health endpoints stay open to probes.
+    assert_eq!(ks.get("/healthz").await.0, StatusCode::OK);
+    assert_eq!(ks.get("/readyz").await.0, StatusCode::OK);
+}
+
+pub async fn body_limit_gives_413(backend: Arc<dyn Backend>) {
+    let mut s = settings();
+    s.max_body_bytes = 1024;
+    let ks = Keystore::start(backend, s).await;
+    let (key, fp) = (hex64(), hex64());
+    let token = ks.claim_ok(&key, &fp, 30_000).await;
+    let (status, _) = ks.complete(&key, &token, &[7u8; 2048], 60_000).await;
+    assert_eq!(status, StatusCode::PAYLOAD_TOO_LARGE);
+    let (status, _) = ks.complete(&key, &token, &[7u8; 512], 60_000).await;
+    assert_eq!(status, StatusCode::OK);
+    let (_, body) = ks.claim(&key, &fp, 30_000).await;
+    assert_eq!(body["record"], b64(&[7u8; 512]));
+}
+
+pub async fn health_ready_and_metrics(backend: Arc<dyn Backend>) {
+    let ks = open(backend).await;
+    assert_eq!(ks.get("/healthz").await.0, StatusCode::OK);
+    let (status, body) = ks.get("/readyz").await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    ks.claim_ok(&hex64(), &hex64(), 1000).await;
+    ks.release(&hex64(), "t").await;
+    let (status, text) = ks.get("/metrics").await;
+    assert_eq!(status, StatusCode::OK);
+    assert!(
+        text.contains(r#"keystore_requests_total{op="claim",outcome="claimed"} 1"#),
+        "{text}"
+    );
+    assert!(
+        text.contains(r#"keystore_requests_total{op="release",outcome="stale"} 1"#),
+        "{text}"
+    );
+    assert!(
+        text.contains("keystore_backend_duration_seconds_bucket"),
+        "{text}"
+    );
+}
