@@ -38,26 +38,26 @@ impl RootContext for Root {
         let bytes = match hostcalls::get_buffer(BufferType::PluginConfiguration, 0, usize::MAX) {
             Ok(b) => b.unwrap_or_default(),
             Err(e) => {
-                error!("idempotency: cannot read the plugin configuration: {e:?}");
+                error!("cannot read the plugin configuration: {e:?}");
                 return false;
             }
         };
         let config = match Config::parse(&bytes) {
             Ok(c) => c,
             Err(e) => {
-                error!("idempotency: {e}");
+                error!("{e}");
                 return false;
             }
         };
         if config.default_secret {
-            warn!("idempotency: `hmac_secret` is the built-in default; set your own in production");
+            warn!("`hmac_secret` is the built-in default; set your own in production");
         }
         let cache = NearCache {
             slots: config.l1_slots,
             slot_budget: config.max_response_bytes.saturating_add(SLOT_OVERHEAD),
         };
         if let Err(e) = cache.ensure_slots(&EnvoyShared) {
-            error!("idempotency: cannot create the near-cache slots: {e:?}");
+            error!("cannot create the near-cache slots: {e:?}");
             return false;
         }
         let mut ids = Vec::with_capacity(Metric::ALL.len());
@@ -65,13 +65,13 @@ impl RootContext for Root {
             match hostcalls::define_metric(MetricType::Counter, m.name()) {
                 Ok(id) => ids.push(id),
                 Err(e) => {
-                    error!("idempotency: cannot define metric {}: {e:?}", m.name());
+                    error!("cannot define metric {}: {e:?}", m.name());
                     return false;
                 }
             }
         }
         info!(
-            "idempotency: configured: {} route rule(s), {} near-cache slots, key store: {}",
+            "configured: {} route rule(s), {} near-cache slots, key store: {}",
             config.routes.len(),
             config.l1_slots,
             config
@@ -280,7 +280,7 @@ impl Host for EnvoyHost {
             )
         };
         if rc != 0 {
-            error!("idempotency: local reply refused by the host (status {rc})");
+            error!("local reply refused by the host (status {rc})");
         }
     }
 
@@ -302,13 +302,13 @@ impl Host for EnvoyHost {
 
     fn resume_request(&self) {
         if let Err(e) = hostcalls::resume_http_request() {
-            warn!("idempotency: resume_http_request failed: {e:?}");
+            warn!("resume_http_request failed: {e:?}");
         }
     }
 
     fn resume_response(&self) {
         if let Err(e) = hostcalls::resume_http_response() {
-            warn!("idempotency: resume_http_response failed: {e:?}");
+            warn!("resume_http_response failed: {e:?}");
         }
     }
 
