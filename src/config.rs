@@ -25,6 +25,19 @@ pub enum Anonymous {
     Reject,
 }
 
+/// How the request headers wait while the body is read and the decision is made.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum HeadersMode {
+    /// Hold the headers too: nothing reaches the upstream before the decision. Needs the Wasm
+    /// filter's `allow_on_headers_stop_iteration: true` (Envoy 1.35+); without it Envoy hides the
+    /// body from the filter and the request stalls.
+    Hold,
+    /// Let the headers go upstream at once and hold only the body until the decision, so a refused
+    /// request never completes upstream. For hosts that cannot set that flag (Istio WasmPlugin).
+    Stream,
+}
+
 /// Where the caller identity comes from.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum CallerSource {
@@ -93,6 +106,7 @@ pub struct Config {
     pub max_response_bytes: usize,
     pub lock_lease_ms: u64,
     pub l1_slots: u32,
+    pub headers_mode: HeadersMode,
     pub keystore: Option<KeystoreConfig>,
 }
 
@@ -140,6 +154,7 @@ struct RawConfig {
     store_5xx: Option<bool>,
     failure_mode: Option<FailureMode>,
     l1_slots: Option<u32>,
+    headers_mode: Option<HeadersMode>,
     keystore: Option<RawKeystore>,
 }
 
@@ -341,6 +356,7 @@ impl Config {
             max_response_bytes: to_usize(max_response_bytes),
             lock_lease_ms,
             l1_slots,
+            headers_mode: raw.headers_mode.unwrap_or(HeadersMode::Hold),
             keystore,
         })
     }
@@ -489,6 +505,7 @@ mod tests {
             ),
             (r#"{"hmac_secret":""}"#, "hmac_secret"),
             (r#"{"l1_slots":0}"#, "l1_slots"),
+            (r#"{"headers_mode":"later"}"#, "headers_mode"),
             ("\"text\"", "(document)"),
             ("{\"retention_s\": 5", "(document)"),
         ];

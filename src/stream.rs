@@ -7,7 +7,9 @@
 //! ```
 //! Replays, conflicts and errors leave as local replies; a 5xx or a reset releases the claims.
 
-use crate::config::{Anonymous, CallerSource, Config, FailureMode, RouteRule, NEVER_STORED};
+use crate::config::{
+    Anonymous, CallerSource, Config, FailureMode, HeadersMode, RouteRule, NEVER_STORED,
+};
 use crate::fingerprint::{Fingerprint, Fingerprinter};
 use crate::host::Host;
 use crate::key::parse_key_header;
@@ -167,7 +169,11 @@ impl Stream {
             return self.decide(host, pending);
         }
         self.phase = Phase::Reading(Box::new(pending));
-        Flow::Pause
+        match self.cfg.headers_mode {
+            HeadersMode::Hold => Flow::Pause,
+            // The body callbacks hold the request instead; the upstream sees no end of stream yet.
+            HeadersMode::Stream => Flow::Continue,
+        }
     }
 
     pub fn on_request_body(

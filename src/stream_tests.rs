@@ -73,7 +73,7 @@ impl World {
         host.request_body = req.body.to_vec();
         let mut stream = Stream::new(self.cfg.clone(), self.cache.clone());
         let mut flow = stream.on_request_headers(&host, req.body.is_empty());
-        if !req.body.is_empty() && flow == Flow::Pause && host.sent.borrow().is_empty() {
+        if !req.body.is_empty() && host.sent.borrow().is_empty() {
             flow = stream.on_request_body(&host, req.body.len(), true);
         }
         (stream, host, flow)
@@ -507,4 +507,28 @@ mod with_keystore {
         );
         assert_eq!(h.last_sent().unwrap().status, 422);
     }
+}
+
+#[test]
+fn stream_headers_mode_lets_headers_go_and_holds_the_body() {
+    let w = World::new(r#"{"headers_mode":"stream"}"#);
+    let (mut s, mut h, _) = w.send(&post("k", b"a"));
+    w.respond(&mut s, &mut h, 201, b"1");
+    let mut host = FakeHost::new(&w.shared, &w.clock, &w.ids);
+    host.request_headers = vec![
+        (":method".into(), b"POST".to_vec()),
+        (":path".into(), b"/payments".to_vec()),
+        ("idempotency-key".into(), b"k".to_vec()),
+        ("authorization".into(), b"Bearer alice".to_vec()),
+    ];
+    host.request_body = b"a".to_vec();
+    let mut s = Stream::new(w.cfg.clone(), w.cache.clone());
+    assert_eq!(s.on_request_headers(&host, false), Flow::Continue);
+    assert_eq!(
+        s.on_request_body(&host, 1, false),
+        Flow::Pause,
+        "the body waits for the decision"
+    );
+    assert_eq!(s.on_request_body(&host, 1, true), Flow::Pause);
+    assert_eq!(host.last_sent().unwrap().status, 201, "replayed");
 }
