@@ -24,6 +24,11 @@ async fn assert_refused(plugin: &str, fields: &[&str]) {
             envoy.log_tail(40)
         ),
         Err(err) => {
+            assert!(
+                !err.log.contains("yaml-cpp"),
+                "the harness rendered broken YAML:\n{}",
+                err.log
+            );
             if let Some(status) = err.exit {
                 assert!(!status.success(), "Envoy exited 0 with {plugin}");
             }

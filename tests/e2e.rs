@@ -366,6 +366,13 @@ async fn statuses_that_never_ran_are_not_stored() {
                 "a retry after {status} must execute again"
             );
         }
+        // The key is still usable: the next attempt executes and is stored.
+        let ok = send(post_payment(&http, &envoy, "alice", Some(&key), body)).await;
+        assert_eq!(ok.status, 201, "{}", ok.describe());
+        let retry = send(post_payment(&http, &envoy, "alice", Some(&key), body)).await;
+        assert_replay(&ok, &retry);
+        expected_posts += 1;
+        assert_eq!(upstream.post_requests().await, expected_posts);
     }
 }
 
@@ -450,6 +457,11 @@ async fn requests_not_covered_pass_through() {
 
     let created = send(post_payment(&http, &envoy, "alice", Some(&new_key()), "{}")).await;
     assert_eq!(created.status, 201, "{}", created.describe());
+    // The filter is active on the covered route.
+    assert_problem(
+        &send(post_payment(&http, &envoy, "alice", None, "{}")).await,
+        400,
+    );
 
     // GET is not covered: no key needed, an invalid key is ignored, nothing is replayed.
     for key in [None, Some("\"broken")] {

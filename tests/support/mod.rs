@@ -389,23 +389,23 @@ impl EnvoyOptions {
             write!(
                 filters,
                 r#"
-                - name: envoy.filters.http.wasm
-                  typed_config:
-                    "@type": type.googleapis.com/envoy.extensions.filters.http.wasm.v3.Wasm
-                    config:
-                      name: idempotency
-                      root_id: idempotency
-                      failure_policy: FAIL_CLOSED
-                      allow_on_headers_stop_iteration: true
-                      vm_config:
-                        vm_id: idempotency
-                        runtime: envoy.wasm.runtime.v8
-                        code:
-                          local:
-                            filename: {wasm}
-                      configuration:
-                        "@type": type.googleapis.com/google.protobuf.StringValue
-                        value: {plugin}"#,
+          - name: envoy.filters.http.wasm
+            typed_config:
+              "@type": type.googleapis.com/envoy.extensions.filters.http.wasm.v3.Wasm
+              config:
+                name: idempotency
+                root_id: idempotency
+                failure_policy: FAIL_CLOSED
+                allow_on_headers_stop_iteration: true
+                vm_config:
+                  vm_id: idempotency
+                  runtime: envoy.wasm.runtime.v8
+                  code:
+                    local:
+                      filename: {wasm}
+                configuration:
+                  "@type": type.googleapis.com/google.protobuf.StringValue
+                  value: {plugin}"#,
                 // JSON string literals are valid YAML double-quoted scalars.
                 wasm = json_quote(&wasm.display().to_string()),
                 plugin = json_quote(plugin),
