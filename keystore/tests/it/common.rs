@@ -193,7 +193,7 @@ impl Proc {
     fn spawn(dir: &Path, port: u16, extra: &[String]) -> Self {
         let mut watchdog = Command::new("sh")
             .arg("-c")
-            .arg(r#"redis-server "$@" & p=$!; echo $p; read _; kill -9 $p 2>/dev/null"#)
+            .arg(r#"redis-server "$@" & p=$!; echo $p; read _; kill -9 $p 2>/dev/null; wait $p"#)
             .arg("sh")
             .args([
                 "--port",
@@ -346,13 +346,19 @@ impl RedisCluster {
             String::from_utf8_lossy(&out.stdout),
             String::from_utf8_lossy(&out.stderr)
         );
-        for n in &nodes {
+        let cluster = Self { nodes };
+        cluster.wait_ok();
+        cluster
+    }
+
+    /// Waits until every node reports `cluster_state:ok`.
+    pub fn wait_ok(&self) {
+        for n in &self.nodes {
             let port = n.port;
             wait_until("cluster_state:ok", || {
                 command(port, "CLUSTER INFO").is_some_and(|r| r.contains("cluster_state:ok"))
             });
         }
-        Self { nodes }
     }
 
     pub fn urls(&self) -> Vec<String> {
