@@ -102,7 +102,7 @@ pub fn workspace_bin(name: &str) -> PathBuf {
 // ---------------------------------------------------------------------------------------------
 
 /// A child process that is stopped (SIGTERM, then SIGKILL) when the guard drops. If the thread
-/// is panicking, the tail of its log file is printed first.
+/// is panicking, the tail of its log file is printed then.
 pub struct Proc {
     name: String,
     child: Child,
@@ -163,6 +163,8 @@ impl Proc {
 
 impl Drop for Proc {
     fn drop(&mut self) {
+        // Stop first: Envoy flushes its log file on exit.
+        self.stop();
         if std::thread::panicking() {
             eprintln!(
                 "----- {} log tail ({}) -----\n{}\n----- end of {} log -----",
@@ -172,7 +174,6 @@ impl Drop for Proc {
                 self.name
             );
         }
-        self.stop();
     }
 }
 
@@ -515,6 +516,7 @@ impl Envoy {
             .arg("-c")
             .arg(&config)
             .args(["--use-dynamic-base-id", "--concurrency", "2", "-l", "info"])
+            .args(["--file-flush-interval-msec", "100"])
             .arg("--log-path")
             .arg(&log)
             .arg("--admin-address-path")
