@@ -11,7 +11,7 @@ use log::{error, info, warn};
 use proxy_wasm::hostcalls;
 use proxy_wasm::traits::{Context, HttpContext, RootContext};
 use proxy_wasm::types::{Action, BufferType, ContextType, LogLevel, MapType, MetricType, Status};
-use std::cell::Cell;
+use std::cell::{Cell, RefCell};
 use std::rc::Rc;
 use std::time::{Duration, UNIX_EPOCH};
 
@@ -23,15 +23,34 @@ proxy_wasm::main! {{
 /// Bytes of bucket overhead allowed on top of the largest record, for claims and small records.
 const SLOT_OVERHEAD: usize = 4096;
 
+/// How often the root context sends the key-store releases that ended streams handed over.
+const RELEASE_TICK: Duration = Duration::from_millis(200);
+
+/// Releases handed over by streams that ended while holding a key-store claim.
+type ReleaseQueue = Rc<RefCell<Vec<Callout>>>;
+
 /// Per-worker plugin state: the validated config, the near cache and the metric ids.
 #[derive(Default)]
 struct Root {
     config: Option<Rc<Config>>,
     cache: Option<Rc<NearCache>>,
     metrics: Rc<Vec<u32>>,
+    releases: ReleaseQueue,
 }
 
-impl Context for Root {}
+impl Context for Root {
+    fn on_http_call_response(
+        &mut self,
+        _token: u32,
+        num_headers: usize,
+        _body: usize,
+        _trailers: usize,
+    ) {
+        if num_headers == 0 {
+            warn!("a deferred key-store release failed; the claim's lease will free the key");
+        }
+    }
+}
 
 impl RootContext for Root {
     fn on_configure(&mut self, _size: usize) -> bool {
@@ -79,10 +98,25 @@ impl RootContext for Root {
                 .as_ref()
                 .map_or("none (shared data only)", |k| k.cluster.as_str())
         );
+        if config.keystore.is_some() {
+            if let Err(e) = hostcalls::set_tick_period(RELEASE_TICK) {
+                error!("cannot start the release timer: {e:?}");
+                return false;
+            }
+        }
         self.metrics = Rc::new(ids);
         self.config = Some(Rc::new(config));
         self.cache = Some(Rc::new(cache));
         true
+    }
+
+    fn on_tick(&mut self) {
+        let pending = std::mem::take(&mut *self.releases.borrow_mut());
+        for callout in pending {
+            if let Err(e) = EnvoyHost::send_callout(&callout) {
+                warn!("deferred key-store release not sent ({e}); the claim's lease will free the key");
+            }
+        }
     }
 
     fn create_http_context(&self, _context_id: u32) -> Option<Box<dyn HttpContext>> {
@@ -95,6 +129,7 @@ impl RootContext for Root {
                 metrics: self.metrics.clone(),
                 counter: Cell::new(0),
             },
+            releases: self.releases.clone(),
         }))
     }
 
@@ -106,6 +141,7 @@ impl RootContext for Root {
 struct Http {
     stream: Stream,
     host: EnvoyHost,
+    releases: ReleaseQueue,
 }
 
 fn action(flow: Flow) -> Action {
@@ -142,7 +178,9 @@ impl Context for Http {
     }
 
     fn on_done(&mut self) -> bool {
-        self.stream.on_done(&self.host);
+        if let Some(release) = self.stream.on_done(&self.host) {
+            self.releases.borrow_mut().push(release);
+        }
         true
     }
 }
@@ -223,6 +261,25 @@ impl SharedData for EnvoyHost {
     }
 }
 
+impl EnvoyHost {
+    /// Dispatches from whichever context is current (a stream's, or the root's on tick).
+    fn send_callout(callout: &Callout) -> Result<u32, String> {
+        let headers: Vec<(&str, &str)> = callout
+            .headers
+            .iter()
+            .map(|(n, v)| (n.as_str(), v.as_str()))
+            .collect();
+        hostcalls::dispatch_http_call(
+            &callout.cluster,
+            headers,
+            Some(&callout.body),
+            Vec::new(),
+            Duration::from_millis(callout.timeout_ms),
+        )
+        .map_err(|e| format!("{e:?}"))
+    }
+}
+
 impl Host for EnvoyHost {
     fn now_ms(&self) -> u64 {
         hostcalls::get_current_time()
@@ -285,19 +342,7 @@ impl Host for EnvoyHost {
     }
 
     fn dispatch(&self, callout: &Callout) -> Result<u32, String> {
-        let headers: Vec<(&str, &str)> = callout
-            .headers
-            .iter()
-            .map(|(n, v)| (n.as_str(), v.as_str()))
-            .collect();
-        hostcalls::dispatch_http_call(
-            &callout.cluster,
-            headers,
-            Some(&callout.body),
-            Vec::new(),
-            Duration::from_millis(callout.timeout_ms),
-        )
-        .map_err(|e| format!("{e:?}"))
+        EnvoyHost::send_callout(callout)
     }
 
     fn resume_request(&self) {

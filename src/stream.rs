@@ -11,7 +11,7 @@ use crate::config::{
     Anonymous, CallerSource, Config, FailureMode, HeadersMode, RouteRule, NEVER_STORED,
 };
 use crate::fingerprint::{Fingerprint, Fingerprinter};
-use crate::host::Host;
+use crate::host::{Callout, Host};
 use crate::key::parse_key_header;
 use crate::keystore_client::{self, AckReply, ClaimReply};
 use crate::l1::{L1Outcome, NearCache};
@@ -556,13 +556,15 @@ impl Stream {
     }
 
     /// The stream ends (completed, reset, or the client went away). A claim still held is
-    /// released in L1; in the key store it is left to its lease, since callouts die with the stream.
-    pub fn on_done(&mut self, host: &dyn Host) {
+    /// released in L1 at once. A key-store claim cannot be released from here (callouts die with
+    /// the stream), so the release callout is returned for the plugin's root context to send;
+    /// if that fails too, the claim's lease frees the key.
+    pub fn on_done(&mut self, host: &dyn Host) -> Option<Callout> {
         let claim = match std::mem::replace(&mut self.phase, Phase::Idle) {
             Phase::Claiming(claim, _)
             | Phase::Executing(claim)
             | Phase::Capturing { claim, .. } => claim,
-            _ => return,
+            _ => return None,
         };
         host.count(Metric::Released);
         info!(
@@ -570,6 +572,10 @@ impl Stream {
             claim.key.short()
         );
         self.release_l1(host, &claim);
+        match (&self.cfg.keystore, &claim.token) {
+            (Some(ks), Some(token)) => Some(keystore_client::release(ks, &claim.key, token)),
+            _ => None,
+        }
     }
 
     fn replay(&mut self, host: &dyn Host, key: &RecordKey, record: Record) -> Flow {

@@ -257,7 +257,7 @@ fn server_errors_and_never_stored_statuses_release_the_claim() {
 fn a_reset_or_client_disconnect_releases_the_claim() {
     let w = World::new("{}");
     let (mut s, h, _) = w.send(&post("k", b"a"));
-    s.on_done(&h);
+    assert_eq!(s.on_done(&h), None, "no key store: nothing to hand over");
     assert_eq!(h.count_of(Metric::Released), 1);
     let (_, h, flow) = w.send(&post("k", b"a"));
     assert_eq!(flow, Flow::Continue);
@@ -484,6 +484,29 @@ mod with_keystore {
         );
         answer(&mut s, &h, Some(200), r#"{"outcome":"released"}"#);
         assert_eq!(h.resumed_response.get(), 1);
+    }
+
+    #[test]
+    fn a_client_gone_mid_request_hands_the_key_store_release_over() {
+        let w = World::new(CFG);
+        let (mut s, h, _) = w.send(&post("k", b"a"));
+        answer(
+            &mut s,
+            &h,
+            Some(200),
+            r#"{"outcome":"claimed","token":"T9"}"#,
+        );
+        let release = s.on_done(&h).expect("a release for the root context");
+        assert!(release
+            .headers
+            .contains(&(":path".into(), "/v1/release".into())));
+        assert_eq!(
+            serde_json::from_slice::<Value>(&release.body).unwrap()["token"],
+            "T9"
+        );
+        assert_eq!(s.on_done(&h), None, "only once");
+        let (_, h2, _) = w.send(&post("k", b"a"));
+        assert_eq!(h2.callouts.borrow().len(), 1, "L1 was released at once");
     }
 
     #[test]
