@@ -38,6 +38,13 @@ pids+=($!)
 "$envoy" -c envoy/demo-gateway-b.yaml --base-id 11 -l info --log-path "$logs/gateway-b.log" &
 pids+=($!)
 
+# Poll both admin endpoints until Envoy reports LIVE (or give up after about a minute).
+for _ in $(seq 1 600); do
+    if curl -sf http://127.0.0.1:9901/ready >/dev/null 2>&1 && curl -sf http://127.0.0.1:9902/ready >/dev/null 2>&1; then
+        break
+    fi
+    sleep 0.1
+done
 echo "demo: gateways on 127.0.0.1:10000 and 127.0.0.1:10001 (logs in $logs); Ctrl-C stops it"
 echo "try: curl -i -X POST localhost:10000/payments -H 'authorization: alice' -H 'idempotency-key: k1' -d '{\"amount\":100}'"
 # Stop everything as soon as any process exits (or on Ctrl-C).
