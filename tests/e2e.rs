@@ -566,3 +566,44 @@ async fn h2c_with_request_trailers_executes_once_and_replays() {
 
     assert_eq!(upstream.post_requests().await, 1);
 }
+
+#[tokio::test]
+async fn client_gone_before_completion_never_leaves_the_key_stuck() {
+    // A short lease, so even a claim that is only freed by its lease expiring frees quickly.
+    let (upstream, envoy) = gateway(&plugin(json!({"lock_lease_ms": 2000}))).await;
+    let key = new_key();
+    let body = r#"{"amount":29}"#;
+
+    // The client gives up while the upstream is still working.
+    let impatient = reqwest::Client::builder()
+        .http1_only()
+        .timeout(std::time::Duration::from_millis(300))
+        .build()
+        .unwrap();
+    let gone = post_payment(&impatient, &envoy, "alice", Some(&key), body)
+        .header("x-demo-delay-ms", "1500")
+        .send()
+        .await;
+    assert!(gone.is_err(), "the request should have timed out: {gone:?}");
+
+    // Retries get 409 while the key is held, then execute (poll until the key is free).
+    let http = client();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    let done = loop {
+        let resp = send(post_payment(&http, &envoy, "alice", Some(&key), body)).await;
+        match resp.status {
+            201 => break resp,
+            409 => assert_problem(&resp, 409),
+            _ => panic!("unexpected answer: {}", resp.describe()),
+        };
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the key is still held 10 s after the client went away"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    };
+    assert!(!done.replayed(), "{}", done.describe());
+    let retry = send(post_payment(&http, &envoy, "alice", Some(&key), body)).await;
+    assert_replay(&done, &retry);
+    assert_eq!(upstream.payment_count().await, 1);
+}

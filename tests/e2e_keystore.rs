@@ -210,3 +210,45 @@ async fn key_store_unreachable_fail_open_forwards() {
     assert_replay(&first, &retry);
     assert_eq!(upstream.post_requests().await, 1);
 }
+
+#[tokio::test]
+async fn client_gone_on_one_gateway_never_leaves_the_key_stuck() {
+    let mesh = mesh().await;
+    let key = new_key();
+    let body = r#"{"amount":500}"#;
+
+    let impatient = reqwest::Client::builder()
+        .http1_only()
+        .timeout(std::time::Duration::from_millis(300))
+        .build()
+        .unwrap();
+    let gone = post_payment(&impatient, &mesh.a, "alice", Some(&key), body)
+        .header("x-demo-delay-ms", "1500")
+        .send()
+        .await;
+    assert!(gone.is_err(), "the request should have timed out: {gone:?}");
+
+    // On gateway B: 409 while the key is held, then the retry executes (poll; the default
+    // lease is 30 s, so this passes only if the claim is released when the client goes away).
+    let http = client();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    let done = loop {
+        let resp = send(post_payment(&http, &mesh.b, "alice", Some(&key), body)).await;
+        match resp.status {
+            201 => break resp,
+            409 => assert_problem(&resp, 409),
+            _ => panic!("unexpected answer: {}", resp.describe()),
+        };
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the key is still held 10 s after the client went away"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    };
+    assert!(!done.replayed(), "{}", done.describe());
+    assert_replay(
+        &done,
+        &send(post_payment(&http, &mesh.a, "alice", Some(&key), body)).await,
+    );
+    assert_eq!(mesh.upstream.payment_count().await, 1);
+}
