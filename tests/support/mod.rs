@@ -516,6 +516,8 @@ impl Envoy {
             .arg("-c")
             .arg(&config)
             .args(["--use-dynamic-base-id", "--concurrency", "2", "-l", "info"])
+            // No hot restart: no /dev/shm segment is left behind per test Envoy.
+            .arg("--disable-hot-restart")
             .args(["--file-flush-interval-msec", "100"])
             .arg("--log-path")
             .arg(&log)
