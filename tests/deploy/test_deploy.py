@@ -1,0 +1,520 @@
+"""Offline checks of every deployment artifact (run by `make validate`, part of `make test`).
+
+- Envoy configs (envoy/, deploy/compose/, the EnvoyFilter patch, every Istio pluginConfig): `envoy --mode
+  validate` with the built module, so Envoy checks the protos and the filter itself parses its config.
+- Kubernetes manifests: kubernetes-validate (strict, Kubernetes 1.30 schemas) for built-in kinds;
+  the Istio kinds against istio_schemas.py; plus the cross-references between them.
+- The OCI image layout of `make oci`: index -> manifest -> config/layer, media types, digests, sizes, and
+  the layer's plugin.wasm byte-identical to the built module (read here and by umoci).
+- docker-compose.yaml: `docker-compose config`, every mounted file, build context and Dockerfile COPY.
+Environment: ENVOY_BIN (default .venv/bin/envoy), DOCKER_COMPOSE (default docker-compose on PATH).
+"""
+
+import concurrent.futures
+import copy
+import gzip
+import hashlib
+import io
+import json
+import os
+import re
+import shlex
+import shutil
+import subprocess
+import tarfile
+import tempfile
+import unittest
+from pathlib import Path
+
+import jsonschema
+import kubernetes_validate
+import yaml
+
+import plugin_configs
+from istio_schemas import SCHEMAS
+
+ROOT = Path(__file__).resolve().parents[2]
+WASM = ROOT / "target/wasm32-wasip1/release/idempotency_filter.wasm"
+OCI = ROOT / "target/oci"
+K8S_VERSION = "1.30.0"
+ISTIO_GROUPS = ("networking.istio.io", "extensions.istio.io", "security.istio.io", "telemetry.istio.io")
+KEYSTORE_FQDN = "idempotency-keystore.idempotency.svc.cluster.local"
+ISTIO_KEYSTORE_CLUSTER = f"outbound|8081||{KEYSTORE_FQDN}"
+WASM_TYPE = plugin_configs.WASM_TYPE
+
+
+def load_docs(path):
+    with open(path) as f:
+        return [d for d in yaml.safe_load_all(f) if d is not None]
+
+
+def manifests(subdir):
+    for path in sorted((ROOT / subdir).glob("*.yaml")):
+        for doc in load_docs(path):
+            yield path.relative_to(ROOT).as_posix(), doc
+
+
+def envoy_bin():
+    env = os.environ.get("ENVOY_BIN")
+    if env:
+        return env
+    venv = ROOT / ".venv/bin/envoy"
+    if venv.exists():
+        return str(venv)
+    found = shutil.which("envoy")
+    if not found:
+        raise AssertionError("envoy not found: run `make setup` or set ENVOY_BIN")
+    return found
+
+
+def envoy_validate(config_path):
+    """(ok, output) of `envoy --mode validate -c config_path`, run from the repository root."""
+    proc = subprocess.run(
+        [envoy_bin(), "--mode", "validate", "-c", str(config_path), "-l", "warning"],
+        cwd=ROOT, capture_output=True, text=True, timeout=60,
+    )
+    return proc.returncode == 0, proc.stdout + proc.stderr
+
+
+def compose_cmd():
+    env = os.environ.get("DOCKER_COMPOSE")
+    if env:
+        return shlex.split(env)
+    if shutil.which("docker-compose"):
+        return ["docker-compose"]
+    raise AssertionError("docker-compose not found: run `make setup` or set DOCKER_COMPOSE")
+
+
+def wasm_filter(configuration_json, allow_stop):
+    return {
+        "name": "envoy.filters.http.wasm",
+        "typed_config": {
+            "@type": WASM_TYPE,
+            "config": {
+                "name": "idempotency",
+                "root_id": "idempotency",
+                "failure_policy": "FAIL_CLOSED",
+                "allow_on_headers_stop_iteration": allow_stop,
+                "vm_config": {
+                    "vm_id": "idempotency",
+                    "runtime": "envoy.wasm.runtime.v8",
+                    "code": {"local": {"filename": str(WASM)}},
+                },
+                "configuration": {
+                    "@type": "type.googleapis.com/google.protobuf.StringValue",
+                    "value": configuration_json,
+                },
+            },
+        },
+    }
+
+
+def listener(name, port, http_filter):
+    return {
+        "name": name,
+        "address": {"socket_address": {"address": "127.0.0.1", "port_value": port}},
+        "filter_chains": [{"filters": [{
+            "name": "envoy.filters.network.http_connection_manager",
+            "typed_config": {
+                "@type": "type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager",
+                "stat_prefix": name,
+                "route_config": {"name": "r", "virtual_hosts": [{
+                    "name": "all", "domains": ["*"],
+                    "routes": [{"match": {"prefix": "/"}, "route": {"cluster": "upstream"}}],
+                }]},
+                "http_filters": [http_filter, {
+                    "name": "envoy.filters.http.router",
+                    "typed_config": {"@type": "type.googleapis.com/envoy.extensions.filters.http.router.v3.Router"},
+                }],
+            },
+        }]}],
+    }
+
+
+def static_cluster(name, port):
+    return {
+        "name": name, "type": "STATIC", "connect_timeout": "0.25s",
+        "load_assignment": {"cluster_name": name, "endpoints": [{"lb_endpoints": [{"endpoint": {
+            "address": {"socket_address": {"address": "127.0.0.1", "port_value": port}}}}]}]},
+    }
+
+
+class EnvoyConfigs(unittest.TestCase):
+    """Every Envoy configuration passes `envoy --mode validate` with the built filter."""
+
+    @classmethod
+    def setUpClass(cls):
+        if not WASM.is_file():
+            raise AssertionError(f"{WASM} is missing: run `make build`")
+        cls.tmp = tempfile.TemporaryDirectory(prefix="deploy-check-")
+        cls.addClassCleanup(cls.tmp.cleanup)
+
+    def run_validations(self, paths):
+        with concurrent.futures.ThreadPoolExecutor(max_workers=2) as pool:
+            results = dict(zip(paths, pool.map(envoy_validate, paths)))
+        for path, (ok, output) in results.items():
+            with self.subTest(config=str(path)):
+                self.assertTrue(ok, f"envoy --mode validate -c {path} failed:\n{output[-3000:]}")
+
+    def test_envoy_dir_and_compose_configs_validate(self):
+        paths = sorted(ROOT.glob("envoy/*.yaml"))
+        self.assertGreaterEqual(len(paths), 4, "envoy/ lost a config")
+        # The compose configs name the module by its path inside the container: map it back through the
+        # docker-compose.yaml bind mounts, so Envoy loads the same file the container would.
+        compose = yaml.safe_load((ROOT / "docker-compose.yaml").read_text())
+        for service in compose["services"].values():
+            mounts = [v.split(":") for v in service.get("volumes", []) if v.startswith("./")]
+            config_src = next((src for src, dst, *_ in mounts if dst == "/etc/envoy/envoy.yaml"), None)
+            if config_src is None:
+                continue
+            text = (ROOT / config_src).read_text()
+            for src, dst, *_ in mounts:
+                text = text.replace(f"filename: {dst}", f"filename: {(ROOT / src).resolve()}")
+            self.assertNotIn("filename: /etc/envoy", text, f"{config_src}: module path not mounted")
+            out = Path(self.tmp.name) / Path(config_src).name
+            out.write_text(text)
+            paths.append(out)
+        self.assertGreaterEqual(len(paths), 6, "docker-compose.yaml lost a gateway")
+        self.run_validations(paths)
+
+    def test_istio_filter_configs_load_in_envoy(self):
+        """The EnvoyFilter's Wasm config as Envoy receives it (module made local, as the Istio agent does),
+        and every WasmPlugin/TrafficExtension pluginConfig, loaded by Envoy 1.40 into the built filter."""
+        listeners, n = [], 0
+        for rel, doc in manifests("deploy/istio"):
+            kind = doc["kind"]
+            if kind == "EnvoyFilter":
+                for patch in doc["spec"]["configPatches"]:
+                    if patch["applyTo"] != "EXTENSION_CONFIG":
+                        continue
+                    tc = copy.deepcopy(patch["patch"]["value"]["typed_config"])
+                    self.assertEqual(tc["@type"], WASM_TYPE, rel)
+                    tc["config"]["vm_config"]["code"] = {"local": {"filename": str(WASM)}}
+                    listeners.append(listener(f"l{n}", 20000 + n, {"name": "envoy.filters.http.wasm", "typed_config": tc}))
+                    n += 1
+        for entry in plugin_configs.collect():
+            if entry["kind"] in ("WasmPlugin", "TrafficExtension"):
+                listeners.append(listener(f"l{n}", 20000 + n, wasm_filter(entry["config"], False)))
+                n += 1
+        self.assertGreaterEqual(n, 5, "expected the EnvoyFilter and four WasmPlugin/TrafficExtension configs")
+        bootstrap = {
+            "static_resources": {
+                "listeners": listeners,
+                "clusters": [static_cluster("upstream", 8080), static_cluster(ISTIO_KEYSTORE_CLUSTER, 8081)],
+            }
+        }
+        path = Path(self.tmp.name) / "istio-plugin-configs.yaml"
+        path.write_text(yaml.safe_dump(bootstrap))
+        self.run_validations([path])
+
+    def test_validation_can_fail(self):
+        """A config the filter refuses (unknown field) makes envoy --mode validate fail."""
+        bad = {"static_resources": {
+            "listeners": [listener("bad", 20999, wasm_filter('{"no_such_field": 1}', True))],
+            "clusters": [static_cluster("upstream", 8080)],
+        }}
+        path = Path(self.tmp.name) / "bad.yaml"
+        path.write_text(yaml.safe_dump(bad))
+        ok, _ = envoy_validate(path)
+        self.assertFalse(ok, "envoy accepted a configuration the filter must refuse")
+
+    def test_every_config_says_when_to_use_it(self):
+        for path in sorted(ROOT.glob("envoy/*.yaml")) + sorted(ROOT.glob("deploy/**/*.yaml")):
+            with self.subTest(path=path.name):
+                header = path.read_text().splitlines()[:3]
+                self.assertTrue(header and header[0].startswith("#"), f"{path}: no header comment")
+
+    def test_production_config_shape(self):
+        doc = load_docs(ROOT / "envoy/production-redis.yaml")[0]
+        ks = next(c for c in doc["static_resources"]["clusters"] if c["name"] == "keystore")
+        self.assertIn("connect_timeout", ks)
+        self.assertIn("outlier_detection", ks)
+        thresholds = ks["circuit_breakers"]["thresholds"]
+        self.assertTrue(thresholds and all(t.get("max_retries") == 0 for t in thresholds), "callouts must not retry")
+        self.assertNotIn("retry_policy", json.dumps(ks))
+        wasm = next(plugin_configs.wasm_typed_configs(doc))["config"]
+        self.assertEqual(wasm["failure_policy"], "FAIL_CLOSED")
+        self.assertTrue(wasm["allow_on_headers_stop_iteration"])
+        self.assertIn("stats_config", doc)
+        cfg = json.loads(wasm["configuration"]["value"])
+        self.assertEqual(cfg["keystore"]["cluster"], "keystore")
+
+
+class KubernetesManifests(unittest.TestCase):
+    def test_builtin_kinds_validate_strictly(self):
+        seen = 0
+        for rel, doc in list(manifests("deploy/kubernetes")) + list(manifests("deploy/istio")):
+            if doc["apiVersion"].split("/")[0] in ISTIO_GROUPS:
+                continue
+            with self.subTest(resource=f"{rel} {doc['kind']}/{doc['metadata']['name']}"):
+                kubernetes_validate.validate(doc, K8S_VERSION, strict=True)
+                seen += 1
+        self.assertGreaterEqual(seen, 8)
+
+    def test_istio_kinds_match_documented_fields(self):
+        seen = set()
+        for rel, doc in list(manifests("deploy/istio")) + list(manifests("deploy/kubernetes")):
+            if doc["apiVersion"].split("/")[0] not in ISTIO_GROUPS:
+                continue
+            with self.subTest(resource=f"{rel} {doc['kind']}"):
+                schema = SCHEMAS.get(doc["kind"])
+                self.assertIsNotNone(schema, f"{rel}: no schema for Istio kind {doc['kind']}")
+                jsonschema.validate(doc, schema)
+                seen.add(doc["kind"])
+        self.assertEqual(seen, {"WasmPlugin", "TrafficExtension", "EnvoyFilter", "ServiceEntry", "DestinationRule"})
+
+    def test_validators_can_fail(self):
+        dep = next(d for _, d in manifests("deploy/kubernetes") if d["kind"] == "Deployment")
+        bad = copy.deepcopy(dep)
+        bad["spec"]["template"]["spec"]["containers"][0]["readinesProbe"] = {"httpGet": {"path": "/readyz"}}
+        with self.assertRaises(Exception):
+            kubernetes_validate.validate(bad, K8S_VERSION, strict=True)
+        wp = next(d for _, d in manifests("deploy/istio") if d["kind"] == "WasmPlugin")
+        bad = copy.deepcopy(wp)
+        bad["spec"]["failStrategy"] = "FAIL_CLOSED"  # the Envoy spelling, not Istio's
+        with self.assertRaises(jsonschema.ValidationError):
+            jsonschema.validate(bad, SCHEMAS["WasmPlugin"])
+        te = next(d for _, d in manifests("deploy/istio") if d["kind"] == "TrafficExtension")
+        bad = copy.deepcopy(te)
+        bad["spec"]["pluginConfig"] = bad["spec"]["wasm"].pop("pluginConfig")  # WasmPlugin's place
+        with self.assertRaises(jsonschema.ValidationError):
+            jsonschema.validate(bad, SCHEMAS["TrafficExtension"])
+
+    def resources(self):
+        return {(d["kind"], d["metadata"]["name"]): d for _, d in manifests("deploy/kubernetes")}
+
+    def test_keystore_deployment(self):
+        res = self.resources()
+        dep = res[("Deployment", "idempotency-keystore")]
+        spec = dep["spec"]
+        pod = spec["template"]["spec"]
+        c = pod["containers"][0]
+        self.assertEqual(spec["replicas"], 2)
+        self.assertEqual(c["readinessProbe"]["httpGet"]["path"], "/readyz")
+        self.assertEqual(c["livenessProbe"]["httpGet"]["path"], "/healthz")
+        self.assertIn("requests", c["resources"])
+        self.assertIn("limits", c["resources"])
+        self.assertTrue(pod["securityContext"]["runAsNonRoot"])
+        self.assertFalse(c["securityContext"]["allowPrivilegeEscalation"])
+        env = {e["name"]: e for e in c["env"]}
+        self.assertEqual(env["KEYSTORE_BACKEND"]["value"], "redis")
+        secret_ref = env["KEYSTORE_TOKEN"]["valueFrom"]["secretKeyRef"]
+        secret = res[("Secret", secret_ref["name"])]
+        self.assertIn(secret_ref["key"], secret["stringData"])
+        # The Redis URL names the Redis Service.
+        redis_svc = res[("Service", "idempotency-redis")]
+        self.assertIn(f"{redis_svc['metadata']['name']}.{redis_svc['metadata']['namespace']}", env["KEYSTORE_REDIS_URL"]["value"])
+        self.assertIn(":6379", env["KEYSTORE_REDIS_URL"]["value"])
+        # PDB and Service select the Deployment's pods; the Service serves 8081 as HTTP.
+        labels = spec["template"]["metadata"]["labels"]
+        pdb = res[("PodDisruptionBudget", "idempotency-keystore")]
+        self.assertLessEqual(pdb["spec"]["selector"]["matchLabels"].items(), labels.items())
+        self.assertLess(pdb["spec"]["minAvailable"], spec["replicas"])
+        svc = res[("Service", "idempotency-keystore")]
+        self.assertLessEqual(svc["spec"]["selector"].items(), labels.items())
+        self.assertEqual([p["port"] for p in svc["spec"]["ports"]], [8081])
+        self.assertEqual(f"{svc['metadata']['name']}.{svc['metadata']['namespace']}.svc.cluster.local", KEYSTORE_FQDN)
+
+    def test_redis_appendonly(self):
+        res = self.resources()
+        sts = res[("StatefulSet", "idempotency-redis")]
+        args = sts["spec"]["template"]["spec"]["containers"][0]["args"]
+        self.assertEqual(args[args.index("--appendonly") + 1], "yes")
+        svc = res[("Service", "idempotency-redis")]
+        self.assertLessEqual(svc["spec"]["selector"].items(), sts["spec"]["template"]["metadata"]["labels"].items())
+
+
+class IstioRollout(unittest.TestCase):
+    def docs(self, kind):
+        return [(rel, d) for rel, d in manifests("deploy/istio") if d["kind"] == kind]
+
+    def secret_token(self):
+        for _, d in manifests("deploy/kubernetes"):
+            if d["kind"] == "Secret" and d["metadata"]["name"] == "idempotency-keystore-token":
+                return d["stringData"]["token"]
+        raise AssertionError("Secret idempotency-keystore-token not found")
+
+    def test_plugin_rollouts(self):
+        token = self.secret_token()
+        scopes = set()
+        for kind in ("WasmPlugin", "TrafficExtension"):
+            for rel, d in self.docs(kind):
+                with self.subTest(file=rel):
+                    spec = d["spec"]
+                    wasm = spec if kind == "WasmPlugin" else spec["wasm"]
+                    self.assertIn(spec["phase"], ("AUTHZ", "STATS"), "must run after authentication")
+                    self.assertIn(wasm["failStrategy"], ("FAIL_CLOSE", "FAIL_OPEN", "FAIL_RELOAD"))
+                    self.assertTrue(wasm["url"].startswith("oci://"))
+                    self.assertEqual([m["mode"] for m in spec["match"]], ["SERVER"], "inbound only: one pass per request")
+                    cfg = wasm["pluginConfig"]
+                    self.assertEqual(cfg["headers_mode"], "stream")
+                    self.assertEqual(cfg["keystore"]["cluster"], ISTIO_KEYSTORE_CLUSTER)
+                    self.assertEqual(cfg["keystore"]["token"], token, "pluginConfig token != key-store Secret")
+                    if "selector" in spec:
+                        scopes.add((kind, "workload"))
+                    else:
+                        self.assertEqual(d["metadata"]["namespace"], "istio-system", "mesh-wide = root namespace")
+                        scopes.add((kind, "mesh"))
+        self.assertEqual(scopes, {(k, s) for k in ("WasmPlugin", "TrafficExtension") for s in ("mesh", "workload")})
+
+    def test_envoyfilter_holds_headers(self):
+        (rel, ef), = self.docs("EnvoyFilter")
+        patches = ef["spec"]["configPatches"]
+        ext = next(p for p in patches if p["applyTo"] == "EXTENSION_CONFIG")
+        http = next(p for p in patches if p["applyTo"] == "HTTP_FILTER")
+        self.assertEqual(ext["patch"]["operation"], "ADD")
+        config = ext["patch"]["value"]["typed_config"]["config"]
+        self.assertTrue(config["allow_on_headers_stop_iteration"])
+        self.assertEqual(config["failure_policy"], "FAIL_CLOSED")
+        cfg = json.loads(config["configuration"]["value"])
+        self.assertEqual(cfg["headers_mode"], "hold")
+        self.assertEqual(cfg["keystore"]["cluster"], ISTIO_KEYSTORE_CLUSTER)
+        self.assertEqual(cfg["keystore"]["token"], self.secret_token())
+        # The HTTP filter refers to the extension config by name and sits before the router.
+        self.assertEqual(http["patch"]["value"]["name"], ext["patch"]["value"]["name"])
+        self.assertEqual(http["patch"]["operation"], "INSERT_BEFORE")
+        self.assertEqual(http["match"]["listener"]["filterChain"]["filter"]["subFilter"]["name"], "envoy.filters.http.router")
+        self.assertIn(WASM_TYPE, http["patch"]["value"]["config_discovery"]["type_urls"])
+
+    def test_external_keystore(self):
+        (rel, se), = self.docs("ServiceEntry")
+        host = se["spec"]["hosts"][0]
+        self.assertEqual(se["spec"]["location"], "MESH_EXTERNAL")
+        drs = {d["spec"]["host"]: d for _, d in self.docs("DestinationRule")}
+        self.assertIn(host, drs, "the external key store needs its DestinationRule")
+        self.assertIn(KEYSTORE_FQDN, drs, "the in-mesh key store has its DestinationRule")
+        for h, dr in drs.items():
+            pool = dr["spec"]["trafficPolicy"]["connectionPool"]
+            self.assertEqual(pool["http"]["maxRetries"], 0, h)
+            self.assertIn("connectTimeout", pool["tcp"], h)
+            self.assertIn("outlierDetection", dr["spec"]["trafficPolicy"], h)
+        # The cluster name the ServiceEntry yields is the one the file documents for pluginConfig.
+        port = se["spec"]["ports"][0]["number"]
+        self.assertIn(f"outbound|{port}||{host}", (ROOT / rel).read_text())
+
+
+class OciImage(unittest.TestCase):
+    """The layout `make oci` wrote to target/oci is a valid single-layer compat image of the built module."""
+
+    def blob(self, desc):
+        self.assertRegex(desc["digest"], r"^sha256:[0-9a-f]{64}$")
+        data = (OCI / "blobs/sha256" / desc["digest"].split(":", 1)[1]).read_bytes()
+        self.assertEqual(hashlib.sha256(data).hexdigest(), desc["digest"].split(":", 1)[1], "digest != content")
+        self.assertEqual(len(data), desc["size"], "size != content")
+        return data
+
+    def test_layout(self):
+        self.assertTrue((OCI / "index.json").is_file(), "target/oci is missing: run `make oci`")
+        self.assertEqual(json.loads((OCI / "oci-layout").read_text()), {"imageLayoutVersion": "1.0.0"})
+        index = json.loads((OCI / "index.json").read_text())
+        self.assertEqual(index["schemaVersion"], 2)
+        self.assertEqual(len(index["manifests"]), 1)
+        mdesc = index["manifests"][0]
+        self.assertEqual(mdesc["mediaType"], "application/vnd.oci.image.manifest.v1+json")
+        self.assertTrue(mdesc["annotations"]["org.opencontainers.image.ref.name"])
+        manifest = json.loads(self.blob(mdesc))
+        self.assertEqual(manifest["schemaVersion"], 2)
+        self.assertEqual(manifest["mediaType"], "application/vnd.oci.image.manifest.v1+json")
+        self.assertEqual(manifest["config"]["mediaType"], "application/vnd.oci.image.config.v1+json")
+        config = json.loads(self.blob(manifest["config"]))
+        self.assertEqual(len(manifest["layers"]), 1, "compat variant: exactly one layer")
+        ldesc = manifest["layers"][0]
+        self.assertEqual(ldesc["mediaType"], "application/vnd.oci.image.layer.v1.tar+gzip")
+        tar_bytes = gzip.decompress(self.blob(ldesc))
+        self.assertEqual(config["rootfs"], {"type": "layers", "diff_ids": [f"sha256:{hashlib.sha256(tar_bytes).hexdigest()}"]})
+        with tarfile.open(fileobj=io.BytesIO(tar_bytes)) as tar:
+            members = tar.getmembers()
+            self.assertEqual([m.name for m in members], ["plugin.wasm"])
+            self.assertTrue(members[0].isfile())
+            module = tar.extractfile(members[0]).read()
+        self.assertEqual(module, WASM.read_bytes(), "the layer's plugin.wasm differs from the built module")
+        # Every blob in the layout is referenced (no stale leftovers of an earlier build).
+        referenced = {d["digest"].split(":", 1)[1] for d in (mdesc, manifest["config"], ldesc)}
+        self.assertEqual({p.name for p in (OCI / "blobs/sha256").iterdir()}, referenced)
+
+    def test_umoci_reads_it(self):
+        """An independent OCI implementation (umoci) unpacks the image to the same plugin.wasm."""
+        umoci = shutil.which("umoci")
+        self.assertIsNotNone(umoci, "umoci not found: run `make setup`")
+        tag = json.loads((OCI / "index.json").read_text())["manifests"][0]["annotations"]["org.opencontainers.image.ref.name"]
+        with tempfile.TemporaryDirectory() as tmp:
+            bundle = Path(tmp) / "bundle"
+            proc = subprocess.run([umoci, "raw", "unpack", "--rootless", "--image", f"{OCI}:{tag}", str(bundle)],
+                                  capture_output=True, text=True, timeout=60)
+            self.assertEqual(proc.returncode, 0, proc.stderr)
+            self.assertEqual(sorted(p.name for p in bundle.iterdir()), ["plugin.wasm"])
+            self.assertEqual((bundle / "plugin.wasm").read_bytes(), WASM.read_bytes())
+
+
+class DockerCompose(unittest.TestCase):
+    @classmethod
+    def setUpClass(cls):
+        cls.compose = yaml.safe_load((ROOT / "docker-compose.yaml").read_text())
+
+    def test_compose_config_parses(self):
+        proc = subprocess.run(compose_cmd() + ["-f", str(ROOT / "docker-compose.yaml"), "config", "-q"],
+                              cwd=ROOT, capture_output=True, text=True, timeout=60)
+        self.assertEqual(proc.returncode, 0, proc.stdout + proc.stderr)
+
+    def test_compose_config_can_fail(self):
+        broken = copy.deepcopy(self.compose)
+        broken["services"]["keystore"]["depends_on"]["redis"]["condition"] = "service_maybe"
+        with tempfile.NamedTemporaryFile("w", suffix=".yaml", dir=ROOT, delete=False) as f:
+            yaml.safe_dump(broken, f)
+        try:
+            proc = subprocess.run(compose_cmd() + ["-f", f.name, "config", "-q"],
+                                  cwd=ROOT, capture_output=True, text=True, timeout=60)
+        finally:
+            os.unlink(f.name)
+        self.assertNotEqual(proc.returncode, 0, "docker-compose accepted a broken file")
+
+    def test_mounts_builds_and_services(self):
+        services = self.compose["services"]
+        self.assertEqual(set(services), {"payments", "keystore", "redis", "envoy-a", "envoy-b"})
+        published = set()
+        for name, svc in services.items():
+            for port in svc.get("ports", []):
+                published.add(int(str(port).split(":")[0]))
+            for vol in svc.get("volumes", []):
+                src = vol.split(":")[0]
+                if src.startswith((".", "/")):
+                    with self.subTest(mount=vol):
+                        self.assertTrue((ROOT / src).is_file(), f"{name}: mounted {src} does not exist")
+            if "build" in svc:
+                ctx = ROOT / svc["build"]["context"]
+                dockerfile = ctx / svc["build"]["dockerfile"]
+                self.assertTrue(dockerfile.is_file(), f"{name}: {dockerfile}")
+                self.check_dockerfile(dockerfile, ctx)
+        self.assertEqual(published, {8080, 8081, 10000, 10001, 9901, 9902})
+        for g in ("envoy-a", "envoy-b"):
+            self.assertEqual(services[g]["image"], "envoyproxy/envoy:v1.40-latest")
+        self.assertEqual(services["keystore"]["environment"]["KEYSTORE_BACKEND"], "redis")
+        self.assertIn("redis://redis:6379", services["keystore"]["environment"]["KEYSTORE_REDIS_URL"])
+        cmd = services["redis"]["command"]
+        self.assertEqual(cmd[cmd.index("--appendonly") + 1], "yes")
+
+    def check_dockerfile(self, dockerfile, ctx):
+        """Every COPY source of the build context exists, and is not excluded by .dockerignore."""
+        ignored = [l.strip() for l in (ROOT / ".dockerignore").read_text().splitlines()
+                   if l.strip() and not l.startswith("#")]
+        for line in dockerfile.read_text().splitlines():
+            m = re.match(r"^COPY\s+(?!--from)(.+)$", line.strip())
+            if not m:
+                continue
+            *sources, _dest = m.group(1).split()
+            for src in sources:
+                with self.subTest(dockerfile=dockerfile.name, src=src):
+                    self.assertTrue((ctx / src).exists(), f"{dockerfile}: COPY {src} missing")
+                    top = src.split("/")[0]
+                    excluded = top in ignored and f"!{src}" not in ignored
+                    self.assertFalse(excluded, f"{dockerfile}: COPY {src} is excluded by .dockerignore")
+
+    def test_plugin_dockerfile(self):
+        text = (ROOT / "Dockerfile").read_text()
+        self.assertRegex(text, r"(?m)^FROM scratch$")
+        self.assertRegex(text, r"(?m)^COPY target/wasm32-wasip1/release/idempotency_filter\.wasm \./plugin\.wasm$")
+        self.check_dockerfile(ROOT / "Dockerfile", ROOT)
+
+
+if __name__ == "__main__":
+    unittest.main()
