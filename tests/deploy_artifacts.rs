@@ -56,7 +56,8 @@ fn shipped_configs() -> Vec<Entry> {
         "plugin_configs.py failed: {}",
         String::from_utf8_lossy(&out.stderr)
     );
-    let list: Vec<Value> = serde_json::from_slice(&out.stdout).expect("plugin_configs.py prints JSON");
+    let list: Vec<Value> =
+        serde_json::from_slice(&out.stdout).expect("plugin_configs.py prints JSON");
     list.into_iter()
         .map(|v| Entry {
             source: v["source"].as_str().unwrap().to_string(),
@@ -85,19 +86,29 @@ fn every_shipped_filter_config_parses_and_matches_its_host() {
         "deploy/istio/envoyfilter.yaml",
     ] {
         assert!(
-            entries.iter().any(|e| e.source.starts_with(&format!("{expected}#"))),
+            entries
+                .iter()
+                .any(|e| e.source.starts_with(&format!("{expected}#"))),
             "no filter configuration found in {expected}"
         );
     }
 
     for e in &entries {
-        assert!(!e.config.trim().is_empty(), "{}: empty filter configuration", e.source);
+        assert!(
+            !e.config.trim().is_empty(),
+            "{}: empty filter configuration",
+            e.source
+        );
         let config = Config::parse(e.config.as_bytes())
             .unwrap_or_else(|err| panic!("{}: {err}\n{}", e.source, e.config));
 
         // The headers mode must fit the host: "hold" needs allow_on_headers_stop_iteration, which
         // WasmPlugin/TrafficExtension cannot set, so those must stream; Envoy configs that set it hold.
-        let want = if e.allow_stop { HeadersMode::Hold } else { HeadersMode::Stream };
+        let want = if e.allow_stop {
+            HeadersMode::Hold
+        } else {
+            HeadersMode::Stream
+        };
         assert_eq!(
             config.headers_mode, want,
             "{} ({}): headers_mode does not fit allow_on_headers_stop_iteration={}",
@@ -109,9 +120,21 @@ fn every_shipped_filter_config_parses_and_matches_its_host() {
                 .keystore
                 .as_ref()
                 .unwrap_or_else(|| panic!("{}: the mesh needs the key store", e.source));
-            assert_eq!(ks.cluster, ISTIO_KEYSTORE_CLUSTER, "{}: key-store cluster", e.source);
-            assert!(ks.token.is_some(), "{}: the in-mesh key store requires a token", e.source);
-            assert!(!config.default_secret, "{}: hmac_secret must be set", e.source);
+            assert_eq!(
+                ks.cluster, ISTIO_KEYSTORE_CLUSTER,
+                "{}: key-store cluster",
+                e.source
+            );
+            assert!(
+                ks.token.is_some(),
+                "{}: the in-mesh key store requires a token",
+                e.source
+            );
+            assert!(
+                !config.default_secret,
+                "{}: hmac_secret must be set",
+                e.source
+            );
         }
         if e.source.starts_with("deploy/compose/") || e.source.contains("demo-gateway") {
             assert_eq!(
