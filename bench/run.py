@@ -1,0 +1,728 @@
+#!/usr/bin/env python3
+"""`make bench`: what the idempotency filter costs, as ratios against baselines from the same run.
+
+Starts payments-demo, the key store (memory, then Redis on a port of a private redis-server), and
+Envoy (--concurrency 1, dynamic base id, every port picked by Envoy and read back from its admin API),
+drives them with wrk (bench/lua/*.lua) on 127.0.0.1 only, and writes bench/results/latest.{md,json}.
+
+    python3 bench/run.py            # the whole benchmark (about 5 minutes on 2 cores)
+    python3 bench/run.py --smoke    # one ~3 s scenario through the filter; exits 1 if it produced no numbers
+
+Standard library only. Scenarios and targets: bench/README.md (issue 5).
+"""
+
+import argparse
+import datetime
+import json
+import os
+import platform
+import re
+import select
+import shutil
+import signal
+import string
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+BENCH = ROOT / "bench"
+LUA_IDEM = BENCH / "lua" / "idem.lua"
+LUA_KS = BENCH / "lua" / "keystore.lua"
+HMAC_SECRET = "bench-secret"
+BODY = b'{"amount":1250,"currency":"EUR","customer":"cus_bench","description":"idempotency benchmark"}'
+
+
+def log(msg):
+    print(f"[bench {time.strftime('%H:%M:%S')}] {msg}", flush=True)
+
+
+# ---------------------------------------------------------------- processes
+
+
+class Procs:
+    """Every process this run started; stopped (by pid) at exit."""
+
+    def __init__(self):
+        self.procs = []
+
+    def add(self, name, proc):
+        self.procs.append((name, proc))
+        return proc
+
+    def stop(self, proc):
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGTERM)
+            try:
+                proc.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+
+    def stop_all(self):
+        for _, proc in reversed(self.procs):
+            self.stop(proc)
+
+
+PROCS = Procs()
+
+
+def start_listening(name, cmd, tmp, timeout=30):
+    """Starts a service that prints `listening on ADDR` on stdout; returns (proc, port)."""
+    err = open(tmp / f"{name}.log", "wb")
+    proc = PROCS.add(name, subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=err, cwd=ROOT))
+    deadline = time.monotonic() + timeout
+    line = b""
+    while time.monotonic() < deadline:
+        ready, _, _ = select.select([proc.stdout], [], [], 0.2)
+        if ready:
+            chunk = os.read(proc.stdout.fileno(), 4096)
+            if not chunk:
+                break
+            line += chunk
+            m = re.search(rb"listening on \S+:(\d+)", line)
+            if m:
+                return proc, int(m.group(1))
+        if proc.poll() is not None:
+            break
+    raise RuntimeError(f"{name} did not print its address; see {tmp / (name + '.log')}")
+
+
+def http(method, url, body=None, headers=None, timeout=5):
+    req = urllib.request.Request(url, data=body, method=method, headers=headers or {})
+    try:
+        with urllib.request.urlopen(req, timeout=timeout) as r:
+            return r.status, dict(r.headers), r.read()
+    except urllib.error.HTTPError as e:
+        return e.code, dict(e.headers), e.read()
+
+
+def wait_until(what, check, timeout=60, proc=None):
+    """Polls `check` until it returns something truthy (no fixed sleeps for readiness)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc is not None and proc.poll() is not None:
+            raise RuntimeError(f"{what}: the process exited with {proc.returncode}")
+        try:
+            got = check()
+            if got:
+                return got
+        except (OSError, ValueError):
+            pass
+        time.sleep(0.02)
+    raise RuntimeError(f"{what}: not ready after {timeout} s")
+
+
+class Envoy:
+    def __init__(self, binary, name, template, values, tmp):
+        self.name = name
+        text = string.Template((BENCH / "envoy" / template).read_text()).substitute(values)
+        cfg = tmp / f"{name}.yaml"
+        cfg.write_text(text)
+        admin_path = tmp / f"{name}.admin"
+        self.log_path = tmp / f"{name}.log"
+        cmd = [
+            binary, "-c", str(cfg), "--concurrency", "1", "--use-dynamic-base-id",
+            "--admin-address-path", str(admin_path), "--log-level", "info",
+            "--log-format", "[%Y-%m-%d %T.%f][%t][%l][%n] %v", "--log-path", str(self.log_path),
+            "--disable-hot-restart",
+        ]
+        self.t0 = time.time()
+        self.proc = PROCS.add(name, subprocess.Popen(
+            cmd, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=open(tmp / f"{name}.stderr", "wb")))
+        self.admin = "http://" + wait_until(
+            f"{name} admin address", lambda: admin_path.exists() and admin_path.read_text().strip(),
+            proc=self.proc)
+        wait_until(f"{name} /ready", lambda: http("GET", self.admin + "/ready", timeout=1)[0] == 200,
+                   proc=self.proc)
+        self.ready_s = time.time() - self.t0
+        _, _, body = http("GET", self.admin + "/listeners?format=json")
+        self.ports = {}
+        for ls in json.loads(body)["listener_statuses"]:
+            self.ports[ls["name"]] = ls["local_address"]["socket_address"]["port_value"]
+
+    def url(self, listener, path):
+        return f"http://127.0.0.1:{self.ports[listener]}{path}"
+
+    def stats(self, prefix="wasmcustom.idempotency."):
+        _, _, body = http("GET", self.admin + "/stats?filter=" + prefix.replace(".", r"\."))
+        out = {}
+        for line in body.decode().splitlines():
+            k, _, v = line.partition(": ")
+            if v.strip().isdigit():
+                out[k.removeprefix(prefix)] = int(v)
+        return out
+
+    def counter(self, name):
+        _, _, body = http("GET", self.admin + "/stats?filter=^" + re.escape(name) + "$")
+        m = re.search(r": (\d+)", body.decode())
+        return int(m.group(1)) if m else 0
+
+    def memory(self):
+        _, _, body = http("GET", self.admin + "/memory")
+        m = json.loads(body)
+        return {k: int(m[k]) for k in ("allocated", "heap_size", "pageheap_unmapped", "pageheap_free")
+                if k in m}
+
+    def stop(self):
+        PROCS.stop(self.proc)
+
+
+# ---------------------------------------------------------------- load
+
+
+def wrk(url, script, args, duration, conns, threads=2):
+    cmd = ["wrk", "-t", str(threads), "-c", str(conns), "-d", f"{duration}s", "--timeout", "5s",
+           "-s", str(script), url, "--"] + [str(a) for a in args]
+    out = subprocess.run(cmd, capture_output=True, text=True, timeout=duration + 60)
+    m = re.search(r"^BENCH_JSON (.*)$", out.stdout, re.M)
+    if not m:
+        raise RuntimeError(f"wrk printed no result: {out.stdout}\n{out.stderr}")
+    r = json.loads(m.group(1))
+    r["rps"] = r["requests"] / (r["duration_us"] / 1e6) if r["duration_us"] else 0.0
+    r["conns"] = conns
+    r["threads"] = threads
+    r["duration_s"] = duration
+    return r
+
+
+def keystore_metrics(port):
+    _, _, body = http("GET", f"http://127.0.0.1:{port}/metrics")
+    out = {}
+    for line in body.decode().splitlines():
+        m = re.match(r'keystore_requests_total\{op="(\w+)",outcome="(\w+)"\} (\d+)', line)
+        if m:
+            out[f"{m.group(1)}.{m.group(2)}"] = int(m.group(3))
+    return out
+
+
+def payments_posts(port):
+    return json.loads(http("GET", f"http://127.0.0.1:{port}/_demo/stats")[2])["post_requests"]
+
+
+def delta(after, before):
+    return {k: v - before.get(k, 0) for k, v in after.items() if v - before.get(k, 0)}
+
+
+def filter_config(cluster):
+    cfg = {
+        "routes": [{"exact": "/payments", "methods": ["POST"], "required": True}],
+        "caller": {"header": "authorization"},
+        "hmac_secret": HMAC_SECRET,
+        "failure_mode": "fail_closed",
+        "keystore": {"cluster": cluster, "timeout_ms": 500} if cluster else None,
+    }
+    return json.dumps(cfg, separators=(",", ":"))
+
+
+def redis_scripts():
+    """The key store's own claim and complete Lua (keystore/src/backend/redis.rs), so that
+    redis-benchmark runs the same operations; None if the source no longer has that shape."""
+    src = (ROOT / "keystore" / "src" / "backend" / "redis.rs").read_text()
+    consts = dict(re.findall(r'const (\w+): &str = r"(.*?)";', src, re.S))
+    if not all(k in consts for k in ("NOW", "CLAIM", "COMPLETE")):
+        return None
+    return consts["NOW"] + consts["CLAIM"], consts["NOW"] + consts["COMPLETE"]
+
+
+def redis_benchmark(port, conns, seconds_hint, script, args):
+    """redis-benchmark running EVAL(script) on random keys; returns (rps, p50_ms, p99_ms)."""
+    def run(n):
+        cmd = ["redis-benchmark", "-h", "127.0.0.1", "-p", str(port), "-c", str(conns), "-n", str(n),
+               "-r", "100000000", "--csv", "EVAL", script, "1", "idem:{__rand_int__}"] + args
+        out = subprocess.run(cmd, capture_output=True, text=True, timeout=120).stdout
+        rows = [line for line in out.splitlines() if line.startswith('"EVAL')]
+        if not rows:
+            raise RuntimeError("redis-benchmark: " + out)
+        cols = [c.strip('"') for c in rows[-1].split('","')]
+        # "test","rps","avg_latency_ms","min_latency_ms","p50_latency_ms","p95_latency_ms","p99_latency_ms","max_latency_ms"
+        return float(cols[1]), float(cols[4]), float(cols[6])
+    rps, _, _ = run(5000)  # warm-up and rate estimate
+    return run(max(5000, int(rps * seconds_hint)))
+
+
+# ---------------------------------------------------------------- the run
+
+
+class Bench:
+    def __init__(self, args):
+        self.args = args
+        self.d = args.duration
+        self.conns = args.connections
+        self.rows = []
+        self.extra = {}
+        self.notes = []
+        self.prefix = f"b{int(time.time())}"
+
+    def row(self, name, group, r, baseline=None, note="", **kw):
+        row = {
+            "scenario": name, "group": group, "rps": round(r["rps"], 1),
+            "p50_ms": r["latency_us"]["p50"] / 1000, "p99_ms": r["latency_us"]["p99"] / 1000,
+            "requests": r["requests"], "non_2xx": r["errors"]["status"],
+            "socket_errors": sum(v for k, v in r["errors"].items() if k != "status"),
+            "conns": r.get("conns"), "duration_s": r.get("duration_s"),
+            "baseline": baseline, "note": note,
+        }
+        row.update(kw)
+        if baseline:
+            b = self.get(baseline)
+            row["ratio"] = round(row["rps"] / b["rps"], 3) if b["rps"] else None
+            row["p99_added_ms"] = round(row["p99_ms"] - b["p99_ms"], 3)
+        self.rows.append(row)
+        log(f"{name}: {row['rps']:.0f} req/s, p50 {row['p50_ms']:.2f} ms, p99 {row['p99_ms']:.2f} ms"
+            + (f", ratio {row['ratio']} of {baseline}" if baseline else "")
+            + (f", non-2xx {row['non_2xx']}" if row["non_2xx"] else ""))
+        return row
+
+    def get(self, name):
+        return next(r for r in self.rows if r["scenario"] == name)
+
+    def run(self):
+        a = self.args
+        self.tmp = Path(tempfile.mkdtemp(prefix="idem-bench-"))
+        self.envoy_bin = find_envoy()
+        bins = find_bins()
+        self.wasm = ROOT / "target" / "wasm32-wasip1" / "release" / "idempotency_filter.wasm"
+        if not self.wasm.exists():
+            raise SystemExit(f"{self.wasm} missing: run `make build`")
+        for tool in ["wrk"] + ([] if a.smoke else ["redis-server", "redis-benchmark"]):
+            if not shutil.which(tool):
+                raise SystemExit(f"{tool} missing: run scripts/setup-bench.sh")
+        started = time.time()
+        load_before = os.getloadavg()
+
+        _, self.pay_port = start_listening("payments", [bins["payments"], "--listen", "127.0.0.1:0"], self.tmp)
+        _, self.ks_mem_port = start_listening(
+            "keystore-memory", [bins["keystore"], "--listen", "127.0.0.1:0", "--backend", "memory"], self.tmp)
+        if a.smoke:
+            self.ks_redis_port = self.ks_mem_port
+        else:
+            self.redis_port = start_redis(self.tmp)
+            _, self.ks_redis_port = start_listening(
+                "keystore-redis", [bins["keystore"], "--listen", "127.0.0.1:0", "--backend", "redis",
+                                   "--redis-url", f"redis://127.0.0.1:{self.redis_port}"], self.tmp)
+            wait_until("keystore-redis /readyz",
+                       lambda: http("GET", f"http://127.0.0.1:{self.ks_redis_port}/readyz", timeout=1)[0] == 200)
+        self.values = {
+            "wasm": str(self.wasm), "payments_port": self.pay_port, "ks_mem_port": self.ks_mem_port,
+            "ks_redis_port": self.ks_redis_port,
+            "filter_config_mem": filter_config("ks_mem"), "filter_config_redis": filter_config("ks_redis"),
+            "filter_config_l1": filter_config(None),
+        }
+        self.envoy = Envoy(self.envoy_bin, "envoy-main", "main.yaml.tmpl", self.values, self.tmp)
+        log(f"envoy-main ready in {self.envoy.ready_s:.2f} s, listeners {self.envoy.ports}")
+
+        if a.smoke:
+            self.smoke()
+        else:
+            self.full()
+        self.extra["load_average_before"] = [round(x, 2) for x in load_before]
+        self.extra["load_average_after"] = [round(x, 2) for x in os.getloadavg()]
+        self.extra["wall_s"] = round(time.time() - started, 1)
+
+    # ------------------------------------------------------------ smoke
+
+    def smoke(self):
+        e = self.envoy
+        posts = payments_posts(self.pay_port)
+        r = wrk(e.url("filter_mem", "/payments"), LUA_IDEM, ["POST", "/payments", "fresh", 0, self.prefix + "smk"],
+                3, 8)
+        row = self.row("smoke_first_exec_memory", "3. first execution", r)
+        executed = e.stats().get("executed", 0)
+        ran = payments_posts(self.pay_port) - posts
+        ok = row["rps"] > 0 and row["p99_ms"] > 0 and row["non_2xx"] == 0 and executed > 0 and ran == executed
+        log(f"smoke: executed {executed}, upstream POSTs {ran}: {'ok' if ok else 'FAILED'}")
+        if not ok:
+            raise SystemExit(1)
+
+    # ------------------------------------------------------------ full
+
+    def full(self):
+        a, e, d, c = self.args, self.envoy, self.d, self.conns
+        p = self.prefix
+        post = lambda listener, path, mode="none", n=0, pre=p: (
+            e.url(listener, path), LUA_IDEM, ["POST", path, mode, n, pre])
+
+        log("warm-up")
+        for listener, path, mode in [("no_filter", "/payments", "none"), ("direct", "/payments", "none"),
+                                     ("filter_mem", "/payments", "fresh"), ("filter_redis", "/payments", "fresh")]:
+            wrk(*post(listener, path, mode, 0, p + "warm"), a.warmup, c)
+
+        # 1. baselines
+        self.row("no_filter_post", "1. baseline", wrk(*post("no_filter", "/payments"), d, c),
+                 note="Envoy, no filter, POST /payments to payments-demo")
+        self.row("no_filter_get", "1. baseline",
+                 wrk(e.url("no_filter", "/_demo/stats"), LUA_IDEM, ["GET", "/_demo/stats", "none"], d, c),
+                 note="Envoy, no filter, GET /_demo/stats")
+        self.row("direct_response", "1. baseline", wrk(*post("direct", "/payments"), d, c),
+                 note="Envoy direct_response 201, no upstream")
+
+        # 2. not covered
+        self.row("not_covered_get", "2. not covered",
+                 wrk(e.url("filter_mem", "/_demo/stats"), LUA_IDEM, ["GET", "/_demo/stats", "none"], d, c),
+                 baseline="no_filter_get", note="GET through the filter")
+        self.row("not_covered_post", "2. not covered", wrk(*post("filter_mem", "/nr/payments"), d, c),
+                 baseline="no_filter_post", note="POST /nr/payments (no rule; rewritten to /payments)")
+
+        # 3. first execution
+        posts0, st0 = payments_posts(self.pay_port), e.stats()
+        r = wrk(*post("filter_mem", "/payments", "fresh", 0, p + "fe"), d, c)
+        st1, posts1 = e.stats(), payments_posts(self.pay_port)
+        self.row("first_exec_memory", "3. first execution", r, baseline="no_filter_post",
+                 note="fresh key per request, key store memory backend",
+                 executed=delta(st1, st0).get("executed", 0), upstream_posts=posts1 - posts0)
+        fe_keys = r["keys_per_thread"]
+        r = wrk(*post("filter_redis", "/payments", "fresh", 0, p + "fr"), d, c)
+        self.row("first_exec_redis", "3. first execution", r, baseline="no_filter_post",
+                 note="fresh key per request, key store Redis backend")
+
+        # 4. replay from L1
+        for i in range(a.l1_keys):
+            k = f'"{p}rl-c-{i}"'
+            s, _, _ = http("POST", e.url("filter_mem", "/payments"), BODY,
+                           {"content-type": "application/json", "authorization": "Bearer bench-caller",
+                            "idempotency-key": k})
+            if s != 201:
+                raise RuntimeError(f"pre-recording key {i}: {s}")
+        posts0, st0 = payments_posts(self.pay_port), e.stats()
+        r = wrk(*post("filter_mem", "/payments", "cycle", a.l1_keys, p + "rl"), d, c)
+        st, upstream = delta(e.stats(), st0), payments_posts(self.pay_port) - posts0
+        self.row("replay_l1", "4. replay", r, baseline="direct_response",
+                 note=f"{a.l1_keys} pre-recorded keys cycled; upstream POSTs during the run: {upstream}",
+                 replayed=st.get("replayed", 0), upstream_posts=upstream, stats_delta=st)
+
+        # 4. replay from L2: a fresh Envoy (empty L1) replays the keys of first_exec_memory
+        fresh = Envoy(self.envoy_bin, "envoy-fresh", "fresh.yaml.tmpl", self.values, self.tmp)
+        self.extra["vm_start"] = vm_start(fresh)
+        n = max(1, min(fe_keys) - 2 * c)  # the last keys of each thread may have been cut off
+        total = n * len(fe_keys)
+        est = self.get("replay_l1")["rps"]
+        dur = max(2, min(d, int(0.8 * total / max(est, 1))))
+        ks0, posts0 = keystore_metrics(self.ks_mem_port), payments_posts(self.pay_port)
+        r = wrk(fresh.url("filter_mem", "/payments"), LUA_IDEM, ["POST", "/payments", "replay", n, p + "fe"], dur, c)
+        ks = delta(keystore_metrics(self.ks_mem_port), ks0)
+        st = fresh.stats()
+        from_l2 = ks.get("claim.completed", 0)
+        self.row("replay_l2", "4. replay", r, baseline="direct_response",
+                 note=(f"fresh Envoy; {total} keys of first_exec_memory replayed in order for {dur} s; "
+                       f"{from_l2} of {st.get('replayed', 0)} replays came from the key store (L2)"),
+                 replayed=st.get("replayed", 0), from_l2=from_l2, stats_delta=st,
+                 upstream_posts=payments_posts(self.pay_port) - posts0)
+        fresh.stop()
+
+        # 5. duplicates storm: 2*c connections, about `storm_group` requests per key
+        st0, posts0 = e.stats(), payments_posts(self.pay_port)
+        r = wrk(*post("filter_mem", "/payments", "storm", a.storm_group, p + "st"), d, 2 * c)
+        st, upstream = delta(e.stats(), st0), payments_posts(self.pay_port) - posts0
+        self.row("duplicates_storm", "5. duplicates", r, baseline="no_filter_post",
+                 note=(f"{2 * c} connections, ~{a.storm_group} requests per key: executed {st.get('executed', 0)}, "
+                       f"replayed {st.get('replayed', 0)}, 409 {st.get('conflict', 0)}, upstream POSTs {upstream}"),
+                 stats_delta=st, upstream_posts=upstream)
+
+        # 6. the key store alone
+        self.keystore_alone()
+
+        # 1 again: baseline drift over the run
+        r = wrk(*post("no_filter", "/payments"), d, c)
+        self.row("no_filter_post_end", "1. baseline", r, baseline="no_filter_post",
+                 note="the no-filter baseline again at the end: drift over the run")
+
+        # 7. memory
+        self.envoy.stop()
+        self.memory()
+
+    def keystore_alone(self):
+        a, d, c = self.args, self.d, self.conns
+        ks_c = a.keystore_connections
+        for backend, port in [("memory", self.ks_mem_port), ("redis", self.ks_redis_port)]:
+            url = f"http://127.0.0.1:{port}/v1/claim"
+            r = wrk(url, LUA_KS, ["claim", "", 0], d, ks_c)
+            self.row(f"keystore_{backend}_claim", "6. key store", r,
+                     note=f"POST /v1/claim, fresh keys, {ks_c} connections", outcomes=r["outcomes"])
+            # one connection per wrk thread: a claim's answer carries no key (see keystore.lua)
+            r = wrk(url, LUA_KS, ["claim_complete", "", 0], d, ks_c, threads=ks_c)
+            self.row(f"keystore_{backend}_claim_complete", "6. key store", r,
+                     note=f"claim then complete (half each), {ks_c} connections", outcomes=r["outcomes"])
+            for i in range(200):
+                k = f"{i:064x}"
+                _, _, b = http("POST", url, json.dumps({"key": k, "fingerprint": "ab" * 32, "lease_ms": 30000}).encode(),
+                               {"content-type": "application/json"})
+                tok = json.loads(b).get("token")
+                if tok:
+                    http("POST", url.replace("claim", "complete"),
+                         json.dumps({"key": k, "token": tok, "record": "cmVjb3Jk", "retention_ms": 600000}).encode(),
+                         {"content-type": "application/json"})
+            r = wrk(url, LUA_KS, ["get", "", 200], d, ks_c)
+            self.row(f"keystore_{backend}_get", "6. key store", r,
+                     note=f"POST /v1/claim on 200 completed keys (a replay's L2 lookup), {ks_c} connections",
+                     outcomes=r["outcomes"])
+        scripts = redis_scripts()
+        if not scripts:
+            self.notes.append("redis-benchmark skipped: the key store's Redis scripts were not found")
+            return
+        claim, complete = scripts
+        rc = redis_benchmark(self.redis_port, ks_c, d, claim, ["ab" * 32, "tok" * 10, "30000"])
+        rm = redis_benchmark(self.redis_port, ks_c, d, complete, ["tok" * 10, "x" * 150, "600000"])
+        mixed = 2 / (1 / rc[0] + 1 / rm[0])
+        self.extra["redis_benchmark"] = {"claim_eval": rc, "complete_eval": rm, "mixed_rps": round(mixed, 1)}
+        for name, (rps, p50, p99), base in [("redis_benchmark_claim_eval", rc, "keystore_redis_claim"),
+                                            ("redis_benchmark_complete_eval", rm, None)]:
+            row = {"scenario": name, "group": "6. key store", "rps": rps, "p50_ms": p50, "p99_ms": p99,
+                   "requests": None, "non_2xx": 0, "socket_errors": 0, "conns": ks_c, "duration_s": d,
+                   "baseline": None, "note": "redis-benchmark EVAL of the key store's own script, random keys"}
+            self.rows.append(row)
+            log(f"{name}: {rps:.0f} ops/s, p50 {p50} ms, p99 {p99} ms")
+        # the key store's ratios to redis-benchmark (the same Redis operations, same concurrency)
+        kc = self.get("keystore_redis_claim")
+        kc["baseline"], kc["ratio"] = "redis_benchmark_claim_eval", round(kc["rps"] / rc[0], 3)
+        km = self.get("keystore_redis_claim_complete")
+        km["baseline"], km["ratio"] = "redis_benchmark mixed claim+complete", round(km["rps"] / mixed, 3)
+        for b in ("memory",):
+            for op in ("claim", "claim_complete", "get"):
+                r = self.get(f"keystore_{b}_{op}")
+                r["baseline"] = f"keystore_redis_{op}"
+                r["ratio"] = round(r["rps"] / self.get(f"keystore_redis_{op}")["rps"], 3)
+
+    def memory(self):
+        a, c = self.args, self.conns
+        env = Envoy(self.envoy_bin, "envoy-memory", "memory.yaml.tmpl", self.values, self.tmp)
+        self.extra["vm_start_memory_envoy"] = vm_start(env)
+        url = env.url("filter_l1", "/payments")
+        # a few requests so that every lazily created structure exists before the "before" reading
+        wrk(url, LUA_IDEM, ["POST", "/payments", "fresh", 0, self.prefix + "mw"], 1, c)
+        before = env.memory()
+        st0 = env.stats()
+        curve, keys, t0 = [], 0, time.monotonic()
+        while keys < a.memory_keys and time.monotonic() - t0 < a.memory_seconds:
+            chunk = min(a.memory_chunk, a.memory_seconds - (time.monotonic() - t0))
+            r = wrk(url, LUA_IDEM, ["POST", "/payments", "fresh", 0, f"{self.prefix}m{len(curve)}"],
+                    max(1, int(chunk)), c)
+            keys = delta(env.stats(), st0).get("executed", 0)
+            m = env.memory()
+            curve.append({"keys": keys, "rps": round(r["rps"], 1), "p99_ms": r["latency_us"]["p99"] / 1000,
+                          "allocated": m["allocated"], "heap_size": m["heap_size"]})
+            log(f"memory: {keys} keys, {r['rps']:.0f} req/s, allocated {m['allocated'] / 2**20:.1f} MiB, "
+                f"heap {m['heap_size'] / 2**20:.1f} MiB")
+        after = env.memory()
+        env.stop()
+        slots, max_resp = 1024, 65536
+        bound = slots * (max_resp + 4096)
+        grow_alloc = after["allocated"] - before["allocated"]
+        grow_heap = after["heap_size"] - before["heap_size"]
+        self.extra["memory"] = {
+            "keys": keys, "target_keys": a.memory_keys, "before": before, "after": after,
+            "growth_allocated": grow_alloc, "growth_heap_size": grow_heap,
+            "l1_bound_bytes": bound, "l1_bound_formula": "l1_slots x (max_response_bytes + 4 KiB) = 1024 x 69632",
+            "curve": curve, "wasm_bytes": self.wasm.stat().st_size,
+        }
+
+    # ------------------------------------------------------------ report
+
+    def targets(self):
+        t = []
+        g = lambda n: next((r for r in self.rows if r["scenario"] == n), None)
+
+        def add(name, value, goal, met, detail):
+            t.append({"target": name, "value": value, "goal": goal, "met": met, "detail": detail})
+
+        if g("not_covered_post"):
+            v = min(g("not_covered_post")["ratio"], g("not_covered_get")["ratio"])
+            add("not covered >= 0.85 of no-filter", v, 0.85, v >= 0.85,
+                f"POST {g('not_covered_post')['ratio']}, GET {g('not_covered_get')['ratio']} (the lower counts)")
+        if g("replay_l1"):
+            r = g("replay_l1")
+            add("replay from L1 >= 0.75 of direct_response, no upstream request", r["ratio"], 0.75,
+                r["ratio"] >= 0.75 and r["upstream_posts"] == 0, f"upstream POSTs during the run: {r['upstream_posts']}")
+        if g("first_exec_memory"):
+            r = g("first_exec_memory")
+            add("first execution (memory key store) >= 0.5 of no-filter", r["ratio"], 0.5, r["ratio"] >= 0.5, "")
+            add("first execution (memory key store) p99 added < 2 ms", r["p99_added_ms"], 2.0,
+                r["p99_added_ms"] < 2.0, f"p99 {r['p99_ms']} ms vs no-filter {g('no_filter_post')['p99_ms']} ms")
+        if g("keystore_redis_claim") and g("keystore_redis_claim").get("ratio") is not None:
+            kc, km = g("keystore_redis_claim"), g("keystore_redis_claim_complete")
+            v = min(kc["ratio"], km["ratio"])
+            add("key store (Redis) >= 0.6 of redis-benchmark, same ops and concurrency", v, 0.6, v >= 0.6,
+                f"claim {kc['ratio']}, claim+complete {km['ratio']} (the lower counts)")
+        m = self.extra.get("memory")
+        if m:
+            limit = m["l1_bound_bytes"] * 1.1
+            grow = max(m["growth_allocated"], m["growth_heap_size"])
+            add(f"memory growth with {m['target_keys']} keys < L1 bound + 10%", grow, round(limit),
+                grow < limit and m["keys"] >= m["target_keys"],
+                f"{m['keys']} keys measured; growth allocated {m['growth_allocated'] / 2**20:.1f} MiB, "
+                f"heap_size {m['growth_heap_size'] / 2**20:.1f} MiB; bound {m['l1_bound_bytes'] / 2**20:.1f} MiB + 10%")
+        return t
+
+    def report(self):
+        now = datetime.datetime.now().astimezone()
+        result = {
+            "date": now.isoformat(timespec="seconds"), "command": "make bench",
+            "machine": {"cores": os.cpu_count(), "platform": platform.platform(),
+                        "envoy": envoy_version(self.envoy_bin)},
+            "settings": {"duration_s": self.d, "connections": self.conns, "wrk_threads": 2,
+                         "envoy_concurrency": 1, "smoke": self.args.smoke},
+            "rows": self.rows, "targets": [] if self.args.smoke else self.targets(),
+            "extra": self.extra, "notes": self.notes,
+        }
+        md = render_md(result)
+        print()
+        print(md)
+        if not self.args.no_write and not self.args.smoke:
+            out = BENCH / "results"
+            out.mkdir(exist_ok=True)
+            name = "latest"
+            (out / f"{name}.json").write_text(json.dumps(result, indent=2) + "\n")
+            (out / f"{name}.md").write_text(md)
+            log(f"wrote {out / (name + '.md')} and {name}.json")
+
+
+def render_md(res):
+    L = []
+    L.append(f"# Benchmark results ({res['date']})\n")
+    m = res["machine"]
+    x = res["extra"]
+    L.append(f"`{res['command']}` on {m['cores']} cores ({m['platform']}), {m['envoy']}; "
+             f"Envoy --concurrency 1; wrk 2 threads, {res['settings']['connections']} connections, "
+             f"{res['settings']['duration_s']} s per scenario after a warm-up. Load average before/after: "
+             f"{x.get('load_average_before')} / {x.get('load_average_after')}; wall time {x.get('wall_s')} s.\n")
+    L.append("| scenario | req/s | p50 ms | p99 ms | baseline | ratio | p99 added ms | note |")
+    L.append("| --- | ---: | ---: | ---: | --- | ---: | ---: | --- |")
+    for r in res["rows"]:
+        L.append(f"| {r['scenario']} | {r['rps']:.0f} | {r['p50_ms']:.2f} | {r['p99_ms']:.2f} | "
+                 f"{r.get('baseline') or ''} | {r.get('ratio', '') if r.get('ratio') is not None else ''} | "
+                 f"{r.get('p99_added_ms', '') if r.get('baseline') and 'p99_added_ms' in r else ''} | "
+                 f"{r['note']}{'; non-2xx ' + str(r['non_2xx']) if r['non_2xx'] and 'storm' not in r['scenario'] else ''} |")
+    if res["targets"]:
+        L.append("\n## Targets (issue 5)\n")
+        L.append("| target | value | goal | met | detail |")
+        L.append("| --- | ---: | ---: | --- | --- |")
+        for t in res["targets"]:
+            L.append(f"| {t['target']} | {t['value']} | {t['goal']} | {'met' if t['met'] else 'MISSED'} | {t['detail']} |")
+    mem = x.get("memory")
+    if mem:
+        L.append("\n## Memory (Envoy admin /memory, filter with no key store, direct_response route)\n")
+        L.append(f"- `.wasm` size: {mem['wasm_bytes']} bytes ({mem['wasm_bytes'] / 1024:.0f} KiB)")
+        L.append(f"- before: allocated {mem['before']['allocated'] / 2**20:.1f} MiB, heap_size "
+                 f"{mem['before']['heap_size'] / 2**20:.1f} MiB; after {mem['keys']} distinct keys: allocated "
+                 f"{mem['after']['allocated'] / 2**20:.1f} MiB, heap_size {mem['after']['heap_size'] / 2**20:.1f} MiB")
+        L.append(f"- stated L1 bound ({mem['l1_bound_formula']}): {mem['l1_bound_bytes'] / 2**20:.1f} MiB")
+        L.append("\n| keys | req/s (chunk) | p99 ms | allocated MiB | heap_size MiB |")
+        L.append("| ---: | ---: | ---: | ---: | ---: |")
+        for p in mem["curve"]:
+            L.append(f"| {p['keys']} | {p['rps']:.0f} | {p['p99_ms']:.2f} | {p['allocated'] / 2**20:.1f} | "
+                     f"{p['heap_size'] / 2**20:.1f} |")
+    for k in ("vm_start", "vm_start_memory_envoy"):
+        if k in x:
+            v = x[k]
+            L.append(f"\n- VM start ({k}): {v}")
+    rb = x.get("redis_benchmark")
+    if rb:
+        L.append(f"- redis-benchmark mixed claim+complete (harmonic mean of the two EVAL rates): {rb['mixed_rps']} ops/s")
+    for n in res["notes"]:
+        L.append(f"- {n}")
+    return "\n".join(L) + "\n"
+
+
+# ---------------------------------------------------------------- helpers
+
+
+def vm_start(env):
+    """Time from Envoy's start to /ready, and from the first log line to each thread's
+    'configured' line of the plugin (one per VM: main thread and the worker)."""
+    text = env.log_path.read_text(errors="replace")
+    stamps = []
+    first = None
+    for line in text.splitlines():
+        m = re.match(r"\[(\d{4}-\d\d-\d\d \d\d:\d\d:\d\d\.\d+)\]\[(\d+)\]", line)
+        if not m:
+            continue
+        t = datetime.datetime.strptime(m.group(1), "%Y-%m-%d %H:%M:%S.%f").timestamp()
+        first = first if first is not None else t
+        if "configured:" in line and "near-cache slots" in line:
+            stamps.append({"thread": m.group(2), "s_after_first_log": round(t - first, 3)})
+    return {"ready_s": round(env.ready_s, 3), "plugin_configured": stamps}
+
+
+def envoy_version(binary):
+    try:
+        out = subprocess.run([binary, "--version"], capture_output=True, text=True, timeout=30).stdout
+        m = re.search(r"version: \S+/(\d+\.\d+\.\d+)", out)
+        return f"Envoy {m.group(1)}" if m else "Envoy"
+    except OSError:
+        return "Envoy"
+
+
+def find_envoy():
+    for cand in [os.environ.get("ENVOY_BIN"), ROOT / ".venv" / "bin" / "envoy", shutil.which("envoy"),
+                 "/tmp/venvtest/bin/envoy"]:
+        if cand and Path(cand).exists() and os.access(cand, os.X_OK):
+            return str(cand)
+    raise SystemExit("no Envoy: run `make setup` (or set ENVOY_BIN)")
+
+
+def find_bins():
+    d = Path(os.environ.get("BENCH_BIN_DIR", ROOT / "target" / "release"))
+    bins = {"payments": d / "payments-demo", "keystore": d / "idempotency-keystore"}
+    for k, v in bins.items():
+        if not v.exists():
+            raise SystemExit(f"{v} missing: `cargo build --release -p payments-demo -p idempotency-keystore`")
+    return {k: str(v) for k, v in bins.items()}
+
+
+def start_redis(tmp):
+    """A private redis-server (no persistence) on a port Redis picks from a free one we probe."""
+    import socket
+    for _ in range(20):
+        s = socket.socket()
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+        s.close()
+        d = tmp / "redis"
+        d.mkdir(exist_ok=True)
+        proc = PROCS.add("redis", subprocess.Popen(
+            ["redis-server", "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
+             "--dir", str(d), "--protected-mode", "yes"],
+            stdout=open(tmp / "redis.log", "wb"), stderr=subprocess.STDOUT))
+        try:
+            wait_until("redis", lambda: subprocess.run(
+                ["redis-cli", "-p", str(port), "ping"], capture_output=True, text=True).stdout.strip() == "PONG",
+                timeout=10, proc=proc)
+            return port
+        except RuntimeError:
+            PROCS.stop(proc)
+    raise RuntimeError("could not start redis-server")
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--smoke", action="store_true", help="one ~3 s scenario; exit 1 without numbers")
+    ap.add_argument("--duration", type=int, default=6, help="seconds per scenario (default 6)")
+    ap.add_argument("--warmup", type=int, default=2, help="warm-up seconds per listener (default 2)")
+    ap.add_argument("--connections", type=int, default=16, help="wrk connections (default 16)")
+    ap.add_argument("--keystore-connections", type=int, default=16)
+    ap.add_argument("--l1-keys", type=int, default=200, help="keys pre-recorded for replay from L1")
+    ap.add_argument("--storm-group", type=int, default=32, help="requests per key in the storm")
+    ap.add_argument("--memory-keys", type=int, default=1_000_000, help="distinct keys for the memory scenario")
+    ap.add_argument("--memory-seconds", type=int, default=150, help="time cap of the memory scenario")
+    ap.add_argument("--memory-chunk", type=int, default=15, help="seconds between /memory readings")
+    ap.add_argument("--no-write", action="store_true", help="print only; write no results file")
+    args = ap.parse_args()
+    b = Bench(args)
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
+    try:
+        b.run()
+        b.report()
+    finally:
+        PROCS.stop_all()
+        if not os.environ.get("BENCH_KEEP_TMP") and hasattr(b, "tmp"):
+            shutil.rmtree(b.tmp, ignore_errors=True)
+        elif hasattr(b, "tmp"):
+            log(f"logs kept in {b.tmp}")
+
+
+if __name__ == "__main__":
+    main()
