@@ -19,6 +19,8 @@ async fn envoy_without_filter_proxies_to_payments() {
         upstream_port: upstream.port,
         keystore_port: None,
         plugin: None,
+        route_timeout: None,
+        extra_args: Vec::new(),
     })
     .await;
 

@@ -337,6 +337,48 @@ impl Keystore {
     }
 }
 
+impl Keystore {
+    /// The key store with these arguments, which must include `--listen` (e.g. a fixed port for
+    /// a restart, `--backend redis`, `--token`).
+    pub async fn start_with(args: &[&str]) -> Keystore {
+        let dir = tempdir();
+        let mut cmd = Command::new(workspace_bin("idempotency-keystore"));
+        cmd.args(args);
+        let (proc, addr) =
+            spawn_listening("idempotency-keystore", cmd, dir.path().join("keystore.log")).await;
+        Keystore {
+            port: addr.port(),
+            proc,
+            _dir: dir,
+        }
+    }
+
+    /// Its log (stderr) so far.
+    pub fn log(&self) -> String {
+        String::from_utf8_lossy(&std::fs::read(self.proc.log_path()).unwrap_or_default())
+            .into_owned()
+    }
+
+    /// Polls `GET /readyz` until it answers 200 (the backend answers), for up to 20 s.
+    pub async fn wait_ready(&self) {
+        let url = format!("http://127.0.0.1:{}/readyz", self.port);
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            if let Ok(resp) = reqwest::get(&url).await {
+                if resp.status() == 200 {
+                    return;
+                }
+            }
+            assert!(
+                Instant::now() < deadline,
+                "the key store on port {} is not ready after 20 s",
+                self.port
+            );
+            tokio::time::sleep(POLL).await;
+        }
+    }
+}
+
 /// A port on which nothing listens (bound then released), for "key store unreachable" tests.
 pub fn closed_port() -> u16 {
     let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
@@ -363,6 +405,10 @@ pub struct EnvoyOptions {
     pub keystore_port: Option<u16>,
     /// The filter's JSON configuration; `None` runs Envoy without the filter.
     pub plugin: Option<String>,
+    /// The route's timeout; `None`: 20 s.
+    pub route_timeout: Option<Duration>,
+    /// Extra Envoy command-line arguments (e.g. `--component-log-level wasm:debug`).
+    pub extra_args: Vec<String>,
 }
 
 impl EnvoyOptions {
@@ -372,7 +418,21 @@ impl EnvoyOptions {
             upstream_port,
             keystore_port: None,
             plugin: Some(plugin.into()),
+            route_timeout: None,
+            extra_args: Vec::new(),
         }
+    }
+
+    /// Sets the route's timeout (Envoy answers 504 past it).
+    pub fn route_timeout(mut self, timeout: Duration) -> EnvoyOptions {
+        self.route_timeout = Some(timeout);
+        self
+    }
+
+    /// Adds an Envoy command-line argument.
+    pub fn envoy_arg(mut self, arg: impl Into<String>) -> EnvoyOptions {
+        self.extra_args.push(arg.into());
+        self
     }
 
     /// Adds the `keystore` cluster pointing at `port`.
@@ -413,6 +473,12 @@ impl EnvoyOptions {
             )
             .expect("write to String");
         }
+        let route_timeout = format!(
+            "{:.3}s",
+            self.route_timeout
+                .unwrap_or(Duration::from_secs(20))
+                .as_secs_f64()
+        );
         let mut clusters = cluster_yaml("payments", self.upstream_port);
         if let Some(port) = self.keystore_port {
             clusters.push_str(&cluster_yaml("keystore", port));
@@ -440,7 +506,7 @@ static_resources:
               domains: ["*"]
               routes:
               - match: {{ prefix: "/" }}
-                route: {{ cluster: payments, timeout: 20s }}
+                route: {{ cluster: payments, timeout: {route_timeout} }}
           http_filters:{filters}
           - name: envoy.filters.http.router
             typed_config:
@@ -519,6 +585,7 @@ impl Envoy {
             // No hot restart: no /dev/shm segment is left behind per test Envoy.
             .arg("--disable-hot-restart")
             .args(["--file-flush-interval-msec", "100"])
+            .args(&options.extra_args)
             .arg("--log-path")
             .arg(&log)
             .arg("--admin-address-path")
