@@ -23,6 +23,11 @@ use bytes::Bytes;
 use http::{HeaderMap, HeaderName, HeaderValue};
 use serde_json::Value;
 
+/// Crashable key store processes and Envoy SIGKILL helpers.
+pub mod killable;
+/// A persistent `redis-server` that can be crashed and restarted on its port.
+pub mod redis;
+
 /// How long a process may take to come up (the machine may be busy compiling).
 const START_TIMEOUT: Duration = Duration::from_secs(90);
 /// Interval between readiness polls.
