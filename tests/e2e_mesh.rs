@@ -153,6 +153,18 @@ async fn response_recorded_on_a_replays_on_b(backend: Backend) {
     assert_eq!(mesh.a.counter("executed").await, 1);
     assert_eq!(mesh.b.counter("replayed").await, 1);
     assert_eq!(mesh.b.metric("executed").await.unwrap_or(0), 0);
+    if let Some(redis) = &mesh.redis {
+        // The record went through the key store into Redis (only keyed hashes, no raw key).
+        let keys = support::redis::redis_command(redis.port, "KEYS *").unwrap_or_default();
+        assert!(
+            keys.starts_with('*') && !keys.starts_with("*0"),
+            "Redis holds no record: {keys:?}"
+        );
+        assert!(
+            !keys.contains(&key),
+            "the raw key is stored in Redis: {keys:?}"
+        );
+    }
 }
 
 async fn hundred_concurrent_duplicates_over_both_gateways_create_one_payment(backend: Backend) {
