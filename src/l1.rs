@@ -157,6 +157,12 @@ impl NearCache {
 
     /// Turns `owner`'s claim into a completed record (or caches a record read from the key store
     /// when `owner` holds the claim). Returns false when the claim is no longer `owner`'s.
+    ///
+    /// A claim whose lease ran out is dropped by the next write to its slot, even for another key,
+    /// so whether it is still there is luck. The owner completes unless another request holds a
+    /// live claim or record for the key: the request did execute, and dropping its record would
+    /// let a retry sent after the client got its answer execute again. A newer live result is
+    /// never overwritten.
     pub fn complete(
         &self,
         shared: &dyn SharedData,
@@ -168,7 +174,9 @@ impl NearCache {
         let encoded = record.encode();
         let mut owned = false;
         self.update(shared, key, now_ms, |bucket| {
-            owned = bucket.iter().any(|e| e.key == key.0 && is_owner(e, owner));
+            owned = bucket
+                .iter()
+                .all(|e| e.key != key.0 || is_owner(e, owner) || !e.is_live(now_ms));
             if !owned {
                 return false;
             }
@@ -347,6 +355,35 @@ mod tests {
         );
         assert_eq!(c.complete(&s, &rk(1), 8, &record(fp, 1), 201), Ok(false));
         assert_eq!(c.complete(&s, &rk(1), 9, &record(fp, 1), 201), Ok(true));
+    }
+
+    #[test]
+    fn an_expired_claim_dropped_by_a_write_for_another_key_still_completes() {
+        // Found by the state-machine property test: the owner's expired claim was pruned when
+        // another key's claim wrote the slot, its late completion was refused, and a retry sent
+        // after the client got its 201 executed the request again.
+        let (c, s) = cache(1);
+        let fp = [1; 32];
+        assert_eq!(
+            c.lookup_or_claim(&s, &rk(1), &fp, 7, 0, 100),
+            L1Outcome::Claimed
+        );
+        assert_eq!(
+            c.lookup_or_claim(&s, &rk(2), &fp, 8, 150, 100),
+            L1Outcome::Claimed,
+            "this write drops rk(1)'s expired claim"
+        );
+        assert_eq!(c.complete(&s, &rk(1), 7, &record(fp, 1), 160), Ok(true));
+        assert_eq!(
+            c.lookup_or_claim(&s, &rk(1), &fp, 9, 170, 100),
+            L1Outcome::Completed(record(fp, 1))
+        );
+        // A takeover still makes the old owner stale.
+        assert_eq!(
+            c.lookup_or_claim(&s, &rk(2), &fp, 10, 300, 100),
+            L1Outcome::Claimed
+        );
+        assert_eq!(c.complete(&s, &rk(2), 8, &record(fp, 1), 301), Ok(false));
     }
 
     #[test]
