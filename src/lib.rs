@@ -20,6 +20,8 @@ pub mod stream;
 mod adapter;
 
 #[cfg(test)]
+mod stream_props;
+#[cfg(test)]
 mod stream_tests;
 #[cfg(test)]
 mod testing;
