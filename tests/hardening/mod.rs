@@ -49,8 +49,9 @@ pub async fn metric(envoy: &Envoy, name: &str) -> u64 {
     envoy.metric(name).await.unwrap_or(0)
 }
 
-/// The filter's metrics of interest, for before/after comparisons.
+/// The filter's metrics of interest (one admin call), for before/after comparisons.
 pub async fn metrics(envoy: &Envoy) -> HashMap<&'static str, u64> {
+    let stats = envoy.stats().await;
     let mut out = HashMap::new();
     for name in [
         "executed",
@@ -64,8 +65,15 @@ pub async fn metrics(envoy: &Envoy) -> HashMap<&'static str, u64> {
         "fail_open",
         "released",
         "not_covered",
+        "not_replayable",
+        "unauthenticated",
     ] {
-        out.insert(name, metric(envoy, name).await);
+        let suffix = format!("idempotency.{name}");
+        let value = stats
+            .iter()
+            .find(|(stat, _)| **stat == suffix || stat.ends_with(&format!(".{suffix}")))
+            .map_or(0, |(_, value)| *value);
+        out.insert(name, value);
     }
     out
 }
@@ -414,17 +422,18 @@ impl RawResp {
 }
 
 /// Sends `request` (raw bytes) on a new connection and reads one response (content-length,
-/// chunked, or to EOF). A write error (Envoy may answer and close before the request is all
+/// chunked, or to EOF; none for `HEAD`). A write error (Envoy may answer and close before the request is all
 /// written) is not fatal: the answer is still read. `Err` if no response arrives.
 pub async fn raw_http(port: u16, request: &[u8]) -> Result<RawResp, String> {
     let mut conn = TcpStream::connect(("127.0.0.1", port))
         .await
         .map_err(|e| format!("connect: {e}"))?;
     let write = conn.write_all(request).await;
+    let head_request = request.starts_with(b"HEAD ");
     let mut buf = Vec::new();
     let deadline = tokio::time::Instant::now() + Duration::from_secs(15);
     loop {
-        if let Some(resp) = parse_response(&buf, false) {
+        if let Some(resp) = parse_response(&buf, false, head_request) {
             return Ok(resp);
         }
         let mut chunk = [0u8; 16384];
@@ -432,7 +441,7 @@ pub async fn raw_http(port: u16, request: &[u8]) -> Result<RawResp, String> {
         match read {
             Ok(Ok(n)) if n > 0 => buf.extend_from_slice(&chunk[..n]),
             Ok(_) => {
-                return parse_response(&buf, true).ok_or_else(|| {
+                return parse_response(&buf, true, head_request).ok_or_else(|| {
                     format!(
                         "connection closed without a complete response (write: {write:?}): {:?}",
                         String::from_utf8_lossy(&buf)
@@ -444,7 +453,7 @@ pub async fn raw_http(port: u16, request: &[u8]) -> Result<RawResp, String> {
     }
 }
 
-fn parse_response(buf: &[u8], eof: bool) -> Option<RawResp> {
+fn parse_response(buf: &[u8], eof: bool, head_request: bool) -> Option<RawResp> {
     let head_end = find(buf, b"\r\n\r\n")?;
     let head = String::from_utf8_lossy(&buf[..head_end]).into_owned();
     let mut lines = head.split("\r\n");
@@ -462,7 +471,9 @@ fn parse_response(buf: &[u8], eof: bool) -> Option<RawResp> {
             .find(|(n, _)| n == name)
             .map(|(_, v)| v.clone())
     };
-    let body = if let Some(length) = get("content-length") {
+    let body = if head_request {
+        Vec::new()
+    } else if let Some(length) = get("content-length") {
         let length: usize = length.parse().ok()?;
         rest.get(..length)?.to_vec()
     } else if get("transfer-encoding").is_some_and(|v| v.eq_ignore_ascii_case("chunked")) {
