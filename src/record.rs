@@ -56,8 +56,15 @@ impl Record {
 
     pub fn decode(bytes: &[u8]) -> Result<Record, DecodeError> {
         match bytes.split_first() {
-            Some((&VERSION, rest)) => postcard::from_bytes(rest)
-                .map_err(|e| DecodeError(format!("record does not decode: {e}"))),
+            // The whole blob is the record: trailing bytes mean a torn or spliced value.
+            Some((&VERSION, rest)) => match postcard::take_from_bytes::<Record>(rest) {
+                Ok((record, [])) => Ok(record),
+                Ok((_, extra)) => Err(DecodeError(format!(
+                    "record has {} trailing bytes",
+                    extra.len()
+                ))),
+                Err(e) => Err(DecodeError(format!("record does not decode: {e}"))),
+            },
             Some((v, _)) => Err(DecodeError(format!("unknown record version {v}"))),
             None => Err(DecodeError("empty record".to_string())),
         }
@@ -116,6 +123,10 @@ mod tests {
     fn garbage_is_an_error_not_a_panic() {
         assert!(Record::decode(b"").is_err());
         assert!(Record::decode(b"\x09abc").is_err());
+        // Seen while writing the codec fuzz target: a valid record followed by anything decoded.
+        let mut spliced = sample().encode();
+        spliced.extend_from_slice(b"junk");
+        assert!(Record::decode(&spliced).is_err());
         let enc = sample().encode();
         for cut in 0..enc.len() {
             assert!(
