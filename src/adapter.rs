@@ -3,6 +3,7 @@
 //! failures become logged defaults here, so nothing below can panic the VM.
 
 use crate::config::Config;
+use crate::deferred::{Deferred, Retrier, Settled};
 use crate::host::{Callout, Host, SharedData, SharedSetError};
 use crate::l1::NearCache;
 use crate::metrics::Metric;
@@ -23,11 +24,11 @@ proxy_wasm::main! {{
 /// Bytes of bucket overhead allowed on top of the largest record, for claims and small records.
 const SLOT_OVERHEAD: usize = 4096;
 
-/// How often the root context sends the key-store releases that ended streams handed over.
-const RELEASE_TICK: Duration = Duration::from_millis(200);
+/// How often the root context sends (and retries) the key-store writes that streams handed over.
+const DEFERRED_TICK: Duration = Duration::from_millis(200);
 
-/// Releases handed over by streams that ended while holding a key-store claim.
-type ReleaseQueue = Rc<RefCell<Vec<Callout>>>;
+/// Key-store writes handed over by streams, shared by the root and the streams of one worker.
+type Deferrals = Rc<RefCell<Retrier>>;
 
 /// Per-worker plugin state: the validated config, the near cache and the metric ids.
 #[derive(Default)]
@@ -35,25 +36,39 @@ struct Root {
     config: Option<Rc<Config>>,
     cache: Option<Rc<NearCache>>,
     metrics: Rc<Vec<u32>>,
-    releases: ReleaseQueue,
+    deferrals: Deferrals,
 }
 
 impl Context for Root {
     fn on_http_call_response(
         &mut self,
-        _token: u32,
+        token: u32,
         num_headers: usize,
-        _body: usize,
+        body_size: usize,
         _trailers: usize,
     ) {
-        if num_headers == 0 {
-            warn!("a deferred key-store release failed; the claim's lease will free the key");
+        let (status, body) = callout_reply(num_headers, body_size);
+        match self
+            .deferrals
+            .borrow_mut()
+            .on_reply(token, status, &body, now_ms())
+        {
+            Settled::Done | Settled::Unknown => {}
+            Settled::Retrying(e) => warn!("deferred key-store write failed ({e}); retrying"),
+            Settled::GaveUp(e) => {
+                warn!("deferred key-store write failed ({e}); the claim's lease will free the key")
+            }
         }
     }
 }
 
 impl RootContext for Root {
     fn on_configure(&mut self, _size: usize) -> bool {
+        // Follow Envoy's level for the `wasm` component, so `debug` lines show when asked for and
+        // cost nothing otherwise.
+        if let Ok(level) = hostcalls::get_log_level() {
+            proxy_wasm::set_log_level(level);
+        }
         let bytes = match hostcalls::get_buffer(BufferType::PluginConfiguration, 0, usize::MAX) {
             Ok(b) => b.unwrap_or_default(),
             Err(e) => {
@@ -99,7 +114,7 @@ impl RootContext for Root {
                 .map_or("none (shared data only)", |k| k.cluster.as_str())
         );
         if config.keystore.is_some() {
-            if let Err(e) = hostcalls::set_tick_period(RELEASE_TICK) {
+            if let Err(e) = hostcalls::set_tick_period(DEFERRED_TICK) {
                 error!("cannot start the release timer: {e:?}");
                 return false;
             }
@@ -111,10 +126,13 @@ impl RootContext for Root {
     }
 
     fn on_tick(&mut self) {
-        let pending = std::mem::take(&mut *self.releases.borrow_mut());
-        for callout in pending {
-            if let Err(e) = EnvoyHost::send_callout(&callout) {
-                warn!("deferred key-store release not sent ({e}); the claim's lease will free the key");
+        let due = self.deferrals.borrow_mut().take_due(now_ms());
+        for d in due {
+            match EnvoyHost::send_callout(&d.callout) {
+                Ok(token) => self.deferrals.borrow_mut().sent(token, d),
+                Err(e) => warn!(
+                    "deferred key-store write not sent ({e}); the claim's lease will free the key"
+                ),
             }
         }
     }
@@ -129,7 +147,7 @@ impl RootContext for Root {
                 metrics: self.metrics.clone(),
                 counter: Cell::new(0),
             },
-            releases: self.releases.clone(),
+            deferrals: self.deferrals.clone(),
         }))
     }
 
@@ -141,7 +159,42 @@ impl RootContext for Root {
 struct Http {
     stream: Stream,
     host: EnvoyHost,
-    releases: ReleaseQueue,
+    deferrals: Deferrals,
+}
+
+impl Http {
+    /// Hands what the stream could not finish to the root context.
+    fn hand_over(&mut self) {
+        for d in self.stream.take_deferred() {
+            self.deferrals.borrow_mut().push(d);
+        }
+    }
+}
+
+/// The status (`None` for a reset callout, which has no headers) and body of a callout reply.
+fn callout_reply(num_headers: usize, body_size: usize) -> (Option<u16>, Vec<u8>) {
+    // A failed callout arrives as Envoy's own 503/504; only a reset comes without headers.
+    let status = if num_headers == 0 {
+        None
+    } else {
+        hostcalls::get_map_value_bytes(MapType::HttpCallResponseHeaders, ":status")
+            .ok()
+            .flatten()
+            .and_then(|v| String::from_utf8(v).ok())
+            .and_then(|s| s.parse::<u16>().ok())
+    };
+    let body = hostcalls::get_buffer(BufferType::HttpCallResponseBody, 0, body_size)
+        .ok()
+        .flatten()
+        .unwrap_or_default();
+    (status, body)
+}
+
+fn now_ms() -> u64 {
+    hostcalls::get_current_time()
+        .ok()
+        .and_then(|t| t.duration_since(UNIX_EPOCH).ok())
+        .map_or(0, |d| d.as_millis() as u64)
 }
 
 fn action(flow: Flow) -> Action {
@@ -159,28 +212,20 @@ impl Context for Http {
         body_size: usize,
         _trailers: usize,
     ) {
-        // A reset callout has no headers at all; a failed one arrives as Envoy's own 503/504.
-        let status = if num_headers == 0 {
-            None
-        } else {
-            hostcalls::get_map_value_bytes(MapType::HttpCallResponseHeaders, ":status")
-                .ok()
-                .flatten()
-                .and_then(|v| String::from_utf8(v).ok())
-                .and_then(|s| s.parse::<u16>().ok())
-        };
-        let body = hostcalls::get_buffer(BufferType::HttpCallResponseBody, 0, body_size)
-            .ok()
-            .flatten()
-            .unwrap_or_default();
+        let (status, body) = callout_reply(num_headers, body_size);
         self.stream
             .on_callout_response(&self.host, token, status, &body);
+        self.hand_over();
     }
 
     fn on_done(&mut self) -> bool {
-        if let Some(release) = self.stream.on_done(&self.host) {
-            self.releases.borrow_mut().push(release);
+        if let Some(callout) = self.stream.on_done(&self.host) {
+            let until_ms = now_ms().saturating_add(self.stream.lease_ms());
+            self.deferrals
+                .borrow_mut()
+                .push(Deferred { callout, until_ms });
         }
+        self.hand_over();
         true
     }
 }
@@ -282,10 +327,7 @@ impl EnvoyHost {
 
 impl Host for EnvoyHost {
     fn now_ms(&self) -> u64 {
-        hostcalls::get_current_time()
-            .ok()
-            .and_then(|t| t.duration_since(UNIX_EPOCH).ok())
-            .map_or(0, |d| d.as_millis() as u64)
+        now_ms()
     }
 
     fn random_u64(&self) -> u64 {

@@ -5,6 +5,7 @@
 //! uses); [`adapter`] maps Envoy's callbacks and hostcalls onto them through [`host::Host`].
 
 pub mod config;
+pub mod deferred;
 pub mod fingerprint;
 pub mod host;
 pub mod key;

@@ -10,6 +10,7 @@
 use crate::config::{
     Anonymous, CallerSource, Config, FailureMode, HeadersMode, RouteRule, NEVER_STORED,
 };
+use crate::deferred::Deferred;
 use crate::fingerprint::{Fingerprint, Fingerprinter};
 use crate::host::{Callout, Host};
 use crate::key::parse_key_header;
@@ -63,8 +64,9 @@ enum Phase {
         status: u16,
         headers: Vec<(String, Vec<u8>)>,
     },
-    /// The record is on its way to the key store; the response waits for it.
-    Storing(u32),
+    /// The record is on its way to the key store; the response waits for it. The callout is
+    /// kept so that a failed store can be handed to the root context to retry.
+    Storing(u32, Deferred),
     /// A release is on its way to the key store; the (unstored) response waits for it.
     Releasing(u32),
     /// The filter answered locally; the local reply passes back through the response callbacks.
@@ -76,6 +78,7 @@ pub struct Stream {
     cfg: Rc<Config>,
     cache: Rc<NearCache>,
     phase: Phase,
+    deferred: Vec<Deferred>,
 }
 
 fn header<'a>(headers: &'a [(String, Vec<u8>)], name: &str) -> Option<&'a [u8]> {
@@ -91,6 +94,7 @@ impl Stream {
             cfg,
             cache,
             phase: Phase::Idle,
+            deferred: Vec::new(),
         }
     }
 
@@ -317,7 +321,7 @@ impl Stream {
             Phase::Claiming(claim, t) if t == token => {
                 self.on_claim_reply(host, claim, status, body)
             }
-            Phase::Storing(t) if t == token => {
+            Phase::Storing(t, retry) if t == token => {
                 match keystore_client::parse_ack(status, body) {
                     Ok(AckReply::Done) => {}
                     Ok(AckReply::Stale) => {
@@ -325,7 +329,8 @@ impl Stream {
                     }
                     Err(e) => {
                         host.count(Metric::StoreError);
-                        warn!("record not stored in the key store: {e}");
+                        warn!("record not stored in the key store yet ({e}); retrying in the background");
+                        self.deferred.push(retry);
                     }
                 }
                 host.resume_response();
@@ -339,6 +344,17 @@ impl Stream {
             }
             other => self.phase = other,
         }
+    }
+
+    /// The claim lease: how long a write handed over is worth retrying.
+    pub fn lease_ms(&self) -> u64 {
+        self.cfg.lock_lease_ms
+    }
+
+    /// Key-store writes this stream could not finish (a record the key store did not take), for
+    /// the plugin's root context to retry after the stream is gone.
+    pub fn take_deferred(&mut self) -> Vec<Deferred> {
+        std::mem::take(&mut self.deferred)
     }
 
     fn on_claim_reply(
@@ -443,7 +459,7 @@ impl Stream {
     /// While a callout about this response is pending, everything waits for it.
     fn hold_response(&self) -> Flow {
         match self.phase {
-            Phase::Storing(_) | Phase::Releasing(_) => Flow::Pause,
+            Phase::Storing(..) | Phase::Releasing(_) => Flow::Pause,
             _ => Flow::Continue,
         }
     }
@@ -500,19 +516,28 @@ impl Stream {
         let (Some(ks), Some(token)) = (&self.cfg.keystore, &claim.token) else {
             return Flow::Continue;
         };
-        let callout =
-            keystore_client::complete(ks, &claim.key, token, &record, claim.rule.retention_ms);
-        match host.dispatch(&callout) {
+        let retry = Deferred {
+            callout: keystore_client::complete(
+                ks,
+                &claim.key,
+                token,
+                &record,
+                claim.rule.retention_ms,
+            ),
+            until_ms: now + self.cfg.lock_lease_ms,
+        };
+        match host.dispatch(&retry.callout) {
             Ok(t) => {
-                self.phase = Phase::Storing(t);
+                self.phase = Phase::Storing(t, retry);
                 Flow::Pause
             }
             Err(e) => {
                 host.count(Metric::StoreError);
                 warn!(
-                    "key {}: complete callout not dispatched: {e}",
+                    "key {}: complete callout not dispatched ({e}); retrying in the background",
                     claim.key.short()
                 );
+                self.deferred.push(retry);
                 Flow::Continue
             }
         }

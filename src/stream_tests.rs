@@ -487,6 +487,42 @@ mod with_keystore {
     }
 
     #[test]
+    fn a_record_the_key_store_did_not_take_is_handed_over_for_retry() {
+        let w = World::new(CFG);
+        let (mut s, mut h, _) = w.send(&post("k", b"a"));
+        answer(
+            &mut s,
+            &h,
+            Some(200),
+            r#"{"outcome":"claimed","token":"T1"}"#,
+        );
+        w.respond(&mut s, &mut h, 201, b"{}");
+        let (_, complete) = h.last_callout().unwrap();
+        answer(&mut s, &h, Some(503), "no healthy upstream");
+        assert_eq!(
+            h.resumed_response.get(),
+            1,
+            "the client is not kept waiting"
+        );
+        let deferred = s.take_deferred();
+        assert_eq!(deferred.len(), 1);
+        assert_eq!(deferred[0].callout, complete);
+        assert_eq!(deferred[0].until_ms, w.clock.get() + w.cfg.lock_lease_ms);
+        assert!(s.take_deferred().is_empty());
+
+        let (mut s, mut h, _) = w.send(&post("j", b"a"));
+        answer(
+            &mut s,
+            &h,
+            Some(200),
+            r#"{"outcome":"claimed","token":"T2"}"#,
+        );
+        w.respond(&mut s, &mut h, 201, b"{}");
+        answer(&mut s, &h, Some(200), r#"{"outcome":"stored"}"#);
+        assert!(s.take_deferred().is_empty(), "stored: nothing to retry");
+    }
+
+    #[test]
     fn a_client_gone_mid_request_hands_the_key_store_release_over() {
         let w = World::new(CFG);
         let (mut s, h, _) = w.send(&post("k", b"a"));

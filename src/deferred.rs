@@ -1,0 +1,134 @@
+//! Key-store writes that a stream could not finish itself: a record whose `complete` failed (the key
+//! store or Redis was down), or a release left behind by a stream that ended. Callouts die with
+//! their stream, so the plugin's root context sends these on a timer and retries failures until the
+//! claim's lease would have ended anyway, when the key store frees the key by itself.
+
+use crate::host::Callout;
+use crate::keystore_client::{self, AckReply};
+use std::collections::HashMap;
+
+/// One write to send, and until when it is worth retrying.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Deferred {
+    pub callout: Callout,
+    pub until_ms: u64,
+}
+
+/// What became of a reply.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Settled {
+    /// Stored or released, or refused as stale (a newer claim owns the key): nothing left to do.
+    Done,
+    /// Failed; queued again for the next tick.
+    Retrying(String),
+    /// Failed past the lease; the key store's own expiry takes over.
+    GaveUp(String),
+    /// Not a callout of ours.
+    Unknown,
+}
+
+/// The root context's queue of deferred writes.
+#[derive(Debug, Default)]
+pub struct Retrier {
+    queued: Vec<Deferred>,
+    sent: HashMap<u32, Deferred>,
+}
+
+impl Retrier {
+    pub fn push(&mut self, d: Deferred) {
+        self.queued.push(d);
+    }
+
+    /// Everything to send on this tick; expired writes are dropped.
+    pub fn take_due(&mut self, now_ms: u64) -> Vec<Deferred> {
+        let mut due = std::mem::take(&mut self.queued);
+        due.retain(|d| now_ms < d.until_ms);
+        due
+    }
+
+    /// Records that `d` went out as callout `token`.
+    pub fn sent(&mut self, token: u32, d: Deferred) {
+        self.sent.insert(token, d);
+    }
+
+    pub fn on_reply(
+        &mut self,
+        token: u32,
+        status: Option<u16>,
+        body: &[u8],
+        now_ms: u64,
+    ) -> Settled {
+        let Some(d) = self.sent.remove(&token) else {
+            return Settled::Unknown;
+        };
+        match keystore_client::parse_ack(status, body) {
+            Ok(AckReply::Done | AckReply::Stale) => Settled::Done,
+            Err(e) if now_ms < d.until_ms => {
+                self.queued.push(d);
+                Settled::Retrying(e)
+            }
+            Err(e) => Settled::GaveUp(e),
+        }
+    }
+
+    pub fn pending(&self) -> usize {
+        self.queued.len() + self.sent.len()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn deferred(until_ms: u64) -> Deferred {
+        Deferred {
+            callout: Callout {
+                cluster: "ks".into(),
+                headers: vec![],
+                body: b"{}".to_vec(),
+                timeout_ms: 100,
+            },
+            until_ms,
+        }
+    }
+
+    #[test]
+    fn retries_failures_until_the_lease_ends() {
+        let mut r = Retrier::default();
+        r.push(deferred(1_000));
+        let due = r.take_due(0);
+        assert_eq!(due.len(), 1);
+        r.sent(7, due[0].clone());
+        assert!(matches!(
+            r.on_reply(7, Some(503), b"down", 10),
+            Settled::Retrying(_)
+        ));
+        let due = r.take_due(20);
+        assert_eq!(due.len(), 1, "queued again");
+        r.sent(8, due[0].clone());
+        assert!(matches!(
+            r.on_reply(8, None, b"", 1_000),
+            Settled::GaveUp(_)
+        ));
+        assert_eq!(r.pending(), 0);
+    }
+
+    #[test]
+    fn success_and_stale_are_final_and_expired_writes_are_dropped() {
+        let mut r = Retrier::default();
+        r.sent(1, deferred(100));
+        assert_eq!(
+            r.on_reply(1, Some(200), br#"{"outcome":"stored"}"#, 0),
+            Settled::Done
+        );
+        r.sent(2, deferred(100));
+        assert_eq!(
+            r.on_reply(2, Some(409), br#"{"outcome":"stale"}"#, 0),
+            Settled::Done
+        );
+        assert_eq!(r.on_reply(3, Some(200), b"", 0), Settled::Unknown);
+        r.push(deferred(100));
+        assert!(r.take_due(100).is_empty());
+        assert_eq!(r.pending(), 0);
+    }
+}
