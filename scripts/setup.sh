@@ -39,3 +39,11 @@ if [ "${#missing[@]}" -gt 0 ]; then
     $sudo apt-get update
     DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y "${missing[@]}"
 fi
+
+# Fuzzing (make fuzz, fuzz-smoke) and dependency policy (make lint: cargo deny), as cargo subcommands.
+if ! cargo fuzz --version >/dev/null 2>&1; then
+    cargo install --locked cargo-fuzz
+fi
+if ! cargo deny --version >/dev/null 2>&1; then
+    cargo install --locked cargo-deny
+fi
