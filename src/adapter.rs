@@ -344,6 +344,12 @@ impl Host for EnvoyHost {
         map_bytes(MapType::HttpRequestHeaders)
     }
 
+    fn request_header(&self, name: &str) -> Option<Vec<u8>> {
+        hostcalls::get_map_value_bytes(MapType::HttpRequestHeaders, name)
+            .ok()
+            .flatten()
+    }
+
     fn request_body(&self, size: usize) -> Vec<u8> {
         buffer(BufferType::HttpRequestBody, size)
     }

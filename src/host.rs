@@ -41,6 +41,8 @@ pub trait Host: SharedData {
     fn random_u64(&self) -> u64;
     /// Request headers, including pseudo-headers; values as bytes.
     fn request_headers(&self) -> Vec<(String, Vec<u8>)>;
+    /// One request header (or pseudo-header) by its lower-case name.
+    fn request_header(&self, name: &str) -> Option<Vec<u8>>;
     /// The first `size` bytes of the buffered request body.
     fn request_body(&self, size: usize) -> Vec<u8>;
     fn response_headers(&self) -> Vec<(String, Vec<u8>)>;

@@ -15,6 +15,9 @@ use serde::{Deserialize, Serialize};
 const SLOT_PREFIX: &str = "idempotency.v1.slot";
 /// How often a CAS that lost a race is retried before giving up on L1 for this request.
 const CAS_ATTEMPTS: usize = 16;
+/// Completed records kept per slot. Every L1 operation copies its slot in and out of shared data,
+/// so a slot stays small: capacity is `l1_slots × 8` records, and the byte budget bounds memory.
+pub const RECORDS_PER_SLOT: usize = 8;
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 enum State {
@@ -24,7 +27,11 @@ enum State {
         owner: u64,
     },
     /// The encoded [`Record`], kept encoded so that a lookup decodes only the entry it needs.
-    Completed { expires_ms: u64, record: Vec<u8> },
+    Completed {
+        expires_ms: u64,
+        #[serde(with = "serde_bytes")]
+        record: Vec<u8>,
+    },
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -244,10 +251,16 @@ impl NearCache {
         ))
     }
 
-    /// Evicts the oldest completed entries (never `keep`'s, never a claim) until the bucket fits.
+    /// Evicts the oldest completed entries (never `keep`'s, never a claim) until the bucket fits
+    /// its byte budget and holds at most [`RECORDS_PER_SLOT`] records.
     fn trim(&self, bucket: &mut Vec<Entry>, keep: &RecordKey) {
         let mut total: usize = bucket.iter().map(Entry::size).sum();
-        while total > self.slot_budget {
+        let completed = |b: &[Entry]| {
+            b.iter()
+                .filter(|e| matches!(e.state, State::Completed { .. }))
+                .count()
+        };
+        while total > self.slot_budget || completed(bucket) > RECORDS_PER_SLOT {
             let victim = bucket
                 .iter()
                 .enumerate()
@@ -411,6 +424,38 @@ mod tests {
         ));
         let (v, _) = s.shared_get(&slot_key(0));
         assert!(v.unwrap().len() <= 4096 + 256);
+    }
+
+    #[test]
+    fn a_slot_keeps_at_most_eight_records() {
+        let (c, s) = cache(1);
+        let fp = [1; 32];
+        for n in 0..10u8 {
+            assert_eq!(
+                c.lookup_or_claim(&s, &rk(n), &fp, u64::from(n), u64::from(n), 1000),
+                L1Outcome::Claimed
+            );
+            assert_eq!(
+                c.complete(&s, &rk(n), u64::from(n), &record(fp, 10), u64::from(n)),
+                Ok(true)
+            );
+        }
+        for n in 0..2u8 {
+            assert_eq!(
+                c.lookup_or_claim(&s, &rk(n), &fp, 99, 20, 1000),
+                L1Outcome::Claimed,
+                "{n} evicted"
+            );
+        }
+        for n in 4..10u8 {
+            assert!(
+                matches!(
+                    c.lookup_or_claim(&s, &rk(n), &fp, 99, 20, 1000),
+                    L1Outcome::Completed(_)
+                ),
+                "{n}"
+            );
+        }
     }
 
     #[test]

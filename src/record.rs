@@ -27,6 +27,7 @@ pub struct StoredResponse {
     pub status: u16,
     /// Every field, in order, repeated names kept; values are bytes (they need not be UTF-8).
     pub headers: Vec<(String, Vec<u8>)>,
+    #[serde(with = "serde_bytes")]
     pub body: Vec<u8>,
 }
 

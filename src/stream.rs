@@ -99,15 +99,16 @@ impl Stream {
     }
 
     pub fn on_request_headers(&mut self, host: &dyn Host, end_of_stream: bool) -> Flow {
-        let headers = host.request_headers();
-        let method =
-            String::from_utf8_lossy(header(&headers, ":method").unwrap_or_default()).into_owned();
-        let path =
-            String::from_utf8_lossy(header(&headers, ":path").unwrap_or_default()).into_owned();
+        // Two lookups decide coverage; the whole header map is copied into the VM only when covered.
+        let pseudo = |name| {
+            String::from_utf8_lossy(&host.request_header(name).unwrap_or_default()).into_owned()
+        };
+        let (method, path) = (pseudo(":method"), pseudo(":path"));
         let Some(rule) = self.cfg.route_for(&method, &path).cloned() else {
             host.count(Metric::NotCovered);
             return Flow::Continue;
         };
+        let headers = host.request_headers();
         let key_values = headers
             .iter()
             .filter(|(n, _)| n.eq_ignore_ascii_case(&self.cfg.header_name))

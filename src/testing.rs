@@ -138,6 +138,12 @@ impl Host for FakeHost {
     fn request_headers(&self) -> Vec<(String, Vec<u8>)> {
         self.request_headers.clone()
     }
+    fn request_header(&self, name: &str) -> Option<Vec<u8>> {
+        self.request_headers
+            .iter()
+            .find(|(n, _)| n == name)
+            .map(|(_, v)| v.clone())
+    }
     fn request_body(&self, size: usize) -> Vec<u8> {
         self.request_body.iter().take(size).copied().collect()
     }
