@@ -316,7 +316,7 @@ class Bench:
             raise SystemExit(f"{self.wasm} missing: run `make build`")
         for tool in ["wrk"] + ([] if a.smoke else ["redis-server", "redis-benchmark"]):
             if not shutil.which(tool):
-                raise SystemExit(f"{tool} missing: run scripts/setup-bench.sh")
+                raise SystemExit(f"{tool} missing: run make setup")
         started = time.time()
         load_before = os.getloadavg()
 
