@@ -19,7 +19,7 @@ test: setup build validate
 	BENCH_BIN_DIR=$${CARGO_TARGET_DIR:-target}/debug python3 bench/run.py --smoke
 
 ## demo: the SPEC §10 demo in the foreground until Ctrl-C
-demo: build
+demo: setup build
 	scripts/demo.sh
 
 ## lint: formatting, clippy (host and Wasm), cargo deny (bans, licenses, sources: deny.toml; offline)
