@@ -2,11 +2,10 @@
 //! SIGKILLed and started again on the same port (the Envoys' `keystore` cluster points at it), and
 //! SIGKILL / liveness / readiness helpers for [`Envoy`].
 
-use std::net::TcpStream;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use super::{spawn_listening, tempdir, workspace_bin, Envoy, Proc, START_TIMEOUT};
+use super::{crash, spawn_listening, tempdir, workspace_bin, Envoy, Proc, START_TIMEOUT};
 
 /// Which backend a [`KeystoreProcess`] runs.
 #[derive(Clone, Debug)]
@@ -56,19 +55,7 @@ impl KeystoreProcess {
 
     /// SIGKILL (no graceful shutdown), reaped; then waits until the port refuses connections.
     pub async fn kill(&mut self) {
-        if let Some(mut proc) = self.proc.take() {
-            let _ = proc.child.kill();
-            let _ = proc.child.wait();
-        }
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while TcpStream::connect(("127.0.0.1", self.port)).is_ok() {
-            assert!(
-                Instant::now() < deadline,
-                "key store port {} still accepts connections 10 s after SIGKILL",
-                self.port
-            );
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
+        crash(self.proc.take(), self.port).await;
     }
 
     /// Kills the process if it runs, then starts a new one on the SAME port with the same

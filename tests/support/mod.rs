@@ -114,6 +114,23 @@ pub struct Proc {
     log: PathBuf,
 }
 
+/// SIGKILLs and reaps `proc` if there is one (a crash: no graceful shutdown), then waits until
+/// `port` refuses connections, so that a restart on the same port cannot race the dying process.
+pub async fn crash(proc: Option<Proc>, port: u16) {
+    if let Some(mut proc) = proc {
+        let _ = proc.child.kill();
+        let _ = proc.child.wait();
+    }
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
+        assert!(
+            Instant::now() < deadline,
+            "port {port} still accepts connections 10 s after SIGKILL"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
 impl Proc {
     /// Whether the process has exited, and how.
     pub fn exit_status(&mut self) -> Option<ExitStatus> {

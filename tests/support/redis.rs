@@ -8,7 +8,7 @@ use std::path::PathBuf;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use super::{tempdir, Proc, START_TIMEOUT};
+use super::{crash, tempdir, Proc, START_TIMEOUT};
 
 /// Panics with a clear message when `redis-server` cannot be run.
 pub fn require_redis_server() {
@@ -82,19 +82,7 @@ impl RedisServer {
     /// SIGKILL (a crash: only what is already fsync'd survives), then waits until the port
     /// refuses connections.
     pub async fn kill(&mut self) {
-        if let Some(mut proc) = self.proc.take() {
-            let _ = proc.child.kill();
-            let _ = proc.child.wait();
-        }
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while TcpStream::connect(("127.0.0.1", self.port)).is_ok() {
-            assert!(
-                Instant::now() < deadline,
-                "redis on port {} still accepts connections 10 s after SIGKILL",
-                self.port
-            );
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
+        crash(self.proc.take(), self.port).await;
     }
 
     /// (Re)starts the node on the same port and data directory and waits for `+PONG` (a node
