@@ -307,6 +307,33 @@ async fn body_over_the_limit_gets_413() {
 }
 
 #[tokio::test]
+async fn response_too_large_to_keep_is_never_executed_again() {
+    // The demo's 201 body (~90 bytes) plus its headers is over 100 bytes.
+    let (upstream, envoy) = gateway(&plugin(json!({"max_response_bytes": 100}))).await;
+    let http = client();
+    let key = new_key();
+    let body = r#"{"amount":7,"memo":"a response too large to keep"}"#;
+
+    let first = send(post_payment(&http, &envoy, "alice", Some(&key), body)).await;
+    assert_eq!(first.status, 201, "{}", first.describe());
+    assert!(
+        first.json()["id"].is_string(),
+        "the client gets the whole response"
+    );
+    let retry = send(post_payment(&http, &envoy, "alice", Some(&key), body)).await;
+    let problem = assert_problem(&retry, 410);
+    assert!(
+        problem["type"]
+            .as_str()
+            .unwrap_or_default()
+            .ends_with("response-not-replayable"),
+        "{problem}"
+    );
+    assert_eq!(upstream.post_requests().await, 1, "never executed again");
+    assert_eq!(envoy.counter("not_replayable").await, 2);
+}
+
+#[tokio::test]
 async fn upstream_5xx_is_passed_on_and_not_stored() {
     let (upstream, envoy) = gateway(&plugin(json!({}))).await;
     let http = client();
