@@ -3,7 +3,7 @@
 //! failures become logged defaults here, so nothing below can panic the VM.
 
 use crate::config::Config;
-use crate::deferred::{Deferred, Retrier, Settled};
+use crate::deferred::{Retrier, Settled};
 use crate::host::{Callout, Host, SharedData, SharedSetError};
 use crate::l1::NearCache;
 use crate::metrics::Metric;
@@ -219,12 +219,7 @@ impl Context for Http {
     }
 
     fn on_done(&mut self) -> bool {
-        if let Some(callout) = self.stream.on_done(&self.host) {
-            let until_ms = now_ms().saturating_add(self.stream.lease_ms());
-            self.deferrals
-                .borrow_mut()
-                .push(Deferred { callout, until_ms });
-        }
+        self.stream.on_done(&self.host);
         self.hand_over();
         true
     }

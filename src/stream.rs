@@ -12,7 +12,7 @@ use crate::config::{
 };
 use crate::deferred::Deferred;
 use crate::fingerprint::{Fingerprint, Fingerprinter};
-use crate::host::{Callout, Host};
+use crate::host::Host;
 use crate::key::parse_key_header;
 use crate::keystore_client::{self, AckReply, ClaimReply};
 use crate::l1::{L1Outcome, NearCache};
@@ -347,13 +347,8 @@ impl Stream {
         }
     }
 
-    /// The claim lease: how long a write handed over is worth retrying.
-    pub fn lease_ms(&self) -> u64 {
-        self.cfg.lock_lease_ms
-    }
-
-    /// Key-store writes this stream could not finish (a record the key store did not take), for
-    /// the plugin's root context to retry after the stream is gone.
+    /// Key-store writes this stream could not finish (a record the key store did not take, a
+    /// release left by a stream that ended), for the plugin's root context to send and retry.
     pub fn take_deferred(&mut self) -> Vec<Deferred> {
         std::mem::take(&mut self.deferred)
     }
@@ -583,14 +578,14 @@ impl Stream {
 
     /// The stream ends (completed, reset, or the client went away). A claim still held is
     /// released in L1 at once. A key-store claim cannot be released from here (callouts die with
-    /// the stream), so the release callout is returned for the plugin's root context to send;
-    /// if that fails too, the claim's lease frees the key.
-    pub fn on_done(&mut self, host: &dyn Host) -> Option<Callout> {
+    /// the stream), so the release joins [`Stream::take_deferred`] for the plugin's root context to
+    /// send; if that fails too, the claim's lease frees the key.
+    pub fn on_done(&mut self, host: &dyn Host) {
         let claim = match std::mem::replace(&mut self.phase, Phase::Idle) {
             Phase::Claiming(claim, _)
             | Phase::Executing(claim)
             | Phase::Capturing { claim, .. } => claim,
-            _ => return None,
+            _ => return,
         };
         host.count(Metric::Released);
         info!(
@@ -598,9 +593,11 @@ impl Stream {
             claim.key.short()
         );
         self.release_l1(host, &claim);
-        match (&self.cfg.keystore, &claim.token) {
-            (Some(ks), Some(token)) => Some(keystore_client::release(ks, &claim.key, token)),
-            _ => None,
+        if let (Some(ks), Some(token)) = (&self.cfg.keystore, &claim.token) {
+            self.deferred.push(Deferred {
+                callout: keystore_client::release(ks, &claim.key, token),
+                until_ms: host.now_ms().saturating_add(self.cfg.lock_lease_ms),
+            });
         }
     }
 

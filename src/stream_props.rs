@@ -876,7 +876,17 @@ impl World {
                 let _ = ks.apply("/v1/claim", &c.body, now, r.body);
             }
         }
-        let release = r.stream.on_done(&r.host);
+        r.stream.on_done(&r.host);
+        let release = r
+            .stream
+            .take_deferred()
+            .into_iter()
+            .map(|d| d.callout)
+            .find(|c| {
+                c.headers
+                    .iter()
+                    .any(|(n, v)| n == ":path" && v.ends_with("/release"))
+            });
         r.stage = Stage::Done;
         if let Some(c) = release {
             prop_assert!(

@@ -257,7 +257,11 @@ fn server_errors_and_never_stored_statuses_release_the_claim() {
 fn a_reset_or_client_disconnect_releases_the_claim() {
     let w = World::new("{}");
     let (mut s, h, _) = w.send(&post("k", b"a"));
-    assert_eq!(s.on_done(&h), None, "no key store: nothing to hand over");
+    s.on_done(&h);
+    assert!(
+        s.take_deferred().is_empty(),
+        "no key store: nothing to hand over"
+    );
     assert_eq!(h.count_of(Metric::Released), 1);
     let (_, h, flow) = w.send(&post("k", b"a"));
     assert_eq!(flow, Flow::Continue);
@@ -532,7 +536,10 @@ mod with_keystore {
             Some(200),
             r#"{"outcome":"claimed","token":"T9"}"#,
         );
-        let release = s.on_done(&h).expect("a release for the root context");
+        s.on_done(&h);
+        let deferred = s.take_deferred();
+        assert_eq!(deferred.len(), 1, "a release for the root context");
+        let release = &deferred[0].callout;
         assert!(release
             .headers
             .contains(&(":path".into(), "/v1/release".into())));
@@ -540,7 +547,9 @@ mod with_keystore {
             serde_json::from_slice::<Value>(&release.body).unwrap()["token"],
             "T9"
         );
-        assert_eq!(s.on_done(&h), None, "only once");
+        assert_eq!(deferred[0].until_ms, w.clock.get() + w.cfg.lock_lease_ms);
+        s.on_done(&h);
+        assert!(s.take_deferred().is_empty(), "only once");
         let (_, h2, _) = w.send(&post("k", b"a"));
         assert_eq!(h2.callouts.borrow().len(), 1, "L1 was released at once");
     }
