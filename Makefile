@@ -41,7 +41,8 @@ fuzz-smoke:
 
 ## bench: the benchmark (bench/README.md): release builds, then about 5 minutes of load on loopback;
 ## prints the table and writes bench/results/latest.{md,json}. Not part of `make test`.
-bench: setup build
+bench: setup
+	$(CARGO) build --release --target wasm32-wasip1
 	$(CARGO) build --release -p payments-demo -p idempotency-keystore
 	python3 bench/run.py
 
