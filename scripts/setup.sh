@@ -35,8 +35,8 @@ fi
 redis-server --version
 
 if ! cargo fuzz --version >/dev/null 2>&1; then
-    cargo install --locked cargo-fuzz
+    cargo install --locked cargo-fuzz@0.13.2
 fi
 if [ "${1:-}" = "--lint" ] && ! cargo deny --version >/dev/null 2>&1; then
-    cargo install --locked cargo-deny
+    cargo install --locked cargo-deny@0.20.2
 fi
