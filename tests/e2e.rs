@@ -333,6 +333,60 @@ async fn response_too_large_to_keep_is_never_executed_again() {
     assert_eq!(envoy.counter("not_replayable").await, 2);
 }
 
+/// Istio's WasmPlugin cannot set `allow_on_headers_stop_iteration`; with `headers_mode: "stream"`
+/// the request headers go upstream at once and the body waits for the decision, so a refused
+/// request never completes upstream and nothing executes twice.
+#[tokio::test]
+async fn stream_headers_mode_protects_where_envoy_cannot_hold_headers() {
+    let upstream = Upstream::start().await;
+    let options = EnvoyOptions::with_filter(
+        upstream.port,
+        plugin(json!({"headers_mode": "stream", "max_body_bytes": 512 << 10})),
+    )
+    .without_headers_stop_iteration();
+    assert!(options
+        .render()
+        .contains("allow_on_headers_stop_iteration: false"));
+    let envoy = Envoy::start(&options).await;
+    let http = client();
+    let key = new_key();
+    let body = r#"{"amount":11}"#;
+
+    let first = send(post_payment(&http, &envoy, "alice", Some(&key), body)).await;
+    assert_eq!(first.status, 201, "{}", first.describe());
+    assert_replay(
+        &first,
+        &send(post_payment(&http, &envoy, "alice", Some(&key), body)).await,
+    );
+    let other = send(post_payment(
+        &http,
+        &envoy,
+        "alice",
+        Some(&key),
+        r#"{"amount":12}"#,
+    ))
+    .await;
+    assert_problem(&other, 422);
+
+    // In flight: the second request's headers reach the upstream, its body never does.
+    let slow_key = new_key();
+    let slow = tokio::spawn(send(
+        post_payment(&http, &envoy, "alice", Some(&slow_key), body)
+            .header("x-demo-delay-ms", "1500"),
+    ));
+    upstream.wait_post_requests(2).await;
+    let conflict = send(post_payment(&http, &envoy, "alice", Some(&slow_key), body)).await;
+    assert_problem(&conflict, 409);
+    assert_eq!(slow.await.unwrap().status, 201);
+
+    let big = format!(r#"{{"memo":"{}"}}"#, "x".repeat(600 << 10));
+    let too_large = send(post_payment(&http, &envoy, "alice", Some(&new_key()), &big)).await;
+    assert_problem(&too_large, 413);
+
+    assert_eq!(upstream.payment_count().await, 2, "one payment per key");
+    assert_eq!(envoy.counter("executed").await, 2);
+}
+
 #[tokio::test]
 async fn upstream_5xx_is_passed_on_and_not_stored() {
     let (upstream, envoy) = gateway(&plugin(json!({}))).await;

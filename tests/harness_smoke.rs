@@ -21,6 +21,7 @@ async fn envoy_without_filter_proxies_to_payments() {
         plugin: None,
         route_timeout: None,
         extra_args: Vec::new(),
+        allow_on_headers_stop_iteration: true,
     })
     .await;
 

@@ -431,6 +431,8 @@ pub struct EnvoyOptions {
     pub route_timeout: Option<Duration>,
     /// Extra Envoy command-line arguments (e.g. `--component-log-level wasm:debug`).
     pub extra_args: Vec<String>,
+    /// The Wasm filter's `allow_on_headers_stop_iteration`; false is what Istio's WasmPlugin gives.
+    pub allow_on_headers_stop_iteration: bool,
 }
 
 impl EnvoyOptions {
@@ -442,7 +444,14 @@ impl EnvoyOptions {
             plugin: Some(plugin.into()),
             route_timeout: None,
             extra_args: Vec::new(),
+            allow_on_headers_stop_iteration: true,
         }
+    }
+
+    /// Runs the filter as Istio's WasmPlugin does: without `allow_on_headers_stop_iteration`.
+    pub fn without_headers_stop_iteration(mut self) -> EnvoyOptions {
+        self.allow_on_headers_stop_iteration = false;
+        self
     }
 
     /// Sets the route's timeout (Envoy answers 504 past it).
@@ -479,7 +488,7 @@ impl EnvoyOptions {
                 name: idempotency
                 root_id: idempotency
                 failure_policy: FAIL_CLOSED
-                allow_on_headers_stop_iteration: true
+                allow_on_headers_stop_iteration: {allow}
                 vm_config:
                   vm_id: idempotency
                   runtime: envoy.wasm.runtime.v8
@@ -492,6 +501,7 @@ impl EnvoyOptions {
                 // JSON string literals are valid YAML double-quoted scalars.
                 wasm = json_quote(&wasm.display().to_string()),
                 plugin = json_quote(plugin),
+                allow = self.allow_on_headers_stop_iteration,
             )
             .expect("write to String");
         }
