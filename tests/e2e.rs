@@ -15,6 +15,7 @@
 mod support;
 
 use std::collections::HashSet;
+use std::time::Duration;
 
 use reqwest::header::HeaderValue;
 use serde_json::{json, Value};
@@ -669,20 +670,10 @@ async fn client_gone_before_completion_never_leaves_the_key_stuck() {
 
     // Retries get 409 while the key is held, then execute (poll until the key is free).
     let http = client();
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
-    let done = loop {
-        let resp = send(post_payment(&http, &envoy, "alice", Some(&key), body)).await;
-        match resp.status {
-            201 => break resp,
-            409 => assert_problem(&resp, 409),
-            _ => panic!("unexpected answer: {}", resp.describe()),
-        };
-        assert!(
-            std::time::Instant::now() < deadline,
-            "the key is still held 10 s after the client went away"
-        );
-        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
-    };
+    let (done, _) = until_201(Duration::from_secs(10), || {
+        send(post_payment(&http, &envoy, "alice", Some(&key), body))
+    })
+    .await;
     assert!(!done.replayed(), "{}", done.describe());
     let retry = send(post_payment(&http, &envoy, "alice", Some(&key), body)).await;
     assert_replay(&done, &retry);

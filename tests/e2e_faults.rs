@@ -49,32 +49,6 @@ fn row(fault: &str, client: &str, executions: &str, leaked: &str, counted: &[Str
     );
 }
 
-/// Polls `send` until it answers 201, accepting 409 problems meanwhile (a claim held until
-/// its lease or its release frees it); panics past `within`.
-async fn until_201<F>(within: Duration, mut send_once: impl FnMut() -> F) -> (Resp, u32)
-where
-    F: std::future::Future<Output = Resp>,
-{
-    let deadline = Instant::now() + within;
-    let mut conflicts = 0;
-    loop {
-        let resp = send_once().await;
-        match resp.status {
-            201 => return (resp, conflicts),
-            409 => {
-                assert_problem(&resp, 409);
-                conflicts += 1;
-            }
-            _ => panic!("unexpected answer: {}", resp.describe()),
-        }
-        assert!(
-            Instant::now() < deadline,
-            "the key is still held after {within:?}"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-}
-
 #[tokio::test]
 async fn key_store_slow_erring_garbled_or_cut() {
     // The real key store cannot be made to stall, err, talk garbage or cut its answers: a fake

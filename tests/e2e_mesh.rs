@@ -567,28 +567,10 @@ async fn gateway_killed_holding_a_claim_frees_the_key_after_the_lease() {
     );
 
     // Poll B until the lease expires and the key executes again (bounded).
-    let deadline = Instant::now() + LEASE + Duration::from_secs(20);
-    let mut conflicts = 1;
-    let executed = loop {
-        let resp = send(post_to(&http, &mesh.b.url("/payments"), &key)).await;
-        match resp.status {
-            201 => break resp,
-            409 => {
-                assert_problem(&resp, 409);
-                conflicts += 1;
-            }
-            _ => panic!(
-                "unexpected answer while waiting for the lease: {}",
-                resp.describe()
-            ),
-        }
-        assert!(
-            Instant::now() < deadline,
-            "the key is still held {:?} after the claim (lease {LEASE:?}, {conflicts} answers 409)",
-            sent.elapsed()
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    };
+    let (executed, _) = until_201(LEASE + Duration::from_secs(20), || {
+        send(post_to(&http, &mesh.b.url("/payments"), &key))
+    })
+    .await;
     // The claim was taken after `sent`, so its lease cannot have expired before `sent + LEASE`.
     assert!(
         sent.elapsed() >= LEASE,

@@ -930,6 +930,35 @@ pub async fn h2c_with_trailers(
 // Assertions
 // ---------------------------------------------------------------------------------------------
 
+/// Sends `send_once()` every 100 ms while the key is held (409 problem) until it answers 201,
+/// bounded by `within`. Returns the 201 and how many 409s came before it; any other answer fails.
+pub async fn until_201<F>(within: Duration, mut send_once: impl FnMut() -> F) -> (Resp, u32)
+where
+    F: std::future::Future<Output = Resp>,
+{
+    let deadline = Instant::now() + within;
+    let mut conflicts = 0;
+    loop {
+        let resp = send_once().await;
+        match resp.status {
+            201 => return (resp, conflicts),
+            409 => {
+                assert_problem(&resp, 409);
+                conflicts += 1;
+            }
+            _ => panic!(
+                "unexpected answer while the key is held: {}",
+                resp.describe()
+            ),
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the key is still held after {within:?} ({conflicts} answers 409)"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
 /// Asserts an RFC 9457 problem answer with this status.
 pub fn assert_problem(resp: &Resp, status: u16) -> Value {
     assert_eq!(
