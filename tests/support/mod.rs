@@ -345,21 +345,11 @@ pub struct Keystore {
 }
 
 impl Keystore {
+    /// The memory backend on a free port.
     pub async fn start() -> Keystore {
-        let dir = tempdir();
-        let mut cmd = Command::new(workspace_bin("idempotency-keystore"));
-        cmd.args(["--listen", "127.0.0.1:0", "--backend", "memory"]);
-        let (proc, addr) =
-            spawn_listening("idempotency-keystore", cmd, dir.path().join("keystore.log")).await;
-        Keystore {
-            port: addr.port(),
-            proc,
-            _dir: dir,
-        }
+        Keystore::start_with(&["--listen", "127.0.0.1:0", "--backend", "memory"]).await
     }
-}
 
-impl Keystore {
     /// The key store with these arguments, which must include `--listen` (e.g. a fixed port for
     /// a restart, `--backend redis`, `--token`).
     pub async fn start_with(args: &[&str]) -> Keystore {
