@@ -1,42 +1,51 @@
 //! The thin layer between Envoy and the filter's decisions: proxy-wasm contexts that forward each
 //! callback to [`Stream`], and [`EnvoyHost`], which implements [`Host`] with hostcalls. Hostcall
-//! failures become logged defaults here, so nothing below can panic the VM.
+//! failures are logged here and become defaults (or, for the request body, an error the stream
+//! refuses), so nothing below can panic the VM.
 
 use crate::config::Config;
-use crate::deferred::{Retrier, Settled};
 use crate::host::{Callout, Host, SharedData, SharedSetError};
 use crate::l1::NearCache;
 use crate::metrics::Metric;
 use crate::stream::{Flow, Stream};
+use crate::worker::{RootReply, Worker};
 use log::{error, info, warn};
 use proxy_wasm::hostcalls;
 use proxy_wasm::traits::{Context, HttpContext, RootContext};
 use proxy_wasm::types::{Action, BufferType, ContextType, LogLevel, MapType, MetricType, Status};
-use std::cell::{Cell, RefCell};
+use std::cell::Cell;
 use std::rc::Rc;
 use std::time::{Duration, UNIX_EPOCH};
 
 proxy_wasm::main! {{
     proxy_wasm::set_log_level(LogLevel::Info);
-    proxy_wasm::set_root_context(|_| -> Box<dyn RootContext> { Box::new(Root::default()) });
+    proxy_wasm::set_root_context(|context_id| -> Box<dyn RootContext> {
+        Box::new(Root {
+            context_id,
+            worker: None,
+            metrics: Rc::new(Vec::new()),
+        })
+    });
 }}
 
 /// Bytes of bucket overhead allowed on top of the largest record, for claims and small records.
 const SLOT_OVERHEAD: usize = 4096;
 
-/// How often the root context sends (and retries) the key-store writes that streams handed over.
-const DEFERRED_TICK: Duration = Duration::from_millis(200);
+/// How often the root context renews leases and sends (and retries) the key-store writes that
+/// streams handed over.
+const TICK: Duration = Duration::from_millis(200);
 
-/// Key-store writes handed over by streams, shared by the root and the streams of one worker.
-type Deferrals = Rc<RefCell<Retrier>>;
-
-/// Per-worker plugin state: the validated config, the near cache and the metric ids.
-#[derive(Default)]
+/// Per-worker plugin state: the worker's shared state and the metric ids.
 struct Root {
-    config: Option<Rc<Config>>,
-    cache: Option<Rc<NearCache>>,
+    context_id: u32,
+    worker: Option<Rc<Worker>>,
     metrics: Rc<Vec<u32>>,
-    deferrals: Deferrals,
+}
+
+fn count(metrics: &[u32], metric: Metric) {
+    if let Some(id) = metrics.get(metric.index()) {
+        let _ = hostcalls::increment_metric(*id, 1);
+    }
 }
 
 impl Context for Root {
@@ -47,17 +56,28 @@ impl Context for Root {
         body_size: usize,
         _trailers: usize,
     ) {
+        let Some(worker) = &self.worker else { return };
         let (status, body) = callout_reply(num_headers, body_size);
-        match self
-            .deferrals
-            .borrow_mut()
-            .on_reply(token, status, &body, now_ms())
-        {
-            Settled::Done | Settled::Unknown => {}
-            Settled::Retrying(e) => warn!("deferred key-store write failed ({e}); retrying"),
-            Settled::GaveUp(e) => {
-                warn!("deferred key-store write failed ({e}); the claim's lease will free the key")
-            }
+        let reply = worker.on_reply(token, status, &body, now_ms());
+        if let Some(metric) = Worker::metric_for(&reply) {
+            count(&self.metrics, metric);
+        }
+        match reply {
+            RootReply::Write(settled) => match settled {
+                crate::deferred::Settled::Retrying(e) => {
+                    warn!("deferred key-store write failed ({e}); retrying")
+                }
+                crate::deferred::Settled::GaveUp(e) => {
+                    warn!("deferred key-store write failed ({e}); the claim's lease will free the key")
+                }
+                _ => {}
+            },
+            RootReply::RenewalRefused(key) => warn!(
+                "key {}: lease renewal refused: another gateway took the key over",
+                key.short()
+            ),
+            RootReply::RenewalFailed(e) => warn!("lease renewal failed: {e}"),
+            RootReply::Renewed | RootReply::Unknown => {}
         }
     }
 }
@@ -113,41 +133,35 @@ impl RootContext for Root {
                 .as_ref()
                 .map_or("none (shared data only)", |k| k.cluster.as_str())
         );
-        if config.keystore.is_some() {
-            if let Err(e) = hostcalls::set_tick_period(DEFERRED_TICK) {
-                error!("cannot start the release timer: {e:?}");
-                return false;
-            }
+        if let Err(e) = hostcalls::set_tick_period(TICK) {
+            error!("cannot start the renewal timer: {e:?}");
+            return false;
         }
         self.metrics = Rc::new(ids);
-        self.config = Some(Rc::new(config));
-        self.cache = Some(Rc::new(cache));
+        self.worker = Some(Rc::new(Worker::new(config, cache)));
         true
     }
 
     fn on_tick(&mut self) {
-        let due = self.deferrals.borrow_mut().take_due(now_ms());
-        for d in due {
-            match EnvoyHost::send_callout(&d.callout) {
-                Ok(token) => self.deferrals.borrow_mut().sent(token, d),
-                Err(e) => warn!(
-                    "deferred key-store write not sent ({e}); the claim's lease will free the key"
-                ),
+        let Some(worker) = &self.worker else { return };
+        for (callout, purpose) in worker.on_tick(&EnvoyShared, now_ms()) {
+            match send_callout(&callout) {
+                Ok(token) => worker.sent(token, purpose),
+                Err(e) => worker.not_sent(purpose, &e),
             }
         }
     }
 
-    fn create_http_context(&self, _context_id: u32) -> Option<Box<dyn HttpContext>> {
-        let (Some(config), Some(cache)) = (&self.config, &self.cache) else {
-            return None;
-        };
+    fn create_http_context(&self, context_id: u32) -> Option<Box<dyn HttpContext>> {
+        let worker = self.worker.as_ref()?;
         Some(Box::new(Http {
-            stream: Stream::new(config.clone(), cache.clone()),
+            stream: Stream::new(worker.clone()),
             host: EnvoyHost {
                 metrics: self.metrics.clone(),
                 counter: Cell::new(0),
+                root_id: self.context_id,
+                stream_id: context_id,
             },
-            deferrals: self.deferrals.clone(),
         }))
     }
 
@@ -159,16 +173,6 @@ impl RootContext for Root {
 struct Http {
     stream: Stream,
     host: EnvoyHost,
-    deferrals: Deferrals,
-}
-
-impl Http {
-    /// Hands what the stream could not finish to the root context.
-    fn hand_over(&mut self) {
-        for d in self.stream.take_deferred() {
-            self.deferrals.borrow_mut().push(d);
-        }
-    }
 }
 
 /// The status (`None` for a reset callout, which has no headers) and body of a callout reply.
@@ -212,15 +216,14 @@ impl Context for Http {
         body_size: usize,
         _trailers: usize,
     ) {
-        let (status, body) = callout_reply(num_headers, body_size);
+        // The callout was made by the root context, so Envoy holds its reply there.
+        let (status, body) = self.host.as_root(|| callout_reply(num_headers, body_size));
         self.stream
             .on_callout_response(&self.host, token, status, &body);
-        self.hand_over();
     }
 
     fn on_done(&mut self) -> bool {
         self.stream.on_done(&self.host);
-        self.hand_over();
         true
     }
 }
@@ -278,6 +281,9 @@ impl SharedData for EnvoyShared {
 struct EnvoyHost {
     metrics: Rc<Vec<u32>>,
     counter: Cell<u64>,
+    /// The worker's root context, which makes the stream's callouts.
+    root_id: u32,
+    stream_id: u32,
 }
 
 fn map_bytes(map: MapType) -> Vec<(String, Vec<u8>)> {
@@ -301,22 +307,37 @@ impl SharedData for EnvoyHost {
     }
 }
 
+/// Dispatches a callout from the current Envoy context.
+fn send_callout(callout: &Callout) -> Result<u32, String> {
+    let headers: Vec<(&str, &str)> = callout
+        .headers
+        .iter()
+        .map(|(n, v)| (n.as_str(), v.as_str()))
+        .collect();
+    hostcalls::dispatch_http_call(
+        &callout.cluster,
+        headers,
+        Some(&callout.body),
+        Vec::new(),
+        Duration::from_millis(callout.timeout_ms),
+    )
+    .map_err(|e| format!("{e:?}"))
+}
+
 impl EnvoyHost {
-    /// Dispatches from whichever context is current (a stream's, or the root's on tick).
-    fn send_callout(callout: &Callout) -> Result<u32, String> {
-        let headers: Vec<(&str, &str)> = callout
-            .headers
-            .iter()
-            .map(|(n, v)| (n.as_str(), v.as_str()))
-            .collect();
-        hostcalls::dispatch_http_call(
-            &callout.cluster,
-            headers,
-            Some(&callout.body),
-            Vec::new(),
-            Duration::from_millis(callout.timeout_ms),
-        )
-        .map_err(|e| format!("{e:?}"))
+    /// Runs `f` with the root context as Envoy's effective context, then comes back to the stream.
+    /// A callout made there belongs to the root context, so Envoy does not cancel it when the
+    /// stream ends: a record or release always reaches the key store, and every callout gets a
+    /// reply, which is what frees its entry in the SDK's table of pending callouts.
+    fn as_root<T>(&self, f: impl FnOnce() -> T) -> T {
+        if let Err(e) = hostcalls::set_effective_context(self.root_id) {
+            warn!("cannot switch to the root context: {e:?}");
+        }
+        let out = f();
+        if let Err(e) = hostcalls::set_effective_context(self.stream_id) {
+            warn!("cannot switch back to the stream context: {e:?}");
+        }
+        out
     }
 }
 
@@ -345,8 +366,10 @@ impl Host for EnvoyHost {
             .flatten()
     }
 
-    fn request_body(&self, size: usize) -> Vec<u8> {
-        buffer(BufferType::HttpRequestBody, size)
+    fn request_body(&self, size: usize) -> Result<Vec<u8>, String> {
+        hostcalls::get_buffer(BufferType::HttpRequestBody, 0, size)
+            .map(Option::unwrap_or_default)
+            .map_err(|e| format!("{e:?}"))
     }
 
     fn response_headers(&self) -> Vec<(String, Vec<u8>)> {
@@ -385,7 +408,7 @@ impl Host for EnvoyHost {
     }
 
     fn dispatch(&self, callout: &Callout) -> Result<u32, String> {
-        EnvoyHost::send_callout(callout)
+        self.as_root(|| send_callout(callout))
     }
 
     fn resume_request(&self) {
@@ -401,9 +424,7 @@ impl Host for EnvoyHost {
     }
 
     fn count(&self, metric: Metric) {
-        if let Some(id) = self.metrics.get(metric.index()) {
-            let _ = hostcalls::increment_metric(*id, 1);
-        }
+        count(&self.metrics, metric);
     }
 }
 

@@ -4,7 +4,7 @@
 use serde::Deserialize;
 use std::fmt;
 
-/// Statuses that are never stored: the request did not really run (SPEC §4).
+/// Statuses that are never stored: the request did not really run.
 pub const NEVER_STORED: [u16; 6] = [401, 403, 408, 409, 425, 429];
 
 /// What to do when the key store is unreachable, slow or answers garbage.
@@ -15,6 +15,17 @@ pub enum FailureMode {
     FailOpen,
     /// Answer 503 problem+json.
     FailClosed,
+}
+
+/// What a key becomes when its attempt may have executed but no complete answer came back.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum UnknownOutcome {
+    /// Exactly once: the key answers 409 while the upstream may still be working, then a terminal
+    /// "outcome unknown" problem for the retention; it never executes again.
+    Lock,
+    /// At least once: the key is freed and a retry executes again.
+    Release,
 }
 
 /// Whether requests without a caller value share one anonymous scope or are refused.
@@ -78,6 +89,9 @@ pub struct RouteRule {
     pub retention_ms: u64,
     pub store_5xx: bool,
     pub failure_mode: FailureMode,
+    pub unknown_outcome: UnknownOutcome,
+    /// How long after an attempt with an unknown outcome ended retries still get 409.
+    pub unknown_hold_ms: u64,
 }
 
 /// Where the mesh-wide key store is reached.
@@ -135,6 +149,9 @@ fn err(field: impl Into<String>, reason: impl Into<String>) -> ConfigError {
 }
 
 const DEFAULT_SECRET: &str = "change-me";
+/// Long enough for the usual upstream work that outlives its caller to finish.
+const DEFAULT_UNKNOWN_HOLD_MS: u64 = 30_000;
+const MAX_HOLD_MS: u64 = 3_600_000;
 const MAX_SLOTS: u32 = 1 << 20;
 
 #[derive(Deserialize)]
@@ -153,6 +170,8 @@ struct RawConfig {
     lock_lease_ms: Option<u64>,
     store_5xx: Option<bool>,
     failure_mode: Option<FailureMode>,
+    unknown_outcome: Option<UnknownOutcome>,
+    unknown_hold_ms: Option<u64>,
     l1_slots: Option<u32>,
     headers_mode: Option<HeadersMode>,
     keystore: Option<RawKeystore>,
@@ -168,6 +187,8 @@ struct RawRule {
     retention_s: Option<u64>,
     store_5xx: Option<bool>,
     failure_mode: Option<FailureMode>,
+    unknown_outcome: Option<UnknownOutcome>,
+    unknown_hold_ms: Option<u64>,
 }
 
 #[derive(Deserialize)]
@@ -213,6 +234,9 @@ impl Config {
         check_range("retention_s", retention_s, 1, 365 * 86_400)?;
         let store_5xx = raw.store_5xx.unwrap_or(false);
         let failure_mode = raw.failure_mode.unwrap_or(FailureMode::FailClosed);
+        let unknown_outcome = raw.unknown_outcome.unwrap_or(UnknownOutcome::Lock);
+        let unknown_hold_ms = raw.unknown_hold_ms.unwrap_or(DEFAULT_UNKNOWN_HOLD_MS);
+        check_range("unknown_hold_ms", unknown_hold_ms, 0, MAX_HOLD_MS)?;
 
         let raw_rules = raw.routes.unwrap_or_else(|| {
             vec![RawRule {
@@ -223,6 +247,8 @@ impl Config {
                 retention_s: None,
                 store_5xx: None,
                 failure_mode: None,
+                unknown_outcome: None,
+                unknown_hold_ms: None,
             }]
         });
         let mut routes = Vec::with_capacity(raw_rules.len());
@@ -240,6 +266,8 @@ impl Config {
             };
             let rule_retention = r.retention_s.unwrap_or(retention_s);
             check_range(&at("retention_s"), rule_retention, 1, 365 * 86_400)?;
+            let rule_hold = r.unknown_hold_ms.unwrap_or(unknown_hold_ms);
+            check_range(&at("unknown_hold_ms"), rule_hold, 0, MAX_HOLD_MS)?;
             routes.push(RouteRule {
                 path,
                 methods: validate_methods(&at("methods"), r.methods)?
@@ -248,6 +276,8 @@ impl Config {
                 retention_ms: rule_retention * 1000,
                 store_5xx: r.store_5xx.unwrap_or(store_5xx),
                 failure_mode: r.failure_mode.unwrap_or(failure_mode),
+                unknown_outcome: r.unknown_outcome.unwrap_or(unknown_outcome),
+                unknown_hold_ms: rule_hold,
             });
         }
 
@@ -457,6 +487,8 @@ mod tests {
         assert!(!c.routes[0].required);
         assert_eq!(c.routes[0].retention_ms, 86_400_000);
         assert_eq!(c.routes[0].failure_mode, FailureMode::FailClosed);
+        assert_eq!(c.routes[0].unknown_outcome, UnknownOutcome::Lock);
+        assert_eq!(c.routes[0].unknown_hold_ms, 30_000);
         assert_eq!(c.caller, CallerSource::Header("authorization".into()));
         assert_eq!(c.max_body_bytes, 1 << 20);
         assert!(c.default_secret);
@@ -506,6 +538,11 @@ mod tests {
             (r#"{"hmac_secret":""}"#, "hmac_secret"),
             (r#"{"l1_slots":0}"#, "l1_slots"),
             (r#"{"headers_mode":"later"}"#, "headers_mode"),
+            (r#"{"unknown_outcome":"maybe"}"#, "unknown_outcome"),
+            (
+                r#"{"routes":[{"prefix":"/","unknown_hold_ms":99999999}]}"#,
+                "routes[0].unknown_hold_ms",
+            ),
             ("\"text\"", "(document)"),
             ("{\"retention_s\": 5", "(document)"),
         ];

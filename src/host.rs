@@ -43,15 +43,18 @@ pub trait Host: SharedData {
     fn request_headers(&self) -> Vec<(String, Vec<u8>)>;
     /// One request header (or pseudo-header) by its lower-case name.
     fn request_header(&self, name: &str) -> Option<Vec<u8>>;
-    /// The first `size` bytes of the buffered request body.
-    fn request_body(&self, size: usize) -> Vec<u8>;
+    /// The first `size` bytes of the buffered request body (empty when there is none); an error
+    /// when the host could not give it.
+    fn request_body(&self, size: usize) -> Result<Vec<u8>, String>;
     fn response_headers(&self) -> Vec<(String, Vec<u8>)>;
     fn response_body(&self, size: usize) -> Vec<u8>;
     /// An Envoy property (or dynamic metadata) by path.
     fn property(&self, path: &[String]) -> Option<Vec<u8>>;
     /// Answers the client locally; the upstream is not called.
     fn send_response(&self, status: u16, headers: &[(String, Vec<u8>)], body: &[u8]);
-    /// Starts a callout; its answer arrives through the stream's callout callback with the token.
+    /// Starts a callout; its answer arrives through the stream's callout callback with the token
+    /// while the stream lives. The callout outlives the stream (it is not cancelled when the
+    /// stream ends), but a reply that arrives after the end is dropped.
     fn dispatch(&self, callout: &Callout) -> Result<u32, String>;
     fn resume_request(&self);
     fn resume_response(&self);

@@ -20,7 +20,7 @@ pub enum ClaimReply {
     Mismatch,
 }
 
-/// What the key store said to complete or release.
+/// What the key store said to complete, release or renew.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum AckReply {
     Done,
@@ -42,6 +42,7 @@ enum RawClaim {
 enum RawAck {
     Stored,
     Released,
+    Renewed,
     Stale,
 }
 
@@ -89,6 +90,15 @@ pub fn release(cfg: &KeystoreConfig, key: &RecordKey, token: &str) -> Callout {
     callout(cfg, "release", json!({"key": key.hex(), "token": token}))
 }
 
+/// Extends the lease of the claim `token` holds, while its upstream is still working.
+pub fn renew(cfg: &KeystoreConfig, key: &RecordKey, token: &str, lease_ms: u64) -> Callout {
+    callout(
+        cfg,
+        "renew",
+        json!({"key": key.hex(), "token": token, "lease_ms": lease_ms}),
+    )
+}
+
 /// Parses a claim reply. `status` is `None` when the callout was reset (no headers).
 pub fn parse_claim(status: Option<u16>, body: &[u8]) -> Result<ClaimReply, String> {
     match status {
@@ -120,7 +130,7 @@ pub fn parse_ack(status: Option<u16>, body: &[u8]) -> Result<AckReply, String> {
         None => return Err("key store callout failed without a response".to_string()),
     }
     match serde_json::from_slice::<RawAck>(body) {
-        Ok(RawAck::Stored | RawAck::Released) => Ok(AckReply::Done),
+        Ok(RawAck::Stored | RawAck::Released | RawAck::Renewed) => Ok(AckReply::Done),
         Ok(RawAck::Stale) => Ok(AckReply::Stale),
         Err(e) => Err(format!("unparsable key store reply: {e}")),
     }
@@ -164,7 +174,7 @@ mod tests {
             fingerprint: [1; 32],
             created_ms: 1,
             expires_ms: 2,
-            response: None,
+            outcome: crate::record::Outcome::NotReplayable,
         };
         let body = format!(
             r#"{{"outcome":"completed","record":"{}"}}"#,
@@ -209,6 +219,10 @@ mod tests {
         );
         assert_eq!(
             parse_ack(Some(200), br#"{"outcome":"stored"}"#),
+            Ok(AckReply::Done)
+        );
+        assert_eq!(
+            parse_ack(Some(200), br#"{"outcome":"renewed"}"#),
             Ok(AckReply::Done)
         );
         assert!(parse_ack(Some(500), b"").is_err());

@@ -219,6 +219,37 @@ impl NearCache {
         Ok(owned)
     }
 
+    /// Extends `owner`'s claim to `now_ms + lease_ms`, while its upstream is still working.
+    /// Returns false when the claim is no longer `owner`'s (completed, released, taken over).
+    pub fn renew(
+        &self,
+        shared: &dyn SharedData,
+        key: &RecordKey,
+        owner: u64,
+        now_ms: u64,
+        lease_ms: u64,
+    ) -> Result<bool, String> {
+        let mut owned = false;
+        self.update(shared, key, now_ms, |bucket| {
+            owned = false;
+            for e in bucket.iter_mut().filter(|e| e.key == key.0) {
+                if let State::InFlight {
+                    owner: o,
+                    lease_until_ms,
+                    ..
+                } = &mut e.state
+                {
+                    if *o == owner && now_ms < *lease_until_ms {
+                        *lease_until_ms = now_ms + lease_ms;
+                        owned = true;
+                    }
+                }
+            }
+            owned
+        })?;
+        Ok(owned)
+    }
+
     /// Read-modify-CAS loop on the key's slot. `change` edits the bucket and says whether to write.
     /// Expired entries are dropped and the bucket is trimmed to its budget before each write.
     fn update(
@@ -292,7 +323,7 @@ mod tests {
             fingerprint: fp,
             created_ms: 0,
             expires_ms: 10_000,
-            response: Some(crate::record::StoredResponse {
+            outcome: crate::record::Outcome::Replayable(crate::record::StoredResponse {
                 status: 201,
                 headers: vec![],
                 body: vec![1; body],
@@ -308,6 +339,29 @@ mod tests {
         };
         c.ensure_slots(&shared).unwrap();
         (c, shared)
+    }
+
+    #[test]
+    fn renewal_keeps_a_slow_claim_and_only_its_owner_renews() {
+        let (c, s) = cache(4);
+        let fp = [1; 32];
+        assert_eq!(
+            c.lookup_or_claim(&s, &rk(1), &fp, 7, 0, 1000),
+            L1Outcome::Claimed
+        );
+        assert_eq!(
+            c.renew(&s, &rk(1), 8, 600, 1000),
+            Ok(false),
+            "not the owner"
+        );
+        assert_eq!(c.renew(&s, &rk(1), 7, 600, 1000), Ok(true));
+        // Past the first lease, the claim still holds.
+        assert_eq!(
+            c.lookup_or_claim(&s, &rk(1), &fp, 9, 1500, 1000),
+            L1Outcome::InFlight { lease_left_ms: 100 }
+        );
+        // Once the lease ran out, renewing is too late: another request may own the key.
+        assert_eq!(c.renew(&s, &rk(1), 7, 1700, 1000), Ok(false));
     }
 
     #[test]

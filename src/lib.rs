@@ -11,11 +11,14 @@ pub mod host;
 pub mod key;
 pub mod keystore_client;
 pub mod l1;
+pub mod leases;
 pub mod metrics;
+pub mod outcome;
 pub mod problem;
 pub mod record;
 pub mod scope;
 pub mod stream;
+pub mod worker;
 
 #[cfg(target_arch = "wasm32")]
 mod adapter;

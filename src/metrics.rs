@@ -1,7 +1,7 @@
 //! Outcome counters, exposed by Envoy under `/stats` as `idempotency.<name>` (Envoy 1.40 prefixes
 //! Wasm-defined metrics with `wasmcustom.`).
 
-/// One counter per outcome (SPEC §8), plus the tier events operators watch.
+/// One counter per outcome, plus the tier events operators watch.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Metric {
     Executed,
@@ -17,10 +17,16 @@ pub enum Metric {
     NotCovered,
     Unauthenticated,
     NotReplayable,
+    /// An attempt that may have executed ended without a complete answer (its key is locked).
+    UnknownOutcome,
+    /// A retry answered with the terminal "outcome unknown" problem.
+    UnknownOutcomeAnswered,
+    /// A lease renewal the key store refused: another gateway took the key over.
+    RenewalRefused,
 }
 
 impl Metric {
-    pub const ALL: [Metric; 13] = [
+    pub const ALL: [Metric; 16] = [
         Metric::Executed,
         Metric::Replayed,
         Metric::Conflict,
@@ -34,6 +40,9 @@ impl Metric {
         Metric::NotCovered,
         Metric::Unauthenticated,
         Metric::NotReplayable,
+        Metric::UnknownOutcome,
+        Metric::UnknownOutcomeAnswered,
+        Metric::RenewalRefused,
     ];
 
     pub fn name(self) -> &'static str {
@@ -51,6 +60,9 @@ impl Metric {
             Metric::NotCovered => "idempotency.not_covered",
             Metric::Unauthenticated => "idempotency.unauthenticated",
             Metric::NotReplayable => "idempotency.not_replayable",
+            Metric::UnknownOutcome => "idempotency.unknown_outcome",
+            Metric::UnknownOutcomeAnswered => "idempotency.unknown_outcome_answered",
+            Metric::RenewalRefused => "idempotency.renewal_refused",
         }
     }
 

@@ -12,8 +12,10 @@ pub enum Problem {
     Mismatch,
     BodyTooLarge,
     NotReplayable,
+    OutcomeUnknown,
     Unauthenticated,
     StoreUnavailable,
+    BodyUnreadable,
 }
 
 #[derive(Serialize)]
@@ -31,9 +33,10 @@ impl Problem {
             Problem::MissingKey | Problem::InvalidKey => 400,
             Problem::Unauthenticated => 401,
             Problem::Conflict => 409,
-            Problem::NotReplayable => 410,
+            Problem::NotReplayable | Problem::OutcomeUnknown => 410,
             Problem::BodyTooLarge => 413,
             Problem::Mismatch => 422,
+            Problem::BodyUnreadable => 500,
             Problem::StoreUnavailable => 503,
         }
     }
@@ -55,7 +58,12 @@ impl Problem {
                 "response-not-replayable",
                 "The response to this request was not kept",
             ),
+            Problem::OutcomeUnknown => (
+                "outcome-unknown",
+                "The first request with this Idempotency-Key may have executed; it will not execute again",
+            ),
             Problem::Unauthenticated => ("no-caller", "The request has no caller identity"),
+            Problem::BodyUnreadable => ("body-unreadable", "The request body could not be read"),
             Problem::StoreUnavailable => (
                 "store-unavailable",
                 "The idempotency key store is unavailable",
@@ -63,8 +71,9 @@ impl Problem {
         }
     }
 
-    /// The local reply: status, headers, JSON body.
-    pub fn response(self, detail: &str) -> (u16, Headers, Vec<u8>) {
+    /// The local reply: status, headers, JSON body. A conflict tells the client when to come back
+    /// (`retry_after_s`, at least 1).
+    pub fn response(self, detail: &str, retry_after_s: u64) -> (u16, Headers, Vec<u8>) {
         let (slug, title) = self.slug_and_title();
         let body = Body {
             kind: format!("urn:envoy-idempotency:problem:{slug}"),
@@ -77,7 +86,8 @@ impl Problem {
             b"application/problem+json".to_vec(),
         )];
         if self == Problem::Conflict {
-            headers.push(("retry-after".to_string(), b"1".to_vec()));
+            let seconds = retry_after_s.max(1).to_string();
+            headers.push(("retry-after".to_string(), seconds.into_bytes()));
         }
         (
             self.status(),
@@ -93,7 +103,7 @@ mod tests {
 
     #[test]
     fn problem_json_has_the_rfc_9457_fields() {
-        let (status, headers, body) = Problem::Mismatch.response("the body differs");
+        let (status, headers, body) = Problem::Mismatch.response("the body differs", 0);
         assert_eq!(status, 422);
         assert_eq!(headers[0].1, b"application/problem+json");
         let v: serde_json::Value = serde_json::from_slice(&body).unwrap();
@@ -101,7 +111,12 @@ mod tests {
         assert_eq!(v["detail"], "the body differs");
         assert!(v["type"].as_str().unwrap().ends_with("key-reused"));
         assert!(v["title"].is_string());
-        let (_, headers, _) = Problem::Conflict.response("");
-        assert!(headers.iter().any(|(n, _)| n == "retry-after"));
+        let (_, headers, _) = Problem::Conflict.response("", 0);
+        assert!(headers.contains(&("retry-after".to_string(), b"1".to_vec())));
+        let (_, headers, _) = Problem::Conflict.response("", 12);
+        assert!(headers.contains(&("retry-after".to_string(), b"12".to_vec())));
+        let (status, headers, _) = Problem::OutcomeUnknown.response("", 0);
+        assert_eq!(status, 410);
+        assert!(!headers.iter().any(|(n, _)| n == "retry-after"));
     }
 }

@@ -1,10 +1,13 @@
 //! The record codec: what is stored for a key, in L1 shared data and (as an opaque blob) in the
-//! key store. A version byte leads, so a future layout can be told apart from garbage.
+//! key store. A version byte leads, so a future layout can be told apart from garbage, and a
+//! gateway that runs a newer filter still reads what an older one stored.
 
 use crate::fingerprint::Fingerprint;
 use serde::{Deserialize, Serialize};
 
-const VERSION: u8 = 1;
+/// Version 1 kept only `Option<StoredResponse>`; version 2 says how the attempt ended.
+const VERSION_1: u8 = 1;
+const VERSION: u8 = 2;
 
 /// Response headers that describe the connection or are recomputed by Envoy on replay.
 const NOT_STORED_HEADERS: [&str; 11] = [
@@ -31,14 +34,60 @@ pub struct StoredResponse {
     pub body: Vec<u8>,
 }
 
+/// How the one attempt of a key ended. None of them lets the key execute again.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Outcome {
+    /// The upstream answered and the answer was kept: retries replay it.
+    Replayable(StoredResponse),
+    /// The upstream answered, but the answer was too large to keep.
+    NotReplayable,
+    /// The request reached, or may have reached, the upstream and no complete answer came back
+    /// (client gone, route timeout, reset, body cut). Until `hold_until_ms` the upstream may still
+    /// be working, so retries are told to come back; after it, they get the terminal answer.
+    Unknown { hold_until_ms: u64 },
+}
+
 /// A completed request.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Record {
     pub fingerprint: Fingerprint,
     pub created_ms: u64,
     pub expires_ms: u64,
-    /// `None`: the request ran but its response was too large to keep; a retry must not run it again.
-    pub response: Option<StoredResponse>,
+    pub outcome: Outcome,
+}
+
+/// The version 1 layout, read so that records stored before an upgrade keep answering.
+#[derive(Deserialize)]
+struct RecordV1 {
+    fingerprint: Fingerprint,
+    created_ms: u64,
+    expires_ms: u64,
+    response: Option<StoredResponse>,
+}
+
+impl From<RecordV1> for Record {
+    fn from(v1: RecordV1) -> Record {
+        Record {
+            fingerprint: v1.fingerprint,
+            created_ms: v1.created_ms,
+            expires_ms: v1.expires_ms,
+            outcome: v1
+                .response
+                .map_or(Outcome::NotReplayable, Outcome::Replayable),
+        }
+    }
+}
+
+/// The whole blob must be one value: trailing bytes mean a torn or spliced value.
+fn decode_exact<'a, T: Deserialize<'a>>(rest: &'a [u8]) -> Result<T, DecodeError> {
+    match postcard::take_from_bytes::<T>(rest) {
+        Ok((value, [])) => Ok(value),
+        Ok((_, extra)) => Err(DecodeError(format!(
+            "record has {} trailing bytes",
+            extra.len()
+        ))),
+        Err(e) => Err(DecodeError(format!("record does not decode: {e}"))),
+    }
 }
 
 /// A blob that does not decode as a record.
@@ -57,15 +106,8 @@ impl Record {
 
     pub fn decode(bytes: &[u8]) -> Result<Record, DecodeError> {
         match bytes.split_first() {
-            // The whole blob is the record: trailing bytes mean a torn or spliced value.
-            Some((&VERSION, rest)) => match postcard::take_from_bytes::<Record>(rest) {
-                Ok((record, [])) => Ok(record),
-                Ok((_, extra)) => Err(DecodeError(format!(
-                    "record has {} trailing bytes",
-                    extra.len()
-                ))),
-                Err(e) => Err(DecodeError(format!("record does not decode: {e}"))),
-            },
+            Some((&VERSION, rest)) => decode_exact::<Record>(rest),
+            Some((&VERSION_1, rest)) => decode_exact::<RecordV1>(rest).map(Record::from),
             Some((v, _)) => Err(DecodeError(format!("unknown record version {v}"))),
             None => Err(DecodeError("empty record".to_string())),
         }
@@ -96,7 +138,7 @@ mod tests {
             fingerprint: [7; 32],
             created_ms: 1,
             expires_ms: 2,
-            response: Some(StoredResponse {
+            outcome: Outcome::Replayable(StoredResponse {
                 status: 201,
                 headers: vec![
                     ("content-type".into(), b"application/json".to_vec()),
@@ -113,11 +155,47 @@ mod tests {
     fn round_trip_is_byte_exact() {
         let r = sample();
         assert_eq!(Record::decode(&r.encode()), Ok(r));
-        let gone = Record {
-            response: None,
-            ..sample()
+        for outcome in [
+            Outcome::NotReplayable,
+            Outcome::Unknown { hold_until_ms: 9 },
+        ] {
+            let r = Record {
+                outcome,
+                ..sample()
+            };
+            assert_eq!(Record::decode(&r.encode()), Ok(r));
+        }
+    }
+
+    #[test]
+    fn version_1_records_still_decode() {
+        #[derive(Serialize)]
+        struct V1<'a> {
+            fingerprint: Fingerprint,
+            created_ms: u64,
+            expires_ms: u64,
+            response: Option<&'a StoredResponse>,
+        }
+        let r = sample();
+        let Outcome::Replayable(response) = &r.outcome else {
+            unreachable!()
         };
-        assert_eq!(Record::decode(&gone.encode()), Ok(gone));
+        for (kept, expected) in [
+            (Some(response), r.outcome.clone()),
+            (None, Outcome::NotReplayable),
+        ] {
+            let mut v1 = vec![VERSION_1];
+            v1.extend(
+                postcard::to_allocvec(&V1 {
+                    fingerprint: r.fingerprint,
+                    created_ms: 1,
+                    expires_ms: 2,
+                    response: kept,
+                })
+                .unwrap(),
+            );
+            assert_eq!(Record::decode(&v1).unwrap().outcome, expected);
+        }
     }
 
     #[test]

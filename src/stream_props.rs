@@ -332,7 +332,7 @@ struct Execution {
 
 struct World {
     cfg: Rc<Config>,
-    caches: Vec<Rc<NearCache>>,
+    workers: Vec<Rc<crate::worker::Worker>>,
     shared: Vec<FakeShared>,
     clock: Rc<Cell<u64>>,
     ids: Rc<Cell<u64>>,
@@ -376,7 +376,7 @@ impl World {
         );
         let cfg = Config::parse(json.as_bytes()).unwrap();
         let envoys = if with_keystore { 2 } else { 1 };
-        let mut caches = Vec::new();
+        let mut workers = Vec::new();
         let mut shared = Vec::new();
         for _ in 0..envoys {
             let cache = NearCache {
@@ -385,12 +385,12 @@ impl World {
             };
             let s = FakeShared::default();
             cache.ensure_slots(&s).unwrap();
-            caches.push(Rc::new(cache));
+            workers.push(Rc::new(crate::worker::Worker::new(cfg.clone(), cache)));
             shared.push(s);
         }
         World {
             cfg: Rc::new(cfg),
-            caches,
+            workers,
             shared,
             clock: Rc::new(Cell::new(1_000_000)),
             ids: Rc::new(Cell::new(0)),
@@ -488,7 +488,7 @@ impl World {
             ("authorization".into(), CALLERS[caller].as_bytes().to_vec()),
         ];
         host.request_body = BODIES[body].to_vec();
-        let stream = Stream::new(self.cfg.clone(), self.caches[envoy].clone());
+        let stream = Stream::new(self.workers[envoy].clone());
         self.reqs.push(Req {
             id: self.reqs.len(),
             envoy,
@@ -614,7 +614,9 @@ impl World {
             match (&expected, &got) {
                 (Expect::Replay(record), Expect::Replay(_)) => {
                     let rec = crate::record::Record::decode(record).unwrap();
-                    let resp = rec.response.unwrap();
+                    let crate::record::Outcome::Replayable(resp) = rec.outcome else {
+                        return Err(TestCaseError::fail("replayed a record without a response"));
+                    };
                     let sent = r.host.last_sent().unwrap();
                     let mut headers = resp.headers.clone();
                     headers.push((REPLAYED_HEADER.to_string(), b"true".to_vec()));
@@ -717,7 +719,10 @@ impl World {
             let v: Value = serde_json::from_slice(&callout.body).unwrap();
             let blob = B64.decode(v["record"].as_str().unwrap()).unwrap();
             let rec = crate::record::Record::decode(&blob).unwrap();
-            let body = rec.response.map(|r| r.body).unwrap_or_default();
+            let body = match rec.outcome {
+                crate::record::Outcome::Replayable(r) => r.body,
+                _ => Vec::new(),
+            };
             for e in self
                 .executions
                 .iter_mut()
@@ -837,11 +842,13 @@ impl World {
                         fingerprint: [0; 32],
                         created_ms: now,
                         expires_ms: now + RETENTION_MS,
-                        response: Some(crate::record::StoredResponse {
-                            status,
-                            headers: self.executions.last().unwrap().response.headers.clone(),
-                            body: self.executions.last().unwrap().response.body.clone(),
-                        }),
+                        outcome: crate::record::Outcome::Replayable(
+                            crate::record::StoredResponse {
+                                status,
+                                headers: self.executions.last().unwrap().response.headers.clone(),
+                                body: self.executions.last().unwrap().response.body.clone(),
+                            },
+                        ),
                     };
                     self.l1_model.insert(
                         (caller, key),
@@ -877,9 +884,10 @@ impl World {
             }
         }
         r.stream.on_done(&r.host);
-        let release = r
-            .stream
-            .take_deferred()
+        let release = self.workers[r.envoy]
+            .writes
+            .borrow_mut()
+            .take_due(now)
             .into_iter()
             .map(|d| d.callout)
             .find(|c| {

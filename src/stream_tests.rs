@@ -2,17 +2,19 @@
 //! (workers) over one shared-data map and one clock.
 
 use crate::config::Config;
+use crate::deferred::Deferred;
 use crate::l1::NearCache;
 use crate::metrics::Metric;
+use crate::record::{Outcome, Record};
 use crate::stream::{Flow, Stream};
 use crate::testing::{FakeHost, FakeShared, Sent};
+use crate::worker::{Purpose, Worker};
 use serde_json::Value;
 use std::cell::Cell;
 use std::rc::Rc;
 
 struct World {
-    cfg: Rc<Config>,
-    cache: Rc<NearCache>,
+    worker: Rc<Worker>,
     shared: FakeShared,
     clock: Rc<Cell<u64>>,
     ids: Rc<Cell<u64>>,
@@ -47,8 +49,7 @@ impl World {
         let shared = FakeShared::default();
         cache.ensure_slots(&shared).unwrap();
         World {
-            cfg: Rc::new(cfg),
-            cache: Rc::new(cache),
+            worker: Rc::new(Worker::new(cfg, cache)),
             shared,
             clock: Rc::new(Cell::new(1_000)),
             ids: Rc::new(Cell::new(0)),
@@ -71,12 +72,21 @@ impl World {
                 .push(("authorization".into(), c.as_bytes().to_vec()));
         }
         host.request_body = req.body.to_vec();
-        let mut stream = Stream::new(self.cfg.clone(), self.cache.clone());
+        let mut stream = Stream::new(self.worker.clone());
         let mut flow = stream.on_request_headers(&host, req.body.is_empty());
         if !req.body.is_empty() && host.sent.borrow().is_empty() {
             flow = stream.on_request_body(&host, req.body.len(), true);
         }
         (stream, host, flow)
+    }
+
+    /// The key-store writes streams handed to the root context so far.
+    fn handed_over(&self) -> Vec<Deferred> {
+        self.worker.writes.borrow_mut().take_due(self.clock.get())
+    }
+
+    fn advance(&self, ms: u64) {
+        self.clock.set(self.clock.get() + ms);
     }
 
     /// Runs the response side as the upstream answers.
@@ -254,18 +264,145 @@ fn server_errors_and_never_stored_statuses_release_the_claim() {
 }
 
 #[test]
-fn a_reset_or_client_disconnect_releases_the_claim() {
-    let w = World::new("{}");
+fn a_client_gone_after_forwarding_locks_the_key_then_answers_outcome_unknown() {
+    let w = World::new(r#"{"unknown_hold_ms":5000}"#);
     let (mut s, h, _) = w.send(&post("k", b"a"));
     s.on_done(&h);
+    assert_eq!(h.count_of(Metric::UnknownOutcome), 1);
+    assert_eq!(h.count_of(Metric::Released), 0);
     assert!(
-        s.take_deferred().is_empty(),
+        w.handed_over().is_empty(),
         "no key store: nothing to hand over"
     );
+
+    // While the first attempt may still run upstream: 409, come back when the hold ends.
+    w.advance(1000);
+    let (_, h, flow) = w.send(&post("k", b"a"));
+    assert_eq!(flow, Flow::Pause);
+    let sent = h.last_sent().unwrap();
+    assert_eq!(sent.status, 409);
+    assert_eq!(sent.header("retry-after"), Some(&b"4"[..]));
+    assert_eq!(h.count_of(Metric::Executed), 0);
+
+    // Then the terminal answer, for the whole retention: never executed again.
+    w.advance(4000);
+    let (_, h, _) = w.send(&post("k", b"a"));
+    let sent = h.last_sent().unwrap();
+    assert_eq!(sent.status, 410);
+    assert!(problem(&sent)["type"]
+        .as_str()
+        .unwrap()
+        .ends_with("outcome-unknown"));
+    assert!(sent.header("retry-after").is_none());
+    assert_eq!(h.count_of(Metric::UnknownOutcomeAnswered), 1);
+    assert_eq!(h.count_of(Metric::Executed), 0);
+    // Another payload with the key is still a mismatch.
+    let (_, h, _) = w.send(&post("k", b"b"));
+    assert_eq!(h.last_sent().unwrap().status, 422);
+}
+
+#[test]
+fn the_release_policy_frees_a_key_whose_outcome_is_unknown() {
+    let w = World::new(r#"{"unknown_outcome":"release"}"#);
+    let (mut s, h, _) = w.send(&post("k", b"a"));
+    s.on_done(&h);
+    assert_eq!(h.count_of(Metric::UnknownOutcome), 1);
     assert_eq!(h.count_of(Metric::Released), 1);
     let (_, h, flow) = w.send(&post("k", b"a"));
     assert_eq!(flow, Flow::Continue);
-    assert!(h.sent.borrow().is_empty());
+    assert_eq!(h.count_of(Metric::Executed), 1, "at least once: runs again");
+}
+
+/// Envoy's own answers, told apart by their response flags.
+fn respond_as_envoy(w: &World, s: &mut Stream, h: &mut FakeHost, status: u16, flags: u64) -> Flow {
+    h.properties.insert(
+        vec!["response".into(), "flags".into()],
+        flags.to_le_bytes().to_vec(),
+    );
+    w.respond(s, h, status, b"upstream request timeout")
+}
+
+#[test]
+fn a_route_timeout_is_an_unknown_outcome_and_a_refused_connection_is_not() {
+    let w = World::new("{}");
+    let (mut s, mut h, _) = w.send(&post("timeout", b"a"));
+    respond_as_envoy(
+        &w,
+        &mut s,
+        &mut h,
+        504,
+        crate::outcome::flags::UPSTREAM_REQUEST_TIMEOUT,
+    );
+    assert_eq!(h.count_of(Metric::UnknownOutcome), 1);
+    let (_, h2, _) = w.send(&post("timeout", b"a"));
+    assert_eq!(h2.last_sent().unwrap().status, 409);
+
+    let (mut s, mut h, _) = w.send(&post("refused", b"a"));
+    respond_as_envoy(
+        &w,
+        &mut s,
+        &mut h,
+        503,
+        crate::outcome::flags::UPSTREAM_CONNECTION_FAILURE,
+    );
+    assert_eq!(h.count_of(Metric::Released), 1);
+    assert_eq!(h.count_of(Metric::UnknownOutcome), 0);
+    let (_, h2, flow) = w.send(&post("refused", b"a"));
+    assert_eq!(flow, Flow::Continue, "never reached: the retry executes");
+    assert_eq!(h2.count_of(Metric::Executed), 1);
+
+    // An upstream reset after the response started: the body was cut.
+    let (mut s, mut h, _) = w.send(&post("cut", b"a"));
+    h.response_headers = vec![(":status".into(), b"201".to_vec())];
+    assert_eq!(s.on_response_headers(&h, false), Flow::Continue);
+    assert_eq!(s.on_response_body(&h, 3, false), Flow::Pause);
+    s.on_done(&h);
+    assert_eq!(h.count_of(Metric::UnknownOutcome), 1);
+    let (_, h2, _) = w.send(&post("cut", b"a"));
+    assert_eq!(h2.last_sent().unwrap().status, 409);
+    let _ = &mut h;
+}
+
+#[test]
+fn a_slow_upstream_keeps_its_claim_through_renewals() {
+    let w = World::new(r#"{"lock_lease_ms":3000}"#);
+    let (mut s, mut h, _) = w.send(&post("k", b"a"));
+    // Three leases long, the root context ticking every 200 ms.
+    for _ in 0..45 {
+        w.advance(200);
+        assert!(
+            w.worker.on_tick(&w.shared, w.clock.get()).is_empty(),
+            "no key store: L1 only"
+        );
+        let (_, dup, _) = w.send(&post("k", b"a"));
+        assert_eq!(dup.last_sent().unwrap().status, 409, "never taken over");
+    }
+    w.respond(&mut s, &mut h, 201, b"done");
+    assert!(
+        w.worker.leases.borrow().is_empty(),
+        "renewals stop with the answer"
+    );
+    let (_, h, _) = w.send(&post("k", b"a"));
+    assert_eq!(h.last_sent().unwrap().body, b"done");
+}
+
+#[test]
+fn a_body_that_cannot_be_read_is_refused_not_fingerprinted_as_empty() {
+    let w = World::new("{}");
+    let mut host = FakeHost::new(&w.shared, &w.clock, &w.ids);
+    host.request_headers = vec![
+        (":method".into(), b"POST".to_vec()),
+        (":path".into(), b"/p".to_vec()),
+        ("idempotency-key".into(), b"k".to_vec()),
+    ];
+    host.body_unreadable.set(true);
+    let mut s = Stream::new(w.worker.clone());
+    assert_eq!(s.on_request_headers(&host, false), Flow::Pause);
+    assert_eq!(s.on_request_body(&host, 3, true), Flow::Pause);
+    let sent = host.last_sent().unwrap();
+    assert_eq!(sent.status, 500);
+    problem(&sent);
+    assert_eq!(host.count_of(Metric::Executed), 0);
 }
 
 #[test]
@@ -298,7 +435,7 @@ fn trailers_end_the_request_body() {
         ("idempotency-key".into(), b"t".to_vec()),
     ];
     host.request_body = b"chunk".to_vec();
-    let mut s = Stream::new(w.cfg.clone(), w.cache.clone());
+    let mut s = Stream::new(w.worker.clone());
     assert_eq!(s.on_request_headers(&host, false), Flow::Pause);
     assert_eq!(s.on_request_body(&host, 5, false), Flow::Pause);
     assert_eq!(s.on_request_trailers(&host), Flow::Continue);
@@ -456,7 +593,7 @@ mod with_keystore {
         let w = World::new(CFG);
         let h = FakeHost::new(&w.shared, &w.clock, &w.ids);
         h.refuse_dispatch.set(true);
-        let mut s = Stream::new(w.cfg.clone(), w.cache.clone());
+        let mut s = Stream::new(w.worker.clone());
         let mut h = h;
         h.request_headers = vec![
             (":method".into(), b"POST".to_vec()),
@@ -508,11 +645,14 @@ mod with_keystore {
             1,
             "the client is not kept waiting"
         );
-        let deferred = s.take_deferred();
+        let deferred = w.handed_over();
         assert_eq!(deferred.len(), 1);
         assert_eq!(deferred[0].callout, complete);
-        assert_eq!(deferred[0].until_ms, w.clock.get() + w.cfg.lock_lease_ms);
-        assert!(s.take_deferred().is_empty());
+        assert_eq!(
+            deferred[0].until_ms,
+            w.clock.get() + w.worker.cfg.lock_lease_ms
+        );
+        assert!(w.handed_over().is_empty());
 
         let (mut s, mut h, _) = w.send(&post("j", b"a"));
         answer(
@@ -523,35 +663,139 @@ mod with_keystore {
         );
         w.respond(&mut s, &mut h, 201, b"{}");
         answer(&mut s, &h, Some(200), r#"{"outcome":"stored"}"#);
-        assert!(s.take_deferred().is_empty(), "stored: nothing to retry");
+        assert!(w.handed_over().is_empty(), "stored: nothing to retry");
     }
 
-    #[test]
-    fn a_client_gone_mid_request_hands_the_key_store_release_over() {
-        let w = World::new(CFG);
-        let (mut s, h, _) = w.send(&post("k", b"a"));
+    fn claimed(w: &World, key: &str, token: &str) -> (Stream, FakeHost) {
+        let (mut s, h, _) = w.send(&post(key, b"a"));
         answer(
             &mut s,
             &h,
             Some(200),
-            r#"{"outcome":"claimed","token":"T9"}"#,
+            &format!(r#"{{"outcome":"claimed","token":"{token}"}}"#),
+        );
+        (s, h)
+    }
+
+    fn body_of(callout: &crate::host::Callout) -> Value {
+        serde_json::from_slice(&callout.body).unwrap()
+    }
+
+    #[test]
+    fn a_client_gone_mid_request_hands_the_unknown_outcome_record_over() {
+        let w = World::new(CFG);
+        let (mut s, h) = claimed(&w, "k", "T9");
+        s.on_done(&h);
+        let deferred = w.handed_over();
+        assert_eq!(deferred.len(), 1, "a record for the root context");
+        let complete = &deferred[0].callout;
+        assert!(complete
+            .headers
+            .contains(&(":path".into(), "/v1/complete".into())));
+        let body = body_of(complete);
+        assert_eq!(body["token"], "T9");
+        let record =
+            Record::decode(&B64.decode(body["record"].as_str().unwrap()).unwrap()).unwrap();
+        assert!(matches!(record.outcome, Outcome::Unknown { .. }));
+        assert_eq!(
+            deferred[0].until_ms,
+            w.clock.get() + w.worker.cfg.lock_lease_ms
         );
         s.on_done(&h);
-        let deferred = s.take_deferred();
-        assert_eq!(deferred.len(), 1, "a release for the root context");
-        let release = &deferred[0].callout;
-        assert!(release
+        assert!(w.handed_over().is_empty(), "only once");
+        let (_, h2, _) = w.send(&post("k", b"a"));
+        assert_eq!(
+            h2.last_sent().unwrap().status,
+            409,
+            "L1 holds the lock at once"
+        );
+        assert!(h2.callouts.borrow().is_empty());
+    }
+
+    #[test]
+    fn a_client_gone_while_the_record_is_stored_hands_the_write_over() {
+        let w = World::new(CFG);
+        let (mut s, mut h) = claimed(&w, "k", "T3");
+        assert_eq!(w.respond(&mut s, &mut h, 201, b"{}"), Flow::Pause);
+        let (_, complete) = h.last_callout().unwrap();
+        s.on_done(&h);
+        let deferred = w.handed_over();
+        assert_eq!(deferred.len(), 1);
+        assert_eq!(deferred[0].callout, complete, "the real record, sent again");
+        assert_eq!(h.count_of(Metric::UnknownOutcome), 0);
+    }
+
+    #[test]
+    fn a_local_reply_during_the_claim_releases_what_the_claim_gets() {
+        let w = World::new(CFG);
+        let (mut s, mut h, _) = w.send(&post("k", b"a"));
+        // Envoy's request timeout answers 408 while the claim is on its way.
+        h.response_headers = vec![(":status".into(), b"408".to_vec())];
+        assert_eq!(s.on_response_headers(&h, true), Flow::Continue);
+        answer(
+            &mut s,
+            &h,
+            Some(200),
+            r#"{"outcome":"claimed","token":"T4"}"#,
+        );
+        assert_eq!(h.resumed_request.get(), 0, "never forwarded");
+        assert_eq!(h.count_of(Metric::Executed), 0);
+        let deferred = w.handed_over();
+        assert_eq!(deferred.len(), 1);
+        assert_eq!(body_of(&deferred[0].callout)["token"], "T4");
+        assert!(deferred[0]
+            .callout
             .headers
             .contains(&(":path".into(), "/v1/release".into())));
+        let (_, h2, flow) = w.send(&post("k", b"a"));
         assert_eq!(
-            serde_json::from_slice::<Value>(&release.body).unwrap()["token"],
-            "T9"
+            flow,
+            Flow::Pause,
+            "L1 is free: the retry claims in the key store"
         );
-        assert_eq!(deferred[0].until_ms, w.clock.get() + w.cfg.lock_lease_ms);
-        s.on_done(&h);
-        assert!(s.take_deferred().is_empty(), "only once");
-        let (_, h2, _) = w.send(&post("k", b"a"));
-        assert_eq!(h2.callouts.borrow().len(), 1, "L1 was released at once");
+        assert_eq!(h2.callouts.borrow().len(), 1);
+        let _ = &mut h;
+    }
+
+    #[test]
+    fn renewals_go_to_the_key_store_with_the_token_until_the_answer() {
+        let w = World::new(
+            r#"{"lock_lease_ms":3000,"keystore":{"cluster":"ks"},"routes":[{"prefix":"/"}]}"#,
+        );
+        let (mut s, mut h) = claimed(&w, "k", "T5");
+        w.advance(999);
+        assert!(w.worker.on_tick(&w.shared, w.clock.get()).is_empty());
+        w.advance(1);
+        let out = w.worker.on_tick(&w.shared, w.clock.get());
+        assert_eq!(out.len(), 1);
+        let (callout, purpose) = &out[0];
+        assert!(matches!(purpose, Purpose::Renewal(_)));
+        assert!(callout
+            .headers
+            .contains(&(":path".into(), "/v1/renew".into())));
+        let body = body_of(callout);
+        assert_eq!(
+            (body["token"].as_str(), body["lease_ms"].as_u64()),
+            (Some("T5"), Some(3000))
+        );
+        w.worker.sent(77, purpose.clone());
+        assert_eq!(
+            w.worker
+                .on_reply(77, Some(409), br#"{"outcome":"stale"}"#, w.clock.get()),
+            crate::worker::RootReply::RenewalRefused(match purpose {
+                Purpose::Renewal(k) => *k,
+                Purpose::Write(_) => unreachable!(),
+            })
+        );
+        w.respond(&mut s, &mut h, 201, b"{}");
+        w.advance(5000);
+        assert!(
+            w.worker
+                .on_tick(&w.shared, w.clock.get())
+                .iter()
+                .all(|(_, p)| !matches!(p, Purpose::Renewal(_))),
+            "no renewal once answered"
+        );
     }
 
     #[test]
@@ -561,7 +805,7 @@ mod with_keystore {
             fingerprint: [9; 32],
             created_ms: 0,
             expires_ms: u64::MAX,
-            response: None,
+            outcome: Outcome::NotReplayable,
         };
         let (mut s, h, _) = w.send(&post("k", b"a"));
         answer(
@@ -590,7 +834,7 @@ fn stream_headers_mode_lets_headers_go_and_holds_the_body() {
         ("authorization".into(), b"Bearer alice".to_vec()),
     ];
     host.request_body = b"a".to_vec();
-    let mut s = Stream::new(w.cfg.clone(), w.cache.clone());
+    let mut s = Stream::new(w.worker.clone());
     assert_eq!(s.on_request_headers(&host, false), Flow::Continue);
     assert_eq!(
         s.on_request_body(&host, 1, false),

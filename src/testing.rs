@@ -80,6 +80,7 @@ pub struct FakeHost {
     pub sent: RefCell<Vec<Sent>>,
     pub callouts: RefCell<Vec<(u32, Callout)>>,
     pub refuse_dispatch: Cell<bool>,
+    pub body_unreadable: Cell<bool>,
     pub resumed_request: Cell<u32>,
     pub resumed_response: Cell<u32>,
     pub counts: RefCell<HashMap<Metric, u64>>,
@@ -99,6 +100,7 @@ impl FakeHost {
             sent: RefCell::new(Vec::new()),
             callouts: RefCell::new(Vec::new()),
             refuse_dispatch: Cell::new(false),
+            body_unreadable: Cell::new(false),
             resumed_request: Cell::new(0),
             resumed_response: Cell::new(0),
             counts: RefCell::new(HashMap::new()),
@@ -144,8 +146,11 @@ impl Host for FakeHost {
             .find(|(n, _)| n == name)
             .map(|(_, v)| v.clone())
     }
-    fn request_body(&self, size: usize) -> Vec<u8> {
-        self.request_body.iter().take(size).copied().collect()
+    fn request_body(&self, size: usize) -> Result<Vec<u8>, String> {
+        if self.body_unreadable.get() {
+            return Err("BadArgument".to_string());
+        }
+        Ok(self.request_body.iter().take(size).copied().collect())
     }
     fn response_headers(&self) -> Vec<(String, Vec<u8>)> {
         self.response_headers.clone()

@@ -1,0 +1,143 @@
+//! Which requests the filter covers, and what it needs to know about a covered one: the rule, the
+//! record key (caller and key, keyed-hashed) and the fingerprint of method, path, headers and body.
+
+use super::{Admitted, Flow, Phase, Stream};
+use crate::config::{Anonymous, CallerSource};
+use crate::fingerprint::Fingerprinter;
+use crate::host::Host;
+use crate::key::parse_key_header;
+use crate::metrics::Metric;
+use crate::problem::Problem;
+use crate::scope::RecordKey;
+
+fn header<'a>(headers: &'a [(String, Vec<u8>)], name: &str) -> Option<&'a [u8]> {
+    headers
+        .iter()
+        .find(|(n, _)| n.eq_ignore_ascii_case(name))
+        .map(|(_, v)| v.as_slice())
+}
+
+impl Stream {
+    /// Decides coverage from the request headers. `None`: not covered (the phase stays
+    /// passthrough) or answered locally (the phase is answered).
+    pub(super) fn admit(&mut self, host: &dyn Host) -> Option<Admitted> {
+        let cfg = &self.worker.cfg;
+        // Two lookups decide coverage; the whole header map is copied into the VM only when covered.
+        let pseudo = |name| {
+            String::from_utf8_lossy(&host.request_header(name).unwrap_or_default()).into_owned()
+        };
+        let (method, path) = (pseudo(":method"), pseudo(":path"));
+        let Some(rule) = cfg.route_for(&method, &path).cloned() else {
+            host.count(Metric::NotCovered);
+            return None;
+        };
+        let headers = host.request_headers();
+        let key_values = headers
+            .iter()
+            .filter(|(n, _)| n.eq_ignore_ascii_case(&cfg.header_name))
+            .map(|(_, v)| v.as_slice());
+        let key = match parse_key_header(key_values) {
+            Ok(Some(key)) => key,
+            Ok(None) if rule.required => {
+                host.count(Metric::MissingKey);
+                let detail = format!(
+                    "{method} {} requires the {} header",
+                    rule.path.scope(),
+                    cfg.header_name
+                );
+                self.answer(host, Problem::MissingKey, &detail);
+                return None;
+            }
+            Ok(None) => {
+                host.count(Metric::NotCovered);
+                return None;
+            }
+            Err(e) => {
+                host.count(Metric::InvalidKey);
+                self.answer(host, Problem::InvalidKey, &e.to_string());
+                return None;
+            }
+        };
+        let caller = match &cfg.caller {
+            CallerSource::Header(name) => header(&headers, name).map(<[u8]>::to_vec),
+            CallerSource::Property(path) => host.property(path),
+        }
+        .filter(|v| !v.is_empty());
+        if caller.is_none() && cfg.anonymous == Anonymous::Reject {
+            host.count(Metric::Unauthenticated);
+            self.answer(
+                host,
+                Problem::Unauthenticated,
+                "this route needs an authenticated caller",
+            );
+            return None;
+        }
+        let record_key = RecordKey::derive(
+            &cfg.hmac_secret,
+            &rule.path.scope(),
+            caller.as_deref(),
+            key.as_str(),
+        );
+        let fp_headers: Vec<(&str, Vec<&[u8]>)> = cfg
+            .fingerprint_headers
+            .iter()
+            .map(|name| {
+                let values = headers
+                    .iter()
+                    .filter(|(n, _)| n == name)
+                    .map(|(_, v)| v.as_slice())
+                    .collect();
+                (name.as_str(), values)
+            })
+            .collect();
+        Some(Admitted {
+            rule,
+            key: record_key,
+            fingerprinter: Fingerprinter::new(&method, &path, &fp_headers),
+        })
+    }
+
+    /// The flow of the headers callback when [`Stream::admit`] decided without a claim.
+    pub(super) fn flow_after_admission(&self) -> Flow {
+        match self.phase {
+            Phase::Answered => Flow::Pause,
+            _ => Flow::Continue,
+        }
+    }
+
+    pub(super) fn body_too_large(&mut self, host: &dyn Host) -> Flow {
+        host.count(Metric::TooLarge);
+        let detail = format!(
+            "the body is larger than {} bytes",
+            self.worker.cfg.max_body_bytes
+        );
+        self.answer(host, Problem::BodyTooLarge, &detail)
+    }
+
+    pub(super) fn finish_body(&mut self, host: &dyn Host) -> Flow {
+        let Phase::ReadingBody(admitted) = std::mem::replace(&mut self.phase, Phase::Passthrough)
+        else {
+            return Flow::Continue;
+        };
+        let mut admitted = *admitted;
+        let limit = self.worker.cfg.max_body_bytes;
+        let body = match host.request_body(limit.saturating_add(1)) {
+            Ok(body) => body,
+            Err(e) => {
+                // Fingerprinting an unread body as empty would let another payload replay this one.
+                host.count(Metric::StoreError);
+                log::error!("request body could not be read ({e}); refusing the request");
+                return self.answer(
+                    host,
+                    Problem::BodyUnreadable,
+                    "the request body could not be read",
+                );
+            }
+        };
+        if body.len() > limit {
+            return self.body_too_large(host);
+        }
+        admitted.fingerprinter.update_body(&body);
+        self.decide(host, admitted)
+    }
+}

@@ -1,0 +1,183 @@
+//! The two tiers, nearest first: L1 (this Envoy's shared data) answers or claims locally, then
+//! the key store claims the key mesh-wide. The claim's owner is the only one that may store or
+//! release it.
+
+use super::{Admitted, Claim, Flow, Phase, Request, Stream};
+use crate::config::FailureMode;
+use crate::host::Host;
+use crate::keystore_client::{self, ClaimReply};
+use crate::l1::L1Outcome;
+use crate::metrics::Metric;
+use crate::problem::Problem;
+use log::{debug, warn};
+
+impl Stream {
+    pub(super) fn decide(&mut self, host: &dyn Host, admitted: Admitted) -> Flow {
+        let fingerprint = admitted.fingerprinter.finish();
+        let now = host.now_ms();
+        let owner = host.random_u64();
+        let mut claim = Claim {
+            rule: admitted.rule,
+            key: admitted.key,
+            fingerprint,
+            owner,
+            l1: false,
+            token: None,
+        };
+        let lease_ms = self.worker.cfg.lock_lease_ms;
+        match self.worker.cache.lookup_or_claim(
+            host,
+            &claim.key,
+            &fingerprint,
+            owner,
+            now,
+            lease_ms,
+        ) {
+            L1Outcome::Claimed => claim.l1 = true,
+            L1Outcome::Completed(record) => {
+                return self.answer_from_record(host, &claim.key, record)
+            }
+            L1Outcome::InFlight { .. } => return self.conflict(host, &claim.key, 0),
+            L1Outcome::Mismatch => return self.mismatch(host, &claim.key),
+            L1Outcome::Unavailable(e) => {
+                warn!("key {}: near cache unavailable: {e}", claim.key.short());
+                if self.worker.cfg.keystore.is_none() {
+                    return self.store_failed(host, claim, &e, Request::InCallback);
+                }
+            }
+        }
+        let Some(ks) = &self.worker.cfg.keystore else {
+            return self.execute(host, claim, Request::InCallback);
+        };
+        let callout = keystore_client::claim(ks, &claim.key, &fingerprint, lease_ms);
+        match host.dispatch(&callout) {
+            Ok(token) => {
+                self.phase = Phase::Claiming {
+                    claim,
+                    callout: token,
+                };
+                Flow::Pause
+            }
+            Err(e) => self.store_failed(
+                host,
+                claim,
+                &format!("claim callout not dispatched: {e}"),
+                Request::InCallback,
+            ),
+        }
+    }
+
+    /// Forwards the request upstream under its claim.
+    pub(super) fn execute(&mut self, host: &dyn Host, claim: Claim, request: Request) -> Flow {
+        host.count(Metric::Executed);
+        debug!("key {}: executing", claim.key.short());
+        self.hold_lease(host, &claim);
+        self.phase = Phase::Forwarded(claim);
+        if request == Request::PausedOnCallout {
+            host.resume_request();
+        }
+        Flow::Continue
+    }
+
+    /// The key store could not be used: the route's failure mode decides.
+    pub(super) fn store_failed(
+        &mut self,
+        host: &dyn Host,
+        claim: Claim,
+        why: &str,
+        request: Request,
+    ) -> Flow {
+        host.count(Metric::StoreError);
+        match claim.rule.failure_mode {
+            FailureMode::FailOpen => {
+                host.count(Metric::FailOpen);
+                warn!(
+                    "key {}: key store failed ({why}); fail_open: forwarding",
+                    claim.key.short()
+                );
+                self.execute(host, claim, request)
+            }
+            FailureMode::FailClosed => {
+                warn!(
+                    "key {}: key store failed ({why}); fail_closed: 503",
+                    claim.key.short()
+                );
+                self.release_l1(host, &claim);
+                self.answer(
+                    host,
+                    Problem::StoreUnavailable,
+                    "the idempotency key store could not be reached",
+                )
+            }
+        }
+    }
+
+    pub(super) fn on_claim_reply(
+        &mut self,
+        host: &dyn Host,
+        mut claim: Claim,
+        status: Option<u16>,
+        body: &[u8],
+    ) {
+        match keystore_client::parse_claim(status, body) {
+            Ok(ClaimReply::Claimed { token }) => {
+                claim.token = Some(token);
+                self.execute(host, claim, Request::PausedOnCallout);
+            }
+            Ok(ClaimReply::Completed(record)) if record.fingerprint == claim.fingerprint => {
+                if claim.l1 {
+                    // Keep the record near: the next retry on this Envoy needs no callout.
+                    let now = host.now_ms();
+                    let _ = self
+                        .worker
+                        .cache
+                        .complete(host, &claim.key, claim.owner, &record, now);
+                }
+                self.answer_from_record(host, &claim.key, record);
+            }
+            Ok(ClaimReply::Completed(_)) | Ok(ClaimReply::Mismatch) => {
+                self.release_l1(host, &claim);
+                self.mismatch(host, &claim.key);
+            }
+            Ok(ClaimReply::InFlight { .. }) => {
+                self.release_l1(host, &claim);
+                self.conflict(host, &claim.key, 0);
+            }
+            Err(e) => {
+                self.store_failed(host, claim, &e, Request::PausedOnCallout);
+            }
+        }
+    }
+
+    /// The claim reply of a request that Envoy answered meanwhile: a granted claim is released.
+    pub(super) fn release_abandoned_claim(
+        &mut self,
+        host: &dyn Host,
+        mut claim: Claim,
+        status: Option<u16>,
+        body: &[u8],
+    ) {
+        if let Ok(ClaimReply::Claimed { token }) = keystore_client::parse_claim(status, body) {
+            claim.token = Some(token);
+            claim.l1 = false;
+            self.release_later(host, &claim);
+        }
+    }
+
+    pub(super) fn release_l1(&self, host: &dyn Host, claim: &Claim) {
+        if !claim.l1 {
+            return;
+        }
+        let now = host.now_ms();
+        if let Err(e) = self
+            .worker
+            .cache
+            .release(host, &claim.key, claim.owner, now)
+        {
+            warn!(
+                "key {}: near-cache claim not released (its lease will expire): {e}",
+                claim.key.short()
+            );
+        }
+    }
+}

@@ -1,0 +1,219 @@
+//! What the end of an attempt means for its key:
+//! - the upstream answered: the response is kept (L1, then the key store) before the client gets
+//!   its end, or, for a 5xx or a status that says the request never ran, the key is released;
+//! - Envoy answered and no upstream saw the request (connection refused, no healthy host): the
+//!   key is released;
+//! - the outcome is unknown (client gone, route timeout, reset, body cut): by default the key is
+//!   locked as "outcome unknown" and never executes again; the `release` policy frees it instead.
+
+use super::{Claim, Flow, Phase, Stream};
+use crate::config::{UnknownOutcome, NEVER_STORED};
+use crate::deferred::Deferred;
+use crate::host::{Callout, Host};
+use crate::keystore_client;
+use crate::metrics::Metric;
+use crate::outcome::{classify, decode_flags, ResponseClass, UnknownCause};
+use crate::record::{storable_headers, Outcome, Record, StoredResponse};
+use log::{info, warn};
+
+fn status_of(headers: &[(String, Vec<u8>)]) -> u16 {
+    headers
+        .iter()
+        .find(|(n, _)| n == ":status")
+        .and_then(|(_, v)| std::str::from_utf8(v).ok())
+        .and_then(|s| s.parse::<u16>().ok())
+        .unwrap_or(0)
+}
+
+impl Stream {
+    pub(super) fn on_upstream_response(
+        &mut self,
+        host: &dyn Host,
+        claim: Claim,
+        end_of_stream: bool,
+    ) -> Flow {
+        let flags_path = ["response".to_string(), "flags".to_string()];
+        let class = classify(decode_flags(host.property(&flags_path).as_deref()));
+        let headers = host.response_headers();
+        let status = status_of(&headers);
+        match class {
+            ResponseClass::Unknown(cause) => return self.unknown_outcome(host, claim, cause),
+            ResponseClass::NotExecuted => {
+                info!(
+                    "key {}: Envoy answered {status} before any upstream saw the request; releasing",
+                    claim.key.short()
+                );
+                return self.release(host, claim);
+            }
+            ResponseClass::FromUpstream => {}
+        }
+        let storable = (status < 500 || claim.rule.store_5xx)
+            && status >= 100
+            && !NEVER_STORED.contains(&status);
+        if !storable {
+            info!(
+                "key {}: upstream answered {status}; releasing the claim",
+                claim.key.short()
+            );
+            return self.release(host, claim);
+        }
+        let headers = storable_headers(headers);
+        if end_of_stream {
+            let response = StoredResponse {
+                status,
+                headers,
+                body: Vec::new(),
+            };
+            return self.keep(host, claim, Outcome::Replayable(response));
+        }
+        self.phase = Phase::Capturing {
+            claim,
+            status,
+            headers,
+        };
+        Flow::Continue
+    }
+
+    /// The whole response is buffered (`None`: too large to keep).
+    pub(super) fn finish_capture(&mut self, host: &dyn Host, body: Option<Vec<u8>>) -> Flow {
+        let Phase::Capturing {
+            claim,
+            status,
+            headers,
+        } = std::mem::replace(&mut self.phase, Phase::Passthrough)
+        else {
+            return Flow::Continue;
+        };
+        let outcome = match body {
+            Some(body) => Outcome::Replayable(StoredResponse {
+                status,
+                headers,
+                body,
+            }),
+            None => {
+                host.count(Metric::NotReplayable);
+                info!(
+                    "key {}: response too large to keep; stored as not replayable",
+                    claim.key.short()
+                );
+                Outcome::NotReplayable
+            }
+        };
+        self.keep(host, claim, outcome)
+    }
+
+    /// The attempt may have executed and no complete answer came back.
+    pub(super) fn unknown_outcome(
+        &mut self,
+        host: &dyn Host,
+        claim: Claim,
+        cause: UnknownCause,
+    ) -> Flow {
+        host.count(Metric::UnknownOutcome);
+        match claim.rule.unknown_outcome {
+            UnknownOutcome::Lock => {
+                warn!(
+                    "key {}: outcome unknown ({cause:?}); locked, it will not execute again",
+                    claim.key.short()
+                );
+                let hold_until_ms = host.now_ms().saturating_add(claim.rule.unknown_hold_ms);
+                self.keep(host, claim, Outcome::Unknown { hold_until_ms })
+            }
+            UnknownOutcome::Release => {
+                warn!(
+                    "key {}: outcome unknown ({cause:?}); released (policy `release`)",
+                    claim.key.short()
+                );
+                self.release(host, claim)
+            }
+        }
+    }
+
+    /// Stores the record in L1, then in the key store, before the client gets the end of the
+    /// response. A stream that is already over hands the key-store write to the root context.
+    fn keep(&mut self, host: &dyn Host, claim: Claim, outcome: Outcome) -> Flow {
+        self.drop_lease(&claim);
+        let now = host.now_ms();
+        let record = Record {
+            fingerprint: claim.fingerprint,
+            created_ms: now,
+            expires_ms: now.saturating_add(claim.rule.retention_ms),
+            outcome,
+        };
+        if claim.l1 {
+            match self
+                .worker
+                .cache
+                .complete(host, &claim.key, claim.owner, &record, now)
+            {
+                Ok(true) => {}
+                Ok(false) => warn!(
+                    "key {}: near-cache claim was taken over before completion",
+                    claim.key.short()
+                ),
+                Err(e) => warn!(
+                    "key {}: record not kept in the near cache: {e}",
+                    claim.key.short()
+                ),
+            }
+        }
+        let (Some(ks), Some(token)) = (&self.worker.cfg.keystore, &claim.token) else {
+            return Flow::Continue;
+        };
+        let callout =
+            keystore_client::complete(ks, &claim.key, token, &record, claim.rule.retention_ms);
+        self.write(host, &claim, callout)
+    }
+
+    /// The request did not really run (5xx, 429, never sent, ...): free the key so a retry
+    /// executes again.
+    pub(super) fn release(&mut self, host: &dyn Host, claim: Claim) -> Flow {
+        self.drop_lease(&claim);
+        host.count(Metric::Released);
+        self.release_l1(host, &claim);
+        let (Some(ks), Some(token)) = (&self.worker.cfg.keystore, &claim.token) else {
+            return Flow::Continue;
+        };
+        let callout = keystore_client::release(ks, &claim.key, token);
+        self.write(host, &claim, callout)
+    }
+
+    /// A release for the root context to send: this stream has no response to hold for it.
+    pub(super) fn release_later(&self, host: &dyn Host, claim: &Claim) {
+        if let (Some(ks), Some(token)) = (&self.worker.cfg.keystore, &claim.token) {
+            self.worker.defer(Deferred {
+                callout: keystore_client::release(ks, &claim.key, token),
+                until_ms: host.now_ms().saturating_add(self.worker.cfg.lock_lease_ms),
+            });
+        }
+    }
+
+    /// Sends a key-store write and holds the response until it lands. Inside a callback of a
+    /// stream that is over (`on_done`), the write can only be handed over.
+    fn write(&mut self, host: &dyn Host, claim: &Claim, callout: Callout) -> Flow {
+        let write = Deferred {
+            callout,
+            // Past the lease the key store refuses the write as stale anyway.
+            until_ms: host.now_ms().saturating_add(self.worker.cfg.lock_lease_ms),
+        };
+        if self.ended {
+            self.worker.defer(write);
+            return Flow::Continue;
+        }
+        match host.dispatch(&write.callout) {
+            Ok(callout) => {
+                self.phase = Phase::Writing { callout, write };
+                Flow::Pause
+            }
+            Err(e) => {
+                host.count(Metric::StoreError);
+                warn!(
+                    "key {}: key-store write not dispatched ({e}); retrying in the background",
+                    claim.key.short()
+                );
+                self.worker.defer(write);
+                Flow::Continue
+            }
+        }
+    }
+}
