@@ -13,13 +13,14 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use serde_json::json;
+use tokio::sync::watch;
 
 use crate::backend::{Backend, BackendError, ClaimOutcome, Fenced};
 use crate::config::Config;
 use crate::metrics::Metrics;
 use crate::protocol::{
     encode_record, ClaimRequest, ClaimResponse, CompleteRequest, FencedResponse, ProtocolError,
-    ReleaseRequest,
+    ReleaseRequest, RenewRequest,
 };
 
 /// What the HTTP layer needs besides the backend.
@@ -29,8 +30,39 @@ pub struct Settings {
     pub token: Option<String>,
     /// Larger bodies get 413.
     pub max_body_bytes: usize,
-    /// Bound of one backend call; past it, 503.
+    /// Bound of one backend call; past it, 503. A waiting claim makes several calls, each with
+    /// this bound, and waits between them without it.
     pub backend_timeout: Duration,
+    /// Ends the waits of waiting claims when the server stops.
+    pub drain: Drain,
+}
+
+/// Tells waiting claims that the server is stopping, so that they answer (with a fresh read) at
+/// once instead of holding up the drain for up to their `wait_ms`.
+#[derive(Debug, Clone)]
+pub struct Drain(watch::Receiver<bool>);
+
+impl Drain {
+    /// A drain and the sender that starts it (`send(true)`).
+    pub fn new() -> (watch::Sender<bool>, Self) {
+        let (tx, rx) = watch::channel(false);
+        (tx, Self(rx))
+    }
+
+    /// Resolves once draining has started; never, if its sender is gone without starting it.
+    async fn started(&self) {
+        let mut rx = self.0.clone();
+        if rx.wait_for(|draining| *draining).await.is_err() {
+            std::future::pending::<()>().await;
+        }
+    }
+}
+
+impl Default for Drain {
+    /// A drain that never starts.
+    fn default() -> Self {
+        Self(watch::channel(false).1)
+    }
 }
 
 impl From<&Config> for Settings {
@@ -40,6 +72,7 @@ impl From<&Config> for Settings {
             token: c.token.clone().filter(|t| !t.is_empty()),
             max_body_bytes: c.max_body_bytes,
             backend_timeout: c.backend_timeout(),
+            drain: Drain::default(),
         }
     }
 }
@@ -51,6 +84,7 @@ struct AppState {
     /// The bearer token required on /v1.
     token: Option<Arc<[u8]>>,
     timeout: Duration,
+    drain: Drain,
 }
 
 /// Builds the service's router.
@@ -60,11 +94,13 @@ pub fn router(backend: Arc<dyn Backend>, settings: Settings, metrics: Metrics) -
         metrics,
         token: settings.token.map(|t| Arc::from(t.into_bytes())),
         timeout: settings.backend_timeout,
+        drain: settings.drain,
     };
     let v1 = Router::new()
         .route("/claim", post(claim))
         .route("/complete", post(complete))
         .route("/release", post(release))
+        .route("/renew", post(renew))
         .route_layer(middleware::from_fn_with_state(state.clone(), authenticate));
     Router::new()
         .nest("/v1", v1)
@@ -118,11 +154,12 @@ async fn authenticate(State(s): State<AppState>, req: Request, next: Next) -> Re
     next.run(req).await
 }
 
-/// The operation label of a /v1 path (route_layer only sees our three routes).
+/// The operation label of a /v1 path (route_layer only sees our four routes).
 fn op_of(path: &str) -> &'static str {
     match path.rsplit('/').next() {
         Some("claim") => "claim",
         Some("complete") => "complete",
+        Some("renew") => "renew",
         _ => "release",
     }
 }
@@ -185,6 +222,34 @@ impl AppState {
         })
     }
 
+    /// Claims; while the key is in flight with this fingerprint, waits (at most `wait_ms`) for it
+    /// to be completed, released or to expire, and claims again. The last read comes after the
+    /// wait, so an `in_flight` answer is fresh; the whole is bounded by `wait_ms` plus one call.
+    async fn claim_waiting(&self, req: &ClaimRequest) -> Result<ClaimOutcome, Failure> {
+        let mut deadline = Instant::now() + Duration::from_millis(req.wait_ms);
+        let mut round = 0u32;
+        loop {
+            // Registered before the read, so a completion right after it still wakes us.
+            let change = self.backend.watch(&req.key, round);
+            let outcome = self.call("claim", self.backend.claim(req)).await?;
+            let ClaimOutcome::InFlight { retry_after_ms } = outcome else {
+                return Ok(outcome);
+            };
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                return Ok(outcome);
+            }
+            // Nobody announces a lease running out: wake at its end to take the key over.
+            let nap = left.min(Duration::from_millis(retry_after_ms));
+            tokio::select! {
+                // Elapsed or woken, the next read tells which.
+                _ = tokio::time::timeout(nap, change) => {}
+                () = self.drain.started() => deadline = Instant::now(),
+            }
+            round = round.saturating_add(1);
+        }
+    }
+
     fn fenced(&self, op: &str, result: Fenced, done: FencedResponse) -> Response {
         let (status, body) = match result {
             Fenced::Done => (StatusCode::OK, done),
@@ -193,6 +258,7 @@ impl AppState {
         let label = match body {
             FencedResponse::Stored => "stored",
             FencedResponse::Released => "released",
+            FencedResponse::Renewed => "renewed",
             FencedResponse::Stale => "stale",
         };
         self.metrics.op(op, label);
@@ -205,7 +271,11 @@ async fn claim(
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Response, Failure> {
     let req = s.parse("claim", body, ClaimRequest::parse)?;
-    let outcome = s.call("claim", s.backend.claim(&req)).await?;
+    let outcome = if req.wait_ms == 0 {
+        s.call("claim", s.backend.claim(&req)).await?
+    } else {
+        s.claim_waiting(&req).await?
+    };
     let (label, body) = match outcome {
         ClaimOutcome::Claimed { token } => ("claimed", ClaimResponse::Claimed { token }),
         ClaimOutcome::InFlight { retry_after_ms } => {
@@ -239,6 +309,15 @@ async fn release(
     let req = s.parse("release", body, ReleaseRequest::parse)?;
     let result = s.call("release", s.backend.release(&req)).await?;
     Ok(s.fenced("release", result, FencedResponse::Released))
+}
+
+async fn renew(
+    State(s): State<AppState>,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Response, Failure> {
+    let req = s.parse("renew", body, RenewRequest::parse)?;
+    let result = s.call("renew", s.backend.renew(&req)).await?;
+    Ok(s.fenced("renew", result, FencedResponse::Renewed))
 }
 
 async fn healthz() -> Response {

@@ -29,7 +29,12 @@ pub async fn run(
 ) -> anyhow::Result<()> {
     let backend = backend::build(&config)?;
     let metrics = metrics::Metrics::new().context("metrics")?;
-    let app = http::router(backend, http::Settings::from(&config), metrics);
+    let (drain_tx, drain) = http::Drain::new();
+    let settings = http::Settings {
+        drain,
+        ..http::Settings::from(&config)
+    };
+    let app = http::router(backend, settings, metrics);
     let listener = TcpListener::bind(config.listen)
         .await
         .with_context(|| format!("--listen {}", config.listen))?;
@@ -40,6 +45,11 @@ pub async fn run(
         out.flush()?;
     }
     tracing::info!(%addr, backend = ?config.backend, "key store started");
+    // Waiting claims answer at once when the drain starts, so they do not hold it up.
+    let shutdown = async move {
+        shutdown.await;
+        let _ = drain_tx.send(true);
+    };
     axum::serve(listener, app)
         .with_graceful_shutdown(shutdown)
         .await

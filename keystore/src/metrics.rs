@@ -10,7 +10,7 @@ use prometheus::{
 pub struct Metrics {
     registry: Registry,
     /// Requests per operation and outcome (claimed, in_flight, completed, mismatch, stored,
-    /// released, stale, bad_request, unauthorized, error).
+    /// released, renewed, stale, bad_request, unauthorized, error).
     pub ops: IntCounterVec,
     /// Backend call latency per operation, errors included.
     pub backend_seconds: HistogramVec,

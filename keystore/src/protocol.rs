@@ -14,6 +14,9 @@ pub const MAX_LEASE_MS: u64 = 24 * 60 * 60 * 1000;
 pub const MAX_RETENTION_MS: u64 = 365 * 24 * 60 * 60 * 1000;
 /// Longest accepted fencing token; ours are 32 characters, the bound only stops abuse.
 pub const MAX_TOKEN_LEN: usize = 256;
+/// Longest a claim may wait for an in-flight key: a minute, past any sane route timeout, and short
+/// enough that a waiting request does not pin a connection for long.
+pub const MAX_WAIT_MS: u64 = 60_000;
 
 /// A malformed request: the message names the field.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -49,6 +52,9 @@ pub struct ClaimRequest {
     pub key: Hex64,
     pub fingerprint: Hex64,
     pub lease_ms: u64,
+    /// How long to hold the request while the key is in flight with this fingerprint (0: answer
+    /// at once).
+    pub wait_ms: u64,
 }
 
 /// `POST /v1/complete`.
@@ -68,6 +74,15 @@ pub struct ReleaseRequest {
     pub token: String,
 }
 
+/// `POST /v1/renew`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RenewRequest {
+    pub key: Hex64,
+    pub token: String,
+    /// The new lease, counted from the renewal.
+    pub lease_ms: u64,
+}
+
 impl ClaimRequest {
     /// Parses and validates a JSON body.
     pub fn parse(body: &[u8]) -> Result<Self, ProtocolError> {
@@ -76,6 +91,7 @@ impl ClaimRequest {
             key: hex64(&obj, "key")?,
             fingerprint: hex64(&obj, "fingerprint")?,
             lease_ms: millis(&obj, "lease_ms", MAX_LEASE_MS)?,
+            wait_ms: optional_millis(&obj, "wait_ms", MAX_WAIT_MS)?,
         })
     }
 }
@@ -104,6 +120,18 @@ impl ReleaseRequest {
         Ok(Self {
             key: hex64(&obj, "key")?,
             token: token(&obj)?,
+        })
+    }
+}
+
+impl RenewRequest {
+    /// Parses and validates a JSON body.
+    pub fn parse(body: &[u8]) -> Result<Self, ProtocolError> {
+        let obj = object(body)?;
+        Ok(Self {
+            key: hex64(&obj, "key")?,
+            token: token(&obj)?,
+            lease_ms: millis(&obj, "lease_ms", MAX_LEASE_MS)?,
         })
     }
 }
@@ -148,6 +176,16 @@ fn millis(obj: &Map<String, Value>, name: &str, max: u64) -> Result<u64, Protoco
     }
 }
 
+/// An optional duration: absent or null is 0, which means "not at all".
+fn optional_millis(obj: &Map<String, Value>, name: &str, max: u64) -> Result<u64, ProtocolError> {
+    match obj.get(name) {
+        None | Some(Value::Null) => Ok(0),
+        Some(v) => v.as_u64().filter(|n| *n <= max).ok_or_else(|| {
+            ProtocolError::field(name, &format!("must be an integer from 0 to {max}"))
+        }),
+    }
+}
+
 /// Answer to a claim.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 #[serde(tag = "outcome", rename_all = "snake_case")]
@@ -158,12 +196,13 @@ pub enum ClaimResponse {
     Mismatch,
 }
 
-/// Answer to a complete or release; `Stale` goes out with 409.
+/// Answer to a complete, release or renew; `Stale` goes out with 409.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(tag = "outcome", rename_all = "snake_case")]
 pub enum FencedResponse {
     Stored,
     Released,
+    Renewed,
     Stale,
 }
 
@@ -184,6 +223,22 @@ mod tests {
         let body = format!(r#"{{"key":"{H}","fingerprint":"{H}","lease_ms":5}}"#);
         let c = ClaimRequest::parse(body.as_bytes()).unwrap();
         assert_eq!(c.lease_ms, 5);
+        assert_eq!(c.wait_ms, 0, "no wait unless asked");
+        for (wait, expected) in [("null", 0), ("0", 0), ("60000", 60_000)] {
+            let body =
+                format!(r#"{{"key":"{H}","fingerprint":"{H}","lease_ms":5,"wait_ms":{wait}}}"#);
+            assert_eq!(
+                ClaimRequest::parse(body.as_bytes()).unwrap().wait_ms,
+                expected
+            );
+        }
+    }
+
+    #[test]
+    fn renew_ok() {
+        let body = format!(r#"{{"key":"{H}","token":"t","lease_ms":86400000}}"#);
+        let r = RenewRequest::parse(body.as_bytes()).unwrap();
+        assert_eq!((r.token.as_str(), r.lease_ms), ("t", 86_400_000));
     }
 
     #[test]
@@ -211,6 +266,18 @@ mod tests {
                 format!(r#"{{"key":"{H}","fingerprint":"{H}","lease_ms":"5"}}"#),
                 "lease_ms",
             ),
+            (
+                format!(r#"{{"key":"{H}","fingerprint":"{H}","lease_ms":5,"wait_ms":60001}}"#),
+                "wait_ms",
+            ),
+            (
+                format!(r#"{{"key":"{H}","fingerprint":"{H}","lease_ms":5,"wait_ms":-1}}"#),
+                "wait_ms",
+            ),
+            (
+                format!(r#"{{"key":"{H}","fingerprint":"{H}","lease_ms":5,"wait_ms":"9"}}"#),
+                "wait_ms",
+            ),
         ] {
             let e = ClaimRequest::parse(body.as_bytes()).unwrap_err();
             assert!(e.0.starts_with(field), "{body}: {e}");
@@ -223,6 +290,18 @@ mod tests {
         let e =
             ReleaseRequest::parse(format!(r#"{{"key":"{H}","token":""}}"#).as_bytes()).unwrap_err();
         assert!(e.0.starts_with("token"));
+        for (body, field) in [
+            (format!(r#"{{"key":"{H}","lease_ms":5}}"#), "token"),
+            (format!(r#"{{"key":"{H}","token":"t"}}"#), "lease_ms"),
+            (
+                format!(r#"{{"key":"{H}","token":"t","lease_ms":0}}"#),
+                "lease_ms",
+            ),
+            (r#"{"token":"t","lease_ms":5}"#.to_owned(), "key"),
+        ] {
+            let e = RenewRequest::parse(body.as_bytes()).unwrap_err();
+            assert!(e.0.starts_with(field), "{body}: {e}");
+        }
         assert!(ReleaseRequest::parse(b"[]")
             .unwrap_err()
             .0
@@ -235,5 +314,7 @@ mod tests {
         assert_eq!(j, r#"{"outcome":"in_flight","retry_after_ms":7}"#);
         let j = serde_json::to_string(&FencedResponse::Stale).unwrap();
         assert_eq!(j, r#"{"outcome":"stale"}"#);
+        let j = serde_json::to_string(&FencedResponse::Renewed).unwrap();
+        assert_eq!(j, r#"{"outcome":"renewed"}"#);
     }
 }

@@ -1,18 +1,21 @@
 //! In-process backend: a bounded `moka` cache whose entries expire at their own deadline.
 //!
 //! Atomicity comes from `and_compute_with`, which runs the closures for one key one at a time.
+//! Waiting claims are woken by a per-key `watch` channel that exists only while someone waits.
 
+use std::collections::HashMap;
 use std::future::ready;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 use moka::future::Cache;
 use moka::ops::compute::Op;
 use moka::Expiry;
+use tokio::sync::watch;
 
-use super::{new_token, Backend, BackendError, ClaimOutcome, Fenced};
-use crate::protocol::{ClaimRequest, CompleteRequest, Hex64, ReleaseRequest};
+use super::{new_token, Backend, BackendError, ClaimOutcome, Fenced, KeyChange};
+use crate::protocol::{ClaimRequest, CompleteRequest, Hex64, ReleaseRequest, RenewRequest};
 
 /// One stored key.
 #[derive(Debug, Clone)]
@@ -53,9 +56,34 @@ impl Expiry<String, Entry> for UntilExpiry {
     }
 }
 
+/// Keys someone waits on, each with the channel that wakes its waiters.
+type Waiters = Mutex<HashMap<String, watch::Sender<()>>>;
+
+/// One waiting claim's registration; dropping the last one of a key drops the key's channel, so
+/// the map holds only keys that are waited on.
+struct Waiter {
+    waiters: Arc<Waiters>,
+    key: String,
+    rx: watch::Receiver<()>,
+}
+
+impl Drop for Waiter {
+    fn drop(&mut self) {
+        let mut map = self.waiters.lock().unwrap_or_else(PoisonError::into_inner);
+        // Our own receiver still counts here.
+        if map
+            .get(&self.key)
+            .is_some_and(|tx| tx.receiver_count() <= 1)
+        {
+            map.remove(&self.key);
+        }
+    }
+}
+
 /// The embedded default backend: nothing else to run; records die with the process.
 pub struct MemoryBackend {
     cache: Cache<String, Entry>,
+    waiters: Arc<Waiters>,
 }
 
 impl MemoryBackend {
@@ -65,7 +93,26 @@ impl MemoryBackend {
             .max_capacity(max_entries)
             .expire_after(UntilExpiry)
             .build();
-        Self { cache }
+        Self {
+            cache,
+            waiters: Arc::default(),
+        }
+    }
+
+    /// Wakes the claims waiting on `key` (after a completion or a release).
+    fn wake(&self, key: &Hex64) {
+        let map = self.waiters.lock().unwrap_or_else(PoisonError::into_inner);
+        if let Some(tx) = map.get(key.as_str()) {
+            tx.send_replace(());
+        }
+    }
+
+    /// How many keys have a waiter (for tests: the map must not outgrow the waits).
+    pub fn waited_keys(&self) -> usize {
+        self.waiters
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .len()
     }
 
     /// Runs `decide` on the live entry of `key` (an expired one counts as absent) atomically and
@@ -137,6 +184,48 @@ impl Backend for MemoryBackend {
     }
 
     async fn complete(&self, req: &CompleteRequest) -> Result<Fenced, BackendError> {
+        let result = self
+            .compute(&req.key, |live, now| match live {
+                Some(Entry {
+                    fingerprint,
+                    state: State::InFlight { token },
+                    ..
+                }) if token == req.token => {
+                    let entry = Entry {
+                        fingerprint,
+                        state: State::Completed {
+                            record: Arc::from(req.record.as_slice()),
+                        },
+                        until: now + Duration::from_millis(req.retention_ms),
+                    };
+                    (Op::Put(entry), Fenced::Done)
+                }
+                _ => (Op::Nop, Fenced::Stale),
+            })
+            .await?;
+        if result == Fenced::Done {
+            self.wake(&req.key);
+        }
+        Ok(result)
+    }
+
+    async fn release(&self, req: &ReleaseRequest) -> Result<Fenced, BackendError> {
+        let result = self
+            .compute(&req.key, |live, _| match live {
+                Some(Entry {
+                    state: State::InFlight { token },
+                    ..
+                }) if token == req.token => (Op::Remove, Fenced::Done),
+                _ => (Op::Nop, Fenced::Stale),
+            })
+            .await?;
+        if result == Fenced::Done {
+            self.wake(&req.key);
+        }
+        Ok(result)
+    }
+
+    async fn renew(&self, req: &RenewRequest) -> Result<Fenced, BackendError> {
         self.compute(&req.key, |live, now| match live {
             Some(Entry {
                 fingerprint,
@@ -145,10 +234,8 @@ impl Backend for MemoryBackend {
             }) if token == req.token => {
                 let entry = Entry {
                     fingerprint,
-                    state: State::Completed {
-                        record: Arc::from(req.record.as_slice()),
-                    },
-                    until: now + Duration::from_millis(req.retention_ms),
+                    state: State::InFlight { token },
+                    until: now + Duration::from_millis(req.lease_ms),
                 };
                 (Op::Put(entry), Fenced::Done)
             }
@@ -157,15 +244,27 @@ impl Backend for MemoryBackend {
         .await
     }
 
-    async fn release(&self, req: &ReleaseRequest) -> Result<Fenced, BackendError> {
-        self.compute(&req.key, |live, _| match live {
-            Some(Entry {
-                state: State::InFlight { token },
-                ..
-            }) if token == req.token => (Op::Remove, Fenced::Done),
-            _ => (Op::Nop, Fenced::Stale),
+    /// Registers on the key's channel (made on first use): a completion or release wakes it at
+    /// once. A lease that runs out wakes nobody; the caller's wait is bounded by the lease left.
+    fn watch(&self, key: &Hex64, _round: u32) -> KeyChange {
+        let rx = {
+            let mut map = self.waiters.lock().unwrap_or_else(PoisonError::into_inner);
+            map.entry(key.as_str().to_owned())
+                .or_insert_with(|| watch::channel(()).0)
+                .subscribe()
+        };
+        let mut waiter = Waiter {
+            waiters: Arc::clone(&self.waiters),
+            key: key.as_str().to_owned(),
+            rx,
+        };
+        Box::pin(async move {
+            // The map keeps the sender while we wait, so an error cannot happen; should it, wait
+            // for the caller's bound rather than spin.
+            if waiter.rx.changed().await.is_err() {
+                std::future::pending::<()>().await;
+            }
         })
-        .await
     }
 
     async fn ping(&self) -> Result<(), BackendError> {

@@ -2,16 +2,23 @@
 //!
 //! Every state change is one atomic operation in the backend (a per-key compute in memory, one
 //! Lua script in Redis), so two gateways racing on one key can never both win a claim.
+//!
+//! A claim that waits for an in-flight key (`wait_ms`) is a loop in the HTTP layer: read with
+//! `claim`, and while the answer is `in_flight`, wait on [`Backend::watch`] (made before the read,
+//! so a change in between is not missed), bounded by the lease left and the time left.
 
 pub mod memory;
 pub mod redis;
 
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::Arc;
+use std::time::Duration;
 
 use async_trait::async_trait;
 
 use crate::config::{BackendKind, Config};
-use crate::protocol::{ClaimRequest, CompleteRequest, ReleaseRequest};
+use crate::protocol::{ClaimRequest, CompleteRequest, Hex64, ReleaseRequest, RenewRequest};
 
 /// Result of a claim.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -26,7 +33,7 @@ pub enum ClaimOutcome {
     Mismatch,
 }
 
-/// Result of an operation fenced by a token (complete, release).
+/// Result of an operation fenced by a token (complete, release, renew).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Fenced {
     /// The token was the current claim's and the change was made.
@@ -55,10 +62,35 @@ pub trait Backend: Send + Sync + 'static {
     async fn complete(&self, req: &CompleteRequest) -> Result<Fenced, BackendError>;
     /// Drops the current claim so the next request runs again.
     async fn release(&self, req: &ReleaseRequest) -> Result<Fenced, BackendError>;
+    /// Moves the current claim's lease end to now + `lease_ms`, so a slow upstream keeps its key.
+    async fn renew(&self, req: &RenewRequest) -> Result<Fenced, BackendError>;
+    /// A wait that ends when `key` may have changed. It is registered on return, before the read
+    /// it guards; `round` counts the waits already made for this request.
+    ///
+    /// The default polls: it just sleeps, from 20 ms doubling up to 200 ms, since a backend shared
+    /// by several processes (Redis) sees changes made elsewhere only by reading again.
+    fn watch(&self, _key: &Hex64, round: u32) -> KeyChange {
+        Box::pin(tokio::time::sleep(poll_interval(round)))
+    }
     /// Checks that the store answers (readiness).
     async fn ping(&self) -> Result<(), BackendError>;
     /// Short name for logs and metrics.
     fn name(&self) -> &'static str;
+}
+
+/// See [`Backend::watch`].
+pub type KeyChange = Pin<Box<dyn Future<Output = ()> + Send>>;
+
+/// First poll of a waiting claim on a polling backend.
+pub const FIRST_POLL: Duration = Duration::from_millis(20);
+/// Longest poll interval: how late at most a polling waiter sees a completion.
+pub const MAX_POLL: Duration = Duration::from_millis(200);
+
+/// 20, 40, 80, 160, then 200 ms: quick for short upstreams, then at most 5 reads a second.
+pub fn poll_interval(round: u32) -> Duration {
+    FIRST_POLL
+        .saturating_mul(1u32 << round.min(4))
+        .min(MAX_POLL)
 }
 
 /// A fresh fencing token: 128 random bits as 32 lowercase hex characters.

@@ -5,6 +5,10 @@
 //! (absolute ms, Redis clock) and `rec` (raw bytes). Every state change is one Lua script, so it is
 //! atomic and one round trip; the scripts read the Redis server clock (`TIME`) so that gateways
 //! with skewed clocks agree, and check `until` on read besides the key's own `PEXPIRE`.
+//!
+//! A waiting claim polls (the trait's default `watch`): another key-store process may complete the
+//! key, and a read is one script call, so polling with backoff costs less to run and to reason
+//! about than a subscriber per process that must resubscribe across reconnects and cluster moves.
 
 use std::future::Future;
 use std::pin::Pin;
@@ -19,7 +23,7 @@ use redis::{RedisResult, Script, Value};
 use tokio::sync::OnceCell;
 
 use super::{new_token, Backend, BackendError, ClaimOutcome, Fenced};
-use crate::protocol::{ClaimRequest, CompleteRequest, Hex64, ReleaseRequest};
+use crate::protocol::{ClaimRequest, CompleteRequest, Hex64, ReleaseRequest, RenewRequest};
 
 /// Shared prelude: `now` in milliseconds from the Redis server clock.
 const NOW: &str = r"
@@ -44,7 +48,7 @@ redis.call('PEXPIRE', KEYS[1], lease)
 return {'claimed', ARGV[2]}
 ";
 
-/// Shared guard of complete and release: the key must be in flight, live, and held by ARGV[1].
+/// Shared guard of complete, release and renew: the key must be in flight, live, and held by ARGV[1].
 const FENCE: &str = r"
 local cur = redis.call('HMGET', KEYS[1], 's', 'tok', 'until')
 local untl = tonumber(cur[3])
@@ -67,6 +71,14 @@ redis.call('DEL', KEYS[1])
 return 'released'
 ";
 
+/// KEYS[1] record; ARGV token, lease_ms.
+const RENEW: &str = r"
+local lease = tonumber(ARGV[2])
+redis.call('HSET', KEYS[1], 'until', string.format('%d', now + lease))
+redis.call('PEXPIRE', KEYS[1], lease)
+return 'renewed'
+";
+
 type Connect<C> =
     Box<dyn Fn() -> Pin<Box<dyn Future<Output = RedisResult<C>> + Send>> + Send + Sync>;
 
@@ -78,6 +90,7 @@ pub struct RedisBackend<C> {
     claim: Script,
     complete: Script,
     release: Script,
+    renew: Script,
     name: &'static str,
 }
 
@@ -138,6 +151,7 @@ where
             claim: script(CLAIM),
             complete: script(&format!("{FENCE}{COMPLETE}")),
             release: script(&format!("{FENCE}{RELEASE}")),
+            renew: script(&format!("{FENCE}{RENEW}")),
             name,
         }
     }
@@ -221,6 +235,18 @@ where
             .invoke_async(&mut conn)
             .await?;
         fenced(&reply, "released")
+    }
+
+    async fn renew(&self, req: &RenewRequest) -> Result<Fenced, BackendError> {
+        let mut conn = self.connection().await?;
+        let reply: String = self
+            .renew
+            .key(Self::record_key(&req.key))
+            .arg(&req.token)
+            .arg(req.lease_ms)
+            .invoke_async(&mut conn)
+            .await?;
+        fenced(&reply, "renewed")
     }
 
     async fn ping(&self) -> Result<(), BackendError> {
