@@ -51,6 +51,28 @@ async fn binary_listens_authenticates_and_stops_on_sigterm() {
         .status();
     assert_eq!(status, StatusCode::OK);
 
+    // A claim waiting on a held key when SIGTERM comes answers at once and lets the drain end.
+    let held = serde_json::json!({"key": "c".repeat(64), "fingerprint": "d".repeat(64),
+        "lease_ms": 60_000});
+    let resp = http
+        .post(format!("{base}/v1/claim"))
+        .bearer_auth("tok")
+        .json(&held)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), StatusCode::OK);
+    let mut waiting = held.clone();
+    waiting["wait_ms"] = 60_000.into();
+    let waiter = tokio::spawn(
+        http.post(format!("{base}/v1/claim"))
+            .bearer_auth("tok")
+            .json(&waiting)
+            .send(),
+    );
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let stopping = std::time::Instant::now();
+
     let pid = child.id().unwrap().to_string();
     assert!(std::process::Command::new("kill")
         .args(["-TERM", &pid])
@@ -62,4 +84,7 @@ async fn binary_listens_authenticates_and_stops_on_sigterm() {
         .unwrap()
         .unwrap();
     assert!(exit.success(), "{exit:?}");
+    let answer: serde_json::Value = waiter.await.unwrap().unwrap().json().await.unwrap();
+    assert_eq!(answer["outcome"], "in_flight", "{answer}");
+    assert!(stopping.elapsed() < Duration::from_secs(5));
 }

@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 use base64::engine::general_purpose::STANDARD as BASE64;
 use base64::Engine as _;
 use idempotency_keystore::backend::Backend;
-use idempotency_keystore::http::{router, Settings};
+use idempotency_keystore::http::{router, Drain, Settings};
 use idempotency_keystore::metrics::Metrics;
 use reqwest::StatusCode;
 use serde_json::{json, Value};
@@ -22,6 +22,7 @@ pub fn settings() -> Settings {
         token: None,
         max_body_bytes: 4 * 1024 * 1024,
         backend_timeout: Duration::from_secs(1),
+        drain: Drain::default(),
     }
 }
 
@@ -121,6 +122,29 @@ impl Keystore {
         self.post(
             "/v1/complete",
             json!({"key": key, "token": token, "record": b64(record), "retention_ms": retention_ms}),
+        )
+        .await
+    }
+
+    /// A claim that may wait `wait_ms` for an in-flight key.
+    pub async fn claim_wait(
+        &self,
+        key: &str,
+        fp: &str,
+        lease_ms: u64,
+        wait_ms: u64,
+    ) -> (StatusCode, Value) {
+        self.post(
+            "/v1/claim",
+            json!({"key": key, "fingerprint": fp, "lease_ms": lease_ms, "wait_ms": wait_ms}),
+        )
+        .await
+    }
+
+    pub async fn renew(&self, key: &str, token: &str, lease_ms: u64) -> (StatusCode, Value) {
+        self.post(
+            "/v1/renew",
+            json!({"key": key, "token": token, "lease_ms": lease_ms}),
         )
         .await
     }

@@ -1,12 +1,100 @@
-//! The suite on the in-process backend.
+//! The suite on the in-process backend, plus the bookkeeping of waiting claims.
 
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use idempotency_keystore::backend::memory::MemoryBackend;
 use idempotency_keystore::backend::Backend;
+use idempotency_keystore::http::{Drain, Settings};
+use reqwest::StatusCode;
+use serde_json::json;
+
+use crate::common::{eventually, hex64, settings, Keystore};
 
 async fn backend() -> Arc<dyn Backend> {
     Arc::new(MemoryBackend::new(10_000))
 }
 
 crate::suite::backend_suite!(backend);
+
+/// A key's wake-up channel lives only while someone waits: after answered waits, timed-out waits
+/// and waiters whose client went away, no key is left behind.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn wait_channels_are_dropped_with_their_waiters() {
+    let memory = Arc::new(MemoryBackend::new(10_000));
+    let ks = Keystore::start(memory.clone(), settings()).await;
+    let (key, fp) = (hex64(), hex64());
+    let token = ks.claim_ok(&key, &fp, 30_000).await;
+
+    // A client that gives up while waiting.
+    let impatient = reqwest::Client::builder()
+        .timeout(Duration::from_millis(200))
+        .build()
+        .unwrap();
+    let gone = impatient
+        .post(format!("{}/v1/claim", ks.base))
+        .json(&json!({"key": key, "fingerprint": fp, "lease_ms": 1000, "wait_ms": 5000}))
+        .send()
+        .await;
+    assert!(gone.is_err(), "{gone:?}");
+    eventually(
+        Duration::from_secs(2),
+        "the left waiter dropped",
+        || async { (memory.waited_keys() == 0).then_some(()) },
+    )
+    .await;
+
+    // Timed out, then answered.
+    let (_, body) = ks.claim_wait(&key, &fp, 1000, 100).await;
+    assert_eq!(body["outcome"], "in_flight");
+    let waiters: Vec<_> = (0..5)
+        .map(|_| {
+            let (ks, key, fp) = (ks.clone(), key.clone(), fp.clone());
+            tokio::spawn(async move { ks.claim_wait(&key, &fp, 1000, 5000).await })
+        })
+        .collect();
+    eventually(Duration::from_secs(2), "waiters registered", || async {
+        (memory.waited_keys() == 1).then_some(())
+    })
+    .await;
+    assert_eq!(
+        ks.complete(&key, &token, b"r", 60_000).await.0,
+        StatusCode::OK
+    );
+    for w in waiters {
+        assert_eq!(w.await.unwrap().1["outcome"], "completed");
+    }
+    assert_eq!(memory.waited_keys(), 0);
+}
+
+/// When the server stops, waiting claims answer `in_flight` at once rather than at `wait_ms`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn drain_ends_waits() {
+    let (drain_tx, drain) = Drain::new();
+    let ks = Keystore::start(
+        backend().await,
+        Settings {
+            drain,
+            ..settings()
+        },
+    )
+    .await;
+    let (key, fp) = (hex64(), hex64());
+    ks.claim_ok(&key, &fp, 30_000).await;
+    let waiter = {
+        let (ks, key, fp) = (ks.clone(), key.clone(), fp.clone());
+        tokio::spawn(async move { ks.claim_wait(&key, &fp, 30_000, 30_000).await })
+    };
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let started = Instant::now();
+    drain_tx.send(true).unwrap();
+    let (status, body) = waiter.await.unwrap();
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(body["outcome"], "in_flight", "{body}");
+    assert!(started.elapsed() < Duration::from_secs(1));
+    // A wait that starts while draining does not wait at all.
+    let started = Instant::now();
+    let (_, body) = ks.claim_wait(&key, &fp, 30_000, 30_000).await;
+    assert_eq!(body["outcome"], "in_flight", "{body}");
+    assert!(started.elapsed() < Duration::from_secs(1));
+}

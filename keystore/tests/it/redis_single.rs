@@ -99,3 +99,77 @@ async fn starts_before_redis() {
     .await;
     ks.claim_ok(&hex64(), &hex64(), 30_000).await;
 }
+
+/// Calls per command since the server started, from `INFO commandstats`.
+async fn command_calls(conn: &mut redis::aio::MultiplexedConnection) -> Vec<(String, u64)> {
+    let info: String = redis::cmd("INFO")
+        .arg("commandstats")
+        .query_async(conn)
+        .await
+        .unwrap();
+    info.lines()
+        .filter_map(|line| {
+            let (name, stats) = line.strip_prefix("cmdstat_")?.split_once(':')?;
+            let calls = stats
+                .strip_prefix("calls=")?
+                .split(',')
+                .next()?
+                .parse()
+                .ok()?;
+            Some((name.to_owned(), calls))
+        })
+        .collect()
+}
+
+/// Waiting claims poll with backoff (20 ms doubling to 200 ms): a waiter makes at most
+/// 6 + wait_ms / 200 reads, each one EVALSHA of the claim script, which runs TIME and HMGET on a
+/// held key. 20 waiters for 1 s stay within 20 × 11 script calls, 3 × that in `commandstats`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn waiters_poll_within_the_documented_rate() {
+    // A Redis of our own: the shared one counts the other tests' commands too.
+    let redis = RedisServer::start(&[]);
+    let ks = Keystore::start(backend_for(redis.url()), settings()).await;
+    let (key, fp) = (hex64(), hex64());
+    // Connects and loads the claim script before counting.
+    ks.claim_ok(&key, &fp, 30_000).await;
+    let client = redis::Client::open(redis.url()).unwrap();
+    let mut conn = client.get_multiplexed_async_connection().await.unwrap();
+    // (script calls, all commands but our INFO)
+    let count = |calls: &[(String, u64)]| -> (u64, u64) {
+        let sum = |keep: &dyn Fn(&str) -> bool| -> u64 {
+            calls
+                .iter()
+                .filter(|(name, _)| keep(name))
+                .map(|(_, n)| n)
+                .sum()
+        };
+        (
+            sum(&|name| name.starts_with("eval") || name.starts_with("script")),
+            sum(&|name| name != "info"),
+        )
+    };
+    let before = count(&command_calls(&mut conn).await);
+    let started = Instant::now();
+    let waiters: Vec<_> = (0..20)
+        .map(|_| {
+            let (ks, key, fp) = (ks.clone(), key.clone(), fp.clone());
+            tokio::spawn(async move { ks.claim_wait(&key, &fp, 30_000, 1_000).await })
+        })
+        .collect();
+    for w in waiters {
+        let (status, body) = w.await.unwrap();
+        assert_eq!(status, StatusCode::OK);
+        assert_eq!(body["outcome"], "in_flight", "{body}");
+    }
+    let waited = started.elapsed();
+    let after = command_calls(&mut conn).await;
+    let (scripts, all) = count(&after);
+    let (scripts, all) = (scripts - before.0, all - before.1);
+    eprintln!("20 waiters, {waited:?}: {scripts} script calls, {all} commands ({after:?})");
+    assert!(scripts >= 20, "every waiter reads at least once: {scripts}");
+    assert!(
+        scripts <= 20 * 11,
+        "{scripts} script calls for 20 waiters over 1 s"
+    );
+    assert!(all <= 3 * 20 * 11, "{all} commands for 20 waiters over 1 s");
+}

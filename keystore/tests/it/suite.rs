@@ -2,7 +2,7 @@
 //! `#[tokio::test]`s for an `async fn factory() -> Arc<dyn Backend>`.
 
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use idempotency_keystore::backend::Backend;
 use reqwest::StatusCode;
@@ -16,7 +16,12 @@ macro_rules! backend_suite {
             claim_then_in_flight, completed_record_is_byte_exact, mismatch_in_both_states,
             token_fencing, release_frees_the_key, lease_takeover_after_expiry,
             retention_expiry, concurrent_claims_have_one_winner, malformed_fields_are_named,
-            bearer_token_required, body_limit_gives_413, health_ready_and_metrics);
+            bearer_token_required, body_limit_gives_413, health_ready_and_metrics,
+            complete_after_expiry_is_stale, complete_twice_is_stale, renew_extends_the_lease,
+            renew_is_fenced, renew_after_expiry_is_stale, waiter_gets_the_record,
+            waiter_claims_after_release, waiter_takes_over_an_expired_lease,
+            waiter_times_out_in_flight, twenty_waiters_get_the_record,
+            waiter_answers_at_once_when_nothing_to_wait_for, wait_outlasts_the_backend_timeout);
     };
     (@tests $factory:path; $($name:ident),*) => {
         $(
@@ -279,6 +284,60 @@ pub async fn malformed_fields_are_named(backend: Arc<dyn Backend>) {
         ("/v1/release", json!({"key": k, "token": 7}), "token"),
         ("/v1/release", json!({"token": "t"}), "key"),
         ("/v1/release", json!([k, "t"]), "body"),
+        (
+            "/v1/claim",
+            json!({"key": k, "fingerprint": f, "lease_ms": 1, "wait_ms": 60_001}),
+            "wait_ms",
+        ),
+        (
+            "/v1/claim",
+            json!({"key": k, "fingerprint": f, "lease_ms": 1, "wait_ms": -1}),
+            "wait_ms",
+        ),
+        (
+            "/v1/claim",
+            json!({"key": k, "fingerprint": f, "lease_ms": 1, "wait_ms": 2.5}),
+            "wait_ms",
+        ),
+        (
+            "/v1/claim",
+            json!({"key": k, "fingerprint": f, "lease_ms": 1, "wait_ms": "100"}),
+            "wait_ms",
+        ),
+        ("/v1/renew", json!({"token": "t", "lease_ms": 1}), "key"),
+        (
+            "/v1/renew",
+            json!({"key": upper, "token": "t", "lease_ms": 1}),
+            "key",
+        ),
+        ("/v1/renew", json!({"key": k, "lease_ms": 1}), "token"),
+        (
+            "/v1/renew",
+            json!({"key": k, "token": "", "lease_ms": 1}),
+            "token",
+        ),
+        (
+            "/v1/renew",
+            json!({"key": k, "token": "t".repeat(257), "lease_ms": 1}),
+            "token",
+        ),
+        ("/v1/renew", json!({"key": k, "token": "t"}), "lease_ms"),
+        (
+            "/v1/renew",
+            json!({"key": k, "token": "t", "lease_ms": 0}),
+            "lease_ms",
+        ),
+        (
+            "/v1/renew",
+            json!({"key": k, "token": "t", "lease_ms": 86_400_001}),
+            "lease_ms",
+        ),
+        (
+            "/v1/renew",
+            json!({"key": k, "token": "t", "lease_ms": "5"}),
+            "lease_ms",
+        ),
+        ("/v1/renew", json!("x"), "body"),
     ];
     for (path, body, field) in cases {
         let (status, answer) = ks.post(path, body.clone()).await;
@@ -349,6 +408,7 @@ pub async fn health_ready_and_metrics(backend: Arc<dyn Backend>) {
     assert_eq!(status, StatusCode::OK, "{body}");
     ks.claim_ok(&hex64(), &hex64(), 1000).await;
     ks.release(&hex64(), "t").await;
+    ks.renew(&hex64(), "t", 1000).await;
     let (status, text) = ks.get("/metrics").await;
     assert_eq!(status, StatusCode::OK);
     assert!(
@@ -360,7 +420,275 @@ pub async fn health_ready_and_metrics(backend: Arc<dyn Backend>) {
         "{text}"
     );
     assert!(
+        text.contains(r#"keystore_requests_total{op="renew",outcome="stale"} 1"#),
+        "{text}"
+    );
+    assert!(
         text.contains("keystore_backend_duration_seconds_bucket"),
         "{text}"
     );
+}
+
+pub async fn complete_after_expiry_is_stale(backend: Arc<dyn Backend>) {
+    let ks = open(backend).await;
+    let (key, fp) = (hex64(), hex64());
+    let token = ks.claim_ok(&key, &fp, 200).await;
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    // Nobody took the key over, yet the lease is over: the holder may no longer store.
+    assert_eq!(
+        ks.complete(&key, &token, b"late", 60_000).await,
+        (StatusCode::CONFLICT, json!({"outcome": "stale"}))
+    );
+    assert_eq!(ks.release(&key, &token).await.0, StatusCode::CONFLICT);
+    // Nothing was stored: the next request runs.
+    let (_, body) = ks.claim(&key, &fp, 30_000).await;
+    assert_eq!(body["outcome"], "claimed", "{body}");
+}
+
+pub async fn complete_twice_is_stale(backend: Arc<dyn Backend>) {
+    let ks = open(backend).await;
+    let (key, fp) = (hex64(), hex64());
+    let token = ks.claim_ok(&key, &fp, 30_000).await;
+    let stored = (StatusCode::OK, json!({"outcome": "stored"}));
+    assert_eq!(ks.complete(&key, &token, b"once", 60_000).await, stored);
+    // A retried complete (its answer was lost) is stale, even with the same record: the token
+    // ended with the first one, and the record stays.
+    for _ in 0..2 {
+        assert_eq!(
+            ks.complete(&key, &token, b"once", 60_000).await,
+            (StatusCode::CONFLICT, json!({"outcome": "stale"}))
+        );
+    }
+    let (_, body) = ks.claim(&key, &fp, 30_000).await;
+    assert_eq!(body["outcome"], "completed", "{body}");
+    assert_eq!(unb64(&body["record"]), b"once");
+}
+
+pub async fn renew_extends_the_lease(backend: Arc<dyn Backend>) {
+    let ks = open(backend).await;
+    let (key, fp) = (hex64(), hex64());
+    let claimed = Instant::now();
+    let token = ks.claim_ok(&key, &fp, 300).await;
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    assert_eq!(
+        ks.renew(&key, &token, 3_000).await,
+        (StatusCode::OK, json!({"outcome": "renewed"}))
+    );
+    // Past the first lease, well before the renewed one: no takeover.
+    tokio::time::sleep(Duration::from_millis(600).saturating_sub(claimed.elapsed())).await;
+    let (_, body) = ks.claim(&key, &fp, 30_000).await;
+    assert_eq!(body["outcome"], "in_flight", "{body}");
+    let left = body["retry_after_ms"].as_u64().unwrap();
+    assert!(left > 1_000 && left <= 3_000, "{body}");
+    // Renewing again is fine, and the holder still completes.
+    assert_eq!(ks.renew(&key, &token, 3_000).await.0, StatusCode::OK);
+    assert_eq!(
+        ks.complete(&key, &token, b"slow", 60_000).await.0,
+        StatusCode::OK
+    );
+    let (_, body) = ks.claim(&key, &fp, 30_000).await;
+    assert_eq!(unb64(&body["record"]), b"slow");
+}
+
+pub async fn renew_is_fenced(backend: Arc<dyn Backend>) {
+    let ks = open(backend).await;
+    let stale = (StatusCode::CONFLICT, json!({"outcome": "stale"}));
+    let (key, fp) = (hex64(), hex64());
+    // Unknown key.
+    assert_eq!(ks.renew(&key, "nobody", 1_000).await, stale);
+    let token = ks.claim_ok(&key, &fp, 30_000).await;
+    assert_eq!(ks.renew(&key, "wrong", 1_000).await, stale);
+    // The wrong renew did not shorten the claim.
+    let (_, body) = ks.claim(&key, &fp, 30_000).await;
+    assert!(body["retry_after_ms"].as_u64().unwrap() > 20_000, "{body}");
+    // After completion.
+    assert_eq!(
+        ks.complete(&key, &token, b"r", 60_000).await.0,
+        StatusCode::OK
+    );
+    assert_eq!(ks.renew(&key, &token, 1_000).await, stale);
+    let (_, body) = ks.claim(&key, &fp, 30_000).await;
+    assert_eq!(body["outcome"], "completed", "{body}");
+    // After release.
+    let key = hex64();
+    let token = ks.claim_ok(&key, &fp, 30_000).await;
+    assert_eq!(ks.release(&key, &token).await.0, StatusCode::OK);
+    assert_eq!(ks.renew(&key, &token, 1_000).await, stale);
+    let (_, body) = ks.claim(&key, &fp, 30_000).await;
+    assert_eq!(
+        body["outcome"], "claimed",
+        "a stale renew revived the claim: {body}"
+    );
+    // After a takeover, the old holder cannot renew and the new one can.
+    let key = hex64();
+    let old = ks.claim_ok(&key, &fp, 200).await;
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    let new = ks.claim_ok(&key, &fp, 30_000).await;
+    assert_eq!(ks.renew(&key, &old, 30_000).await, stale);
+    assert_eq!(ks.renew(&key, &new, 30_000).await.0, StatusCode::OK);
+}
+
+pub async fn renew_after_expiry_is_stale(backend: Arc<dyn Backend>) {
+    let ks = open(backend).await;
+    let (key, fp) = (hex64(), hex64());
+    let token = ks.claim_ok(&key, &fp, 200).await;
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    // Too late, even with nobody else on the key: the lease is not revived.
+    assert_eq!(
+        ks.renew(&key, &token, 30_000).await,
+        (StatusCode::CONFLICT, json!({"outcome": "stale"}))
+    );
+    let (_, body) = ks.claim(&key, &fp, 30_000).await;
+    assert_eq!(body["outcome"], "claimed", "{body}");
+}
+
+/// Runs `f` on the key's holder after `after`, in the background.
+fn later<F, Fut>(after: Duration, f: F) -> tokio::task::JoinHandle<()>
+where
+    F: FnOnce() -> Fut + Send + 'static,
+    Fut: std::future::Future<Output = ()> + Send,
+{
+    tokio::spawn(async move {
+        tokio::time::sleep(after).await;
+        f().await;
+    })
+}
+
+pub async fn waiter_gets_the_record(backend: Arc<dyn Backend>) {
+    let ks = open(backend).await;
+    let (key, fp) = (hex64(), hex64());
+    let token = ks.claim_ok(&key, &fp, 30_000).await;
+    let record: &[u8] = &[0x00, 0xff, b'\r', b'\n', 0x80, b'{', b'}'];
+    let holder = {
+        let (ks, key) = (ks.clone(), key.clone());
+        later(Duration::from_millis(300), move || async move {
+            let (status, _) = ks.complete(&key, &token, record, 60_000).await;
+            assert_eq!(status, StatusCode::OK);
+        })
+    };
+    let started = Instant::now();
+    let (status, body) = ks.claim_wait(&key, &fp, 30_000, 5_000).await;
+    let waited = started.elapsed();
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(body["outcome"], "completed", "{body}");
+    assert_eq!(unb64(&body["record"]), record);
+    assert!(
+        waited >= Duration::from_millis(250) && waited < Duration::from_millis(1_500),
+        "{waited:?}"
+    );
+    holder.await.unwrap();
+}
+
+pub async fn waiter_claims_after_release(backend: Arc<dyn Backend>) {
+    let ks = open(backend).await;
+    let (key, fp) = (hex64(), hex64());
+    let token = ks.claim_ok(&key, &fp, 30_000).await;
+    let holder = {
+        let (ks, key, token) = (ks.clone(), key.clone(), token.clone());
+        later(Duration::from_millis(300), move || async move {
+            assert_eq!(ks.release(&key, &token).await.0, StatusCode::OK);
+        })
+    };
+    let started = Instant::now();
+    let (status, body) = ks.claim_wait(&key, &fp, 30_000, 5_000).await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(body["outcome"], "claimed", "{body}");
+    assert!(started.elapsed() < Duration::from_millis(1_500));
+    let new = body["token"].as_str().unwrap();
+    assert_ne!(new, token);
+    // The waiter now holds the key.
+    assert_eq!(ks.complete(&key, new, b"w", 60_000).await.0, StatusCode::OK);
+    holder.await.unwrap();
+}
+
+pub async fn waiter_takes_over_an_expired_lease(backend: Arc<dyn Backend>) {
+    let ks = open(backend).await;
+    let (key, fp) = (hex64(), hex64());
+    let old = ks.claim_ok(&key, &fp, 300).await;
+    let started = Instant::now();
+    let (_, body) = ks.claim_wait(&key, &fp, 30_000, 5_000).await;
+    assert_eq!(body["outcome"], "claimed", "{body}");
+    let waited = started.elapsed();
+    assert!(
+        waited >= Duration::from_millis(200) && waited < Duration::from_millis(1_500),
+        "{waited:?}"
+    );
+    assert_ne!(body["token"].as_str().unwrap(), old);
+}
+
+pub async fn waiter_times_out_in_flight(backend: Arc<dyn Backend>) {
+    let ks = open(backend).await;
+    let (key, fp) = (hex64(), hex64());
+    ks.claim_ok(&key, &fp, 30_000).await;
+    let started = Instant::now();
+    let (status, body) = ks.claim_wait(&key, &fp, 30_000, 300).await;
+    let waited = started.elapsed();
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(body["outcome"], "in_flight", "{body}");
+    let left = body["retry_after_ms"].as_u64().unwrap();
+    assert!(left > 25_000 && left < 30_000, "{body}");
+    assert!(
+        waited >= Duration::from_millis(300) && waited < Duration::from_millis(1_300),
+        "{waited:?}"
+    );
+}
+
+pub async fn twenty_waiters_get_the_record(backend: Arc<dyn Backend>) {
+    let ks = open(backend).await;
+    let (key, fp) = (hex64(), hex64());
+    let token = ks.claim_ok(&key, &fp, 30_000).await;
+    let waiters: Vec<_> = (0..20)
+        .map(|_| {
+            let (ks, key, fp) = (ks.clone(), key.clone(), fp.clone());
+            tokio::spawn(async move { ks.claim_wait(&key, &fp, 30_000, 5_000).await })
+        })
+        .collect();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let started = Instant::now();
+    assert_eq!(
+        ks.complete(&key, &token, b"for all", 60_000).await.0,
+        StatusCode::OK
+    );
+    for w in waiters {
+        let (status, body) = w.await.unwrap();
+        assert_eq!(status, StatusCode::OK);
+        assert_eq!(body["outcome"], "completed", "{body}");
+        assert_eq!(unb64(&body["record"]), b"for all");
+    }
+    assert!(started.elapsed() < Duration::from_millis(1_500));
+}
+
+pub async fn waiter_answers_at_once_when_nothing_to_wait_for(backend: Arc<dyn Backend>) {
+    let ks = open(backend).await;
+    let (key, fp) = (hex64(), hex64());
+    let token = ks.claim_ok(&key, &fp, 30_000).await;
+    // Another fingerprint: no wait.
+    let started = Instant::now();
+    let (_, body) = ks.claim_wait(&key, &hex64(), 30_000, 5_000).await;
+    assert_eq!(body, json!({"outcome": "mismatch"}));
+    assert!(started.elapsed() < Duration::from_millis(1_000));
+    ks.complete(&key, &token, b"r", 60_000).await;
+    // Completed, mismatched or free: no wait either.
+    let started = Instant::now();
+    let (_, body) = ks.claim_wait(&key, &fp, 30_000, 5_000).await;
+    assert_eq!(body["outcome"], "completed", "{body}");
+    let (_, body) = ks.claim_wait(&key, &hex64(), 30_000, 5_000).await;
+    assert_eq!(body, json!({"outcome": "mismatch"}));
+    let (_, body) = ks.claim_wait(&hex64(), &fp, 30_000, 5_000).await;
+    assert_eq!(body["outcome"], "claimed", "{body}");
+    assert!(started.elapsed() < Duration::from_millis(1_000));
+}
+
+pub async fn wait_outlasts_the_backend_timeout(backend: Arc<dyn Backend>) {
+    let mut s = settings();
+    s.backend_timeout = Duration::from_millis(250);
+    let ks = Keystore::start(backend, s).await;
+    let (key, fp) = (hex64(), hex64());
+    ks.claim_ok(&key, &fp, 30_000).await;
+    // The bound applies to each read, not to the wait between reads.
+    let started = Instant::now();
+    let (status, body) = ks.claim_wait(&key, &fp, 30_000, 1_000).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(body["outcome"], "in_flight", "{body}");
+    assert!(started.elapsed() >= Duration::from_millis(1_000));
 }
