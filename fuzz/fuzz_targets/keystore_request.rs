@@ -1,11 +1,12 @@
-//! The key store's request parsing (`protocol::{Claim,Complete,Release}Request::parse`): every body
+//! The key store's request parsing (`protocol::{Claim,Complete,Release,Renew}Request::parse`): every body
 //! is a request or a 400 naming a field. What is accepted is what the README's API promises.
 #![no_main]
 
 use base64::engine::general_purpose::STANDARD as B64;
 use base64::Engine as _;
 use idempotency_keystore::protocol::{
-    ClaimRequest, CompleteRequest, ReleaseRequest, MAX_LEASE_MS, MAX_RETENTION_MS, MAX_TOKEN_LEN,
+    ClaimRequest, CompleteRequest, ReleaseRequest, RenewRequest, MAX_LEASE_MS, MAX_RETENTION_MS,
+    MAX_TOKEN_LEN, MAX_WAIT_MS,
 };
 use libfuzzer_sys::fuzz_target;
 
@@ -18,6 +19,7 @@ fuzz_target!(|data: &[u8]| {
         Ok(c) => {
             assert!(hex64(c.key.as_str()) && hex64(c.fingerprint.as_str()));
             assert!((1..=MAX_LEASE_MS).contains(&c.lease_ms));
+            assert!(c.wait_ms <= MAX_WAIT_MS);
         }
         Err(e) => assert!(!e.0.is_empty()),
     }
@@ -36,6 +38,14 @@ fuzz_target!(|data: &[u8]| {
         Ok(r) => {
             assert!(hex64(r.key.as_str()));
             assert!(!r.token.is_empty() && r.token.len() <= MAX_TOKEN_LEN);
+        }
+        Err(e) => assert!(!e.0.is_empty()),
+    }
+    match RenewRequest::parse(data) {
+        Ok(r) => {
+            assert!(hex64(r.key.as_str()));
+            assert!(!r.token.is_empty() && r.token.len() <= MAX_TOKEN_LEN);
+            assert!((1..=MAX_LEASE_MS).contains(&r.lease_ms));
         }
         Err(e) => assert!(!e.0.is_empty()),
     }
