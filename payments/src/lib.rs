@@ -1,6 +1,6 @@
 //! A tiny in-memory payments API: the demo and test upstream of the idempotency filter.
 //!
-//! Endpoints (SPEC §10):
+//! Endpoints:
 //! - `POST /payments` with a JSON body creates a payment and answers `201` with
 //!   `{"id", "sequence", "request"}` (the request JSON echoed back) and a `Location` header.
 //!   A body that is not JSON gets `400`.
@@ -10,25 +10,48 @@
 //!   requests reached this upstream (whatever their outcome) and how many payments exist, so tests
 //!   can assert how many times the upstream really executed.
 //!
-//! Test knobs on `POST /payments` (request headers):
-//! - `x-demo-delay-ms: N` waits N milliseconds (at most 60 s) before answering, to keep a request
+//! Like a real server, `POST /payments` finishes its work once it has arrived: the work runs in a
+//! task of its own, so a caller that goes away (a timeout, a reset) does not stop it.
+//!
+//! Test knobs on `POST /payments` (request headers; a bad value gets `400` and does nothing):
+//! - `x-demo-delay-ms: N` waits N milliseconds (at most 60 s) before the work, to keep a request
 //!   in flight.
 //! - `x-demo-status: NNN` (200..=599) answers with that status and a JSON body and creates nothing.
+//! - `x-demo-reset: after-work` does the work (creates the payment), then resets the connection
+//!   without answering: the client reads no response byte, only `ECONNRESET` (the socket is closed
+//!   with `SO_LINGER` 0, which sends a TCP RST). It needs the connection, so it works under
+//!   [`serve`] only; elsewhere (e.g. `axum::serve`) it answers `500` after the work.
+//! - `x-demo-body-cut: N` does the work, sends the status line and headers (with the full
+//!   `Content-Length`), then the first N bytes of the body (at most all but its last byte), then
+//!   closes the connection: the client sees the head, then an incomplete body.
 
+use std::future::Future;
+use std::io;
+use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
+use std::task::{ready, Context, Poll};
 use std::time::Duration;
 
-use axum::body::Bytes;
-use axum::extract::{Path, State};
+use axum::body::{Body, Bytes};
+use axum::extract::{Path, Request, State};
 use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
-use axum::{Json, Router};
+use axum::{Extension, Json, Router};
+use http_body::Frame;
+use hyper::body::Incoming;
+use hyper::server::conn::http1;
+use hyper_util::rt::TokioIo;
 use serde_json::{json, Value};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{watch, Notify};
+use tower::Service as _;
 
 /// Longest delay honoured from `x-demo-delay-ms`.
 const MAX_DELAY: Duration = Duration::from_secs(60);
+/// How long a cut body pauses before failing, so the bytes before the cut leave first.
+const CUT_PAUSE: Duration = Duration::from_millis(10);
 
 /// The API's state: every payment created and the count of `POST /payments` requests received.
 #[derive(Debug, Default)]
@@ -66,6 +89,74 @@ pub fn app_with_state(state: Arc<Payments>) -> Router {
         .with_state(state)
 }
 
+/// Serves `app` over HTTP/1.1 until `shutdown` resolves, then lets open connections finish.
+///
+/// Unlike `axum::serve`, each request carries a handle on its connection, which is what lets
+/// `x-demo-reset` reset it.
+pub async fn serve(
+    listener: TcpListener,
+    app: Router,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> io::Result<()> {
+    let (stop_tx, stop_rx) = watch::channel(false);
+    tokio::pin!(shutdown);
+    loop {
+        let stream = tokio::select! {
+            () = &mut shutdown => break,
+            accepted = listener.accept() => match accepted {
+                Ok((stream, _)) => stream,
+                Err(e) => {
+                    // Out of file descriptors and the like: pause rather than spin.
+                    eprintln!("payments-demo: accept failed: {e}");
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                    continue;
+                }
+            },
+        };
+        tokio::spawn(connection(stream, app.clone(), stop_rx.clone()));
+    }
+    drop(listener);
+    drop(stop_rx);
+    let _ = stop_tx.send(true);
+    // Each connection task holds a receiver until it ends.
+    stop_tx.closed().await;
+    Ok(())
+}
+
+/// Lets a handler reset the connection its request came on (see `x-demo-reset`).
+#[derive(Debug, Clone)]
+struct ConnectionHandle(Arc<Notify>);
+
+/// Serves one connection; a reset asked for by a handler drops it with an RST.
+async fn connection(stream: TcpStream, app: Router, mut stop: watch::Receiver<bool>) {
+    let reset = Arc::new(Notify::new());
+    let handle = ConnectionHandle(Arc::clone(&reset));
+    let service = hyper::service::service_fn(move |req: Request<Incoming>| {
+        let mut req = req.map(Body::new);
+        req.extensions_mut().insert(handle.clone());
+        app.clone().call(req)
+    });
+    let mut conn = http1::Builder::new().serve_connection(TokioIo::new(stream), service);
+    let mut stopping = false;
+    let reset_asked = loop {
+        tokio::select! {
+            _ = &mut conn => break false,
+            () = reset.notified() => break true,
+            _ = stop.wait_for(|stop| *stop), if !stopping => {
+                stopping = true;
+                Pin::new(&mut conn).graceful_shutdown();
+            }
+        }
+    };
+    if reset_asked {
+        let stream = conn.into_parts().io.into_inner();
+        // SO_LINGER 0: the close sends RST instead of FIN, and nothing buffered goes out.
+        if let Err(e) = stream.set_zero_linger() {
+            eprintln!("payments-demo: cannot reset the connection: {e}");
+        }
+    }
+}
+
 /// A JSON error body with the given status.
 fn error(status: StatusCode, message: impl Into<String>) -> Response {
     (status, Json(json!({ "error": message.into() }))).into_response()
@@ -76,44 +167,123 @@ fn header_text<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {
     headers.get(name).and_then(|v| v.to_str().ok())
 }
 
+/// What a request's knobs ask for.
+#[derive(Debug, Clone, Copy, Default)]
+struct Knobs {
+    delay: Duration,
+    status: Option<StatusCode>,
+    after: After,
+}
+
+/// How the answer leaves once the work is done.
+#[derive(Debug, Clone, Copy, Default)]
+enum After {
+    #[default]
+    Answer,
+    Reset,
+    BodyCut(usize),
+}
+
+impl Knobs {
+    /// Reads the knobs, or names the bad one (answered `400`).
+    fn parse(headers: &HeaderMap) -> Result<Self, &'static str> {
+        let mut knobs = Self::default();
+        if let Some(raw) = header_text(headers, "x-demo-delay-ms") {
+            let ms = raw
+                .trim()
+                .parse::<u64>()
+                .map_err(|_| "x-demo-delay-ms: not an integer")?;
+            knobs.delay = Duration::from_millis(ms).min(MAX_DELAY);
+        }
+        if let Some(raw) = headers.get("x-demo-status") {
+            let status = raw
+                .to_str()
+                .ok()
+                .and_then(|s| s.trim().parse::<u16>().ok())
+                .filter(|code| (200..=599).contains(code))
+                .and_then(|code| StatusCode::from_u16(code).ok())
+                .ok_or("x-demo-status: expected a status code from 200 to 599")?;
+            knobs.status = Some(status);
+        }
+        let reset = headers.get("x-demo-reset");
+        let cut = headers.get("x-demo-body-cut");
+        if reset.is_some() && cut.is_some() {
+            return Err("x-demo-reset and x-demo-body-cut: choose one");
+        }
+        if let Some(raw) = reset {
+            if raw.as_bytes() != b"after-work" {
+                return Err("x-demo-reset: expected after-work");
+            }
+            knobs.after = After::Reset;
+        }
+        if let Some(raw) = cut {
+            let n = raw
+                .to_str()
+                .ok()
+                .and_then(|s| s.trim().parse::<usize>().ok())
+                .ok_or("x-demo-body-cut: not an integer")?;
+            knobs.after = After::BodyCut(n);
+        }
+        Ok(knobs)
+    }
+}
+
 async fn create_payment(
     State(state): State<Arc<Payments>>,
+    connection: Option<Extension<ConnectionHandle>>,
     headers: HeaderMap,
     body: Bytes,
 ) -> Response {
     state.post_requests.fetch_add(1, Ordering::SeqCst);
-
-    if let Some(raw) = header_text(&headers, "x-demo-delay-ms") {
-        match raw.trim().parse::<u64>() {
-            Ok(ms) => tokio::time::sleep(Duration::from_millis(ms).min(MAX_DELAY)).await,
-            Err(_) => return error(StatusCode::BAD_REQUEST, "x-demo-delay-ms: not an integer"),
-        }
-    }
-
-    if let Some(raw) = headers.get("x-demo-status") {
-        let status = raw
-            .to_str()
-            .ok()
-            .and_then(|s| s.trim().parse::<u16>().ok())
-            .filter(|code| (200..=599).contains(code))
-            .and_then(|code| StatusCode::from_u16(code).ok());
-        return match status {
-            Some(status) => (
-                status,
-                Json(json!({
-                    "status": status.as_u16(),
-                    "detail": "status forced by x-demo-status; no payment created",
-                })),
+    let knobs = match Knobs::parse(&headers) {
+        Ok(knobs) => knobs,
+        Err(message) => return error(StatusCode::BAD_REQUEST, message),
+    };
+    // A task of its own: dropping this handler (the client went away) does not stop the work.
+    let work = tokio::spawn(async move {
+        tokio::time::sleep(knobs.delay).await;
+        execute(&state, knobs.status, &body)
+    });
+    let response = match work.await {
+        Ok(response) => response,
+        Err(e) => {
+            return error(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                format!("work failed: {e}"),
             )
-                .into_response(),
+        }
+    };
+    match knobs.after {
+        After::Answer => response,
+        After::Reset => match connection {
+            Some(Extension(ConnectionHandle(reset))) => {
+                reset.notify_one();
+                // The connection task drops this handler with the connection.
+                std::future::pending().await
+            }
             None => error(
-                StatusCode::BAD_REQUEST,
-                "x-demo-status: expected a status code from 200 to 599",
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "x-demo-reset: this server cannot reset connections (use payments_demo::serve)",
             ),
-        };
+        },
+        After::BodyCut(n) => cut_body(response, n).await,
+    }
+}
+
+/// The work of one `POST /payments`: a forced status, or a new payment.
+fn execute(state: &Payments, status: Option<StatusCode>, body: &[u8]) -> Response {
+    if let Some(status) = status {
+        return (
+            status,
+            Json(json!({
+                "status": status.as_u16(),
+                "detail": "status forced by x-demo-status; no payment created",
+            })),
+        )
+            .into_response();
     }
 
-    let request: Value = match serde_json::from_slice(&body) {
+    let request: Value = match serde_json::from_slice(body) {
         Ok(value) => value,
         Err(err) => return error(StatusCode::BAD_REQUEST, format!("invalid JSON body: {err}")),
     };
@@ -138,6 +308,52 @@ async fn create_payment(
         Json(payment),
     )
         .into_response()
+}
+
+/// `response` with its full `Content-Length` but a body that stops after `n` bytes (at most all
+/// but the last one) and then fails, which makes hyper close the connection mid-body.
+async fn cut_body(response: Response, n: usize) -> Response {
+    let (mut parts, body) = response.into_parts();
+    let bytes = match axum::body::to_bytes(body, usize::MAX).await {
+        Ok(bytes) => bytes,
+        Err(e) => return error(StatusCode::INTERNAL_SERVER_ERROR, format!("body: {e}")),
+    };
+    parts.headers.insert(
+        header::CONTENT_LENGTH,
+        header::HeaderValue::from(bytes.len()),
+    );
+    let head = bytes.slice(..n.min(bytes.len().saturating_sub(1)));
+    let body = CutBody {
+        head: (!head.is_empty()).then_some(head),
+        pause: Box::pin(tokio::time::sleep(CUT_PAUSE)),
+    };
+    Response::from_parts(parts, Body::new(body))
+}
+
+/// A body that yields `head`, pauses, then fails. The pause lets hyper flush the head and the
+/// bytes before the cut: an error right away could close the connection with them unsent.
+struct CutBody {
+    head: Option<Bytes>,
+    pause: Pin<Box<tokio::time::Sleep>>,
+}
+
+impl http_body::Body for CutBody {
+    type Data = Bytes;
+    type Error = io::Error;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, io::Error>>> {
+        if let Some(head) = self.head.take() {
+            return Poll::Ready(Some(Ok(Frame::data(head))));
+        }
+        ready!(self.pause.as_mut().poll(cx));
+        Poll::Ready(Some(Err(io::Error::new(
+            io::ErrorKind::ConnectionAborted,
+            "body cut by x-demo-body-cut",
+        ))))
+    }
 }
 
 async fn list_payments(State(state): State<Arc<Payments>>) -> Json<Vec<Value>> {
@@ -241,6 +457,45 @@ mod tests {
         )
         .await;
         assert_eq!(stats, json!({"post_requests": 3, "payments": 0}));
+    }
+
+    #[tokio::test]
+    async fn bad_knobs_are_refused_before_any_work() {
+        let state = Arc::new(Payments::default());
+        let app = app_with_state(state.clone());
+        for (name, value) in [
+            ("x-demo-reset", "before-work"),
+            ("x-demo-body-cut", "-1"),
+            ("x-demo-body-cut", "ten"),
+            ("x-demo-delay-ms", "soon"),
+        ] {
+            let req = post().header(name, value).body(Body::from("{}")).unwrap();
+            let (status, _, body) = call(&app, req).await;
+            assert_eq!(status, StatusCode::BAD_REQUEST, "{name}: {value}");
+            assert!(body["error"].as_str().unwrap().starts_with(name), "{body}");
+        }
+        let req = post()
+            .header("x-demo-reset", "after-work")
+            .header("x-demo-body-cut", "3")
+            .body(Body::from("{}"))
+            .unwrap();
+        assert_eq!(call(&app, req).await.0, StatusCode::BAD_REQUEST);
+        assert_eq!(state.post_requests(), 5);
+        assert!(state.list().is_empty());
+    }
+
+    #[tokio::test]
+    async fn reset_needs_the_connection_but_the_work_is_done() {
+        let state = Arc::new(Payments::default());
+        let app = app_with_state(state.clone());
+        let req = post()
+            .header("x-demo-reset", "after-work")
+            .body(Body::from("{}"))
+            .unwrap();
+        let (status, _, body) = call(&app, req).await;
+        assert_eq!(status, StatusCode::INTERNAL_SERVER_ERROR);
+        assert!(body["error"].as_str().unwrap().contains("serve"), "{body}");
+        assert_eq!(state.list().len(), 1);
     }
 
     #[tokio::test]

@@ -21,9 +21,7 @@ async fn main() -> std::io::Result<()> {
     // Tests and scripts wait for this exact line to learn the port.
     println!("listening on {}", listener.local_addr()?);
     std::io::stdout().flush()?;
-    axum::serve(listener, payments_demo::app())
-        .with_graceful_shutdown(shutdown())
-        .await
+    payments_demo::serve(listener, payments_demo::app(), shutdown()).await
 }
 
 /// Resolves on Ctrl-C or SIGTERM.
