@@ -1,16 +1,19 @@
 //! Key-store writes that a stream could not finish itself: a record whose `complete` failed (the key
-//! store or Redis was down), or a release left behind by a stream that ended. Callouts die with
-//! their stream, so the plugin's root context sends these on a timer and retries failures until the
-//! claim's lease would have ended anyway, when the key store frees the key by itself.
+//! store or Redis was down), or a record or release left behind by a stream that ended (its
+//! callouts' replies end with it). The plugin's root context sends these on a timer and retries
+//! failures until the claim's lease would have ended anyway, when the key store frees the key by
+//! itself.
 
 use crate::host::Callout;
 use crate::keystore_client::{self, AckReply};
 use std::collections::HashMap;
 
-/// One write to send, and until when it is worth retrying.
+/// One write to send, from when, and until when it is worth retrying.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Deferred {
     pub callout: Callout,
+    /// Not sent before this time (e.g. until a claim still on its way has surely landed).
+    pub not_before_ms: u64,
     pub until_ms: u64,
 }
 
@@ -39,10 +42,13 @@ impl Retrier {
         self.queued.push(d);
     }
 
-    /// Everything to send on this tick; expired writes are dropped.
+    /// Everything to send on this tick; expired writes are dropped, early ones wait.
     pub fn take_due(&mut self, now_ms: u64) -> Vec<Deferred> {
-        let mut due = std::mem::take(&mut self.queued);
-        due.retain(|d| now_ms < d.until_ms);
+        self.queued.retain(|d| now_ms < d.until_ms);
+        let (due, early) = std::mem::take(&mut self.queued)
+            .into_iter()
+            .partition(|d| d.not_before_ms <= now_ms);
+        self.queued = early;
         due
     }
 
@@ -88,6 +94,7 @@ mod tests {
                 body: b"{}".to_vec(),
                 timeout_ms: 100,
             },
+            not_before_ms: 0,
             until_ms,
         }
     }
@@ -130,5 +137,11 @@ mod tests {
         r.push(deferred(100));
         assert!(r.take_due(100).is_empty());
         assert_eq!(r.pending(), 0);
+        r.push(Deferred {
+            not_before_ms: 50,
+            ..deferred(100)
+        });
+        assert!(r.take_due(49).is_empty(), "not yet");
+        assert_eq!(r.take_due(50).len(), 1);
     }
 }

@@ -64,11 +64,19 @@ fn callout(cfg: &KeystoreConfig, op: &str, body: serde_json::Value) -> Callout {
     }
 }
 
-pub fn claim(cfg: &KeystoreConfig, key: &RecordKey, fp: &Fingerprint, lease_ms: u64) -> Callout {
+/// Claims `key` with the fencing token `token` (the filter's own, so that it can release a claim
+/// whose answer it never read).
+pub fn claim(
+    cfg: &KeystoreConfig,
+    key: &RecordKey,
+    fp: &Fingerprint,
+    lease_ms: u64,
+    token: &str,
+) -> Callout {
     callout(
         cfg,
         "claim",
-        json!({"key": key.hex(), "fingerprint": hex::encode(fp), "lease_ms": lease_ms}),
+        json!({"key": key.hex(), "fingerprint": hex::encode(fp), "lease_ms": lease_ms, "token": token}),
     )
 }
 
@@ -152,7 +160,7 @@ mod tests {
 
     #[test]
     fn claim_request_carries_only_hashes() {
-        let c = claim(&cfg(), &RecordKey([0xab; 32]), &[1; 32], 3000);
+        let c = claim(&cfg(), &RecordKey([0xab; 32]), &[1; 32], 3000, "t1");
         assert_eq!(c.cluster, "ks");
         assert_eq!(c.timeout_ms, 250);
         assert!(c.headers.contains(&(":path".into(), "/v1/claim".into())));
@@ -166,6 +174,7 @@ mod tests {
         assert_eq!(v["key"], "ab".repeat(32));
         assert_eq!(v["fingerprint"], "01".repeat(32));
         assert_eq!(v["lease_ms"], 3000);
+        assert_eq!(v["token"], "t1");
     }
 
     #[test]

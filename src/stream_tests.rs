@@ -729,6 +729,9 @@ mod with_keystore {
     fn a_local_reply_during_the_claim_releases_what_the_claim_gets() {
         let w = World::new(CFG);
         let (mut s, mut h, _) = w.send(&post("k", b"a"));
+        let (_, claim) = h.last_callout().unwrap();
+        let proposed = body_of(&claim)["token"].as_str().unwrap().to_owned();
+        assert_eq!(proposed.len(), 32);
         // Envoy's request timeout answers 408 while the claim is on its way.
         h.response_headers = vec![(":status".into(), b"408".to_vec())];
         assert_eq!(s.on_response_headers(&h, true), Flow::Continue);
@@ -736,13 +739,13 @@ mod with_keystore {
             &mut s,
             &h,
             Some(200),
-            r#"{"outcome":"claimed","token":"T4"}"#,
+            &format!(r#"{{"outcome":"claimed","token":"{proposed}"}}"#),
         );
         assert_eq!(h.resumed_request.get(), 0, "never forwarded");
         assert_eq!(h.count_of(Metric::Executed), 0);
         let deferred = w.handed_over();
         assert_eq!(deferred.len(), 1);
-        assert_eq!(body_of(&deferred[0].callout)["token"], "T4");
+        assert_eq!(body_of(&deferred[0].callout)["token"], proposed.as_str());
         assert!(deferred[0]
             .callout
             .headers
@@ -755,6 +758,29 @@ mod with_keystore {
         );
         assert_eq!(h2.callouts.borrow().len(), 1);
         let _ = &mut h;
+    }
+
+    #[test]
+    fn a_stream_gone_before_the_claim_answer_releases_its_proposed_token_later() {
+        let w = World::new(CFG);
+        let (mut s, h, _) = w.send(&post("k", b"a"));
+        let (_, claim) = h.last_callout().unwrap();
+        let proposed = body_of(&claim)["token"].as_str().unwrap().to_owned();
+        s.on_done(&h);
+        assert!(
+            w.handed_over().is_empty(),
+            "not before the claim callout has surely landed"
+        );
+        w.advance(w.worker.cfg.keystore.as_ref().unwrap().timeout_ms);
+        let deferred = w.handed_over();
+        assert_eq!(deferred.len(), 1);
+        assert_eq!(body_of(&deferred[0].callout)["token"], proposed.as_str());
+        assert!(deferred[0]
+            .callout
+            .headers
+            .contains(&(":path".into(), "/v1/release".into())));
+        let (_, h2, _) = w.send(&post("k", b"a"));
+        assert!(h2.last_sent().is_none(), "L1 was released at once");
     }
 
     #[test]

@@ -55,6 +55,16 @@ pub struct ClaimRequest {
     /// How long to hold the request while the key is in flight with this fingerprint (0: answer
     /// at once).
     pub wait_ms: u64,
+    /// The fencing token the caller proposes for the claim, if any (else the key store makes one).
+    /// A caller that knows its token before the answer can release a claim whose answer it lost.
+    pub token: Option<String>,
+}
+
+impl ClaimRequest {
+    /// The token a granted claim gets.
+    pub fn token_or_new(&self) -> String {
+        self.token.clone().unwrap_or_else(crate::backend::new_token)
+    }
 }
 
 /// `POST /v1/complete`.
@@ -92,6 +102,10 @@ impl ClaimRequest {
             fingerprint: hex64(&obj, "fingerprint")?,
             lease_ms: millis(&obj, "lease_ms", MAX_LEASE_MS)?,
             wait_ms: optional_millis(&obj, "wait_ms", MAX_WAIT_MS)?,
+            token: match obj.get("token") {
+                None | Some(Value::Null) => None,
+                Some(_) => Some(token(&obj)?),
+            },
         })
     }
 }

@@ -22,6 +22,7 @@ impl Stream {
             fingerprint,
             owner,
             l1: false,
+            proposed_token: format!("{:016x}{:016x}", owner, host.random_u64()),
             token: None,
         };
         let lease_ms = self.worker.cfg.lock_lease_ms;
@@ -49,7 +50,13 @@ impl Stream {
         let Some(ks) = &self.worker.cfg.keystore else {
             return self.execute(host, claim, Request::InCallback);
         };
-        let callout = keystore_client::claim(ks, &claim.key, &fingerprint, lease_ms);
+        let callout = keystore_client::claim(
+            ks,
+            &claim.key,
+            &fingerprint,
+            lease_ms,
+            &claim.proposed_token,
+        );
         match host.dispatch(&callout) {
             Ok(token) => {
                 self.phase = Phase::Claiming {
@@ -153,14 +160,12 @@ impl Stream {
     pub(super) fn release_abandoned_claim(
         &mut self,
         host: &dyn Host,
-        mut claim: Claim,
+        claim: Claim,
         status: Option<u16>,
         body: &[u8],
     ) {
-        if let Ok(ClaimReply::Claimed { token }) = keystore_client::parse_claim(status, body) {
-            claim.token = Some(token);
-            claim.l1 = false;
-            self.release_later(host, &claim);
+        if let Ok(ClaimReply::Claimed { .. }) = keystore_client::parse_claim(status, body) {
+            self.release_later(host, &claim, 0);
         }
     }
 

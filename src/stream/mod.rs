@@ -61,7 +61,10 @@ struct Claim {
     owner: u64,
     /// This request holds the L1 (shared data) claim.
     l1: bool,
-    /// The key store's fencing token, when it granted the claim.
+    /// The fencing token this request asks the key store to claim with: known before the answer,
+    /// so a stream that ends before the answer can still release what it may have claimed.
+    proposed_token: String,
+    /// The key store's fencing token, once it granted the claim.
     token: Option<String>,
 }
 
@@ -239,8 +242,16 @@ impl Stream {
         self.ended = true;
         match std::mem::replace(&mut self.phase, Phase::Passthrough) {
             Phase::Claiming { claim, .. } => {
-                // Never forwarded. A claim the key store granted meanwhile ends with its lease.
+                // Never forwarded. The claim may still land in the key store: release it once
+                // the claim callout has surely landed or timed out.
                 self.release_l1(host, &claim);
+                let after_ms = self
+                    .worker
+                    .cfg
+                    .keystore
+                    .as_ref()
+                    .map_or(0, |k| k.timeout_ms);
+                self.release_later(host, &claim, after_ms);
             }
             Phase::Forwarded(claim) => {
                 self.unknown_outcome(host, claim, UnknownCause::StreamEnded);

@@ -178,12 +178,15 @@ impl Stream {
         self.write(host, &claim, callout)
     }
 
-    /// A release for the root context to send: this stream has no response to hold for it.
-    pub(super) fn release_later(&self, host: &dyn Host, claim: &Claim) {
-        if let (Some(ks), Some(token)) = (&self.worker.cfg.keystore, &claim.token) {
+    /// A release of the key-store claim (granted or maybe granted) for the root context to send:
+    /// this stream has no response to hold for it. `after_ms`: wait that long first.
+    pub(super) fn release_later(&self, host: &dyn Host, claim: &Claim, after_ms: u64) {
+        if let Some(ks) = &self.worker.cfg.keystore {
+            let now = host.now_ms();
             self.worker.defer(Deferred {
-                callout: keystore_client::release(ks, &claim.key, token),
-                until_ms: host.now_ms().saturating_add(self.worker.cfg.lock_lease_ms),
+                callout: keystore_client::release(ks, &claim.key, &claim.proposed_token),
+                not_before_ms: now.saturating_add(after_ms),
+                until_ms: now.saturating_add(self.worker.cfg.lock_lease_ms),
             });
         }
     }
@@ -193,6 +196,7 @@ impl Stream {
     fn write(&mut self, host: &dyn Host, claim: &Claim, callout: Callout) -> Flow {
         let write = Deferred {
             callout,
+            not_before_ms: 0,
             // Past the lease the key store refuses the write as stale anyway.
             until_ms: host.now_ms().saturating_add(self.worker.cfg.lock_lease_ms),
         };

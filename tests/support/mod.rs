@@ -27,6 +27,8 @@ use serde_json::Value;
 pub mod killable;
 /// A persistent `redis-server` that can be crashed and restarted on its port.
 pub mod redis;
+/// A TCP link with latency, to make the key store slow.
+pub mod slow_link;
 
 /// How long a process may take to come up (the machine may be busy compiling).
 const START_TIMEOUT: Duration = Duration::from_secs(90);
@@ -274,9 +276,14 @@ pub struct Upstream {
 
 impl Upstream {
     pub async fn start() -> Upstream {
+        Upstream::start_at(0).await
+    }
+
+    /// On a given port (0: a free one), e.g. one a gateway already points at.
+    pub async fn start_at(port: u16) -> Upstream {
         let dir = tempdir();
         let mut cmd = Command::new(workspace_bin("payments-demo"));
-        cmd.args(["--listen", "127.0.0.1:0"]);
+        cmd.args(["--listen", &format!("127.0.0.1:{port}")]);
         let (proc, addr) =
             spawn_listening("payments-demo", cmd, dir.path().join("payments.log")).await;
         Upstream {

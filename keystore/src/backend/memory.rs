@@ -14,7 +14,7 @@ use moka::ops::compute::Op;
 use moka::Expiry;
 use tokio::sync::watch;
 
-use super::{new_token, Backend, BackendError, ClaimOutcome, Fenced, KeyChange};
+use super::{Backend, BackendError, ClaimOutcome, Fenced, KeyChange};
 use crate::protocol::{ClaimRequest, CompleteRequest, Hex64, ReleaseRequest, RenewRequest};
 
 /// One stored key.
@@ -169,7 +169,7 @@ impl Backend for MemoryBackend {
                 },
             ),
             None => {
-                let token = new_token();
+                let token = req.token_or_new();
                 let entry = Entry {
                     fingerprint: req.fingerprint.clone(),
                     state: State::InFlight {

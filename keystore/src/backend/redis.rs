@@ -22,7 +22,7 @@ use redis::cluster_async::ClusterConnection;
 use redis::{RedisResult, Script, Value};
 use tokio::sync::OnceCell;
 
-use super::{new_token, Backend, BackendError, ClaimOutcome, Fenced};
+use super::{Backend, BackendError, ClaimOutcome, Fenced};
 use crate::protocol::{ClaimRequest, CompleteRequest, Hex64, ReleaseRequest, RenewRequest};
 
 /// Shared prelude: `now` in milliseconds from the Redis server clock.
@@ -183,7 +183,7 @@ where
 {
     async fn claim(&self, req: &ClaimRequest) -> Result<ClaimOutcome, BackendError> {
         let mut conn = self.connection().await?;
-        let token = new_token();
+        let token = req.token_or_new();
         let reply: Vec<Vec<u8>> = self
             .claim
             .key(Self::record_key(&req.key))

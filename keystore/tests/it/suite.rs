@@ -18,6 +18,7 @@ macro_rules! backend_suite {
             retention_expiry, concurrent_claims_have_one_winner, malformed_fields_are_named,
             bearer_token_required, body_limit_gives_413, health_ready_and_metrics,
             complete_after_expiry_is_stale, complete_twice_is_stale, renew_extends_the_lease,
+            proposed_token_is_the_claims_token,
             renew_is_fenced, renew_after_expiry_is_stale, waiter_gets_the_record,
             waiter_claims_after_release, waiter_takes_over_an_expired_lease,
             waiter_times_out_in_flight, twenty_waiters_get_the_record,
@@ -691,4 +692,27 @@ pub async fn wait_outlasts_the_backend_timeout(backend: Arc<dyn Backend>) {
     assert_eq!(status, StatusCode::OK, "{body}");
     assert_eq!(body["outcome"], "in_flight", "{body}");
     assert!(started.elapsed() >= Duration::from_millis(1_000));
+}
+
+/// A caller that proposes its token can release a claim whose answer it never read.
+pub async fn proposed_token_is_the_claims_token(backend: Arc<dyn Backend>) {
+    let ks = open(backend).await;
+    let (key, fp) = (hex64(), hex64());
+    let mine = "f".repeat(32);
+    let claim =
+        |token: &str| json!({"key": key, "fingerprint": fp, "lease_ms": 30_000, "token": token});
+    let (status, body) = ks.post("/v1/claim", claim(&mine)).await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(body, json!({"outcome": "claimed", "token": mine}));
+    // Another caller's proposal does not take a held key.
+    let (_, body) = ks.post("/v1/claim", claim(&"e".repeat(32))).await;
+    assert_eq!(body["outcome"], "in_flight", "{body}");
+    let (status, body) = ks.release(&key, &mine).await;
+    assert_eq!(
+        (status, body["outcome"].as_str()),
+        (StatusCode::OK, Some("released"))
+    );
+    let (status, body) = ks.post("/v1/claim", claim("")).await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+    assert!(body.to_string().contains("token"), "{body}");
 }

@@ -1,0 +1,60 @@
+//! A TCP link with latency: forwards a loopback port to another, delaying every chunk sent
+//! towards the server. It stands between a gateway and the real key store to make the key store
+//! slow without changing it (the network between them is what is slow).
+
+use std::time::Duration;
+
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+
+/// A running link; dropping it stops accepting (open connections finish on their own).
+pub struct SlowLink {
+    pub port: u16,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl SlowLink {
+    /// Listens on a free port and forwards to `127.0.0.1:to`, each client chunk `delay` late.
+    pub async fn start(to: u16, delay: Duration) -> SlowLink {
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind link");
+        let port = listener.local_addr().expect("link addr").port();
+        let task = tokio::spawn(async move {
+            while let Ok((client, _)) = listener.accept().await {
+                tokio::spawn(relay(client, to, delay));
+            }
+        });
+        SlowLink { port, task }
+    }
+}
+
+impl Drop for SlowLink {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+async fn relay(client: TcpStream, to: u16, delay: Duration) {
+    let Ok(server) = TcpStream::connect(("127.0.0.1", to)).await else {
+        return;
+    };
+    let (mut client_rx, mut client_tx) = client.into_split();
+    let (mut server_rx, mut server_tx) = server.into_split();
+    let upstream = async move {
+        let mut buf = vec![0u8; 64 * 1024];
+        while let Ok(n) = client_rx.read(&mut buf).await {
+            if n == 0 {
+                break;
+            }
+            tokio::time::sleep(delay).await;
+            if server_tx.write_all(&buf[..n]).await.is_err() {
+                break;
+            }
+        }
+        let _ = server_tx.shutdown().await;
+    };
+    let downstream = async move {
+        let _ = tokio::io::copy(&mut server_rx, &mut client_tx).await;
+        let _ = client_tx.shutdown().await;
+    };
+    tokio::join!(upstream, downstream);
+}
