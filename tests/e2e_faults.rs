@@ -321,25 +321,23 @@ async fn upstream_resets_the_connection() {
     let http = client();
     let key = new_key();
     let m0 = metrics(&envoy).await;
-    for attempt in 1..=2 {
-        let resp = send(post_payment(&http, &envoy, "alice", Some(&key), "{}")).await;
-        assert_eq!(resp.status, 503, "{}", resp.describe());
-        assert!(!resp.replayed());
-        assert_eq!(
-            reset.requests(),
-            attempt,
-            "the retry must reach the upstream again (claim released)"
-        );
-    }
+    let resp = send(post_payment(&http, &envoy, "alice", Some(&key), "{}")).await;
+    assert_eq!(resp.status, 503, "{}", resp.describe());
+    assert!(!resp.replayed());
+    // The upstream read the request before it reset: it may have executed, so the key is locked.
+    let retry = send(post_payment(&http, &envoy, "alice", Some(&key), "{}")).await;
+    assert_problem(&retry, 409);
+    assert_eq!(reset.requests(), 1, "the retry must not reach the upstream");
     let m1 = metrics(&envoy).await;
-    assert_eq!(delta(&m0, &m1, "released"), 2, "{m1:?}");
-    assert_eq!(delta(&m0, &m1, "executed"), 2, "{m1:?}");
+    assert_eq!(delta(&m0, &m1, "unknown_outcome"), 1, "{m1:?}");
+    assert_eq!(delta(&m0, &m1, "executed"), 1, "{m1:?}");
+    assert_eq!(delta(&m0, &m1, "released"), 0, "{m1:?}");
     assert_envoy_healthy(&mut envoy, "upstream reset").await;
     row(
         "upstream resets the connection (raw TCP server: read, then RST)",
-        "503 from Envoy (reset before headers), not stored",
-        "1 per attempt (2 attempts, 2 executions)",
-        "no: the retry executes again",
+        "503 from Envoy (reset before headers); outcome unknown: the retry 409, then 410 after the hold",
+        "1",
+        "no: locked as outcome unknown",
         &counted(&m0, &m1),
     );
 }
@@ -357,7 +355,7 @@ async fn upstream_hangs_fails_or_loses_its_client() {
     let http = client();
     let body = r#"{"amount":4}"#;
 
-    // Hanging past the route timeout (800 ms): 504, released, the retry executes.
+    // Hanging past the route timeout (800 ms): 504, outcome unknown, the retry gets 409.
     let m0 = metrics(&envoy).await;
     let key = new_key();
     let hung = send(
@@ -366,25 +364,23 @@ async fn upstream_hangs_fails_or_loses_its_client() {
     .await;
     assert_eq!(hung.status, 504, "{}", hung.describe());
     let retry = send(post_payment(&http, &envoy, "alice", Some(&key), body)).await;
-    assert_eq!(retry.status, 201, "{}", retry.describe());
-    assert!(!retry.replayed());
-    assert_replay(
-        &retry,
-        &send(post_payment(&http, &envoy, "alice", Some(&key), body)).await,
-    );
-    assert_eq!(upstream.post_requests().await, 2);
+    assert_problem(&retry, 409);
+    assert_eq!(upstream.post_requests().await, 1);
     let m1 = metrics(&envoy).await;
-    assert_eq!(delta(&m0, &m1, "released"), 1, "{m1:?}");
-    // Envoy reset the hung upstream request; payments-demo drops the handler with the connection.
+    assert_eq!(delta(&m0, &m1, "unknown_outcome"), 1, "{m1:?}");
+    // Envoy reset the hung upstream request, and the upstream finished its work anyway.
     tokio::time::sleep(Duration::from_millis(2000)).await;
-    let created = upstream.payment_count().await;
-    assert_eq!(created, 1, "the timed-out attempt created a payment");
+    assert_eq!(
+        upstream.payment_count().await,
+        1,
+        "the timed-out attempt ran"
+    );
     assert_envoy_healthy(&mut envoy, "route timeout").await;
     row(
         "upstream hangs past the route timeout (800 ms; upstream delay 2.5 s)",
-        "504 from Envoy; the retry 201, then replayed",
-        "2 requests reached the upstream, 1 payment created (the hung one was reset before it finished)",
-        "no: the retry executes",
+        "504 from Envoy; outcome unknown: the retry 409, then 410 after the hold",
+        "1 (the hung request finished its work after Envoy gave up on it)",
+        "no: locked as outcome unknown",
         &counted(&m0, &m1),
     );
 
@@ -399,7 +395,7 @@ async fn upstream_hangs_fails_or_loses_its_client() {
     let retry = send(post_payment(&http, &envoy, "alice", Some(&key), body)).await;
     assert_eq!(retry.status, 201, "{}", retry.describe());
     assert!(!retry.replayed());
-    assert_eq!(upstream.post_requests().await, 4);
+    assert_eq!(upstream.post_requests().await, 3);
     let m1 = metrics(&envoy).await;
     assert_eq!(delta(&m0, &m1, "released"), 1, "{m1:?}");
     assert_envoy_healthy(&mut envoy, "upstream 5xx").await;
@@ -424,29 +420,24 @@ async fn upstream_hangs_fails_or_loses_its_client() {
         .send()
         .await;
     assert!(gone.is_err(), "the client should have given up: {gone:?}");
-    let (done, conflicts) = until_201(Duration::from_secs(10), || {
-        send(post_payment(&http, &envoy, "alice", Some(&key), body))
-    })
-    .await;
-    assert!(!done.replayed());
-    assert_replay(
-        &done,
-        &send(post_payment(&http, &envoy, "alice", Some(&key), body)).await,
-    );
+    let retry = send(post_payment(&http, &envoy, "alice", Some(&key), body)).await;
+    assert_problem(&retry, 409);
     let m1 = metrics(&envoy).await;
-    assert_eq!(delta(&m0, &m1, "released"), 1, "{m1:?}");
+    assert_eq!(delta(&m0, &m1, "unknown_outcome"), 1, "{m1:?}");
+    assert_eq!(delta(&m0, &m1, "released"), 0, "{m1:?}");
     tokio::time::sleep(Duration::from_millis(700)).await;
     assert_eq!(
         upstream.payment_count().await,
         3,
-        "payments: 1 + 1 + this one"
+        "payments: the hung one, the 5xx retry, and this one"
     );
+    assert_eq!(upstream.post_requests().await, 4, "never executed again");
     assert_envoy_healthy(&mut envoy, "client gone").await;
     row(
         "client disconnects while its request is at the upstream",
-        &format!("(nothing: gone); the retry: {conflicts}× 409 then 201, then replayed"),
-        "2 requests reached the upstream, 1 payment (Envoy reset the abandoned upstream request)",
-        "no: released when the stream ended",
+        "(nothing: gone); outcome unknown: the retry 409, then 410 after the hold",
+        "1 (the upstream finished the abandoned request)",
+        "no: locked as outcome unknown",
         &counted(&m0, &m1),
     );
 }

@@ -67,6 +67,9 @@ pub async fn metrics(envoy: &Envoy) -> HashMap<&'static str, u64> {
         "not_covered",
         "not_replayable",
         "unauthenticated",
+        "unknown_outcome",
+        "unknown_outcome_answered",
+        "renewal_refused",
     ] {
         let suffix = format!("idempotency.{name}");
         let value = stats
