@@ -1,32 +1,58 @@
-//! Property tests of the state machine against a model (issue 6).
+//! Property tests of the state machine against a model.
 //!
 //! Random interleavings of operations over two callers, three keys and three bodies, on several
 //! concurrent streams (Envoy workers) that share one clock and, per Envoy, one shared-data map:
 //! requests start, their bodies arrive, callouts are answered (or fail), the upstream answers
-//! 2xx / 5xx / 429, streams reset, time passes (past the lease, past retention).
+//! 2xx / 5xx / 429 (whole, or its headers first and its body later), Envoy answers in the
+//! upstream's place (route timeout or upstream reset: the request may have executed; connection
+//! failure, no healthy upstream, overflow: it never left; a request timeout while the claim is
+//! pending), streams reset, an Envoy's root context stops (or resumes) ticking, and time passes
+//! tick by tick: on every tick the root context of each Envoy renews the leases of the requests
+//! it executes and sends the key-store writes that streams handed over.
 //!
 //! Two worlds: one Envoy with no key store (L1 is the truth), and two Envoys sharing a key store
-//! that this file models as an in-memory map implementing README "Key-store API (v1)", with
-//! faults injected (503, reset, garbage, a reply lost after the store applied the call).
+//! that this file models as an in-memory map implementing README "Key-store API (v1)": claim,
+//! complete, release and renew, where complete, release and renew are accepted only from the
+//! current claim's token while its lease is live. Faults are injected on the streams' callouts
+//! and on the root context's (503, reset, garbage, a reply lost after the store applied the call).
+//! Under the `lock` policy for unknown outcomes (the default), and under `release`.
 //!
 //! Invariants, checked after every step:
-//! - the upstream executes at most once per (caller, key) while a completed record lives: when a
-//!   request is forwarded, the truth (the model of L1, or the key store model) holds no live record
-//!   and no live claim of another request for its (caller, key), and the request owns the claim;
+//! - the upstream executes at most once per (caller, key) while a record lives, whatever the
+//!   record says (a response, or "outcome unknown"): when a request is forwarded, the truth (the
+//!   model of L1, or the key store model) holds no live record and no live claim of another
+//!   request for its (caller, key), and the request owns the claim;
+//! - a request that executes keeps its claim in the truth while its stream lives and its Envoy
+//!   ticks (unless a renewal of it was lost to a fault): no takeover of a slow upstream;
 //! - a replay equals, byte for byte, the response of an execution of the same (caller, key, body)
-//!   whose record is still live, so no caller ever receives another caller's response;
-//! - 409 only while a claim on that (caller, key) is live; 422 only while a claim or a record with
-//!   another body is live; 503 only after an injected fault; nothing else is answered locally;
+//!   whose record is still live, so no caller ever receives another caller's response; a record
+//!   the key store stores is the response of the request that owns the claim;
+//! - 409 only while a claim on that (caller, key) is live, or while an unknown outcome of the
+//!   same request is on hold (its Retry-After: the hold left, in seconds rounded up); 410
+//!   "outcome unknown" only after the hold of a live unknown-outcome record of the same request;
+//!   422 only while a claim or a record with another body is live; 503 only after an injected
+//!   fault; nothing else is answered locally;
 //! - at most one local reply per stream, never one for a forwarded request;
-//! - without a key store, every decision is exactly the model's (forward, replay, 409, 422, 503);
+//! - with a key store, every end of an execution is written there before the response goes on;
+//!   a stream hands exactly one write to the root context when it ends while its request
+//!   executes or while its own write is pending, a failed write is handed over for retry, a
+//!   claim granted after Envoy answered is released from the root context, and nothing else is
+//!   handed over; the root context renews only requests that still execute;
+//! - without a key store, every decision is exactly the model's (forward, replay, 409 and its
+//!   Retry-After, 410, 422, 503), the model renewing each executing claim once a third of the
+//!   lease has gone;
 //! - never a panic.
 //!
 //! `PROPTEST_CASES=N` runs more cases (default: 48 per world, a few seconds).
 
 use crate::config::Config;
+use crate::deferred::Settled;
+use crate::host::Callout;
 use crate::l1::NearCache;
+use crate::record::{Outcome, Record, StoredResponse};
 use crate::stream::{Flow, Stream, REPLAYED_HEADER};
 use crate::testing::{FakeHost, FakeShared};
+use crate::worker::{Purpose, RootReply, Worker};
 use base64::engine::general_purpose::STANDARD as B64;
 use base64::Engine;
 use proptest::prelude::*;
@@ -37,11 +63,22 @@ use std::collections::HashMap;
 use std::rc::Rc;
 
 const LEASE_MS: u64 = 1_000;
+/// How long a key whose outcome is unknown answers 409 before its terminal 410.
+const HOLD_MS: u64 = 3_000;
 const RETENTION_MS: u64 = 10_000;
+/// The root context's timer period, as the adapter sets it.
+const TICK_MS: u64 = 200;
 const CALLERS: [&str; 2] = ["Bearer alice", "Bearer bob"];
 const KEYS: [&str; 3] = ["k0", "\"k1\"", "k2"];
 /// The first body is empty: the request ends with its headers.
 const BODIES: [&[u8]; 3] = [b"", b"{\"amount\":1}", b"{\"amount\":2}"];
+
+/// Envoy's response flags (bits of the `response.flags` property) that the model uses.
+const NO_HEALTHY_UPSTREAM: u64 = 0x2;
+const UPSTREAM_REQUEST_TIMEOUT: u64 = 0x4;
+const UPSTREAM_REMOTE_RESET: u64 = 0x10;
+const UPSTREAM_CONNECTION_FAILURE: u64 = 0x20;
+const UPSTREAM_OVERFLOW: u64 = 0x80;
 
 fn cases() -> u32 {
     std::env::var("PROPTEST_CASES")
@@ -58,7 +95,7 @@ fn pt_config() -> PtConfig {
     }
 }
 
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Fault {
     None,
     /// The key store (or Envoy for it) answered 503.
@@ -69,6 +106,70 @@ enum Fault {
     Garbage,
     /// The key store applied the call, but the reply was lost (timeout: 504).
     LostReply,
+    /// The root context could not send the callout (its streams' callouts are always sent).
+    NotSent,
+}
+
+impl Fault {
+    /// The key store saw the call.
+    fn applied(self) -> bool {
+        matches!(self, Fault::None | Fault::LostReply)
+    }
+}
+
+/// The fault of the `n`th root-context callout of an `Advance`, read from its fault pattern:
+/// three bits per callout (0 to 2: none).
+fn fault_at(pattern: u64, n: usize) -> Fault {
+    match (pattern >> (3 * (n % 21))) & 7 {
+        3 => Fault::NotSent,
+        4 => Fault::Unavailable,
+        5 => Fault::Reset,
+        6 => Fault::Garbage,
+        7 => Fault::LostReply,
+        _ => Fault::None,
+    }
+}
+
+/// A fault pattern where every root-context callout gets a 503: the key store is down.
+fn key_store_down() -> u64 {
+    (0..21).fold(0u64, |acc, n| acc | 4 << (3 * n))
+}
+
+/// Envoy answers in the upstream's place.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum EnvoyAnswer {
+    /// 504 when the route timeout fires while the upstream works (UT): it may have executed.
+    RouteTimeout,
+    /// 503 after the upstream reset the stream (UR), a connection failure retried before it (UF
+    /// too): it may have executed.
+    UpstreamReset,
+    /// 503, no connection to the upstream (UF): the request never left.
+    ConnectionFailure,
+    /// 503, no healthy upstream (UH): the request never left.
+    NoHealthyUpstream,
+    /// 503, circuit breaker overflow (UO): the request never left.
+    Overflow,
+    /// 408, the request timed out while the filter waited for its claim: never forwarded.
+    RequestTimeout,
+}
+
+impl EnvoyAnswer {
+    fn status_and_flags(self) -> (u16, u64) {
+        match self {
+            EnvoyAnswer::RouteTimeout => (504, UPSTREAM_REQUEST_TIMEOUT),
+            EnvoyAnswer::UpstreamReset => {
+                (503, UPSTREAM_REMOTE_RESET | UPSTREAM_CONNECTION_FAILURE)
+            }
+            EnvoyAnswer::ConnectionFailure => (503, UPSTREAM_CONNECTION_FAILURE),
+            EnvoyAnswer::NoHealthyUpstream => (503, NO_HEALTHY_UPSTREAM),
+            EnvoyAnswer::Overflow => (503, UPSTREAM_OVERFLOW),
+            EnvoyAnswer::RequestTimeout => (408, 0),
+        }
+    }
+
+    fn may_have_executed(self) -> bool {
+        matches!(self, EnvoyAnswer::RouteTimeout | EnvoyAnswer::UpstreamReset)
+    }
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -83,30 +184,35 @@ enum Op {
         trailers: bool,
         cas_fail: usize,
     },
-    /// The rest of the request arrives.
-    Body {
-        s: usize,
+    /// A client retries: a request with the caller, key and body of an earlier one arrives.
+    Retry {
+        envoy: usize,
+        of: usize,
+        trailers: bool,
         cas_fail: usize,
     },
+    /// The rest of the request arrives.
+    Body { s: usize, cas_fail: usize },
     /// The stream's pending callout is answered.
-    Answer {
-        s: usize,
-        fault: Fault,
-    },
-    /// The upstream answers.
-    Respond {
-        s: usize,
-        status: u16,
-    },
-    /// The stream ends early (reset or client gone). With a key store: `claim_applied` says whether
-    /// a pending claim reached the key store anyway; `release_delivered` whether the root
-    /// context's release callout arrives.
+    Answer { s: usize, fault: Fault },
+    /// The upstream answers: its headers and whole body, or (`whole` false) its headers and half
+    /// of its body. On a response being received, the rest of its body.
+    Respond { s: usize, status: u16, whole: bool },
+    /// Envoy answers in the upstream's place (the request timeout: while the claim is pending).
+    Envoy { s: usize, answer: EnvoyAnswer },
+    /// The stream ends early (reset or client gone). With a key store: `pending_applied` says
+    /// whether its pending callout (claim or write) reached the key store anyway; `delivered`
+    /// whether the root context ticks at once and sends what the stream handed over (if not, the
+    /// next ticks do, with the faults of their `Advance`).
     Reset {
         s: usize,
-        claim_applied: bool,
-        release_delivered: bool,
+        pending_applied: bool,
+        delivered: bool,
     },
-    Advance(u64),
+    /// An Envoy's root context stops ticking (or ticks again): its leases are no longer renewed.
+    Freeze { envoy: usize },
+    /// Time passes tick by tick; `faults`: the pattern of faults of the root context's callouts.
+    Advance { ms: u64, faults: u64 },
 }
 
 fn fault() -> impl Strategy<Value = Fault> {
@@ -123,6 +229,17 @@ fn cas_fail() -> impl Strategy<Value = usize> {
     prop_oneof![8 => Just(0usize), 1 => 1usize..4, 1 => 16usize..20]
 }
 
+fn envoy_answer() -> impl Strategy<Value = EnvoyAnswer> {
+    prop_oneof![
+        2 => Just(EnvoyAnswer::RouteTimeout),
+        1 => Just(EnvoyAnswer::UpstreamReset),
+        2 => Just(EnvoyAnswer::ConnectionFailure),
+        1 => Just(EnvoyAnswer::NoHealthyUpstream),
+        1 => Just(EnvoyAnswer::Overflow),
+        2 => Just(EnvoyAnswer::RequestTimeout),
+    ]
+}
+
 fn op() -> impl Strategy<Value = Op> {
     prop_oneof![
         4 => (0..2usize, 0..2usize, 0..3usize, 0..3usize, any::<bool>(), cas_fail()).prop_map(
@@ -135,27 +252,43 @@ fn op() -> impl Strategy<Value = Op> {
                 cas_fail
             }
         ),
+        3 => (0..2usize, any::<usize>(), any::<bool>(), cas_fail()).prop_map(
+            |(envoy, of, trailers, cas_fail)| Op::Retry {
+                envoy,
+                of,
+                trailers,
+                cas_fail
+            }
+        ),
         2 => (any::<usize>(), cas_fail()).prop_map(|(s, cas_fail)| Op::Body { s, cas_fail }),
         3 => (any::<usize>(), fault()).prop_map(|(s, fault)| Op::Answer { s, fault }),
         3 => (
             any::<usize>(),
-            prop_oneof![3 => Just(201u16), 1 => Just(200), 1 => Just(500), 1 => Just(503), 1 => Just(429)]
+            prop_oneof![3 => Just(201u16), 1 => Just(200), 1 => Just(500), 1 => Just(503), 1 => Just(429)],
+            prop::bool::weighted(0.7),
         )
-            .prop_map(|(s, status)| Op::Respond { s, status }),
+            .prop_map(|(s, status, whole)| Op::Respond { s, status, whole }),
+        1 => (any::<usize>(), envoy_answer()).prop_map(|(s, answer)| Op::Envoy { s, answer }),
         1 => (any::<usize>(), any::<bool>(), any::<bool>()).prop_map(
-            |(s, claim_applied, release_delivered)| Op::Reset {
+            |(s, pending_applied, delivered)| Op::Reset {
                 s,
-                claim_applied,
-                release_delivered
+                pending_applied,
+                delivered
             }
         ),
-        2 => prop_oneof![
-            Just(1u64),
-            Just(LEASE_MS / 2),
-            Just(LEASE_MS + 1),
-            Just(RETENTION_MS + 1)
-        ]
-        .prop_map(Op::Advance),
+        2 => (0..2usize).prop_map(|envoy| Op::Freeze { envoy }),
+        3 => (
+            prop_oneof![
+                3 => Just(1u64),
+                3 => Just(TICK_MS),
+                2 => Just(LEASE_MS / 2),
+                2 => Just(LEASE_MS + 1),
+                1 => Just(HOLD_MS),
+                1 => Just(RETENTION_MS + 1)
+            ],
+            prop_oneof![6 => Just(0u64), 1 => any::<u64>(), 1 => Just(key_store_down())],
+        )
+            .prop_map(|(ms, faults)| Op::Advance { ms, faults }),
     ]
 }
 
@@ -173,7 +306,7 @@ enum Slot {
     InFlight {
         body: usize,
         until: u64,
-        /// The stream (L1 model) or the token (key store model) that owns it.
+        /// The request (L1 model) or the token (key store model) that owns it.
         owner: String,
     },
     Completed {
@@ -197,17 +330,23 @@ impl Slot {
     }
 }
 
+fn stale() -> (u16, String) {
+    (409, r#"{"outcome":"stale"}"#.into())
+}
+
 /// The key store of README "Key-store API (v1)", in memory.
 #[derive(Default)]
 struct KeyStore {
     map: HashMap<String, Slot>,
     /// Tokens minted so far.
     tokens: u64,
+    /// The body each fingerprint (hex) stands for, learnt from the claims the filter sends.
+    fingerprints: HashMap<String, usize>,
 }
 
 impl KeyStore {
     /// Applies a callout; returns the HTTP status and body it answers.
-    fn apply(&mut self, path: &str, body: &[u8], now: u64, fp_body: usize) -> (u16, String) {
+    fn apply(&mut self, path: &str, body: &[u8], now: u64) -> (u16, String) {
         let Ok(v) = serde_json::from_slice::<Value>(body) else {
             return (400, r#"{"error":"body"}"#.into());
         };
@@ -217,6 +356,10 @@ impl KeyStore {
         match op {
             "claim" => {
                 let lease = v["lease_ms"].as_u64().unwrap_or(0);
+                let fingerprint = v["fingerprint"].as_str().unwrap_or_default();
+                let Some(&fp_body) = self.fingerprints.get(fingerprint) else {
+                    return (400, r#"{"error":"fingerprint"}"#.into());
+                };
                 match current {
                     // Expired in-flight claims are taken over, expired records are gone.
                     None => {
@@ -249,31 +392,49 @@ impl KeyStore {
                     ),
                 }
             }
-            "complete" | "release" => {
+            "complete" | "release" | "renew" => {
                 let token = v["token"].as_str().unwrap_or_default();
-                // The current claim's token, even past its lease, as long as nobody took it over.
-                let owned = matches!(self.map.get(&key), Some(Slot::InFlight { owner, .. }) if owner == token);
-                if !owned {
-                    return (409, r#"{"outcome":"stale"}"#.into());
+                // Only the current claim's token, and only while its lease is live: past it, the
+                // key is free to be taken over, whether or not someone did.
+                let Some(Slot::InFlight { owner, body, .. }) = current else {
+                    return stale();
+                };
+                if owner != token {
+                    return stale();
                 }
-                if op == "release" {
-                    self.map.remove(&key);
-                    return (200, r#"{"outcome":"released"}"#.into());
+                match op {
+                    "release" => {
+                        self.map.remove(&key);
+                        (200, r#"{"outcome":"released"}"#.into())
+                    }
+                    "renew" => {
+                        let lease = v["lease_ms"].as_u64().unwrap_or(0);
+                        self.map.insert(
+                            key,
+                            Slot::InFlight {
+                                body,
+                                until: now + lease,
+                                owner,
+                            },
+                        );
+                        (200, r#"{"outcome":"renewed"}"#.into())
+                    }
+                    _ => {
+                        let record = B64
+                            .decode(v["record"].as_str().unwrap_or_default())
+                            .unwrap_or_default();
+                        let retention = v["retention_ms"].as_u64().unwrap_or(0);
+                        self.map.insert(
+                            key,
+                            Slot::Completed {
+                                body,
+                                expires: now + retention,
+                                record,
+                            },
+                        );
+                        (200, r#"{"outcome":"stored"}"#.into())
+                    }
                 }
-                let record = B64
-                    .decode(v["record"].as_str().unwrap_or_default())
-                    .unwrap_or_default();
-                let retention = v["retention_ms"].as_u64().unwrap_or(0);
-                let body = self.map.get(&key).map_or(fp_body, Slot::body);
-                self.map.insert(
-                    key,
-                    Slot::Completed {
-                        body,
-                        expires: now + retention,
-                        record,
-                    },
-                );
-                (200, r#"{"outcome":"stored"}"#.into())
             }
             _ => (404, String::new()),
         }
@@ -286,12 +447,19 @@ enum Stage {
     Reading,
     /// The request ended; the filter waits for a callout (claim).
     Deciding,
+    /// Envoy answered while the claim was pending; the claim's reply may still land.
+    Abandoned,
     /// Forwarded upstream, waiting for its answer.
     Forwarded,
+    /// The upstream's response headers arrived, its body is still coming.
+    Capturing,
     /// The response waits for a store or release callout.
     Finishing,
     Done,
 }
+
+/// The stages in which a request executes: its claim is renewed.
+const EXECUTING: [Stage; 2] = [Stage::Forwarded, Stage::Capturing];
 
 struct Req {
     id: usize,
@@ -303,15 +471,26 @@ struct Req {
     host: FakeHost,
     stream: Stream,
     stage: Stage,
-    /// Callouts answered so far.
+    /// Callouts of this stream answered (or lost with it) so far.
     answered: usize,
-    /// When it took a claim (L1, or asked the key store): for "409 only while a claim is live".
-    claimed_at: Option<u64>,
+    /// Until when a claim this request took may be live in L1 (renewals push it on): a bound for
+    /// "409 only while a claim is live".
+    lease_until: u64,
+    /// When the worker last renewed its claim: the model of the renewal schedule (no key store).
+    renewed_ms: u64,
+    /// Its claim may lapse: its Envoy stopped ticking, or a renewal of it was lost to a fault.
+    at_risk: bool,
+    /// When it was forwarded.
+    forwarded_at: u64,
+    /// It was seen executing, past the lease, with its claim.
+    outlived: bool,
     faulted: bool,
     /// The key store token it was granted (the model's view).
     token: Option<String>,
     /// The record key hex (from its claim callout), to find its slot in the key store model.
     ks_key: Option<String>,
+    /// The response the upstream sends it (2xx only).
+    response: Option<Resp>,
     sent_seen: usize,
 }
 
@@ -319,10 +498,14 @@ impl Req {
     fn name(&self) -> String {
         format!("r{}", self.id)
     }
+    fn executing(&self) -> bool {
+        EXECUTING.contains(&self.stage)
+    }
 }
 
 /// A 2xx that the upstream executed.
 struct Execution {
+    req: usize,
     caller: usize,
     key: usize,
     body: usize,
@@ -330,18 +513,36 @@ struct Execution {
     expires: u64,
 }
 
+/// An attempt whose outcome is unknown, as the filter records it (in L1, in the key store).
+struct Unknown {
+    req: usize,
+    caller: usize,
+    key: usize,
+    body: usize,
+    hold_until: u64,
+    expires: u64,
+}
+
 struct World {
     cfg: Rc<Config>,
-    workers: Vec<Rc<crate::worker::Worker>>,
+    workers: Vec<Rc<Worker>>,
     shared: Vec<FakeShared>,
     clock: Rc<Cell<u64>>,
     ids: Rc<Cell<u64>>,
     keystore: Option<KeyStore>,
     /// The model of L1 (no key store): (caller, key) -> slot.
-    l1_model: HashMap<(usize, usize), (Slot, String)>,
+    l1_model: HashMap<(usize, usize), Slot>,
+    /// Unknown outcomes are released instead of locked.
+    release_policy: bool,
     reqs: Vec<Req>,
     executions: Vec<Execution>,
+    unknowns: Vec<Unknown>,
     serial: u64,
+    /// Envoys whose root context does not tick.
+    frozen: Vec<bool>,
+    next_tick: u64,
+    /// Callouts the root contexts sent so far.
+    root_calls: u32,
     stats: Stats,
 }
 
@@ -350,28 +551,91 @@ struct World {
 struct Stats {
     forwarded: u64,
     replayed: u64,
+    /// 409 for a live claim.
     conflict: u64,
+    /// 409 for an unknown outcome on hold.
+    held: u64,
     mismatch: u64,
     unavailable: u64,
+    /// Unknown-outcome records written to the truth (the L1 model, or the key store model).
+    unknown: u64,
+    /// 410: outcome unknown.
+    gone: u64,
+    /// Renewals applied to the truth.
+    renewed: u64,
+    /// Requests seen executing for longer than the lease, still owning their claim.
+    outlived: u64,
+    /// A request forwarded while another one with its (caller, key) still executed, whose claim
+    /// lapsed.
+    takeover: u64,
 }
 
-fn lease_model_owner(slot: &Option<(Slot, String)>) -> Option<&String> {
-    match slot {
-        Some((Slot::InFlight { .. }, owner)) => Some(owner),
-        _ => None,
+impl Stats {
+    fn add(&mut self, s: &Stats) {
+        self.forwarded += s.forwarded;
+        self.replayed += s.replayed;
+        self.conflict += s.conflict;
+        self.held += s.held;
+        self.mismatch += s.mismatch;
+        self.unavailable += s.unavailable;
+        self.unknown += s.unknown;
+        self.gone += s.gone;
+        self.renewed += s.renewed;
+        self.outlived += s.outlived;
+        self.takeover += s.takeover;
+    }
+
+    fn all_reached(&self) -> bool {
+        [
+            self.forwarded,
+            self.replayed,
+            self.conflict,
+            self.held,
+            self.mismatch,
+            self.unavailable,
+            self.unknown,
+            self.gone,
+            self.renewed,
+            self.outlived,
+            self.takeover,
+        ]
+        .iter()
+        .all(|&n| n > 0)
     }
 }
 
+fn path_of(callout: &Callout) -> String {
+    callout
+        .headers
+        .iter()
+        .find(|(n, _)| n == ":path")
+        .map(|(_, v)| v.clone())
+        .unwrap_or_default()
+}
+
+fn retry_after(reply: &crate::testing::Sent) -> Option<u64> {
+    reply
+        .header("retry-after")
+        .and_then(|v| std::str::from_utf8(v).ok())
+        .and_then(|v| v.parse().ok())
+}
+
+/// The Retry-After of a 409 for an unknown outcome on hold until `hold_until`.
+fn hold_left_s(hold_until: u64, now: u64) -> u64 {
+    (hold_until - now).div_ceil(1000).max(1)
+}
+
 impl World {
-    fn new(with_keystore: bool, stream_mode: bool) -> World {
+    fn new(with_keystore: bool, stream_mode: bool, release_policy: bool) -> World {
         let ks = if with_keystore {
             r#","keystore":{"cluster":"ks","token":"s3cret"}"#
         } else {
             ""
         };
         let mode = if stream_mode { "stream" } else { "hold" };
+        let policy = if release_policy { "release" } else { "lock" };
         let json = format!(
-            r#"{{"lock_lease_ms":{LEASE_MS},"retention_s":{},"l1_slots":2,"headers_mode":"{mode}","failure_mode":"fail_closed"{ks}}}"#,
+            r#"{{"lock_lease_ms":{LEASE_MS},"retention_s":{},"unknown_outcome":"{policy}","unknown_hold_ms":{HOLD_MS},"l1_slots":2,"headers_mode":"{mode}","failure_mode":"fail_closed"{ks}}}"#,
             RETENTION_MS / 1000
         );
         let cfg = Config::parse(json.as_bytes()).unwrap();
@@ -385,20 +649,26 @@ impl World {
             };
             let s = FakeShared::default();
             cache.ensure_slots(&s).unwrap();
-            workers.push(Rc::new(crate::worker::Worker::new(cfg.clone(), cache)));
+            workers.push(Rc::new(Worker::new(cfg.clone(), cache)));
             shared.push(s);
         }
+        let start = 1_000_000;
         World {
             cfg: Rc::new(cfg),
             workers,
             shared,
-            clock: Rc::new(Cell::new(1_000_000)),
+            clock: Rc::new(Cell::new(start)),
             ids: Rc::new(Cell::new(0)),
             keystore: with_keystore.then(KeyStore::default),
             l1_model: HashMap::new(),
+            release_policy,
             reqs: Vec::new(),
             executions: Vec::new(),
+            unknowns: Vec::new(),
             serial: 0,
+            frozen: vec![false; envoys],
+            next_tick: start + TICK_MS,
+            root_calls: 0,
             stats: Stats::default(),
         }
     }
@@ -418,6 +688,11 @@ impl World {
         }
     }
 
+    /// Writes the streams of Envoy `e` handed to its root context and not settled yet.
+    fn handed_over(&self, e: usize) -> usize {
+        self.workers[e].writes.borrow().pending()
+    }
+
     fn run(&mut self, op: Op) -> Result<(), TestCaseError> {
         match op {
             Op::Start {
@@ -434,40 +709,238 @@ impl World {
                 body,
                 trailers,
                 cas_fail,
-            ),
-            Op::Body { s, cas_fail } => match self.pick(s, &[Stage::Reading]) {
-                Some(i) => self.body(i, cas_fail),
-                None => Ok(()),
-            },
-            Op::Answer { s, fault } => match self.pick(s, &[Stage::Deciding, Stage::Finishing]) {
-                Some(i) => self.answer(i, fault),
-                None => Ok(()),
-            },
-            Op::Respond { s, status } => match self.pick(s, &[Stage::Forwarded]) {
-                Some(i) => self.respond(i, status),
-                None => Ok(()),
-            },
+            )?,
+            Op::Retry {
+                envoy,
+                of,
+                trailers,
+                cas_fail,
+            } => {
+                if !self.reqs.is_empty() {
+                    let r = &self.reqs[of % self.reqs.len()];
+                    let (caller, key, body) = (r.caller, r.key, r.body);
+                    let envoy = envoy % self.shared.len();
+                    self.start(envoy, caller, key, body, trailers, cas_fail)?;
+                }
+            }
+            Op::Body { s, cas_fail } => {
+                if let Some(i) = self.pick(s, &[Stage::Reading]) {
+                    self.body(i, cas_fail)?;
+                }
+            }
+            Op::Answer { s, fault } => {
+                let stages = [Stage::Deciding, Stage::Abandoned, Stage::Finishing];
+                if let Some(i) = self.pick(s, &stages) {
+                    self.answer(i, fault)?;
+                }
+            }
+            Op::Respond { s, status, whole } => {
+                if let Some(i) = self.pick(s, &EXECUTING) {
+                    self.respond(i, status, whole)?;
+                }
+            }
+            Op::Envoy { s, answer } => {
+                let stage = if answer == EnvoyAnswer::RequestTimeout {
+                    Stage::Deciding
+                } else {
+                    Stage::Forwarded
+                };
+                if let Some(i) = self.pick(s, &[stage]) {
+                    self.envoy_answers(i, answer)?;
+                }
+            }
             Op::Reset {
                 s,
-                claim_applied,
-                release_delivered,
+                pending_applied,
+                delivered,
             } => {
                 let stages = [
                     Stage::Reading,
                     Stage::Deciding,
+                    Stage::Abandoned,
                     Stage::Forwarded,
+                    Stage::Capturing,
                     Stage::Finishing,
                 ];
-                match self.pick(s, &stages) {
-                    Some(i) => self.reset(i, claim_applied, release_delivered),
-                    None => Ok(()),
+                if let Some(i) = self.pick(s, &stages) {
+                    self.reset(i, pending_applied, delivered)?;
                 }
             }
-            Op::Advance(ms) => {
-                self.clock.set(self.now() + ms);
-                Ok(())
+            Op::Freeze { envoy } => {
+                let e = envoy % self.frozen.len();
+                self.frozen[e] = !self.frozen[e];
+                if self.frozen[e] {
+                    for r in self.reqs.iter_mut().filter(|r| r.envoy == e) {
+                        r.at_risk |= r.executing();
+                    }
+                }
+            }
+            Op::Advance { ms, faults } => self.advance(ms, faults)?,
+        }
+        self.check_leases()
+    }
+
+    /// Time passes; the root context of every Envoy that is not frozen ticks every `TICK_MS`.
+    fn advance(&mut self, ms: u64, faults: u64) -> Result<(), TestCaseError> {
+        let target = self.now() + ms;
+        let mut n = 0;
+        while self.next_tick <= target {
+            self.clock.set(self.next_tick);
+            for e in 0..self.workers.len() {
+                if !self.frozen[e] {
+                    self.tick(e, faults, &mut n)?;
+                }
+            }
+            self.check_leases()?;
+            self.next_tick += TICK_MS;
+        }
+        self.clock.set(target);
+        Ok(())
+    }
+
+    /// One tick of Envoy `e`'s root context: renewals, and the writes streams handed over, sent
+    /// at once; their replies (with the faults of `faults`) are fed back.
+    fn tick(&mut self, e: usize, faults: u64, n: &mut usize) -> Result<(), TestCaseError> {
+        let now = self.now();
+        for r in self.reqs.iter_mut() {
+            // A renewal extends an L1 claim only while it is live.
+            if r.envoy == e && r.executing() && now < r.lease_until {
+                r.lease_until = now + LEASE_MS;
             }
         }
+        let out = self.workers[e].on_tick(&self.shared[e], now);
+        if self.keystore.is_none() {
+            prop_assert!(
+                out.is_empty(),
+                "no key store: the root context sends nothing"
+            );
+            self.renew_l1_model(e, now);
+            return Ok(());
+        }
+        for (callout, purpose) in out {
+            let fault = fault_at(faults, *n);
+            *n += 1;
+            self.root_calls += 1;
+            let token = 1_000_000 + self.root_calls;
+            let path = path_of(&callout);
+            let v: Value = serde_json::from_slice(&callout.body)
+                .map_err(|e| TestCaseError::fail(format!("root callout body: {e}")))?;
+            let ks_token = v["token"].as_str().unwrap_or_default();
+            let owner = self
+                .reqs
+                .iter()
+                .position(|r| r.token.as_deref() == Some(ks_token));
+            let Some(j) = owner else {
+                return Err(TestCaseError::fail(format!(
+                    "the root context sent {path} with a token the key store never granted"
+                )));
+            };
+            match &purpose {
+                Purpose::Renewal(_) => {
+                    prop_assert!(path.ends_with("/renew"), "a renewal is {}", path);
+                    prop_assert!(
+                        self.reqs[j].envoy == e && self.reqs[j].executing(),
+                        "renewed request {} no longer executes on this Envoy",
+                        j
+                    );
+                }
+                Purpose::Write(_) => prop_assert!(
+                    path.ends_with("/complete") || path.ends_with("/release"),
+                    "a handed-over write is {}",
+                    path
+                ),
+            }
+            if fault == Fault::NotSent {
+                let before = self.handed_over(e);
+                let renewal = matches!(purpose, Purpose::Renewal(_));
+                self.workers[e].not_sent(purpose, "cluster not found");
+                self.reqs[j].at_risk |= renewal;
+                prop_assert_eq!(
+                    self.handed_over(e),
+                    before + usize::from(!renewal),
+                    "a write that could not be sent is queued again, a renewal is not"
+                );
+                continue;
+            }
+            self.workers[e].sent(token, purpose.clone());
+            let (status, reply) = self.call_keystore(&callout, fault, None)?;
+            let root = self.workers[e].on_reply(token, status, reply.as_bytes(), now);
+            match purpose {
+                Purpose::Renewal(key) => {
+                    if !fault.applied() {
+                        self.reqs[j].at_risk = true;
+                    }
+                    let want = match (fault, status) {
+                        (Fault::None, Some(200)) => RootReply::Renewed,
+                        (Fault::None, Some(409)) => RootReply::RenewalRefused(key),
+                        _ => RootReply::RenewalFailed(String::new()),
+                    };
+                    let same = match (&root, &want) {
+                        (RootReply::RenewalFailed(_), RootReply::RenewalFailed(_)) => true,
+                        (a, b) => a == b,
+                    };
+                    prop_assert!(same, "renewal reply {:?}, expected {:?}", root, want);
+                }
+                Purpose::Write(_) => {
+                    let ok = match fault {
+                        Fault::None => root == RootReply::Write(Settled::Done),
+                        _ => matches!(root, RootReply::Write(Settled::Retrying(_))),
+                    };
+                    prop_assert!(ok, "write reply {:?} under {:?}", root, fault);
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// The worker renews each claim it executes under once a third of the lease has gone; L1
+    /// extends it if it is still the owner's and live.
+    fn renew_l1_model(&mut self, e: usize, now: u64) {
+        let period = LEASE_MS / 3;
+        for r in self.reqs.iter_mut() {
+            if r.envoy != e || !r.executing() || now - r.renewed_ms < period {
+                continue;
+            }
+            r.renewed_ms = now;
+            let name = r.name();
+            if let Some(Slot::InFlight { owner, until, .. }) =
+                self.l1_model.get_mut(&(r.caller, r.key))
+            {
+                if *owner == name && now < *until {
+                    *until = now + LEASE_MS;
+                    self.stats.renewed += 1;
+                }
+            }
+        }
+    }
+
+    /// A request that executes, on an Envoy that ticks, and whose renewals all arrived, still
+    /// owns a live claim in the truth.
+    fn check_leases(&mut self) -> Result<(), TestCaseError> {
+        let now = self.now();
+        for r in self.reqs.iter_mut().filter(|r| r.executing() && !r.at_risk) {
+            let slot = match &self.keystore {
+                None => self.l1_model.get(&(r.caller, r.key)),
+                Some(ks) => r.ks_key.as_ref().and_then(|k| ks.map.get(k)),
+            };
+            let owner = match &self.keystore {
+                None => Some(r.name()),
+                Some(_) => r.token.clone(),
+            };
+            let holds = matches!(slot, Some(Slot::InFlight { owner: o, until, .. })
+                if Some(o) == owner.as_ref() && now < *until);
+            prop_assert!(
+                holds,
+                "request {} executes on an Envoy that ticks, yet lost its claim: {:?}",
+                r.id,
+                slot
+            );
+            if !r.outlived && now > r.forwarded_at + LEASE_MS {
+                r.outlived = true;
+                self.stats.outlived += 1;
+            }
+        }
+        Ok(())
     }
 
     fn start(
@@ -500,10 +973,15 @@ impl World {
             stream,
             stage: Stage::Reading,
             answered: 0,
-            claimed_at: None,
+            lease_until: 0,
+            renewed_ms: 0,
+            at_risk: false,
+            forwarded_at: 0,
+            outlived: false,
             faulted: false,
             token: None,
             ks_key: None,
+            response: None,
             sent_seen: 0,
         });
         let i = self.reqs.len() - 1;
@@ -553,14 +1031,17 @@ impl World {
         let r = &self.reqs[i];
         let now = self.now();
         Some(match self.l1_model.get(&(r.caller, r.key)) {
-            Some((slot, _)) if slot.live(now) && slot.body() != r.body => Expect::Status(422),
-            Some((Slot::InFlight { until, .. }, _)) if now < *until => Expect::Status(409),
-            Some((
-                Slot::Completed {
-                    expires, record, ..
-                },
-                _,
-            )) if now < *expires => Expect::Replay(record.clone()),
+            Some(slot) if slot.live(now) && slot.body() != r.body => Expect::Status(422),
+            Some(Slot::InFlight { until, .. }) if now < *until => Expect::Conflict(1),
+            Some(Slot::Completed {
+                expires, record, ..
+            }) if now < *expires => match Record::decode(record).map(|r| r.outcome) {
+                Ok(Outcome::Unknown { hold_until_ms }) if now < hold_until_ms => {
+                    Expect::Conflict(hold_left_s(hold_until_ms, now))
+                }
+                Ok(Outcome::Unknown { .. } | Outcome::NotReplayable) => Expect::Status(410),
+                _ => Expect::Replay(record.clone()),
+            },
             _ if cas_fail >= 16 => Expect::Status(503),
             _ => Expect::Forward,
         })
@@ -582,13 +1063,27 @@ impl World {
         if callouts > r.answered {
             prop_assert_eq!(flow, Flow::Pause, "waits for the claim callout");
             r.stage = Stage::Deciding;
-            r.claimed_at = Some(now);
+            r.lease_until = now + LEASE_MS;
             let (_, c) = r.host.last_callout().unwrap();
+            prop_assert!(path_of(&c).ends_with("/claim"));
             let v: Value = serde_json::from_slice(&c.body).unwrap();
             r.ks_key = v["key"].as_str().map(str::to_string);
             prop_assert!(r.host.sent.borrow().is_empty());
+            // Learn the fingerprint: one per body, never shared by two bodies.
+            let fp = v["fingerprint"].as_str().unwrap_or_default().to_string();
+            let body = r.body;
+            let ks = self.keystore.as_mut().unwrap();
+            prop_assert!(
+                ks.fingerprints
+                    .iter()
+                    .all(|(f, b)| (*f == fp) == (*b == body)),
+                "body {} has fingerprint {}, known: {:?}",
+                body,
+                fp,
+                ks.fingerprints
+            );
+            ks.fingerprints.insert(fp, body);
         } else if flow == Flow::Continue && r.host.sent.borrow().is_empty() {
-            r.claimed_at = Some(now);
             self.forwarded(i)?;
         } else {
             prop_assert_eq!(flow, Flow::Pause);
@@ -597,7 +1092,7 @@ impl World {
                 1,
                 "paused with no callout: answered"
             );
-            r.stage = Stage::Done;
+            self.end(i)?;
         }
         self.check_replies(i)?;
         if let Some(expected) = expected {
@@ -609,12 +1104,13 @@ impl World {
                     // Compare with the stored record: decode it to the response.
                     Expect::Replay(Vec::new())
                 }
+                Some(s) if s.status == 409 => Expect::Conflict(retry_after(&s).unwrap_or(0)),
                 Some(s) => Expect::Status(s.status),
             };
             match (&expected, &got) {
                 (Expect::Replay(record), Expect::Replay(_)) => {
-                    let rec = crate::record::Record::decode(record).unwrap();
-                    let crate::record::Outcome::Replayable(resp) = rec.outcome else {
+                    let rec = Record::decode(record).unwrap();
+                    let Outcome::Replayable(resp) = rec.outcome else {
                         return Err(TestCaseError::fail("replayed a record without a response"));
                     };
                     let sent = r.host.last_sent().unwrap();
@@ -636,10 +1132,23 @@ impl World {
     fn forwarded(&mut self, i: usize) -> Result<(), TestCaseError> {
         let now = self.now();
         self.stats.forwarded += 1;
-        self.reqs[i].stage = Stage::Forwarded;
+        let frozen = self.frozen[self.reqs[i].envoy];
+        let r = &mut self.reqs[i];
+        r.stage = Stage::Forwarded;
+        r.renewed_ms = now;
+        r.lease_until = now + LEASE_MS;
+        r.at_risk = frozen;
+        r.forwarded_at = now;
         let r = &self.reqs[i];
         let (caller, key, name) = (r.caller, r.key, r.name());
-        // No live record of an execution of this (caller, key) in the truth.
+        if self
+            .reqs
+            .iter()
+            .any(|o| o.id != r.id && o.caller == caller && o.key == key && o.executing())
+        {
+            self.stats.takeover += 1;
+        }
+        // No live record of this (caller, key) in the truth, whatever its outcome.
         match &mut self.keystore {
             Some(ks) => {
                 let Some(k) = &r.ks_key else {
@@ -657,43 +1166,47 @@ impl World {
                 );
             }
             None => {
-                let slot = self.l1_model.get(&(caller, key));
-                if let Some((s, _)) = slot {
+                if let Some(s) = self.l1_model.get(&(caller, key)) {
                     prop_assert!(
                         !s.live(now),
                         "forwarded while the (caller, key) holds a live {:?}",
                         s
                     );
                 }
-                self.l1_model.insert(
-                    (caller, key),
-                    (
-                        Slot::InFlight {
-                            body: r.body,
-                            until: now + LEASE_MS,
-                            owner: name.clone(),
-                        },
-                        name,
-                    ),
-                );
+                let slot = Slot::InFlight {
+                    body: r.body,
+                    until: now + LEASE_MS,
+                    owner: name,
+                };
+                self.l1_model.insert((caller, key), slot);
             }
         }
         Ok(())
     }
 
-    fn answer(&mut self, i: usize, fault: Fault) -> Result<(), TestCaseError> {
-        let now = self.now();
+    /// The stream ends after its answer: nothing is left for the root context.
+    fn end(&mut self, i: usize) -> Result<(), TestCaseError> {
+        let e = self.reqs[i].envoy;
+        let before = self.handed_over(e);
         let r = &mut self.reqs[i];
-        let Some((token, callout)) = r.host.callouts.borrow().get(r.answered).cloned() else {
-            return Ok(());
-        };
-        r.answered += 1;
-        let path = callout
-            .headers
-            .iter()
-            .find(|(n, _)| n == ":path")
-            .map(|(_, v)| v.clone())
-            .unwrap_or_default();
+        r.stream.on_done(&r.host);
+        r.stage = Stage::Done;
+        prop_assert_eq!(
+            self.handed_over(e),
+            before,
+            "a stream that ends after its answer hands nothing over"
+        );
+        Ok(())
+    }
+
+    /// Sends a callout to the key store model through `fault`; `req`: the stream that sent it.
+    fn call_keystore(
+        &mut self,
+        callout: &Callout,
+        fault: Fault,
+        req: Option<usize>,
+    ) -> Result<(Option<u16>, String), TestCaseError> {
+        let path = path_of(callout);
         let auth = callout
             .headers
             .iter()
@@ -707,60 +1220,143 @@ impl World {
             "only hashes leave Envoy: {}",
             body_text
         );
-        let ks = self.keystore.as_mut().unwrap();
-        let applied = matches!(fault, Fault::None | Fault::LostReply);
-        let (status, reply) = if applied {
-            ks.apply(&path, &callout.body, now, r.body)
+        let (status, reply) = if fault.applied() {
+            self.ks_apply(&path, &callout.body, req)?
         } else {
             (0, String::new())
         };
-        if path.ends_with("/complete") && status == 200 {
-            // The key store's retention runs from when it stored the record.
-            let v: Value = serde_json::from_slice(&callout.body).unwrap();
-            let blob = B64.decode(v["record"].as_str().unwrap()).unwrap();
-            let rec = crate::record::Record::decode(&blob).unwrap();
-            let body = match rec.outcome {
-                crate::record::Outcome::Replayable(r) => r.body,
-                _ => Vec::new(),
-            };
-            for e in self
-                .executions
-                .iter_mut()
-                .filter(|e| e.response.body == body)
-            {
-                e.expires = e.expires.max(now + RETENTION_MS);
-            }
-        }
-        if path.ends_with("/claim") && status == 200 {
-            let v: Value = serde_json::from_str(&reply).unwrap();
-            if let Some(t) = v["token"].as_str() {
-                r.token = Some(t.to_string());
-            }
-        }
-        if !matches!(fault, Fault::None) {
-            r.faulted = true;
-        }
-        let (status, reply): (Option<u16>, String) = match fault {
+        Ok(match fault {
             Fault::None => (Some(status), reply),
             Fault::Unavailable => (Some(503), r#"{"error":"backend unavailable: x"}"#.into()),
             Fault::Reset => (None, String::new()),
             Fault::Garbage => (Some(200), "<html>oops</html>".into()),
             Fault::LostReply => (Some(504), "upstream request timeout".into()),
+            Fault::NotSent => return Err(TestCaseError::fail("a callout that was not sent")),
+        })
+    }
+
+    /// Applies a callout to the key store model, and follows what it stored.
+    fn ks_apply(
+        &mut self,
+        path: &str,
+        body: &[u8],
+        req: Option<usize>,
+    ) -> Result<(u16, String), TestCaseError> {
+        let now = self.now();
+        let ks = self.keystore.as_mut().unwrap();
+        let (status, reply) = ks.apply(path, body, now);
+        if status != 200 {
+            return Ok((status, reply));
+        }
+        let v: Value = serde_json::from_slice(body).unwrap();
+        if path.ends_with("/claim") {
+            let granted: Value = serde_json::from_str(&reply).unwrap();
+            if let (Some(i), Some(t)) = (req, granted["token"].as_str()) {
+                self.reqs[i].token = Some(t.to_string());
+            }
+        } else if path.ends_with("/renew") {
+            self.stats.renewed += 1;
+        } else if path.ends_with("/complete") {
+            let token = v["token"].as_str().unwrap_or_default();
+            let Some(j) = self
+                .reqs
+                .iter()
+                .position(|r| r.token.as_deref() == Some(token))
+            else {
+                return Err(TestCaseError::fail(
+                    "a record stored under an unknown token",
+                ));
+            };
+            let blob = B64.decode(v["record"].as_str().unwrap_or_default());
+            let rec = blob
+                .ok()
+                .and_then(|b| Record::decode(&b).ok())
+                .ok_or_else(|| TestCaseError::fail("the stored record does not decode"))?;
+            // The key store's retention runs from when it stored the record.
+            match rec.outcome {
+                Outcome::Replayable(resp) => {
+                    let Some(e) = self.executions.iter_mut().find(|e| e.req == j) else {
+                        return Err(TestCaseError::fail(format!(
+                            "a response stored for request {j}, which did not execute"
+                        )));
+                    };
+                    prop_assert_eq!(
+                        (resp.status, &resp.headers, &resp.body),
+                        (e.response.status, &e.response.headers, &e.response.body),
+                        "the stored record is the response of the claim's owner"
+                    );
+                    e.expires = e.expires.max(now + RETENTION_MS);
+                }
+                Outcome::Unknown { hold_until_ms } => {
+                    let Some(u) = self.unknowns.iter_mut().find(|u| u.req == j) else {
+                        return Err(TestCaseError::fail(format!(
+                            "an unknown outcome stored for request {j}, whose outcome is known"
+                        )));
+                    };
+                    prop_assert_eq!(hold_until_ms, u.hold_until);
+                    u.expires = u.expires.max(now + RETENTION_MS);
+                    self.stats.unknown += 1;
+                }
+                Outcome::NotReplayable => {
+                    return Err(TestCaseError::fail("every response here fits"));
+                }
+            }
+        }
+        Ok((status, reply))
+    }
+
+    fn answer(&mut self, i: usize, fault: Fault) -> Result<(), TestCaseError> {
+        let r = &mut self.reqs[i];
+        let Some((token, callout)) = r.host.callouts.borrow().get(r.answered).cloned() else {
+            return Ok(());
         };
+        r.answered += 1;
+        let (status, reply) = self.call_keystore(&callout, fault, Some(i))?;
+        let e = self.reqs[i].envoy;
+        let before = self.handed_over(e);
+        let r = &mut self.reqs[i];
+        if fault != Fault::None {
+            r.faulted = true;
+        }
         let resumed_req = r.host.resumed_request.get();
         let resumed_resp = r.host.resumed_response.get();
         r.stream
             .on_callout_response(&r.host, token, status, reply.as_bytes());
+        let handed = self.handed_over(e) - before;
+        let r = &mut self.reqs[i];
         match r.stage {
             Stage::Deciding => {
-                if r.host.resumed_request.get() > resumed_req {
+                prop_assert_eq!(handed, 0, "a claim reply hands nothing over");
+                let granted = fault == Fault::None && reply.contains(r#""claimed""#);
+                let resumed = r.host.resumed_request.get() > resumed_req;
+                prop_assert_eq!(
+                    resumed,
+                    granted,
+                    "a request executes iff its claim is granted"
+                );
+                if resumed {
                     prop_assert!(r.host.sent.borrow().is_empty());
                     self.forwarded(i)?;
                 } else {
                     let sent = r.host.sent.borrow().len();
                     prop_assert_eq!(sent, 1, "a claim answer is a forward or a local reply");
-                    r.stage = Stage::Done;
+                    self.end(i)?;
                 }
+            }
+            Stage::Abandoned => {
+                prop_assert_eq!(
+                    r.host.resumed_request.get(),
+                    resumed_req,
+                    "Envoy answered: never forwarded"
+                );
+                prop_assert!(r.host.sent.borrow().is_empty(), "Envoy answered already");
+                let granted = fault == Fault::None && reply.contains(r#""claimed""#);
+                prop_assert_eq!(
+                    handed,
+                    usize::from(granted),
+                    "a claim granted after Envoy answered is released by the root context"
+                );
+                self.end(i)?;
             }
             Stage::Finishing => {
                 prop_assert_eq!(
@@ -768,15 +1364,27 @@ impl World {
                     resumed_resp + 1,
                     "the held response goes on"
                 );
-                r.stage = Stage::Done;
+                prop_assert_eq!(
+                    handed,
+                    usize::from(fault != Fault::None),
+                    "a write that failed is handed over for retry"
+                );
+                self.end(i)?;
             }
             _ => {}
         }
         self.check_replies(i)
     }
 
-    fn respond(&mut self, i: usize, status: u16) -> Result<(), TestCaseError> {
-        let now = self.now();
+    fn respond(&mut self, i: usize, status: u16, whole: bool) -> Result<(), TestCaseError> {
+        let callouts = self.reqs[i].host.callouts.borrow().len();
+        if self.reqs[i].stage == Stage::Capturing {
+            // The rest of the body.
+            let r = &mut self.reqs[i];
+            let len = r.host.response_body.len();
+            let flow = r.stream.on_response_body(&r.host, len, true);
+            return self.executed(i, flow, callouts);
+        }
         self.serial += 1;
         let serial = self.serial;
         let r = &mut self.reqs[i];
@@ -785,6 +1393,8 @@ impl World {
             r.caller, r.key
         )
         .into_bytes();
+        // The upstream answered itself: no response flags.
+        r.host.properties.clear();
         r.host.response_headers = vec![
             (":status".into(), status.to_string().into_bytes()),
             ("content-type".into(), b"application/json".to_vec()),
@@ -794,132 +1404,228 @@ impl World {
             ("set-cookie".into(), format!("s={serial}").into_bytes()),
         ];
         r.host.response_body = body.clone();
-        let callouts = r.host.callouts.borrow().len();
-        let mut flow = r.stream.on_response_headers(&r.host, false);
-        if flow == Flow::Continue {
-            flow = r.stream.on_response_body(&r.host, body.len(), true);
-        }
         let ok = (200..300).contains(&status);
-        if ok {
-            self.executions.push(Execution {
-                caller: r.caller,
-                key: r.key,
-                body: r.body,
-                response: Resp {
-                    status,
-                    headers: vec![
-                        ("content-type".into(), b"application/json".to_vec()),
-                        ("x-bin".into(), vec![0xff, serial as u8, 0x00]),
-                        ("set-cookie".into(), b"a=1".to_vec()),
-                        ("set-cookie".into(), format!("s={serial}").into_bytes()),
-                    ],
-                    body,
-                },
-                expires: now + RETENTION_MS,
-            });
+        r.response = ok.then(|| Resp {
+            status,
+            headers: vec![
+                ("content-type".into(), b"application/json".to_vec()),
+                ("x-bin".into(), vec![0xff, serial as u8, 0x00]),
+                ("set-cookie".into(), b"a=1".to_vec()),
+                ("set-cookie".into(), format!("s={serial}").into_bytes()),
+            ],
+            body: body.clone(),
+        });
+        let flow = r.stream.on_response_headers(&r.host, false);
+        if !ok {
+            // The request did not really run: the key is released, the body streams on.
+            self.l1_release(i);
+            return self.settled(i, flow, callouts);
         }
+        prop_assert_eq!(flow, Flow::Continue, "the response body is captured");
+        if whole {
+            let flow = r.stream.on_response_body(&r.host, body.len(), true);
+            return self.executed(i, flow, callouts);
+        }
+        let flow = r.stream.on_response_body(&r.host, body.len() / 2, false);
+        prop_assert_eq!(flow, Flow::Pause, "buffered until the body ends");
+        prop_assert_eq!(r.host.callouts.borrow().len(), callouts);
+        r.stage = Stage::Capturing;
+        Ok(())
+    }
+
+    /// The upstream's whole 2xx arrived: it is kept.
+    fn executed(&mut self, i: usize, flow: Flow, callouts: usize) -> Result<(), TestCaseError> {
+        let now = self.now();
+        let r = &self.reqs[i];
+        let Some(response) = r.response.clone() else {
+            return Err(TestCaseError::fail("captured a response that is not kept"));
+        };
+        self.executions.push(Execution {
+            req: i,
+            caller: r.caller,
+            key: r.key,
+            body: r.body,
+            response: response.clone(),
+            expires: now + RETENTION_MS,
+        });
+        if self.keystore.is_none() {
+            let record = Record {
+                fingerprint: [0; 32],
+                created_ms: now,
+                expires_ms: now + RETENTION_MS,
+                outcome: Outcome::Replayable(StoredResponse {
+                    status: response.status,
+                    headers: response.headers,
+                    body: response.body,
+                }),
+            };
+            self.l1_keep(i, record);
+        }
+        self.settled(i, flow, callouts)
+    }
+
+    /// After the end of an execution: with a key store, the response waits for its write.
+    fn settled(&mut self, i: usize, flow: Flow, callouts: usize) -> Result<(), TestCaseError> {
+        let r = &mut self.reqs[i];
         let dispatched = r.host.callouts.borrow().len() > callouts;
+        prop_assert_eq!(
+            dispatched,
+            self.keystore.is_some(),
+            "with a key store, every end of an execution is written there first"
+        );
         if dispatched {
             prop_assert_eq!(flow, Flow::Pause, "held until the key store answers");
             r.stage = Stage::Finishing;
+            Ok(())
         } else {
             prop_assert_eq!(flow, Flow::Continue);
-            r.stage = Stage::Done;
+            self.end(i)
         }
-        if self.keystore.is_none() {
-            let name = r.name();
-            let (caller, key, rbody) = (r.caller, r.key, r.body);
-            // As L1 completes: unless another request holds a live claim or record for the key.
-            let free = match self.l1_model.get(&(caller, key)) {
-                None => true,
-                Some((slot, owner)) => owner == &name || !slot.live(now),
+    }
+
+    /// Without a key store, L1 keeps `record` for request `i`, unless another request holds a
+    /// live claim or record for the key. Returns whether it did.
+    fn l1_keep(&mut self, i: usize, record: Record) -> bool {
+        if self.keystore.is_some() {
+            return false;
+        }
+        let now = self.now();
+        let r = &self.reqs[i];
+        let name = r.name();
+        let free = match self.l1_model.get(&(r.caller, r.key)) {
+            None => true,
+            Some(s) => !s.live(now) || matches!(s, Slot::InFlight { owner, .. } if *owner == name),
+        };
+        if free {
+            let slot = Slot::Completed {
+                body: r.body,
+                expires: record.expires_ms,
+                record: record.encode(),
             };
-            let owned =
-                lease_model_owner(&self.l1_model.get(&(caller, key)).cloned()) == Some(&name);
-            if (ok && free) || (!ok && owned) {
-                if ok {
-                    let record = crate::record::Record {
-                        fingerprint: [0; 32],
-                        created_ms: now,
-                        expires_ms: now + RETENTION_MS,
-                        outcome: crate::record::Outcome::Replayable(
-                            crate::record::StoredResponse {
-                                status,
-                                headers: self.executions.last().unwrap().response.headers.clone(),
-                                body: self.executions.last().unwrap().response.body.clone(),
-                            },
-                        ),
-                    };
-                    self.l1_model.insert(
-                        (caller, key),
-                        (
-                            Slot::Completed {
-                                body: rbody,
-                                expires: now + RETENTION_MS,
-                                record: record.encode(),
-                            },
-                            name,
-                        ),
-                    );
-                } else {
-                    self.l1_model.remove(&(caller, key));
-                }
-            }
+            self.l1_model.insert((r.caller, r.key), slot);
         }
-        Ok(())
+        free
+    }
+
+    /// Without a key store, L1 drops request `i`'s claim, if it still holds it.
+    fn l1_release(&mut self, i: usize) {
+        if self.keystore.is_some() {
+            return;
+        }
+        let r = &self.reqs[i];
+        let key = (r.caller, r.key);
+        if matches!(self.l1_model.get(&key), Some(Slot::InFlight { owner, .. }) if *owner == r.name())
+        {
+            self.l1_model.remove(&key);
+        }
+    }
+
+    /// Request `i` was forwarded and no complete answer came back: under the lock policy, the key
+    /// is locked as "outcome unknown"; under the release policy, it is released.
+    fn unknown_outcome(&mut self, i: usize) {
+        if self.release_policy {
+            return self.l1_release(i);
+        }
+        let now = self.now();
+        let r = &self.reqs[i];
+        let hold_until = now + HOLD_MS;
+        self.unknowns.push(Unknown {
+            req: i,
+            caller: r.caller,
+            key: r.key,
+            body: r.body,
+            hold_until,
+            expires: now + RETENTION_MS,
+        });
+        let record = Record {
+            fingerprint: [0; 32],
+            created_ms: now,
+            expires_ms: now + RETENTION_MS,
+            outcome: Outcome::Unknown {
+                hold_until_ms: hold_until,
+            },
+        };
+        if self.l1_keep(i, record) {
+            self.stats.unknown += 1;
+        }
+    }
+
+    fn envoy_answers(&mut self, i: usize, answer: EnvoyAnswer) -> Result<(), TestCaseError> {
+        let (status, flags) = answer.status_and_flags();
+        let r = &mut self.reqs[i];
+        r.host.properties.insert(
+            vec!["response".into(), "flags".into()],
+            flags.to_le_bytes().to_vec(),
+        );
+        r.host.response_headers = vec![
+            (":status".into(), status.to_string().into_bytes()),
+            ("content-type".into(), b"text/plain".to_vec()),
+        ];
+        r.host.response_body = b"answered by envoy".to_vec();
+        let callouts = r.host.callouts.borrow().len();
+        if answer == EnvoyAnswer::RequestTimeout {
+            // While the claim is pending: the request never reached the upstream.
+            let flow = r.stream.on_response_headers(&r.host, true);
+            prop_assert_eq!(
+                flow,
+                Flow::Continue,
+                "nothing to hold: Envoy's reply goes on"
+            );
+            prop_assert_eq!(r.host.callouts.borrow().len(), callouts);
+            prop_assert!(r.host.sent.borrow().is_empty());
+            r.stage = Stage::Abandoned;
+            r.lease_until = 0;
+            return Ok(());
+        }
+        let mut flow = r.stream.on_response_headers(&r.host, false);
+        if flow == Flow::Continue {
+            let len = r.host.response_body.len();
+            flow = r.stream.on_response_body(&r.host, len, true);
+        }
+        if answer.may_have_executed() {
+            self.unknown_outcome(i);
+        } else {
+            self.l1_release(i);
+        }
+        self.settled(i, flow, callouts)
     }
 
     fn reset(
         &mut self,
         i: usize,
-        claim_applied: bool,
-        release_delivered: bool,
+        pending_applied: bool,
+        delivered: bool,
     ) -> Result<(), TestCaseError> {
-        let now = self.now();
+        let stage = self.reqs[i].stage;
+        let e = self.reqs[i].envoy;
+        // A callout still pending may reach the key store; its reply is lost with the stream.
+        let waiting = [Stage::Deciding, Stage::Abandoned, Stage::Finishing];
+        if pending_applied && self.keystore.is_some() && waiting.contains(&stage) {
+            let r = &self.reqs[i];
+            let pending = r.host.callouts.borrow().get(r.answered).cloned();
+            if let Some((_, c)) = pending {
+                self.call_keystore(&c, Fault::LostReply, Some(i))?;
+            }
+        }
+        let before = self.handed_over(e);
         let r = &mut self.reqs[i];
-        // A claim callout still pending may have reached the key store before the stream died.
-        if r.stage == Stage::Deciding && claim_applied {
-            if let (Some(ks), Some((_, c))) = (self.keystore.as_mut(), r.host.last_callout()) {
-                let _ = ks.apply("/v1/claim", &c.body, now, r.body);
-            }
-        }
+        r.answered = r.host.callouts.borrow().len();
         r.stream.on_done(&r.host);
-        let release = self.workers[r.envoy]
-            .writes
-            .borrow_mut()
-            .take_due(now)
-            .into_iter()
-            .map(|d| d.callout)
-            .find(|c| {
-                c.headers
-                    .iter()
-                    .any(|(n, v)| n == ":path" && v.ends_with("/release"))
-            });
         r.stage = Stage::Done;
-        if let Some(c) = release {
-            prop_assert!(
-                r.token.is_some(),
-                "a key-store release only for a granted claim"
-            );
-            if release_delivered {
-                let ks = self.keystore.as_mut().unwrap();
-                let path = c
-                    .headers
-                    .iter()
-                    .find(|(n, _)| n == ":path")
-                    .map(|(_, v)| v.clone())
-                    .unwrap_or_default();
-                prop_assert!(path.ends_with("/release"));
-                let (status, _) = ks.apply(&path, &c.body, now, r.body);
-                prop_assert!(status == 200 || status == 409);
-            }
+        let handed = self.handed_over(e) - before;
+        let executing = EXECUTING.contains(&stage);
+        if executing {
+            self.unknown_outcome(i);
         }
-        if self.keystore.is_none() {
-            let name = r.name();
-            let key = (r.caller, r.key);
-            if lease_model_owner(&self.l1_model.get(&key).cloned()) == Some(&name) {
-                self.l1_model.remove(&key);
-            }
+        prop_assert_eq!(
+            handed,
+            usize::from(self.keystore.is_some() && (executing || stage == Stage::Finishing)),
+            "a stream that ends while its request executes or its write is pending hands one \
+             write over, and nothing otherwise (was {:?})",
+            stage
+        );
+        if delivered && self.keystore.is_some() && !self.frozen[e] {
+            self.tick(e, 0, &mut 0)?;
         }
         Ok(())
     }
@@ -930,38 +1636,47 @@ impl World {
         let r = &self.reqs[i];
         let sent = r.host.sent.borrow().clone();
         prop_assert!(sent.len() <= 1, "one local reply at most: {:?}", sent);
-        if r.stage == Stage::Forwarded {
+        if r.executing() {
             prop_assert!(sent.is_empty(), "a forwarded request got a local reply");
         }
         if sent.len() <= r.sent_seen {
             return Ok(());
         }
         let reply = sent.last().unwrap();
-        let same = |e: &Execution| e.caller == r.caller && e.key == r.key;
+        let same = |caller: usize, key: usize| caller == r.caller && key == r.key;
         let others_live = |want_in_flight: bool, other_body: bool| {
             let claims = self.reqs.iter().enumerate().any(|(j, o)| {
                 j != i
-                    && o.caller == r.caller
-                    && o.key == r.key
+                    && same(o.caller, o.key)
                     && (!other_body || o.body != r.body)
-                    && matches!(o.stage, Stage::Deciding | Stage::Forwarded)
-                    && o.claimed_at.is_some_and(|t| now < t + LEASE_MS)
+                    && matches!(
+                        o.stage,
+                        Stage::Deciding | Stage::Forwarded | Stage::Capturing
+                    )
+                    && now < o.lease_until
             });
             let records = !want_in_flight
-                && self
-                    .executions
-                    .iter()
-                    .any(|e| same(e) && (!other_body || e.body != r.body) && now < e.expires);
+                && (self.executions.iter().any(|e| {
+                    same(e.caller, e.key) && (!other_body || e.body != r.body) && now < e.expires
+                }) || self.unknowns.iter().any(|u| {
+                    same(u.caller, u.key) && (!other_body || u.body != r.body) && now < u.expires
+                }));
             let store = match (&self.keystore, &r.ks_key) {
                 (Some(ks), Some(k)) => ks.map.get(k).is_some_and(|s| {
                     s.live(now)
                         && (!other_body || s.body() != r.body)
-                        && (!want_in_flight || matches!(s, Slot::InFlight { .. }))
+                        && match s {
+                            // Its own claim is no one else's.
+                            Slot::InFlight { owner, .. } => Some(owner) != r.token.as_ref(),
+                            Slot::Completed { .. } => !want_in_flight,
+                        }
                 }),
                 _ => false,
             };
             claims || records || store
         };
+        // The unknown outcomes of this very request (same caller, key and body) still recorded.
+        let unknown = |u: &Unknown| same(u.caller, u.key) && u.body == r.body && now < u.expires;
         if reply.header(REPLAYED_HEADER).is_some() {
             let mut headers = reply.headers.clone();
             prop_assert_eq!(
@@ -974,10 +1689,9 @@ impl World {
                 body: reply.body.clone(),
             };
             self.stats.replayed += 1;
-            let matched = self
-                .executions
-                .iter()
-                .any(|e| same(e) && e.body == r.body && now < e.expires && e.response == got);
+            let matched = self.executions.iter().any(|e| {
+                same(e.caller, e.key) && e.body == r.body && now < e.expires && e.response == got
+            });
             prop_assert!(
                 matched,
                 "replay {:?} is no live response of caller {} key {} body {}",
@@ -988,17 +1702,47 @@ impl World {
             );
         } else {
             match reply.status {
-                409 => self.stats.conflict += 1,
-                422 => self.stats.mismatch += 1,
-                _ => self.stats.unavailable += 1,
-            }
-            match reply.status {
-                409 => prop_assert!(others_live(true, false), "409 with no live claim"),
-                422 => prop_assert!(
-                    others_live(false, true),
-                    "422 with no live claim or record of another body"
-                ),
-                503 => prop_assert!(r.faulted, "503 without a fault"),
+                409 => {
+                    let wait = retry_after(reply);
+                    let held = self.unknowns.iter().any(|u| {
+                        unknown(u)
+                            && now < u.hold_until
+                            && wait == Some(hold_left_s(u.hold_until, now))
+                    });
+                    let in_flight = wait == Some(1) && others_live(true, false);
+                    prop_assert!(
+                        held || in_flight,
+                        "409 (retry-after {:?}) with no live claim and no unknown outcome on hold",
+                        wait
+                    );
+                    if held {
+                        self.stats.held += 1;
+                    } else {
+                        self.stats.conflict += 1;
+                    }
+                }
+                410 => {
+                    let v: Value = serde_json::from_slice(&reply.body).unwrap_or_default();
+                    let kind = v["type"].as_str().unwrap_or_default();
+                    prop_assert!(kind.ends_with("outcome-unknown"), "410 of type {}", kind);
+                    let gone = self
+                        .unknowns
+                        .iter()
+                        .any(|u| unknown(u) && u.hold_until <= now);
+                    prop_assert!(gone, "410 with no unknown outcome past its hold");
+                    self.stats.gone += 1;
+                }
+                422 => {
+                    prop_assert!(
+                        others_live(false, true),
+                        "422 with no live claim or record of another body"
+                    );
+                    self.stats.mismatch += 1;
+                }
+                503 => {
+                    prop_assert!(r.faulted, "503 without a fault");
+                    self.stats.unavailable += 1;
+                }
                 s => prop_assert!(false, "unexpected local reply {}", s),
             }
         }
@@ -1011,11 +1755,18 @@ impl World {
 enum Expect {
     Forward,
     Replay(Vec<u8>),
+    /// 409 with its Retry-After in seconds.
+    Conflict(u64),
     Status(u16),
 }
 
-fn run_world(ops: &[Op], with_keystore: bool, stream_mode: bool) -> Result<Stats, TestCaseError> {
-    let mut w = World::new(with_keystore, stream_mode);
+fn run_world(
+    ops: &[Op],
+    with_keystore: bool,
+    stream_mode: bool,
+    release_policy: bool,
+) -> Result<Stats, TestCaseError> {
+    let mut w = World::new(with_keystore, stream_mode, release_policy);
     for op in ops {
         w.run(*op)?;
     }
@@ -1030,7 +1781,7 @@ fn the_generated_runs_reach_every_outcome() {
     for with_keystore in [false, true] {
         let total = std::cell::RefCell::new(Stats::default());
         let config = PtConfig {
-            cases: 128,
+            cases: 512,
             failure_persistence: None,
             ..PtConfig::default()
         };
@@ -1038,25 +1789,13 @@ fn the_generated_runs_reach_every_outcome() {
         let mut runner = TestRunner::new_with_rng(config, rng);
         runner
             .run(&prop::collection::vec(op(), 1..60), |ops| {
-                let s = run_world(&ops, with_keystore, false)?;
-                let mut t = total.borrow_mut();
-                t.forwarded += s.forwarded;
-                t.replayed += s.replayed;
-                t.conflict += s.conflict;
-                t.mismatch += s.mismatch;
-                t.unavailable += s.unavailable;
+                let s = run_world(&ops, with_keystore, false, false)?;
+                total.borrow_mut().add(&s);
                 Ok(())
             })
             .unwrap();
         let t = *total.borrow();
-        assert!(
-            t.forwarded > 0
-                && t.replayed > 0
-                && t.conflict > 0
-                && t.mismatch > 0
-                && t.unavailable > 0,
-            "key store {with_keystore}: {t:?}"
-        );
+        assert!(t.all_reached(), "key store {with_keystore}: {t:?}");
         eprintln!("key store {with_keystore}: {t:?}");
     }
 }
@@ -1068,15 +1807,17 @@ proptest! {
     fn one_envoy_without_a_key_store_follows_the_model(
         ops in prop::collection::vec(op(), 1..60),
         stream_mode in any::<bool>(),
+        release_policy in prop::bool::weighted(0.2),
     ) {
-        run_world(&ops, false, stream_mode)?;
+        run_world(&ops, false, stream_mode, release_policy)?;
     }
 
     #[test]
     fn two_envoys_with_a_faulty_key_store_keep_the_invariants(
         ops in prop::collection::vec(op(), 1..60),
         stream_mode in any::<bool>(),
+        release_policy in prop::bool::weighted(0.2),
     ) {
-        run_world(&ops, true, stream_mode)?;
+        run_world(&ops, true, stream_mode, release_policy)?;
     }
 }
