@@ -2,20 +2,22 @@
 //!
 //! Random interleavings of operations over two callers, three keys and three bodies, on several
 //! concurrent streams (Envoy workers) that share one clock and, per Envoy, one shared-data map:
-//! requests start, their bodies arrive, callouts are answered (or fail), the upstream answers
-//! 2xx / 5xx / 429 (whole, or its headers first and its body later), Envoy answers in the
-//! upstream's place (route timeout or upstream reset: the request may have executed; connection
-//! failure, no healthy upstream, overflow: it never left; a request timeout while the claim is
-//! pending), streams reset, an Envoy's root context stops (or resumes) ticking, and time passes
-//! tick by tick: on every tick the root context of each Envoy renews the leases of the requests
-//! it executes and sends the key-store writes that streams handed over.
+//! requests start (new ones, or retries of an earlier one's caller, key and body), their bodies
+//! arrive, callouts are answered (or fail), the upstream answers 2xx / 5xx / 429 (whole, or its
+//! headers first and its body later), Envoy answers in the upstream's place (route timeout or
+//! upstream reset: the request may have executed; connection failure, no healthy upstream,
+//! overflow: it never left; a request timeout while the claim is pending), streams reset, an
+//! Envoy's root context stops (or resumes) ticking, and time passes tick by tick: on every tick
+//! the root context of each Envoy renews the leases of the requests it executes and sends the
+//! key-store writes that streams handed over.
 //!
 //! Two worlds: one Envoy with no key store (L1 is the truth), and two Envoys sharing a key store
 //! that this file models as an in-memory map implementing README "Key-store API (v1)": claim,
 //! complete, release and renew, where complete, release and renew are accepted only from the
 //! current claim's token while its lease is live. Faults are injected on the streams' callouts
-//! and on the root context's (503, reset, garbage, a reply lost after the store applied the call).
-//! Under the `lock` policy for unknown outcomes (the default), and under `release`.
+//! and on the root context's (503, reset, garbage, a reply lost after the store applied the call;
+//! and a callout the root context could not send). Unknown outcomes are locked (the default
+//! policy) or, in some runs, released.
 //!
 //! Invariants, checked after every step:
 //! - the upstream executes at most once per (caller, key) while a record lives, whatever the
