@@ -365,8 +365,11 @@ impl KeyStore {
                 match current {
                     // Expired in-flight claims are taken over, expired records are gone.
                     None => {
+                        // The caller's proposed token, as the real key store does; else a new one.
                         self.tokens += 1;
-                        let token = format!("T{}", self.tokens);
+                        let token = v["token"]
+                            .as_str()
+                            .map_or_else(|| format!("T{}", self.tokens), str::to_owned);
                         self.map.insert(
                             key,
                             Slot::InFlight {
@@ -606,6 +609,17 @@ impl Stats {
     }
 }
 
+/// The fencing token request `r` proposed with its claim, if it sent one.
+fn proposed_token(r: &Req) -> Option<String> {
+    r.host
+        .callouts
+        .borrow()
+        .iter()
+        .find(|(_, c)| path_of(c).ends_with("/claim"))
+        .and_then(|(_, c)| serde_json::from_slice::<Value>(&c.body).ok())
+        .and_then(|v| v["token"].as_str().map(str::to_owned))
+}
+
 fn path_of(callout: &Callout) -> String {
     callout
         .headers
@@ -828,10 +842,10 @@ impl World {
             let v: Value = serde_json::from_slice(&callout.body)
                 .map_err(|e| TestCaseError::fail(format!("root callout body: {e}")))?;
             let ks_token = v["token"].as_str().unwrap_or_default();
-            let owner = self
-                .reqs
-                .iter()
-                .position(|r| r.token.as_deref() == Some(ks_token));
+            let owner = self.reqs.iter().position(|r| {
+                r.token.as_deref() == Some(ks_token)
+                    || proposed_token(r).as_deref() == Some(ks_token)
+            });
             let Some(j) = owner else {
                 return Err(TestCaseError::fail(format!(
                     "the root context sent {path} with a token the key store never granted"
@@ -1621,9 +1635,13 @@ impl World {
         }
         prop_assert_eq!(
             handed,
-            usize::from(self.keystore.is_some() && (executing || stage == Stage::Finishing)),
-            "a stream that ends while its request executes or its write is pending hands one \
-             write over, and nothing otherwise (was {:?})",
+            usize::from(
+                self.keystore.is_some()
+                    && (executing || matches!(stage, Stage::Finishing | Stage::Deciding))
+            ),
+            "a stream that ends while its request executes, its claim or its write is pending \
+             hands one write over (a claim: the release of its proposed token), and nothing \
+             otherwise (was {:?})",
             stage
         );
         if delivered && self.keystore.is_some() && !self.frozen[e] {
