@@ -8,7 +8,7 @@ use crate::host::{Callout, Host, SharedData, SharedSetError};
 use crate::l1::NearCache;
 use crate::metrics::Metric;
 use crate::stream::{Flow, Stream};
-use crate::worker::{RootReply, Worker};
+use crate::worker::{Answer, RootAction, RootReply, Worker};
 use log::{error, info, warn};
 use proxy_wasm::hostcalls;
 use proxy_wasm::traits::{Context, HttpContext, RootContext};
@@ -33,7 +33,7 @@ const SLOT_OVERHEAD: usize = 4096;
 
 /// How often the root context renews leases and sends (and retries) the key-store writes that
 /// streams handed over.
-const TICK: Duration = Duration::from_millis(200);
+const TICK: Duration = Duration::from_millis(100);
 
 /// Per-worker plugin state: the worker's shared state and the metric ids.
 struct Root {
@@ -48,6 +48,38 @@ fn count(metrics: &[u32], metric: Metric) {
     }
 }
 
+impl Root {
+    /// Carries out what the worker decided, from the root context.
+    fn run(&self, worker: &Worker, actions: Vec<RootAction>) {
+        let now = now_ms();
+        for action in actions {
+            match action {
+                RootAction::Send(callout, purpose) => match send_callout(&callout) {
+                    Ok(token) => worker.sent(token, purpose, now),
+                    Err(e) => {
+                        let more = worker.not_sent(purpose, &e, &EnvoyShared, now);
+                        self.run(worker, more);
+                    }
+                },
+                RootAction::Answer(answer) => self.answer(&answer),
+                RootAction::Count(metric) => count(&self.metrics, metric),
+            }
+        }
+    }
+
+    /// Answers a stream from the root context; a stream that is gone is skipped.
+    fn answer(&self, answer: &Answer) {
+        if hostcalls::set_effective_context(answer.stream_id).is_err() {
+            info!("the client left before its answer; the answer is stored");
+            return;
+        }
+        send_local_response(answer.status, &answer.headers, &answer.body);
+        if let Err(e) = hostcalls::set_effective_context(self.context_id) {
+            warn!("cannot switch back to the root context: {e:?}");
+        }
+    }
+}
+
 impl Context for Root {
     fn on_http_call_response(
         &mut self,
@@ -56,12 +88,17 @@ impl Context for Root {
         body_size: usize,
         _trailers: usize,
     ) {
-        let Some(worker) = &self.worker else { return };
+        let Some(worker) = self.worker.clone() else {
+            return;
+        };
         let (status, body) = callout_reply(num_headers, body_size);
-        let reply = worker.on_reply(token, status, &body, now_ms());
-        if let Some(metric) = Worker::metric_for(&reply) {
-            count(&self.metrics, metric);
-        }
+        let headers = if worker.is_detached(token) && num_headers > 0 {
+            map_bytes(MapType::HttpCallResponseHeaders)
+        } else {
+            Vec::new()
+        };
+        let (reply, actions) =
+            worker.on_reply(token, status, headers, body, &EnvoyShared, now_ms());
         match reply {
             RootReply::Write(settled) => match settled {
                 crate::deferred::Settled::Retrying(e) => {
@@ -77,8 +114,9 @@ impl Context for Root {
                 key.short()
             ),
             RootReply::RenewalFailed(e) => warn!("lease renewal failed: {e}"),
-            RootReply::Renewed | RootReply::Unknown => {}
+            RootReply::Renewed | RootReply::Detached | RootReply::Unknown => {}
         }
+        self.run(&worker, actions);
     }
 }
 
@@ -137,18 +175,35 @@ impl RootContext for Root {
             error!("cannot start the renewal timer: {e:?}");
             return false;
         }
+        let worker = Worker::new(config, cache);
+        // Each worker's root context has its own queue: a stream that hands it a detached
+        // execution rings it, and Envoy calls `on_queue_ready` on this root context.
+        let mut id = [0u8; 8];
+        let _ = getrandom::getrandom(&mut id);
+        let name = format!("idempotency.doorbell.{:016x}", u64::from_le_bytes(id));
+        match hostcalls::register_shared_queue(&name) {
+            Ok(queue) => worker.set_doorbell(queue),
+            Err(e) => warn!("no doorbell queue ({e:?}): detached execution is unavailable"),
+        }
         self.metrics = Rc::new(ids);
-        self.worker = Some(Rc::new(Worker::new(config, cache)));
+        self.worker = Some(Rc::new(worker));
         true
     }
 
     fn on_tick(&mut self) {
-        let Some(worker) = &self.worker else { return };
-        for (callout, purpose) in worker.on_tick(&EnvoyShared, now_ms()) {
-            match send_callout(&callout) {
-                Ok(token) => worker.sent(token, purpose),
-                Err(e) => worker.not_sent(purpose, &e),
-            }
+        let Some(worker) = self.worker.clone() else {
+            return;
+        };
+        let mut actions = worker.start_detached();
+        actions.extend(worker.on_tick(&EnvoyShared, now_ms()));
+        self.run(&worker, actions);
+    }
+
+    fn on_queue_ready(&mut self, queue_id: u32) {
+        while let Ok(Some(_)) = hostcalls::dequeue_shared_queue(queue_id) {}
+        if let Some(worker) = self.worker.clone() {
+            let actions = worker.start_detached();
+            self.run(&worker, actions);
         }
     }
 
@@ -387,24 +442,15 @@ impl Host for EnvoyHost {
     }
 
     fn send_response(&self, status: u16, headers: &[(String, Vec<u8>)], body: &[u8]) {
-        let map = serialize_map(headers);
-        // The SDK's send_http_response takes &str values and panics on an unexpected status;
-        // replayed headers are bytes, so call the ABI directly.
-        let rc = unsafe {
-            proxy_send_local_response(
-                u32::from(status),
-                std::ptr::null(),
-                0,
-                body.as_ptr(),
-                body.len(),
-                map.as_ptr(),
-                map.len(),
-                -1,
-            )
-        };
-        if rc != 0 {
-            error!("local reply refused by the host (status {rc})");
-        }
+        send_local_response(status, headers, body);
+    }
+
+    fn stream_id(&self) -> u32 {
+        self.stream_id
+    }
+
+    fn wake_root(&self, queue: u32) -> Result<(), String> {
+        hostcalls::enqueue_shared_queue(queue, Some(b"1")).map_err(|e| format!("{e:?}"))
     }
 
     fn dispatch(&self, callout: &Callout) -> Result<u32, String> {
@@ -425,6 +471,27 @@ impl Host for EnvoyHost {
 
     fn count(&self, metric: Metric) {
         count(&self.metrics, metric);
+    }
+}
+
+/// Answers the effective context's stream locally. The SDK's send_http_response takes `&str`
+/// values and panics on an unexpected status; replayed headers are bytes, so call the ABI directly.
+fn send_local_response(status: u16, headers: &[(String, Vec<u8>)], body: &[u8]) {
+    let map = serialize_map(headers);
+    let rc = unsafe {
+        proxy_send_local_response(
+            u32::from(status),
+            std::ptr::null(),
+            0,
+            body.as_ptr(),
+            body.len(),
+            map.as_ptr(),
+            map.len(),
+            -1,
+        )
+    };
+    if rc != 0 {
+        error!("local reply refused by the host (status {rc})");
     }
 }
 

@@ -28,6 +28,33 @@ pub enum UnknownOutcome {
     Release,
 }
 
+/// Who sends the first request of a key upstream.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Execution {
+    /// Envoy's router, as for any request (retries, rewrites and later filters apply).
+    Inline,
+    /// The plugin itself, from its root context, so the answer is captured and stored even when
+    /// the client is gone.
+    Detached { cluster: String, timeout_ms: u64 },
+}
+
+/// What a duplicate gets while the first request of its key is in flight.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum InFlight {
+    /// 409 with `Retry-After` at once.
+    Conflict,
+    /// Wait (up to `max_wait_ms`) for the first request's record and replay it; 409 past that.
+    Wait,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+enum RawExecution {
+    Inline,
+    Detached,
+}
+
 /// Whether requests without a caller value share one anonymous scope or are refused.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -92,6 +119,9 @@ pub struct RouteRule {
     pub unknown_outcome: UnknownOutcome,
     /// How long after an attempt with an unknown outcome ended retries still get 409.
     pub unknown_hold_ms: u64,
+    pub execution: Execution,
+    pub in_flight: InFlight,
+    pub max_wait_ms: u64,
 }
 
 /// Where the mesh-wide key store is reached.
@@ -152,6 +182,11 @@ const DEFAULT_SECRET: &str = "change-me";
 /// Long enough for the usual upstream work that outlives its caller to finish.
 const DEFAULT_UNKNOWN_HOLD_MS: u64 = 30_000;
 const MAX_HOLD_MS: u64 = 3_600_000;
+const DEFAULT_MAX_WAIT_MS: u64 = 10_000;
+/// The key store holds a waiting claim for at most a minute.
+const MAX_WAIT_MS: u64 = 60_000;
+const DEFAULT_UPSTREAM_TIMEOUT_MS: u64 = 30_000;
+const MAX_UPSTREAM_TIMEOUT_MS: u64 = 600_000;
 const MAX_SLOTS: u32 = 1 << 20;
 
 #[derive(Deserialize)]
@@ -172,6 +207,8 @@ struct RawConfig {
     failure_mode: Option<FailureMode>,
     unknown_outcome: Option<UnknownOutcome>,
     unknown_hold_ms: Option<u64>,
+    in_flight: Option<InFlight>,
+    max_wait_ms: Option<u64>,
     l1_slots: Option<u32>,
     headers_mode: Option<HeadersMode>,
     keystore: Option<RawKeystore>,
@@ -189,6 +226,11 @@ struct RawRule {
     failure_mode: Option<FailureMode>,
     unknown_outcome: Option<UnknownOutcome>,
     unknown_hold_ms: Option<u64>,
+    execution: Option<RawExecution>,
+    upstream_cluster: Option<String>,
+    upstream_timeout_ms: Option<u64>,
+    in_flight: Option<InFlight>,
+    max_wait_ms: Option<u64>,
 }
 
 #[derive(Deserialize)]
@@ -237,6 +279,9 @@ impl Config {
         let unknown_outcome = raw.unknown_outcome.unwrap_or(UnknownOutcome::Lock);
         let unknown_hold_ms = raw.unknown_hold_ms.unwrap_or(DEFAULT_UNKNOWN_HOLD_MS);
         check_range("unknown_hold_ms", unknown_hold_ms, 0, MAX_HOLD_MS)?;
+        let in_flight = raw.in_flight.unwrap_or(InFlight::Conflict);
+        let max_wait_ms = raw.max_wait_ms.unwrap_or(DEFAULT_MAX_WAIT_MS);
+        check_range("max_wait_ms", max_wait_ms, 1, MAX_WAIT_MS)?;
 
         let raw_rules = raw.routes.unwrap_or_else(|| {
             vec![RawRule {
@@ -249,6 +294,11 @@ impl Config {
                 failure_mode: None,
                 unknown_outcome: None,
                 unknown_hold_ms: None,
+                execution: None,
+                upstream_cluster: None,
+                upstream_timeout_ms: None,
+                in_flight: None,
+                max_wait_ms: None,
             }]
         });
         let mut routes = Vec::with_capacity(raw_rules.len());
@@ -268,6 +318,44 @@ impl Config {
             check_range(&at("retention_s"), rule_retention, 1, 365 * 86_400)?;
             let rule_hold = r.unknown_hold_ms.unwrap_or(unknown_hold_ms);
             check_range(&at("unknown_hold_ms"), rule_hold, 0, MAX_HOLD_MS)?;
+            let rule_wait = r.max_wait_ms.unwrap_or(max_wait_ms);
+            check_range(&at("max_wait_ms"), rule_wait, 1, MAX_WAIT_MS)?;
+            let execution = match (r.execution, r.upstream_cluster) {
+                (None | Some(RawExecution::Inline), None) => {
+                    if r.upstream_timeout_ms.is_some() {
+                        return Err(err(
+                            at("upstream_timeout_ms"),
+                            "only applies with `execution: \"detached\"`",
+                        ));
+                    }
+                    Execution::Inline
+                }
+                (None | Some(RawExecution::Inline), Some(_)) => {
+                    return Err(err(
+                        at("upstream_cluster"),
+                        "only applies with `execution: \"detached\"`",
+                    ))
+                }
+                (Some(RawExecution::Detached), cluster) => {
+                    let cluster = cluster.filter(|c| !c.is_empty()).ok_or_else(|| {
+                        err(
+                            at("upstream_cluster"),
+                            "is required with `execution: \"detached\"`: the Envoy cluster the plugin sends the request to",
+                        )
+                    })?;
+                    let timeout_ms = r.upstream_timeout_ms.unwrap_or(DEFAULT_UPSTREAM_TIMEOUT_MS);
+                    check_range(
+                        &at("upstream_timeout_ms"),
+                        timeout_ms,
+                        1,
+                        MAX_UPSTREAM_TIMEOUT_MS,
+                    )?;
+                    Execution::Detached {
+                        cluster,
+                        timeout_ms,
+                    }
+                }
+            };
             routes.push(RouteRule {
                 path,
                 methods: validate_methods(&at("methods"), r.methods)?
@@ -278,6 +366,9 @@ impl Config {
                 failure_mode: r.failure_mode.unwrap_or(failure_mode),
                 unknown_outcome: r.unknown_outcome.unwrap_or(unknown_outcome),
                 unknown_hold_ms: rule_hold,
+                execution,
+                in_flight: r.in_flight.unwrap_or(in_flight),
+                max_wait_ms: rule_wait,
             });
         }
 
@@ -489,6 +580,23 @@ mod tests {
         assert_eq!(c.routes[0].failure_mode, FailureMode::FailClosed);
         assert_eq!(c.routes[0].unknown_outcome, UnknownOutcome::Lock);
         assert_eq!(c.routes[0].unknown_hold_ms, 30_000);
+        assert_eq!(c.routes[0].execution, Execution::Inline);
+        assert_eq!(c.routes[0].in_flight, InFlight::Conflict);
+        let d = parse(
+            r#"{"in_flight":"wait","routes":[{"prefix":"/","execution":"detached","upstream_cluster":"up","max_wait_ms":500}]}"#,
+        )
+        .unwrap();
+        assert_eq!(
+            d.routes[0].execution,
+            Execution::Detached {
+                cluster: "up".into(),
+                timeout_ms: 30_000
+            }
+        );
+        assert_eq!(
+            (d.routes[0].in_flight, d.routes[0].max_wait_ms),
+            (InFlight::Wait, 500)
+        );
         assert_eq!(c.caller, CallerSource::Header("authorization".into()));
         assert_eq!(c.max_body_bytes, 1 << 20);
         assert!(c.default_secret);
@@ -539,6 +647,20 @@ mod tests {
             (r#"{"l1_slots":0}"#, "l1_slots"),
             (r#"{"headers_mode":"later"}"#, "headers_mode"),
             (r#"{"unknown_outcome":"maybe"}"#, "unknown_outcome"),
+            (
+                r#"{"routes":[{"prefix":"/","execution":"detached"}]}"#,
+                "routes[0].upstream_cluster",
+            ),
+            (
+                r#"{"routes":[{"prefix":"/","upstream_cluster":"up"}]}"#,
+                "routes[0].upstream_cluster",
+            ),
+            (
+                r#"{"routes":[{"prefix":"/","execution":"detached","upstream_cluster":"up","upstream_timeout_ms":0}]}"#,
+                "routes[0].upstream_timeout_ms",
+            ),
+            (r#"{"in_flight":"later"}"#, "in_flight"),
+            (r#"{"max_wait_ms":60001}"#, "max_wait_ms"),
             (
                 r#"{"routes":[{"prefix":"/","unknown_hold_ms":99999999}]}"#,
                 "routes[0].unknown_hold_ms",

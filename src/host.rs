@@ -57,6 +57,10 @@ pub trait Host: SharedData {
     /// stream ends), but a reply that arrives after the end is dropped.
     fn dispatch(&self, callout: &Callout) -> Result<u32, String>;
     fn resume_request(&self);
+    /// This stream's context id, by which the root context can answer it.
+    fn stream_id(&self) -> u32;
+    /// Wakes this worker's root context (a message on its shared queue).
+    fn wake_root(&self, queue: u32) -> Result<(), String>;
     fn resume_response(&self);
     fn count(&self, metric: Metric);
 }

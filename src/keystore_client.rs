@@ -65,19 +65,33 @@ fn callout(cfg: &KeystoreConfig, op: &str, body: serde_json::Value) -> Callout {
 }
 
 /// Claims `key` with the fencing token `token` (the filter's own, so that it can release a claim
-/// whose answer it never read).
+/// whose answer it never read). With `wait_ms`, a key in flight with this fingerprint holds the
+/// call until its record lands (or the wait ends); the callout's timeout covers the wait.
 pub fn claim(
     cfg: &KeystoreConfig,
     key: &RecordKey,
     fp: &Fingerprint,
     lease_ms: u64,
     token: &str,
+    wait_ms: u64,
 ) -> Callout {
-    callout(
-        cfg,
-        "claim",
-        json!({"key": key.hex(), "fingerprint": hex::encode(fp), "lease_ms": lease_ms, "token": token}),
-    )
+    let mut body = json!({"key": key.hex(), "fingerprint": hex::encode(fp), "lease_ms": lease_ms, "token": token});
+    if let (true, Some(obj)) = (wait_ms > 0, body.as_object_mut()) {
+        obj.insert("wait_ms".to_string(), json!(wait_ms));
+    }
+    let mut c = callout(cfg, "claim", body);
+    c.timeout_ms = c.timeout_ms.saturating_add(wait_ms);
+    c
+}
+
+/// Whether the key store held a waiting claim before answering (its `waited` flag).
+pub fn claim_waited(body: &[u8]) -> bool {
+    #[derive(Deserialize)]
+    struct Waited {
+        #[serde(default)]
+        waited: bool,
+    }
+    serde_json::from_slice::<Waited>(body).is_ok_and(|w| w.waited)
 }
 
 pub fn complete(
@@ -160,7 +174,7 @@ mod tests {
 
     #[test]
     fn claim_request_carries_only_hashes() {
-        let c = claim(&cfg(), &RecordKey([0xab; 32]), &[1; 32], 3000, "t1");
+        let c = claim(&cfg(), &RecordKey([0xab; 32]), &[1; 32], 3000, "t1", 0);
         assert_eq!(c.cluster, "ks");
         assert_eq!(c.timeout_ms, 250);
         assert!(c.headers.contains(&(":path".into(), "/v1/claim".into())));
@@ -175,6 +189,17 @@ mod tests {
         assert_eq!(v["fingerprint"], "01".repeat(32));
         assert_eq!(v["lease_ms"], 3000);
         assert_eq!(v["token"], "t1");
+        assert!(v.get("wait_ms").is_none());
+        let w = claim(&cfg(), &RecordKey([0xab; 32]), &[1; 32], 3000, "t1", 2000);
+        assert_eq!(w.timeout_ms, 2250, "the wait plus the usual timeout");
+        let v: serde_json::Value = serde_json::from_slice(&w.body).unwrap();
+        assert_eq!(v["wait_ms"], 2000);
+        assert!(claim_waited(
+            br#"{"outcome":"completed","record":"","waited":true}"#
+        ));
+        assert!(!claim_waited(
+            br#"{"outcome":"in_flight","retry_after_ms":1}"#
+        ));
     }
 
     #[test]

@@ -108,6 +108,32 @@ impl NearCache {
         Ok(())
     }
 
+    /// Reads what L1 holds for `key`, without claiming it: `None` when the key is free.
+    pub fn peek(
+        &self,
+        shared: &dyn SharedData,
+        key: &RecordKey,
+        fingerprint: &Fingerprint,
+        now_ms: u64,
+    ) -> Option<L1Outcome> {
+        let (value, _) = shared.shared_get(&slot_key(key.slot(self.slots)));
+        let bucket = decode_bucket(value.as_deref());
+        let entry = bucket
+            .iter()
+            .find(|e| e.key == key.0 && e.is_live(now_ms))?;
+        Some(match &entry.state {
+            State::InFlight { fingerprint: f, .. } if f != fingerprint => L1Outcome::Mismatch,
+            State::InFlight { lease_until_ms, .. } => L1Outcome::InFlight {
+                lease_left_ms: lease_until_ms.saturating_sub(now_ms),
+            },
+            State::Completed { record, .. } => match Record::decode(record) {
+                Ok(r) if &r.fingerprint != fingerprint => L1Outcome::Mismatch,
+                Ok(r) => L1Outcome::Completed(r),
+                Err(e) => L1Outcome::Unavailable(e.0),
+            },
+        })
+    }
+
     /// Reads the slot for `key` and, if nobody holds or completed the key, claims it for `owner`.
     pub fn lookup_or_claim(
         &self,

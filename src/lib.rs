@@ -6,6 +6,7 @@
 
 pub mod config;
 pub mod deferred;
+pub mod detached;
 pub mod fingerprint;
 pub mod host;
 pub mod key;
@@ -18,6 +19,7 @@ pub mod problem;
 pub mod record;
 pub mod scope;
 pub mod stream;
+pub mod waiting;
 pub mod worker;
 
 #[cfg(target_arch = "wasm32")]

@@ -23,10 +23,18 @@ pub enum Metric {
     UnknownOutcomeAnswered,
     /// A lease renewal the key store refused: another gateway took the key over.
     RenewalRefused,
+    /// A first request sent upstream by the plugin itself (`execution: "detached"`).
+    DetachedExecuted,
+    /// A duplicate that waited for the first request's record (`in_flight: "wait"`).
+    Waited,
+    /// A wait that ended with the replay of the record.
+    WaitReplayed,
+    /// A wait that ran past `max_wait_ms` (answered 409).
+    WaitTimedOut,
 }
 
 impl Metric {
-    pub const ALL: [Metric; 16] = [
+    pub const ALL: [Metric; 20] = [
         Metric::Executed,
         Metric::Replayed,
         Metric::Conflict,
@@ -43,6 +51,10 @@ impl Metric {
         Metric::UnknownOutcome,
         Metric::UnknownOutcomeAnswered,
         Metric::RenewalRefused,
+        Metric::DetachedExecuted,
+        Metric::Waited,
+        Metric::WaitReplayed,
+        Metric::WaitTimedOut,
     ];
 
     pub fn name(self) -> &'static str {
@@ -63,6 +75,10 @@ impl Metric {
             Metric::UnknownOutcome => "idempotency.unknown_outcome",
             Metric::UnknownOutcomeAnswered => "idempotency.unknown_outcome_answered",
             Metric::RenewalRefused => "idempotency.renewal_refused",
+            Metric::DetachedExecuted => "idempotency.detached_executed",
+            Metric::Waited => "idempotency.waited",
+            Metric::WaitReplayed => "idempotency.wait_replayed",
+            Metric::WaitTimedOut => "idempotency.wait_timed_out",
         }
     }
 

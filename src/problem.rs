@@ -16,6 +16,10 @@ pub enum Problem {
     Unauthenticated,
     StoreUnavailable,
     BodyUnreadable,
+    UpstreamUnavailable,
+    UpstreamTimeout,
+    UpstreamReset,
+    HeaderNotForwardable,
 }
 
 #[derive(Serialize)]
@@ -37,6 +41,10 @@ impl Problem {
             Problem::BodyTooLarge => 413,
             Problem::Mismatch => 422,
             Problem::BodyUnreadable => 500,
+            Problem::UpstreamReset => 502,
+            Problem::UpstreamUnavailable => 503,
+            Problem::UpstreamTimeout => 504,
+            Problem::HeaderNotForwardable => 400,
             Problem::StoreUnavailable => 503,
         }
     }
@@ -64,6 +72,13 @@ impl Problem {
             ),
             Problem::Unauthenticated => ("no-caller", "The request has no caller identity"),
             Problem::BodyUnreadable => ("body-unreadable", "The request body could not be read"),
+            Problem::UpstreamUnavailable => ("upstream-unavailable", "The upstream could not be reached"),
+            Problem::UpstreamTimeout => ("upstream-timeout", "The upstream did not answer in time"),
+            Problem::UpstreamReset => ("upstream-reset", "The upstream reset the request"),
+            Problem::HeaderNotForwardable => (
+                "header-not-forwardable",
+                "A request header cannot be forwarded by detached execution",
+            ),
             Problem::StoreUnavailable => (
                 "store-unavailable",
                 "The idempotency key store is unavailable",

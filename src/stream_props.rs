@@ -54,7 +54,7 @@ use crate::l1::NearCache;
 use crate::record::{Outcome, Record, StoredResponse};
 use crate::stream::{Flow, Stream, REPLAYED_HEADER};
 use crate::testing::{FakeHost, FakeShared};
-use crate::worker::{Purpose, RootReply, Worker};
+use crate::worker::{Purpose, RootAction, RootReply, Worker};
 use base64::engine::general_purpose::STANDARD as B64;
 use base64::Engine;
 use proptest::prelude::*;
@@ -833,7 +833,12 @@ impl World {
             self.renew_l1_model(e, now);
             return Ok(());
         }
-        for (callout, purpose) in out {
+        for action in out {
+            let RootAction::Send(callout, purpose) = action else {
+                return Err(TestCaseError::fail(format!(
+                    "no waiters and no detached execution here, yet the root context would {action:?}"
+                )));
+            };
             let fault = fault_at(faults, *n);
             *n += 1;
             self.root_calls += 1;
@@ -865,11 +870,18 @@ impl World {
                     "a handed-over write is {}",
                     path
                 ),
+                other => {
+                    return Err(TestCaseError::fail(format!(
+                        "unexpected root callout {other:?}"
+                    )))
+                }
             }
             if fault == Fault::NotSent {
                 let before = self.handed_over(e);
                 let renewal = matches!(purpose, Purpose::Renewal(_));
-                self.workers[e].not_sent(purpose, "cluster not found");
+                let more =
+                    self.workers[e].not_sent(purpose, "cluster not found", &self.shared[e], now);
+                prop_assert!(more.is_empty(), "nothing to answer: {:?}", more);
                 self.reqs[j].at_risk |= renewal;
                 prop_assert_eq!(
                     self.handed_over(e),
@@ -878,9 +890,21 @@ impl World {
                 );
                 continue;
             }
-            self.workers[e].sent(token, purpose.clone());
+            self.workers[e].sent(token, purpose.clone(), now);
             let (status, reply) = self.call_keystore(&callout, fault, None)?;
-            let root = self.workers[e].on_reply(token, status, reply.as_bytes(), now);
+            let (root, more) = self.workers[e].on_reply(
+                token,
+                status,
+                Vec::new(),
+                reply.into_bytes(),
+                &self.shared[e],
+                now,
+            );
+            prop_assert!(
+                more.iter().all(|a| matches!(a, RootAction::Count(_))),
+                "only counts: {:?}",
+                more
+            );
             match purpose {
                 Purpose::Renewal(key) => {
                     if !fault.applied() {
@@ -897,6 +921,7 @@ impl World {
                     };
                     prop_assert!(same, "renewal reply {:?}, expected {:?}", root, want);
                 }
+                Purpose::WriteThenAnswer(..) | Purpose::Detached(_) => {}
                 Purpose::Write(_) => {
                     let ok = match fault {
                         Fault::None => root == RootReply::Write(Settled::Done),

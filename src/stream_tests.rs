@@ -8,7 +8,7 @@ use crate::metrics::Metric;
 use crate::record::{Outcome, Record};
 use crate::stream::{Flow, Stream};
 use crate::testing::{FakeHost, FakeShared, Sent};
-use crate::worker::{Purpose, Worker};
+use crate::worker::{Purpose, RootAction, Worker};
 use serde_json::Value;
 use std::cell::Cell;
 use std::rc::Rc;
@@ -794,7 +794,9 @@ mod with_keystore {
         w.advance(1);
         let out = w.worker.on_tick(&w.shared, w.clock.get());
         assert_eq!(out.len(), 1);
-        let (callout, purpose) = &out[0];
+        let RootAction::Send(callout, purpose) = &out[0] else {
+            panic!("{out:?}")
+        };
         assert!(matches!(purpose, Purpose::Renewal(_)));
         assert!(callout
             .headers
@@ -804,22 +806,30 @@ mod with_keystore {
             (body["token"].as_str(), body["lease_ms"].as_u64()),
             (Some("T5"), Some(3000))
         );
-        w.worker.sent(77, purpose.clone());
-        assert_eq!(
-            w.worker
-                .on_reply(77, Some(409), br#"{"outcome":"stale"}"#, w.clock.get()),
-            crate::worker::RootReply::RenewalRefused(match purpose {
-                Purpose::Renewal(k) => *k,
-                Purpose::Write(_) => unreachable!(),
-            })
+        w.worker.sent(77, purpose.clone(), w.clock.get());
+        let (reply, actions) = w.worker.on_reply(
+            77,
+            Some(409),
+            Vec::new(),
+            br#"{"outcome":"stale"}"#.to_vec(),
+            &w.shared,
+            w.clock.get(),
         );
+        let Purpose::Renewal(key) = purpose else {
+            unreachable!()
+        };
+        assert_eq!(reply, crate::worker::RootReply::RenewalRefused(*key));
+        assert!(matches!(
+            actions[..],
+            [RootAction::Count(Metric::RenewalRefused)]
+        ));
         w.respond(&mut s, &mut h, 201, b"{}");
         w.advance(5000);
         assert!(
             w.worker
                 .on_tick(&w.shared, w.clock.get())
                 .iter()
-                .all(|(_, p)| !matches!(p, Purpose::Renewal(_))),
+                .all(|a| !matches!(a, RootAction::Send(_, Purpose::Renewal(_)))),
             "no renewal once answered"
         );
     }

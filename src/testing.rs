@@ -81,6 +81,8 @@ pub struct FakeHost {
     pub callouts: RefCell<Vec<(u32, Callout)>>,
     pub refuse_dispatch: Cell<bool>,
     pub body_unreadable: Cell<bool>,
+    pub stream_id: Cell<u32>,
+    pub woke_root: Cell<u32>,
     pub resumed_request: Cell<u32>,
     pub resumed_response: Cell<u32>,
     pub counts: RefCell<HashMap<Metric, u64>>,
@@ -101,6 +103,8 @@ impl FakeHost {
             callouts: RefCell::new(Vec::new()),
             refuse_dispatch: Cell::new(false),
             body_unreadable: Cell::new(false),
+            stream_id: Cell::new(0),
+            woke_root: Cell::new(0),
             resumed_request: Cell::new(0),
             resumed_response: Cell::new(0),
             counts: RefCell::new(HashMap::new()),
@@ -175,6 +179,13 @@ impl Host for FakeHost {
         let token = self.callouts.borrow().len() as u32 + 100;
         self.callouts.borrow_mut().push((token, callout.clone()));
         Ok(token)
+    }
+    fn stream_id(&self) -> u32 {
+        self.stream_id.get()
+    }
+    fn wake_root(&self, _queue: u32) -> Result<(), String> {
+        self.woke_root.set(self.woke_root.get() + 1);
+        Ok(())
     }
     fn resume_request(&self) {
         self.resumed_request.set(self.resumed_request.get() + 1);

@@ -1,17 +1,25 @@
 //! What the streams of one Envoy worker share with its root context: the config, the near cache,
-//! the key-store writes that must outlive their stream, and the claims to renew. The root context
-//! drives [`Worker::on_tick`] and [`Worker::on_reply`]; every decision here is plain Rust.
+//! the key-store writes that must outlive their stream, the claims to renew, the duplicates that
+//! wait locally, and the requests the plugin executes itself (detached). The root context drives
+//! [`Worker::on_tick`], [`Worker::start_detached`] and [`Worker::on_reply`] and carries out the
+//! [`RootAction`]s they return; every decision here is plain Rust.
 
-use crate::config::Config;
+use crate::config::{Config, RouteRule, UnknownOutcome, NEVER_STORED};
 use crate::deferred::{Deferred, Retrier, Settled};
-use crate::host::{Callout, SharedData};
+use crate::detached::{ending, DetachedJob, Ending};
+use crate::fingerprint::Fingerprint;
+use crate::host::{Callout, Headers, SharedData};
 use crate::keystore_client::{self, AckReply};
-use crate::l1::NearCache;
-use crate::leases::Leases;
+use crate::l1::{L1Outcome, NearCache};
+use crate::leases::{HeldClaim, Leases};
 use crate::metrics::Metric;
+use crate::problem::Problem;
+use crate::record::{storable_headers, Outcome, Record, StoredResponse};
 use crate::scope::RecordKey;
-use log::{debug, warn};
-use std::cell::RefCell;
+use crate::stream::LocalReply;
+use crate::waiting::Waiters;
+use log::{debug, info, warn};
+use std::cell::{Cell, RefCell};
 use std::collections::HashMap;
 
 pub struct Worker {
@@ -20,18 +28,47 @@ pub struct Worker {
     /// Writes handed over by streams (records, releases), sent and retried by the root context.
     pub writes: RefCell<Retrier>,
     pub leases: RefCell<Leases>,
+    pub waiters: RefCell<Waiters>,
     /// Renewal callouts in flight, by callout token.
     renewals: RefCell<HashMap<u32, RecordKey>>,
+    /// Detached executions queued by streams, waiting for the root context to send them.
+    detached_queue: RefCell<Vec<DetachedJob>>,
+    /// Detached executions on their way upstream, by callout token.
+    detached_running: RefCell<HashMap<u32, DetachedJob>>,
+    /// Streams to answer once a write lands, by the write's callout token.
+    answer_after: RefCell<HashMap<u32, Answer>>,
+    /// The shared queue that wakes this worker's root context (see [`Worker::set_doorbell`]).
+    doorbell: Cell<Option<u32>>,
+}
+
+/// A reply for a stream that the root context answers (if the stream is still there).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Answer {
+    pub stream_id: u32,
+    pub status: u16,
+    pub headers: Headers,
+    pub body: Vec<u8>,
 }
 
 /// Why the root context sends a callout.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone)]
 pub enum Purpose {
     Write(Deferred),
+    /// A write, then an answer to a stream that waits for it.
+    WriteThenAnswer(Deferred, Answer),
     Renewal(RecordKey),
+    Detached(Box<DetachedJob>),
 }
 
-/// What a reply to one of the root context's callouts meant.
+/// What the root context does next.
+#[derive(Debug, Clone)]
+pub enum RootAction {
+    Send(Callout, Purpose),
+    Answer(Answer),
+    Count(Metric),
+}
+
+/// What a reply to one of the root context's callouts meant (for its log line).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum RootReply {
     Write(Settled),
@@ -39,6 +76,7 @@ pub enum RootReply {
     /// The key store no longer knows the claim as ours: it was taken over (or expired).
     RenewalRefused(RecordKey),
     RenewalFailed(String),
+    Detached,
     Unknown,
 }
 
@@ -49,7 +87,12 @@ impl Worker {
             cache,
             writes: RefCell::new(Retrier::default()),
             leases: RefCell::new(Leases::default()),
+            waiters: RefCell::new(Waiters::default()),
             renewals: RefCell::new(HashMap::new()),
+            detached_queue: RefCell::new(Vec::new()),
+            detached_running: RefCell::new(HashMap::new()),
+            answer_after: RefCell::new(HashMap::new()),
+            doorbell: Cell::new(None),
         }
     }
 
@@ -58,15 +101,37 @@ impl Worker {
         self.writes.borrow_mut().push(write);
     }
 
-    /// Renews due leases in L1 at once, and returns every callout to send now: deferred writes
-    /// and key-store renewals.
-    pub fn on_tick(&self, shared: &dyn SharedData, now_ms: u64) -> Vec<(Callout, Purpose)> {
-        let mut out: Vec<(Callout, Purpose)> = self
+    /// The shared queue whose messages wake the root context (`on_queue_ready`).
+    pub fn set_doorbell(&self, queue: u32) {
+        self.doorbell.set(Some(queue));
+    }
+
+    pub fn doorbell(&self) -> Option<u32> {
+        self.doorbell.get()
+    }
+
+    /// Queues a detached execution; the stream then rings the doorbell.
+    pub fn queue_detached(&self, job: DetachedJob) {
+        self.detached_queue.borrow_mut().push(job);
+    }
+
+    /// The detached executions to send now (the root context was woken).
+    pub fn start_detached(&self) -> Vec<RootAction> {
+        std::mem::take(&mut *self.detached_queue.borrow_mut())
+            .into_iter()
+            .map(|job| RootAction::Send(job.upstream.clone(), Purpose::Detached(Box::new(job))))
+            .collect()
+    }
+
+    /// Renews due leases in L1 at once, answers local waiters whose record landed (or whose wait
+    /// ended), and returns every callout to send now: deferred writes and key-store renewals.
+    pub fn on_tick(&self, shared: &dyn SharedData, now_ms: u64) -> Vec<RootAction> {
+        let mut out: Vec<RootAction> = self
             .writes
             .borrow_mut()
             .take_due(now_ms)
             .into_iter()
-            .map(|d| (d.callout.clone(), Purpose::Write(d)))
+            .map(|d| RootAction::Send(d.callout.clone(), Purpose::Write(d)))
             .collect();
         let lease_ms = self.cfg.lock_lease_ms;
         for claim in self.leases.borrow_mut().due(now_ms, lease_ms) {
@@ -85,60 +150,336 @@ impl Worker {
             }
             if let (Some(ks), Some(token)) = (&self.cfg.keystore, &claim.token) {
                 let callout = keystore_client::renew(ks, &claim.key, token, lease_ms);
-                out.push((callout, Purpose::Renewal(claim.key)));
+                out.push(RootAction::Send(callout, Purpose::Renewal(claim.key)));
             }
         }
+        self.answer_waiters(shared, now_ms, &mut out);
         out
     }
 
+    fn answer_waiters(&self, shared: &dyn SharedData, now_ms: u64, out: &mut Vec<RootAction>) {
+        if self.waiters.borrow().is_empty() {
+            return;
+        }
+        let mut replies = Vec::new();
+        let answered = self.waiters.borrow_mut().settle(|w| {
+            let reply = match self.cache.peek(shared, &w.key, &w.fingerprint, now_ms) {
+                Some(L1Outcome::Completed(record)) => {
+                    let reply = LocalReply::from_record(record, now_ms);
+                    if reply.metric == Metric::Replayed {
+                        replies.push(Metric::WaitReplayed);
+                    }
+                    reply
+                }
+                Some(L1Outcome::Mismatch) => LocalReply::mismatch(),
+                Some(L1Outcome::InFlight { .. }) if now_ms < w.until_ms => return false,
+                Some(L1Outcome::InFlight { .. }) => {
+                    replies.push(Metric::WaitTimedOut);
+                    LocalReply::conflict(0)
+                }
+                // Freed (released, expired) or unreadable: the client retries and runs it.
+                Some(L1Outcome::Claimed | L1Outcome::Unavailable(_)) | None => {
+                    LocalReply::conflict(0)
+                }
+            };
+            replies.push(reply.metric);
+            out.push(RootAction::Answer(Answer {
+                stream_id: w.stream_id,
+                status: reply.status,
+                headers: reply.headers,
+                body: reply.body,
+            }));
+            true
+        });
+        debug!("{} local waiter(s) answered", answered.len());
+        out.extend(replies.into_iter().map(RootAction::Count));
+    }
+
     /// Records that the root context sent `purpose` as callout `token`.
-    pub fn sent(&self, token: u32, purpose: Purpose) {
+    pub fn sent(&self, token: u32, purpose: Purpose, now_ms: u64) {
         match purpose {
             Purpose::Write(d) => self.writes.borrow_mut().sent(token, d),
+            Purpose::WriteThenAnswer(d, answer) => {
+                self.writes.borrow_mut().sent(token, d);
+                self.answer_after.borrow_mut().insert(token, answer);
+            }
             Purpose::Renewal(key) => {
                 self.renewals.borrow_mut().insert(token, key);
             }
+            Purpose::Detached(job) => {
+                self.leases.borrow_mut().hold(HeldClaim {
+                    key: job.key,
+                    owner: job.owner,
+                    l1: job.l1,
+                    token: job.token.clone(),
+                    renewed_ms: now_ms,
+                });
+                self.detached_running.borrow_mut().insert(token, *job);
+            }
         }
     }
 
-    /// A callout the root context sent could not go out.
-    pub fn not_sent(&self, purpose: Purpose, why: &str) {
+    /// A callout the root context meant to send could not go out.
+    pub fn not_sent(
+        &self,
+        purpose: Purpose,
+        why: &str,
+        shared: &dyn SharedData,
+        now_ms: u64,
+    ) -> Vec<RootAction> {
         match purpose {
             // Queued again: the next tick tries once more, until the write's deadline.
             Purpose::Write(d) => self.writes.borrow_mut().push(d),
+            Purpose::WriteThenAnswer(d, answer) => {
+                self.writes.borrow_mut().push(d);
+                return vec![RootAction::Answer(answer)];
+            }
             Purpose::Renewal(key) => warn!("key {}: renewal not sent: {why}", key.short()),
+            Purpose::Detached(job) => {
+                warn!("key {}: detached request not sent: {why}", job.key.short());
+                return self.settle_detached(
+                    *job,
+                    Ending::NotSent,
+                    Vec::new(),
+                    Vec::new(),
+                    shared,
+                    now_ms,
+                );
+            }
         }
+        Vec::new()
     }
 
-    pub fn on_reply(&self, token: u32, status: Option<u16>, body: &[u8], now_ms: u64) -> RootReply {
+    pub fn is_detached(&self, token: u32) -> bool {
+        self.detached_running.borrow().contains_key(&token)
+    }
+
+    /// A reply to one of the root context's callouts. `headers` are read only for detached runs.
+    pub fn on_reply(
+        &self,
+        token: u32,
+        status: Option<u16>,
+        headers: Headers,
+        body: Vec<u8>,
+        shared: &dyn SharedData,
+        now_ms: u64,
+    ) -> (RootReply, Vec<RootAction>) {
+        if let Some(job) = self.detached_running.borrow_mut().remove(&token) {
+            let end = ending(status, &headers, &body);
+            let actions = self.settle_detached(job, end, headers, body, shared, now_ms);
+            return (RootReply::Detached, actions);
+        }
         if let Some(key) = self.renewals.borrow_mut().remove(&token) {
-            return match keystore_client::parse_ack(status, body) {
+            return match keystore_client::parse_ack(status, &body) {
                 Ok(AckReply::Done) => {
                     debug!("key {}: lease renewed", key.short());
-                    RootReply::Renewed
+                    (RootReply::Renewed, Vec::new())
                 }
-                Ok(AckReply::Stale) => RootReply::RenewalRefused(key),
-                Err(e) => RootReply::RenewalFailed(e),
+                Ok(AckReply::Stale) => (
+                    RootReply::RenewalRefused(key),
+                    vec![RootAction::Count(Metric::RenewalRefused)],
+                ),
+                Err(e) => (
+                    RootReply::RenewalFailed(e),
+                    vec![RootAction::Count(Metric::StoreError)],
+                ),
             };
         }
-        match self
+        let settled = self
             .writes
             .borrow_mut()
-            .on_reply(token, status, body, now_ms)
-        {
-            Settled::Unknown => RootReply::Unknown,
-            settled => RootReply::Write(settled),
+            .on_reply(token, status, &body, now_ms);
+        let mut actions = Vec::new();
+        if let Some(answer) = self.answer_after.borrow_mut().remove(&token) {
+            actions.push(RootAction::Answer(answer));
+        }
+        match settled {
+            Settled::Unknown => (RootReply::Unknown, actions),
+            settled => {
+                if matches!(settled, Settled::GaveUp(_) | Settled::Retrying(_)) {
+                    actions.push(RootAction::Count(Metric::StoreError));
+                }
+                (RootReply::Write(settled), actions)
+            }
         }
     }
 
-    /// The metric a root reply counts, if any.
-    pub fn metric_for(reply: &RootReply) -> Option<Metric> {
-        match reply {
-            RootReply::RenewalRefused(_) => Some(Metric::RenewalRefused),
-            RootReply::RenewalFailed(_) | RootReply::Write(Settled::GaveUp(_)) => {
-                Some(Metric::StoreError)
-            }
-            _ => None,
+    /// Keeps `record` for `key` in L1 under `owner`'s claim (logged when it cannot).
+    pub fn l1_keep(
+        &self,
+        shared: &dyn SharedData,
+        key: &RecordKey,
+        owner: u64,
+        record: &Record,
+        now_ms: u64,
+    ) {
+        match self.cache.complete(shared, key, owner, record, now_ms) {
+            Ok(true) => {}
+            Ok(false) => warn!(
+                "key {}: near-cache claim was taken over before completion",
+                key.short()
+            ),
+            Err(e) => warn!(
+                "key {}: record not kept in the near cache: {e}",
+                key.short()
+            ),
         }
+    }
+
+    pub fn l1_release(&self, shared: &dyn SharedData, key: &RecordKey, owner: u64, now_ms: u64) {
+        if let Err(e) = self.cache.release(shared, key, owner, now_ms) {
+            warn!(
+                "key {}: near-cache claim not released (its lease will expire): {e}",
+                key.short()
+            );
+        }
+    }
+
+    /// The record for a key's one attempt, as this rule keeps it.
+    pub fn record(
+        rule: &RouteRule,
+        fingerprint: Fingerprint,
+        outcome: Outcome,
+        now_ms: u64,
+    ) -> Record {
+        Record {
+            fingerprint,
+            created_ms: now_ms,
+            expires_ms: now_ms.saturating_add(rule.retention_ms),
+            outcome,
+        }
+    }
+
+    /// The end of a detached execution: keep, release or lock the key as the class of its ending
+    /// says, exactly as for an inline request, then answer the client if it is still there.
+    fn settle_detached(
+        &self,
+        job: DetachedJob,
+        end: Ending,
+        headers: Headers,
+        body: Vec<u8>,
+        shared: &dyn SharedData,
+        now_ms: u64,
+    ) -> Vec<RootAction> {
+        self.leases.borrow_mut().drop_claim(job.owner);
+        let mut actions = Vec::new();
+        let upstream_answer = |status: u16, headers: Headers, body: Vec<u8>| Answer {
+            stream_id: job.stream_id,
+            status,
+            headers,
+            body,
+        };
+        let problem = |problem: Problem, detail: &str| {
+            let (status, headers, body) = problem.response(detail, 0);
+            upstream_answer(status, headers, body)
+        };
+        let (outcome, answer) = match end {
+            Ending::Answered(status) => {
+                let kept = storable_headers(headers);
+                let storable = (status < 500 || job.rule.store_5xx)
+                    && status >= 100
+                    && !NEVER_STORED.contains(&status);
+                let header_bytes: usize = kept.iter().map(|(n, v)| n.len() + v.len()).sum();
+                let answer = upstream_answer(status, kept.clone(), body.clone());
+                if !storable {
+                    info!(
+                        "key {}: upstream answered {status}; releasing",
+                        job.key.short()
+                    );
+                    (None, answer)
+                } else if body.len().saturating_add(header_bytes) > self.cfg.max_response_bytes {
+                    actions.push(RootAction::Count(Metric::NotReplayable));
+                    (Some(Outcome::NotReplayable), answer)
+                } else {
+                    let response = StoredResponse {
+                        status,
+                        headers: kept,
+                        body,
+                    };
+                    (Some(Outcome::Replayable(response)), answer)
+                }
+            }
+            Ending::NotSent => (
+                None,
+                problem(
+                    Problem::UpstreamUnavailable,
+                    "the upstream could not be reached; the request was not sent",
+                ),
+            ),
+            Ending::TimedOut | Ending::Reset => {
+                actions.push(RootAction::Count(Metric::UnknownOutcome));
+                let answer = if end == Ending::TimedOut {
+                    problem(
+                        Problem::UpstreamTimeout,
+                        "the upstream did not answer in time; the request may have executed",
+                    )
+                } else {
+                    problem(
+                        Problem::UpstreamReset,
+                        "the upstream reset the request; it may have executed",
+                    )
+                };
+                match job.rule.unknown_outcome {
+                    UnknownOutcome::Lock => {
+                        warn!(
+                            "key {}: detached request ended {end:?}; outcome unknown, locked",
+                            job.key.short()
+                        );
+                        let hold_until_ms = now_ms.saturating_add(job.rule.unknown_hold_ms);
+                        (Some(Outcome::Unknown { hold_until_ms }), answer)
+                    }
+                    UnknownOutcome::Release => (None, answer),
+                }
+            }
+        };
+        let lease_end = now_ms.saturating_add(self.cfg.lock_lease_ms);
+        let write = match outcome {
+            Some(outcome) => {
+                let record = Worker::record(&job.rule, job.fingerprint, outcome, now_ms);
+                if job.l1 {
+                    self.l1_keep(shared, &job.key, job.owner, &record, now_ms);
+                }
+                self.cfg
+                    .keystore
+                    .as_ref()
+                    .zip(job.token.as_ref())
+                    .map(|(ks, token)| {
+                        keystore_client::complete(
+                            ks,
+                            &job.key,
+                            token,
+                            &record,
+                            job.rule.retention_ms,
+                        )
+                    })
+            }
+            None => {
+                actions.push(RootAction::Count(Metric::Released));
+                if job.l1 {
+                    self.l1_release(shared, &job.key, job.owner, now_ms);
+                }
+                self.cfg
+                    .keystore
+                    .as_ref()
+                    .zip(job.token.as_ref())
+                    .map(|(ks, token)| keystore_client::release(ks, &job.key, token))
+            }
+        };
+        match write {
+            // Stored before the client sees it, as inline.
+            Some(callout) => actions.push(RootAction::Send(
+                callout.clone(),
+                Purpose::WriteThenAnswer(
+                    Deferred {
+                        callout,
+                        not_before_ms: 0,
+                        until_ms: lease_end,
+                    },
+                    answer,
+                ),
+            )),
+            None => actions.push(RootAction::Answer(answer)),
+        }
+        actions
     }
 }

@@ -12,7 +12,6 @@
 mod support;
 
 use std::collections::HashSet;
-use std::time::Duration;
 
 use serde_json::json;
 use support::*;

@@ -225,7 +225,8 @@ impl AppState {
     /// Claims; while the key is in flight with this fingerprint, waits (at most `wait_ms`) for it
     /// to be completed, released or to expire, and claims again. The last read comes after the
     /// wait, so an `in_flight` answer is fresh; the whole is bounded by `wait_ms` plus one call.
-    async fn claim_waiting(&self, req: &ClaimRequest) -> Result<ClaimOutcome, Failure> {
+    /// Also says whether the request was held at all (`waited`).
+    async fn claim_waiting(&self, req: &ClaimRequest) -> Result<(ClaimOutcome, bool), Failure> {
         let mut deadline = Instant::now() + Duration::from_millis(req.wait_ms);
         let mut round = 0u32;
         loop {
@@ -233,11 +234,11 @@ impl AppState {
             let change = self.backend.watch(&req.key, round);
             let outcome = self.call("claim", self.backend.claim(req)).await?;
             let ClaimOutcome::InFlight { retry_after_ms } = outcome else {
-                return Ok(outcome);
+                return Ok((outcome, round > 0));
             };
             let left = deadline.saturating_duration_since(Instant::now());
             if left.is_zero() {
-                return Ok(outcome);
+                return Ok((outcome, round > 0));
             }
             // Nobody announces a lease running out: wake at its end to take the key over.
             let nap = left.min(Duration::from_millis(retry_after_ms));
@@ -271,8 +272,8 @@ async fn claim(
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Response, Failure> {
     let req = s.parse("claim", body, ClaimRequest::parse)?;
-    let outcome = if req.wait_ms == 0 {
-        s.call("claim", s.backend.claim(&req)).await?
+    let (outcome, waited) = if req.wait_ms == 0 {
+        (s.call("claim", s.backend.claim(&req)).await?, false)
     } else {
         s.claim_waiting(&req).await?
     };
@@ -290,7 +291,15 @@ async fn claim(
         ClaimOutcome::Mismatch => ("mismatch", ClaimResponse::Mismatch),
     };
     s.metrics.op("claim", label);
-    Ok(Json(body).into_response())
+    if !waited {
+        return Ok(Json(body).into_response());
+    }
+    // A claim that was held says so, for the caller's wait metrics.
+    let mut value = serde_json::to_value(&body).unwrap_or_default();
+    if let Some(obj) = value.as_object_mut() {
+        obj.insert("waited".to_owned(), serde_json::Value::Bool(true));
+    }
+    Ok(Json(value).into_response())
 }
 
 async fn complete(

@@ -2,7 +2,7 @@
 //! record key (caller and key, keyed-hashed) and the fingerprint of method, path, headers and body.
 
 use super::{Admitted, Flow, Phase, Stream};
-use crate::config::{Anonymous, CallerSource};
+use crate::config::{Anonymous, CallerSource, Execution};
 use crate::fingerprint::Fingerprinter;
 use crate::host::Host;
 use crate::key::parse_key_header;
@@ -90,10 +90,28 @@ impl Stream {
                 (name.as_str(), values)
             })
             .collect();
+        let detached_headers = match rule.execution {
+            Execution::Inline => None,
+            Execution::Detached { .. } => {
+                // The callout carries text only: refuse now rather than after claiming the key.
+                if let Some((name, _)) = headers
+                    .iter()
+                    .find(|(_, v)| std::str::from_utf8(v).is_err())
+                {
+                    let detail = format!(
+                        "header {name} is not UTF-8, which this route's detached execution cannot forward"
+                    );
+                    self.answer(host, Problem::HeaderNotForwardable, &detail);
+                    return None;
+                }
+                Some(headers.clone())
+            }
+        };
         Some(Admitted {
             rule,
             key: record_key,
             fingerprinter: Fingerprinter::new(&method, &path, &fp_headers),
+            detached_headers,
         })
     }
 
@@ -138,6 +156,9 @@ impl Stream {
             return self.body_too_large(host);
         }
         admitted.fingerprinter.update_body(&body);
+        if let Some(headers) = admitted.detached_headers.take() {
+            self.detached_request = Some((headers, body));
+        }
         self.decide(host, admitted)
     }
 }

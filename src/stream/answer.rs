@@ -2,7 +2,7 @@
 //! conflicts, mismatches, refused input and keys whose outcome is unknown.
 
 use super::{Flow, Phase, Stream};
-use crate::host::Host;
+use crate::host::{Headers, Host};
 use crate::metrics::Metric;
 use crate::problem::Problem;
 use crate::record::{Outcome, Record};
@@ -12,6 +12,78 @@ use log::debug;
 /// The response header that marks a replay.
 pub const REPLAYED_HEADER: &str = "idempotent-replayed";
 
+/// A local reply and the counter it counts under.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LocalReply {
+    pub status: u16,
+    pub headers: Headers,
+    pub body: Vec<u8>,
+    pub metric: Metric,
+}
+
+impl LocalReply {
+    pub fn problem(problem: Problem, detail: &str, retry_after_s: u64, metric: Metric) -> Self {
+        let (status, headers, body) = problem.response(detail, retry_after_s);
+        LocalReply {
+            status,
+            headers,
+            body,
+            metric,
+        }
+    }
+
+    /// 409: the key is in flight. `wait_ms` says when the answer can change (0: any moment).
+    pub fn conflict(wait_ms: u64) -> Self {
+        LocalReply::problem(
+            Problem::Conflict,
+            "a request with this key is still being processed; retry later",
+            wait_ms.div_ceil(1000),
+            Metric::Conflict,
+        )
+    }
+
+    pub fn mismatch() -> Self {
+        LocalReply::problem(
+            Problem::Mismatch,
+            "this key was used with a different request (method, path, query or body)",
+            0,
+            Metric::Mismatch,
+        )
+    }
+
+    /// What a retry gets from the record of its key's one attempt, at `now_ms`.
+    pub fn from_record(record: Record, now_ms: u64) -> Self {
+        match record.outcome {
+            Outcome::Replayable(response) => {
+                let mut headers = response.headers;
+                headers.push((REPLAYED_HEADER.to_string(), b"true".to_vec()));
+                LocalReply {
+                    status: response.status,
+                    headers,
+                    body: response.body,
+                    metric: Metric::Replayed,
+                }
+            }
+            Outcome::NotReplayable => LocalReply::problem(
+                Problem::NotReplayable,
+                "this request was executed, but its response was too large to keep; it will not be executed again",
+                0,
+                Metric::NotReplayable,
+            ),
+            // The first attempt may still be running upstream: come back after the hold.
+            Outcome::Unknown { hold_until_ms } if now_ms < hold_until_ms => {
+                LocalReply::conflict(hold_until_ms - now_ms)
+            }
+            Outcome::Unknown { .. } => LocalReply::problem(
+                Problem::OutcomeUnknown,
+                "the first request with this key was sent upstream and no complete answer came back; it may have executed, and it will not be executed again",
+                0,
+                Metric::UnknownOutcomeAnswered,
+            ),
+        }
+    }
+}
+
 impl Stream {
     /// Answers a retry from the record of the key's one attempt.
     pub(super) fn answer_from_record(
@@ -20,66 +92,37 @@ impl Stream {
         key: &RecordKey,
         record: Record,
     ) -> Flow {
-        match record.outcome {
-            Outcome::Replayable(response) => {
-                host.count(Metric::Replayed);
-                debug!("key {}: replaying the stored response", key.short());
-                let mut headers = response.headers;
-                headers.push((REPLAYED_HEADER.to_string(), b"true".to_vec()));
-                host.send_response(response.status, &headers, &response.body);
-                self.phase = Phase::Answered;
-                Flow::Pause
-            }
-            Outcome::NotReplayable => {
-                host.count(Metric::NotReplayable);
-                self.answer(
-                    host,
-                    Problem::NotReplayable,
-                    "this request was executed, but its response was too large to keep; it will not be executed again",
-                )
-            }
-            Outcome::Unknown { hold_until_ms } => {
-                let now = host.now_ms();
-                if now < hold_until_ms {
-                    // The first attempt may still be running upstream: come back after the hold.
-                    return self.conflict(host, key, hold_until_ms - now);
-                }
-                host.count(Metric::UnknownOutcomeAnswered);
-                self.answer(
-                    host,
-                    Problem::OutcomeUnknown,
-                    "the first request with this key was sent upstream and no complete answer came back; it may have executed, and it will not be executed again",
-                )
-            }
-        }
+        let reply = LocalReply::from_record(record, host.now_ms());
+        debug!(
+            "key {}: answered from its record: {}",
+            key.short(),
+            reply.status
+        );
+        self.reply(host, reply)
     }
 
     /// 409: the key is in flight. `wait_ms` says when the answer can change (0: any moment).
     pub(super) fn conflict(&mut self, host: &dyn Host, key: &RecordKey, wait_ms: u64) -> Flow {
-        host.count(Metric::Conflict);
         debug!("key {}: in flight: 409", key.short());
-        let (status, headers, body) = Problem::Conflict.response(
-            "a request with this key is still being processed; retry later",
-            wait_ms.div_ceil(1000),
-        );
+        self.reply(host, LocalReply::conflict(wait_ms))
+    }
+
+    pub(super) fn mismatch(&mut self, host: &dyn Host, key: &RecordKey) -> Flow {
+        debug!("key {}: fingerprint mismatch: 422", key.short());
+        self.reply(host, LocalReply::mismatch())
+    }
+
+    /// A problem answer; the caller counts it.
+    pub(super) fn answer(&mut self, host: &dyn Host, problem: Problem, detail: &str) -> Flow {
+        let (status, headers, body) = problem.response(detail, 0);
         host.send_response(status, &headers, &body);
         self.phase = Phase::Answered;
         Flow::Pause
     }
 
-    pub(super) fn mismatch(&mut self, host: &dyn Host, key: &RecordKey) -> Flow {
-        host.count(Metric::Mismatch);
-        debug!("key {}: fingerprint mismatch: 422", key.short());
-        self.answer(
-            host,
-            Problem::Mismatch,
-            "this key was used with a different request (method, path, query or body)",
-        )
-    }
-
-    pub(super) fn answer(&mut self, host: &dyn Host, problem: Problem, detail: &str) -> Flow {
-        let (status, headers, body) = problem.response(detail, 0);
-        host.send_response(status, &headers, &body);
+    fn reply(&mut self, host: &dyn Host, reply: LocalReply) -> Flow {
+        host.count(reply.metric);
+        host.send_response(reply.status, &reply.headers, &reply.body);
         self.phase = Phase::Answered;
         Flow::Pause
     }

@@ -3,12 +3,14 @@
 //! release it.
 
 use super::{Admitted, Claim, Flow, Phase, Request, Stream};
-use crate::config::FailureMode;
+use crate::config::{Execution, FailureMode, InFlight};
+use crate::detached::{upstream_request, DetachedJob, UnforwardableHeader};
 use crate::host::Host;
 use crate::keystore_client::{self, ClaimReply};
 use crate::l1::L1Outcome;
 use crate::metrics::Metric;
 use crate::problem::Problem;
+use crate::waiting::Waiter;
 use log::{debug, warn};
 
 impl Stream {
@@ -38,6 +40,13 @@ impl Stream {
             L1Outcome::Completed(record) => {
                 return self.answer_from_record(host, &claim.key, record)
             }
+            // Waiting: the key store holds the duplicate until the record lands, for this Envoy's
+            // requests as for any other's. Without a key store, this Envoy's root context does.
+            L1Outcome::InFlight { .. } if claim.rule.in_flight == InFlight::Wait => {
+                if self.worker.cfg.keystore.is_none() {
+                    return self.wait_locally(host, claim);
+                }
+            }
             L1Outcome::InFlight { .. } => return self.conflict(host, &claim.key, 0),
             L1Outcome::Mismatch => return self.mismatch(host, &claim.key),
             L1Outcome::Unavailable(e) => {
@@ -56,6 +65,7 @@ impl Stream {
             &fingerprint,
             lease_ms,
             &claim.proposed_token,
+            claim.wait_ms(),
         );
         match host.dispatch(&callout) {
             Ok(token) => {
@@ -74,9 +84,18 @@ impl Stream {
         }
     }
 
-    /// Forwards the request upstream under its claim.
+    /// Forwards the request upstream under its claim: through Envoy's router, or (detached)
+    /// through the plugin's root context.
     pub(super) fn execute(&mut self, host: &dyn Host, claim: Claim, request: Request) -> Flow {
         host.count(Metric::Executed);
+        if let Execution::Detached {
+            cluster,
+            timeout_ms,
+        } = &claim.rule.execution
+        {
+            let (cluster, timeout_ms) = (cluster.clone(), *timeout_ms);
+            return self.detach(host, claim, &cluster, timeout_ms);
+        }
         debug!("key {}: executing", claim.key.short());
         self.hold_lease(host, &claim);
         self.phase = Phase::Forwarded(claim);
@@ -84,6 +103,63 @@ impl Stream {
             host.resume_request();
         }
         Flow::Continue
+    }
+
+    /// Hands the request to the root context, which sends it upstream, stores the answer and
+    /// answers this stream if it is still there. The request never goes through the router.
+    fn detach(&mut self, host: &dyn Host, claim: Claim, cluster: &str, timeout_ms: u64) -> Flow {
+        let (headers, body) = self.detached_request.take().unwrap_or_default();
+        let upstream = match upstream_request(cluster, timeout_ms, &headers, body) {
+            Ok(callout) => callout,
+            Err(UnforwardableHeader(name)) => {
+                // Checked at admission; kept as a guard.
+                self.release_l1(host, &claim);
+                self.release_later(host, &claim, 0);
+                let detail = format!("header {name} cannot be forwarded");
+                return self.answer(host, Problem::HeaderNotForwardable, &detail);
+            }
+        };
+        let Some(queue) = self.worker.doorbell() else {
+            self.release_l1(host, &claim);
+            self.release_later(host, &claim, 0);
+            return self.answer(
+                host,
+                Problem::UpstreamUnavailable,
+                "detached execution is not available on this worker",
+            );
+        };
+        host.count(Metric::DetachedExecuted);
+        debug!("key {}: executing detached", claim.key.short());
+        self.worker.queue_detached(DetachedJob {
+            stream_id: host.stream_id(),
+            upstream,
+            key: claim.key,
+            owner: claim.owner,
+            l1: claim.l1,
+            token: claim.token,
+            fingerprint: claim.fingerprint,
+            rule: claim.rule,
+        });
+        if let Err(e) = host.wake_root(queue) {
+            // The next tick starts it anyway.
+            warn!("cannot wake the root context ({e}); the detached request waits for a tick");
+        }
+        self.phase = Phase::Detached;
+        Flow::Pause
+    }
+
+    /// A duplicate waits for the record of its key's first request (no key store: this Envoy's
+    /// root context looks at L1 and answers it).
+    pub(super) fn wait_locally(&mut self, host: &dyn Host, claim: Claim) -> Flow {
+        host.count(Metric::Waited);
+        self.worker.waiters.borrow_mut().add(Waiter {
+            stream_id: host.stream_id(),
+            key: claim.key,
+            fingerprint: claim.fingerprint,
+            until_ms: host.now_ms().saturating_add(claim.rule.max_wait_ms),
+        });
+        self.phase = Phase::WaitingLocally;
+        Flow::Pause
     }
 
     /// The key store could not be used: the route's failure mode decides.
@@ -126,7 +202,16 @@ impl Stream {
         status: Option<u16>,
         body: &[u8],
     ) {
-        match keystore_client::parse_claim(status, body) {
+        let reply = keystore_client::parse_claim(status, body);
+        if keystore_client::claim_waited(body) {
+            host.count(Metric::Waited);
+            match reply {
+                Ok(ClaimReply::Completed(_)) => host.count(Metric::WaitReplayed),
+                Ok(ClaimReply::InFlight { .. }) => host.count(Metric::WaitTimedOut),
+                _ => {}
+            }
+        }
+        match reply {
             Ok(ClaimReply::Claimed { token }) => {
                 claim.token = Some(token);
                 self.execute(host, claim, Request::PausedOnCallout);

@@ -15,10 +15,10 @@ mod answer;
 mod claim;
 mod settle;
 
-use crate::config::{HeadersMode, RouteRule};
+use crate::config::{HeadersMode, InFlight, RouteRule};
 use crate::deferred::Deferred;
 use crate::fingerprint::{Fingerprint, Fingerprinter};
-use crate::host::Host;
+use crate::host::{Headers, Host};
 use crate::keystore_client::{self, AckReply};
 use crate::leases::HeldClaim;
 use crate::metrics::Metric;
@@ -28,7 +28,7 @@ use crate::worker::Worker;
 use log::warn;
 use std::rc::Rc;
 
-pub use answer::REPLAYED_HEADER;
+pub use answer::{LocalReply, REPLAYED_HEADER};
 
 /// What the adapter returns to Envoy.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -50,6 +50,8 @@ struct Admitted {
     rule: RouteRule,
     key: RecordKey,
     fingerprinter: Fingerprinter,
+    /// The request headers, kept only when the plugin sends the request itself (detached).
+    detached_headers: Option<Vec<(String, Vec<u8>)>>,
 }
 
 /// The claims this request holds while it executes.
@@ -89,14 +91,30 @@ enum Phase {
     /// A record or a release is on its way to the key store; the response waits for it. The
     /// write is kept so that the root context can retry it if this stream cannot.
     Writing { callout: u32, write: Deferred },
+    /// A duplicate waiting (no key store) for the record of its key; the root context answers it.
+    WaitingLocally,
+    /// The plugin sends the request upstream itself; the root context answers the client.
+    Detached,
     /// The filter answered locally; the local reply passes back through the response callbacks.
     Answered,
+}
+
+impl Claim {
+    /// How long the key store may hold this request's claim while the key is in flight.
+    fn wait_ms(&self) -> u64 {
+        match self.rule.in_flight {
+            InFlight::Wait => self.rule.max_wait_ms,
+            InFlight::Conflict => 0,
+        }
+    }
 }
 
 /// One HTTP stream.
 pub struct Stream {
     worker: Rc<Worker>,
     phase: Phase,
+    /// The request (headers, body) a detached execution sends upstream.
+    detached_request: Option<(Headers, Vec<u8>)>,
     /// Envoy reported the end of the stream: no response is left to hold.
     ended: bool,
 }
@@ -106,6 +124,7 @@ impl Stream {
         Stream {
             worker,
             phase: Phase::Passthrough,
+            detached_request: None,
             ended: false,
         }
     }
@@ -115,6 +134,10 @@ impl Stream {
             return self.flow_after_admission();
         };
         if end_of_stream {
+            let mut admitted = admitted;
+            if let Some(headers) = admitted.detached_headers.take() {
+                self.detached_request = Some((headers, Vec::new()));
+            }
             return self.decide(host, admitted);
         }
         self.phase = Phase::ReadingBody(Box::new(admitted));
@@ -136,7 +159,11 @@ impl Stream {
                 self.body_too_large(host)
             }
             Phase::ReadingBody(_) if end_of_stream => self.finish_body(host),
-            Phase::ReadingBody(_) | Phase::Claiming { .. } | Phase::Answered => Flow::Pause,
+            Phase::ReadingBody(_)
+            | Phase::Claiming { .. }
+            | Phase::WaitingLocally
+            | Phase::Detached
+            | Phase::Answered => Flow::Pause,
             _ => Flow::Continue,
         }
     }
@@ -145,7 +172,9 @@ impl Stream {
     pub fn on_request_trailers(&mut self, host: &dyn Host) -> Flow {
         match &self.phase {
             Phase::ReadingBody(_) => self.finish_body(host),
-            Phase::Claiming { .. } | Phase::Answered => Flow::Pause,
+            Phase::Claiming { .. } | Phase::WaitingLocally | Phase::Detached | Phase::Answered => {
+                Flow::Pause
+            }
             _ => Flow::Continue,
         }
     }
@@ -264,6 +293,9 @@ impl Stream {
                 // stale, which settles it).
                 self.worker.defer(write);
             }
+            Phase::WaitingLocally => self.worker.waiters.borrow_mut().remove(host.stream_id()),
+            // The root context owns a detached execution: it stores the answer whether or not
+            // the client is still there.
             _ => {}
         }
     }

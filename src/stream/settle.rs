@@ -13,7 +13,8 @@ use crate::host::{Callout, Host};
 use crate::keystore_client;
 use crate::metrics::Metric;
 use crate::outcome::{classify, decode_flags, ResponseClass, UnknownCause};
-use crate::record::{storable_headers, Outcome, Record, StoredResponse};
+use crate::record::{storable_headers, Outcome, StoredResponse};
+use crate::worker::Worker;
 use log::{info, warn};
 
 fn status_of(headers: &[(String, Vec<u8>)]) -> u16 {
@@ -134,28 +135,10 @@ impl Stream {
     fn keep(&mut self, host: &dyn Host, claim: Claim, outcome: Outcome) -> Flow {
         self.drop_lease(&claim);
         let now = host.now_ms();
-        let record = Record {
-            fingerprint: claim.fingerprint,
-            created_ms: now,
-            expires_ms: now.saturating_add(claim.rule.retention_ms),
-            outcome,
-        };
+        let record = Worker::record(&claim.rule, claim.fingerprint, outcome, now);
         if claim.l1 {
-            match self
-                .worker
-                .cache
-                .complete(host, &claim.key, claim.owner, &record, now)
-            {
-                Ok(true) => {}
-                Ok(false) => warn!(
-                    "key {}: near-cache claim was taken over before completion",
-                    claim.key.short()
-                ),
-                Err(e) => warn!(
-                    "key {}: record not kept in the near cache: {e}",
-                    claim.key.short()
-                ),
-            }
+            self.worker
+                .l1_keep(host, &claim.key, claim.owner, &record, now);
         }
         let (Some(ks), Some(token)) = (&self.worker.cfg.keystore, &claim.token) else {
             return Flow::Continue;
