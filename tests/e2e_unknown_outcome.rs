@@ -4,6 +4,13 @@
 //! its work when its caller goes away (as real servers do): the count that matters is how many
 //! payments the upstream created.
 
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::indexing_slicing
+)]
+
 mod support;
 
 use std::time::{Duration, Instant};
