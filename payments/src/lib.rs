@@ -6,6 +6,9 @@
 //!   A body that is not JSON gets `400`.
 //! - `GET /payments` lists every payment created, oldest first (a JSON array).
 //! - `GET /payments/{id}` returns one payment, or `404`.
+//! - `POST /_demo/echo` answers `200` with the request body byte for byte (same `content-type`),
+//!   every request header named `x-echo-*` sent back (repeated ones repeated), and two
+//!   `set-cookie` fields: a byte-exact mirror for tests of replays. Counted in `echo_requests`.
 //! - `GET /_demo/stats` answers `{"post_requests": N, "payments": M}`: how many `POST /payments`
 //!   requests reached this upstream (whatever their outcome) and how many payments exist, so tests
 //!   can assert how many times the upstream really executed.
@@ -57,6 +60,7 @@ const CUT_PAUSE: Duration = Duration::from_millis(10);
 #[derive(Debug, Default)]
 pub struct Payments {
     post_requests: AtomicU64,
+    echo_requests: AtomicU64,
     payments: Mutex<Vec<Value>>,
 }
 
@@ -86,6 +90,7 @@ pub fn app_with_state(state: Arc<Payments>) -> Router {
         .route("/payments", get(list_payments).post(create_payment))
         .route("/payments/{id}", get(get_payment))
         .route("/_demo/stats", get(stats))
+        .route("/_demo/echo", axum::routing::post(echo))
         .with_state(state)
 }
 
@@ -369,7 +374,24 @@ async fn get_payment(State(state): State<Arc<Payments>>, Path(id): Path<String>)
 
 async fn stats(State(state): State<Arc<Payments>>) -> Json<Value> {
     let payments = state.list().len();
-    Json(json!({ "post_requests": state.post_requests(), "payments": payments }))
+    Json(json!({
+        "post_requests": state.post_requests(),
+        "payments": payments,
+        "echo_requests": state.echo_requests.load(Ordering::SeqCst),
+    }))
+}
+
+async fn echo(State(state): State<Arc<Payments>>, headers: HeaderMap, body: Bytes) -> Response {
+    state.echo_requests.fetch_add(1, Ordering::SeqCst);
+    let mut out = HeaderMap::new();
+    for (name, value) in &headers {
+        if name.as_str().starts_with("x-echo-") || name == header::CONTENT_TYPE {
+            out.append(name.clone(), value.clone());
+        }
+    }
+    out.append(header::SET_COOKIE, header::HeaderValue::from_static("a=1"));
+    out.append(header::SET_COOKIE, header::HeaderValue::from_static("b=2"));
+    (StatusCode::OK, out, body).into_response()
 }
 
 #[cfg(test)]
@@ -427,7 +449,10 @@ mod tests {
             Request::get("/_demo/stats").body(Body::empty()).unwrap(),
         )
         .await;
-        assert_eq!(stats, json!({"post_requests": 2, "payments": 2}));
+        assert_eq!(
+            stats,
+            json!({"post_requests": 2, "payments": 2, "echo_requests": 0})
+        );
     }
 
     #[tokio::test]
@@ -456,7 +481,10 @@ mod tests {
             Request::get("/_demo/stats").body(Body::empty()).unwrap(),
         )
         .await;
-        assert_eq!(stats, json!({"post_requests": 3, "payments": 0}));
+        assert_eq!(
+            stats,
+            json!({"post_requests": 3, "payments": 0, "echo_requests": 0})
+        );
     }
 
     #[tokio::test]
