@@ -18,7 +18,7 @@ test: setup build validate
 	$(MAKE) fuzz-smoke
 	BENCH_BIN_DIR=$${CARGO_TARGET_DIR:-target}/debug python3 bench/run.py --smoke
 
-## demo: the SPEC §10 demo in the foreground until Ctrl-C
+## demo: the README's demo (payments API, key store, two gateways) in the foreground until Ctrl-C
 demo: setup build
 	scripts/demo.sh
 

@@ -8,7 +8,7 @@ drives them with wrk (bench/lua/*.lua) on 127.0.0.1 only, and writes bench/resul
     python3 bench/run.py            # the whole benchmark (about 5 minutes on 2 cores)
     python3 bench/run.py --smoke    # one ~3 s scenario through the filter; exits 1 if it produced no numbers
 
-Standard library only. Scenarios and targets: bench/README.md (issue 5).
+Standard library only. Scenarios and targets: bench/README.md.
 """
 
 import argparse
@@ -697,7 +697,7 @@ def render_md(res):
                  f"{r.get('p99_added_ms', '') if r.get('baseline') and 'p99_added_ms' in r else ''} | "
                  f"{r['note']}{'; non-2xx ' + str(r['non_2xx']) if r['non_2xx'] and 'storm' not in r['scenario'] else ''} |")
     if res["targets"]:
-        L.append("\n## Targets (issue 5)\n")
+        L.append("\n## Targets\n")
         L.append("| target | value | goal | met | detail |")
         L.append("| --- | ---: | ---: | --- | --- |")
         for t in res["targets"]:

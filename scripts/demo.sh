@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The demo of SPEC §10, in the foreground until Ctrl-C (which stops every process started here):
+# The README's demo, in the foreground until Ctrl-C (which stops every process started here):
 #   payments-demo                 127.0.0.1:8080
 #   idempotency-keystore (memory) 127.0.0.1:8081
 #   Envoy gateway A               127.0.0.1:10000 (admin 127.0.0.1:9901)

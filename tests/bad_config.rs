@@ -1,4 +1,4 @@
-//! An invalid filter configuration is refused at load (SPEC §8): Envoy exits or never becomes
+//! An invalid filter configuration is refused at load: Envoy exits or never becomes
 //! ready, and its log names the offending field.
 
 #![allow(

@@ -1,5 +1,5 @@
 //! End-to-end tests of the filter in one Envoy with Envoy's shared data as the only store
-//! (`"keystore"` absent): the rows of SPEC §4 that apply to a single gateway.
+//! (`"keystore"` absent): the rows of the README's behaviour table that apply to a single gateway.
 //!
 //! Each test starts its own payments upstream and Envoy (so tests run in parallel) and uses fresh
 //! keys. "The upstream executed N times" is read from the upstream's own `/_demo/stats`.

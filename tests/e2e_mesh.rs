@@ -1,4 +1,4 @@
-//! Mesh-wide end-to-end tests (issue 3): two real Envoys (gateways A and B, `--concurrency 2`
+//! Mesh-wide end-to-end tests: two real Envoys (gateways A and B, `--concurrency 2`
 //! each) in front of one payments upstream, sharing the real `idempotency-keystore` process on the
 //! memory backend or on a real `redis-server` (appendonly, fsync always). Each test owns its
 //! processes and ports.
