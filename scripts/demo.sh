@@ -4,6 +4,7 @@
 #   idempotency-keystore (memory) 127.0.0.1:8081
 #   Envoy gateway A               127.0.0.1:10000 (admin 127.0.0.1:9901)
 #   Envoy gateway B               127.0.0.1:10001 (admin 127.0.0.1:9902)
+#   Envoy gateway D (detached)    127.0.0.1:10002 (admin 127.0.0.1:9903)
 # Expects `make build` to have run (make demo does it). Envoy: $ENVOY_BIN, else .venv/bin/envoy, else PATH.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -37,15 +38,18 @@ pids+=($!)
 pids+=($!)
 "$envoy" -c envoy/demo-gateway-b.yaml --base-id 11 -l info --log-path "$logs/gateway-b.log" &
 pids+=($!)
+"$envoy" -c envoy/demo-gateway-detached.yaml --base-id 12 -l info --log-path "$logs/gateway-detached.log" &
+pids+=($!)
 
-# Poll both admin endpoints until Envoy reports LIVE (or give up after about a minute).
+# Poll the admin endpoints until every Envoy reports LIVE (or give up after about a minute).
 for _ in $(seq 1 600); do
-    if curl -sf http://127.0.0.1:9901/ready >/dev/null 2>&1 && curl -sf http://127.0.0.1:9902/ready >/dev/null 2>&1; then
+    if curl -sf http://127.0.0.1:9901/ready >/dev/null 2>&1 && curl -sf http://127.0.0.1:9902/ready >/dev/null 2>&1 \
+        && curl -sf http://127.0.0.1:9903/ready >/dev/null 2>&1; then
         break
     fi
     sleep 0.1
 done
-echo "demo: gateways on 127.0.0.1:10000 and 127.0.0.1:10001 (logs in $logs); Ctrl-C stops it"
+echo "demo: gateways on 127.0.0.1:10000 and 127.0.0.1:10001, detached on 127.0.0.1:10002 (logs in $logs); Ctrl-C stops it"
 echo "try: curl -i -X POST localhost:10000/payments -H 'authorization: alice' -H 'idempotency-key: k1' -d '{\"amount\":100}'"
 # Stop everything as soon as any process exits (or on Ctrl-C).
 wait -n "${pids[@]}" || true

@@ -76,6 +76,7 @@ fn every_shipped_filter_config_parses_and_matches_its_host() {
         "envoy/single-gateway.yaml",
         "envoy/demo-gateway-a.yaml",
         "envoy/demo-gateway-b.yaml",
+        "envoy/demo-gateway-detached.yaml",
         "envoy/production-redis.yaml",
         "deploy/compose/gateway-a.yaml",
         "deploy/compose/gateway-b.yaml",
