@@ -88,6 +88,12 @@ pub struct FakeHost {
     pub counts: RefCell<HashMap<Metric, u64>>,
 }
 
+/// Each fake stream gets its own context id, as Envoy gives them.
+fn next_stream_id() -> u32 {
+    static NEXT: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(1);
+    NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+}
+
 impl FakeHost {
     pub fn new(shared: &FakeShared, clock: &Rc<Cell<u64>>, ids: &Rc<Cell<u64>>) -> FakeHost {
         FakeHost {
@@ -103,7 +109,7 @@ impl FakeHost {
             callouts: RefCell::new(Vec::new()),
             refuse_dispatch: Cell::new(false),
             body_unreadable: Cell::new(false),
-            stream_id: Cell::new(0),
+            stream_id: Cell::new(next_stream_id()),
             woke_root: Cell::new(0),
             resumed_request: Cell::new(0),
             resumed_response: Cell::new(0),
