@@ -122,6 +122,11 @@ impl KeystoreProcess {
 
 impl Envoy {
     /// SIGKILL (a crash: no drain, no callbacks), reaped.
+    /// The Envoy process id (or its wrapper's).
+    pub fn pid(&self) -> u32 {
+        self.proc.child.id()
+    }
+
     pub fn sigkill(&mut self) {
         let _ = self.proc.child.kill();
         let _ = self.proc.child.wait();

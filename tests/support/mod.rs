@@ -714,7 +714,12 @@ impl Envoy {
 
     /// Stats whose name contains `idempotency`, as name → value (gauges and counters).
     pub async fn stats(&self) -> HashMap<String, u64> {
-        let text = reqwest::get(self.admin_url("/stats?filter=idempotency"))
+        self.stats_matching("idempotency").await
+    }
+
+    /// Admin `/stats` lines whose name matches the regex `filter`, as numbers.
+    pub async fn stats_matching(&self, filter: &str) -> HashMap<String, u64> {
+        let text = reqwest::get(self.admin_url(&format!("/stats?filter={filter}")))
             .await
             .expect("admin /stats")
             .text()
