@@ -338,6 +338,10 @@ class Bench:
             "filter_config_mem": filter_config("ks_mem"), "filter_config_redis": filter_config("ks_redis"),
             "filter_config_l1": filter_config(None),
             "filter_config_l1_only": filter_config(None),
+            "filter_config_detached": filter_config(
+                "ks_mem", routes=[{"exact": "/payments", "methods": ["POST"], "required": True,
+                                   "execution": "detached", "upstream_cluster": "payments",
+                                   "in_flight": "wait", "max_wait_ms": 5000}]),
             # replay from L2: one L1 slot of 512 + 4096 bytes holds about 15 records of ~300 bytes
             "filter_config_l2": filter_config("ks_mem", l1_slots=1, max_response_bytes=512),
         }
@@ -400,6 +404,14 @@ class Bench:
                           f"{a.l1_keys} pre-recorded keys cycled"),
             "duplicates_storm": ("5. duplicates", "filter_mem", "POST", "/payments", "storm", a.storm_group,
                                  "no_filter_post", f"{2 * c} connections, ~{a.storm_group} requests per key"),
+            "first_exec_detached": ("3. first execution", "filter_detached", "POST", "/payments", "fresh", 0,
+                                    "first_exec_memory",
+                                    "fresh key per request, detached execution (key store memory backend); "
+                                    "ratio to the inline first execution"),
+            "wait_storm": ("5. duplicates", "filter_detached", "POST", "/payments", "storm", a.storm_group,
+                           "duplicates_storm",
+                           f"as duplicates_storm, but duplicates wait for the record (in_flight: wait); "
+                           "ratio to the inline storm, whose duplicates get 409"),
         }
 
     def slice_run(self, envoy, name, spec, seconds, rnd):
@@ -423,7 +435,7 @@ class Bench:
 
         log("warm-up")
         for name in ("no_filter_post", "direct_response", "first_exec_memory", "first_exec_redis",
-                     "first_exec_l1_only"):
+                     "first_exec_l1_only", "first_exec_detached"):
             if name in specs:
                 self.slice_run(e, name, specs[name], a.warmup, "w")
 
@@ -456,6 +468,10 @@ class Bench:
             extra = {"stats_delta": st, "upstream_posts": agg["upstream_posts"], "rounds": len(rs)}
             if name == "replay_l1":
                 note += f"; upstream POSTs during the runs: {agg['upstream_posts']}"
+            if name == "wait_storm":
+                note += (f": executed {st.get('executed', 0)}, replayed {st.get('replayed', 0)}, "
+                         f"waited {st.get('waited', 0)}, wait_replayed {st.get('wait_replayed', 0)}, "
+                         f"409 {st.get('conflict', 0)}, upstream POSTs {agg['upstream_posts']}")
             if name == "duplicates_storm":
                 note += (f": executed {st.get('executed', 0)}, replayed {st.get('replayed', 0)}, "
                          f"409 {st.get('conflict', 0)}, upstream POSTs {agg['upstream_posts']}")
