@@ -2,7 +2,7 @@
 //! plugin's root context, so Envoy never cancels one, every callout gets its reply, and nothing
 //! piles up per abandoned stream (neither in the SDK's table of pending callouts nor in the
 //! filter). The claims those streams may have taken are released with the token the filter
-//! proposed. `ABANDONED_STREAMS=N` sets the count (default 20,000; the README's figure is 100,000).
+//! proposed. `ABANDONED_STREAMS=N` sets the count (default 15,000; the README's figure is 100,000).
 
 #![allow(
     clippy::unwrap_used,
@@ -47,7 +47,7 @@ async fn abandon(port: u16, keys: Arc<Vec<String>>, from: usize, count: usize) {
     let next = Arc::new(AtomicUsize::new(from));
     let end = from + count;
     let mut tasks = Vec::new();
-    for _ in 0..8 {
+    for _ in 0..4 {
         let (next, keys) = (next.clone(), keys.clone());
         tasks.push(tokio::spawn(async move {
             loop {
@@ -105,7 +105,7 @@ async fn streams_abandoned_mid_claim_leave_envoy_memory_flat() {
     let n: usize = std::env::var("ABANDONED_STREAMS")
         .ok()
         .and_then(|v| v.parse().ok())
-        .unwrap_or(20_000);
+        .unwrap_or(15_000);
     let (upstream, keystore) = tokio::join!(
         Upstream::start(),
         KeystoreProcess::start(StoreBackend::Memory, None)
@@ -125,8 +125,8 @@ async fn streams_abandoned_mid_claim_leave_envoy_memory_flat() {
 
     // Rounds of the same size: the first ones grow Envoy to its working size (connection pools to
     // the key store, allocator caches, the Wasm heap's high-water mark); a leak per stream would
-    // keep adding the same amount every round, so the last round must add next to nothing.
-    let rounds = 4;
+    // keep adding the same amount every round, so the later rounds must add next to nothing.
+    let rounds = 5;
     let round = n / rounds;
     let pid = envoy.pid();
     let mut rss = vec![rss_kib(pid)];
@@ -155,10 +155,15 @@ async fn streams_abandoned_mid_claim_leave_envoy_memory_flat() {
         total as usize >= rounds * round,
         "every abandoned stream claimed: {total}"
     );
+    // The first two rounds fill pools and caches; a leak would add the same again in each of
+    // the last three (RSS is noisy on a busy machine: a burst of key-store connections can add a
+    // few MiB once, so the bound is on the three rounds together).
+    let later = rss[rounds] as i64 - rss[2] as i64;
     let first = rss[1] as i64 - rss[0] as i64;
     assert!(
-        last < 8 * 1024 && last * 10 < first.max(1),
-        "Envoy grew by {last} KiB over the last {round} abandoned streams: {rss:?}"
+        later < 12 * 1024 && later * 3 < first.max(1),
+        "Envoy grew by {later} KiB over the last {} abandoned streams: {rss:?}",
+        3 * round
     );
     assert_eq!(
         upstream.post_requests().await,
