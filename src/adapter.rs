@@ -153,11 +153,16 @@ impl RootContext for Root {
             return false;
         }
         let mut ids = Vec::with_capacity(Metric::ALL.len());
-        for m in Metric::ALL {
-            match hostcalls::define_metric(MetricType::Counter, m.name()) {
+        // The counters of enforce mode, then those of observe mode, in `Metric::ALL` order.
+        let names = Metric::ALL
+            .iter()
+            .map(|m| m.name().to_string())
+            .chain(Metric::ALL.iter().map(|m| m.observed_name()));
+        for name in names {
+            match hostcalls::define_metric(MetricType::Counter, &name) {
                 Ok(id) => ids.push(id),
                 Err(e) => {
-                    error!("cannot define metric {}: {e:?}", m.name());
+                    error!("cannot define metric {name}: {e:?}");
                     return false;
                 }
             }
@@ -471,6 +476,12 @@ impl Host for EnvoyHost {
 
     fn count(&self, metric: Metric) {
         count(&self.metrics, metric);
+    }
+
+    fn count_observed(&self, metric: Metric) {
+        if let Some(id) = self.metrics.get(Metric::ALL.len() + metric.index()) {
+            let _ = hostcalls::increment_metric(*id, 1);
+        }
     }
 }
 

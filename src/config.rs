@@ -28,6 +28,17 @@ pub enum UnknownOutcome {
     Release,
 }
 
+/// Whether the filter acts on what it decides, or only counts it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Mode {
+    /// Answers locally (replays, 409, 422, 400, ...) as the behaviour table says.
+    Enforce,
+    /// Forwards every request untouched and counts what enforce would have answered (under
+    /// `idempotency.observe.*`); records are still stored, so switching to enforce starts warm.
+    Observe,
+}
+
 /// Who sends the first request of a key upstream.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Execution {
@@ -122,6 +133,7 @@ pub struct RouteRule {
     pub execution: Execution,
     pub in_flight: InFlight,
     pub max_wait_ms: u64,
+    pub mode: Mode,
 }
 
 /// Where the mesh-wide key store is reached.
@@ -209,6 +221,7 @@ struct RawConfig {
     unknown_hold_ms: Option<u64>,
     in_flight: Option<InFlight>,
     max_wait_ms: Option<u64>,
+    mode: Option<Mode>,
     l1_slots: Option<u32>,
     headers_mode: Option<HeadersMode>,
     keystore: Option<RawKeystore>,
@@ -231,6 +244,7 @@ struct RawRule {
     upstream_timeout_ms: Option<u64>,
     in_flight: Option<InFlight>,
     max_wait_ms: Option<u64>,
+    mode: Option<Mode>,
 }
 
 #[derive(Deserialize)]
@@ -280,6 +294,7 @@ impl Config {
         let unknown_hold_ms = raw.unknown_hold_ms.unwrap_or(DEFAULT_UNKNOWN_HOLD_MS);
         check_range("unknown_hold_ms", unknown_hold_ms, 0, MAX_HOLD_MS)?;
         let in_flight = raw.in_flight.unwrap_or(InFlight::Conflict);
+        let mode = raw.mode.unwrap_or(Mode::Enforce);
         let max_wait_ms = raw.max_wait_ms.unwrap_or(DEFAULT_MAX_WAIT_MS);
         check_range("max_wait_ms", max_wait_ms, 1, MAX_WAIT_MS)?;
 
@@ -299,6 +314,7 @@ impl Config {
                 upstream_timeout_ms: None,
                 in_flight: None,
                 max_wait_ms: None,
+                mode: None,
             }]
         });
         let mut routes = Vec::with_capacity(raw_rules.len());
@@ -369,6 +385,7 @@ impl Config {
                 execution,
                 in_flight: r.in_flight.unwrap_or(in_flight),
                 max_wait_ms: rule_wait,
+                mode: r.mode.unwrap_or(mode),
             });
         }
 
@@ -582,6 +599,15 @@ mod tests {
         assert_eq!(c.routes[0].unknown_hold_ms, 30_000);
         assert_eq!(c.routes[0].execution, Execution::Inline);
         assert_eq!(c.routes[0].in_flight, InFlight::Conflict);
+        assert_eq!(c.routes[0].mode, Mode::Enforce);
+        let o = parse(
+            r#"{"mode":"observe","routes":[{"prefix":"/a"},{"prefix":"/b","mode":"enforce"}]}"#,
+        )
+        .unwrap();
+        assert_eq!(
+            (o.routes[0].mode, o.routes[1].mode),
+            (Mode::Observe, Mode::Enforce)
+        );
         let d = parse(
             r#"{"in_flight":"wait","routes":[{"prefix":"/","execution":"detached","upstream_cluster":"up","max_wait_ms":500}]}"#,
         )
@@ -660,6 +686,10 @@ mod tests {
                 "routes[0].upstream_timeout_ms",
             ),
             (r#"{"in_flight":"later"}"#, "in_flight"),
+            (
+                r#"{"routes":[{"prefix":"/","mode":"watch"}]}"#,
+                "routes[0].mode",
+            ),
             (r#"{"max_wait_ms":60001}"#, "max_wait_ms"),
             (
                 r#"{"routes":[{"prefix":"/","unknown_hold_ms":99999999}]}"#,

@@ -63,4 +63,6 @@ pub trait Host: SharedData {
     fn wake_root(&self, queue: u32) -> Result<(), String>;
     fn resume_response(&self);
     fn count(&self, metric: Metric);
+    /// Counts under `idempotency.observe.*`: what enforce mode would have done.
+    fn count_observed(&self, metric: Metric);
 }

@@ -82,6 +82,12 @@ impl Metric {
         }
     }
 
+    /// The counter of what enforce mode would have done, for rules in observe mode.
+    pub fn observed_name(self) -> String {
+        self.name()
+            .replacen("idempotency.", "idempotency.observe.", 1)
+    }
+
     pub fn index(self) -> usize {
         Metric::ALL.iter().position(|m| *m == self).unwrap_or(0)
     }

@@ -1039,3 +1039,54 @@ mod detached_and_waiting {
         assert!(w.worker.waiters.borrow().is_empty());
     }
 }
+
+#[test]
+fn observe_mode_forwards_everything_and_counts_what_enforce_would_answer() {
+    let w = World::new(r#"{"mode":"observe","routes":[{"exact":"/payments","required":true}]}"#);
+    let (mut s, mut h, flow) = w.send(&post("k", b"a"));
+    assert_eq!(flow, Flow::Continue);
+    let (_, dup, flow) = w.send(&post("k", b"a"));
+    assert_eq!(flow, Flow::Continue, "in flight: forwarded");
+    assert_eq!(dup.observed_of(Metric::Conflict), 1);
+    w.respond(&mut s, &mut h, 201, b"paid");
+    assert_eq!(h.observed_of(Metric::Executed), 1);
+    assert_eq!(h.count_of(Metric::Executed), 0, "observe counts apart");
+    for (req, metric) in [
+        (post("k", b"a"), Metric::Replayed),
+        (post("k", b"b"), Metric::Mismatch),
+        (
+            Req {
+                key: None,
+                ..post("k", b"a")
+            },
+            Metric::MissingKey,
+        ),
+        (post("", b"a"), Metric::InvalidKey),
+    ] {
+        let (_, h, flow) = w.send(&req);
+        assert_eq!(flow, Flow::Continue, "{metric:?}");
+        assert!(h.sent.borrow().is_empty(), "{metric:?}: no local reply");
+        assert_eq!(h.observed_of(metric), 1, "{metric:?}");
+    }
+    // The record was stored as usual: the same key under enforce replays it.
+    let enforce = Worker::new(
+        Config::parse(br#"{"routes":[{"exact":"/payments","required":true}]}"#).unwrap(),
+        NearCache {
+            slots: w.worker.cache.slots,
+            slot_budget: w.worker.cache.slot_budget,
+        },
+    );
+    let h = FakeHost::new(&w.shared, &w.clock, &w.ids);
+    let mut host = h;
+    host.request_headers = vec![
+        (":method".into(), b"POST".to_vec()),
+        (":path".into(), b"/payments".to_vec()),
+        ("idempotency-key".into(), b"k".to_vec()),
+        ("authorization".into(), b"Bearer alice".to_vec()),
+    ];
+    host.request_body = b"a".to_vec();
+    let mut s = Stream::new(Rc::new(enforce));
+    s.on_request_headers(&host, false);
+    s.on_request_body(&host, 1, true);
+    assert_eq!(host.last_sent().unwrap().body, b"paid", "warm store");
+}

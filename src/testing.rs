@@ -86,6 +86,7 @@ pub struct FakeHost {
     pub resumed_request: Cell<u32>,
     pub resumed_response: Cell<u32>,
     pub counts: RefCell<HashMap<Metric, u64>>,
+    pub observed: RefCell<HashMap<Metric, u64>>,
 }
 
 /// Each fake stream gets its own context id, as Envoy gives them.
@@ -114,11 +115,16 @@ impl FakeHost {
             resumed_request: Cell::new(0),
             resumed_response: Cell::new(0),
             counts: RefCell::new(HashMap::new()),
+            observed: RefCell::new(HashMap::new()),
         }
     }
 
     pub fn count_of(&self, m: Metric) -> u64 {
         self.counts.borrow().get(&m).copied().unwrap_or(0)
+    }
+
+    pub fn observed_of(&self, m: Metric) -> u64 {
+        self.observed.borrow().get(&m).copied().unwrap_or(0)
     }
 
     pub fn last_sent(&self) -> Option<Sent> {
@@ -198,6 +204,9 @@ impl Host for FakeHost {
     }
     fn resume_response(&self) {
         self.resumed_response.set(self.resumed_response.get() + 1);
+    }
+    fn count_observed(&self, metric: Metric) {
+        *self.observed.borrow_mut().entry(metric).or_default() += 1;
     }
     fn count(&self, metric: Metric) {
         *self.counts.borrow_mut().entry(metric).or_default() += 1;

@@ -2,7 +2,7 @@
 //! record key (caller and key, keyed-hashed) and the fingerprint of method, path, headers and body.
 
 use super::{Admitted, Flow, Phase, Stream};
-use crate::config::{Anonymous, CallerSource, Execution};
+use crate::config::{Anonymous, CallerSource, Execution, Mode};
 use crate::fingerprint::Fingerprinter;
 use crate::host::Host;
 use crate::key::parse_key_header;
@@ -28,9 +28,10 @@ impl Stream {
         };
         let (method, path) = (pseudo(":method"), pseudo(":path"));
         let Some(rule) = cfg.route_for(&method, &path).cloned() else {
-            host.count(Metric::NotCovered);
+            self.count(host, Metric::NotCovered);
             return None;
         };
+        self.observe = rule.mode == Mode::Observe;
         let headers = host.request_headers();
         let key_values = headers
             .iter()
@@ -39,7 +40,7 @@ impl Stream {
         let key = match parse_key_header(key_values) {
             Ok(Some(key)) => key,
             Ok(None) if rule.required => {
-                host.count(Metric::MissingKey);
+                self.count(host, Metric::MissingKey);
                 let detail = format!(
                     "{method} {} requires the {} header",
                     rule.path.scope(),
@@ -49,11 +50,11 @@ impl Stream {
                 return None;
             }
             Ok(None) => {
-                host.count(Metric::NotCovered);
+                self.count(host, Metric::NotCovered);
                 return None;
             }
             Err(e) => {
-                host.count(Metric::InvalidKey);
+                self.count(host, Metric::InvalidKey);
                 self.answer(host, Problem::InvalidKey, &e.to_string());
                 return None;
             }
@@ -64,7 +65,7 @@ impl Stream {
         }
         .filter(|v| !v.is_empty());
         if caller.is_none() && cfg.anonymous == Anonymous::Reject {
-            host.count(Metric::Unauthenticated);
+            self.count(host, Metric::Unauthenticated);
             self.answer(
                 host,
                 Problem::Unauthenticated,
@@ -90,9 +91,10 @@ impl Stream {
                 (name.as_str(), values)
             })
             .collect();
-        let detached_headers = match rule.execution {
-            Execution::Inline => None,
-            Execution::Detached { .. } => {
+        let detached_headers = match (&rule.execution, rule.mode) {
+            // Observe mode forwards through the router, as without the filter.
+            (Execution::Inline, _) | (_, Mode::Observe) => None,
+            (Execution::Detached { .. }, Mode::Enforce) => {
                 // The callout carries text only: refuse now rather than after claiming the key.
                 if let Some((name, _)) = headers
                     .iter()
@@ -124,7 +126,7 @@ impl Stream {
     }
 
     pub(super) fn body_too_large(&mut self, host: &dyn Host) -> Flow {
-        host.count(Metric::TooLarge);
+        self.count(host, Metric::TooLarge);
         let detail = format!(
             "the body is larger than {} bytes",
             self.worker.cfg.max_body_bytes
@@ -143,7 +145,7 @@ impl Stream {
             Ok(body) => body,
             Err(e) => {
                 // Fingerprinting an unread body as empty would let another payload replay this one.
-                host.count(Metric::StoreError);
+                self.count(host, Metric::StoreError);
                 log::error!("request body could not be read ({e}); refusing the request");
                 return self.answer(
                     host,

@@ -112,8 +112,12 @@ impl Stream {
         self.reply(host, LocalReply::mismatch())
     }
 
-    /// A problem answer; the caller counts it.
+    /// A problem answer; the caller counts it. In observe mode, the request goes on instead.
     pub(super) fn answer(&mut self, host: &dyn Host, problem: Problem, detail: &str) -> Flow {
+        if self.observe {
+            debug!("observe mode: would answer {}", problem.status());
+            return self.forward_untouched(host);
+        }
         let (status, headers, body) = problem.response(detail, 0);
         host.send_response(status, &headers, &body);
         self.phase = Phase::Answered;
@@ -121,7 +125,11 @@ impl Stream {
     }
 
     fn reply(&mut self, host: &dyn Host, reply: LocalReply) -> Flow {
-        host.count(reply.metric);
+        self.count(host, reply.metric);
+        if self.observe {
+            debug!("observe mode: would answer {}", reply.status);
+            return self.forward_untouched(host);
+        }
         host.send_response(reply.status, &reply.headers, &reply.body);
         self.phase = Phase::Answered;
         Flow::Pause

@@ -3,7 +3,7 @@
 //! release it.
 
 use super::{Admitted, Claim, Flow, Phase, Request, Stream};
-use crate::config::{Execution, FailureMode, InFlight};
+use crate::config::{Execution, FailureMode, InFlight, Mode};
 use crate::detached::{upstream_request, DetachedJob, UnforwardableHeader};
 use crate::host::Host;
 use crate::keystore_client::{self, ClaimReply};
@@ -42,7 +42,9 @@ impl Stream {
             }
             // Waiting: the key store holds the duplicate until the record lands, for this Envoy's
             // requests as for any other's. Without a key store, this Envoy's root context does.
-            L1Outcome::InFlight { .. } if claim.rule.in_flight == InFlight::Wait => {
+            L1Outcome::InFlight { .. }
+                if claim.rule.in_flight == InFlight::Wait && claim.rule.mode == Mode::Enforce =>
+            {
                 if self.worker.cfg.keystore.is_none() {
                     return self.wait_locally(host, claim);
                 }
@@ -87,11 +89,14 @@ impl Stream {
     /// Forwards the request upstream under its claim: through Envoy's router, or (detached)
     /// through the plugin's root context.
     pub(super) fn execute(&mut self, host: &dyn Host, claim: Claim, request: Request) -> Flow {
-        host.count(Metric::Executed);
-        if let Execution::Detached {
-            cluster,
-            timeout_ms,
-        } = &claim.rule.execution
+        self.count(host, Metric::Executed);
+        if let (
+            Execution::Detached {
+                cluster,
+                timeout_ms,
+            },
+            Mode::Enforce,
+        ) = (&claim.rule.execution, claim.rule.mode)
         {
             let (cluster, timeout_ms) = (cluster.clone(), *timeout_ms);
             return self.detach(host, claim, &cluster, timeout_ms);
@@ -128,7 +133,7 @@ impl Stream {
                 "detached execution is not available on this worker",
             );
         };
-        host.count(Metric::DetachedExecuted);
+        self.count(host, Metric::DetachedExecuted);
         debug!("key {}: executing detached", claim.key.short());
         self.worker.queue_detached(DetachedJob {
             stream_id: host.stream_id(),
@@ -151,7 +156,7 @@ impl Stream {
     /// A duplicate waits for the record of its key's first request (no key store: this Envoy's
     /// root context looks at L1 and answers it).
     pub(super) fn wait_locally(&mut self, host: &dyn Host, claim: Claim) -> Flow {
-        host.count(Metric::Waited);
+        self.count(host, Metric::Waited);
         self.worker.waiters.borrow_mut().add(Waiter {
             stream_id: host.stream_id(),
             key: claim.key,
@@ -170,10 +175,10 @@ impl Stream {
         why: &str,
         request: Request,
     ) -> Flow {
-        host.count(Metric::StoreError);
+        self.count(host, Metric::StoreError);
         match claim.rule.failure_mode {
             FailureMode::FailOpen => {
-                host.count(Metric::FailOpen);
+                self.count(host, Metric::FailOpen);
                 warn!(
                     "key {}: key store failed ({why}); fail_open: forwarding",
                     claim.key.short()
@@ -204,10 +209,10 @@ impl Stream {
     ) {
         let reply = keystore_client::parse_claim(status, body);
         if keystore_client::claim_waited(body) {
-            host.count(Metric::Waited);
+            self.count(host, Metric::Waited);
             match reply {
-                Ok(ClaimReply::Completed(_)) => host.count(Metric::WaitReplayed),
-                Ok(ClaimReply::InFlight { .. }) => host.count(Metric::WaitTimedOut),
+                Ok(ClaimReply::Completed(_)) => self.count(host, Metric::WaitReplayed),
+                Ok(ClaimReply::InFlight { .. }) => self.count(host, Metric::WaitTimedOut),
                 _ => {}
             }
         }

@@ -15,7 +15,7 @@ mod answer;
 mod claim;
 mod settle;
 
-use crate::config::{HeadersMode, InFlight, RouteRule};
+use crate::config::{HeadersMode, InFlight, Mode, RouteRule};
 use crate::deferred::Deferred;
 use crate::fingerprint::{Fingerprint, Fingerprinter};
 use crate::host::{Headers, Host};
@@ -100,11 +100,12 @@ enum Phase {
 }
 
 impl Claim {
-    /// How long the key store may hold this request's claim while the key is in flight.
+    /// How long the key store may hold this request's claim while the key is in flight (never in
+    /// observe mode, which forwards every request untouched).
     fn wait_ms(&self) -> u64 {
-        match self.rule.in_flight {
-            InFlight::Wait => self.rule.max_wait_ms,
-            InFlight::Conflict => 0,
+        match (self.rule.in_flight, self.rule.mode) {
+            (InFlight::Wait, Mode::Enforce) => self.rule.max_wait_ms,
+            _ => 0,
         }
     }
 }
@@ -117,6 +118,10 @@ pub struct Stream {
     detached_request: Option<(Headers, Vec<u8>)>,
     /// Envoy reported the end of the stream: no response is left to hold.
     ended: bool,
+    /// The request's rule is in observe mode: count what enforce would do, forward everything.
+    observe: bool,
+    /// Inside the reply of a callout the request is paused on: forwarding means resuming.
+    in_callout: bool,
 }
 
 impl Stream {
@@ -126,6 +131,8 @@ impl Stream {
             phase: Phase::Passthrough,
             detached_request: None,
             ended: false,
+            observe: false,
+            in_callout: false,
         }
     }
 
@@ -188,7 +195,9 @@ impl Stream {
     ) {
         match std::mem::replace(&mut self.phase, Phase::Passthrough) {
             Phase::Claiming { claim, callout } if callout == token => {
-                self.on_claim_reply(host, claim, status, body)
+                self.in_callout = true;
+                self.on_claim_reply(host, claim, status, body);
+                self.in_callout = false;
             }
             Phase::ClaimAbandoned { claim, callout } if callout == token => {
                 self.release_abandoned_claim(host, claim, status, body)
@@ -200,7 +209,7 @@ impl Stream {
                         warn!("key-store write refused: the claim was taken over")
                     }
                     Err(e) => {
-                        host.count(Metric::StoreError);
+                        self.count(host, Metric::StoreError);
                         warn!("key-store write failed ({e}); retrying in the background");
                         self.worker.defer(write);
                     }
@@ -313,5 +322,24 @@ impl Stream {
 
     fn drop_lease(&self, claim: &Claim) {
         self.worker.leases.borrow_mut().drop_claim(claim.owner);
+    }
+
+    /// Counts under the rule's mode: `idempotency.*`, or `idempotency.observe.*`.
+    fn count(&self, host: &dyn Host, metric: Metric) {
+        if self.observe {
+            host.count_observed(metric);
+        } else {
+            host.count(metric);
+        }
+    }
+
+    /// Observe mode: instead of answering locally, the request goes on as if the filter were not
+    /// there (without a claim: its response passes through untouched).
+    fn forward_untouched(&mut self, host: &dyn Host) -> Flow {
+        self.phase = Phase::Passthrough;
+        if self.in_callout {
+            host.resume_request();
+        }
+        Flow::Continue
     }
 }

@@ -92,7 +92,7 @@ impl Stream {
                 body,
             }),
             None => {
-                host.count(Metric::NotReplayable);
+                self.count(host, Metric::NotReplayable);
                 info!(
                     "key {}: response too large to keep; stored as not replayable",
                     claim.key.short()
@@ -110,7 +110,7 @@ impl Stream {
         claim: Claim,
         cause: UnknownCause,
     ) -> Flow {
-        host.count(Metric::UnknownOutcome);
+        self.count(host, Metric::UnknownOutcome);
         match claim.rule.unknown_outcome {
             UnknownOutcome::Lock => {
                 warn!(
@@ -152,7 +152,7 @@ impl Stream {
     /// executes again.
     pub(super) fn release(&mut self, host: &dyn Host, claim: Claim) -> Flow {
         self.drop_lease(&claim);
-        host.count(Metric::Released);
+        self.count(host, Metric::Released);
         self.release_l1(host, &claim);
         let (Some(ks), Some(token)) = (&self.worker.cfg.keystore, &claim.token) else {
             return Flow::Continue;
@@ -193,7 +193,7 @@ impl Stream {
                 Flow::Pause
             }
             Err(e) => {
-                host.count(Metric::StoreError);
+                self.count(host, Metric::StoreError);
                 warn!(
                     "key {}: key-store write not dispatched ({e}); retrying in the background",
                     claim.key.short()
