@@ -296,7 +296,8 @@ impl Worker {
         match settled {
             Settled::Unknown => (RootReply::Unknown, actions),
             settled => {
-                if matches!(settled, Settled::GaveUp(_) | Settled::Retrying(_)) {
+                // A write that is retried is counted once, when it is given up.
+                if matches!(settled, Settled::GaveUp(_)) {
                     actions.push(RootAction::Count(Metric::StoreError));
                 }
                 (RootReply::Write(settled), actions)
