@@ -6,7 +6,9 @@
   the Istio kinds against istio_schemas.py; plus the cross-references between them.
 - The OCI image layout of `make oci`: index -> manifest -> config/layer, media types, digests, sizes, and
   the layer's plugin.wasm byte-identical to the built module (read here and by umoci).
-- docker-compose.yaml: `docker-compose config`, every mounted file, build context and Dockerfile COPY.
+- docker-compose.yaml: `docker-compose config`, services, loopback-only ports, health checks, build
+  contexts, Dockerfile COPY sources, base images as build arguments defaulting to the public images, and
+  the Prometheus scrape targets. (`make compose-test` builds and runs the stack itself.)
 Environment: ENVOY_BIN (default .venv/bin/envoy), DOCKER_COMPOSE (default docker-compose on PATH).
 """
 
@@ -85,6 +87,28 @@ def compose_cmd():
     raise AssertionError("docker-compose not found: run `make setup` or set DOCKER_COMPOSE")
 
 
+def dockerfile_instructions(path):
+    """(instruction, arguments) per Dockerfile line, continuation lines joined, comments dropped."""
+    text = re.sub(r"\\\n", " ", Path(path).read_text())
+    for line in text.splitlines():
+        line = line.strip()
+        if line and not line.startswith("#"):
+            word, _, rest = line.partition(" ")
+            yield word.upper(), rest.strip()
+
+
+def dockerfile_copies(path):
+    """{path in the image: path in the build context} for every COPY from the context."""
+    out = {}
+    for word, rest in dockerfile_instructions(path):
+        if word != "COPY" or rest.startswith("--from"):
+            continue
+        *sources, dest = rest.split()
+        for src in sources:
+            out[dest + Path(src).name if dest.endswith("/") else dest] = src
+    return out
+
+
 def wasm_filter(configuration_json, allow_stop):
     return {
         "name": "envoy.filters.http.wasm",
@@ -159,19 +183,22 @@ class EnvoyConfigs(unittest.TestCase):
     def test_envoy_dir_and_compose_configs_validate(self):
         paths = sorted(ROOT.glob("envoy/*.yaml"))
         self.assertGreaterEqual(len(paths), 4, "envoy/ lost a config")
-        # The compose configs name the module by its path inside the container: map it back through the
-        # docker-compose.yaml bind mounts, so Envoy loads the same file the container would.
+        # The compose gateways run the config their command names, from their image: map the image's paths
+        # back to the repository through the Dockerfile's COPY lines, so Envoy loads the same files the
+        # container would.
         compose = yaml.safe_load((ROOT / "docker-compose.yaml").read_text())
-        for service in compose["services"].values():
-            mounts = [v.split(":") for v in service.get("volumes", []) if v.startswith("./")]
-            config_src = next((src for src, dst, *_ in mounts if dst == "/etc/envoy/envoy.yaml"), None)
-            if config_src is None:
+        for name, service in compose["services"].items():
+            command = service.get("command", [])
+            if "-c" not in command:
                 continue
-            text = (ROOT / config_src).read_text()
-            for src, dst, *_ in mounts:
+            copies = dockerfile_copies(ROOT / service["build"]["context"] / service["build"]["dockerfile"])
+            config = command[command.index("-c") + 1]
+            self.assertIn(config, copies, f"{name}: {config} is not in its image")
+            text = (ROOT / copies[config]).read_text()
+            for dst, src in copies.items():
                 text = text.replace(f"filename: {dst}", f"filename: {(ROOT / src).resolve()}")
-            self.assertNotIn("filename: /etc/envoy", text, f"{config_src}: module path not mounted")
-            out = Path(self.tmp.name) / Path(config_src).name
+            self.assertNotIn("filename: /etc/envoy", text, f"{copies[config]}: module path not in the image")
+            out = Path(self.tmp.name) / Path(copies[config]).name
             out.write_text(text)
             paths.append(out)
         self.assertGreaterEqual(len(paths), 6, "docker-compose.yaml lost a gateway")
@@ -468,30 +495,110 @@ class DockerCompose(unittest.TestCase):
             os.unlink(f.name)
         self.assertNotEqual(proc.returncode, 0, "docker-compose accepted a broken file")
 
-    def test_mounts_builds_and_services(self):
+    def test_services_ports_and_health(self):
         services = self.compose["services"]
-        self.assertEqual(set(services), {"payments", "keystore", "redis", "envoy-a", "envoy-b"})
+        self.assertEqual(set(services), {"payments", "keystore", "redis", "envoy-a", "envoy-b", "prometheus"})
         published = set()
         for name, svc in services.items():
             for port in svc.get("ports", []):
-                published.add(int(str(port).split(":")[0]))
+                with self.subTest(service=name, port=port):
+                    parts = str(port).split(":")
+                    self.assertEqual(len(parts), 3, "ports are published as 127.0.0.1:HOST:CONTAINER")
+                    host, host_port, _container = parts
+                    self.assertEqual(host, "127.0.0.1", "ports are published on the loopback address only")
+                    published.add(int(host_port))
             for vol in svc.get("volumes", []):
-                src = vol.split(":")[0]
-                if src.startswith((".", "/")):
-                    with self.subTest(mount=vol):
-                        self.assertTrue((ROOT / src).is_file(), f"{name}: mounted {src} does not exist")
-            if "build" in svc:
+                self.assertIn(vol.split(":")[0], self.compose["volumes"], f"{name}: {vol} is not a named volume")
+        self.assertEqual(published, {8080, 8081, 9090, 10000, 10001, 9901, 9902})
+        for name in ("redis", "envoy-a", "envoy-b", "prometheus"):
+            self.assertEqual(services[name]["healthcheck"]["test"][0], "CMD", name)
+        self.assertEqual(services["keystore"]["depends_on"]["redis"]["condition"], "service_healthy")
+        env = services["keystore"]["environment"]
+        self.assertEqual(env["KEYSTORE_BACKEND"], "redis")
+        self.assertIn("redis://redis:6379", env["KEYSTORE_REDIS_URL"])
+        # The key store gives up on Redis before the gateways give up on the key store.
+        for g in ("a", "b"):
+            doc = load_docs(ROOT / f"deploy/compose/gateway-{g}.yaml")[0]
+            cfg = json.loads(next(plugin_configs.wasm_typed_configs(doc))["config"]["configuration"]["value"])
+            self.assertLess(int(env["KEYSTORE_BACKEND_TIMEOUT_MS"]), cfg["keystore"]["timeout_ms"], g)
+        self.assertIn("redis-data:/data", services["redis"]["volumes"])
+        conf = dict(l.split(None, 1) for l in (ROOT / "deploy/compose/redis.conf").read_text().splitlines()
+                    if l.strip() and not l.startswith("#"))
+        self.assertEqual(conf["appendonly"], "yes")
+        self.assertEqual(conf["dir"], "/data")
+
+    def test_images_build_from_base_image_arguments(self):
+        """Every service is built; every base image is a build argument whose default is the public image."""
+        public = {
+            "RUST_IMAGE": "rust:1.95-slim-bookworm",
+            "RUNTIME_IMAGE": "gcr.io/distroless/cc-debian12:nonroot",
+            "ENVOY_IMAGE": "envoyproxy/envoy:v1.40-latest",
+            "REDIS_IMAGE": "redis:7-alpine",
+            "PROMETHEUS_IMAGE": "prom/prometheus:v3.5.0",
+        }
+        seen = set()
+        for name, svc in self.compose["services"].items():
+            with self.subTest(service=name):
+                self.assertIn("build", svc, f"{name} must be built from a Dockerfile of the repository")
+                self.assertTrue(svc["image"].startswith("idempotency-demo/"), svc["image"])
                 ctx = ROOT / svc["build"]["context"]
                 dockerfile = ctx / svc["build"]["dockerfile"]
                 self.assertTrue(dockerfile.is_file(), f"{name}: {dockerfile}")
                 self.check_dockerfile(dockerfile, ctx)
-        self.assertEqual(published, {8080, 8081, 10000, 10001, 9901, 9902})
-        for g in ("envoy-a", "envoy-b"):
-            self.assertEqual(services[g]["image"], "envoyproxy/envoy:v1.40-latest")
-        self.assertEqual(services["keystore"]["environment"]["KEYSTORE_BACKEND"], "redis")
-        self.assertIn("redis://redis:6379", services["keystore"]["environment"]["KEYSTORE_REDIS_URL"])
-        cmd = services["redis"]["command"]
-        self.assertEqual(cmd[cmd.index("--appendonly") + 1], "yes")
+                # A syntax directive would make BuildKit pull its frontend image from a registry.
+                self.assertNotRegex(dockerfile.read_text(), r"(?im)^#\s*syntax\s*=", dockerfile)
+                args, stages, in_stage = {}, {"scratch"}, False
+                for word, rest in dockerfile_instructions(dockerfile):
+                    if word == "ARG" and not in_stage:
+                        key, _, default = rest.partition("=")
+                        args[key] = default
+                    elif word == "FROM":
+                        in_stage = True
+                        image, *alias = rest.split()
+                        m = re.fullmatch(r"\$\{(\w+)\}", image)
+                        if m:
+                            self.assertIn(m.group(1), args, f"{dockerfile}: FROM {image} is not a global ARG")
+                            if m.group(1) in public:
+                                self.assertEqual(args[m.group(1)], public[m.group(1)], f"{dockerfile}: {m.group(1)}")
+                                seen.add(m.group(1))
+                        else:
+                            self.assertIn(image, stages, f"{dockerfile}: FROM {image} names an image, not an argument")
+                        if alias:
+                            stages.add(alias[-1])
+                if "BINARY" in args:
+                    self.assertEqual(args["BINARY"], "source", f"{dockerfile}: users build from source")
+                    self.assertIn(args["BINARY"], stages)
+                    self.assertIn("prebuilt", stages)
+        self.assertEqual(seen, set(public))
+
+    def test_gateway_image_holds_the_module_and_both_configs(self):
+        services = self.compose["services"]
+        for g in ("a", "b"):
+            svc = services[f"envoy-{g}"]
+            copies = dockerfile_copies(ROOT / svc["build"]["context"] / svc["build"]["dockerfile"])
+            self.assertEqual(copies["/etc/envoy/idempotency_filter.wasm"],
+                             "target/wasm32-wasip1/release/idempotency_filter.wasm")
+            self.assertEqual(copies[f"/etc/envoy/gateway-{g}.yaml"], f"deploy/compose/gateway-{g}.yaml")
+        self.assertEqual(services["envoy-a"]["build"], services["envoy-b"]["build"])
+
+    def test_prometheus_scrapes_the_gateways_and_the_key_store(self):
+        services = self.compose["services"]
+        prom = yaml.safe_load((ROOT / "deploy/observability/prometheus.yml").read_text())
+        jobs = {j["job_name"]: j for j in prom["scrape_configs"]}
+        envoy_targets = {t for c in jobs["envoy"]["static_configs"] for t in c["targets"]}
+        self.assertEqual(jobs["envoy"]["metrics_path"], "/stats/prometheus")
+        admin = set()
+        for g in ("a", "b"):
+            doc = load_docs(ROOT / f"deploy/compose/gateway-{g}.yaml")[0]
+            admin.add(f"envoy-{g}:{doc['admin']['address']['socket_address']['port_value']}")
+        self.assertEqual(envoy_targets, admin)
+        self.assertEqual(jobs["keystore"]["metrics_path"], "/metrics")
+        ks_port = services["keystore"]["environment"]["KEYSTORE_LISTEN"].rsplit(":", 1)[1]
+        self.assertEqual({t for c in jobs["keystore"]["static_configs"] for t in c["targets"]}, {f"keystore:{ks_port}"})
+        copies = dockerfile_copies(ROOT / "deploy/observability/prometheus.Dockerfile")
+        self.assertEqual(copies["/etc/prometheus/prometheus.yml"], "deploy/observability/prometheus.yml")
+        for rule_file in prom["rule_files"]:
+            self.assertIn(rule_file, copies, "every rule file is in the image")
 
     def check_dockerfile(self, dockerfile, ctx):
         """Every COPY source of the build context exists, and is not excluded by .dockerignore."""
@@ -504,7 +611,9 @@ class DockerCompose(unittest.TestCase):
             *sources, _dest = m.group(1).split()
             for src in sources:
                 with self.subTest(dockerfile=dockerfile.name, src=src):
-                    self.assertTrue((ctx / src).exists(), f"{dockerfile}: COPY {src} missing")
+                    # target/compose/ holds the host's release binaries only while `make compose-test` runs.
+                    if not src.startswith("target/compose/"):
+                        self.assertTrue((ctx / src).exists(), f"{dockerfile}: COPY {src} missing")
                     top = src.split("/")[0]
                     excluded = top in ignored and f"!{src}" not in ignored
                     self.assertFalse(excluded, f"{dockerfile}: COPY {src} is excluded by .dockerignore")
