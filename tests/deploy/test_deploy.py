@@ -9,7 +9,11 @@
 - docker-compose.yaml: `docker-compose config`, services, loopback-only ports, health checks, build
   contexts, Dockerfile COPY sources, base images as build arguments defaulting to the public images, and
   the Prometheus scrape targets. (`make compose-test` builds and runs the stack itself.)
-Environment: ENVOY_BIN (default .venv/bin/envoy), DOCKER_COMPOSE (default docker-compose on PATH).
+- deploy/observability/: promtool accepts the alert rules (plain file and PrometheusRule, which must be
+  equal), the Prometheus configuration and every Grafana dashboard query; every metric they name is one
+  the filter or the key store defines.
+Environment: ENVOY_BIN (default .venv/bin/envoy), DOCKER_COMPOSE (default docker-compose on PATH),
+PROMTOOL (default .venv/bin/promtool, then PATH).
 """
 
 import concurrent.futures
@@ -32,6 +36,7 @@ import jsonschema
 import kubernetes_validate
 import yaml
 
+import observability
 import plugin_configs
 from istio_schemas import SCHEMAS
 
@@ -85,6 +90,24 @@ def compose_cmd():
     if shutil.which("docker-compose"):
         return ["docker-compose"]
     raise AssertionError("docker-compose not found: run `make setup` or set DOCKER_COMPOSE")
+
+
+def promtool():
+    env = os.environ.get("PROMTOOL")
+    if env:
+        return env
+    venv = ROOT / ".venv/bin/promtool"
+    if venv.exists():
+        return str(venv)
+    found = shutil.which("promtool")
+    if not found:
+        raise AssertionError("promtool not found: run `make setup` or set PROMTOOL")
+    return found
+
+
+def run_promtool(*args):
+    proc = subprocess.run([promtool(), *map(str, args)], capture_output=True, text=True, timeout=60)
+    return proc.returncode == 0, proc.stdout + proc.stderr
 
 
 def dockerfile_instructions(path):
@@ -623,6 +646,96 @@ class DockerCompose(unittest.TestCase):
         self.assertRegex(text, r"(?m)^FROM scratch$")
         self.assertRegex(text, r"(?m)^COPY target/wasm32-wasip1/release/idempotency_filter\.wasm \./plugin\.wasm$")
         self.check_dockerfile(ROOT / "Dockerfile", ROOT)
+
+
+class Observability(unittest.TestCase):
+    """deploy/observability/: promtool accepts the rules, the Prometheus configuration and every dashboard
+    query; the metric names are those the code defines. (The compose test checks, against the live
+    Prometheus, that every dashboard query returns data and that the rules evaluate.)"""
+
+    OBS = ROOT / "deploy/observability"
+
+    @classmethod
+    def setUpClass(cls):
+        cls.tmp = tempfile.TemporaryDirectory(prefix="observability-check-")
+        cls.addClassCleanup(cls.tmp.cleanup)
+        cls.rules = yaml.safe_load((cls.OBS / "alerts.yml").read_text())
+        cls.crd = yaml.safe_load((cls.OBS / "prometheusrule.yaml").read_text())
+
+    def write(self, name, doc):
+        path = Path(self.tmp.name) / name
+        path.write_text(yaml.safe_dump(doc) if not isinstance(doc, str) else doc)
+        return path
+
+    def test_rule_files_pass_promtool(self):
+        for name, doc in (("alerts.yml", self.rules), ("prometheusrule-spec.yml", self.crd["spec"])):
+            with self.subTest(rules=name):
+                ok, out = run_promtool("check", "rules", self.write(name, doc))
+                self.assertTrue(ok, out)
+
+    def test_prometheusrule_is_the_rule_file(self):
+        self.assertEqual(self.crd["apiVersion"], "monitoring.coreos.com/v1")
+        self.assertEqual(self.crd["kind"], "PrometheusRule")
+        self.assertEqual(self.crd["metadata"]["namespace"], "idempotency")
+        self.assertEqual(set(self.crd["spec"]), {"groups"})
+        self.assertEqual(self.crd["spec"]["groups"], self.rules["groups"], "prometheusrule.yaml != alerts.yml")
+
+    def test_alerts_cover_the_failure_signals(self):
+        alerts = [r for g in self.rules["groups"] for r in g["rules"]]
+        used = set().union(*(observability.metric_names(r["expr"]) for r in alerts))
+        for metric in ("idempotency_store_error", "keystore_backend_errors_total", "idempotency_fail_open",
+                       "idempotency_unknown_outcome", "idempotency_renewal_refused"):
+            self.assertIn(metric, used, f"no alert on {metric}")
+        for r in alerts:
+            with self.subTest(alert=r["alert"]):
+                self.assertIn(r["labels"]["severity"], ("warning", "critical"))
+                self.assertTrue(r["annotations"]["summary"] and r["annotations"]["description"])
+
+    def test_dashboard_queries_parse(self):
+        queries = observability.dashboard_queries()
+        self.assertGreaterEqual(len(queries), 20)
+        rules = {"groups": [{"name": "dashboard", "rules": [
+            {"record": f"dashboard:query_{i}", "expr": expr} for i, (_, _, expr) in enumerate(queries)]}]}
+        ok, out = run_promtool("check", "rules", self.write("dashboard.yml", rules))
+        self.assertTrue(ok, out)
+        # The check can fail: a query promtool cannot parse is refused.
+        broken = {"groups": [{"name": "b", "rules": [{"record": "b:q", "expr": "sum(rate(idempotency_executed[1m])"}]}]}
+        ok, _ = run_promtool("check", "rules", self.write("broken.yml", broken))
+        self.assertFalse(ok, "promtool accepted an unbalanced query")
+
+    def test_dashboard_shape(self):
+        dash = observability.dashboard()
+        self.assertTrue(dash["uid"] and dash["title"])
+        ids = [p["id"] for p in dash["panels"]]
+        self.assertEqual(len(ids), len(set(ids)), "panel ids are unique")
+        self.assertIn("datasource", [v["name"] for v in dash["templating"]["list"]])
+        for p in dash["panels"]:
+            with self.subTest(panel=p["title"]):
+                self.assertEqual(p["datasource"]["uid"], "${datasource}")
+                refs = [t["refId"] for t in p["targets"]]
+                self.assertEqual(len(refs), len(set(refs)))
+        # Every counter of the filter has its line in the outcomes panel.
+        outcomes = next(p for p in dash["panels"] if p["title"].startswith("Outcomes per second"))
+        shown = set().union(*(observability.metric_names(t["expr"]) for t in outcomes["targets"]))
+        self.assertEqual(shown, observability.filter_metric_names())
+
+    def test_metric_names_are_defined(self):
+        """Every metric a dashboard query or an alert names: a filter counter as Envoy exports it, a key-store
+        metric, or one of Envoy's keystore-cluster statistics (which the compose test sees live)."""
+        known = observability.filter_metric_names() | observability.keystore_metric_names()
+        self.assertGreaterEqual(len(observability.filter_metric_names()), 16)
+        exprs = [e for _, _, e in observability.dashboard_queries()]
+        exprs += [r["expr"] for g in self.rules["groups"] for r in g["rules"]]
+        for expr in exprs:
+            for name in observability.metric_names(expr):
+                with self.subTest(metric=name):
+                    self.assertTrue(name in known or name.startswith("envoy_cluster_"), f"{name} in {expr}")
+
+    def test_prometheus_config_passes_promtool(self):
+        # The rule file path is the one inside the image: point it at the repository's file.
+        text = (self.OBS / "prometheus.yml").read_text().replace("/etc/prometheus/alerts.yml", str(self.OBS / "alerts.yml"))
+        ok, out = run_promtool("check", "config", self.write("prometheus.yml", text))
+        self.assertTrue(ok, out)
 
 
 if __name__ == "__main__":
