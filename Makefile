@@ -1,24 +1,31 @@
 # Build, test and demo entry points. `make test` is what CI runs (.ci/run).
 CARGO ?= cargo
 
-.PHONY: setup build test demo lint clean oci validate bench fuzz fuzz-smoke ci-fresh
+.PHONY: setup build test demo lint clean oci validate bench fuzz fuzz-smoke compose-test ci-fresh
 
-## setup: wasm32-wasip1 target, Envoy and checkers in .venv, Debian tools, cargo-fuzz (idempotent)
+## setup: wasm32-wasip1 target, Envoy, checkers and promtool in .venv, Debian tools (idempotent).
+## SETUP_FLAGS adds what only some targets use (scripts/setup.sh): test, fuzz and fuzz-smoke set --fuzz
+## (cargo-fuzz), test and compose-test set --compose (Docker engine, debootstrap); demo sets none.
+SETUP_FLAGS ?=
 setup:
-	scripts/setup.sh
+	scripts/setup.sh $(SETUP_FLAGS)
 
 ## build: the filter (Wasm, release), the payments demo and the key store
 build:
 	$(CARGO) build --release --target wasm32-wasip1
 	$(CARGO) build -p payments-demo -p idempotency-keystore
 
-## test: setup, build, the deploy artifact checks (validate), then every test of the workspace (the end-to-end tests start Envoy)
+## test: setup, build, the deploy artifact checks (validate), every test of the workspace (the end-to-end
+## tests start Envoy), the fuzz and benchmark smoke runs, then the docker-compose stack (compose-test)
+test: SETUP_FLAGS = --fuzz --compose
 test: setup build validate
 	$(CARGO) test --workspace
 	$(MAKE) fuzz-smoke
 	BENCH_BIN_DIR=$${CARGO_TARGET_DIR:-target}/debug python3 bench/run.py --smoke
+	$(MAKE) compose-test
 
-## demo: the README's demo (payments API, key store, two gateways) in the foreground until Ctrl-C
+## demo: payments, the key store and three gateways on this machine (README "A replay, by hand"), in the
+## foreground until Ctrl-C
 demo: setup build
 	scripts/demo.sh
 
@@ -34,12 +41,23 @@ lint:
 
 ## fuzz: every cargo-fuzz target in fuzz/ for 60 s (FUZZ_SECONDS=N to change), executions per target
 FUZZ_SECONDS ?= 60
-fuzz:
+fuzz: SETUP_FLAGS = --fuzz
+fuzz: setup
 	scripts/fuzz.sh $(FUZZ_SECONDS)
 
 ## fuzz-smoke: every fuzz target for 10 s (part of `make test`)
-fuzz-smoke:
+fuzz-smoke: SETUP_FLAGS = --fuzz
+fuzz-smoke: setup
 	scripts/fuzz.sh 10
+
+## compose-test: docker-compose.yaml built on local Debian base images and started on a private dockerd,
+## then the README's docker-compose story and the Prometheus checks against it (scripts/compose-test.sh);
+## needs root. The images take the host's release builds of the key store and payments.
+compose-test: SETUP_FLAGS = --compose
+compose-test: setup
+	$(CARGO) build --release --target wasm32-wasip1
+	$(CARGO) build --release -p payments-demo -p idempotency-keystore
+	scripts/compose-test.sh
 
 ## bench: the benchmark (bench/README.md): release builds, then about 5 minutes of load on loopback;
 ## prints the table and writes bench/results/latest.{md,json}. Not part of `make test`.

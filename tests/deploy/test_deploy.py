@@ -6,8 +6,14 @@
   the Istio kinds against istio_schemas.py; plus the cross-references between them.
 - The OCI image layout of `make oci`: index -> manifest -> config/layer, media types, digests, sizes, and
   the layer's plugin.wasm byte-identical to the built module (read here and by umoci).
-- docker-compose.yaml: `docker-compose config`, every mounted file, build context and Dockerfile COPY.
-Environment: ENVOY_BIN (default .venv/bin/envoy), DOCKER_COMPOSE (default docker-compose on PATH).
+- docker-compose.yaml: `docker-compose config`, services, loopback-only ports, health checks, build
+  contexts, Dockerfile COPY sources, base images as build arguments defaulting to the public images, and
+  the Prometheus scrape targets. (`make compose-test` builds and runs the stack itself.)
+- deploy/observability/: promtool accepts the alert rules (plain file and PrometheusRule, which must be
+  equal), the Prometheus configuration and every Grafana dashboard query; every metric they name is one
+  the filter or the key store defines.
+Environment: ENVOY_BIN (default .venv/bin/envoy), DOCKER_COMPOSE (default docker-compose on PATH),
+PROMTOOL (default .venv/bin/promtool, then PATH).
 """
 
 import concurrent.futures
@@ -30,6 +36,7 @@ import jsonschema
 import kubernetes_validate
 import yaml
 
+import observability
 import plugin_configs
 from istio_schemas import SCHEMAS
 
@@ -83,6 +90,46 @@ def compose_cmd():
     if shutil.which("docker-compose"):
         return ["docker-compose"]
     raise AssertionError("docker-compose not found: run `make setup` or set DOCKER_COMPOSE")
+
+
+def promtool():
+    env = os.environ.get("PROMTOOL")
+    if env:
+        return env
+    venv = ROOT / ".venv/bin/promtool"
+    if venv.exists():
+        return str(venv)
+    found = shutil.which("promtool")
+    if not found:
+        raise AssertionError("promtool not found: run `make setup` or set PROMTOOL")
+    return found
+
+
+def run_promtool(*args):
+    proc = subprocess.run([promtool(), *map(str, args)], capture_output=True, text=True, timeout=60)
+    return proc.returncode == 0, proc.stdout + proc.stderr
+
+
+def dockerfile_instructions(path):
+    """(instruction, arguments) per Dockerfile line, continuation lines joined, comments dropped."""
+    text = re.sub(r"\\\n", " ", Path(path).read_text())
+    for line in text.splitlines():
+        line = line.strip()
+        if line and not line.startswith("#"):
+            word, _, rest = line.partition(" ")
+            yield word.upper(), rest.strip()
+
+
+def dockerfile_copies(path):
+    """{path in the image: path in the build context} for every COPY from the context."""
+    out = {}
+    for word, rest in dockerfile_instructions(path):
+        if word != "COPY" or rest.startswith("--from"):
+            continue
+        *sources, dest = rest.split()
+        for src in sources:
+            out[dest + Path(src).name if dest.endswith("/") else dest] = src
+    return out
 
 
 def wasm_filter(configuration_json, allow_stop):
@@ -159,19 +206,22 @@ class EnvoyConfigs(unittest.TestCase):
     def test_envoy_dir_and_compose_configs_validate(self):
         paths = sorted(ROOT.glob("envoy/*.yaml"))
         self.assertGreaterEqual(len(paths), 4, "envoy/ lost a config")
-        # The compose configs name the module by its path inside the container: map it back through the
-        # docker-compose.yaml bind mounts, so Envoy loads the same file the container would.
+        # The compose gateways run the config their command names, from their image: map the image's paths
+        # back to the repository through the Dockerfile's COPY lines, so Envoy loads the same files the
+        # container would.
         compose = yaml.safe_load((ROOT / "docker-compose.yaml").read_text())
-        for service in compose["services"].values():
-            mounts = [v.split(":") for v in service.get("volumes", []) if v.startswith("./")]
-            config_src = next((src for src, dst, *_ in mounts if dst == "/etc/envoy/envoy.yaml"), None)
-            if config_src is None:
+        for name, service in compose["services"].items():
+            command = service.get("command", [])
+            if "-c" not in command:
                 continue
-            text = (ROOT / config_src).read_text()
-            for src, dst, *_ in mounts:
+            copies = dockerfile_copies(ROOT / service["build"]["context"] / service["build"]["dockerfile"])
+            config = command[command.index("-c") + 1]
+            self.assertIn(config, copies, f"{name}: {config} is not in its image")
+            text = (ROOT / copies[config]).read_text()
+            for dst, src in copies.items():
                 text = text.replace(f"filename: {dst}", f"filename: {(ROOT / src).resolve()}")
-            self.assertNotIn("filename: /etc/envoy", text, f"{config_src}: module path not mounted")
-            out = Path(self.tmp.name) / Path(config_src).name
+            self.assertNotIn("filename: /etc/envoy", text, f"{copies[config]}: module path not in the image")
+            out = Path(self.tmp.name) / Path(copies[config]).name
             out.write_text(text)
             paths.append(out)
         self.assertGreaterEqual(len(paths), 6, "docker-compose.yaml lost a gateway")
@@ -468,30 +518,110 @@ class DockerCompose(unittest.TestCase):
             os.unlink(f.name)
         self.assertNotEqual(proc.returncode, 0, "docker-compose accepted a broken file")
 
-    def test_mounts_builds_and_services(self):
+    def test_services_ports_and_health(self):
         services = self.compose["services"]
-        self.assertEqual(set(services), {"payments", "keystore", "redis", "envoy-a", "envoy-b"})
+        self.assertEqual(set(services), {"payments", "keystore", "redis", "envoy-a", "envoy-b", "prometheus"})
         published = set()
         for name, svc in services.items():
             for port in svc.get("ports", []):
-                published.add(int(str(port).split(":")[0]))
+                with self.subTest(service=name, port=port):
+                    parts = str(port).split(":")
+                    self.assertEqual(len(parts), 3, "ports are published as 127.0.0.1:HOST:CONTAINER")
+                    host, host_port, _container = parts
+                    self.assertEqual(host, "127.0.0.1", "ports are published on the loopback address only")
+                    published.add(int(host_port))
             for vol in svc.get("volumes", []):
-                src = vol.split(":")[0]
-                if src.startswith((".", "/")):
-                    with self.subTest(mount=vol):
-                        self.assertTrue((ROOT / src).is_file(), f"{name}: mounted {src} does not exist")
-            if "build" in svc:
+                self.assertIn(vol.split(":")[0], self.compose["volumes"], f"{name}: {vol} is not a named volume")
+        self.assertEqual(published, {8080, 8081, 9090, 10000, 10001, 9901, 9902})
+        for name in ("redis", "envoy-a", "envoy-b", "prometheus"):
+            self.assertEqual(services[name]["healthcheck"]["test"][0], "CMD", name)
+        self.assertEqual(services["keystore"]["depends_on"]["redis"]["condition"], "service_healthy")
+        env = services["keystore"]["environment"]
+        self.assertEqual(env["KEYSTORE_BACKEND"], "redis")
+        self.assertIn("redis://redis:6379", env["KEYSTORE_REDIS_URL"])
+        # The key store gives up on Redis before the gateways give up on the key store.
+        for g in ("a", "b"):
+            doc = load_docs(ROOT / f"deploy/compose/gateway-{g}.yaml")[0]
+            cfg = json.loads(next(plugin_configs.wasm_typed_configs(doc))["config"]["configuration"]["value"])
+            self.assertLess(int(env["KEYSTORE_BACKEND_TIMEOUT_MS"]), cfg["keystore"]["timeout_ms"], g)
+        self.assertIn("redis-data:/data", services["redis"]["volumes"])
+        conf = dict(l.split(None, 1) for l in (ROOT / "deploy/compose/redis.conf").read_text().splitlines()
+                    if l.strip() and not l.startswith("#"))
+        self.assertEqual(conf["appendonly"], "yes")
+        self.assertEqual(conf["dir"], "/data")
+
+    def test_images_build_from_base_image_arguments(self):
+        """Every service is built; every base image is a build argument whose default is the public image."""
+        public = {
+            "RUST_IMAGE": "rust:1.95-slim-bookworm",
+            "RUNTIME_IMAGE": "gcr.io/distroless/cc-debian12:nonroot",
+            "ENVOY_IMAGE": "envoyproxy/envoy:v1.40-latest",
+            "REDIS_IMAGE": "redis:7-alpine",
+            "PROMETHEUS_IMAGE": "prom/prometheus:v3.5.0",
+        }
+        seen = set()
+        for name, svc in self.compose["services"].items():
+            with self.subTest(service=name):
+                self.assertIn("build", svc, f"{name} must be built from a Dockerfile of the repository")
+                self.assertTrue(svc["image"].startswith("idempotency-demo/"), svc["image"])
                 ctx = ROOT / svc["build"]["context"]
                 dockerfile = ctx / svc["build"]["dockerfile"]
                 self.assertTrue(dockerfile.is_file(), f"{name}: {dockerfile}")
                 self.check_dockerfile(dockerfile, ctx)
-        self.assertEqual(published, {8080, 8081, 10000, 10001, 9901, 9902})
-        for g in ("envoy-a", "envoy-b"):
-            self.assertEqual(services[g]["image"], "envoyproxy/envoy:v1.40-latest")
-        self.assertEqual(services["keystore"]["environment"]["KEYSTORE_BACKEND"], "redis")
-        self.assertIn("redis://redis:6379", services["keystore"]["environment"]["KEYSTORE_REDIS_URL"])
-        cmd = services["redis"]["command"]
-        self.assertEqual(cmd[cmd.index("--appendonly") + 1], "yes")
+                # A syntax directive would make BuildKit pull its frontend image from a registry.
+                self.assertNotRegex(dockerfile.read_text(), r"(?im)^#\s*syntax\s*=", dockerfile)
+                args, stages, in_stage = {}, {"scratch"}, False
+                for word, rest in dockerfile_instructions(dockerfile):
+                    if word == "ARG" and not in_stage:
+                        key, _, default = rest.partition("=")
+                        args[key] = default
+                    elif word == "FROM":
+                        in_stage = True
+                        image, *alias = rest.split()
+                        m = re.fullmatch(r"\$\{(\w+)\}", image)
+                        if m:
+                            self.assertIn(m.group(1), args, f"{dockerfile}: FROM {image} is not a global ARG")
+                            if m.group(1) in public:
+                                self.assertEqual(args[m.group(1)], public[m.group(1)], f"{dockerfile}: {m.group(1)}")
+                                seen.add(m.group(1))
+                        else:
+                            self.assertIn(image, stages, f"{dockerfile}: FROM {image} names an image, not an argument")
+                        if alias:
+                            stages.add(alias[-1])
+                if "BINARY" in args:
+                    self.assertEqual(args["BINARY"], "source", f"{dockerfile}: users build from source")
+                    self.assertIn(args["BINARY"], stages)
+                    self.assertIn("prebuilt", stages)
+        self.assertEqual(seen, set(public))
+
+    def test_gateway_image_holds_the_module_and_both_configs(self):
+        services = self.compose["services"]
+        for g in ("a", "b"):
+            svc = services[f"envoy-{g}"]
+            copies = dockerfile_copies(ROOT / svc["build"]["context"] / svc["build"]["dockerfile"])
+            self.assertEqual(copies["/etc/envoy/idempotency_filter.wasm"],
+                             "target/wasm32-wasip1/release/idempotency_filter.wasm")
+            self.assertEqual(copies[f"/etc/envoy/gateway-{g}.yaml"], f"deploy/compose/gateway-{g}.yaml")
+        self.assertEqual(services["envoy-a"]["build"], services["envoy-b"]["build"])
+
+    def test_prometheus_scrapes_the_gateways_and_the_key_store(self):
+        services = self.compose["services"]
+        prom = yaml.safe_load((ROOT / "deploy/observability/prometheus.yml").read_text())
+        jobs = {j["job_name"]: j for j in prom["scrape_configs"]}
+        envoy_targets = {t for c in jobs["envoy"]["static_configs"] for t in c["targets"]}
+        self.assertEqual(jobs["envoy"]["metrics_path"], "/stats/prometheus")
+        admin = set()
+        for g in ("a", "b"):
+            doc = load_docs(ROOT / f"deploy/compose/gateway-{g}.yaml")[0]
+            admin.add(f"envoy-{g}:{doc['admin']['address']['socket_address']['port_value']}")
+        self.assertEqual(envoy_targets, admin)
+        self.assertEqual(jobs["keystore"]["metrics_path"], "/metrics")
+        ks_port = services["keystore"]["environment"]["KEYSTORE_LISTEN"].rsplit(":", 1)[1]
+        self.assertEqual({t for c in jobs["keystore"]["static_configs"] for t in c["targets"]}, {f"keystore:{ks_port}"})
+        copies = dockerfile_copies(ROOT / "deploy/observability/prometheus.Dockerfile")
+        self.assertEqual(copies["/etc/prometheus/prometheus.yml"], "deploy/observability/prometheus.yml")
+        for rule_file in prom["rule_files"]:
+            self.assertIn(rule_file, copies, "every rule file is in the image")
 
     def check_dockerfile(self, dockerfile, ctx):
         """Every COPY source of the build context exists, and is not excluded by .dockerignore."""
@@ -504,7 +634,9 @@ class DockerCompose(unittest.TestCase):
             *sources, _dest = m.group(1).split()
             for src in sources:
                 with self.subTest(dockerfile=dockerfile.name, src=src):
-                    self.assertTrue((ctx / src).exists(), f"{dockerfile}: COPY {src} missing")
+                    # target/compose/ holds the host's release binaries only while `make compose-test` runs.
+                    if not src.startswith("target/compose/"):
+                        self.assertTrue((ctx / src).exists(), f"{dockerfile}: COPY {src} missing")
                     top = src.split("/")[0]
                     excluded = top in ignored and f"!{src}" not in ignored
                     self.assertFalse(excluded, f"{dockerfile}: COPY {src} is excluded by .dockerignore")
@@ -514,6 +646,96 @@ class DockerCompose(unittest.TestCase):
         self.assertRegex(text, r"(?m)^FROM scratch$")
         self.assertRegex(text, r"(?m)^COPY target/wasm32-wasip1/release/idempotency_filter\.wasm \./plugin\.wasm$")
         self.check_dockerfile(ROOT / "Dockerfile", ROOT)
+
+
+class Observability(unittest.TestCase):
+    """deploy/observability/: promtool accepts the rules, the Prometheus configuration and every dashboard
+    query; the metric names are those the code defines. (The compose test checks, against the live
+    Prometheus, that every dashboard query returns data and that the rules evaluate.)"""
+
+    OBS = ROOT / "deploy/observability"
+
+    @classmethod
+    def setUpClass(cls):
+        cls.tmp = tempfile.TemporaryDirectory(prefix="observability-check-")
+        cls.addClassCleanup(cls.tmp.cleanup)
+        cls.rules = yaml.safe_load((cls.OBS / "alerts.yml").read_text())
+        cls.crd = yaml.safe_load((cls.OBS / "prometheusrule.yaml").read_text())
+
+    def write(self, name, doc):
+        path = Path(self.tmp.name) / name
+        path.write_text(yaml.safe_dump(doc) if not isinstance(doc, str) else doc)
+        return path
+
+    def test_rule_files_pass_promtool(self):
+        for name, doc in (("alerts.yml", self.rules), ("prometheusrule-spec.yml", self.crd["spec"])):
+            with self.subTest(rules=name):
+                ok, out = run_promtool("check", "rules", self.write(name, doc))
+                self.assertTrue(ok, out)
+
+    def test_prometheusrule_is_the_rule_file(self):
+        self.assertEqual(self.crd["apiVersion"], "monitoring.coreos.com/v1")
+        self.assertEqual(self.crd["kind"], "PrometheusRule")
+        self.assertEqual(self.crd["metadata"]["namespace"], "idempotency")
+        self.assertEqual(set(self.crd["spec"]), {"groups"})
+        self.assertEqual(self.crd["spec"]["groups"], self.rules["groups"], "prometheusrule.yaml != alerts.yml")
+
+    def test_alerts_cover_the_failure_signals(self):
+        alerts = [r for g in self.rules["groups"] for r in g["rules"]]
+        used = set().union(*(observability.metric_names(r["expr"]) for r in alerts))
+        for metric in ("idempotency_store_error", "keystore_backend_errors_total", "idempotency_fail_open",
+                       "idempotency_unknown_outcome", "idempotency_renewal_refused"):
+            self.assertIn(metric, used, f"no alert on {metric}")
+        for r in alerts:
+            with self.subTest(alert=r["alert"]):
+                self.assertIn(r["labels"]["severity"], ("warning", "critical"))
+                self.assertTrue(r["annotations"]["summary"] and r["annotations"]["description"])
+
+    def test_dashboard_queries_parse(self):
+        queries = observability.dashboard_queries()
+        self.assertGreaterEqual(len(queries), 20)
+        rules = {"groups": [{"name": "dashboard", "rules": [
+            {"record": f"dashboard:query_{i}", "expr": expr} for i, (_, _, expr) in enumerate(queries)]}]}
+        ok, out = run_promtool("check", "rules", self.write("dashboard.yml", rules))
+        self.assertTrue(ok, out)
+        # The check can fail: a query promtool cannot parse is refused.
+        broken = {"groups": [{"name": "b", "rules": [{"record": "b:q", "expr": "sum(rate(idempotency_executed[1m])"}]}]}
+        ok, _ = run_promtool("check", "rules", self.write("broken.yml", broken))
+        self.assertFalse(ok, "promtool accepted an unbalanced query")
+
+    def test_dashboard_shape(self):
+        dash = observability.dashboard()
+        self.assertTrue(dash["uid"] and dash["title"])
+        ids = [p["id"] for p in dash["panels"]]
+        self.assertEqual(len(ids), len(set(ids)), "panel ids are unique")
+        self.assertIn("datasource", [v["name"] for v in dash["templating"]["list"]])
+        for p in dash["panels"]:
+            with self.subTest(panel=p["title"]):
+                self.assertEqual(p["datasource"]["uid"], "${datasource}")
+                refs = [t["refId"] for t in p["targets"]]
+                self.assertEqual(len(refs), len(set(refs)))
+        # Every counter of the filter has its line in the outcomes panel.
+        outcomes = next(p for p in dash["panels"] if p["title"].startswith("Outcomes per second"))
+        shown = set().union(*(observability.metric_names(t["expr"]) for t in outcomes["targets"]))
+        self.assertEqual(shown, observability.filter_metric_names())
+
+    def test_metric_names_are_defined(self):
+        """Every metric a dashboard query or an alert names: a filter counter as Envoy exports it, a key-store
+        metric, or one of Envoy's keystore-cluster statistics (which the compose test sees live)."""
+        known = observability.filter_metric_names() | observability.keystore_metric_names()
+        self.assertGreaterEqual(len(observability.filter_metric_names()), 16)
+        exprs = [e for _, _, e in observability.dashboard_queries()]
+        exprs += [r["expr"] for g in self.rules["groups"] for r in g["rules"]]
+        for expr in exprs:
+            for name in observability.metric_names(expr):
+                with self.subTest(metric=name):
+                    self.assertTrue(name in known or name.startswith("envoy_cluster_"), f"{name} in {expr}")
+
+    def test_prometheus_config_passes_promtool(self):
+        # The rule file path is the one inside the image: point it at the repository's file.
+        text = (self.OBS / "prometheus.yml").read_text().replace("/etc/prometheus/alerts.yml", str(self.OBS / "alerts.yml"))
+        ok, out = run_promtool("check", "config", self.write("prometheus.yml", text))
+        self.assertTrue(ok, out)
 
 
 if __name__ == "__main__":
