@@ -390,9 +390,9 @@ class Bench:
             "direct_response": ("1. baseline", "direct", "POST", "/payments", "none", 0, None,
                                 "Envoy direct_response 201, no upstream"),
             "not_covered_get": ("2. not covered", "filter_mem", "GET", GET_PATH, "none", 0, "no_filter_get",
-                                f"GET {GET_PATH} through the filter"),
+                                f"GET {GET_PATH} on the filter listener (the route does not enable the filter)"),
             "not_covered_post": ("2. not covered", "filter_mem", "POST", "/nr/payments", "none", 0,
-                                 "no_filter_post", "POST /nr/payments: no rule (Envoy rewrites it to /payments)"),
+                                 "no_filter_post", "POST /nr/payments: a route that does not enable the filter (rewritten to /payments)"),
             "first_exec_memory": ("3. first execution", "filter_mem", "POST", "/payments", "fresh", 0,
                                   "no_filter_post", "fresh key per request, key store memory backend"),
             "first_exec_redis": ("3. first execution", "filter_redis", "POST", "/payments", "fresh", 0,
@@ -642,7 +642,7 @@ class Bench:
 
         if g("not_covered_post"):
             v = min(g("not_covered_post")["ratio"], g("not_covered_get")["ratio"])
-            add("not covered >= 0.85 of no-filter", v, 0.85, v >= 0.85,
+            add("not covered >= 0.95 of no-filter", v, 0.95, v >= 0.95,
                 f"POST {g('not_covered_post')['ratio']}, GET {g('not_covered_get')['ratio']} (the lower counts)")
         if g("replay_l1"):
             r = g("replay_l1")

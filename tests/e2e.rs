@@ -694,3 +694,52 @@ async fn client_gone_after_forwarding_locks_the_key_and_it_runs_once() {
         "the abandoned work finished"
     );
 }
+
+/// The shipped configs enable the filter only on the routes it covers: every other request never
+/// enters the Wasm VM (the filter counts nothing for it), and the covered route still deduplicates.
+#[tokio::test]
+async fn a_route_wrapper_keeps_requests_the_filter_does_not_cover_out_of_the_vm() {
+    let upstream = Upstream::start().await;
+    let cfg = plugin(json!({}));
+    let (wrapped, plain) = tokio::join!(
+        Envoy::start(
+            &EnvoyOptions::with_filter(upstream.port, cfg.clone()).only_route("POST", "/payments")
+        ),
+        Envoy::start(&EnvoyOptions::with_filter(upstream.port, cfg)),
+    );
+    let http = client();
+    for envoy in [&wrapped, &plain] {
+        let get = send(http.get(envoy.url("/payments"))).await;
+        assert_eq!(get.status, 200);
+        let other = send(http.post(envoy.url("/other")).body("{}")).await;
+        assert_eq!(other.status, 404);
+    }
+    assert_eq!(
+        wrapped.counter("not_covered").await,
+        0,
+        "the VM never saw them"
+    );
+    assert_eq!(
+        plain.counter("not_covered").await,
+        2,
+        "without the wrapper it does"
+    );
+    let key = new_key();
+    let first = send(post_payment(
+        &http,
+        &wrapped,
+        "alice",
+        Some(&key),
+        r#"{"amount":3}"#,
+    ))
+    .await;
+    let retry = send(post_payment(
+        &http,
+        &wrapped,
+        "alice",
+        Some(&key),
+        r#"{"amount":3}"#,
+    ))
+    .await;
+    assert_replay(&first, &retry);
+}

@@ -430,6 +430,9 @@ pub struct EnvoyOptions {
     pub extra_args: Vec<String>,
     /// The Wasm filter's `allow_on_headers_stop_iteration`; false is what Istio's WasmPlugin gives.
     pub allow_on_headers_stop_iteration: bool,
+    /// Enable the filter only on this route (method, exact path), as the shipped configs do; `None`:
+    /// the filter sees every request.
+    pub only_route: Option<(String, String)>,
 }
 
 impl EnvoyOptions {
@@ -442,12 +445,19 @@ impl EnvoyOptions {
             route_timeout: None,
             extra_args: Vec::new(),
             allow_on_headers_stop_iteration: true,
+            only_route: None,
         }
     }
 
     /// Runs the filter as Istio's WasmPlugin does: without `allow_on_headers_stop_iteration`.
     pub fn without_headers_stop_iteration(mut self) -> EnvoyOptions {
         self.allow_on_headers_stop_iteration = false;
+        self
+    }
+
+    /// Disables the filter except on `method path`, enabled per route (the shipped configs' wrapper).
+    pub fn only_route(mut self, method: &str, path: &str) -> EnvoyOptions {
+        self.only_route = Some((method.to_string(), path.to_string()));
         self
     }
 
@@ -479,6 +489,7 @@ impl EnvoyOptions {
                 filters,
                 r#"
           - name: envoy.filters.http.wasm
+            disabled: {disabled}
             typed_config:
               "@type": type.googleapis.com/envoy.extensions.filters.http.wasm.v3.Wasm
               config:
@@ -499,6 +510,7 @@ impl EnvoyOptions {
                 wasm = json_quote(&wasm.display().to_string()),
                 plugin = json_quote(plugin),
                 allow = self.allow_on_headers_stop_iteration,
+                disabled = self.only_route.is_some(),
             )
             .expect("write to String");
         }
@@ -508,6 +520,22 @@ impl EnvoyOptions {
                 .unwrap_or(Duration::from_secs(20))
                 .as_secs_f64()
         );
+        let mut routes = String::new();
+        if let Some((method, path)) = &self.only_route {
+            write!(
+                routes,
+                r#"
+              - match: {{ path: {path}, headers: [{{ name: ":method", string_match: {{ exact: {method} }} }}] }}
+                route: {{ cluster: payments, timeout: {route_timeout} }}
+                typed_per_filter_config:
+                  envoy.filters.http.wasm:
+                    "@type": type.googleapis.com/envoy.config.route.v3.FilterConfig
+                    config: {{}}"#,
+                path = json_quote(path),
+                method = json_quote(method),
+            )
+            .expect("write to String");
+        }
         let mut clusters = cluster_yaml("payments", self.upstream_port);
         if let Some(port) = self.keystore_port {
             clusters.push_str(&cluster_yaml("keystore", port));
@@ -533,7 +561,7 @@ static_resources:
             virtual_hosts:
             - name: all
               domains: ["*"]
-              routes:
+              routes:{routes}
               - match: {{ prefix: "/" }}
                 route: {{ cluster: payments, timeout: {route_timeout} }}
           http_filters:{filters}
