@@ -23,10 +23,13 @@ pub enum Metric {
     UnknownOutcomeAnswered,
     /// A lease renewal the key store refused: another gateway took the key over.
     RenewalRefused,
+    /// A record from the key store that failed verification (forged or altered in the store):
+    /// never replayed; answered as a store error.
+    UnverifiedRecord,
 }
 
 impl Metric {
-    pub const ALL: [Metric; 16] = [
+    pub const ALL: [Metric; 17] = [
         Metric::Executed,
         Metric::Replayed,
         Metric::Conflict,
@@ -43,6 +46,7 @@ impl Metric {
         Metric::UnknownOutcome,
         Metric::UnknownOutcomeAnswered,
         Metric::RenewalRefused,
+        Metric::UnverifiedRecord,
     ];
 
     pub fn name(self) -> &'static str {
@@ -63,6 +67,7 @@ impl Metric {
             Metric::UnknownOutcome => "idempotency.unknown_outcome",
             Metric::UnknownOutcomeAnswered => "idempotency.unknown_outcome_answered",
             Metric::RenewalRefused => "idempotency.renewal_refused",
+            Metric::UnverifiedRecord => "idempotency.unverified_record",
         }
     }
 

@@ -837,7 +837,7 @@ async fn hostile_input_catalog() {
     let plugin = json!({
         "routes": [{"exact": "/payments", "methods": ["POST"], "required": true}],
         "caller": {"header": "authorization"},
-        "hmac_secret": "hostile-secret",
+        "hmac_secret": "hostile-secret-0123456789abcdef0123456789abcdef",
         "max_body_bytes": LIMIT,
         "keystore": {"cluster": "keystore", "timeout_ms": 1000},
     })

@@ -24,12 +24,12 @@ use std::process::Command;
 use std::time::Duration;
 
 use hardening::*;
-use idempotency_filter::scope::RecordKey;
+use idempotency_filter::scope::{Caller, RecordKey};
 use serde_json::{json, Value};
 use support::redis::RedisServer;
 use support::*;
 
-const SECRET: &str = "isolation-secret";
+const SECRET: &str = "isolation-secret-0123456789abcdef0123";
 
 fn plugin(token: Option<&str>) -> String {
     let mut keystore = json!({"cluster": "keystore", "timeout_ms": 1000});
@@ -278,7 +278,10 @@ async fn callouts_carry_only_keyed_hashes() {
     let expected = RecordKey::derive(
         SECRET.as_bytes(),
         "exact:/payments",
-        Some(secrets.caller.as_bytes()),
+        &Caller::Source {
+            source: "header:authorization",
+            value: secrets.caller.as_bytes(),
+        },
         &secrets.key,
     )
     .hex();
@@ -432,7 +435,10 @@ async fn redis_holds_only_keyed_hashes_and_no_log_line_holds_a_secret() {
     let expected = RecordKey::derive(
         SECRET.as_bytes(),
         "exact:/payments",
-        Some(s.caller.as_bytes()),
+        &Caller::Source {
+            source: "header:authorization",
+            value: s.caller.as_bytes(),
+        },
         &s.key,
     )
     .hex();

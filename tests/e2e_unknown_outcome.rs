@@ -4,6 +4,13 @@
 //! its work when its caller goes away (as real servers do): the count that matters is how many
 //! payments the upstream created.
 
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::indexing_slicing
+)]
+
 mod support;
 
 use std::time::{Duration, Instant};
@@ -19,7 +26,7 @@ const TOKEN: &str = "unknown-outcome-e2e-token";
 fn plugin(extra: Value) -> String {
     let mut cfg = json!({
         "routes": [{"exact": "/payments", "methods": ["POST"], "required": true}],
-        "hmac_secret": "unknown-outcome-e2e-secret",
+        "hmac_secret": "unknown-outcome-e2e-secret-0123456789abcdef0123456789abcdef",
         "unknown_hold_ms": 3000,
         "keystore": {"cluster": "keystore", "timeout_ms": 3000, "token": TOKEN},
     });

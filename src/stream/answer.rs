@@ -24,7 +24,14 @@ impl Stream {
             Outcome::Replayable(response) => {
                 host.count(Metric::Replayed);
                 debug!("key {}: replaying the stored response", key.short());
-                let mut headers = response.headers;
+                // Stored headers passed the policy when kept; filtering again covers records
+                // kept before the policy changed.
+                let policy = &self.worker.cfg.replay_headers;
+                let mut headers: Vec<(String, Vec<u8>)> = response
+                    .headers
+                    .into_iter()
+                    .filter(|(name, _)| policy.keeps(name))
+                    .collect();
                 headers.push((REPLAYED_HEADER.to_string(), b"true".to_vec()));
                 host.send_response(response.status, &headers, &response.body);
                 self.phase = Phase::Answered;

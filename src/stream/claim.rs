@@ -126,7 +126,7 @@ impl Stream {
         status: Option<u16>,
         body: &[u8],
     ) {
-        match keystore_client::parse_claim(status, body) {
+        match self.claim_reply(host, &claim, status, body) {
             Ok(ClaimReply::Claimed { token }) => {
                 claim.token = Some(token);
                 self.execute(host, claim, Request::PausedOnCallout);
@@ -164,7 +164,7 @@ impl Stream {
         status: Option<u16>,
         body: &[u8],
     ) {
-        if let Ok(ClaimReply::Claimed { .. }) = keystore_client::parse_claim(status, body) {
+        if let Ok(ClaimReply::Claimed { .. }) = self.claim_reply(host, &claim, status, body) {
             self.release_later(host, &claim, 0);
         }
     }

@@ -14,6 +14,7 @@ mod admission;
 mod answer;
 mod claim;
 mod settle;
+mod verify;
 
 use crate::config::{HeadersMode, RouteRule};
 use crate::deferred::Deferred;
