@@ -22,6 +22,24 @@ pub enum ClaimReply {
     Mismatch,
 }
 
+/// What the key store said to a lookup (a key under a previous secret).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum LookupReply {
+    Absent,
+    InFlight { retry_after_ms: u64 },
+    Completed(Record),
+    Mismatch,
+}
+
+#[derive(Deserialize)]
+#[serde(tag = "outcome", rename_all = "snake_case")]
+enum RawLookup {
+    Absent,
+    InFlight { retry_after_ms: u64 },
+    Completed { record: String },
+    Mismatch,
+}
+
 /// What the key store said to complete, release or renew.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum AckReply {
@@ -96,6 +114,50 @@ pub fn claim(
         "claim",
         json!({"key": key.hex(), "fingerprint": hex::encode(fp), "lease_ms": lease_ms, "token": token}),
     )
+}
+
+/// Asks what `key` holds, claiming nothing: how a key stored under a previous secret is found.
+pub fn lookup(cfg: &KeystoreConfig, key: &RecordKey, fp: &Fingerprint) -> Callout {
+    callout(
+        cfg,
+        "lookup",
+        json!({"key": key.hex(), "fingerprint": hex::encode(fp)}),
+    )
+}
+
+/// Parses the reply to a lookup of `key`; a record in it must open for `key`.
+pub fn parse_lookup(
+    cfg: &KeystoreConfig,
+    key: &RecordKey,
+    status: Option<u16>,
+    body: &[u8],
+) -> Result<LookupReply, ClaimError> {
+    match status {
+        Some(200) => {}
+        Some(s) => return Err(format!("key store answered {s} to lookup").into()),
+        None => {
+            return Err("key store callout failed without a response"
+                .to_string()
+                .into())
+        }
+    }
+    let raw: RawLookup =
+        serde_json::from_slice(body).map_err(|e| format!("unparsable lookup reply: {e}"))?;
+    Ok(match raw {
+        RawLookup::Absent => LookupReply::Absent,
+        RawLookup::InFlight { retry_after_ms } => LookupReply::InFlight { retry_after_ms },
+        RawLookup::Mismatch => LookupReply::Mismatch,
+        RawLookup::Completed { record } => {
+            let bytes = B64
+                .decode(record)
+                .map_err(|e| format!("lookup reply record is not base64: {e}"))?;
+            match Record::open(&bytes, key, &cfg.secrets) {
+                Ok(record) => LookupReply::Completed(record),
+                Err(OpenError::Unverified) => return Err(ClaimError::Unverified),
+                Err(OpenError::Malformed(e)) => return Err(ClaimError::Failed(e)),
+            }
+        }
+    })
 }
 
 pub fn complete(

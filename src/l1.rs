@@ -162,6 +162,33 @@ impl NearCache {
         }
     }
 
+    /// What the slot holds for `key`, changing nothing: `None` when nothing live is there. Used to
+    /// look for a key stored under a previous secret, which is never claimed again.
+    pub fn peek(
+        &self,
+        shared: &dyn SharedData,
+        key: &RecordKey,
+        fingerprint: &Fingerprint,
+        now_ms: u64,
+    ) -> Option<L1Outcome> {
+        let (value, _) = shared.shared_get(&slot_key(key.slot(self.slots)));
+        let bucket = decode_bucket(value.as_deref());
+        let existing = bucket
+            .iter()
+            .find(|e| e.key == key.0 && e.is_live(now_ms))?;
+        Some(match &existing.state {
+            State::InFlight { fingerprint: f, .. } if f != fingerprint => L1Outcome::Mismatch,
+            State::InFlight { lease_until_ms, .. } => L1Outcome::InFlight {
+                lease_left_ms: lease_until_ms.saturating_sub(now_ms),
+            },
+            State::Completed { record, .. } => match Record::decode(record) {
+                Ok(r) if &r.fingerprint != fingerprint => L1Outcome::Mismatch,
+                Ok(r) => L1Outcome::Completed(r),
+                Err(_) => return None,
+            },
+        })
+    }
+
     /// Turns `owner`'s claim into a completed record (or caches a record read from the key store
     /// when `owner` holds the claim). Returns false when the claim is no longer `owner`'s.
     ///

@@ -56,6 +56,22 @@ impl World {
         }
     }
 
+    /// Another Envoy worker over the same shared data and clock, with another configuration
+    /// (e.g. after a secret rotation).
+    fn sharing(&self, json: &str) -> World {
+        let cfg = Config::parse(crate::testing::with_test_secret(json).as_bytes()).unwrap();
+        let cache = NearCache {
+            slots: cfg.l1_slots,
+            slot_budget: cfg.max_response_bytes + 4096,
+        };
+        World {
+            worker: Rc::new(Worker::new(cfg, cache)),
+            shared: self.shared.clone(),
+            clock: self.clock.clone(),
+            ids: self.ids.clone(),
+        }
+    }
+
     /// Runs the request side; returns the stream, its host and what the last request callback returned.
     fn send(&self, req: &Req) -> (Stream, FakeHost, Flow) {
         let mut host = FakeHost::new(&self.shared, &self.clock, &self.ids);
@@ -989,4 +1005,149 @@ fn stream_headers_mode_lets_headers_go_and_holds_the_body() {
     );
     assert_eq!(s.on_request_body(&host, 1, true), Flow::Pause);
     assert_eq!(host.last_sent().unwrap().status, 201, "replayed");
+}
+
+const OLD_SECRET: &str = "old-secret-0123456789abcdef0123456789";
+const NEW_SECRET: &str = "new-secret-0123456789abcdef0123456789";
+
+#[test]
+fn after_a_rotation_records_of_the_previous_secret_replay_from_l1() {
+    let old = World::new(&format!(r#"{{"hmac_secret":"{OLD_SECRET}"}}"#));
+    let (mut s, mut h, _) = old.send(&post("k", b"a"));
+    old.respond(&mut s, &mut h, 201, b"{\"id\":1}");
+    let rotated = old.sharing(&format!(
+        r#"{{"hmac_secrets":["{NEW_SECRET}","{OLD_SECRET}"]}}"#
+    ));
+    let (_, h2, _) = rotated.send(&post("k", b"a"));
+    let sent = h2.last_sent().unwrap();
+    assert_eq!(
+        (sent.status, sent.body.as_slice()),
+        (201, &b"{\"id\":1}"[..])
+    );
+    assert_eq!(h2.count_of(Metric::Executed), 0);
+    // Another payload under the same key is still a reuse, across the rotation.
+    let (_, h3, _) = rotated.send(&post("k", b"b"));
+    assert_eq!(h3.last_sent().unwrap().status, 422);
+    // A key never used before executes under the new secret.
+    let (_, h4, flow) = rotated.send(&post("fresh", b"a"));
+    assert_eq!(flow, Flow::Continue);
+    assert_eq!(h4.count_of(Metric::Executed), 1);
+    // Without the old secret in the list, the old record is not found: the key executes again.
+    let forgotten = old.sharing(&format!(r#"{{"hmac_secret":"{NEW_SECRET}"}}"#));
+    let (_, h5, flow) = forgotten.send(&post("k", b"a"));
+    assert_eq!(flow, Flow::Continue);
+    assert_eq!(h5.count_of(Metric::Executed), 1);
+}
+
+mod rotation_with_keystore {
+    use super::*;
+    use base64::engine::general_purpose::STANDARD as B64;
+    use base64::Engine;
+
+    fn cfg() -> String {
+        format!(
+            r#"{{"hmac_secrets":["{NEW_SECRET}","{OLD_SECRET}"],"keystore":{{"cluster":"ks","token":"s3cret"}},"failure_mode":"fail_closed"}}"#
+        )
+    }
+
+    fn body_of(c: &crate::host::Callout) -> Value {
+        serde_json::from_slice(&c.body).unwrap()
+    }
+
+    fn path_of(c: &crate::host::Callout) -> String {
+        c.headers
+            .iter()
+            .find(|(n, _)| n == ":path")
+            .map(|(_, v)| v.clone())
+            .unwrap()
+    }
+
+    fn hex32(v: &Value) -> [u8; 32] {
+        let mut out = [0u8; 32];
+        hex::decode_to_slice(v.as_str().unwrap(), &mut out).unwrap();
+        out
+    }
+
+    /// A record of the lookup's key and fingerprint, sealed under `secret`.
+    fn completed(lookup: &crate::host::Callout, secret: &str) -> String {
+        let b = body_of(lookup);
+        let record = crate::record::Record {
+            fingerprint: hex32(&b["fingerprint"]),
+            created_ms: 0,
+            expires_ms: u64::MAX,
+            outcome: Outcome::Replayable(crate::record::StoredResponse {
+                status: 201,
+                headers: vec![],
+                body: b"old".to_vec(),
+            }),
+        };
+        let sealed = record.seal(
+            &crate::scope::RecordKey(hex32(&b["key"])),
+            secret.as_bytes(),
+        );
+        format!(
+            r#"{{"outcome":"completed","record":"{}"}}"#,
+            B64.encode(sealed)
+        )
+    }
+
+    #[test]
+    fn a_record_under_the_previous_secret_is_found_before_claiming() {
+        let w = World::new(&cfg());
+        let (mut s, h, flow) = w.send(&post("k", b"a"));
+        assert_eq!(flow, Flow::Pause);
+        let (token, lookup) = h.last_callout().unwrap();
+        assert_eq!(path_of(&lookup), "/v1/lookup");
+        s.on_callout_response(
+            &h,
+            token,
+            Some(200),
+            completed(&lookup, OLD_SECRET).as_bytes(),
+        );
+        let sent = h.last_sent().unwrap();
+        assert_eq!((sent.status, sent.body.as_slice()), (201, &b"old"[..]));
+        assert_eq!(h.count_of(Metric::Replayed), 1);
+        assert_eq!(
+            h.callouts.borrow().len(),
+            1,
+            "no claim under the new secret"
+        );
+    }
+
+    #[test]
+    fn nothing_under_the_previous_secret_then_the_claim_goes_under_the_new_one() {
+        let w = World::new(&cfg());
+        let (mut s, h, _) = w.send(&post("k", b"a"));
+        let (token, lookup) = h.last_callout().unwrap();
+        s.on_callout_response(&h, token, Some(200), br#"{"outcome":"absent"}"#);
+        let (_, claim) = h.last_callout().unwrap();
+        assert_eq!(path_of(&claim), "/v1/claim");
+        assert_ne!(body_of(&claim)["key"], body_of(&lookup)["key"]);
+        assert_ne!(
+            body_of(&claim)["fingerprint"],
+            body_of(&lookup)["fingerprint"]
+        );
+    }
+
+    #[test]
+    fn in_flight_or_forged_under_the_previous_secret() {
+        let w = World::new(&cfg());
+        let (mut s, h, _) = w.send(&post("k", b"a"));
+        let (token, _) = h.last_callout().unwrap();
+        s.on_callout_response(
+            &h,
+            token,
+            Some(200),
+            br#"{"outcome":"in_flight","retry_after_ms":5}"#,
+        );
+        assert_eq!(h.last_sent().unwrap().status, 409);
+
+        let (mut s, h, _) = w.send(&post("k2", b"a"));
+        let (token, lookup) = h.last_callout().unwrap();
+        let forged = completed(&lookup, "a-guess-at-the-secret-0123456789abc");
+        s.on_callout_response(&h, token, Some(200), forged.as_bytes());
+        assert_eq!(h.last_sent().unwrap().status, 503);
+        assert_eq!(h.count_of(Metric::UnverifiedRecord), 1);
+        assert_eq!(h.count_of(Metric::Replayed), 0);
+    }
 }

@@ -81,7 +81,13 @@ impl Stream {
             }
         };
         let secret = cfg.secrets.current();
-        let record_key = RecordKey::derive(secret, &rule.path.scope(), &caller, key.as_str());
+        let scope = rule.path.scope();
+        let record_key = RecordKey::derive(secret, &scope, &caller, key.as_str());
+        let previous = cfg
+            .secrets
+            .previous()
+            .map(|s| RecordKey::derive(s, &scope, &caller, key.as_str()))
+            .collect();
         let fp_headers: Vec<(&str, Vec<&[u8]>)> = cfg
             .fingerprint_headers
             .iter()
@@ -98,6 +104,7 @@ impl Stream {
             rule,
             key: record_key,
             fingerprinter: Fingerprinter::new(secret, &method, &path, &fp_headers),
+            previous,
         })
     }
 
@@ -142,6 +149,6 @@ impl Stream {
             return self.body_too_large(host);
         }
         admitted.fingerprinter.update_body(&body);
-        self.decide(host, admitted)
+        self.look_up_previous(host, admitted)
     }
 }

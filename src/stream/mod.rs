@@ -13,6 +13,7 @@
 mod admission;
 mod answer;
 mod claim;
+mod rotation;
 mod settle;
 mod verify;
 
@@ -51,6 +52,8 @@ struct Admitted {
     rule: RouteRule,
     key: RecordKey,
     fingerprinter: Fingerprinter,
+    /// The record keys under the previous secrets (rotation), in their order.
+    previous: Vec<RecordKey>,
 }
 
 /// The claims this request holds while it executes.
@@ -74,6 +77,12 @@ enum Phase {
     Passthrough,
     /// A covered request; its body is being read and fingerprinted.
     ReadingBody(Box<Admitted>),
+    /// The key store is asked whether the key under previous secret `index` holds a record.
+    LookingUp {
+        admitted: Box<Admitted>,
+        callout: u32,
+        index: usize,
+    },
     /// The key store is asked to claim the key; the request waits.
     Claiming { claim: Claim, callout: u32 },
     /// Envoy answered locally while the claim was on its way: the request never ran. A claim the
@@ -116,7 +125,7 @@ impl Stream {
             return self.flow_after_admission();
         };
         if end_of_stream {
-            return self.decide(host, admitted);
+            return self.look_up_previous(host, admitted);
         }
         self.phase = Phase::ReadingBody(Box::new(admitted));
         match self.worker.cfg.headers_mode {
@@ -165,6 +174,11 @@ impl Stream {
             Phase::ClaimAbandoned { claim, callout } if callout == token => {
                 self.release_abandoned_claim(host, claim, status, body)
             }
+            Phase::LookingUp {
+                admitted,
+                callout,
+                index,
+            } if callout == token => self.on_lookup_reply(host, *admitted, index, status, body),
             Phase::Writing { callout, write } if callout == token => {
                 match keystore_client::parse_ack(status, body) {
                     Ok(AckReply::Done) => {}
@@ -193,6 +207,8 @@ impl Stream {
                 self.phase = Phase::ClaimAbandoned { claim, callout };
                 Flow::Continue
             }
+            // A local reply came while looking under a previous secret: nothing was claimed.
+            Phase::LookingUp { .. } => Flow::Continue,
             other => {
                 self.phase = other;
                 self.hold_response()
