@@ -12,7 +12,7 @@ use serde_json::json;
 use crate::common::{eventually, hex64, settings, Keystore};
 
 async fn backend() -> Arc<dyn Backend> {
-    Arc::new(MemoryBackend::new(10_000))
+    Arc::new(MemoryBackend::new(64 << 20, 10_000))
 }
 
 crate::suite::backend_suite!(backend);
@@ -21,7 +21,7 @@ crate::suite::backend_suite!(backend);
 /// and waiters whose client went away, no key is left behind.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn wait_channels_are_dropped_with_their_waiters() {
-    let memory = Arc::new(MemoryBackend::new(10_000));
+    let memory = Arc::new(MemoryBackend::new(64 << 20, 10_000));
     let ks = Keystore::start(memory.clone(), settings()).await;
     let (key, fp) = (hex64(), hex64());
     let token = ks.claim_ok(&key, &fp, 30_000).await;
