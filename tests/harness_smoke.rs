@@ -22,6 +22,8 @@ async fn envoy_without_filter_proxies_to_payments() {
         route_timeout: None,
         extra_args: Vec::new(),
         allow_on_headers_stop_iteration: true,
+        vm_env: Vec::new(),
+        bootstrap: None,
     })
     .await;
 
