@@ -66,7 +66,10 @@ impl CallerSource {
     pub fn label(&self) -> String {
         match self {
             CallerSource::Header(h) => format!("header:{h}"),
-            CallerSource::Property(p) => format!("property:{}", p.join(".")),
+            // Segments as a JSON array: no two different paths give one label.
+            CallerSource::Property(p) => {
+                format!("property:{}", serde_json::to_string(p).unwrap_or_default())
+            }
         }
     }
 }
@@ -959,6 +962,15 @@ mod tests {
             ]
         );
         assert_eq!(c.anonymous_scope.as_deref(), Some("public"));
+        assert_eq!(c.callers[0].label(), "header:x-api-key");
+        assert_eq!(
+            c.callers[1].label(),
+            r#"property:["connection","uri_san_peer_certificate"]"#
+        );
+        assert_ne!(
+            CallerSource::Property(vec!["a.b".into(), "c".into()]).label(),
+            CallerSource::Property(vec!["a".into(), "b.c".into()]).label()
+        );
         // The single-source form and `anonymous: reject` still load.
         let c = parse(r#"{"caller":{"property":["a","b"]},"anonymous":"reject"}"#).unwrap();
         assert_eq!(

@@ -95,7 +95,7 @@ mod tests {
             RecordKey::derive(b"t", "exact:/p", &who(b"Bearer a"), "k")
         );
         let other_source = Caller::Source {
-            source: "property:connection.uri_san_peer_certificate",
+            source: r#"property:["connection","uri_san_peer_certificate"]"#,
             value: b"Bearer a",
         };
         assert_ne!(
