@@ -101,3 +101,31 @@ impl Config {
         Duration::from_millis(self.backend_timeout_ms.max(1))
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(args: &[&str]) -> Config {
+        let mut all = vec!["idempotency-keystore"];
+        all.extend_from_slice(args);
+        Config::try_parse_from(all).unwrap()
+    }
+
+    #[test]
+    fn the_body_limit_follows_the_record_limit() {
+        let c = parse(&[]);
+        assert_eq!(c.max_record_bytes, 3 * 1024 * 1024);
+        assert_eq!(c.body_limit().unwrap(), 4 * 1024 * 1024 + 4096);
+        let c = parse(&["--max-record-bytes", "3000"]);
+        assert_eq!(c.body_limit().unwrap(), 4000 + 4096);
+        let c = parse(&["--max-body-bytes", "1000000"]);
+        let e = c.body_limit().unwrap_err().to_string();
+        assert!(
+            e.contains("--max-body-bytes") && e.contains("--max-record-bytes"),
+            "{e}"
+        );
+        let c = parse(&["--max-record-bytes", "1000", "--max-body-bytes", "1000000"]);
+        assert_eq!(c.body_limit().unwrap(), 1_000_000);
+    }
+}
