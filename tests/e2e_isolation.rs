@@ -205,11 +205,12 @@ async fn key_store_requires_its_bearer_token() {
     }
 }
 
-/// The secrets of one run: none may leave Envoy in the clear.
+/// The secrets of one run: none may leave Envoy in the clear (the plugin's HMAC secret included).
 struct Secrets {
     key: String,
     caller: String,
     marker: String,
+    hmac: String,
 }
 
 impl Secrets {
@@ -219,11 +220,12 @@ impl Secrets {
             key: format!("rawkey-{run}"),
             caller: format!("Bearer credential-{}", new_key()),
             marker: format!("bodymarker-{}", new_key()),
+            hmac: SECRET.to_owned(),
         }
     }
 
-    fn all(&self) -> [&str; 3] {
-        [&self.key, &self.caller, &self.marker]
+    fn all(&self) -> [&str; 4] {
+        [&self.key, &self.caller, &self.marker, &self.hmac]
     }
 
     /// Asserts none of the secrets (nor their distinctive UUID parts) occurs in `bytes`.
