@@ -14,7 +14,7 @@ use crate::l1::{L1Outcome, NearCache};
 use crate::leases::{HeldClaim, Leases};
 use crate::metrics::Metric;
 use crate::problem::Problem;
-use crate::record::{storable_headers, Outcome, Record, StoredResponse};
+use crate::record::{message_headers, storable_headers, Outcome, Record, StoredResponse};
 use crate::scope::RecordKey;
 use crate::stream::LocalReply;
 use crate::waiting::Waiters;
@@ -165,7 +165,7 @@ impl Worker {
         let answered = self.waiters.borrow_mut().settle(|w| {
             let reply = match self.cache.peek(shared, &w.key, &w.fingerprint, now_ms) {
                 Some(L1Outcome::Completed(record)) => {
-                    let reply = LocalReply::from_record(record, now_ms);
+                    let reply = LocalReply::from_record(record, now_ms, &self.cfg.replay_headers);
                     if reply.metric == Metric::Replayed {
                         replies.push(Metric::WaitReplayed);
                     }
@@ -376,12 +376,15 @@ impl Worker {
         };
         let (outcome, answer) = match end {
             Ending::Answered(status) => {
-                let kept = storable_headers(headers);
+                // The client gets every header of its own answer; the record keeps what replays
+                // may carry.
+                let answer =
+                    upstream_answer(status, message_headers(headers.clone()), body.clone());
+                let kept = storable_headers(headers, &self.cfg.replay_headers);
                 let storable = (status < 500 || job.rule.store_5xx)
                     && status >= 100
                     && !NEVER_STORED.contains(&status);
                 let header_bytes: usize = kept.iter().map(|(n, v)| n.len() + v.len()).sum();
-                let answer = upstream_answer(status, kept.clone(), body.clone());
                 if !storable {
                     info!(
                         "key {}: upstream answered {status}; releasing",
