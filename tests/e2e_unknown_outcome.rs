@@ -445,26 +445,37 @@ async fn a_thousand_duplicates_over_two_gateways_with_client_timeouts_run_once_p
                 b.clone()
             };
             // Every third request is from a client that gives up before the upstream answers.
-            let http = if (i + round) % 3 == 0 {
+            let hasty_client = (i + round) % 3 == 0;
+            let http = if hasty_client {
                 hasty.clone()
             } else {
                 patient.clone()
             };
             let body = json!({"key": key}).to_string();
             let key = key.clone();
+            let retries = !hasty_client;
             tasks.push(tokio::spawn(async move {
-                let sent = http
-                    .post(url)
-                    .header("content-type", "application/json")
-                    .header("authorization", "Bearer alice")
-                    .header("idempotency-key", key)
-                    .header("x-demo-delay-ms", "300")
-                    .body(body)
-                    .send()
-                    .await;
-                match sent {
-                    Ok(resp) => Some(resp.status().as_u16()),
-                    Err(_) => None,
+                // A patient client retries 409s as client libraries do (Retry-After, for up to
+                // 20 s); a hasty one gives up at its first timeout.
+                let deadline = std::time::Instant::now() + Duration::from_secs(20);
+                loop {
+                    let sent = http
+                        .post(&url)
+                        .header("content-type", "application/json")
+                        .header("authorization", "Bearer alice")
+                        .header("idempotency-key", &key)
+                        .header("x-demo-delay-ms", "300")
+                        .body(body.clone())
+                        .send()
+                        .await;
+                    let status = match sent {
+                        Ok(resp) => resp.status().as_u16(),
+                        Err(_) => return None,
+                    };
+                    if status != 409 || !retries || std::time::Instant::now() > deadline {
+                        return Some(status);
+                    }
+                    tokio::time::sleep(Duration::from_millis(300)).await;
                 }
             }));
         }
