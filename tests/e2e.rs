@@ -701,12 +701,10 @@ async fn client_gone_after_forwarding_locks_the_key_and_it_runs_once() {
 async fn a_route_wrapper_keeps_requests_the_filter_does_not_cover_out_of_the_vm() {
     let upstream = Upstream::start().await;
     let cfg = plugin(json!({}));
-    let (wrapped, plain) = tokio::join!(
-        Envoy::start(
-            &EnvoyOptions::with_filter(upstream.port, cfg.clone()).only_route("POST", "/payments")
-        ),
-        Envoy::start(&EnvoyOptions::with_filter(upstream.port, cfg)),
-    );
+    let wrapping =
+        EnvoyOptions::with_filter(upstream.port, cfg.clone()).only_route("POST", "/payments");
+    let plain = EnvoyOptions::with_filter(upstream.port, cfg);
+    let (wrapped, plain) = tokio::join!(Envoy::start(&wrapping), Envoy::start(&plain));
     let http = client();
     for envoy in [&wrapped, &plain] {
         let get = send(http.get(envoy.url("/payments"))).await;

@@ -16,12 +16,8 @@ use support::*;
 async fn envoy_without_filter_proxies_to_payments() {
     let upstream = Upstream::start().await;
     let envoy = Envoy::start(&EnvoyOptions {
-        upstream_port: upstream.port,
-        keystore_port: None,
         plugin: None,
-        route_timeout: None,
-        extra_args: Vec::new(),
-        allow_on_headers_stop_iteration: true,
+        ..EnvoyOptions::with_filter(upstream.port, "")
     })
     .await;
 
