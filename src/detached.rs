@@ -9,24 +9,14 @@ use crate::host::{Callout, Headers, SharedData};
 use crate::keystore_client;
 use crate::metrics::Metric;
 use crate::problem::Problem;
-use crate::record::{storable_headers, Outcome, StoredResponse};
+use crate::record::{storable_headers, Outcome, StoredResponse, HOP_BY_HOP};
 use crate::scope::RecordKey;
 use crate::worker::{Answer, Purpose, RootAction, Worker};
 use log::{info, warn};
 
-/// Request headers the plugin does not forward: they describe the client's connection, or Envoy
-/// recomputes them for the callout.
-const NOT_FORWARDED: [&str; 9] = [
-    "connection",
-    "keep-alive",
-    "proxy-connection",
-    "transfer-encoding",
-    "upgrade",
-    "te",
-    "trailer",
-    "content-length",
-    "expect",
-];
+/// Request headers the plugin does not forward besides the hop-by-hop ones: `expect` asks the
+/// client's connection for a `100 Continue` the callout never sends.
+const NOT_FORWARDED: [&str; 1] = ["expect"];
 
 /// The pseudo-headers a callout carries (Envoy requires all three).
 const PSEUDO_FORWARDED: [&str; 3] = [":method", ":path", ":authority"];
@@ -49,7 +39,7 @@ pub fn upstream_request(
         let forwarded = if lower.starts_with(':') {
             PSEUDO_FORWARDED.contains(&lower.as_str())
         } else {
-            !NOT_FORWARDED.contains(&lower.as_str())
+            !HOP_BY_HOP.contains(&lower.as_str()) && !NOT_FORWARDED.contains(&lower.as_str())
         };
         if !forwarded {
             continue;

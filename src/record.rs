@@ -9,8 +9,9 @@ use serde::{Deserialize, Serialize};
 const VERSION_1: u8 = 1;
 const VERSION: u8 = 2;
 
-/// Response headers that describe the connection or are recomputed by Envoy on replay.
-const NOT_STORED_HEADERS: [&str; 11] = [
+/// Headers that describe one connection, not the message (RFC 9110 section 7.6.1), plus the
+/// length, which Envoy recomputes.
+pub const HOP_BY_HOP: [&str; 8] = [
     "connection",
     "keep-alive",
     "proxy-connection",
@@ -19,10 +20,10 @@ const NOT_STORED_HEADERS: [&str; 11] = [
     "te",
     "trailer",
     "content-length",
-    "date",
-    "server",
-    "x-envoy-upstream-service-time",
 ];
+
+/// Response headers Envoy sets anew on every answer, so a replay carries its own.
+const RECOMPUTED: [&str; 3] = ["date", "server", "x-envoy-upstream-service-time"];
 
 /// A response as the client first received it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -124,7 +125,9 @@ pub fn storable_headers(headers: Vec<(String, Vec<u8>)>) -> Vec<(String, Vec<u8>
         .into_iter()
         .filter(|(name, _)| {
             let lower = name.to_ascii_lowercase();
-            !lower.starts_with(':') && !NOT_STORED_HEADERS.contains(&lower.as_str())
+            !lower.starts_with(':')
+                && !HOP_BY_HOP.contains(&lower.as_str())
+                && !RECOMPUTED.contains(&lower.as_str())
         })
         .collect()
 }
