@@ -33,7 +33,7 @@ ROOT = Path(__file__).resolve().parent.parent
 BENCH = ROOT / "bench"
 LUA_IDEM = BENCH / "lua" / "idem.lua"
 LUA_KS = BENCH / "lua" / "keystore.lua"
-HMAC_SECRET = "bench-secret"
+HMAC_SECRET = "bench-secret-0123456789abcdef0123456789abcdef"
 # The not-covered GET: every GET route of payments-demo copies the whole list of payments (it grows
 # with every POST of the run), so the GET goes to a path its router answers with 404 at once.
 GET_PATH = "/_bench/get"

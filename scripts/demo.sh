@@ -32,7 +32,8 @@ trap cleanup INT TERM EXIT
 
 "$target_dir/debug/payments-demo" --listen 127.0.0.1:8080 &
 pids+=($!)
-"$target_dir/debug/idempotency-keystore" --listen 127.0.0.1:8081 --backend memory &
+"$target_dir/debug/idempotency-keystore" --listen 127.0.0.1:8081 --backend memory \
+    --token demo-only-keystore-token-for-the-local-demo &
 pids+=($!)
 "$envoy" -c envoy/demo-gateway-a.yaml --base-id 10 -l info --log-path "$logs/gateway-a.log" &
 pids+=($!)

@@ -9,7 +9,7 @@ use crate::host::{Callout, Headers, SharedData};
 use crate::keystore_client;
 use crate::metrics::Metric;
 use crate::problem::Problem;
-use crate::record::{storable_headers, Outcome, StoredResponse, HOP_BY_HOP};
+use crate::record::{message_headers, storable_headers, Outcome, StoredResponse, HOP_BY_HOP};
 use crate::scope::RecordKey;
 use crate::worker::{Answer, Purpose, RootAction, Worker};
 use log::{info, warn};
@@ -132,12 +132,15 @@ impl Worker {
         };
         let (outcome, answer) = match end {
             Ending::Answered(status) => {
-                let kept = storable_headers(headers);
+                // The client gets every header of its own answer; the record keeps what replays
+                // may carry.
+                let answer =
+                    upstream_answer(status, message_headers(headers.clone()), body.clone());
+                let kept = storable_headers(headers, &self.cfg.replay_headers);
                 let storable = (status < 500 || job.rule.store_5xx)
                     && status >= 100
                     && !NEVER_STORED.contains(&status);
                 let header_bytes: usize = kept.iter().map(|(n, v)| n.len() + v.len()).sum();
-                let answer = upstream_answer(status, kept.clone(), body.clone());
                 if !storable {
                     info!(
                         "key {}: upstream answered {status}; releasing",

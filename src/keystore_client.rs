@@ -1,10 +1,12 @@
 //! The filter's side of the key-store protocol (README, "Key-store API"): callout requests, and
 //! replies parsed strictly, so an unexpected answer becomes a counted store error, never a panic.
+//! Records go out sealed and come back opened ([`Record::seal`], [`Record::open`]): a record the
+//! key store returns that does not open is [`ClaimError::Unverified`], never a replay.
 
 use crate::config::KeystoreConfig;
 use crate::fingerprint::Fingerprint;
 use crate::host::Callout;
-use crate::record::Record;
+use crate::record::{OpenError, Record};
 use crate::scope::RecordKey;
 use base64::engine::general_purpose::STANDARD as B64;
 use base64::Engine;
@@ -20,12 +22,46 @@ pub enum ClaimReply {
     Mismatch,
 }
 
+/// What the key store said to a lookup (a key under a previous secret).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum LookupReply {
+    Absent,
+    InFlight { retry_after_ms: u64 },
+    Completed(Record),
+    Mismatch,
+}
+
+#[derive(Deserialize)]
+#[serde(tag = "outcome", rename_all = "snake_case")]
+enum RawLookup {
+    Absent,
+    InFlight { retry_after_ms: u64 },
+    Completed { record: String },
+    Mismatch,
+}
+
 /// What the key store said to complete, release or renew.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum AckReply {
     Done,
     /// The token is no longer the current claim's: someone took the key over.
     Stale,
+}
+
+/// Why a claim reply cannot be used.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ClaimError {
+    /// The key store returned a record that does not open under any configured secret for this
+    /// record key: forged or altered in the store.
+    Unverified,
+    /// Any other failure: status, transport, unparsable reply.
+    Failed(String),
+}
+
+impl From<String> for ClaimError {
+    fn from(e: String) -> ClaimError {
+        ClaimError::Failed(e)
+    }
 }
 
 #[derive(Deserialize)]
@@ -94,6 +130,50 @@ pub fn claim_waited(body: &[u8]) -> bool {
     serde_json::from_slice::<Waited>(body).is_ok_and(|w| w.waited)
 }
 
+/// Asks what `key` holds, claiming nothing: how a key stored under a previous secret is found.
+pub fn lookup(cfg: &KeystoreConfig, key: &RecordKey, fp: &Fingerprint) -> Callout {
+    callout(
+        cfg,
+        "lookup",
+        json!({"key": key.hex(), "fingerprint": hex::encode(fp)}),
+    )
+}
+
+/// Parses the reply to a lookup of `key`; a record in it must open for `key`.
+pub fn parse_lookup(
+    cfg: &KeystoreConfig,
+    key: &RecordKey,
+    status: Option<u16>,
+    body: &[u8],
+) -> Result<LookupReply, ClaimError> {
+    match status {
+        Some(200) => {}
+        Some(s) => return Err(format!("key store answered {s} to lookup").into()),
+        None => {
+            return Err("key store callout failed without a response"
+                .to_string()
+                .into())
+        }
+    }
+    let raw: RawLookup =
+        serde_json::from_slice(body).map_err(|e| format!("unparsable lookup reply: {e}"))?;
+    Ok(match raw {
+        RawLookup::Absent => LookupReply::Absent,
+        RawLookup::InFlight { retry_after_ms } => LookupReply::InFlight { retry_after_ms },
+        RawLookup::Mismatch => LookupReply::Mismatch,
+        RawLookup::Completed { record } => {
+            let bytes = B64
+                .decode(record)
+                .map_err(|e| format!("lookup reply record is not base64: {e}"))?;
+            match Record::open(&bytes, key, &cfg.secrets) {
+                Ok(record) => LookupReply::Completed(record),
+                Err(OpenError::Unverified) => return Err(ClaimError::Unverified),
+                Err(OpenError::Malformed(e)) => return Err(ClaimError::Failed(e)),
+            }
+        }
+    })
+}
+
 pub fn complete(
     cfg: &KeystoreConfig,
     key: &RecordKey,
@@ -104,7 +184,7 @@ pub fn complete(
     callout(
         cfg,
         "complete",
-        json!({"key": key.hex(), "token": token, "record": B64.encode(record.encode()), "retention_ms": retention_ms}),
+        json!({"key": key.hex(), "token": token, "record": B64.encode(record.seal(key, cfg.secrets.current())), "retention_ms": retention_ms}),
     )
 }
 
@@ -121,24 +201,40 @@ pub fn renew(cfg: &KeystoreConfig, key: &RecordKey, token: &str, lease_ms: u64) 
     )
 }
 
-/// Parses a claim reply. `status` is `None` when the callout was reset (no headers).
-pub fn parse_claim(status: Option<u16>, body: &[u8]) -> Result<ClaimReply, String> {
+/// Parses the reply to a claim of `key`. `status` is `None` when the callout was reset (no
+/// headers). A record in it must open under one of `cfg.secrets` for `key`.
+pub fn parse_claim(
+    cfg: &KeystoreConfig,
+    key: &RecordKey,
+    status: Option<u16>,
+    body: &[u8],
+) -> Result<ClaimReply, ClaimError> {
     match status {
         Some(200) => {}
-        Some(s) => return Err(format!("key store answered {s} to claim")),
-        None => return Err("key store callout failed without a response".to_string()),
+        Some(s) => return Err(format!("key store answered {s} to claim").into()),
+        None => {
+            return Err("key store callout failed without a response"
+                .to_string()
+                .into())
+        }
     }
     let raw: RawClaim =
         serde_json::from_slice(body).map_err(|e| format!("unparsable claim reply: {e}"))?;
     Ok(match raw {
         RawClaim::Claimed { token } if !token.is_empty() => ClaimReply::Claimed { token },
-        RawClaim::Claimed { .. } => return Err("claim reply has an empty token".to_string()),
+        RawClaim::Claimed { .. } => {
+            return Err("claim reply has an empty token".to_string().into())
+        }
         RawClaim::InFlight { retry_after_ms } => ClaimReply::InFlight { retry_after_ms },
         RawClaim::Completed { record } => {
             let bytes = B64
                 .decode(record)
                 .map_err(|e| format!("claim reply record is not base64: {e}"))?;
-            ClaimReply::Completed(Record::decode(&bytes).map_err(|e| e.0)?)
+            match Record::open(&bytes, key, &cfg.secrets) {
+                Ok(record) => ClaimReply::Completed(record),
+                Err(OpenError::Unverified) => return Err(ClaimError::Unverified),
+                Err(OpenError::Malformed(e)) => return Err(ClaimError::Failed(e)),
+            }
         }
         RawClaim::Mismatch => ClaimReply::Mismatch,
     })
@@ -169,6 +265,8 @@ mod tests {
             timeout_ms: 250,
             token: Some("t0k".into()),
             path_prefix: "/v1".into(),
+            max_record_bytes: 3 << 20,
+            secrets: crate::config::Secrets::from_bytes(vec![b"s".repeat(32)]),
         }
     }
 
@@ -210,24 +308,40 @@ mod tests {
             expires_ms: 2,
             outcome: crate::record::Outcome::NotReplayable,
         };
-        let body = format!(
-            r#"{{"outcome":"completed","record":"{}"}}"#,
-            B64.encode(rec.encode())
-        );
+        let key = RecordKey([3; 32]);
+        let completed = |blob: Vec<u8>| {
+            format!(
+                r#"{{"outcome":"completed","record":"{}"}}"#,
+                B64.encode(blob)
+            )
+        };
+        let body = completed(rec.seal(&key, &b"s".repeat(32)));
         assert_eq!(
-            parse_claim(Some(200), body.as_bytes()),
-            Ok(ClaimReply::Completed(rec))
+            parse_claim(&cfg(), &key, Some(200), body.as_bytes()),
+            Ok(ClaimReply::Completed(rec.clone()))
         );
+        // Unsealed, sealed for another key, or under an unknown secret: never a record.
+        for blob in [
+            rec.encode(),
+            rec.seal(&RecordKey([4; 32]), &b"s".repeat(32)),
+            rec.seal(&key, &b"x".repeat(32)),
+        ] {
+            assert_eq!(
+                parse_claim(&cfg(), &key, Some(200), completed(blob).as_bytes()),
+                Err(ClaimError::Unverified)
+            );
+        }
+        let parse = |body: &[u8]| parse_claim(&cfg(), &key, Some(200), body);
         assert_eq!(
-            parse_claim(Some(200), br#"{"outcome":"claimed","token":"x"}"#),
+            parse(br#"{"outcome":"claimed","token":"x"}"#),
             Ok(ClaimReply::Claimed { token: "x".into() })
         );
         assert_eq!(
-            parse_claim(Some(200), br#"{"outcome":"in_flight","retry_after_ms":5}"#),
+            parse(br#"{"outcome":"in_flight","retry_after_ms":5}"#),
             Ok(ClaimReply::InFlight { retry_after_ms: 5 })
         );
         assert_eq!(
-            parse_claim(Some(200), br#"{"outcome":"mismatch"}"#),
+            parse(br#"{"outcome":"mismatch"}"#),
             Ok(ClaimReply::Mismatch)
         );
     }
@@ -245,7 +359,10 @@ mod tests {
             (Some(200), br#"{"outcome":"completed","record":"AAAA"}"#),
             (Some(200), br#"{"outcome":"weird"}"#),
         ] {
-            assert!(parse_claim(status, body).is_err(), "{status:?} {body:?}");
+            assert!(
+                parse_claim(&cfg(), &RecordKey([0; 32]), status, body).is_err(),
+                "{status:?} {body:?}"
+            );
         }
         assert_eq!(
             parse_ack(Some(409), br#"{"outcome":"stale"}"#),

@@ -31,10 +31,13 @@ pub enum Metric {
     WaitReplayed,
     /// A wait that ran past `max_wait_ms` (answered 409).
     WaitTimedOut,
+    /// A record from the key store that failed verification (forged or altered in the store):
+    /// never replayed; answered as a store error.
+    UnverifiedRecord,
 }
 
 impl Metric {
-    pub const ALL: [Metric; 20] = [
+    pub const ALL: [Metric; 21] = [
         Metric::Executed,
         Metric::Replayed,
         Metric::Conflict,
@@ -55,6 +58,7 @@ impl Metric {
         Metric::Waited,
         Metric::WaitReplayed,
         Metric::WaitTimedOut,
+        Metric::UnverifiedRecord,
     ];
 
     pub fn name(self) -> &'static str {
@@ -79,6 +83,7 @@ impl Metric {
             Metric::Waited => "idempotency.waited",
             Metric::WaitReplayed => "idempotency.wait_replayed",
             Metric::WaitTimedOut => "idempotency.wait_timed_out",
+            Metric::UnverifiedRecord => "idempotency.unverified_record",
         }
     }
 

@@ -1,5 +1,8 @@
 //! Caller scoping: the record key is a keyed hash of (route scope, caller, key), so keys never
 //! collide across callers or routes and nothing raw (key, credential) leaves Envoy or reaches a log.
+//! The caller is the source it came from (a header, a property) with its value, or a named
+//! anonymous scope: the same bytes from two sources, or a caller and an anonymous scope of the
+//! same name, are never one caller.
 
 use hmac::{Hmac, Mac};
 use sha2::Sha256;
@@ -9,24 +12,31 @@ use std::fmt;
 #[derive(Clone, Copy, PartialEq, Eq, Hash)]
 pub struct RecordKey(pub [u8; 32]);
 
+/// Who a request is scoped to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Caller<'a> {
+    /// A value from one of the configured sources; `source` is its label (`header:authorization`).
+    Source { source: &'a str, value: &'a [u8] },
+    /// No source named the caller, and the configuration names this anonymous scope.
+    Anonymous { scope: &'a str },
+}
+
 impl RecordKey {
-    /// Derives the record key. `caller` is `None` for the anonymous scope, which is distinct from
-    /// any caller value, including an empty one.
-    pub fn derive(secret: &[u8], route_scope: &str, caller: Option<&[u8]>, key: &str) -> RecordKey {
+    /// Derives the record key under `secret`.
+    pub fn derive(secret: &[u8], route_scope: &str, caller: &Caller, key: &str) -> RecordKey {
         // HMAC accepts keys of any length, so this never fails; the fallback keeps clippy's no-panic rule.
         let Ok(mut mac) = Hmac::<Sha256>::new_from_slice(secret) else {
             return RecordKey([0; 32]);
         };
-        mac.update(b"idempotency-record-v1");
-        for part in [Some(route_scope.as_bytes()), caller, Some(key.as_bytes())] {
-            match part {
-                Some(bytes) => {
-                    mac.update(&[1]);
-                    mac.update(&(bytes.len() as u64).to_be_bytes());
-                    mac.update(bytes);
-                }
-                None => mac.update(&[0]),
-            }
+        mac.update(b"idempotency-record-v2");
+        let (kind, source, value): (u8, &[u8], &[u8]) = match caller {
+            Caller::Source { source, value } => (1, source.as_bytes(), value),
+            Caller::Anonymous { scope } => (0, b"", scope.as_bytes()),
+        };
+        mac.update(&[kind]);
+        for part in [route_scope.as_bytes(), source, value, key.as_bytes()] {
+            mac.update(&(part.len() as u64).to_be_bytes());
+            mac.update(part);
         }
         RecordKey(mac.finalize().into_bytes().into())
     }
@@ -58,35 +68,51 @@ impl fmt::Debug for RecordKey {
 mod tests {
     use super::*;
 
+    fn who(value: &[u8]) -> Caller<'_> {
+        Caller::Source {
+            source: "header:authorization",
+            value,
+        }
+    }
+
     #[test]
-    fn scoped_by_caller_route_and_secret() {
-        let base = RecordKey::derive(b"s", "exact:/p", Some(b"Bearer a"), "k");
+    fn scoped_by_caller_source_route_and_secret() {
+        let base = RecordKey::derive(b"s", "exact:/p", &who(b"Bearer a"), "k");
         assert_eq!(
             base,
-            RecordKey::derive(b"s", "exact:/p", Some(b"Bearer a"), "k")
+            RecordKey::derive(b"s", "exact:/p", &who(b"Bearer a"), "k")
         );
         assert_ne!(
             base,
-            RecordKey::derive(b"s", "exact:/p", Some(b"Bearer b"), "k")
+            RecordKey::derive(b"s", "exact:/p", &who(b"Bearer b"), "k")
         );
         assert_ne!(
             base,
-            RecordKey::derive(b"s", "exact:/q", Some(b"Bearer a"), "k")
+            RecordKey::derive(b"s", "exact:/q", &who(b"Bearer a"), "k")
         );
         assert_ne!(
             base,
-            RecordKey::derive(b"t", "exact:/p", Some(b"Bearer a"), "k")
+            RecordKey::derive(b"t", "exact:/p", &who(b"Bearer a"), "k")
         );
-        assert_ne!(base, RecordKey::derive(b"s", "exact:/p", None, "k"));
+        let other_source = Caller::Source {
+            source: r#"property:["connection","uri_san_peer_certificate"]"#,
+            value: b"Bearer a",
+        };
         assert_ne!(
-            RecordKey::derive(b"s", "r", None, "k"),
-            RecordKey::derive(b"s", "r", Some(b""), "k")
+            base,
+            RecordKey::derive(b"s", "exact:/p", &other_source, "k")
+        );
+        let anonymous = Caller::Anonymous { scope: "Bearer a" };
+        assert_ne!(base, RecordKey::derive(b"s", "exact:/p", &anonymous, "k"));
+        assert_ne!(
+            RecordKey::derive(b"s", "r", &Caller::Anonymous { scope: "a" }, "k"),
+            RecordKey::derive(b"s", "r", &Caller::Anonymous { scope: "b" }, "k")
         );
     }
 
     #[test]
     fn hex_hides_the_inputs() {
-        let k = RecordKey::derive(b"s", "r", Some(b"secret-token"), "my-key");
+        let k = RecordKey::derive(b"s", "r", &who(b"secret-token"), "my-key");
         let h = k.hex();
         assert_eq!(h.len(), 64);
         assert!(!h.contains("my-key"));

@@ -5,7 +5,7 @@ use crate::config::Config;
 use crate::deferred::Deferred;
 use crate::l1::NearCache;
 use crate::metrics::Metric;
-use crate::record::{Outcome, Record};
+use crate::record::Outcome;
 use crate::stream::{Flow, Stream};
 use crate::testing::{FakeHost, FakeShared, Sent};
 use crate::worker::{Purpose, RootAction, Worker};
@@ -41,7 +41,7 @@ fn post<'a>(key: &'a str, body: &'a [u8]) -> Req<'a> {
 
 impl World {
     fn new(json: &str) -> World {
-        let cfg = Config::parse(json.as_bytes()).unwrap();
+        let cfg = Config::parse(crate::testing::with_test_secret(json).as_bytes()).unwrap();
         let cache = NearCache {
             slots: cfg.l1_slots,
             slot_budget: cfg.max_response_bytes + 4096,
@@ -53,6 +53,22 @@ impl World {
             shared,
             clock: Rc::new(Cell::new(1_000)),
             ids: Rc::new(Cell::new(0)),
+        }
+    }
+
+    /// Another Envoy worker over the same shared data and clock, with another configuration
+    /// (e.g. after a secret rotation).
+    fn sharing(&self, json: &str) -> World {
+        let cfg = Config::parse(crate::testing::with_test_secret(json).as_bytes()).unwrap();
+        let cache = NearCache {
+            slots: cfg.l1_slots,
+            slot_budget: cfg.max_response_bytes + 4096,
+        };
+        World {
+            worker: Rc::new(Worker::new(cfg, cache)),
+            shared: self.shared.clone(),
+            clock: self.clock.clone(),
+            ids: self.ids.clone(),
         }
     }
 
@@ -166,8 +182,8 @@ fn other_payload_is_422_and_in_flight_is_409() {
 }
 
 #[test]
-fn keys_are_scoped_to_the_caller_and_anonymous_can_be_refused() {
-    let w = World::new("{}");
+fn keys_are_scoped_to_the_caller_and_anonymous_needs_a_named_scope() {
+    let w = World::new(r#"{"anonymous_scope":"public"}"#);
     let (mut s, mut h, _) = w.send(&post("k", b"a"));
     w.respond(&mut s, &mut h, 201, b"alice's");
     let (_, hb, flow) = w.send(&Req {
@@ -185,12 +201,64 @@ fn keys_are_scoped_to_the_caller_and_anonymous_can_be_refused() {
         "anonymous is a scope of its own"
     );
 
-    let strict = World::new(r#"{"anonymous":"reject"}"#);
-    let (_, h, _) = strict.send(&Req {
-        caller: None,
-        ..post("k", b"a")
-    });
-    assert_eq!(h.last_sent().unwrap().status, 401);
+    for strict in ["{}", r#"{"anonymous":"reject"}"#] {
+        let strict = World::new(strict);
+        let (_, h, _) = strict.send(&Req {
+            caller: None,
+            ..post("k", b"a")
+        });
+        assert_eq!(h.last_sent().unwrap().status, 401, "no caller, no scope");
+        assert_eq!(h.count_of(Metric::Unauthenticated), 1);
+        assert_eq!(h.count_of(Metric::Executed), 0);
+    }
+}
+
+#[test]
+fn the_first_caller_source_that_names_the_caller_wins() {
+    let w =
+        World::new(r#"{"caller":{"sources":[{"header":"x-api-key"},{"header":"authorization"}]}}"#);
+    // Alice by authorization, then a request that also carries an API key: another caller.
+    let (mut s, mut h, _) = w.send(&post("k", b"a"));
+    w.respond(&mut s, &mut h, 201, b"alice's");
+    let mut host = FakeHost::new(&w.shared, &w.clock, &w.ids);
+    host.request_headers = vec![
+        (":method".into(), b"POST".to_vec()),
+        (":path".into(), b"/payments".to_vec()),
+        ("idempotency-key".into(), b"k".to_vec()),
+        ("authorization".into(), b"Bearer alice".to_vec()),
+        ("x-api-key".into(), b"Bearer alice".to_vec()),
+    ];
+    host.request_body = b"a".to_vec();
+    let mut s2 = Stream::new(w.worker.clone());
+    let _ = s2.on_request_headers(&host, false);
+    let flow = s2.on_request_body(&host, 1, true);
+    assert_eq!(flow, Flow::Continue, "the API key names another caller");
+    assert!(host.sent.borrow().is_empty());
+}
+
+#[test]
+fn set_cookie_and_credentials_are_never_replayed() {
+    let w = World::new("{}");
+    let (mut s, mut h, _) = w.send(&post("k", b"a"));
+    h.response_headers = vec![
+        (":status".into(), b"201".to_vec()),
+        ("content-type".into(), b"application/json".to_vec()),
+        ("set-cookie".into(), b"session=alice".to_vec()),
+        ("WWW-Authenticate".into(), b"Bearer".to_vec()),
+        ("location".into(), b"/payments/1".to_vec()),
+    ];
+    h.response_body = b"{}".to_vec();
+    let _ = s.on_response_headers(&h, false);
+    let _ = s.on_response_body(&h, 2, true);
+    let (_, h2, _) = w.send(&post("k", b"a"));
+    let replay = h2.last_sent().unwrap();
+    assert_eq!(replay.status, 201);
+    let names: Vec<&str> = replay.headers.iter().map(|(n, _)| n.as_str()).collect();
+    assert_eq!(
+        names,
+        ["content-type", "location", "idempotent-replayed"],
+        "{names:?}"
+    );
 }
 
 #[test]
@@ -393,6 +461,7 @@ fn a_body_that_cannot_be_read_is_refused_not_fingerprinted_as_empty() {
     host.request_headers = vec![
         (":method".into(), b"POST".to_vec()),
         (":path".into(), b"/p".to_vec()),
+        ("authorization".into(), b"Bearer alice".to_vec()),
         ("idempotency-key".into(), b"k".to_vec()),
     ];
     host.body_unreadable.set(true);
@@ -432,6 +501,7 @@ fn trailers_end_the_request_body() {
     host.request_headers = vec![
         (":method".into(), b"POST".to_vec()),
         (":path".into(), b"/p".to_vec()),
+        ("authorization".into(), b"Bearer alice".to_vec()),
         ("idempotency-key".into(), b"t".to_vec()),
     ];
     host.request_body = b"chunk".to_vec();
@@ -599,6 +669,7 @@ mod with_keystore {
             (":method".into(), b"POST".to_vec()),
             (":path".into(), b"/payments".to_vec()),
             ("idempotency-key".into(), b"z".to_vec()),
+            ("authorization".into(), b"Bearer alice".to_vec()),
         ];
         assert_eq!(s.on_request_headers(&h, true), Flow::Pause);
         assert_eq!(h.last_sent().unwrap().status, 503);
@@ -694,8 +765,7 @@ mod with_keystore {
             .contains(&(":path".into(), "/v1/complete".into())));
         let body = body_of(complete);
         assert_eq!(body["token"], "T9");
-        let record =
-            Record::decode(&B64.decode(body["record"].as_str().unwrap()).unwrap()).unwrap();
+        let record = crate::testing::record_of_complete(&complete.body);
         assert!(matches!(record.outcome, Outcome::Unknown { .. }));
         assert_eq!(
             deferred[0].until_ms,
@@ -844,16 +914,82 @@ mod with_keystore {
             outcome: Outcome::NotReplayable,
         };
         let (mut s, h, _) = w.send(&post("k", b"a"));
+        let key = claim_key(&h);
         answer(
             &mut s,
             &h,
             Some(200),
             &format!(
                 r#"{{"outcome":"completed","record":"{}"}}"#,
-                B64.encode(other.encode())
+                B64.encode(other.seal(&key, crate::testing::TEST_SECRET.as_bytes()))
             ),
         );
         assert_eq!(h.last_sent().unwrap().status, 422);
+    }
+
+    /// The record key of the claim callout `h` made.
+    fn claim_key(h: &FakeHost) -> crate::scope::RecordKey {
+        let (_, claim) = h.last_callout().unwrap();
+        let mut key = [0u8; 32];
+        hex::decode_to_slice(body_of(&claim)["key"].as_str().unwrap(), &mut key).unwrap();
+        crate::scope::RecordKey(key)
+    }
+
+    #[test]
+    fn a_record_that_fails_verification_is_a_store_error_never_a_replay() {
+        let w = World::new(CFG);
+        // The first attempt's claim shows the record key and keyed fingerprint (what an attacker
+        // with access to the store sees); the key store then fails, which frees L1.
+        let (mut s, h, _) = w.send(&post("k", b"a"));
+        let key = claim_key(&h);
+        let fingerprint = {
+            let (_, claim) = h.last_callout().unwrap();
+            let mut fp = [0u8; 32];
+            hex::decode_to_slice(body_of(&claim)["fingerprint"].as_str().unwrap(), &mut fp)
+                .unwrap();
+            fp
+        };
+        answer(&mut s, &h, Some(503), "");
+        // What an attacker with write access to the store can make without the secret, for the
+        // right key and fingerprint: unsealed, sealed under a guess, sealed for another key.
+        let forged = crate::record::Record {
+            fingerprint,
+            created_ms: 0,
+            expires_ms: u64::MAX,
+            outcome: Outcome::Replayable(crate::record::StoredResponse {
+                status: 200,
+                headers: vec![("set-cookie".into(), b"session=attacker".to_vec())],
+                body: b"forged".to_vec(),
+            }),
+        };
+        for (i, blob) in [
+            forged.encode(),
+            forged.seal(&key, b"guessed-secret-guessed-secret-000"),
+            forged.seal(
+                &crate::scope::RecordKey([7; 32]),
+                crate::testing::TEST_SECRET.as_bytes(),
+            ),
+        ]
+        .into_iter()
+        .enumerate()
+        {
+            let (mut s, h, _) = w.send(&post("k", b"a"));
+            answer(
+                &mut s,
+                &h,
+                Some(200),
+                &format!(
+                    r#"{{"outcome":"completed","record":"{}"}}"#,
+                    B64.encode(blob)
+                ),
+            );
+            let sent = h.last_sent().unwrap();
+            assert_eq!(sent.status, 503, "forgery {i}: fail_closed");
+            assert_ne!(sent.body, b"forged");
+            assert_eq!(h.count_of(Metric::UnverifiedRecord), 1, "forgery {i}");
+            assert_eq!(h.count_of(Metric::StoreError), 1, "forgery {i}");
+            assert_eq!(h.count_of(Metric::Replayed), 0);
+        }
     }
 }
 
@@ -1043,6 +1179,8 @@ mod detached_and_waiting {
 #[test]
 fn observe_mode_forwards_everything_and_counts_what_enforce_would_answer() {
     let w = World::new(r#"{"mode":"observe","routes":[{"exact":"/payments","required":true}]}"#);
+    let enforce_cfg =
+        crate::testing::with_test_secret(r#"{"routes":[{"exact":"/payments","required":true}]}"#);
     let (mut s, mut h, flow) = w.send(&post("k", b"a"));
     assert_eq!(flow, Flow::Continue);
     let (_, dup, flow) = w.send(&post("k", b"a"));
@@ -1070,7 +1208,7 @@ fn observe_mode_forwards_everything_and_counts_what_enforce_would_answer() {
     }
     // The record was stored as usual: the same key under enforce replays it.
     let enforce = Worker::new(
-        Config::parse(br#"{"routes":[{"exact":"/payments","required":true}]}"#).unwrap(),
+        Config::parse(enforce_cfg.as_bytes()).unwrap(),
         NearCache {
             slots: w.worker.cache.slots,
             slot_budget: w.worker.cache.slot_budget,
@@ -1089,4 +1227,149 @@ fn observe_mode_forwards_everything_and_counts_what_enforce_would_answer() {
     s.on_request_headers(&host, false);
     s.on_request_body(&host, 1, true);
     assert_eq!(host.last_sent().unwrap().body, b"paid", "warm store");
+}
+
+const OLD_SECRET: &str = "old-secret-0123456789abcdef0123456789";
+const NEW_SECRET: &str = "new-secret-0123456789abcdef0123456789";
+
+#[test]
+fn after_a_rotation_records_of_the_previous_secret_replay_from_l1() {
+    let old = World::new(&format!(r#"{{"hmac_secret":"{OLD_SECRET}"}}"#));
+    let (mut s, mut h, _) = old.send(&post("k", b"a"));
+    old.respond(&mut s, &mut h, 201, b"{\"id\":1}");
+    let rotated = old.sharing(&format!(
+        r#"{{"hmac_secrets":["{NEW_SECRET}","{OLD_SECRET}"]}}"#
+    ));
+    let (_, h2, _) = rotated.send(&post("k", b"a"));
+    let sent = h2.last_sent().unwrap();
+    assert_eq!(
+        (sent.status, sent.body.as_slice()),
+        (201, &b"{\"id\":1}"[..])
+    );
+    assert_eq!(h2.count_of(Metric::Executed), 0);
+    // Another payload under the same key is still a reuse, across the rotation.
+    let (_, h3, _) = rotated.send(&post("k", b"b"));
+    assert_eq!(h3.last_sent().unwrap().status, 422);
+    // A key never used before executes under the new secret.
+    let (_, h4, flow) = rotated.send(&post("fresh", b"a"));
+    assert_eq!(flow, Flow::Continue);
+    assert_eq!(h4.count_of(Metric::Executed), 1);
+    // Without the old secret in the list, the old record is not found: the key executes again.
+    let forgotten = old.sharing(&format!(r#"{{"hmac_secret":"{NEW_SECRET}"}}"#));
+    let (_, h5, flow) = forgotten.send(&post("k", b"a"));
+    assert_eq!(flow, Flow::Continue);
+    assert_eq!(h5.count_of(Metric::Executed), 1);
+}
+
+mod rotation_with_keystore {
+    use super::*;
+    use base64::engine::general_purpose::STANDARD as B64;
+    use base64::Engine;
+
+    fn cfg() -> String {
+        format!(
+            r#"{{"hmac_secrets":["{NEW_SECRET}","{OLD_SECRET}"],"keystore":{{"cluster":"ks","token":"s3cret"}},"failure_mode":"fail_closed"}}"#
+        )
+    }
+
+    fn body_of(c: &crate::host::Callout) -> Value {
+        serde_json::from_slice(&c.body).unwrap()
+    }
+
+    fn path_of(c: &crate::host::Callout) -> String {
+        c.headers
+            .iter()
+            .find(|(n, _)| n == ":path")
+            .map(|(_, v)| v.clone())
+            .unwrap()
+    }
+
+    fn hex32(v: &Value) -> [u8; 32] {
+        let mut out = [0u8; 32];
+        hex::decode_to_slice(v.as_str().unwrap(), &mut out).unwrap();
+        out
+    }
+
+    /// A record of the lookup's key and fingerprint, sealed under `secret`.
+    fn completed(lookup: &crate::host::Callout, secret: &str) -> String {
+        let b = body_of(lookup);
+        let record = crate::record::Record {
+            fingerprint: hex32(&b["fingerprint"]),
+            created_ms: 0,
+            expires_ms: u64::MAX,
+            outcome: Outcome::Replayable(crate::record::StoredResponse {
+                status: 201,
+                headers: vec![],
+                body: b"old".to_vec(),
+            }),
+        };
+        let sealed = record.seal(
+            &crate::scope::RecordKey(hex32(&b["key"])),
+            secret.as_bytes(),
+        );
+        format!(
+            r#"{{"outcome":"completed","record":"{}"}}"#,
+            B64.encode(sealed)
+        )
+    }
+
+    #[test]
+    fn a_record_under_the_previous_secret_is_found_before_claiming() {
+        let w = World::new(&cfg());
+        let (mut s, h, flow) = w.send(&post("k", b"a"));
+        assert_eq!(flow, Flow::Pause);
+        let (token, lookup) = h.last_callout().unwrap();
+        assert_eq!(path_of(&lookup), "/v1/lookup");
+        s.on_callout_response(
+            &h,
+            token,
+            Some(200),
+            completed(&lookup, OLD_SECRET).as_bytes(),
+        );
+        let sent = h.last_sent().unwrap();
+        assert_eq!((sent.status, sent.body.as_slice()), (201, &b"old"[..]));
+        assert_eq!(h.count_of(Metric::Replayed), 1);
+        assert_eq!(
+            h.callouts.borrow().len(),
+            1,
+            "no claim under the new secret"
+        );
+    }
+
+    #[test]
+    fn nothing_under_the_previous_secret_then_the_claim_goes_under_the_new_one() {
+        let w = World::new(&cfg());
+        let (mut s, h, _) = w.send(&post("k", b"a"));
+        let (token, lookup) = h.last_callout().unwrap();
+        s.on_callout_response(&h, token, Some(200), br#"{"outcome":"absent"}"#);
+        let (_, claim) = h.last_callout().unwrap();
+        assert_eq!(path_of(&claim), "/v1/claim");
+        assert_ne!(body_of(&claim)["key"], body_of(&lookup)["key"]);
+        assert_ne!(
+            body_of(&claim)["fingerprint"],
+            body_of(&lookup)["fingerprint"]
+        );
+    }
+
+    #[test]
+    fn in_flight_or_forged_under_the_previous_secret() {
+        let w = World::new(&cfg());
+        let (mut s, h, _) = w.send(&post("k", b"a"));
+        let (token, _) = h.last_callout().unwrap();
+        s.on_callout_response(
+            &h,
+            token,
+            Some(200),
+            br#"{"outcome":"in_flight","retry_after_ms":5}"#,
+        );
+        assert_eq!(h.last_sent().unwrap().status, 409);
+
+        let (mut s, h, _) = w.send(&post("k2", b"a"));
+        let (token, lookup) = h.last_callout().unwrap();
+        let forged = completed(&lookup, "a-guess-at-the-secret-0123456789abc");
+        s.on_callout_response(&h, token, Some(200), forged.as_bytes());
+        assert_eq!(h.last_sent().unwrap().status, 503);
+        assert_eq!(h.count_of(Metric::UnverifiedRecord), 1);
+        assert_eq!(h.count_of(Metric::Replayed), 0);
+    }
 }

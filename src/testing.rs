@@ -212,3 +212,42 @@ impl Host for FakeHost {
         *self.counts.borrow_mut().entry(metric).or_default() += 1;
     }
 }
+
+/// A 32-byte secret for tests (the filter refuses shorter ones).
+pub const TEST_SECRET: &str = "test-secret-0123456789abcdef-0123";
+
+/// `json` with [`TEST_SECRET`] as `hmac_secret` when it names no secret itself.
+pub fn with_test_secret(json: &str) -> String {
+    if json.contains("hmac_secret") {
+        return json.to_string();
+    }
+    let trimmed = json.trim_start();
+    if trimmed.is_empty() {
+        return format!(r#"{{"hmac_secret":"{TEST_SECRET}"}}"#);
+    }
+    let Some(rest) = trimmed.strip_prefix('{') else {
+        return json.to_string();
+    };
+    let sep = if rest.trim_start().starts_with('}') {
+        ""
+    } else {
+        ","
+    };
+    format!(r#"{{"hmac_secret":"{TEST_SECRET}"{sep}{rest}"#)
+}
+
+/// Opens the sealed record of a `/complete` callout body (sealed under [`TEST_SECRET`]).
+pub fn record_of_complete(body: &[u8]) -> crate::record::Record {
+    use base64::Engine;
+    let v: serde_json::Value = serde_json::from_slice(body).unwrap_or_default();
+    let blob = base64::engine::general_purpose::STANDARD
+        .decode(v["record"].as_str().unwrap_or_default())
+        .unwrap_or_default();
+    let mut key = [0u8; 32];
+    let _ = hex::decode_to_slice(v["key"].as_str().unwrap_or_default(), &mut key);
+    let secrets = crate::config::Secrets::from_bytes(vec![TEST_SECRET.as_bytes().to_vec()]);
+    match crate::record::Record::open(&blob, &crate::scope::RecordKey(key), &secrets) {
+        Ok(r) => r,
+        Err(e) => panic!("the complete callout's record does not open: {e:?}"),
+    }
+}

@@ -164,7 +164,7 @@ impl Worker {
         let answered = self.waiters.borrow_mut().settle(|w| {
             let reply = match self.cache.peek(shared, &w.key, &w.fingerprint, now_ms) {
                 Some(L1Outcome::Completed(record)) => {
-                    let reply = LocalReply::from_record(record, now_ms);
+                    let reply = LocalReply::from_record(record, now_ms, &self.cfg.replay_headers);
                     if reply.metric == Metric::Replayed {
                         replies.push(Metric::WaitReplayed);
                     }

@@ -1,5 +1,6 @@
-//! An invalid filter configuration is refused at load: Envoy exits or never becomes
-//! ready, and its log names the offending field.
+//! An invalid filter configuration is refused at load: Envoy exits or never becomes ready, and
+//! its log names the offending field. Weak secrets (short, a shipped placeholder, a missing
+//! environment variable) are refused the same way.
 
 #![allow(
     clippy::unwrap_used,
@@ -74,7 +75,48 @@ async fn not_json_is_refused() {
 }
 
 #[tokio::test]
+async fn weak_or_missing_secrets_are_refused_naming_the_field() {
+    for (plugin, field) in [
+        (r#"{"max_body_bytes":1024}"#.to_string(), "hmac_secret"),
+        (
+            r#"{"hmac_secret":"sixteen-bytes-ok"}"#.to_string(),
+            "hmac_secret",
+        ),
+        (r#"{"hmac_secret":"change-me"}"#.to_string(), "hmac_secret"),
+        (
+            r#"{"hmac_secret":"replace-with-a-long-random-secret"}"#.to_string(),
+            "hmac_secret",
+        ),
+        (
+            format!(r#"{{"hmac_secrets":["{STRONG}","short"]}}"#),
+            "hmac_secrets[1]",
+        ),
+        (
+            r#"{"hmac_secret":{"env":"IDEMPOTENCY_SECRET_NOT_SET"}}"#.to_string(),
+            "hmac_secret.env",
+        ),
+        (
+            format!(r#"{{"hmac_secret":"{STRONG}","anonymous":"allow"}}"#),
+            "anonymous_scope",
+        ),
+        (
+            format!(
+                r#"{{"hmac_secret":"{STRONG}","max_response_bytes":16777216,"keystore":{{"cluster":"keystore"}}}}"#
+            ),
+            "max_response_bytes",
+        ),
+    ] {
+        assert_refused(&plugin, &[field]).await;
+    }
+}
+
+const STRONG: &str = "bad-config-secret-0123456789abcdef0123";
+
+#[tokio::test]
 async fn a_valid_configuration_is_accepted() {
-    let options = EnvoyOptions::with_filter(closed_port(), r#"{"max_body_bytes":1024}"#);
+    let options = EnvoyOptions::with_filter(
+        closed_port(),
+        format!(r#"{{"max_body_bytes":1024,"hmac_secret":"{STRONG}"}}"#),
+    );
     Envoy::start(&options).await;
 }

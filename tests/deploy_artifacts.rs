@@ -68,6 +68,14 @@ fn shipped_configs() -> Vec<Entry> {
         .collect()
 }
 
+/// Parses a shipped configuration; secrets named by `{"env": ...}` get a stand-in value, as the
+/// deployment's environment would give them.
+fn parse(config: &str) -> Result<Config, idempotency_filter::config::ConfigError> {
+    Config::parse_with_env(config.as_bytes(), &|name| {
+        Some(format!("stand-in-for-{name}-0123456789abcdef0123456789"))
+    })
+}
+
 #[test]
 fn every_shipped_filter_config_parses_and_matches_its_host() {
     let entries = shipped_configs();
@@ -100,8 +108,9 @@ fn every_shipped_filter_config_parses_and_matches_its_host() {
             "{}: empty filter configuration",
             e.source
         );
-        let config = Config::parse(e.config.as_bytes())
-            .unwrap_or_else(|err| panic!("{}: {err}\n{}", e.source, e.config));
+        let config =
+            parse(&e.config).unwrap_or_else(|err| panic!("{}: {err}\n{}", e.source, e.config));
+        let raw: Value = serde_json::from_str(&e.config).unwrap();
 
         // The headers mode must fit the host: "hold" needs allow_on_headers_stop_iteration, which
         // WasmPlugin/TrafficExtension cannot set, so those must stream; Envoy configs that set it hold.
@@ -131,11 +140,28 @@ fn every_shipped_filter_config_parses_and_matches_its_host() {
                 "{}: the in-mesh key store requires a token",
                 e.source
             );
+        }
+        // Outside the demos, secrets come from the Wasm VM's environment, never inline.
+        if e.source.starts_with("deploy/istio/") || e.source.contains("production") {
+            let secret = if raw["hmac_secrets"].is_array() {
+                &raw["hmac_secrets"][0]
+            } else {
+                &raw["hmac_secret"]
+            };
             assert!(
-                !config.default_secret,
-                "{}: hmac_secret must be set",
+                secret["env"].is_string(),
+                "{}: the secret must come from the VM's environment: {secret}",
                 e.source
             );
+            assert!(
+                raw["keystore"]["token"]["env"].is_string(),
+                "{}: the key-store token must come from the VM's environment",
+                e.source
+            );
+        }
+        // Every shipped configuration with a key store sends its token.
+        if let Some(ks) = &config.keystore {
+            assert!(ks.token.is_some(), "{}: no key-store token", e.source);
         }
         if e.source.starts_with("deploy/compose/") || e.source.contains("demo-gateway") {
             assert_eq!(
@@ -157,7 +183,7 @@ fn compose_gateways_carry_the_demo_filter_config_unchanged() {
             .iter()
             .find(|e| e.source.starts_with(source))
             .unwrap_or_else(|| panic!("{source} not found"));
-        Config::parse(e.config.as_bytes()).unwrap()
+        parse(&e.config).unwrap()
     };
     for g in ["a", "b"] {
         assert_eq!(

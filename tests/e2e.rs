@@ -27,7 +27,7 @@ fn plugin(extra: Value) -> String {
     let mut config = json!({
         "routes": [{"exact": "/payments", "methods": ["POST"], "required": true}],
         "caller": {"header": "authorization"},
-        "hmac_secret": "e2e-secret",
+        "hmac_secret": "e2e-secret-0123456789abcdef0123456789abcdef",
     });
     if let (Some(config), Some(extra)) = (config.as_object_mut(), extra.as_object()) {
         config.extend(extra.clone());
@@ -479,7 +479,7 @@ async fn other_4xx_answers_are_stored_and_replayed() {
 
 #[tokio::test]
 async fn another_caller_with_the_same_key_executes_separately() {
-    let (upstream, envoy) = gateway(&plugin(json!({}))).await;
+    let (upstream, envoy) = gateway(&plugin(json!({"anonymous_scope": "public"}))).await;
     let http = client();
     let key = new_key();
     let body = r#"{"amount":17}"#;
@@ -502,7 +502,7 @@ async fn another_caller_with_the_same_key_executes_separately() {
     );
     assert_ne!(alice.json()["id"], bob.json()["id"]);
 
-    // No caller at all: the anonymous scope, distinct from both.
+    // No caller at all: the named anonymous scope, distinct from both.
     let anonymous = send(
         http.post(envoy.url("/payments"))
             .header("content-type", "application/json")

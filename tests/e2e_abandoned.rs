@@ -114,7 +114,7 @@ async fn streams_abandoned_mid_claim_leave_envoy_memory_flat() {
     let link = SlowLink::start(keystore.port, Duration::from_millis(5)).await;
     let plugin = json!({
         "routes": [{"exact": "/payments", "methods": ["POST"], "required": true}],
-        "hmac_secret": "abandoned-e2e-secret",
+        "hmac_secret": "abandoned-e2e-secret-0123456789abcdef0123456789abcdef",
         "keystore": {"cluster": "keystore", "timeout_ms": 1000},
     })
     .to_string();

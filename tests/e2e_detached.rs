@@ -33,7 +33,7 @@ fn plugin(extra: Value, keystore: bool) -> String {
     );
     let mut cfg = json!({
         "routes": [serde_json::from_str::<Value>(&rule).unwrap()],
-        "hmac_secret": "detached-e2e-secret",
+        "hmac_secret": "detached-e2e-secret-0123456789abcdef0123456789abcdef",
         "max_response_bytes": 1 << 20,
     });
     if keystore {

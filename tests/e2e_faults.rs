@@ -33,7 +33,7 @@ fn plugin(failure_mode: &str, timeout_ms: u64, lease_ms: u64) -> String {
     json!({
         "routes": [{"exact": "/payments", "methods": ["POST"], "required": true}],
         "caller": {"header": "authorization"},
-        "hmac_secret": "faults-secret",
+        "hmac_secret": "faults-secret-0123456789abcdef0123456789abcdef",
         "failure_mode": failure_mode,
         "lock_lease_ms": lease_ms,
         "keystore": {"cluster": "keystore", "timeout_ms": timeout_ms},

@@ -161,6 +161,8 @@ struct Answer {
     problem_type: Option<String>,
     from_upstream: bool,
     body: Vec<u8>,
+    /// The answer carried a `set-cookie`.
+    set_cookie: bool,
 }
 
 impl Answer {
@@ -217,6 +219,7 @@ async fn run(envoy: &Envoy, req: &Req) -> Answer {
             problem_type,
             from_upstream: resp.header("x-envoy-upstream-service-time").is_some(),
             body: resp.body.to_vec(),
+            set_cookie: resp.headers.contains_key("set-cookie"),
         };
     }
     let resp = raw_http(envoy.port, &req.raw())
@@ -233,6 +236,7 @@ async fn run(envoy: &Envoy, req: &Req) -> Answer {
         replayed: resp.replayed(),
         problem_type,
         from_upstream: resp.header("x-envoy-upstream-service-time").is_some(),
+        set_cookie: resp.header("set-cookie").is_some(),
         body: resp.body,
     }
 }
@@ -625,22 +629,44 @@ fn catalog(port: u16, run: &str) -> Vec<Case> {
     );
     add(
         "headers",
-        "no caller (anonymous scope allowed)",
+        "no caller (no anonymous scope: refused)",
         &|m, k| {
             let mut r = post(&m).key(&k);
             r.caller = false;
             r
         },
-        201,
-        true,
+        401,
+        false,
     );
     add(
         "headers",
-        "empty authorization (anonymous scope)",
+        "empty authorization (no caller: refused)",
         &|m, k| {
             let mut r = post(&m).key(&k).header("authorization", "");
             r.caller = false;
             r
+        },
+        401,
+        false,
+    );
+    add(
+        "headers",
+        "authorization of spaces only (no caller: refused)",
+        &|m, k| {
+            let mut r = post(&m).key(&k).header("authorization", "    ");
+            r.caller = false;
+            r
+        },
+        401,
+        false,
+    );
+    add(
+        "headers",
+        "the answer sets a cookie (stored without it)",
+        &|m, k| {
+            post(&m)
+                .key(&k)
+                .header("x-demo-set-cookie", "session=hostile")
         },
         201,
         true,
@@ -709,24 +735,45 @@ fn catalog(port: u16, run: &str) -> Vec<Case> {
     );
     add(
         "path",
-        "`/%70ayments` (percent-encoded p)",
+        "`/%70ayments` (percent-encoded p; normalized: covered)",
         &|m, k| post(&m).target("/%70ayments").key(&k),
-        404,
-        false,
+        201,
+        true,
     );
     add(
         "path",
-        "`//payments`",
+        "`//payments` (merged: covered)",
         &|m, k| post(&m).target("//payments").key(&k),
-        404,
+        201,
+        true,
+    );
+    add(
+        "path",
+        "`//payments` without a key (merged: covered, so required)",
+        &|m, _| post(&m).target("//payments"),
+        400,
         false,
     );
     add(
         "path",
-        "`/x/../payments`",
+        "`/x/../payments` (normalized: covered)",
         &|m, k| post(&m).target("/x/../payments").key(&k),
-        404,
+        201,
+        true,
+    );
+    add(
+        "path",
+        "`/payments/../payments` without a key (normalized: covered, so required)",
+        &|m, _| post(&m).target("/payments/../payments"),
+        400,
         false,
+    );
+    add(
+        "path",
+        "`/./payments` (normalized: covered)",
+        &|m, k| post(&m).target("/./payments").key(&k),
+        201,
+        true,
     );
     add(
         "path",
@@ -837,7 +884,7 @@ async fn hostile_input_catalog() {
     let plugin = json!({
         "routes": [{"exact": "/payments", "methods": ["POST"], "required": true}],
         "caller": {"header": "authorization"},
-        "hmac_secret": "hostile-secret",
+        "hmac_secret": "hostile-secret-0123456789abcdef0123456789abcdef",
         "max_body_bytes": LIMIT,
         "keystore": {"cluster": "keystore", "timeout_ms": 1000},
     })
@@ -879,6 +926,9 @@ async fn hostile_input_catalog() {
         }
         if case.executes && !(second.replayed && second.body == first.body) {
             problems.push("second send was not a replay of the first".into());
+        }
+        if second.replayed && second.set_cookie {
+            problems.push("a replay carried a set-cookie".into());
         }
         if !case.executes && (first.replayed || second.replayed) {
             problems.push("a replay for a case that never executed".into());

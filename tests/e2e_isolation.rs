@@ -1,6 +1,7 @@
 //! Isolation and secrets, end to end:
 //! - the same key from two callers never shares a record, through two Envoys sharing one key
-//!   store, and a caller who did not make a request can never obtain its replayed response;
+//!   store, a caller who did not make a request can never obtain its replayed response, and a
+//!   request without a caller is refused (no anonymous scope is named);
 //! - the key store requires its bearer token when configured (a filter without it gets 401,
 //!   counted as `store_error`, and answers 503 under `fail_closed`);
 //! - keys and caller values leave Envoy only as keyed hashes: every request the filter sends to
@@ -24,12 +25,12 @@ use std::process::Command;
 use std::time::Duration;
 
 use hardening::*;
-use idempotency_filter::scope::RecordKey;
+use idempotency_filter::scope::{Caller, RecordKey};
 use serde_json::{json, Value};
 use support::redis::RedisServer;
 use support::*;
 
-const SECRET: &str = "isolation-secret";
+const SECRET: &str = "isolation-secret-0123456789abcdef0123";
 
 fn plugin(token: Option<&str>) -> String {
     let mut keystore = json!({"cluster": "keystore", "timeout_ms": 1000});
@@ -87,16 +88,17 @@ async fn same_key_from_two_callers_never_shares_a_record_across_gateways() {
     assert!(!carol.replayed());
     let carol_on_a = send(post_payment(&http, &a, "Bearer carol", Some(&key), body)).await;
     assert_replay(&carol, &carol_on_a);
-    // No caller at all: the anonymous scope, again its own.
-    let anonymous = send(
-        http.post(a.url("/payments"))
-            .header("content-type", "application/json")
-            .header("idempotency-key", &key)
-            .body(body),
-    )
-    .await;
-    assert_eq!(anonymous.status, 201, "{}", anonymous.describe());
-    assert!(!anonymous.replayed());
+    // No caller at all, and no anonymous scope named: refused, on both gateways.
+    for gateway in [&a, &b] {
+        let anonymous = send(
+            http.post(gateway.url("/payments"))
+                .header("content-type", "application/json")
+                .header("idempotency-key", &key)
+                .body(body),
+        )
+        .await;
+        assert_problem(&anonymous, 401);
+    }
     // Callers that differ only in case or whitespace are other callers (the value is hashed as is).
     let alice_upper = send(post_payment(&http, &b, "Bearer ALICE", Some(&key), body)).await;
     assert_eq!(alice_upper.status, 201, "{}", alice_upper.describe());
@@ -108,19 +110,19 @@ async fn same_key_from_two_callers_never_shares_a_record_across_gateways() {
         post_payment(&http, &a, "Bearer dave", Some(&shared), body)
             .header("x-demo-delay-ms", "800"),
     ));
-    upstream.wait_post_requests(6).await;
+    upstream.wait_post_requests(5).await;
     let erin = send(post_payment(&http, &b, "Bearer erin", Some(&shared), body)).await;
     assert_eq!(erin.status, 201, "{}", erin.describe());
     let dave = dave.await.unwrap();
     assert_eq!(dave.status, 201, "{}", dave.describe());
     assert_ne!(id(&dave), id(&erin));
 
-    let ids: HashSet<String> = [&alice, &bob, &carol, &anonymous, &alice_upper, &dave, &erin]
+    let ids: HashSet<String> = [&alice, &bob, &carol, &alice_upper, &dave, &erin]
         .iter()
         .map(|r| id(r).to_string())
         .collect();
-    assert_eq!(ids.len(), 7, "every caller got its own payment");
-    assert_eq!(upstream.post_requests().await, 7);
+    assert_eq!(ids.len(), 6, "every caller got its own payment");
+    assert_eq!(upstream.post_requests().await, 6);
 }
 
 #[tokio::test]
@@ -203,11 +205,12 @@ async fn key_store_requires_its_bearer_token() {
     }
 }
 
-/// The secrets of one run: none may leave Envoy in the clear.
+/// The secrets of one run: none may leave Envoy in the clear (the plugin's HMAC secret included).
 struct Secrets {
     key: String,
     caller: String,
     marker: String,
+    hmac: String,
 }
 
 impl Secrets {
@@ -217,11 +220,12 @@ impl Secrets {
             key: format!("rawkey-{run}"),
             caller: format!("Bearer credential-{}", new_key()),
             marker: format!("bodymarker-{}", new_key()),
+            hmac: SECRET.to_owned(),
         }
     }
 
-    fn all(&self) -> [&str; 3] {
-        [&self.key, &self.caller, &self.marker]
+    fn all(&self) -> [&str; 4] {
+        [&self.key, &self.caller, &self.marker, &self.hmac]
     }
 
     /// Asserts none of the secrets (nor their distinctive UUID parts) occurs in `bytes`.
@@ -278,7 +282,10 @@ async fn callouts_carry_only_keyed_hashes() {
     let expected = RecordKey::derive(
         SECRET.as_bytes(),
         "exact:/payments",
-        Some(secrets.caller.as_bytes()),
+        &Caller::Source {
+            source: "header:authorization",
+            value: secrets.caller.as_bytes(),
+        },
         &secrets.key,
     )
     .hex();
@@ -432,7 +439,10 @@ async fn redis_holds_only_keyed_hashes_and_no_log_line_holds_a_secret() {
     let expected = RecordKey::derive(
         SECRET.as_bytes(),
         "exact:/payments",
-        Some(s.caller.as_bytes()),
+        &Caller::Source {
+            source: "header:authorization",
+            value: s.caller.as_bytes(),
+        },
         &s.key,
     )
     .hex();

@@ -21,7 +21,7 @@ fn plugin(failure_mode: &str) -> String {
     json!({
         "routes": [{"exact": "/payments", "methods": ["POST"], "required": true}],
         "caller": {"header": "authorization"},
-        "hmac_secret": "e2e-secret",
+        "hmac_secret": "e2e-secret-0123456789abcdef0123456789abcdef",
         "failure_mode": failure_mode,
         "keystore": {"cluster": "keystore", "timeout_ms": 500},
     })

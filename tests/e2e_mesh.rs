@@ -48,7 +48,7 @@ fn plugin(failure_mode: &str, lock_lease_ms: u64) -> String {
     json!({
         "routes": [{"exact": "/payments", "methods": ["POST"], "required": true}],
         "caller": {"header": "authorization"},
-        "hmac_secret": "mesh-e2e-secret",
+        "hmac_secret": "mesh-e2e-secret-0123456789abcdef0123456789abcdef",
         "failure_mode": failure_mode,
         "lock_lease_ms": lock_lease_ms,
         "keystore": {"cluster": "keystore", "timeout_ms": 1000, "token": TOKEN},

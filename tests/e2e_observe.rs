@@ -20,7 +20,7 @@ fn plugin(mode: &str) -> String {
     json!({
         "mode": mode,
         "routes": [{"exact": "/payments", "methods": ["POST"], "required": true}],
-        "hmac_secret": "observe-e2e-secret",
+        "hmac_secret": "observe-e2e-secret-0123456789abcdef0123456789abcdef",
         "max_body_bytes": 1024,
     })
     .to_string()

@@ -27,7 +27,7 @@ fn plugin(extra: Value) -> String {
     merged(
         json!({
             "routes": [{"exact": "/payments", "methods": ["POST"], "required": true}],
-            "hmac_secret": "unknown-outcome-e2e-secret",
+            "hmac_secret": "unknown-outcome-e2e-secret-0123456789abcdef0123456789abcdef",
             "unknown_hold_ms": 3000,
             "keystore": {"cluster": "keystore", "timeout_ms": 3000, "token": TOKEN},
         }),

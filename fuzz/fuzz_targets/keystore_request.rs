@@ -1,11 +1,11 @@
-//! The key store's request parsing (`protocol::{Claim,Complete,Release,Renew}Request::parse`): every body
+//! The key store's request parsing (`protocol::{Claim,Lookup,Complete,Release,Renew}Request::parse`): every body
 //! is a request or a 400 naming a field. What is accepted is what the README's API promises.
 #![no_main]
 
 use base64::engine::general_purpose::STANDARD as B64;
 use base64::Engine as _;
 use idempotency_keystore::protocol::{
-    ClaimRequest, CompleteRequest, ReleaseRequest, RenewRequest, MAX_LEASE_MS, MAX_RETENTION_MS,
+    ClaimRequest, CompleteRequest, LookupRequest, ReleaseRequest, RenewRequest, MAX_LEASE_MS, MAX_RETENTION_MS,
     MAX_TOKEN_LEN, MAX_WAIT_MS,
 };
 use libfuzzer_sys::fuzz_target;
@@ -21,6 +21,10 @@ fuzz_target!(|data: &[u8]| {
             assert!((1..=MAX_LEASE_MS).contains(&c.lease_ms));
             assert!(c.wait_ms <= MAX_WAIT_MS);
         }
+        Err(e) => assert!(!e.0.is_empty()),
+    }
+    match LookupRequest::parse(data) {
+        Ok(l) => assert!(hex64(l.key.as_str()) && hex64(l.fingerprint.as_str())),
         Err(e) => assert!(!e.0.is_empty()),
     }
     match CompleteRequest::parse(data) {

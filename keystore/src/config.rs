@@ -32,6 +32,8 @@ pub struct Config {
     pub backend: BackendKind,
 
     /// Redis URL(s), repeatable or comma-separated; for redis-cluster, the seed nodes.
+    /// `redis://[user:password@]host:port` or, over TLS with the server's certificate checked,
+    /// `rediss://[user:password@]host:port` (user and password: Redis ACL `AUTH`).
     #[arg(
         long = "redis-url",
         env = "KEYSTORE_REDIS_URL",
@@ -40,15 +42,32 @@ pub struct Config {
     )]
     pub redis_urls: Vec<String>,
 
+    /// PEM file of the CA that signed the Redis servers' certificates (`rediss://`); without it,
+    /// the system's trusted roots.
+    #[arg(long, env = "KEYSTORE_REDIS_CA")]
+    pub redis_ca: Option<std::path::PathBuf>,
+
     /// Bearer token required on every /v1 request (none: no authentication).
     #[arg(long, env = "KEYSTORE_TOKEN", hide_env_values = true)]
     pub token: Option<String>,
 
-    /// Largest accepted request body; larger bodies get 413.
-    #[arg(long, env = "KEYSTORE_MAX_BODY_BYTES", default_value_t = 4 * 1024 * 1024)]
-    pub max_body_bytes: usize,
+    /// Largest record accepted by `complete` (bytes, decoded); larger ones get 413. The filter's
+    /// `keystore.max_record_bytes` must not exceed it.
+    #[arg(long, env = "KEYSTORE_MAX_RECORD_BYTES", default_value_t = DEFAULT_MAX_RECORD_BYTES)]
+    pub max_record_bytes: usize,
 
-    /// Capacity of the memory backend (entries); the least useful entries are evicted beyond it.
+    /// Largest accepted request body; larger bodies get 413. Default: what a record of
+    /// `--max-record-bytes` needs (base64 plus the JSON around it); a smaller value is refused.
+    #[arg(long, env = "KEYSTORE_MAX_BODY_BYTES")]
+    pub max_body_bytes: Option<usize>,
+
+    /// Capacity of the memory backend in bytes (keys, records and bookkeeping). Completed records
+    /// are evicted, closest to expiry first, to make room; in-flight claims never are, and a claim
+    /// that does not fit gets 503.
+    #[arg(long, env = "KEYSTORE_MAX_BYTES", default_value_t = 256 * 1024 * 1024)]
+    pub max_bytes: u64,
+
+    /// Capacity of the memory backend in entries (as `--max-bytes`, the other bound).
     #[arg(long, env = "KEYSTORE_MAX_ENTRIES", default_value_t = 1_000_000)]
     pub max_entries: u64,
 
@@ -57,9 +76,56 @@ pub struct Config {
     pub backend_timeout_ms: u64,
 }
 
+/// The default `--max-record-bytes`: 3 MiB, which the filter's `max_response_bytes` must fit in.
+pub const DEFAULT_MAX_RECORD_BYTES: usize = 3 * 1024 * 1024;
+
+/// JSON around the record in a `complete` body (key, token, retention, field names).
+const BODY_OVERHEAD: usize = 4096;
+
 impl Config {
+    /// The request body limit: `--max-body-bytes`, or what a largest record needs.
+    pub fn body_limit(&self) -> anyhow::Result<usize> {
+        let needed = self.max_record_bytes.div_ceil(3).saturating_mul(4) + BODY_OVERHEAD;
+        match self.max_body_bytes {
+            None => Ok(needed),
+            Some(n) if n >= needed => Ok(n),
+            Some(n) => anyhow::bail!(
+                "--max-body-bytes {n} is too small for a record of --max-record-bytes {} (needs {needed})",
+                self.max_record_bytes
+            ),
+        }
+    }
+
     /// The backend call budget as a duration.
     pub fn backend_timeout(&self) -> Duration {
         Duration::from_millis(self.backend_timeout_ms.max(1))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(args: &[&str]) -> Config {
+        let mut all = vec!["idempotency-keystore"];
+        all.extend_from_slice(args);
+        Config::try_parse_from(all).unwrap()
+    }
+
+    #[test]
+    fn the_body_limit_follows_the_record_limit() {
+        let c = parse(&[]);
+        assert_eq!(c.max_record_bytes, 3 * 1024 * 1024);
+        assert_eq!(c.body_limit().unwrap(), 4 * 1024 * 1024 + 4096);
+        let c = parse(&["--max-record-bytes", "3000"]);
+        assert_eq!(c.body_limit().unwrap(), 4000 + 4096);
+        let c = parse(&["--max-body-bytes", "1000000"]);
+        let e = c.body_limit().unwrap_err().to_string();
+        assert!(
+            e.contains("--max-body-bytes") && e.contains("--max-record-bytes"),
+            "{e}"
+        );
+        let c = parse(&["--max-record-bytes", "1000", "--max-body-bytes", "1000000"]);
+        assert_eq!(c.body_limit().unwrap(), 1_000_000);
     }
 }

@@ -15,12 +15,12 @@ use axum::{Json, Router};
 use serde_json::json;
 use tokio::sync::watch;
 
-use crate::backend::{Backend, BackendError, ClaimOutcome, Fenced};
+use crate::backend::{Backend, BackendError, ClaimOutcome, Fenced, LookupOutcome};
 use crate::config::Config;
 use crate::metrics::Metrics;
 use crate::protocol::{
-    encode_record, ClaimRequest, ClaimResponse, CompleteRequest, FencedResponse, ProtocolError,
-    ReleaseRequest, RenewRequest,
+    encode_record, ClaimRequest, ClaimResponse, CompleteRequest, FencedResponse, LookupRequest,
+    LookupResponse, ProtocolError, ReleaseRequest, RenewRequest,
 };
 
 /// What the HTTP layer needs besides the backend.
@@ -30,6 +30,8 @@ pub struct Settings {
     pub token: Option<String>,
     /// Larger bodies get 413.
     pub max_body_bytes: usize,
+    /// Larger records (decoded) get 413 from `complete`.
+    pub max_record_bytes: usize,
     /// Bound of one backend call; past it, 503. A waiting claim makes several calls, each with
     /// this bound, and waits between them without it.
     pub backend_timeout: Duration,
@@ -70,7 +72,9 @@ impl From<&Config> for Settings {
         Self {
             // An empty KEYSTORE_TOKEN (a common templating leftover) means no token, not "".
             token: c.token.clone().filter(|t| !t.is_empty()),
-            max_body_bytes: c.max_body_bytes,
+            // `run` refuses a --max-body-bytes too small for the largest record before this.
+            max_body_bytes: c.body_limit().unwrap_or(usize::MAX),
+            max_record_bytes: c.max_record_bytes,
             backend_timeout: c.backend_timeout(),
             drain: Drain::default(),
         }
@@ -85,6 +89,7 @@ struct AppState {
     token: Option<Arc<[u8]>>,
     timeout: Duration,
     drain: Drain,
+    max_record_bytes: usize,
 }
 
 /// Builds the service's router.
@@ -95,9 +100,11 @@ pub fn router(backend: Arc<dyn Backend>, settings: Settings, metrics: Metrics) -
         token: settings.token.map(|t| Arc::from(t.into_bytes())),
         timeout: settings.backend_timeout,
         drain: settings.drain,
+        max_record_bytes: settings.max_record_bytes,
     };
     let v1 = Router::new()
         .route("/claim", post(claim))
+        .route("/lookup", post(lookup))
         .route("/complete", post(complete))
         .route("/release", post(release))
         .route("/renew", post(renew))
@@ -160,6 +167,7 @@ fn op_of(path: &str) -> &'static str {
         Some("claim") => "claim",
         Some("complete") => "complete",
         Some("renew") => "renew",
+        Some("lookup") => "lookup",
         _ => "release",
     }
 }
@@ -302,11 +310,45 @@ async fn claim(
     Ok(Json(value).into_response())
 }
 
+async fn lookup(
+    State(s): State<AppState>,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Response, Failure> {
+    let req = s.parse("lookup", body, LookupRequest::parse)?;
+    let outcome = s.call("lookup", s.backend.lookup(&req)).await?;
+    let (label, body) = match outcome {
+        LookupOutcome::Absent => ("absent", LookupResponse::Absent),
+        LookupOutcome::InFlight { retry_after_ms } => {
+            ("in_flight", LookupResponse::InFlight { retry_after_ms })
+        }
+        LookupOutcome::Completed { record } => (
+            "completed",
+            LookupResponse::Completed {
+                record: encode_record(&record),
+            },
+        ),
+        LookupOutcome::Mismatch => ("mismatch", LookupResponse::Mismatch),
+    };
+    s.metrics.op("lookup", label);
+    Ok(Json(body).into_response())
+}
+
 async fn complete(
     State(s): State<AppState>,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Response, Failure> {
     let req = s.parse("complete", body, CompleteRequest::parse)?;
+    if req.record.len() > s.max_record_bytes {
+        s.metrics.op("complete", "too_large");
+        return Err(Failure(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            format!(
+                "record: {} bytes, over the key store's --max-record-bytes {}",
+                req.record.len(),
+                s.max_record_bytes
+            ),
+        ));
+    }
     let result = s.call("complete", s.backend.complete(&req)).await?;
     Ok(s.fenced("complete", result, FencedResponse::Stored))
 }

@@ -27,6 +27,7 @@ pub async fn run(
     config: Config,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
+    config.body_limit()?;
     let backend = backend::build(&config)?;
     let metrics = metrics::Metrics::new().context("metrics")?;
     let (drain_tx, drain) = http::Drain::new();

@@ -67,6 +67,25 @@ impl ClaimRequest {
     }
 }
 
+/// `POST /v1/lookup`: what a key holds, changing nothing (a filter looking for a record stored
+/// under a secret it has since rotated away from).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LookupRequest {
+    pub key: Hex64,
+    pub fingerprint: Hex64,
+}
+
+impl LookupRequest {
+    /// Parses and validates a JSON body.
+    pub fn parse(body: &[u8]) -> Result<Self, ProtocolError> {
+        let obj = object(body)?;
+        Ok(Self {
+            key: hex64(&obj, "key")?,
+            fingerprint: hex64(&obj, "fingerprint")?,
+        })
+    }
+}
+
 /// `POST /v1/complete`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct CompleteRequest {
@@ -205,6 +224,16 @@ fn optional_millis(obj: &Map<String, Value>, name: &str, max: u64) -> Result<u64
 #[serde(tag = "outcome", rename_all = "snake_case")]
 pub enum ClaimResponse {
     Claimed { token: String },
+    InFlight { retry_after_ms: u64 },
+    Completed { record: String },
+    Mismatch,
+}
+
+/// Answer to a lookup.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(tag = "outcome", rename_all = "snake_case")]
+pub enum LookupResponse {
+    Absent,
     InFlight { retry_after_ms: u64 },
     Completed { record: String },
     Mismatch,

@@ -24,6 +24,8 @@
 //!   without answering: the client reads no response byte, only `ECONNRESET` (the socket is closed
 //!   with `SO_LINGER` 0, which sends a TCP RST). It needs the connection, so it works under
 //!   [`serve`] only; elsewhere (e.g. `axum::serve`) it answers `500` after the work.
+//! - `x-demo-set-cookie: V` adds `Set-Cookie: V` to the answer, as an application that opens a
+//!   session with its response does.
 //! - `x-demo-body-cut: N` does the work, sends the status line and headers (with the full
 //!   `Content-Length`), then the first N bytes of the body (at most all but its last byte), then
 //!   closes the connection: the client sees the head, then an incomplete body.
@@ -249,7 +251,7 @@ async fn create_payment(
         tokio::time::sleep(knobs.delay).await;
         execute(&state, knobs.status, &body)
     });
-    let response = match work.await {
+    let mut response = match work.await {
         Ok(response) => response,
         Err(e) => {
             return error(
@@ -258,6 +260,11 @@ async fn create_payment(
             )
         }
     };
+    if let Some(cookie) = headers.get("x-demo-set-cookie") {
+        response
+            .headers_mut()
+            .append(header::SET_COOKIE, cookie.clone());
+    }
     match knobs.after {
         After::Answer => response,
         After::Reset => match connection {

@@ -132,9 +132,6 @@ impl RootContext for Root {
                 return false;
             }
         };
-        if config.default_secret {
-            warn!("`hmac_secret` is the built-in default; set your own in production");
-        }
         let cache = NearCache {
             slots: config.l1_slots,
             slot_budget: config.max_response_bytes.saturating_add(SLOT_OVERHEAD),

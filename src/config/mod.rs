@@ -66,10 +66,10 @@ enum RawExecution {
     Detached,
 }
 
-/// Whether requests without a caller value share one anonymous scope or are refused.
+/// The former `anonymous` field: only `reject` (now the default) is still accepted.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
 #[serde(rename_all = "snake_case")]
-pub enum Anonymous {
+enum Anonymous {
     Allow,
     Reject,
 }
@@ -87,12 +87,83 @@ pub enum HeadersMode {
     Stream,
 }
 
-/// Where the caller identity comes from.
+/// One place the caller identity may come from. The sources are tried in order; the first that
+/// gives a non-empty value names the caller.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum CallerSource {
+    /// A request header's value (e.g. `authorization`, `cookie`, `x-api-key`).
     Header(String),
+    /// An Envoy property path (e.g. the JWT filter's subject in dynamic metadata, or the mTLS
+    /// peer's identity `["connection","uri_san_peer_certificate"]`).
     Property(Vec<String>),
 }
+
+impl CallerSource {
+    /// A label that goes into the record key with the value, so the same bytes from two sources
+    /// (a header and a certificate SAN) are two callers.
+    pub fn label(&self) -> String {
+        match self {
+            CallerSource::Header(h) => format!("header:{h}"),
+            // Segments as a JSON array: no two different paths give one label.
+            CallerSource::Property(p) => {
+                format!("property:{}", serde_json::to_string(p).unwrap_or_default())
+            }
+        }
+    }
+}
+
+/// Which response headers a replay may carry (hop-by-hop and recomputed headers never are).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ReplayHeaders {
+    /// Every header except these (lower case): the built-in list plus the configured names.
+    Deny(Vec<String>),
+    /// Only these (lower case).
+    Allow(Vec<String>),
+}
+
+impl ReplayHeaders {
+    /// Whether a response header `name` (any case) may be stored and replayed.
+    pub fn keeps(&self, name: &str) -> bool {
+        let lower = name.to_ascii_lowercase();
+        match self {
+            ReplayHeaders::Deny(names) => !names.contains(&lower),
+            ReplayHeaders::Allow(names) => names.contains(&lower),
+        }
+    }
+}
+
+/// Response headers a replay never carries unless an allowlist names them: they set or ask for
+/// credentials, which belong to the one client that got the first answer.
+pub const DEFAULT_REPLAY_DENY: [&str; 8] = [
+    "set-cookie",
+    "set-cookie2",
+    "authorization",
+    "proxy-authorization",
+    "www-authenticate",
+    "proxy-authenticate",
+    "authentication-info",
+    "proxy-authentication-info",
+];
+
+/// Secrets shorter than this are refused: 32 bytes is the HMAC-SHA-256 output size.
+pub const MIN_SECRET_BYTES: usize = 32;
+
+/// Values that shipped in this repository's examples as placeholders; refused as secrets.
+pub const PLACEHOLDER_SECRETS: [&str; 5] = [
+    "change-me",
+    "demo-secret-change-me",
+    "replace-with-a-long-random-secret",
+    "replace-with-the-keystore-token",
+    "replace-me-with-32-or-more-random-bytes",
+];
+
+/// The largest record the key store accepts by default (`--max-record-bytes`): a record is the
+/// stored response (headers and body), at most `max_response_bytes`, plus [`RECORD_OVERHEAD`].
+pub const DEFAULT_KEYSTORE_MAX_RECORD_BYTES: u64 = 3 << 20;
+
+/// Bytes a record holds besides the response's headers and body: status, fingerprint, times,
+/// field lengths and the signature.
+pub const RECORD_OVERHEAD: u64 = 4096;
 
 /// How a rule matches the request path (query excluded).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -144,6 +215,44 @@ pub struct KeystoreConfig {
     pub timeout_ms: u64,
     pub token: Option<String>,
     pub path_prefix: String,
+    /// The key store's `--max-record-bytes`: `max_response_bytes` must fit in it.
+    pub max_record_bytes: u64,
+    /// The plugin's secrets (see [`Secrets`]): records sent to the key store are sealed with the
+    /// current one, and a record read back must open under one of them.
+    pub secrets: Secrets,
+}
+
+/// The HMAC secrets, newest first: the first derives record keys and fingerprints and signs
+/// records; every one of them verifies records and finds those stored before a rotation.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Secrets(Vec<Vec<u8>>);
+
+impl Secrets {
+    /// The secret that scopes and signs what is written now.
+    pub fn current(&self) -> &[u8] {
+        self.0.first().map_or(&[], Vec::as_slice)
+    }
+
+    /// Every secret, the current one first.
+    pub fn all(&self) -> impl Iterator<Item = &[u8]> {
+        self.0.iter().map(Vec::as_slice)
+    }
+
+    /// The secrets of an earlier rotation, still accepted.
+    pub fn previous(&self) -> impl Iterator<Item = &[u8]> {
+        self.0.iter().skip(1).map(Vec::as_slice)
+    }
+
+    /// For tests and tools: secrets given as bytes, unchecked.
+    pub fn from_bytes(secrets: Vec<Vec<u8>>) -> Secrets {
+        Secrets(secrets)
+    }
+}
+
+impl fmt::Debug for Secrets {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "Secrets({} redacted)", self.0.len())
+    }
 }
 
 /// The validated configuration.
@@ -152,11 +261,12 @@ pub struct Config {
     /// Lower-case, as Envoy presents header names.
     pub header_name: String,
     pub routes: Vec<RouteRule>,
-    pub caller: CallerSource,
-    pub anonymous: Anonymous,
-    pub hmac_secret: Vec<u8>,
-    /// True when the operator kept the built-in secret: worth a warning at load.
-    pub default_secret: bool,
+    /// Where the caller comes from, tried in order.
+    pub callers: Vec<CallerSource>,
+    /// The scope of callers that none of the sources names; `None`: they get 401.
+    pub anonymous_scope: Option<String>,
+    pub secrets: Secrets,
+    pub replay_headers: ReplayHeaders,
     pub fingerprint_headers: Vec<String>,
     pub max_body_bytes: usize,
     pub max_response_bytes: usize,
@@ -190,7 +300,6 @@ fn err(field: impl Into<String>, reason: impl Into<String>) -> ConfigError {
     }
 }
 
-const DEFAULT_SECRET: &str = "change-me";
 /// Long enough for the usual upstream work that outlives its caller to finish.
 const DEFAULT_UNKNOWN_HOLD_MS: u64 = 30_000;
 const MAX_HOLD_MS: u64 = 3_600_000;
@@ -209,7 +318,10 @@ struct RawConfig {
     routes: Option<Vec<RawRule>>,
     caller: Option<RawCaller>,
     anonymous: Option<Anonymous>,
-    hmac_secret: Option<String>,
+    anonymous_scope: Option<String>,
+    hmac_secret: Option<serde_json::Value>,
+    hmac_secrets: Option<Vec<serde_json::Value>>,
+    replay_headers: Option<RawReplayHeaders>,
     fingerprint_headers: Option<Vec<String>>,
     max_body_bytes: Option<u64>,
     max_response_bytes: Option<u64>,
@@ -252,6 +364,21 @@ struct RawRule {
 struct RawCaller {
     header: Option<String>,
     property: Option<Vec<String>>,
+    sources: Option<Vec<RawSource>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawSource {
+    header: Option<String>,
+    property: Option<Vec<String>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawReplayHeaders {
+    deny: Option<Vec<String>>,
+    allow: Option<Vec<String>>,
 }
 
 #[derive(Deserialize)]
@@ -260,23 +387,36 @@ struct RawKeystore {
     cluster: Option<String>,
     authority: Option<String>,
     timeout_ms: Option<u64>,
-    token: Option<String>,
+    token: Option<serde_json::Value>,
     path_prefix: Option<String>,
+    max_record_bytes: Option<u64>,
 }
 
 impl Config {
-    /// Parses and validates the plugin configuration. An empty document means all defaults.
+    /// Parses and validates the plugin configuration; secrets named by `{"env": ...}` are read
+    /// from the Wasm VM's environment (`vm_config.environment_variables`).
     pub fn parse(bytes: &[u8]) -> Result<Config, ConfigError> {
+        Config::parse_with_env(bytes, &|name| std::env::var(name).ok())
+    }
+
+    /// [`Config::parse`] with the environment given as a lookup (tests).
+    pub fn parse_with_env(
+        bytes: &[u8],
+        env: &dyn Fn(&str) -> Option<String>,
+    ) -> Result<Config, ConfigError> {
         let trimmed = bytes.iter().all(|b| b.is_ascii_whitespace());
         let raw: RawConfig = if trimmed {
             serde_json::from_str("{}").map_err(|e| err("(document)", e.to_string()))?
         } else {
             serde_json_path_error(bytes)?
         };
-        Config::validate(raw)
+        Config::validate(raw, env)
     }
 
-    fn validate(raw: RawConfig) -> Result<Config, ConfigError> {
+    fn validate(
+        raw: RawConfig,
+        env: &dyn Fn(&str) -> Option<String>,
+    ) -> Result<Config, ConfigError> {
         let header_name = raw
             .header_name
             .unwrap_or_else(|| "idempotency-key".to_string())
@@ -389,39 +529,30 @@ impl Config {
             });
         }
 
-        let caller = match raw.caller {
-            None => CallerSource::Header("authorization".to_string()),
-            Some(RawCaller {
-                header: Some(h),
-                property: None,
-            }) => {
-                let h = h.to_ascii_lowercase();
-                if !is_token(&h) {
-                    return Err(err("caller.header", "must be a non-empty HTTP header name"));
-                }
-                CallerSource::Header(h)
+        let callers = validate_callers(raw.caller)?;
+        let anonymous_scope = match (raw.anonymous, raw.anonymous_scope) {
+            (Some(Anonymous::Allow), _) => {
+                return Err(err(
+                    "anonymous",
+                    "`allow` is no longer accepted: callers without credentials no longer share a scope by default; name their scope with `anonymous_scope` (they then share it), or remove `anonymous` to refuse them with 401",
+                ))
             }
-            Some(RawCaller {
-                header: None,
-                property: Some(p),
-            }) => {
-                if p.is_empty() || p.iter().any(|s| s.is_empty()) {
-                    return Err(err(
-                        "caller.property",
-                        "must be a non-empty list of non-empty path segments",
-                    ));
-                }
-                CallerSource::Property(p)
+            (Some(Anonymous::Reject), Some(_)) => {
+                return Err(err(
+                    "anonymous_scope",
+                    "contradicts `anonymous: \"reject\"`; keep one of them",
+                ))
             }
-            Some(_) => return Err(err("caller", "needs exactly one of `header` or `property`")),
+            (_, Some(name)) => {
+                if name.is_empty() || !name.bytes().all(|b| b.is_ascii_graphic()) {
+                    return Err(err("anonymous_scope", "must be non-empty printable ASCII"));
+                }
+                Some(name)
+            }
+            (_, None) => None,
         };
-
-        let secret = raw
-            .hmac_secret
-            .unwrap_or_else(|| DEFAULT_SECRET.to_string());
-        if secret.is_empty() {
-            return Err(err("hmac_secret", "must not be empty"));
-        }
+        let secrets = validate_secrets(raw.hmac_secret, raw.hmac_secrets, env)?;
+        let replay_headers = validate_replay_headers(raw.replay_headers)?;
         let mut fingerprint_headers = Vec::new();
         for (i, h) in raw
             .fingerprint_headers
@@ -467,17 +598,50 @@ impl Config {
                         "must start with `/` and not end with `/`",
                     ));
                 }
-                if let Some(t) = &k.token {
-                    if t.is_empty() || !t.bytes().all(|b| b.is_ascii_graphic()) {
-                        return Err(err("keystore.token", "must be non-empty printable ASCII"));
+                let token = match k.token {
+                    None => None,
+                    Some(v) => {
+                        let t = read_secret("keystore.token", v, env)?;
+                        let t = String::from_utf8(t).map_err(|_| {
+                            err("keystore.token", "must be non-empty printable ASCII")
+                        })?;
+                        if t.is_empty() || !t.bytes().all(|b| b.is_ascii_graphic()) {
+                            return Err(err("keystore.token", "must be non-empty printable ASCII"));
+                        }
+                        if PLACEHOLDER_SECRETS.contains(&t.as_str()) {
+                            return Err(err(
+                                "keystore.token",
+                                "is a placeholder shipped in the examples; set the key store's real token",
+                            ));
+                        }
+                        Some(t)
                     }
+                };
+                let max_record_bytes = k
+                    .max_record_bytes
+                    .unwrap_or(DEFAULT_KEYSTORE_MAX_RECORD_BYTES);
+                check_range(
+                    "keystore.max_record_bytes",
+                    max_record_bytes,
+                    RECORD_OVERHEAD + 1,
+                    1 << 30,
+                )?;
+                if max_response_bytes.saturating_add(RECORD_OVERHEAD) > max_record_bytes {
+                    return Err(err(
+                        "max_response_bytes",
+                        format!(
+                            "{max_response_bytes} does not fit the key store's record limit (`keystore.max_record_bytes` {max_record_bytes}, minus {RECORD_OVERHEAD} bytes of record overhead); lower it, or raise the key store's --max-record-bytes and `keystore.max_record_bytes` together"
+                        ),
+                    ));
                 }
                 Some(KeystoreConfig {
                     authority: k.authority.unwrap_or_else(|| cluster.clone()),
                     cluster,
                     timeout_ms,
-                    token: k.token,
+                    token,
                     path_prefix,
+                    max_record_bytes,
+                    secrets: secrets.clone(),
                 })
             }
         };
@@ -485,10 +649,10 @@ impl Config {
         Ok(Config {
             header_name,
             routes,
-            caller,
-            anonymous: raw.anonymous.unwrap_or(Anonymous::Allow),
-            default_secret: secret == DEFAULT_SECRET,
-            hmac_secret: secret.into_bytes(),
+            callers,
+            anonymous_scope,
+            secrets,
+            replay_headers,
             fingerprint_headers,
             max_body_bytes: to_usize(max_body_bytes),
             max_response_bytes: to_usize(max_response_bytes),
@@ -505,6 +669,211 @@ impl Config {
         self.routes
             .iter()
             .find(|r| r.path.matches(path_only) && r.methods.iter().any(|m| m == method))
+    }
+}
+
+fn validate_callers(raw: Option<RawCaller>) -> Result<Vec<CallerSource>, ConfigError> {
+    let one = |field: &str, header: Option<String>, property: Option<Vec<String>>| match (
+        header, property,
+    ) {
+        (Some(h), None) => {
+            let h = h.to_ascii_lowercase();
+            if !is_token(&h) {
+                return Err(err(
+                    format!("{field}.header"),
+                    "must be a non-empty HTTP header name",
+                ));
+            }
+            Ok(CallerSource::Header(h))
+        }
+        (None, Some(p)) => {
+            if p.is_empty() || p.iter().any(|s| s.is_empty()) {
+                return Err(err(
+                    format!("{field}.property"),
+                    "must be a non-empty list of non-empty path segments",
+                ));
+            }
+            Ok(CallerSource::Property(p))
+        }
+        _ => Err(err(field, "needs exactly one of `header` or `property`")),
+    };
+    match raw {
+        None => Ok(vec![CallerSource::Header("authorization".to_string())]),
+        Some(RawCaller {
+            header: None,
+            property: None,
+            sources: Some(sources),
+        }) => {
+            if sources.is_empty() {
+                return Err(err("caller.sources", "must list at least one source"));
+            }
+            sources
+                .into_iter()
+                .enumerate()
+                .map(|(i, s)| one(&format!("caller.sources[{i}]"), s.header, s.property))
+                .collect()
+        }
+        Some(RawCaller {
+            sources: None,
+            header,
+            property,
+        }) => {
+            // The single-source form: `caller.header` or `caller.property`.
+            let source = one("caller", header, property)
+                .map_err(|e| err(e.field, format!("{}; or give `sources`, a list", e.reason)))?;
+            Ok(vec![source])
+        }
+        Some(_) => Err(err(
+            "caller",
+            "needs exactly one of `sources`, `header` or `property`",
+        )),
+    }
+}
+
+/// Reads one secret: an inline string, `{"value": "..."}`, or `{"env": "NAME"}` (the Wasm VM's
+/// environment). Envoy gives a Wasm VM no file system, so there is no file source.
+fn read_secret(
+    field: &str,
+    v: serde_json::Value,
+    env: &dyn Fn(&str) -> Option<String>,
+) -> Result<Vec<u8>, ConfigError> {
+    use serde_json::Value;
+    match v {
+        Value::String(s) => Ok(s.into_bytes()),
+        Value::Object(map) => {
+            let keys: Vec<&str> = map.keys().map(String::as_str).collect();
+            match (keys.as_slice(), map.get("env"), map.get("value")) {
+                (["env"], Some(Value::String(name)), _) => {
+                    if name.is_empty() {
+                        return Err(err(format!("{field}.env"), "must name a variable"));
+                    }
+                    env(name).map(String::into_bytes).ok_or_else(|| {
+                        err(
+                            format!("{field}.env"),
+                            format!("the environment variable `{name}` is not set in the Wasm VM (Envoy: `vm_config.environment_variables`; Istio: `vmConfig.env`)"),
+                        )
+                    })
+                }
+                (["value"], _, Some(Value::String(s))) => Ok(s.clone().into_bytes()),
+                (["file"], _, _) => Err(err(
+                    format!("{field}.file"),
+                    "Envoy gives a Wasm VM no file system; pass the secret through the VM's environment and use `env`",
+                )),
+                _ => Err(err(
+                    field,
+                    "must be a string, {\"env\": \"NAME\"} or {\"value\": \"...\"}",
+                )),
+            }
+        }
+        _ => Err(err(
+            field,
+            "must be a string, {\"env\": \"NAME\"} or {\"value\": \"...\"}",
+        )),
+    }
+}
+
+fn check_secret(field: &str, secret: &[u8]) -> Result<(), ConfigError> {
+    if PLACEHOLDER_SECRETS.iter().any(|p| p.as_bytes() == secret) {
+        return Err(err(
+            field,
+            "is a placeholder shipped in the examples; generate a secret (e.g. `openssl rand -hex 32`)",
+        ));
+    }
+    if secret.len() < MIN_SECRET_BYTES {
+        return Err(err(
+            field,
+            format!(
+                "is {} bytes; a secret needs at least {MIN_SECRET_BYTES} (e.g. `openssl rand -hex 32`)",
+                secret.len()
+            ),
+        ));
+    }
+    Ok(())
+}
+
+fn validate_secrets(
+    one: Option<serde_json::Value>,
+    list: Option<Vec<serde_json::Value>>,
+    env: &dyn Fn(&str) -> Option<String>,
+) -> Result<Secrets, ConfigError> {
+    let secrets = match (one, list) {
+        (Some(v), None) => {
+            let s = read_secret("hmac_secret", v, env)?;
+            check_secret("hmac_secret", &s)?;
+            vec![s]
+        }
+        (None, Some(list)) => {
+            if list.is_empty() {
+                return Err(err(
+                    "hmac_secrets",
+                    "must list at least one secret (the first signs)",
+                ));
+            }
+            let mut out: Vec<Vec<u8>> = Vec::with_capacity(list.len());
+            for (i, v) in list.into_iter().enumerate() {
+                let field = format!("hmac_secrets[{i}]");
+                let s = read_secret(&field, v, env)?;
+                check_secret(&field, &s)?;
+                if out.contains(&s) {
+                    return Err(err(field, "repeats an earlier secret"));
+                }
+                out.push(s);
+            }
+            out
+        }
+        (None, None) => {
+            return Err(err(
+                "hmac_secret",
+                "is required: the secret that scopes record keys and signs records (at least 32 bytes; `{\"env\": \"NAME\"}` reads it from the VM's environment)",
+            ))
+        }
+        (Some(_), Some(_)) => {
+            return Err(err(
+                "hmac_secrets",
+                "give either `hmac_secret` or `hmac_secrets`, not both",
+            ))
+        }
+    };
+    Ok(Secrets(secrets))
+}
+
+fn validate_replay_headers(raw: Option<RawReplayHeaders>) -> Result<ReplayHeaders, ConfigError> {
+    let names = |field: &str, list: Vec<String>| {
+        list.into_iter()
+            .enumerate()
+            .map(|(i, h)| {
+                let h = h.to_ascii_lowercase();
+                if is_token(&h) {
+                    Ok(h)
+                } else {
+                    Err(err(format!("{field}[{i}]"), "must be an HTTP header name"))
+                }
+            })
+            .collect::<Result<Vec<String>, ConfigError>>()
+    };
+    let default_deny = || DEFAULT_REPLAY_DENY.iter().map(|h| (*h).to_string());
+    match raw {
+        None => Ok(ReplayHeaders::Deny(default_deny().collect())),
+        Some(RawReplayHeaders {
+            deny: Some(extra),
+            allow: None,
+        }) => {
+            let mut all: Vec<String> = default_deny().collect();
+            for h in names("replay_headers.deny", extra)? {
+                if !all.contains(&h) {
+                    all.push(h);
+                }
+            }
+            Ok(ReplayHeaders::Deny(all))
+        }
+        Some(RawReplayHeaders {
+            deny: None,
+            allow: Some(list),
+        }) => Ok(ReplayHeaders::Allow(names("replay_headers.allow", list)?)),
+        Some(_) => Err(err(
+            "replay_headers",
+            "needs exactly one of `deny` or `allow`",
+        )),
     }
 }
 

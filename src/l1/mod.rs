@@ -108,7 +108,8 @@ impl NearCache {
         Ok(())
     }
 
-    /// Reads what L1 holds for `key`, without claiming it: `None` when the key is free.
+    /// Reads what L1 holds for `key`, without claiming it: `None` when the key is free. Used by
+    /// duplicates that wait locally, and to look for a key stored under a previous secret.
     pub fn peek(
         &self,
         shared: &dyn SharedData,

@@ -2,13 +2,13 @@
 //! record key (caller and key, keyed-hashed) and the fingerprint of method, path, headers and body.
 
 use super::{Admitted, Flow, Phase, Stream};
-use crate::config::{Anonymous, CallerSource, Execution, Mode};
+use crate::config::{CallerSource, Execution, Mode};
 use crate::fingerprint::Fingerprinter;
 use crate::host::Host;
 use crate::key::parse_key_header;
 use crate::metrics::Metric;
 use crate::problem::Problem;
-use crate::scope::RecordKey;
+use crate::scope::{Caller, RecordKey};
 
 fn header<'a>(headers: &'a [(String, Vec<u8>)], name: &str) -> Option<&'a [u8]> {
     headers
@@ -59,26 +59,36 @@ impl Stream {
                 return None;
             }
         };
-        let caller = match &cfg.caller {
-            CallerSource::Header(name) => header(&headers, name).map(<[u8]>::to_vec),
-            CallerSource::Property(path) => host.property(path),
-        }
-        .filter(|v| !v.is_empty());
-        if caller.is_none() && cfg.anonymous == Anonymous::Reject {
-            self.count(host, Metric::Unauthenticated);
-            self.answer(
-                host,
-                Problem::Unauthenticated,
-                "this route needs an authenticated caller",
-            );
-            return None;
-        }
-        let record_key = RecordKey::derive(
-            &cfg.hmac_secret,
-            &rule.path.scope(),
-            caller.as_deref(),
-            key.as_str(),
-        );
+        // The first source that names the caller wins; none: the named anonymous scope, or 401.
+        let caller = cfg.callers.iter().find_map(|source| {
+            let value = match source {
+                CallerSource::Header(name) => header(&headers, name).map(<[u8]>::to_vec),
+                CallerSource::Property(path) => host.property(path),
+            }
+            .filter(|v| !v.is_empty())?;
+            Some((source.label(), value))
+        });
+        let caller = match (&caller, &cfg.anonymous_scope) {
+            (Some((source, value)), _) => Caller::Source { source, value },
+            (None, Some(scope)) => Caller::Anonymous { scope },
+            (None, None) => {
+                self.count(host, Metric::Unauthenticated);
+                self.answer(
+                    host,
+                    Problem::Unauthenticated,
+                    "this route needs an authenticated caller",
+                );
+                return None;
+            }
+        };
+        let secret = cfg.secrets.current();
+        let scope = rule.path.scope();
+        let record_key = RecordKey::derive(secret, &scope, &caller, key.as_str());
+        let previous = cfg
+            .secrets
+            .previous()
+            .map(|s| RecordKey::derive(s, &scope, &caller, key.as_str()))
+            .collect();
         let fp_headers: Vec<(&str, Vec<&[u8]>)> = cfg
             .fingerprint_headers
             .iter()
@@ -112,7 +122,8 @@ impl Stream {
         Some(Admitted {
             rule,
             key: record_key,
-            fingerprinter: Fingerprinter::new(&method, &path, &fp_headers),
+            fingerprinter: Fingerprinter::new(secret, &method, &path, &fp_headers),
+            previous,
             detached_headers,
         })
     }
@@ -161,6 +172,6 @@ impl Stream {
         if let Some(headers) = admitted.detached_headers.take() {
             self.detached_request = Some((headers, body));
         }
-        self.decide(host, admitted)
+        self.look_up_previous(host, admitted)
     }
 }

@@ -2,6 +2,7 @@
 //! conflicts, mismatches, refused input and keys whose outcome is unknown.
 
 use super::{Flow, Phase, Stream};
+use crate::config::ReplayHeaders;
 use crate::host::{Headers, Host};
 use crate::metrics::Metric;
 use crate::problem::Problem;
@@ -51,11 +52,16 @@ impl LocalReply {
         )
     }
 
-    /// What a retry gets from the record of its key's one attempt, at `now_ms`.
-    pub fn from_record(record: Record, now_ms: u64) -> Self {
+    /// What a retry gets from the record of its key's one attempt, at `now_ms`. Stored headers
+    /// passed `policy` when kept; filtering again covers records kept before the policy changed.
+    pub fn from_record(record: Record, now_ms: u64, policy: &ReplayHeaders) -> Self {
         match record.outcome {
             Outcome::Replayable(response) => {
-                let mut headers = response.headers;
+                let mut headers: Headers = response
+                    .headers
+                    .into_iter()
+                    .filter(|(name, _)| policy.keeps(name))
+                    .collect();
                 headers.push((REPLAYED_HEADER.to_string(), b"true".to_vec()));
                 LocalReply {
                     status: response.status,
@@ -92,7 +98,7 @@ impl Stream {
         key: &RecordKey,
         record: Record,
     ) -> Flow {
-        let reply = LocalReply::from_record(record, host.now_ms());
+        let reply = LocalReply::from_record(record, host.now_ms(), &self.worker.cfg.replay_headers);
         debug!(
             "key {}: answered from its record: {}",
             key.short(),

@@ -207,7 +207,7 @@ impl Stream {
         status: Option<u16>,
         body: &[u8],
     ) {
-        let reply = keystore_client::parse_claim(status, body);
+        let reply = self.claim_reply(host, &claim, status, body);
         if keystore_client::claim_waited(body) {
             self.count(host, Metric::Waited);
             match reply {
@@ -254,7 +254,7 @@ impl Stream {
         status: Option<u16>,
         body: &[u8],
     ) {
-        if let Ok(ClaimReply::Claimed { .. }) = keystore_client::parse_claim(status, body) {
+        if let Ok(ClaimReply::Claimed { .. }) = self.claim_reply(host, &claim, status, body) {
             self.release_later(host, &claim, 0);
         }
     }

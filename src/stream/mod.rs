@@ -13,7 +13,9 @@
 mod admission;
 mod answer;
 mod claim;
+mod rotation;
 mod settle;
+mod verify;
 
 use crate::config::{HeadersMode, InFlight, Mode, RouteRule};
 use crate::deferred::Deferred;
@@ -52,6 +54,8 @@ struct Admitted {
     fingerprinter: Fingerprinter,
     /// The request headers, kept only when the plugin sends the request itself (detached).
     detached_headers: Option<Vec<(String, Vec<u8>)>>,
+    /// The record keys under the previous secrets (rotation), in their order.
+    previous: Vec<RecordKey>,
 }
 
 /// The claims this request holds while it executes.
@@ -75,6 +79,12 @@ enum Phase {
     Passthrough,
     /// A covered request; its body is being read and fingerprinted.
     ReadingBody(Box<Admitted>),
+    /// The key store is asked whether the key under previous secret `index` holds a record.
+    LookingUp {
+        admitted: Box<Admitted>,
+        callout: u32,
+        index: usize,
+    },
     /// The key store is asked to claim the key; the request waits.
     Claiming { claim: Claim, callout: u32 },
     /// Envoy answered locally while the claim was on its way: the request never ran. A claim the
@@ -145,7 +155,7 @@ impl Stream {
             if let Some(headers) = admitted.detached_headers.take() {
                 self.detached_request = Some((headers, Vec::new()));
             }
-            return self.decide(host, admitted);
+            return self.look_up_previous(host, admitted);
         }
         self.phase = Phase::ReadingBody(Box::new(admitted));
         match self.worker.cfg.headers_mode {
@@ -202,6 +212,11 @@ impl Stream {
             Phase::ClaimAbandoned { claim, callout } if callout == token => {
                 self.release_abandoned_claim(host, claim, status, body)
             }
+            Phase::LookingUp {
+                admitted,
+                callout,
+                index,
+            } if callout == token => self.on_lookup_reply(host, *admitted, index, status, body),
             Phase::Writing { callout, write } if callout == token => {
                 match keystore_client::parse_ack(status, body) {
                     Ok(AckReply::Done) => {}
@@ -230,6 +245,8 @@ impl Stream {
                 self.phase = Phase::ClaimAbandoned { claim, callout };
                 Flow::Continue
             }
+            // A local reply came while looking under a previous secret: nothing was claimed.
+            Phase::LookingUp { .. } => Flow::Continue,
             other => {
                 self.phase = other;
                 self.hold_response()

@@ -58,7 +58,7 @@ impl Stream {
             );
             return self.release(host, claim);
         }
-        let headers = storable_headers(headers);
+        let headers = storable_headers(headers, &self.worker.cfg.replay_headers);
         if end_of_stream {
             let response = StoredResponse {
                 status,

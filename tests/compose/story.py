@@ -148,7 +148,7 @@ def scalar(expr):
 
 
 def redis_keys():
-    out = compose("exec", "-T", "redis", "redis-cli", "--scan", capture=True)
+    out = compose("exec", "-T", "redis", "redis-cli", "-a", "demo-only-redis-password", "--no-auth-warning", "--scan", capture=True)
     return sorted(line for line in out.splitlines() if line)
 
 

@@ -48,6 +48,12 @@ ISTIO_GROUPS = ("networking.istio.io", "extensions.istio.io", "security.istio.io
 KEYSTORE_FQDN = "idempotency-keystore.idempotency.svc.cluster.local"
 ISTIO_KEYSTORE_CLUSTER = f"outbound|8081||{KEYSTORE_FQDN}"
 WASM_TYPE = plugin_configs.WASM_TYPE
+# What a deployment's environment gives the Wasm VM: stand-ins, as Envoy must load the configs that
+# name these variables ({"env": ...}) without the real secrets.
+STAND_IN_ENV = {
+    "IDEMPOTENCY_HMAC_SECRET": "stand-in-secret-for-validation-0123456789abcdef",
+    "IDEMPOTENCY_KEYSTORE_TOKEN": "stand-in-keystore-token-for-validation",
+}
 
 
 def load_docs(path):
@@ -78,7 +84,7 @@ def envoy_validate(config_path):
     """(ok, output) of `envoy --mode validate -c config_path`, run from the repository root."""
     proc = subprocess.run(
         [envoy_bin(), "--mode", "validate", "-c", str(config_path), "-l", "warning"],
-        cwd=ROOT, capture_output=True, text=True, timeout=60,
+        cwd=ROOT, capture_output=True, text=True, timeout=60, env={**os.environ, **STAND_IN_ENV},
     )
     return proc.returncode == 0, proc.stdout + proc.stderr
 
@@ -146,6 +152,8 @@ def wasm_filter(configuration_json, allow_stop):
                     "vm_id": "idempotency",
                     "runtime": "envoy.wasm.runtime.v8",
                     "code": {"local": {"filename": str(WASM)}},
+                    # As Istio fills it from vmConfig.env (valueFrom HOST).
+                    "environment_variables": {"host_env_keys": sorted(STAND_IN_ENV)},
                 },
                 "configuration": {
                     "@type": "type.googleapis.com/google.protobuf.StringValue",
@@ -288,6 +296,34 @@ class EnvoyConfigs(unittest.TestCase):
         self.assertIn("stats_config", doc)
         cfg = json.loads(wasm["configuration"]["value"])
         self.assertEqual(cfg["keystore"]["cluster"], "keystore")
+        # Secrets from Envoy's environment, TLS to the key store, checked against a CA and a name.
+        env_keys = set(wasm["vm_config"]["environment_variables"]["host_env_keys"])
+        self.assertEqual(cfg["hmac_secret"], {"env": "IDEMPOTENCY_HMAC_SECRET"})
+        self.assertEqual(cfg["keystore"]["token"], {"env": "IDEMPOTENCY_KEYSTORE_TOKEN"})
+        self.assertEqual(env_keys, set(STAND_IN_ENV))
+        tls = ks["transport_socket"]["typed_config"]
+        self.assertTrue(tls["@type"].endswith("UpstreamTlsContext"))
+        self.assertIn("trusted_ca", tls["common_tls_context"]["validation_context"])
+        self.assertTrue(tls["common_tls_context"]["validation_context"]["match_typed_subject_alt_names"])
+
+    def test_every_envoy_config_normalizes_paths(self):
+        """`//payments` or `/x/../payments` must not pass a rule as another path: every shipped Envoy
+        config normalizes the path and merges slashes before routing and filters."""
+        paths = sorted(ROOT.glob("envoy/*.yaml")) + sorted(ROOT.glob("deploy/compose/*.yaml"))
+        seen = 0
+        for path in paths:
+            for doc in load_docs(path):
+                for listener_doc in doc.get("static_resources", {}).get("listeners", []):
+                    for chain in listener_doc["filter_chains"]:
+                        for f in chain["filters"]:
+                            if f["name"] != "envoy.filters.network.http_connection_manager":
+                                continue
+                            with self.subTest(config=path.name):
+                                hcm = f["typed_config"]
+                                self.assertIs(hcm.get("normalize_path"), True, path)
+                                self.assertIs(hcm.get("merge_slashes"), True, path)
+                                seen += 1
+        self.assertGreaterEqual(seen, 6)
 
 
 class KubernetesManifests(unittest.TestCase):
@@ -373,6 +409,45 @@ class KubernetesManifests(unittest.TestCase):
         svc = res[("Service", "idempotency-redis")]
         self.assertLessEqual(svc["spec"]["selector"].items(), sts["spec"]["template"]["metadata"]["labels"].items())
 
+    def test_redis_is_bounded_and_needs_a_password(self):
+        res = self.resources()
+        sts = res[("StatefulSet", "idempotency-redis")]
+        c = sts["spec"]["template"]["spec"]["containers"][0]
+        args = c["args"]
+        self.assertEqual(args[args.index("--maxmemory-policy") + 1], "noeviction")
+        maxmemory = args[args.index("--maxmemory") + 1]
+        units = {"mb": 1 << 20, "gb": 1 << 30}
+        m = re.fullmatch(r"(\d+)(mb|gb)", maxmemory)
+        self.assertTrue(m, maxmemory)
+        limit = c["resources"]["limits"]["memory"]
+        lm = re.fullmatch(r"(\d+)(Mi|Gi)", limit)
+        limit_bytes = int(lm.group(1)) * {"Mi": 1 << 20, "Gi": 1 << 30}[lm.group(2)]
+        self.assertLess(int(m.group(1)) * units[m.group(2)], limit_bytes * 0.8, "maxmemory leaves room under the limit")
+        self.assertIn("--requirepass", " ".join(args))
+        env = {e["name"]: e for e in c["env"]}
+        ref = env["REDIS_PASSWORD"]["valueFrom"]["secretKeyRef"]
+        self.assertIn(ref["key"], res[("Secret", ref["name"])]["stringData"])
+        ks = res[("Deployment", "idempotency-keystore")]["spec"]["template"]["spec"]["containers"][0]
+        kenv = {e["name"]: e for e in ks["env"]}
+        self.assertEqual(kenv["REDIS_PASSWORD"]["valueFrom"]["secretKeyRef"], ref)
+        self.assertIn("$(REDIS_PASSWORD)@", kenv["KEYSTORE_REDIS_URL"]["value"])
+
+    def test_network_policies(self):
+        """Only the key store reaches Redis, and only Envoys (sidecars and gateways) reach the key store."""
+        res = self.resources()
+        pols = {name: d for (kind, name), d in res.items() if kind == "NetworkPolicy"}
+        redis = next(p for p in pols.values() if p["spec"]["podSelector"]["matchLabels"].get("app") == "idempotency-redis")
+        self.assertEqual(redis["spec"]["policyTypes"], ["Ingress"])
+        (rule,) = redis["spec"]["ingress"]
+        self.assertEqual([f["podSelector"]["matchLabels"] for f in rule["from"]], [{"app": "idempotency-keystore"}])
+        self.assertEqual([p["port"] for p in rule["ports"]], [6379])
+        ks = next(p for p in pols.values() if p["spec"]["podSelector"]["matchLabels"].get("app") == "idempotency-keystore")
+        (rule,) = ks["spec"]["ingress"]
+        self.assertEqual([p["port"] for p in rule["ports"]], [8081])
+        for peer in rule["from"]:
+            self.assertIn("namespaceSelector", peer)
+            self.assertTrue(peer["namespaceSelector"]["matchLabels"], "a label selects the Envoys' namespaces")
+
 
 class IstioRollout(unittest.TestCase):
     def docs(self, kind):
@@ -385,7 +460,7 @@ class IstioRollout(unittest.TestCase):
         raise AssertionError("Secret idempotency-keystore-token not found")
 
     def test_plugin_rollouts(self):
-        token = self.secret_token()
+        self.secret_token()
         scopes = set()
         for kind in ("WasmPlugin", "TrafficExtension"):
             for rel, d in self.docs(kind):
@@ -399,7 +474,10 @@ class IstioRollout(unittest.TestCase):
                     cfg = wasm["pluginConfig"]
                     self.assertEqual(cfg["headers_mode"], "stream")
                     self.assertEqual(cfg["keystore"]["cluster"], ISTIO_KEYSTORE_CLUSTER)
-                    self.assertEqual(cfg["keystore"]["token"], token, "pluginConfig token != key-store Secret")
+                    self.assertEqual(cfg["keystore"]["token"], {"env": "IDEMPOTENCY_KEYSTORE_TOKEN"})
+                    self.assertEqual(cfg["hmac_secret"], {"env": "IDEMPOTENCY_HMAC_SECRET"})
+                    vm_env = {e["name"]: e.get("valueFrom") for e in wasm["vmConfig"]["env"]}
+                    self.assertEqual(vm_env, {k: "HOST" for k in STAND_IN_ENV}, "the sidecar's environment fills them")
                     if "selector" in spec:
                         scopes.add((kind, "workload"))
                     else:
@@ -419,7 +497,8 @@ class IstioRollout(unittest.TestCase):
         cfg = json.loads(config["configuration"]["value"])
         self.assertEqual(cfg["headers_mode"], "hold")
         self.assertEqual(cfg["keystore"]["cluster"], ISTIO_KEYSTORE_CLUSTER)
-        self.assertEqual(cfg["keystore"]["token"], self.secret_token())
+        self.assertEqual(cfg["keystore"]["token"], {"env": "IDEMPOTENCY_KEYSTORE_TOKEN"})
+        self.assertEqual(set(config["vm_config"]["environment_variables"]["host_env_keys"]), set(STAND_IN_ENV))
         # The HTTP filter refers to the extension config by name and sits before the router.
         self.assertEqual(http["patch"]["value"]["name"], ext["patch"]["value"]["name"])
         self.assertEqual(http["patch"]["operation"], "INSERT_BEFORE")
@@ -538,7 +617,8 @@ class DockerCompose(unittest.TestCase):
         self.assertEqual(services["keystore"]["depends_on"]["redis"]["condition"], "service_healthy")
         env = services["keystore"]["environment"]
         self.assertEqual(env["KEYSTORE_BACKEND"], "redis")
-        self.assertIn("redis://redis:6379", env["KEYSTORE_REDIS_URL"])
+        self.assertIn("@redis:6379", env["KEYSTORE_REDIS_URL"], "the key store authenticates to Redis")
+        self.assertTrue(env["KEYSTORE_TOKEN"], "the key store requires its token")
         # The key store gives up on Redis before the gateways give up on the key store.
         for g in ("a", "b"):
             doc = load_docs(ROOT / f"deploy/compose/gateway-{g}.yaml")[0]
@@ -549,6 +629,9 @@ class DockerCompose(unittest.TestCase):
                     if l.strip() and not l.startswith("#"))
         self.assertEqual(conf["appendonly"], "yes")
         self.assertEqual(conf["dir"], "/data")
+        self.assertIn("requirepass", conf)
+        self.assertEqual(conf["maxmemory-policy"], "noeviction")
+        self.assertIn("maxmemory", conf)
 
     def test_images_build_from_base_image_arguments(self):
         """Every service is built; every base image is a build argument whose default is the public image."""

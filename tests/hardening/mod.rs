@@ -70,6 +70,7 @@ pub async fn metrics(envoy: &Envoy) -> HashMap<&'static str, u64> {
         "unknown_outcome",
         "unknown_outcome_answered",
         "renewal_refused",
+        "unverified_record",
     ] {
         let suffix = format!("idempotency.{name}");
         let value = stats

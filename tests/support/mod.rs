@@ -435,6 +435,12 @@ pub struct EnvoyOptions {
     /// Enable the filter only on this route (method, exact path), as the shipped configs do; `None`:
     /// the filter sees every request.
     pub only_route: Option<(String, String)>,
+    /// The Wasm VM's environment (`vm_config.environment_variables.key_values`), where the filter
+    /// reads secrets named `{"env": ...}`.
+    pub vm_env: Vec<(String, String)>,
+    /// A whole bootstrap to run instead of the rendered one (e.g. a shipped config with its ports
+    /// made free); admin and listener ports are read back as for the rendered one.
+    pub bootstrap: Option<String>,
 }
 
 impl EnvoyOptions {
@@ -448,7 +454,15 @@ impl EnvoyOptions {
             extra_args: Vec::new(),
             allow_on_headers_stop_iteration: true,
             only_route: None,
+            vm_env: Vec::new(),
+            bootstrap: None,
         }
+    }
+
+    /// Sets a variable of the Wasm VM's environment.
+    pub fn vm_env(mut self, name: &str, value: &str) -> EnvoyOptions {
+        self.vm_env.push((name.to_owned(), value.to_owned()));
+        self
     }
 
     /// Runs the filter as Istio's WasmPlugin does: without `allow_on_headers_stop_iteration`.
@@ -484,9 +498,25 @@ impl EnvoyOptions {
     /// The bootstrap YAML: listener and admin on port 0 (read back from the admin API), codec
     /// AUTO (HTTP/1.1 and h2c), the Wasm filter (if any) then the router.
     pub fn render(&self) -> String {
+        if let Some(bootstrap) = &self.bootstrap {
+            return bootstrap.clone();
+        }
         let mut filters = String::new();
         if let Some(plugin) = &self.plugin {
             let wasm = wasm_path();
+            let env = if self.vm_env.is_empty() {
+                String::new()
+            } else {
+                let pairs: Vec<String> = self
+                    .vm_env
+                    .iter()
+                    .map(|(k, v)| format!("{}: {}", json_quote(k), json_quote(v)))
+                    .collect();
+                format!(
+                    "\n                  environment_variables:\n                    key_values: {{ {} }}",
+                    pairs.join(", ")
+                )
+            };
             write!(
                 filters,
                 r#"
@@ -504,7 +534,7 @@ impl EnvoyOptions {
                   runtime: envoy.wasm.runtime.v8
                   code:
                     local:
-                      filename: {wasm}
+                      filename: {wasm}{env}
                 configuration:
                   "@type": type.googleapis.com/google.protobuf.StringValue
                   value: {plugin}"#,
@@ -558,6 +588,9 @@ static_resources:
           "@type": type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager
           stat_prefix: ingress
           codec_type: AUTO
+          # As every shipped config: `//payments` and `/x/../payments` reach the filter normalized.
+          normalize_path: true
+          merge_slashes: true
           route_config:
             name: local
             virtual_hosts:

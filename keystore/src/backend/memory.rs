@@ -1,21 +1,28 @@
-//! In-process backend: a bounded `moka` cache whose entries expire at their own deadline.
+//! In-process backend: one map under one lock, bounded in bytes and in entries.
 //!
-//! Atomicity comes from `and_compute_with`, which runs the closures for one key one at a time.
+//! Every operation runs under the lock, so each is atomic. Entries expire at their own deadline
+//! (lease or retention): an expired one counts as absent and is swept on the next operation. When a
+//! write does not fit, completed records are evicted, the one closest to its expiry first; an
+//! in-flight claim is never evicted. A claim (or a completion) that still does not fit is refused
+//! with [`BackendError::Full`] (HTTP 503, so the filter's failure mode applies), and the claims
+//! already held stay as they are.
 //! Waiting claims are woken by a per-key `watch` channel that exists only while someone waits.
 
-use std::collections::HashMap;
-use std::future::ready;
+use std::collections::{BTreeSet, HashMap};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
-use moka::future::Cache;
-use moka::ops::compute::Op;
-use moka::Expiry;
 use tokio::sync::watch;
 
-use super::{Backend, BackendError, ClaimOutcome, Fenced, KeyChange};
-use crate::protocol::{ClaimRequest, CompleteRequest, Hex64, ReleaseRequest, RenewRequest};
+use super::{Backend, BackendError, ClaimOutcome, Fenced, KeyChange, LookupOutcome};
+use crate::protocol::{
+    ClaimRequest, CompleteRequest, Hex64, LookupRequest, ReleaseRequest, RenewRequest,
+};
+
+/// Bytes an entry costs besides its key, fingerprint, token and record: the map's and the indexes'
+/// bookkeeping, counted so that many tiny entries are bounded too.
+const ENTRY_OVERHEAD: usize = 160;
 
 /// One stored key.
 #[derive(Debug, Clone)]
@@ -24,35 +31,118 @@ struct Entry {
     state: State,
     /// End of the lease (in flight) or of the retention (completed).
     until: Instant,
+    /// Insertion order, to tell apart entries with the same deadline.
+    seq: u64,
 }
 
 #[derive(Debug, Clone)]
 enum State {
-    InFlight {
-        token: String,
-    },
-    /// `Arc` because moka clones values on every read.
-    Completed {
-        record: Arc<[u8]>,
-    },
+    InFlight { token: String },
+    Completed { record: Arc<[u8]> },
 }
 
-/// Tells moka to drop each entry at its own `until` (lease or retention).
-struct UntilExpiry;
-
-impl Expiry<String, Entry> for UntilExpiry {
-    fn expire_after_create(&self, _: &String, v: &Entry, created_at: Instant) -> Option<Duration> {
-        Some(v.until.saturating_duration_since(created_at))
+impl Entry {
+    fn size(&self, key: &str) -> usize {
+        let payload = match &self.state {
+            State::InFlight { token } => token.len(),
+            State::Completed { record } => record.len(),
+        };
+        key.len() + self.fingerprint.as_str().len() + payload + ENTRY_OVERHEAD
     }
 
-    fn expire_after_update(
-        &self,
-        _: &String,
-        v: &Entry,
-        updated_at: Instant,
-        _: Option<Duration>,
-    ) -> Option<Duration> {
-        Some(v.until.saturating_duration_since(updated_at))
+    fn is_completed(&self) -> bool {
+        matches!(self.state, State::Completed { .. })
+    }
+}
+
+/// The map and its indexes.
+#[derive(Default)]
+struct Store {
+    map: HashMap<String, Entry>,
+    /// Every entry by deadline: the expiry sweep.
+    by_until: BTreeSet<(Instant, u64, String)>,
+    /// Completed entries by deadline: the eviction order.
+    completed: BTreeSet<(Instant, u64, String)>,
+    bytes: usize,
+    seq: u64,
+}
+
+/// What a write that may not fit asks for.
+struct Limits {
+    max_bytes: usize,
+    max_entries: usize,
+}
+
+impl Store {
+    fn remove(&mut self, key: &str) -> Option<Entry> {
+        let e = self.map.remove(key)?;
+        let index = (e.until, e.seq, key.to_owned());
+        self.by_until.remove(&index);
+        if e.is_completed() {
+            self.completed.remove(&index);
+        }
+        self.bytes = self.bytes.saturating_sub(e.size(key));
+        Some(e)
+    }
+
+    /// Drops every entry whose deadline has passed.
+    fn sweep(&mut self, now: Instant) {
+        while let Some((until, _, key)) = self.by_until.first().cloned() {
+            if until > now {
+                break;
+            }
+            self.remove(&key);
+        }
+    }
+
+    fn live(&self, key: &str, now: Instant) -> Option<&Entry> {
+        self.map.get(key).filter(|e| e.until > now)
+    }
+
+    /// Stores `entry` for `key` in place of the current one, evicting completed records of other
+    /// keys (closest to expiry first) to make room. `Err(Full)` leaves everything as it was.
+    fn put(&mut self, key: &str, mut entry: Entry, limits: &Limits) -> Result<(), BackendError> {
+        self.seq = self.seq.wrapping_add(1);
+        entry.seq = self.seq;
+        let size = entry.size(key);
+        let replaced = self.map.get(key).map_or(0, |e| e.size(key));
+        let entries_after = self.map.len() + usize::from(!self.map.contains_key(key));
+        // Plan the evictions first, so that a write that cannot fit changes nothing.
+        let mut victims = Vec::new();
+        let mut freed = 0usize;
+        let mut iter = self.completed.iter();
+        while !(self.bytes - replaced - freed + size <= limits.max_bytes
+            && entries_after - victims.len() <= limits.max_entries)
+        {
+            match iter.next() {
+                Some((_, _, k)) if k == key => continue,
+                Some((_, _, k)) => {
+                    freed += self.map.get(k).map_or(0, |e| e.size(k));
+                    victims.push(k.clone());
+                }
+                None => {
+                    return Err(BackendError::Full(format!(
+                        "the memory store holds {} bytes in {} entries (bounds {} bytes, {} entries) and no completed record is left to evict",
+                        self.bytes,
+                        self.map.len(),
+                        limits.max_bytes,
+                        limits.max_entries
+                    )))
+                }
+            }
+        }
+        for k in &victims {
+            self.remove(k);
+        }
+        self.remove(key);
+        let index = (entry.until, entry.seq, key.to_owned());
+        self.by_until.insert(index.clone());
+        if entry.is_completed() {
+            self.completed.insert(index);
+        }
+        self.bytes += size;
+        self.map.insert(key.to_owned(), entry);
+        Ok(())
     }
 }
 
@@ -82,19 +172,21 @@ impl Drop for Waiter {
 
 /// The embedded default backend: nothing else to run; records die with the process.
 pub struct MemoryBackend {
-    cache: Cache<String, Entry>,
+    store: Mutex<Store>,
+    limits: Limits,
     waiters: Arc<Waiters>,
 }
 
 impl MemoryBackend {
-    /// A store holding at most `max_entries` keys (beyond, moka evicts the least useful ones).
-    pub fn new(max_entries: u64) -> Self {
-        let cache = Cache::builder()
-            .max_capacity(max_entries)
-            .expire_after(UntilExpiry)
-            .build();
+    /// A store of at most `max_bytes` bytes (keys, fingerprints, tokens, records and bookkeeping)
+    /// in at most `max_entries` keys.
+    pub fn new(max_bytes: u64, max_entries: u64) -> Self {
         Self {
-            cache,
+            store: Mutex::default(),
+            limits: Limits {
+                max_bytes: usize::try_from(max_bytes).unwrap_or(usize::MAX),
+                max_entries: usize::try_from(max_entries).unwrap_or(usize::MAX),
+            },
             waiters: Arc::default(),
         }
     }
@@ -115,25 +207,18 @@ impl MemoryBackend {
             .len()
     }
 
-    /// Runs `decide` on the live entry of `key` (an expired one counts as absent) atomically and
-    /// applies the change it asks for.
-    async fn compute<T>(
-        &self,
-        key: &Hex64,
-        decide: impl FnOnce(Option<Entry>, Instant) -> (Op<Entry>, T),
-    ) -> Result<T, BackendError> {
-        let mut answer = None;
-        self.cache
-            .entry_by_ref(key.as_str())
-            .and_compute_with(|current| {
-                let now = Instant::now();
-                let live = current.map(|e| e.into_value()).filter(|e| e.until > now);
-                let (op, out) = decide(live, now);
-                answer = Some(out);
-                ready(op)
-            })
-            .await;
-        answer.ok_or_else(|| BackendError::Protocol("memory compute did not run".into()))
+    /// Bytes and entries held now (expired ones included until the next operation sweeps them).
+    pub fn usage(&self) -> (usize, usize) {
+        let store = self.store.lock().unwrap_or_else(PoisonError::into_inner);
+        (store.bytes, store.map.len())
+    }
+
+    /// Runs `f` on the store, after the expiry sweep, under the lock.
+    fn with<T>(&self, f: impl FnOnce(&mut Store, Instant) -> T) -> T {
+        let mut store = self.store.lock().unwrap_or_else(PoisonError::into_inner);
+        let now = Instant::now();
+        store.sweep(now);
+        f(&mut store, now)
     }
 }
 
@@ -147,27 +232,21 @@ fn millis_left(until: Instant, now: Instant) -> u64 {
 #[async_trait]
 impl Backend for MemoryBackend {
     async fn claim(&self, req: &ClaimRequest) -> Result<ClaimOutcome, BackendError> {
-        self.compute(&req.key, |live, now| match live {
-            Some(e) if e.fingerprint != req.fingerprint => (Op::Nop, ClaimOutcome::Mismatch),
+        self.with(|store, now| match store.live(req.key.as_str(), now) {
+            Some(e) if e.fingerprint != req.fingerprint => Ok(ClaimOutcome::Mismatch),
             Some(Entry {
                 state: State::Completed { record },
                 ..
-            }) => (
-                Op::Nop,
-                ClaimOutcome::Completed {
-                    record: record.to_vec(),
-                },
-            ),
+            }) => Ok(ClaimOutcome::Completed {
+                record: record.to_vec(),
+            }),
             Some(Entry {
                 state: State::InFlight { .. },
                 until,
                 ..
-            }) => (
-                Op::Nop,
-                ClaimOutcome::InFlight {
-                    retry_after_ms: millis_left(until, now),
-                },
-            ),
+            }) => Ok(ClaimOutcome::InFlight {
+                retry_after_ms: millis_left(*until, now),
+            }),
             None => {
                 let token = req.token_or_new();
                 let entry = Entry {
@@ -176,33 +255,54 @@ impl Backend for MemoryBackend {
                         token: token.clone(),
                     },
                     until: now + Duration::from_millis(req.lease_ms),
+                    seq: 0,
                 };
-                (Op::Put(entry), ClaimOutcome::Claimed { token })
+                store.put(req.key.as_str(), entry, &self.limits)?;
+                Ok(ClaimOutcome::Claimed { token })
             }
         })
-        .await
+    }
+
+    async fn lookup(&self, req: &LookupRequest) -> Result<LookupOutcome, BackendError> {
+        Ok(
+            self.with(|store, now| match store.live(req.key.as_str(), now) {
+                None => LookupOutcome::Absent,
+                Some(e) if e.fingerprint != req.fingerprint => LookupOutcome::Mismatch,
+                Some(Entry {
+                    state: State::Completed { record },
+                    ..
+                }) => LookupOutcome::Completed {
+                    record: record.to_vec(),
+                },
+                Some(Entry { until, .. }) => LookupOutcome::InFlight {
+                    retry_after_ms: millis_left(*until, now),
+                },
+            }),
+        )
     }
 
     async fn complete(&self, req: &CompleteRequest) -> Result<Fenced, BackendError> {
-        let result = self
-            .compute(&req.key, |live, now| match live {
+        let result = self.with(|store, now| -> Result<Fenced, BackendError> {
+            match store.live(req.key.as_str(), now) {
                 Some(Entry {
                     fingerprint,
                     state: State::InFlight { token },
                     ..
-                }) if token == req.token => {
+                }) if *token == req.token => {
                     let entry = Entry {
-                        fingerprint,
+                        fingerprint: fingerprint.clone(),
                         state: State::Completed {
                             record: Arc::from(req.record.as_slice()),
                         },
                         until: now + Duration::from_millis(req.retention_ms),
+                        seq: 0,
                     };
-                    (Op::Put(entry), Fenced::Done)
+                    store.put(req.key.as_str(), entry, &self.limits)?;
+                    Ok(Fenced::Done)
                 }
-                _ => (Op::Nop, Fenced::Stale),
-            })
-            .await?;
+                _ => Ok(Fenced::Stale),
+            }
+        })?;
         if result == Fenced::Done {
             self.wake(&req.key);
         }
@@ -210,15 +310,16 @@ impl Backend for MemoryBackend {
     }
 
     async fn release(&self, req: &ReleaseRequest) -> Result<Fenced, BackendError> {
-        let result = self
-            .compute(&req.key, |live, _| match live {
-                Some(Entry {
-                    state: State::InFlight { token },
-                    ..
-                }) if token == req.token => (Op::Remove, Fenced::Done),
-                _ => (Op::Nop, Fenced::Stale),
-            })
-            .await?;
+        let result = self.with(|store, now| match store.live(req.key.as_str(), now) {
+            Some(Entry {
+                state: State::InFlight { token },
+                ..
+            }) if *token == req.token => {
+                store.remove(req.key.as_str());
+                Fenced::Done
+            }
+            _ => Fenced::Stale,
+        });
         if result == Fenced::Done {
             self.wake(&req.key);
         }
@@ -226,22 +327,26 @@ impl Backend for MemoryBackend {
     }
 
     async fn renew(&self, req: &RenewRequest) -> Result<Fenced, BackendError> {
-        self.compute(&req.key, |live, now| match live {
+        self.with(|store, now| match store.live(req.key.as_str(), now) {
             Some(Entry {
                 fingerprint,
                 state: State::InFlight { token },
                 ..
-            }) if token == req.token => {
+            }) if *token == req.token => {
                 let entry = Entry {
-                    fingerprint,
-                    state: State::InFlight { token },
+                    fingerprint: fingerprint.clone(),
+                    state: State::InFlight {
+                        token: token.clone(),
+                    },
                     until: now + Duration::from_millis(req.lease_ms),
+                    seq: 0,
                 };
-                (Op::Put(entry), Fenced::Done)
+                // Same size as before: a renewal always fits.
+                store.put(req.key.as_str(), entry, &self.limits)?;
+                Ok(Fenced::Done)
             }
-            _ => (Op::Nop, Fenced::Stale),
+            _ => Ok(Fenced::Stale),
         })
-        .await
     }
 
     /// Registers on the key's channel (made on first use): a completion or release wakes it at
@@ -273,5 +378,131 @@ impl Backend for MemoryBackend {
 
     fn name(&self) -> &'static str {
         "memory"
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn hex(n: u64) -> Hex64 {
+        Hex64::parse(&format!("{n:064x}")).unwrap()
+    }
+
+    fn claim(key: u64) -> ClaimRequest {
+        ClaimRequest {
+            key: hex(key),
+            fingerprint: hex(0),
+            lease_ms: 60_000,
+            wait_ms: 0,
+            token: Some(format!("t{key}")),
+        }
+    }
+
+    fn complete(key: u64, bytes: usize) -> CompleteRequest {
+        CompleteRequest {
+            key: hex(key),
+            token: format!("t{key}"),
+            record: vec![7; bytes],
+            retention_ms: 60_000,
+        }
+    }
+
+    #[tokio::test]
+    async fn full_of_claims_refuses_new_ones_and_keeps_every_claim() {
+        // Room for about ten claims.
+        let m = MemoryBackend::new(10 * 300, 1_000);
+        let mut held = Vec::new();
+        for k in 1..=100 {
+            match m.claim(&claim(k)).await {
+                Ok(ClaimOutcome::Claimed { .. }) => held.push(k),
+                Err(BackendError::Full(_)) => break,
+                other => panic!("{other:?}"),
+            }
+        }
+        assert!((5..=15).contains(&held.len()), "{held:?}");
+        let (bytes, _) = m.usage();
+        assert!(bytes <= 3000, "{bytes}");
+        assert!(matches!(
+            m.claim(&claim(1_000)).await,
+            Err(BackendError::Full(_))
+        ));
+        // Every claim held before is still there, and still fenced by its token.
+        for k in &held {
+            assert!(
+                matches!(m.claim(&claim(*k)).await, Ok(ClaimOutcome::InFlight { .. })),
+                "claim {k} lost"
+            );
+        }
+        // A completion that does not fit is refused and leaves the claim in place.
+        assert!(matches!(
+            m.complete(&complete(held[0], 10_000)).await,
+            Err(BackendError::Full(_))
+        ));
+        assert!(matches!(
+            m.claim(&claim(held[0])).await,
+            Ok(ClaimOutcome::InFlight { .. })
+        ));
+        // Releasing makes room again.
+        assert_eq!(
+            m.release(&ReleaseRequest {
+                key: hex(held[0]),
+                token: format!("t{}", held[0]),
+            })
+            .await
+            .unwrap(),
+            Fenced::Done
+        );
+        assert!(matches!(
+            m.claim(&claim(1_000)).await,
+            Ok(ClaimOutcome::Claimed { .. })
+        ));
+    }
+
+    #[tokio::test]
+    async fn completed_records_are_evicted_closest_to_expiry_first_never_claims() {
+        let m = MemoryBackend::new(20_000, 1_000);
+        // Two claims in flight, then records of 1 KiB each until the bound is passed several times.
+        for k in [900, 901] {
+            m.claim(&claim(k)).await.unwrap();
+        }
+        for k in 1..=60u64 {
+            assert!(matches!(
+                m.claim(&claim(k)).await.unwrap(),
+                ClaimOutcome::Claimed { .. }
+            ));
+            let mut c = complete(k, 1024);
+            c.retention_ms = 60_000 + k;
+            assert_eq!(m.complete(&c).await.unwrap(), Fenced::Done);
+            let (bytes, _) = m.usage();
+            assert!(bytes <= 20_000, "{bytes} bytes after record {k}");
+        }
+        for k in [900, 901] {
+            assert!(matches!(
+                m.claim(&claim(k)).await.unwrap(),
+                ClaimOutcome::InFlight { .. }
+            ));
+        }
+        // The newest records (latest expiry) are kept, the oldest were evicted.
+        assert!(matches!(
+            m.claim(&claim(60)).await.unwrap(),
+            ClaimOutcome::Completed { .. }
+        ));
+        assert!(matches!(
+            m.claim(&claim(1)).await.unwrap(),
+            ClaimOutcome::Claimed { .. }
+        ));
+    }
+
+    #[tokio::test]
+    async fn expired_entries_are_swept_and_free_their_bytes() {
+        let m = MemoryBackend::new(1_000_000, 1_000);
+        let mut c = claim(1);
+        c.lease_ms = 1;
+        m.claim(&c).await.unwrap();
+        tokio::time::sleep(Duration::from_millis(5)).await;
+        m.claim(&claim(2)).await.unwrap();
+        let (_, entries) = m.usage();
+        assert_eq!(entries, 1, "the expired claim was swept");
     }
 }

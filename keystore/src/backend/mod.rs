@@ -18,7 +18,9 @@ use std::time::Duration;
 use async_trait::async_trait;
 
 use crate::config::{BackendKind, Config};
-use crate::protocol::{ClaimRequest, CompleteRequest, Hex64, ReleaseRequest, RenewRequest};
+use crate::protocol::{
+    ClaimRequest, CompleteRequest, Hex64, LookupRequest, ReleaseRequest, RenewRequest,
+};
 
 /// Result of a claim.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -30,6 +32,20 @@ pub enum ClaimOutcome {
     /// The stored record, byte-exact.
     Completed { record: Vec<u8> },
     /// The key is held or completed with another fingerprint.
+    Mismatch,
+}
+
+/// Result of a lookup: a claim's answers, without claiming.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum LookupOutcome {
+    /// Nothing live under the key.
+    Absent,
+    InFlight {
+        retry_after_ms: u64,
+    },
+    Completed {
+        record: Vec<u8>,
+    },
     Mismatch,
 }
 
@@ -51,6 +67,9 @@ pub enum BackendError {
     Timeout(u64),
     #[error("unexpected reply: {0}")]
     Protocol(String),
+    /// The memory backend has no room left that it may free (only in-flight claims remain).
+    #[error("store full: {0}")]
+    Full(String),
 }
 
 /// A record store with the claim / complete / release semantics of the v1 API.
@@ -58,6 +77,8 @@ pub enum BackendError {
 pub trait Backend: Send + Sync + 'static {
     /// Claims `key`, or reports who holds it, or returns its record.
     async fn claim(&self, req: &ClaimRequest) -> Result<ClaimOutcome, BackendError>;
+    /// What `key` holds, changing nothing.
+    async fn lookup(&self, req: &LookupRequest) -> Result<LookupOutcome, BackendError>;
     /// Turns the current claim into a completed record.
     async fn complete(&self, req: &CompleteRequest) -> Result<Fenced, BackendError>;
     /// Drops the current claim so the next request runs again.
@@ -101,15 +122,21 @@ pub fn new_token() -> String {
 /// Builds the configured backend. Redis backends connect lazily, so the service starts (and reports
 /// not ready) while Redis is still down.
 pub fn build(config: &Config) -> anyhow::Result<Arc<dyn Backend>> {
+    let tls = redis::Tls::from_config(config)?;
     Ok(match config.backend {
-        BackendKind::Memory => Arc::new(memory::MemoryBackend::new(config.max_entries)),
-        BackendKind::Redis => Arc::new(redis::RedisBackend::single(
+        BackendKind::Memory => Arc::new(memory::MemoryBackend::new(
+            config.max_bytes,
+            config.max_entries,
+        )),
+        BackendKind::Redis => Arc::new(redis::RedisBackend::single_with(
             &config.redis_urls,
             config.backend_timeout(),
+            &tls,
         )?),
-        BackendKind::RedisCluster => Arc::new(redis::RedisBackend::cluster(
+        BackendKind::RedisCluster => Arc::new(redis::RedisBackend::cluster_with(
             &config.redis_urls,
             config.backend_timeout(),
+            &tls,
         )?),
     })
 }

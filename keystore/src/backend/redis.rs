@@ -6,6 +6,10 @@
 //! atomic and one round trip; the scripts read the Redis server clock (`TIME`) so that gateways
 //! with skewed clocks agree, and check `until` on read besides the key's own `PEXPIRE`.
 //!
+//! Connections: `redis://` or `rediss://` (TLS; the server's certificate is checked against the
+//! system's roots or `--redis-ca`, never skipped), with `user:password@` for Redis ACLs. URLs are
+//! never logged with their password.
+//!
 //! A waiting claim polls (the trait's default `watch`): another key-store process may complete the
 //! key, and a read is one script call, so polling with backoff costs less to run and to reason
 //! about than a subscriber per process that must resubscribe across reconnects and cluster moves.
@@ -22,8 +26,60 @@ use redis::cluster_async::ClusterConnection;
 use redis::{RedisResult, Script, Value};
 use tokio::sync::OnceCell;
 
-use super::{Backend, BackendError, ClaimOutcome, Fenced};
-use crate::protocol::{ClaimRequest, CompleteRequest, Hex64, ReleaseRequest, RenewRequest};
+use super::{Backend, BackendError, ClaimOutcome, Fenced, LookupOutcome};
+use crate::config::Config;
+use crate::protocol::{
+    ClaimRequest, CompleteRequest, Hex64, LookupRequest, ReleaseRequest, RenewRequest,
+};
+
+/// How Redis servers' certificates are checked on `rediss://`.
+#[derive(Debug, Clone, Default)]
+pub struct Tls {
+    /// PEM of the CA to trust instead of the system's roots.
+    pub ca_pem: Option<Vec<u8>>,
+}
+
+impl Tls {
+    /// From `--redis-ca`.
+    pub fn from_config(config: &Config) -> anyhow::Result<Self> {
+        let ca_pem = match &config.redis_ca {
+            None => None,
+            Some(path) => Some(
+                std::fs::read(path).with_context(|| format!("--redis-ca {}", path.display()))?,
+            ),
+        };
+        Ok(Self { ca_pem })
+    }
+
+    fn certificates(&self) -> Option<redis::TlsCertificates> {
+        self.ca_pem.as_ref().map(|pem| redis::TlsCertificates {
+            client_tls: None,
+            root_cert: Some(pem.clone()),
+        })
+    }
+}
+
+/// A Redis URL as it may be logged: the password replaced.
+pub fn redact(url: &str) -> String {
+    match (url.split_once("://"), url.rfind('@')) {
+        (Some((scheme, rest)), Some(at)) if at > scheme.len() => {
+            let userinfo = &rest[..at - scheme.len() - 3];
+            let user = userinfo.split(':').next().unwrap_or_default();
+            format!("{scheme}://{user}:***@{}", &url[at + 1..])
+        }
+        _ => url.to_owned(),
+    }
+}
+
+/// Refuses URLs that would skip the server's certificate check.
+fn check_url(url: &str) -> anyhow::Result<()> {
+    anyhow::ensure!(
+        !url.contains("#insecure"),
+        "--redis-url {}: `#insecure` would skip the server's certificate check; give the CA with --redis-ca instead",
+        redact(url)
+    );
+    Ok(())
+}
 
 /// Shared prelude: `now` in milliseconds from the Redis server clock.
 const NOW: &str = r"
@@ -53,6 +109,16 @@ const FENCE: &str = r"
 local cur = redis.call('HMGET', KEYS[1], 's', 'tok', 'until')
 local untl = tonumber(cur[3])
 if cur[1] ~= 'f' or cur[2] ~= ARGV[1] or not untl or untl <= now then return 'stale' end
+";
+
+/// KEYS[1] record; ARGV fingerprint. Reads only.
+const LOOKUP: &str = r"
+local cur = redis.call('HMGET', KEYS[1], 's', 'fp', 'until')
+local untl = tonumber(cur[3])
+if not (cur[1] and untl and untl > now) then return {'absent'} end
+if cur[2] ~= ARGV[1] then return {'mismatch'} end
+if cur[1] == 'c' then return {'completed', redis.call('HGET', KEYS[1], 'rec')} end
+return {'in_flight', string.format('%d', untl - now)}
 ";
 
 /// KEYS[1] record; ARGV token, record bytes, retention_ms.
@@ -88,6 +154,7 @@ pub struct RedisBackend<C> {
     connect: Connect<C>,
     conn: OnceCell<C>,
     claim: Script,
+    lookup: Script,
     complete: Script,
     release: Script,
     renew: Script,
@@ -97,11 +164,23 @@ pub struct RedisBackend<C> {
 impl RedisBackend<ConnectionManager> {
     /// A single node at `urls[0]`. `timeout` bounds connecting and each reply.
     pub fn single(urls: &[String], timeout: Duration) -> anyhow::Result<Self> {
+        Self::single_with(urls, timeout, &Tls::default())
+    }
+
+    /// [`RedisBackend::single`], checking a `rediss://` server against `tls`.
+    pub fn single_with(urls: &[String], timeout: Duration, tls: &Tls) -> anyhow::Result<Self> {
         let [url] = urls else {
-            anyhow::bail!("--redis-url: the redis backend takes exactly one URL, got {urls:?}");
+            anyhow::bail!(
+                "--redis-url: the redis backend takes exactly one URL, got {}",
+                urls.len()
+            );
         };
-        let client =
-            redis::Client::open(url.as_str()).with_context(|| format!("--redis-url {url}"))?;
+        check_url(url)?;
+        let client = match tls.certificates() {
+            Some(certs) => redis::Client::build_with_tls(url.as_str(), certs),
+            None => redis::Client::open(url.as_str()),
+        }
+        .map_err(|e| anyhow::anyhow!("--redis-url {}: {e}", redact(url)))?;
         // Few, quick reconnect attempts: a request never waits long on a dead node (it gets 503),
         // and the next request after a failed round starts a new one.
         let config = ConnectionManagerConfig::new()
@@ -121,16 +200,29 @@ impl RedisBackend<ConnectionManager> {
 impl RedisBackend<ClusterConnection> {
     /// A cluster discovered from the seed nodes `urls`.
     pub fn cluster(urls: &[String], timeout: Duration) -> anyhow::Result<Self> {
+        Self::cluster_with(urls, timeout, &Tls::default())
+    }
+
+    /// [`RedisBackend::cluster`], checking `rediss://` nodes against `tls`. The seed URLs'
+    /// user and password authenticate to every node.
+    pub fn cluster_with(urls: &[String], timeout: Duration, tls: &Tls) -> anyhow::Result<Self> {
         anyhow::ensure!(
             !urls.is_empty(),
             "--redis-url: give at least one cluster seed node"
         );
-        let client = ClusterClientBuilder::new(urls.to_vec())
+        for url in urls {
+            check_url(url)?;
+        }
+        let mut builder = ClusterClientBuilder::new(urls.to_vec())
             .connection_timeout(timeout)
             .response_timeout(timeout)
-            .retries(2)
+            .retries(2);
+        if let Some(certs) = tls.certificates() {
+            builder = builder.certs(certs);
+        }
+        let client = builder
             .build()
-            .context("--redis-url")?;
+            .map_err(|e| anyhow::anyhow!("--redis-url: {e}"))?;
         let connect: Connect<ClusterConnection> = Box::new(move || {
             let client = client.clone();
             Box::pin(async move { client.get_async_connection().await })
@@ -149,6 +241,7 @@ where
             connect,
             conn: OnceCell::new(),
             claim: script(CLAIM),
+            lookup: script(LOOKUP),
             complete: script(&format!("{FENCE}{COMPLETE}")),
             release: script(&format!("{FENCE}{RELEASE}")),
             renew: script(&format!("{FENCE}{RENEW}")),
@@ -213,6 +306,33 @@ where
         }
     }
 
+    async fn lookup(&self, req: &LookupRequest) -> Result<LookupOutcome, BackendError> {
+        let mut conn = self.connection().await?;
+        let reply: Vec<Vec<u8>> = self
+            .lookup
+            .key(Self::record_key(&req.key))
+            .arg(req.fingerprint.as_str())
+            .invoke_async(&mut conn)
+            .await?;
+        let bad = || BackendError::Protocol(format!("lookup: {reply:?}"));
+        match reply.as_slice() {
+            [tag] if tag.as_slice() == b"absent" => Ok(LookupOutcome::Absent),
+            [tag] if tag.as_slice() == b"mismatch" => Ok(LookupOutcome::Mismatch),
+            [tag, rec] if tag.as_slice() == b"completed" => Ok(LookupOutcome::Completed {
+                record: rec.clone(),
+            }),
+            [tag, ms] if tag.as_slice() == b"in_flight" => {
+                let ms = std::str::from_utf8(ms)
+                    .ok()
+                    .and_then(|s| s.parse::<u64>().ok());
+                Ok(LookupOutcome::InFlight {
+                    retry_after_ms: ms.ok_or_else(bad)?.max(1),
+                })
+            }
+            _ => Err(bad()),
+        }
+    }
+
     async fn complete(&self, req: &CompleteRequest) -> Result<Fenced, BackendError> {
         let mut conn = self.connection().await?;
         let reply: String = self
@@ -257,5 +377,32 @@ where
 
     fn name(&self) -> &'static str {
         self.name
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn urls_are_logged_without_their_password() {
+        assert_eq!(
+            redact("rediss://keystore:s3cr3t@redis:6380"),
+            "rediss://keystore:***@redis:6380"
+        );
+        assert_eq!(redact("redis://:pw@h:1"), "redis://:***@h:1");
+        assert_eq!(redact("redis://h:1"), "redis://h:1");
+        let e = RedisBackend::single(
+            &["redis://u:pw-xyz@h:1".into(), "x".into()],
+            Duration::from_millis(1),
+        );
+        assert!(e.is_err());
+        let e = RedisBackend::single(
+            &["rediss://u:pw-xyz@h:1/#insecure".into()],
+            Duration::from_millis(1),
+        )
+        .err()
+        .unwrap();
+        assert!(!e.to_string().contains("pw-xyz"), "{e}");
     }
 }

@@ -20,7 +20,8 @@ use serde_json::{json, Value};
 pub fn settings() -> Settings {
     Settings {
         token: None,
-        max_body_bytes: 4 * 1024 * 1024,
+        max_body_bytes: 4 * 1024 * 1024 + 8192,
+        max_record_bytes: 3 * 1024 * 1024,
         backend_timeout: Duration::from_secs(1),
         drain: Drain::default(),
     }

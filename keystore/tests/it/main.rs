@@ -7,4 +7,5 @@ mod common;
 mod memory;
 mod redis_cluster;
 mod redis_single;
+mod redis_tls;
 mod suite;

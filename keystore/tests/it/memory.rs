@@ -12,7 +12,7 @@ use serde_json::json;
 use crate::common::{eventually, hex64, settings, Keystore};
 
 async fn backend() -> Arc<dyn Backend> {
-    Arc::new(MemoryBackend::new(10_000))
+    Arc::new(MemoryBackend::new(64 << 20, 10_000))
 }
 
 crate::suite::backend_suite!(backend);
@@ -21,7 +21,7 @@ crate::suite::backend_suite!(backend);
 /// and waiters whose client went away, no key is left behind.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn wait_channels_are_dropped_with_their_waiters() {
-    let memory = Arc::new(MemoryBackend::new(10_000));
+    let memory = Arc::new(MemoryBackend::new(64 << 20, 10_000));
     let ks = Keystore::start(memory.clone(), settings()).await;
     let (key, fp) = (hex64(), hex64());
     let token = ks.claim_ok(&key, &fp, 30_000).await;
@@ -97,4 +97,46 @@ async fn drain_ends_waits() {
     let (_, body) = ks.claim_wait(&key, &fp, 30_000, 30_000).await;
     assert_eq!(body["outcome"], "in_flight", "{body}");
     assert!(started.elapsed() < Duration::from_secs(1));
+}
+
+/// Past its byte bound the memory store answers claims with 503 (the filter's failure mode
+/// applies), and every claim it already holds stays: fenced, completable, in flight to others.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn full_of_claims_answers_503_and_keeps_every_claim() {
+    // About twenty claims' worth of bytes.
+    let memory = Arc::new(MemoryBackend::new(20 * 300, 10_000));
+    let ks = Keystore::start(memory.clone(), settings()).await;
+    let fp = hex64();
+    let mut held = Vec::new();
+    let refused = loop {
+        let key = hex64();
+        let (status, body) = ks.claim(&key, &fp, 60_000).await;
+        match status {
+            StatusCode::OK => held.push((key, body["token"].as_str().unwrap().to_owned())),
+            other => break (other, body),
+        }
+        assert!(held.len() < 100, "the byte bound never applied");
+    };
+    assert_eq!(refused.0, StatusCode::SERVICE_UNAVAILABLE, "{}", refused.1);
+    assert!(
+        refused.1["error"].as_str().unwrap().contains("store full"),
+        "{}",
+        refused.1
+    );
+    assert!(held.len() >= 10, "{}", held.len());
+    let (bytes, _) = memory.usage();
+    assert!(bytes <= 20 * 300, "{bytes} bytes");
+    for (key, token) in &held {
+        let (_, body) = ks.claim(key, &fp, 60_000).await;
+        assert_eq!(
+            body["outcome"], "in_flight",
+            "a held claim was lost: {body}"
+        );
+        assert_eq!(ks.renew(key, token, 60_000).await.0, StatusCode::OK);
+    }
+    // Releasing one makes room for a new claim.
+    let (key, token) = &held[0];
+    assert_eq!(ks.release(key, token).await.0, StatusCode::OK);
+    let (status, _) = ks.claim(&hex64(), &fp, 60_000).await;
+    assert_eq!(status, StatusCode::OK, "room after a release");
 }

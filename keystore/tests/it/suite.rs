@@ -22,7 +22,8 @@ macro_rules! backend_suite {
             renew_is_fenced, renew_after_expiry_is_stale, waiter_gets_the_record,
             waiter_claims_after_release, waiter_takes_over_an_expired_lease,
             waiter_times_out_in_flight, twenty_waiters_get_the_record,
-            waiter_answers_at_once_when_nothing_to_wait_for, wait_outlasts_the_backend_timeout);
+            waiter_answers_at_once_when_nothing_to_wait_for, wait_outlasts_the_backend_timeout,
+            lookup_reports_without_claiming, complete_refuses_a_record_over_the_limit);
     };
     (@tests $factory:path; $($name:ident),*) => {
         $(
@@ -715,4 +716,57 @@ pub async fn proposed_token_is_the_claims_token(backend: Arc<dyn Backend>) {
     let (status, body) = ks.post("/v1/claim", claim("")).await;
     assert_eq!(status, StatusCode::BAD_REQUEST);
     assert!(body.to_string().contains("token"), "{body}");
+}
+
+pub async fn lookup_reports_without_claiming(backend: Arc<dyn Backend>) {
+    let ks = open(backend).await;
+    let (key, fp) = (hex64(), hex64());
+    let lookup = |fp: &str| json!({"key": key, "fingerprint": fp});
+    let (status, body) = ks.post("/v1/lookup", lookup(&fp)).await;
+    assert_eq!(
+        (status, body["outcome"].as_str()),
+        (StatusCode::OK, Some("absent"))
+    );
+    // Looking did not claim: the key is still free.
+    let token = ks.claim_ok(&key, &fp, 30_000).await;
+    let (_, body) = ks.post("/v1/lookup", lookup(&fp)).await;
+    assert_eq!(body["outcome"], "in_flight", "{body}");
+    assert!(body["retry_after_ms"].as_u64().unwrap() > 0);
+    let (_, body) = ks.post("/v1/lookup", lookup(&hex64())).await;
+    assert_eq!(body["outcome"], "mismatch", "{body}");
+    assert_eq!(
+        ks.complete(&key, &token, b"rec", 60_000).await.0,
+        StatusCode::OK
+    );
+    let (_, body) = ks.post("/v1/lookup", lookup(&fp)).await;
+    assert_eq!(body["outcome"], "completed", "{body}");
+    assert_eq!(unb64(&body["record"]), b"rec");
+    let (status, body) = ks.post("/v1/lookup", json!({"key": key})).await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+    assert!(
+        body["error"].as_str().unwrap().starts_with("fingerprint"),
+        "{body}"
+    );
+}
+
+pub async fn complete_refuses_a_record_over_the_limit(backend: Arc<dyn Backend>) {
+    let ks = Keystore::start(
+        backend,
+        idempotency_keystore::http::Settings {
+            max_record_bytes: 1000,
+            ..settings()
+        },
+    )
+    .await;
+    let (key, fp) = (hex64(), hex64());
+    let token = ks.claim_ok(&key, &fp, 30_000).await;
+    let (status, body) = ks.complete(&key, &token, &[1u8; 1001], 60_000).await;
+    assert_eq!(status, StatusCode::PAYLOAD_TOO_LARGE, "{body}");
+    assert!(
+        body["error"].as_str().unwrap().starts_with("record"),
+        "{body}"
+    );
+    // The claim is untouched: a record that fits still completes it.
+    let (status, _) = ks.complete(&key, &token, &[1u8; 1000], 60_000).await;
+    assert_eq!(status, StatusCode::OK);
 }
