@@ -2,23 +2,21 @@
 //! context, so the answer is captured and stored even when the client has gone. This module builds
 //! that upstream request and reads its answer; [`crate::worker`] runs it.
 
+use crate::config::{UnknownOutcome, NEVER_STORED};
+use crate::deferred::Deferred;
 use crate::fingerprint::Fingerprint;
-use crate::host::Callout;
+use crate::host::{Callout, Headers, SharedData};
+use crate::keystore_client;
+use crate::metrics::Metric;
+use crate::problem::Problem;
+use crate::record::{message_headers, storable_headers, Outcome, StoredResponse, HOP_BY_HOP};
 use crate::scope::RecordKey;
+use crate::worker::{Answer, Purpose, RootAction, Worker};
+use log::{info, warn};
 
-/// Request headers the plugin does not forward: they describe the client's connection, or Envoy
-/// recomputes them for the callout.
-const NOT_FORWARDED: [&str; 9] = [
-    "connection",
-    "keep-alive",
-    "proxy-connection",
-    "transfer-encoding",
-    "upgrade",
-    "te",
-    "trailer",
-    "content-length",
-    "expect",
-];
+/// Request headers the plugin does not forward besides the hop-by-hop ones: `expect` asks the
+/// client's connection for a `100 Continue` the callout never sends.
+const NOT_FORWARDED: [&str; 1] = ["expect"];
 
 /// The pseudo-headers a callout carries (Envoy requires all three).
 const PSEUDO_FORWARDED: [&str; 3] = [":method", ":path", ":authority"];
@@ -41,7 +39,7 @@ pub fn upstream_request(
         let forwarded = if lower.starts_with(':') {
             PSEUDO_FORWARDED.contains(&lower.as_str())
         } else {
-            !NOT_FORWARDED.contains(&lower.as_str())
+            !HOP_BY_HOP.contains(&lower.as_str()) && !NOT_FORWARDED.contains(&lower.as_str())
         };
         if !forwarded {
             continue;
@@ -106,6 +104,144 @@ pub struct DetachedJob {
     pub token: Option<String>,
     pub fingerprint: Fingerprint,
     pub rule: crate::config::RouteRule,
+}
+
+impl Worker {
+    /// The end of a detached execution: keep, release or lock the key as the class of its ending
+    /// says, exactly as for an inline request, then answer the client if it is still there.
+    pub(crate) fn settle_detached(
+        &self,
+        job: DetachedJob,
+        end: Ending,
+        headers: Headers,
+        body: Vec<u8>,
+        shared: &dyn SharedData,
+        now_ms: u64,
+    ) -> Vec<RootAction> {
+        self.leases.borrow_mut().drop_claim(job.owner);
+        let mut actions = Vec::new();
+        let upstream_answer = |status: u16, headers: Headers, body: Vec<u8>| Answer {
+            stream_id: job.stream_id,
+            status,
+            headers,
+            body,
+        };
+        let problem = |problem: Problem, detail: &str| {
+            let (status, headers, body) = problem.response(detail, 0);
+            upstream_answer(status, headers, body)
+        };
+        let (outcome, answer) = match end {
+            Ending::Answered(status) => {
+                // The client gets every header of its own answer; the record keeps what replays
+                // may carry.
+                let answer =
+                    upstream_answer(status, message_headers(headers.clone()), body.clone());
+                let kept = storable_headers(headers, &self.cfg.replay_headers);
+                let storable = (status < 500 || job.rule.store_5xx)
+                    && status >= 100
+                    && !NEVER_STORED.contains(&status);
+                let header_bytes: usize = kept.iter().map(|(n, v)| n.len() + v.len()).sum();
+                if !storable {
+                    info!(
+                        "key {}: upstream answered {status}; releasing",
+                        job.key.short()
+                    );
+                    (None, answer)
+                } else if body.len().saturating_add(header_bytes) > self.cfg.max_response_bytes {
+                    actions.push(RootAction::Count(Metric::NotReplayable));
+                    (Some(Outcome::NotReplayable), answer)
+                } else {
+                    let response = StoredResponse {
+                        status,
+                        headers: kept,
+                        body,
+                    };
+                    (Some(Outcome::Replayable(response)), answer)
+                }
+            }
+            Ending::NotSent => (
+                None,
+                problem(
+                    Problem::UpstreamUnavailable,
+                    "the upstream could not be reached; the request was not sent",
+                ),
+            ),
+            Ending::TimedOut | Ending::Reset => {
+                actions.push(RootAction::Count(Metric::UnknownOutcome));
+                let answer = if end == Ending::TimedOut {
+                    problem(
+                        Problem::UpstreamTimeout,
+                        "the upstream did not answer in time; the request may have executed",
+                    )
+                } else {
+                    problem(
+                        Problem::UpstreamReset,
+                        "the upstream reset the request; it may have executed",
+                    )
+                };
+                match job.rule.unknown_outcome {
+                    UnknownOutcome::Lock => {
+                        warn!(
+                            "key {}: detached request ended {end:?}; outcome unknown, locked",
+                            job.key.short()
+                        );
+                        let hold_until_ms = now_ms.saturating_add(job.rule.unknown_hold_ms);
+                        (Some(Outcome::Unknown { hold_until_ms }), answer)
+                    }
+                    UnknownOutcome::Release => (None, answer),
+                }
+            }
+        };
+        let lease_end = now_ms.saturating_add(self.cfg.lock_lease_ms);
+        let write = match outcome {
+            Some(outcome) => {
+                let record = Worker::record(&job.rule, job.fingerprint, outcome, now_ms);
+                if job.l1 {
+                    self.l1_keep(shared, &job.key, job.owner, &record, now_ms);
+                }
+                self.cfg
+                    .keystore
+                    .as_ref()
+                    .zip(job.token.as_ref())
+                    .map(|(ks, token)| {
+                        keystore_client::complete(
+                            ks,
+                            &job.key,
+                            token,
+                            &record,
+                            job.rule.retention_ms,
+                        )
+                    })
+            }
+            None => {
+                actions.push(RootAction::Count(Metric::Released));
+                if job.l1 {
+                    self.l1_release(shared, &job.key, job.owner, now_ms);
+                }
+                self.cfg
+                    .keystore
+                    .as_ref()
+                    .zip(job.token.as_ref())
+                    .map(|(ks, token)| keystore_client::release(ks, &job.key, token))
+            }
+        };
+        match write {
+            // Stored before the client sees it, as inline.
+            Some(callout) => actions.push(RootAction::Send(
+                callout.clone(),
+                Purpose::WriteThenAnswer(
+                    Deferred {
+                        callout,
+                        not_before_ms: 0,
+                        until_ms: lease_end,
+                    },
+                    answer,
+                ),
+            )),
+            None => actions.push(RootAction::Answer(answer)),
+        }
+        actions
+    }
 }
 
 #[cfg(test)]

@@ -21,8 +21,9 @@ const VERSION: u8 = 2;
 const SEALED: u8 = 3;
 const MAC_LEN: usize = 32;
 
-/// Response headers that describe the connection or are recomputed by Envoy on replay.
-const NOT_STORED_HEADERS: [&str; 11] = [
+/// Headers that describe one connection, not the message (RFC 9110 section 7.6.1), plus the
+/// length, which Envoy recomputes.
+pub const HOP_BY_HOP: [&str; 8] = [
     "connection",
     "keep-alive",
     "proxy-connection",
@@ -31,10 +32,10 @@ const NOT_STORED_HEADERS: [&str; 11] = [
     "te",
     "trailer",
     "content-length",
-    "date",
-    "server",
-    "x-envoy-upstream-service-time",
 ];
+
+/// Response headers Envoy sets anew on every answer, so a replay carries its own.
+const RECOMPUTED: [&str; 3] = ["date", "server", "x-envoy-upstream-service-time"];
 
 /// A response as the client first received it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -199,7 +200,9 @@ pub fn message_headers(headers: Vec<(String, Vec<u8>)>) -> Vec<(String, Vec<u8>)
         .into_iter()
         .filter(|(name, _)| {
             let lower = name.to_ascii_lowercase();
-            !lower.starts_with(':') && !NOT_STORED_HEADERS.contains(&lower.as_str())
+            !lower.starts_with(':')
+                && !HOP_BY_HOP.contains(&lower.as_str())
+                && !RECOMPUTED.contains(&lower.as_str())
         })
         .collect()
 }

@@ -4,7 +4,7 @@
 //! [`Worker::on_tick`], [`Worker::start_detached`] and [`Worker::on_reply`] and carries out the
 //! [`RootAction`]s they return; every decision here is plain Rust.
 
-use crate::config::{Config, RouteRule, UnknownOutcome, NEVER_STORED};
+use crate::config::{Config, RouteRule};
 use crate::deferred::{Deferred, Retrier, Settled};
 use crate::detached::{ending, DetachedJob, Ending};
 use crate::fingerprint::Fingerprint;
@@ -13,12 +13,11 @@ use crate::keystore_client::{self, AckReply};
 use crate::l1::{L1Outcome, NearCache};
 use crate::leases::{HeldClaim, Leases};
 use crate::metrics::Metric;
-use crate::problem::Problem;
-use crate::record::{message_headers, storable_headers, Outcome, Record, StoredResponse};
+use crate::record::{Outcome, Record};
 use crate::scope::RecordKey;
 use crate::stream::LocalReply;
 use crate::waiting::Waiters;
-use log::{debug, info, warn};
+use log::{debug, warn};
 use std::cell::{Cell, RefCell};
 use std::collections::HashMap;
 
@@ -349,141 +348,5 @@ impl Worker {
             expires_ms: now_ms.saturating_add(rule.retention_ms),
             outcome,
         }
-    }
-
-    /// The end of a detached execution: keep, release or lock the key as the class of its ending
-    /// says, exactly as for an inline request, then answer the client if it is still there.
-    fn settle_detached(
-        &self,
-        job: DetachedJob,
-        end: Ending,
-        headers: Headers,
-        body: Vec<u8>,
-        shared: &dyn SharedData,
-        now_ms: u64,
-    ) -> Vec<RootAction> {
-        self.leases.borrow_mut().drop_claim(job.owner);
-        let mut actions = Vec::new();
-        let upstream_answer = |status: u16, headers: Headers, body: Vec<u8>| Answer {
-            stream_id: job.stream_id,
-            status,
-            headers,
-            body,
-        };
-        let problem = |problem: Problem, detail: &str| {
-            let (status, headers, body) = problem.response(detail, 0);
-            upstream_answer(status, headers, body)
-        };
-        let (outcome, answer) = match end {
-            Ending::Answered(status) => {
-                // The client gets every header of its own answer; the record keeps what replays
-                // may carry.
-                let answer =
-                    upstream_answer(status, message_headers(headers.clone()), body.clone());
-                let kept = storable_headers(headers, &self.cfg.replay_headers);
-                let storable = (status < 500 || job.rule.store_5xx)
-                    && status >= 100
-                    && !NEVER_STORED.contains(&status);
-                let header_bytes: usize = kept.iter().map(|(n, v)| n.len() + v.len()).sum();
-                if !storable {
-                    info!(
-                        "key {}: upstream answered {status}; releasing",
-                        job.key.short()
-                    );
-                    (None, answer)
-                } else if body.len().saturating_add(header_bytes) > self.cfg.max_response_bytes {
-                    actions.push(RootAction::Count(Metric::NotReplayable));
-                    (Some(Outcome::NotReplayable), answer)
-                } else {
-                    let response = StoredResponse {
-                        status,
-                        headers: kept,
-                        body,
-                    };
-                    (Some(Outcome::Replayable(response)), answer)
-                }
-            }
-            Ending::NotSent => (
-                None,
-                problem(
-                    Problem::UpstreamUnavailable,
-                    "the upstream could not be reached; the request was not sent",
-                ),
-            ),
-            Ending::TimedOut | Ending::Reset => {
-                actions.push(RootAction::Count(Metric::UnknownOutcome));
-                let answer = if end == Ending::TimedOut {
-                    problem(
-                        Problem::UpstreamTimeout,
-                        "the upstream did not answer in time; the request may have executed",
-                    )
-                } else {
-                    problem(
-                        Problem::UpstreamReset,
-                        "the upstream reset the request; it may have executed",
-                    )
-                };
-                match job.rule.unknown_outcome {
-                    UnknownOutcome::Lock => {
-                        warn!(
-                            "key {}: detached request ended {end:?}; outcome unknown, locked",
-                            job.key.short()
-                        );
-                        let hold_until_ms = now_ms.saturating_add(job.rule.unknown_hold_ms);
-                        (Some(Outcome::Unknown { hold_until_ms }), answer)
-                    }
-                    UnknownOutcome::Release => (None, answer),
-                }
-            }
-        };
-        let lease_end = now_ms.saturating_add(self.cfg.lock_lease_ms);
-        let write = match outcome {
-            Some(outcome) => {
-                let record = Worker::record(&job.rule, job.fingerprint, outcome, now_ms);
-                if job.l1 {
-                    self.l1_keep(shared, &job.key, job.owner, &record, now_ms);
-                }
-                self.cfg
-                    .keystore
-                    .as_ref()
-                    .zip(job.token.as_ref())
-                    .map(|(ks, token)| {
-                        keystore_client::complete(
-                            ks,
-                            &job.key,
-                            token,
-                            &record,
-                            job.rule.retention_ms,
-                        )
-                    })
-            }
-            None => {
-                actions.push(RootAction::Count(Metric::Released));
-                if job.l1 {
-                    self.l1_release(shared, &job.key, job.owner, now_ms);
-                }
-                self.cfg
-                    .keystore
-                    .as_ref()
-                    .zip(job.token.as_ref())
-                    .map(|(ks, token)| keystore_client::release(ks, &job.key, token))
-            }
-        };
-        match write {
-            // Stored before the client sees it, as inline.
-            Some(callout) => actions.push(RootAction::Send(
-                callout.clone(),
-                Purpose::WriteThenAnswer(
-                    Deferred {
-                        callout,
-                        not_before_ms: 0,
-                        until_ms: lease_end,
-                    },
-                    answer,
-                ),
-            )),
-            None => actions.push(RootAction::Answer(answer)),
-        }
-        actions
     }
 }

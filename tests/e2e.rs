@@ -658,11 +658,7 @@ async fn client_gone_after_forwarding_locks_the_key_and_it_runs_once() {
     let body = r#"{"amount":29}"#;
 
     // The client gives up while the upstream is still working; the upstream finishes anyway.
-    let impatient = reqwest::Client::builder()
-        .http1_only()
-        .timeout(std::time::Duration::from_millis(300))
-        .build()
-        .unwrap();
+    let impatient = impatient(std::time::Duration::from_millis(300));
     let gone = post_payment(&impatient, &envoy, "alice", Some(&key), body)
         .header("x-demo-delay-ms", "1000")
         .send()

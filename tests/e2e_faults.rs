@@ -410,11 +410,7 @@ async fn upstream_hangs_fails_or_loses_its_client() {
     // The client goes away while its request is at the upstream.
     let m0 = metrics(&envoy).await;
     let key = new_key();
-    let impatient = reqwest::Client::builder()
-        .http1_only()
-        .timeout(Duration::from_millis(250))
-        .build()
-        .unwrap();
+    let impatient = impatient(Duration::from_millis(250));
     let gone = post_payment(&impatient, &envoy, "alice", Some(&key), body)
         .header("x-demo-delay-ms", "600")
         .send()

@@ -17,77 +17,33 @@ use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
 use support::killable::{KeystoreProcess, StoreBackend};
-use support::slow_link::SlowLink;
+use support::mesh::{Mesh, MeshOptions};
 use support::*;
 
 const TOKEN: &str = "unknown-outcome-e2e-token";
 
 /// The demo route, a key store, and the given extra settings (lease, hold, policy).
 fn plugin(extra: Value) -> String {
-    let mut cfg = json!({
-        "routes": [{"exact": "/payments", "methods": ["POST"], "required": true}],
-        "hmac_secret": "unknown-outcome-e2e-secret-0123456789abcdef0123456789abcdef",
-        "unknown_hold_ms": 3000,
-        "keystore": {"cluster": "keystore", "timeout_ms": 3000, "token": TOKEN},
-    });
-    if let (Some(cfg), Some(extra)) = (cfg.as_object_mut(), extra.as_object()) {
-        for (k, v) in extra {
-            cfg.insert(k.clone(), v.clone());
-        }
-    }
-    cfg.to_string()
-}
-
-/// An upstream, the key store, and two gateways (`a` may reach the key store through `a_link`).
-struct Mesh {
-    upstream: Upstream,
-    _keystore: KeystoreProcess,
-    a: Envoy,
-    b: Envoy,
-}
-
-async fn mesh_with(
-    plugin: String,
-    route_timeout: Option<Duration>,
-    a_keystore_delay: Option<Duration>,
-) -> (Mesh, Option<SlowLink>) {
-    let (upstream, keystore) = tokio::join!(
-        Upstream::start(),
-        KeystoreProcess::start(StoreBackend::Memory, Some(TOKEN))
-    );
-    let link = match a_keystore_delay {
-        Some(delay) => Some(SlowLink::start(keystore.port, delay).await),
-        None => None,
-    };
-    let mut b_options = EnvoyOptions::with_filter(upstream.port, plugin).keystore(keystore.port);
-    if let Some(t) = route_timeout {
-        b_options = b_options.route_timeout(t);
-    }
-    let a_options = b_options
-        .clone()
-        .keystore(link.as_ref().map_or(keystore.port, |l| l.port));
-    let (a, b) = tokio::join!(Envoy::start(&a_options), Envoy::start(&b_options));
-    (
-        Mesh {
-            upstream,
-            _keystore: keystore,
-            a,
-            b,
-        },
-        link,
+    merged(
+        json!({
+            "routes": [{"exact": "/payments", "methods": ["POST"], "required": true}],
+            "hmac_secret": "unknown-outcome-e2e-secret-0123456789abcdef0123456789abcdef",
+            "unknown_hold_ms": 3000,
+            "keystore": {"cluster": "keystore", "timeout_ms": 3000, "token": TOKEN},
+        }),
+        &extra,
     )
 }
 
-async fn mesh(plugin: String) -> Mesh {
-    mesh_with(plugin, None, None).await.0
+fn options() -> MeshOptions {
+    MeshOptions {
+        token: Some(TOKEN.into()),
+        ..MeshOptions::default()
+    }
 }
 
-fn impatient(timeout: Duration) -> reqwest::Client {
-    reqwest::Client::builder()
-        .http1_only()
-        .timeout(timeout)
-        .build()
-        .unwrap()
+async fn mesh(plugin: String) -> Mesh {
+    Mesh::start(&plugin, options()).await
 }
 
 /// Waits until the upstream's counters stop moving (its abandoned work has finished).
@@ -224,7 +180,14 @@ async fn client_timeout_under_the_release_policy_executes_again() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn route_timeout_504_then_retries_and_it_runs_once() {
-    let (mesh, _) = mesh_with(plugin(json!({})), Some(Duration::from_secs(1)), None).await;
+    let mesh = Mesh::start(
+        &plugin(json!({})),
+        MeshOptions {
+            route_timeout: Some(Duration::from_secs(1)),
+            ..options()
+        },
+    )
+    .await;
     let (key, body) = (new_key(), r#"{"amount":102}"#);
     let http = client();
     let first = send(
@@ -327,7 +290,14 @@ async fn upstream_never_reached_is_released_and_the_retry_runs_once() {
 async fn client_gone_while_the_record_is_stored_still_lands_and_replays_elsewhere() {
     // Gateway A reaches the key store over a link that adds 1 s per request: the claim takes 1 s,
     // the record another 1 s, and the client gives up in between.
-    let (mesh, _link) = mesh_with(plugin(json!({})), None, Some(Duration::from_millis(1000))).await;
+    let mesh = Mesh::start(
+        &plugin(json!({})),
+        MeshOptions {
+            a_keystore_delay: Some(Duration::from_millis(1000)),
+            ..options()
+        },
+    )
+    .await;
     let (key, body) = (new_key(), r#"{"amount":111}"#);
     let gone = post_payment(
         &impatient(Duration::from_millis(1500)),

@@ -25,6 +25,8 @@ use serde_json::Value;
 
 /// Crashable key store processes and Envoy SIGKILL helpers.
 pub mod killable;
+/// Two gateways sharing one key store.
+pub mod mesh;
 /// A persistent `redis-server` that can be crashed and restarted on its port.
 pub mod redis;
 /// A TCP link with latency, to make the key store slow.
@@ -882,6 +884,25 @@ pub fn client() -> reqwest::Client {
         .timeout(Duration::from_secs(30))
         .build()
         .expect("reqwest client")
+}
+
+/// An HTTP/1.1 client that gives up after `timeout`, as a client library with a timeout does.
+pub fn impatient(timeout: Duration) -> reqwest::Client {
+    reqwest::Client::builder()
+        .http1_only()
+        .timeout(timeout)
+        .build()
+        .expect("reqwest client")
+}
+
+/// `base` with the fields of `extra` set over it (both JSON objects), as a plugin configuration.
+pub fn merged(mut base: Value, extra: &Value) -> String {
+    if let (Some(base), Some(extra)) = (base.as_object_mut(), extra.as_object()) {
+        for (k, v) in extra {
+            base.insert(k.clone(), v.clone());
+        }
+    }
+    base.to_string()
 }
 
 /// An h2c client (HTTP/2 with prior knowledge, no TLS).

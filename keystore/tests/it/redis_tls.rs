@@ -13,7 +13,7 @@ use idempotency_keystore::backend::Backend;
 use reqwest::StatusCode;
 use serde_json::json;
 
-use crate::common::{free_port, hex64, settings, unb64, Keystore};
+use crate::common::{eventually, free_port, hex64, settings, unb64, Keystore};
 
 const USER: &str = "keystore";
 const PASSWORD: &str = "tls-acl-test-password-5f2c";
@@ -219,6 +219,12 @@ fn url(port: u16, user: &str, password: &str) -> String {
 /// Claim, complete and read back a few keys (in several cluster slots), and look one up.
 async fn round_trip(backend: Arc<dyn Backend>) {
     let ks = Keystore::start(backend, settings()).await;
+    // The first TLS handshakes can take longer than one call's bound on a busy machine: wait until
+    // the store answers, as a gateway's readiness probe would.
+    eventually(Duration::from_secs(20), "ready over TLS", || async {
+        (ks.get("/readyz").await.0 == StatusCode::OK).then_some(())
+    })
+    .await;
     for i in 0..6u8 {
         let (key, fp) = (hex64(), hex64());
         let token = ks.claim_ok(&key, &fp, 30_000).await;

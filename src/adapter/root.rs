@@ -1,0 +1,219 @@
+//! The plugin's root context, one per Envoy worker: it loads the configuration, owns the worker's
+//! shared state, and carries out what [`Worker`] decides from its timer, its queue and the replies
+//! to its own callouts (renewals, deferred writes, detached executions, answers to waiting streams).
+
+use super::{
+    callout_reply, map_bytes, now_ms, send_callout, send_local_response, EnvoyHost, EnvoyShared,
+    Http,
+};
+use crate::config::Config;
+use crate::l1::NearCache;
+use crate::metrics::Metric;
+use crate::stream::Stream;
+use crate::worker::{Answer, RootAction, RootReply, Worker};
+use log::{error, info, warn};
+use proxy_wasm::hostcalls;
+use proxy_wasm::traits::{Context, HttpContext, RootContext};
+use proxy_wasm::types::{BufferType, ContextType, MapType, MetricType};
+use std::cell::Cell;
+use std::rc::Rc;
+use std::time::Duration;
+
+/// Bytes of bucket overhead allowed on top of the largest record, for claims and small records.
+const SLOT_OVERHEAD: usize = 4096;
+
+/// How often the root context renews leases and sends (and retries) the key-store writes that
+/// streams handed over.
+const TICK: Duration = Duration::from_millis(100);
+
+/// Per-worker plugin state: the worker's shared state and the metric ids.
+pub(super) struct Root {
+    pub(super) context_id: u32,
+    pub(super) worker: Option<Rc<Worker>>,
+    pub(super) metrics: Rc<Vec<u32>>,
+}
+
+pub(super) fn count(metrics: &[u32], metric: Metric) {
+    if let Some(id) = metrics.get(metric.index()) {
+        let _ = hostcalls::increment_metric(*id, 1);
+    }
+}
+
+impl Root {
+    /// Carries out what the worker decided, from the root context.
+    fn run(&self, worker: &Worker, actions: Vec<RootAction>) {
+        let now = now_ms();
+        for action in actions {
+            match action {
+                RootAction::Send(callout, purpose) => match send_callout(&callout) {
+                    Ok(token) => worker.sent(token, purpose, now),
+                    Err(e) => {
+                        let more = worker.not_sent(purpose, &e, &EnvoyShared, now);
+                        self.run(worker, more);
+                    }
+                },
+                RootAction::Answer(answer) => self.answer(&answer),
+                RootAction::Count(metric) => count(&self.metrics, metric),
+            }
+        }
+    }
+
+    /// Answers a stream from the root context; a stream that is gone is skipped.
+    fn answer(&self, answer: &Answer) {
+        if hostcalls::set_effective_context(answer.stream_id).is_err() {
+            info!("the client left before its answer; the answer is stored");
+            return;
+        }
+        send_local_response(answer.status, &answer.headers, &answer.body);
+        if let Err(e) = hostcalls::set_effective_context(self.context_id) {
+            warn!("cannot switch back to the root context: {e:?}");
+        }
+    }
+}
+
+impl Context for Root {
+    fn on_http_call_response(
+        &mut self,
+        token: u32,
+        num_headers: usize,
+        body_size: usize,
+        _trailers: usize,
+    ) {
+        let Some(worker) = self.worker.clone() else {
+            return;
+        };
+        let (status, body) = callout_reply(num_headers, body_size);
+        let headers = if worker.is_detached(token) && num_headers > 0 {
+            map_bytes(MapType::HttpCallResponseHeaders)
+        } else {
+            Vec::new()
+        };
+        let (reply, actions) =
+            worker.on_reply(token, status, headers, body, &EnvoyShared, now_ms());
+        match reply {
+            RootReply::Write(settled) => match settled {
+                crate::deferred::Settled::Retrying(e) => {
+                    warn!("deferred key-store write failed ({e}); retrying")
+                }
+                crate::deferred::Settled::GaveUp(e) => {
+                    warn!("deferred key-store write failed ({e}); the claim's lease will free the key")
+                }
+                _ => {}
+            },
+            RootReply::RenewalRefused(key) => warn!(
+                "key {}: lease renewal refused: another gateway took the key over",
+                key.short()
+            ),
+            RootReply::RenewalFailed(e) => warn!("lease renewal failed: {e}"),
+            RootReply::Renewed | RootReply::Detached | RootReply::Unknown => {}
+        }
+        self.run(&worker, actions);
+    }
+}
+
+impl RootContext for Root {
+    fn on_configure(&mut self, _size: usize) -> bool {
+        // Follow Envoy's level for the `wasm` component, so `debug` lines show when asked for and
+        // cost nothing otherwise.
+        if let Ok(level) = hostcalls::get_log_level() {
+            proxy_wasm::set_log_level(level);
+        }
+        let bytes = match hostcalls::get_buffer(BufferType::PluginConfiguration, 0, usize::MAX) {
+            Ok(b) => b.unwrap_or_default(),
+            Err(e) => {
+                error!("cannot read the plugin configuration: {e:?}");
+                return false;
+            }
+        };
+        let config = match Config::parse(&bytes) {
+            Ok(c) => c,
+            Err(e) => {
+                error!("{e}");
+                return false;
+            }
+        };
+        let cache = NearCache {
+            slots: config.l1_slots,
+            slot_budget: config.max_response_bytes.saturating_add(SLOT_OVERHEAD),
+        };
+        if let Err(e) = cache.ensure_slots(&EnvoyShared) {
+            error!("cannot create the near-cache slots: {e:?}");
+            return false;
+        }
+        let mut ids = Vec::with_capacity(Metric::ALL.len());
+        // The counters of enforce mode, then those of observe mode, in `Metric::ALL` order.
+        let names = Metric::ALL
+            .iter()
+            .map(|m| m.name().to_string())
+            .chain(Metric::ALL.iter().map(|m| m.observed_name()));
+        for name in names {
+            match hostcalls::define_metric(MetricType::Counter, &name) {
+                Ok(id) => ids.push(id),
+                Err(e) => {
+                    error!("cannot define metric {name}: {e:?}");
+                    return false;
+                }
+            }
+        }
+        info!(
+            "configured: {} route rule(s), {} near-cache slots, key store: {}",
+            config.routes.len(),
+            config.l1_slots,
+            config
+                .keystore
+                .as_ref()
+                .map_or("none (shared data only)", |k| k.cluster.as_str())
+        );
+        if let Err(e) = hostcalls::set_tick_period(TICK) {
+            error!("cannot start the renewal timer: {e:?}");
+            return false;
+        }
+        let worker = Worker::new(config, cache);
+        // Each worker's root context has its own queue: a stream that hands it a detached
+        // execution rings it, and Envoy calls `on_queue_ready` on this root context.
+        let mut id = [0u8; 8];
+        let _ = getrandom::getrandom(&mut id);
+        let name = format!("idempotency.doorbell.{:016x}", u64::from_le_bytes(id));
+        match hostcalls::register_shared_queue(&name) {
+            Ok(queue) => worker.set_doorbell(queue),
+            Err(e) => warn!("no doorbell queue ({e:?}): detached execution is unavailable"),
+        }
+        self.metrics = Rc::new(ids);
+        self.worker = Some(Rc::new(worker));
+        true
+    }
+
+    fn on_tick(&mut self) {
+        let Some(worker) = self.worker.clone() else {
+            return;
+        };
+        let mut actions = worker.start_detached();
+        actions.extend(worker.on_tick(&EnvoyShared, now_ms()));
+        self.run(&worker, actions);
+    }
+
+    fn on_queue_ready(&mut self, queue_id: u32) {
+        while let Ok(Some(_)) = hostcalls::dequeue_shared_queue(queue_id) {}
+        if let Some(worker) = self.worker.clone() {
+            let actions = worker.start_detached();
+            self.run(&worker, actions);
+        }
+    }
+
+    fn create_http_context(&self, context_id: u32) -> Option<Box<dyn HttpContext>> {
+        let worker = self.worker.as_ref()?;
+        Some(Box::new(Http {
+            stream: Stream::new(worker.clone()),
+            host: EnvoyHost {
+                metrics: self.metrics.clone(),
+                counter: Cell::new(0),
+                root_id: self.context_id,
+                stream_id: context_id,
+            },
+        }))
+    }
+
+    fn get_type(&self) -> Option<ContextType> {
+        Some(ContextType::HttpContext)
+    }
+}
