@@ -51,7 +51,7 @@ fuzz-smoke: setup
 	scripts/fuzz.sh 10
 
 ## compose-test: docker-compose.yaml built on local Debian base images and started on a private dockerd,
-## then the README's docker-compose story and the Prometheus checks against it (scripts/compose-test.sh);
+## then the docker-compose story of docs/deploy.md and the Prometheus checks against it (scripts/compose-test.sh);
 ## needs root. The images take the host's release builds of the key store and payments.
 compose-test: SETUP_FLAGS = --compose
 compose-test: setup

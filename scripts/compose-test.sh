@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # `make compose-test`: builds docker-compose.yaml's images on local base images (no image registry is
-# needed), starts the stack with that same file, runs the README's docker-compose story against it
+# needed), starts the stack with that same file, runs the docker-compose story of docs/deploy.md against it
 # (tests/compose/story.py: every request to 127.0.0.1), then removes the stack's containers, networks and
 # volumes, also when a step fails. Prints the time of each phase.
 #

@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""The README's docker-compose story, run against the stack that scripts/compose-test.sh started with
+"""The docker-compose story of docs/deploy.md, run against the stack that scripts/compose-test.sh started with
 docker-compose.yaml (standard library only; every request goes to 127.0.0.1):
 
   1. waits until the stack is healthy: the compose health checks (redis, both gateways, prometheus) and,
