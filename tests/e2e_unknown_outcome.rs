@@ -115,17 +115,15 @@ async fn retries_until_outcome_unknown(mesh: &Mesh, key: &str, body: &str) -> u3
 async fn client_timeout_then_retries_get_409_then_outcome_unknown_and_it_runs_once() {
     let mesh = mesh(plugin(json!({}))).await;
     let (key, body) = (new_key(), r#"{"amount":100}"#);
-    let gone = post_payment(
-        &impatient(Duration::from_secs(1)),
+    abandon_payment(
         &mesh.a,
         "Bearer alice",
-        Some(&key),
+        &key,
         body,
+        2500,
+        Duration::from_secs(1),
     )
-    .header("x-demo-delay-ms", "2500")
-    .send()
     .await;
-    assert!(gone.is_err(), "the client should have timed out: {gone:?}");
     let conflicts = retries_until_outcome_unknown(&mesh, &key, body).await;
     assert!(
         conflicts >= 2,
@@ -147,17 +145,15 @@ async fn client_timeout_under_the_release_policy_executes_again() {
     // At least once, as documented for `unknown_outcome: "release"`.
     let mesh = mesh(plugin(json!({"unknown_outcome": "release"}))).await;
     let (key, body) = (new_key(), r#"{"amount":101}"#);
-    let gone = post_payment(
-        &impatient(Duration::from_millis(500)),
+    abandon_payment(
         &mesh.a,
         "Bearer alice",
-        Some(&key),
+        &key,
         body,
+        1500,
+        Duration::from_millis(500),
     )
-    .header("x-demo-delay-ms", "1500")
-    .send()
     .await;
-    assert!(gone.is_err());
     let http = client();
     let (again, _) = until_201(Duration::from_secs(10), || {
         send(post_payment(

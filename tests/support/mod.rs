@@ -895,6 +895,23 @@ pub fn impatient(timeout: Duration) -> reqwest::Client {
         .expect("reqwest client")
 }
 
+/// A payment from a client that gives up after `timeout` while the upstream works `delay_ms` on it
+/// (and, like a real server, finishes the work anyway); asserts that the client gave up.
+pub async fn abandon_payment(
+    envoy: &Envoy,
+    caller: &str,
+    key: &str,
+    body: &str,
+    delay_ms: u64,
+    timeout: Duration,
+) {
+    let gone = post_payment(&impatient(timeout), envoy, caller, Some(key), body)
+        .header("x-demo-delay-ms", delay_ms.to_string())
+        .send()
+        .await;
+    assert!(gone.is_err(), "the client should have timed out: {gone:?}");
+}
+
 /// `base` with the fields of `extra` set over it (both JSON objects), as a plugin configuration.
 pub fn merged(mut base: Value, extra: &Value) -> String {
     if let (Some(base), Some(extra)) = (base.as_object_mut(), extra.as_object()) {
