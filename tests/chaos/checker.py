@@ -1,0 +1,350 @@
+#!/usr/bin/env python3
+"""The chaos run's checker (standard library only): reads a whole run afterwards and names every violation.
+
+Input, a run folder (tests/chaos/run.py writes it; `python3 tests/chaos/checker.py FOLDER` checks it again):
+  config.json      the seed and the run's settings
+  history.jsonl    one line per operation and phase (warmup, run, final): see workload.py
+  nemesis.jsonl    one line per fault: see nemesis.py
+  executions.json  the upstream's list of payments (GET /payments): every execution with the request JSON
+  containers.json  each container at the end: its state
+  logs/            each container's log (read for the lines that tell of a crash)
+
+A key is a (caller, key) pair: records are scoped by caller, so two callers that share a key string have
+two keys. Every operation has a key of its own, so executions and answers are told apart by the operation
+id the request body carries. The invariants:
+
+  single-execution   (lock route) the upstream executed each key at most once. On the release route a key
+                     may execute once more after each attempt that may have executed without a kept answer
+                     (a timeout, a lost connection, a cut answer, a 5xx, or a fault during it): executions
+                     within that are counted apart as allowed re-executions, and only more is a violation.
+  answer-is-execution every successful answer is, byte for byte as JSON, the payment of one execution of its
+                     key (under lock: its single execution).
+  own-answer         every successful answer carries the request of its own operation and caller: no client
+                     got another caller's or another operation's answer.
+  answer-kept        once a client got a successful answer, every later answer to that key is the same
+                     payment (a replay): never 409, 410, 422, nor another payment.
+  real-unknown       a 409 or a 410 (outcome unknown) comes only after a real unknown: an earlier attempt of
+                     the same key that timed out, lost its connection, got a cut answer or a 5xx, carried a
+                     fault knob, or overlapped a fault.
+  no-false-mismatch  no 422: each (caller, key) belongs to one operation, whose request never changes.
+  no-crash           every gateway and key store is running at the end; none exited unless the nemesis
+                     killed it; no `[critical]` or panic line in their logs.
+"""
+
+import json
+import sys
+from collections import defaultdict
+from pathlib import Path
+
+NEMESIS_KINDS = ("pause", "kill", "cut-gateway-store", "cut-store-redis", "latency")
+KNOB_KINDS = ("slow", "reset", "cut", "5xx")
+# Envoy logs a crash (signal, assertion, the filter's panic hook) at critical level; Rust panics say "panicked at".
+CRASH_MARKS = ("[critical]", "panicked at", "Caught Segmentation", "Caught Aborted")
+
+
+def crash_lines(log):
+    return [line for line in log.splitlines() if any(mark in line for mark in CRASH_MARKS)][:20]
+
+
+class Violation:
+    def __init__(self, invariant, op, message, evidence=None):
+        self.invariant, self.op, self.message, self.evidence = invariant, op, message, evidence or {}
+
+    def as_dict(self):
+        return {"invariant": self.invariant, "op": self.op, "message": self.message, "evidence": self.evidence}
+
+    def __repr__(self):
+        return f"Violation({self.invariant}, {self.op}, {self.message})"
+
+
+class Key:
+    """Every attempt of one operation (all its phases), in time order, and its executions."""
+
+    def __init__(self, record):
+        self.op = record["op"]
+        self.caller, self.key, self.route = record["caller"], record["key"], record["route"]
+        self.knob = record.get("knob")
+        self.phases = []
+        self.attempts = []  # (phase, attempt)
+        self.results = {}
+        self.executions = []
+
+    def add(self, record):
+        self.phases.append(record["phase"])
+        self.results[record["phase"]] = record.get("result")
+        if record.get("knob"):
+            self.knob = record["knob"]
+        for n, a in enumerate(record.get("attempts", [])):
+            a = dict(a)
+            a["knobbed"] = bool(record.get("knob")) and n == 0
+            self.attempts.append((record["phase"], a))
+        self.attempts.sort(key=lambda pa: pa[1]["start"])
+
+    def span(self):
+        if not self.attempts:
+            return None
+        return min(a["start"] for _, a in self.attempts), max(a["end"] for _, a in self.attempts)
+
+
+def uncertain(attempt):
+    """The attempt may have executed without its answer reaching the client."""
+    if "error" in attempt:
+        return attempt["error"] != "refused"
+    return attempt.get("status", 0) >= 500 or attempt.get("knobbed", False)
+
+
+def overlaps(attempt, faults):
+    return any(f["start"] <= attempt["end"] and attempt["start"] <= f["end"] for f in faults)
+
+
+def payment_of(attempt):
+    try:
+        value = json.loads(attempt["body"])
+    except (KeyError, ValueError):
+        return None
+    return value if isinstance(value, dict) else None
+
+
+def brief(attempt, t0):
+    """An attempt in one line, with times relative to the run's start."""
+    what = attempt.get("status", attempt.get("error"))
+    extra = []
+    if attempt.get("replayed"):
+        extra.append("replayed")
+    if attempt.get("problem"):
+        extra.append(attempt["problem"])
+    if attempt.get("knobbed"):
+        extra.append("knob")
+    pay = payment_of(attempt) if 200 <= attempt.get("status", 0) < 300 else None
+    if pay:
+        extra.append(f"id {pay.get('id')}")
+    return (f"{attempt['gateway']} {attempt['start'] - t0:8.3f}..{attempt['end'] - t0:8.3f} s {what}"
+            + (f" ({', '.join(extra)})" if extra else ""))
+
+
+def check(history, executions, faults, containers, config):
+    """(violations, keys, stats): `history` is the list of history records, `executions` the upstream's list
+    of payments, `faults` the nemesis log, `containers` the end state per service."""
+    violations = []
+    keys = {}
+    for record in history:
+        k = keys.setdefault(record["op"], Key(record))
+        k.add(record)
+    faults_done = [f for f in faults if f["kind"] in NEMESIS_KINDS and "end" in f]
+    t0 = config.get("start", min((a["start"] for k in keys.values() for _, a in k.attempts), default=0))
+
+    for payment in executions:
+        req = payment.get("request") or {}
+        k = keys.get(req.get("op")) if isinstance(req, dict) else None
+        if k is None or req.get("caller") != k.caller or req.get("key") != k.key:
+            violations.append(Violation("single-execution", req.get("op") if isinstance(req, dict) else None,
+                                        "an execution that no operation of the history asked for",
+                                        {"payment": payment}))
+            continue
+        k.executions.append(payment)
+
+    owners = defaultdict(set)
+    for k in keys.values():
+        owners[(k.caller, k.key)].add(k.op)
+    stats = {"allowed_reexecutions": 0}
+    for k in keys.values():
+        evidence = lambda: {  # noqa: E731 - built only for a violation
+            "caller": k.caller, "key": k.key, "route": k.route, "knob": k.knob,
+            "attempts": [f"{p:6} {brief(a, t0)}" for p, a in k.attempts],
+            "executions": k.executions,
+        }
+        unsure = [a for _, a in k.attempts if uncertain(a) or overlaps(a, faults_done)]
+        n_exec = len(k.executions)
+        if k.route == "lock" and n_exec > 1:
+            violations.append(Violation("single-execution", k.op, f"executed {n_exec} times under lock", evidence()))
+        if k.route == "release" and n_exec > 1:
+            allowed = 1 + len(unsure)
+            if n_exec > allowed:
+                violations.append(Violation(
+                    "single-execution", k.op,
+                    f"executed {n_exec} times under release; {len(unsure)} uncertain attempt(s) allow {allowed}",
+                    evidence()))
+            else:
+                stats["allowed_reexecutions"] += n_exec - 1
+
+        first_ok = None
+        for phase, a in k.attempts:
+            status = a.get("status")
+            if status is not None and 200 <= status < 300:
+                pay = payment_of(a)
+                req = (pay or {}).get("request") if isinstance((pay or {}).get("request"), dict) else {}
+                if pay is None:
+                    violations.append(Violation("answer-is-execution", k.op,
+                                                f"a {status} whose body is not a payment", evidence()))
+                    continue
+                if req.get("caller") != k.caller:
+                    violations.append(Violation(
+                        "own-answer", k.op,
+                        f"{k.caller} got the answer of caller {req.get('caller')} (operation {req.get('op')})",
+                        evidence()))
+                elif req.get("op") != k.op or req.get("key") != k.key:
+                    violations.append(Violation("own-answer", k.op,
+                                                f"got the answer of operation {req.get('op')}", evidence()))
+                if pay not in k.executions:
+                    violations.append(Violation(
+                        "answer-is-execution", k.op,
+                        f"answer {pay.get('id')} is not " + ("its execution" if n_exec == 1 else
+                                                             f"one of its {n_exec} executions"),
+                        evidence()))
+                if first_ok is None:
+                    first_ok = pay
+                elif pay.get("id") != first_ok.get("id"):
+                    violations.append(Violation(
+                        "answer-kept", k.op,
+                        f"answered {first_ok.get('id')}, later {pay.get('id')}", evidence()))
+                continue
+            if status in (409, 410, 422) and first_ok is not None:
+                violations.append(Violation(
+                    "answer-kept", k.op,
+                    f"answered {first_ok.get('id')}, later {status} {a.get('problem', '')} ({phase})".rstrip(),
+                    evidence()))
+                continue
+            if status == 422 and owners[(k.caller, k.key)] == {k.op}:
+                violations.append(Violation("no-false-mismatch", k.op,
+                                            f"422 for a key only this operation used ({phase})", evidence()))
+                continue
+            if status == 409 or status == 410:
+                before = [b for _, b in k.attempts if b["start"] < a["start"] and b is not a]
+                if not any(uncertain(b) or overlaps(b, faults_done) for b in before):
+                    violations.append(Violation(
+                        "real-unknown", k.op,
+                        f"{status} {a.get('problem', '')} with no earlier uncertain attempt ({phase})".rstrip(),
+                        evidence()))
+
+    for service, c in sorted(containers.items()):
+        if not (service.startswith("envoy") or service.startswith("keystore")):
+            continue
+        if c.get("status") != "running":
+            violations.append(Violation("no-crash", None, f"{service} is {c.get('status')} at the end",
+                                        {"container": c}))
+        for line in c.get("crash_lines", []):
+            violations.append(Violation("no-crash", None, f"{service} logged: {line[:300]}", {"container": service}))
+    for f in faults:
+        if f["kind"] == "unexpected-exit":
+            violations.append(Violation("no-crash", None, f"{f['target']} exited on its own: {f.get('detail')}",
+                                        {"fault": f}))
+    return violations, keys, stats
+
+
+def table(keys, faults, violations, route):
+    """Rows: each fault kind (nemesis faults, then the workload's knobs), operations with no fault, all."""
+    faults_done = [f for f in faults if f["kind"] in NEMESIS_KINDS and "end" in f]
+    by_op = defaultdict(set)
+    for v in violations:
+        if v.op is not None:
+            by_op[v.op].add(v.invariant)
+    run_keys = [k for k in keys.values() if k.route == route and ("run" in k.phases or "warmup" in k.phases)]
+    rows = []
+
+    def row(name, n_faults, ks):
+        ks = list(ks)
+        rows.append((name, n_faults, len(ks), sum(len(k.executions) for k in ks),
+                     sum(max(0, len(k.executions) - 1) for k in ks),
+                     sum(1 for k in ks if k.results.get("run") == "ok"),
+                     sum(1 for k in ks if k.results.get("run") == "unknown"),
+                     sum(1 for k in ks if k.results.get("run") == "gave-up"),
+                     sum(len(by_op[k.op]) for k in ks)))
+
+    touched = defaultdict(list)
+    for k in run_keys:
+        span = k.span()
+        kinds = set()
+        if span:
+            for f in faults_done:
+                if f["start"] <= span[1] and span[0] <= f["end"]:
+                    kinds.add(f["kind"])
+        if k.knob:
+            kinds.add(f"knob {k.knob}")
+        for kind in kinds:
+            touched[kind].append(k)
+        if not kinds:
+            touched["none"].append(k)
+    for kind in NEMESIS_KINDS:
+        row(kind, sum(1 for f in faults_done if f["kind"] == kind and not f.get("error")), touched[kind])
+    for kind in KNOB_KINDS:
+        ks = touched[f"knob {kind}"]
+        row(f"knob {kind}", len(ks), ks)
+    row("none", 0, touched["none"])
+    row("all", len(faults_done), run_keys)
+    return rows
+
+
+def render(rows, title):
+    head = ("fault kind", "faults", "ops", "executions", "re-exec", "ok", "unknown", "gave up", "violations")
+    widths = [max(len(str(r[i])) for r in rows + [head]) for i in range(len(head))]
+    lines = [title, "  " + "  ".join(h.ljust(w) if i == 0 else h.rjust(w) for i, (h, w) in enumerate(zip(head, widths)))]
+    for r in rows:
+        lines.append("  " + "  ".join(str(c).ljust(w) if i == 0 else str(c).rjust(w)
+                                      for i, (c, w) in enumerate(zip(r, widths))))
+    return "\n".join(lines)
+
+
+def load(folder):
+    folder = Path(folder)
+
+    def lines(name):
+        p = folder / name
+        return [json.loads(l) for l in p.read_text().splitlines() if l.strip()] if p.exists() else []
+
+    config = json.loads((folder / "config.json").read_text())
+    executions = json.loads((folder / "executions.json").read_text())
+    containers = json.loads((folder / "containers.json").read_text()) if (folder / "containers.json").exists() else {}
+    for service, c in containers.items():
+        log = folder / "logs" / f"{service}.log"
+        if log.exists():
+            c["crash_lines"] = crash_lines(log.read_text())
+    return lines("history.jsonl"), executions, lines("nemesis.jsonl"), containers, config
+
+
+def report(history, executions, faults, containers, config, max_shown=20):
+    """(text, violations): the tables and every violation, as printed at the end of a run."""
+    violations, keys, stats = check(history, executions, faults, containers, config)
+    out = [f"chaos: seed {config.get('seed')}, {config.get('seconds')} s, "
+           f"{sum(1 for k in keys.values() if 'run' in k.phases)} operations, {len(executions)} executions, "
+           f"{sum(1 for f in faults if f['kind'] in NEMESIS_KINDS)} faults"]
+    for kind, why in sorted(config.get("skipped", {}).items()):
+        out.append(f"chaos: fault kind {kind} not injected: {why}")
+    for route in ("lock", "release"):
+        out.append(render(table(keys, faults, violations, route), f"route {route} (unknown_outcome: \"{route}\"):"))
+    out.append(f"release route: {stats['allowed_reexecutions']} re-execution(s) allowed by the policy "
+               "(an uncertain attempt before each)")
+    t0 = config.get("start", 0)
+    faults_by_time = sorted((f for f in faults if "start" in f), key=lambda f: f["start"])
+    for n, v in enumerate(violations):
+        if n == max_shown:
+            out.append(f"... {len(violations) - max_shown} more violations in violations.json")
+            break
+        out.append(f"VIOLATION {v.invariant}: op {v.op}: {v.message}")
+        ev = v.evidence
+        if "attempts" in ev:
+            out.append(f"  caller {ev['caller']} key {ev['key']} route {ev['route']} knob {ev['knob']}")
+            for line in ev["attempts"]:
+                out.append(f"    {line}")
+            for p in ev["executions"]:
+                out.append(f"    executed: {p.get('id')} sequence {p.get('sequence')}")
+            span = keys[v.op].span() if v.op in keys else None
+            if span:
+                for f in faults_by_time:
+                    if f["start"] <= span[1] + 1 and span[0] - 10 <= f.get("end", f["start"]):
+                        out.append(f"    fault: {f['kind']} {f['target']} {f['start'] - t0:8.3f}.."
+                                   f"{f.get('end', f['start']) - t0:8.3f} s {f.get('detail', '')}")
+    out.append(f"chaos: {len(violations)} violation(s)")
+    return "\n".join(out), violations
+
+
+def main(argv):
+    if len(argv) != 2:
+        print("usage: checker.py RUN_FOLDER", file=sys.stderr)
+        return 2
+    text, violations = report(*load(argv[1]))
+    print(text)
+    return 1 if violations else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv))
