@@ -1,8 +1,8 @@
 """Offline checks of every deployment artifact (run by `make validate`, part of `make test`).
 
 - Envoy configs (envoy/, deploy/compose/, tests/chaos/gateway.yaml, the EnvoyFilter patch, every Istio
-  pluginConfig): `envoy --mode
-  validate` with the built module, so Envoy checks the protos and the filter itself parses its config.
+  pluginConfig): `envoy --mode validate` with the built module, so Envoy checks the protos and the filter
+  itself parses its config.
 - Kubernetes manifests: kubernetes-validate (strict, Kubernetes 1.30 schemas) for built-in kinds;
   the Istio kinds against istio_schemas.py; plus the cross-references between them.
 - The OCI image layout of `make oci`: index -> manifest -> config/layer, media types, digests, sizes, and
