@@ -81,9 +81,11 @@ class Key:
         self.attempts.sort(key=lambda pa: pa[1]["start"])
 
     def span(self):
-        if not self.attempts:
+        """From the first to the last attempt the client made while faults ran (the final pass left out)."""
+        during = [a for p, a in self.attempts if p != "final"]
+        if not during:
             return None
-        return min(a["start"] for _, a in self.attempts), max(a["end"] for _, a in self.attempts)
+        return min(a["start"] for a in during), max(a["end"] for a in during)
 
 
 def uncertain(attempt):
@@ -228,7 +230,26 @@ def check(history, executions, faults, containers, config):
         if f["kind"] == "unexpected-exit":
             violations.append(Violation("no-crash", None, f"{f['target']} exited on its own: {f.get('detail')}",
                                         {"fault": f}))
-    return violations, keys, stats
+    return dedupe(violations), keys, stats
+
+
+def dedupe(violations):
+    """One violation per invariant and operation: the first, with how many more attempts showed it."""
+    first, more = {}, defaultdict(int)
+    out = []
+    for v in violations:
+        if v.op is None:
+            out.append(v)
+            continue
+        key = (v.invariant, v.op)
+        if key in first:
+            more[key] += 1
+            continue
+        first[key] = v
+        out.append(v)
+    for key, n in more.items():
+        first[key].message += f" (and {n} more answer(s) like it)"
+    return out
 
 
 def table(keys, faults, violations, route):
