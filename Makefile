@@ -17,13 +17,14 @@ build:
 
 ## test: setup, build, the deploy artifact checks (validate), every test of the workspace (the end-to-end
 ## tests start Envoy), the fuzz and benchmark smoke runs, then the docker-compose stack (compose-test)
-## followed, on the same Docker engine and images, by a 60 s chaos run (COMPOSE_CHAOS_SECONDS)
+## followed, on the same Docker engine and images, by a chaos run of TEST_CHAOS_SECONDS (60; empty: none)
+TEST_CHAOS_SECONDS ?= 60
 test: SETUP_FLAGS = --fuzz --compose
 test: setup build validate
 	$(CARGO) test --workspace
 	$(MAKE) fuzz-smoke
 	BENCH_BIN_DIR=$${CARGO_TARGET_DIR:-target}/debug python3 bench/run.py --smoke
-	$(MAKE) compose-test COMPOSE_CHAOS_SECONDS=60
+	$(MAKE) compose-test COMPOSE_CHAOS_SECONDS=$(TEST_CHAOS_SECONDS)
 
 ## demo: payments, the key store and three gateways on this machine (README "A replay, by hand"), in the
 ## foreground until Ctrl-C
