@@ -1,23 +1,34 @@
 """The chaos run's nemesis (standard library only): one fault at a time, at random, through the docker CLI.
 
 Faults (each one healed before the next; a quiet interval of QUIET_S between them):
-  pause              `docker pause` of any container (gateway, key store replica, Redis, payments) for 0.5
-                     to 8 s: a frozen process. Beyond the gateways' lease (3 s) this is the lease case: the
-                     holder of a claim stops renewing it without being gone.
-  kill               `docker kill` (SIGKILL) of a gateway, a key store replica or Redis, `docker start` 0.5
-                     to 3 s later (payments is never killed: its list of payments is the record of
+  pause              `docker pause` of any container (gateway, key store replica, Redis, payments) for PAUSE_S
+                     (0.5 to 8 s): a frozen process.
+  kill               `docker kill` (SIGKILL) of a gateway, a key store replica or Redis, `docker start` KILL_S
+                     (0.5 to 3 s) later (payments is never killed: its list of payments is the record of
                      executions).
-  cut-gateway-store  a gateway leaves the `keys` network (`docker network disconnect`) for 1 to 8 s: it
-                     cannot reach either key store replica.
-  cut-store-redis    a key store replica leaves the `data` network for 1 to 8 s: it cannot reach Redis.
+  cut-gateway-store  a gateway leaves the `keys` network (`docker network disconnect`) for CUT_S (1 to 8 s):
+                     it cannot reach either key store replica.
+  cut-store-redis    a key store replica leaves the `data` network for CUT_S: it cannot reach Redis.
   latency            `tc qdisc ... netem delay` on every interface of a container, from the host inside the
                      container's network namespace (nsenter), for 2 to 8 s. Probed first: where the kernel has
                      no netem qdisc, this kind is not injected and the run says why.
 
-Every fault is one JSON line of the nemesis log: kind, target, start and end (Unix time: from the first
-command to the end of the heal), detail, and an error if a command failed. Before each fault the nemesis
-looks at every container: one that is not running and was not stopped by it has crashed; that is logged
-(kind `unexpected-exit`, with its exit code) and the container is started again so the run goes on.
+The envelope (tests/chaos/run.py checks it against the gateway's `lock_lease_ms` before it starts): no
+pause or cut outlasts a claim's lease. A frozen gateway renews its claims on its first tick once it
+resumes, at most a renewal period (a third of the lease) plus the pause after its last renewal. While the
+key store is out of reach (its gateway cut off, Redis paused, a replica cut off from Redis), a record
+waits in the gateway, which retries it every 200 ms until the lease ends: it lands at most the upstream's
+work (the workload asks for 3 s at most), the outage and a DNS refresh (1 s) after the claim. Both stay
+under the lease, so exactly once must hold through every pause and cut. A killed gateway is gone: its
+leases end by design, and a key it held may run again once its lease is over (the checker's "lease
+expired" class).
+
+Every fault is one JSON line of the nemesis log: kind, target, start (before the command), applied (the
+command done: the fault is in effect), seconds (from applied to the heal's first command: how long the fault
+surely held), end (the heal done; for a kill, the restarted service ready), detail, and an error if a
+command failed. Before each fault the nemesis looks at every container: one that is not running and was
+not stopped by it has crashed; that is logged (kind `unexpected-exit`, with its exit code) and the
+container is started again so the run goes on.
 
 Seeded: kinds, targets, durations and intervals come from one random generator seeded from the run's seed.
 """
@@ -33,6 +44,10 @@ KILL_TARGETS = ("envoy-a", "envoy-b", "keystore-1", "keystore-2", "redis")
 GATEWAYS = ("envoy-a", "envoy-b")
 STORES = ("keystore-1", "keystore-2")
 QUIET_S = (1.0, 4.0)
+PAUSE_S = (0.5, 8.0)
+KILL_S = (0.5, 3.0)
+CUT_S = (1.0, 8.0)
+LATENCY_S = (2.0, 8.0)
 KINDS = ("pause", "kill", "cut-gateway-store", "cut-store-redis", "latency")
 LATENCY = ["delay", "150ms", "100ms"]
 
@@ -118,25 +133,25 @@ class Nemesis(threading.Thread):
     def inject(self, kind):
         rng = self.rng
         if kind == "pause":
-            target, duration = rng.choice(PAUSE_TARGETS), rng.uniform(0.5, 8.0)
+            target, duration = rng.choice(PAUSE_TARGETS), rng.uniform(*PAUSE_S)
             do, undo = ("pause",), ("unpause",)
             detail = f"paused {duration:.1f} s"
         elif kind == "kill":
-            target, duration = rng.choice(KILL_TARGETS), rng.uniform(0.5, 3.0)
+            target, duration = rng.choice(KILL_TARGETS), rng.uniform(*KILL_S)
             do, undo = ("kill",), ("start",)
             detail = f"SIGKILL, started again after {duration:.1f} s"
         elif kind == "cut-gateway-store":
-            target, duration = rng.choice(GATEWAYS), rng.uniform(1.0, 8.0)
+            target, duration = rng.choice(GATEWAYS), rng.uniform(*CUT_S)
             net = self.networks["keys"]
             do, undo = ("network", "disconnect", net), ("network", "connect", net)
             detail = f"off network keys {duration:.1f} s"
         elif kind == "cut-store-redis":
-            target, duration = rng.choice(STORES), rng.uniform(1.0, 8.0)
+            target, duration = rng.choice(STORES), rng.uniform(*CUT_S)
             net = self.networks["data"]
             do, undo = ("network", "disconnect", net), ("network", "connect", net)
             detail = f"off network data {duration:.1f} s"
         elif kind == "latency":
-            target, duration = rng.choice(PAUSE_TARGETS), rng.uniform(2.0, 8.0)
+            target, duration = rng.choice(PAUSE_TARGETS), rng.uniform(*LATENCY_S)
             do = undo = None
             detail = f"netem {' '.join(LATENCY)} {duration:.1f} s"
         else:
@@ -149,10 +164,13 @@ class Nemesis(threading.Thread):
                 self.netem(cid, add=True)
             else:
                 self.docker.run(*do, cid)
+            event["applied"] = time.time()
             self.stop.wait(duration)
         except RuntimeError as e:
             event["error"] = str(e)
         finally:
+            if "applied" in event:
+                event["seconds"] = round(time.time() - event["applied"], 3)
             try:
                 if kind == "latency":
                     self.netem(cid, add=False)

@@ -4,18 +4,19 @@
 faults; then every fault is healed, every hold is let end, every operation is sent once more (the final
 pass), and checker.py reads the whole history. Standard library only; every request goes to 127.0.0.1.
 
-Steps: the checker's self-test (test_checker.py); the stack healthy and one payment through each gateway;
-CHAOS_SECONDS of clients and faults; the heal, a quiet wait (lease + hold), the final pass; the upstream's
-list of payments, the containers' states and logs; the checker's tables and violations.
+Steps: the checker's self-test (test_checker.py); the gateway's lease checked against the nemesis's longest
+pause and cut (the envelope); the stack healthy and one payment through each gateway; CHAOS_SECONDS of
+clients and faults; the heal, a quiet wait (lease + hold), the final pass; the upstream's list of payments,
+the containers' states and logs; the checker's tables and violations.
 
 Environment:
   CHAOS_COMPOSE   the docker-compose command line of the chaos stack (with -p and -f)
   CHAOS_SECONDS   how long clients and faults run (default 300)
   CHAOS_SEED      the seed (default: a new one, printed); the same seed replays the same operations and faults
   CHAOS_CLIENTS   client threads (default 6)
-  CHAOS_DIR       where runs are written (default .tmp/chaos in the repository): the run goes to last/;
-                  a failing run is also kept as failed-seed<SEED>-<UTC time>/ (the seed, the history, the
-                  nemesis log, the executions, the containers' logs, the report)
+  CHAOS_DIR       where runs are written (default .tmp/chaos in the repository): the run goes to last/
+                  (the seed, the history, the nemesis log, the executions, the containers' logs, the
+                  report, violations.json); a failing run is also kept as failed-seed<SEED>-<UTC time>/
 Exit status 1 when the checker finds a violation (or the run itself fails).
 """
 
@@ -23,6 +24,7 @@ import http.client
 import json
 import os
 import random
+import re
 import shlex
 import shutil
 import subprocess
@@ -42,7 +44,37 @@ ROOT = HERE.parents[1]
 GATEWAYS = {"envoy-a": 20000, "envoy-b": 20001}
 PAYMENTS = 28080
 SERVICES = ("envoy-a", "envoy-b", "keystore-1", "keystore-2", "redis", "payments")
-LEASE_S, HOLD_S = 3.0, 5.0  # tests/chaos/gateway.yaml: lock_lease_ms, unknown_hold_ms
+GATEWAY_CONFIG = HERE / "gateway.yaml"
+DNS_REFRESH_S = 1.0  # gateway.yaml: the keystore cluster's dns_refresh_rate
+TICK_S = 0.1  # the filter's root context ticks every 100 ms
+
+
+def gateway_timings(text):
+    """(lock_lease_ms, unknown_hold_ms) of the chaos gateway's filter config, in seconds."""
+    found = {}
+    for name in ("lock_lease_ms", "unknown_hold_ms"):
+        m = re.findall(rf'"{name}":\s*(\d+)', text)
+        if len(m) != 1:
+            raise RuntimeError(f"{GATEWAY_CONFIG}: expected one {name}, found {len(m)}")
+        found[name] = int(m[0]) / 1000
+    return found["lock_lease_ms"], found["unknown_hold_ms"]
+
+
+def envelope(lease_s):
+    """Why no pause or cut of the nemesis can end a claim's lease (nemesis.py), or a RuntimeError."""
+    period = lease_s / 3
+    longest = max(nemesis.PAUSE_S[1], nemesis.CUT_S[1])
+    frozen = period + longest + TICK_S
+    work = workload.SLOW_MS[1] / 1000
+    unreachable = work + longest + DNS_REFRESH_S
+    if frozen >= lease_s or unreachable >= lease_s:
+        raise RuntimeError(
+            f"lock_lease_ms {lease_s * 1000:.0f} is within the nemesis's faults: a frozen holder renews up to "
+            f"{frozen:.1f} s after its last renewal, a record waits for the key store up to {unreachable:.1f} s; "
+            f"raise it in {GATEWAY_CONFIG.name} or shorten nemesis.PAUSE_S and CUT_S")
+    return (f"lease {lease_s:.0f} s: a gateway frozen {longest:.0f} s renews at most {frozen:.1f} s after its last "
+            f"renewal, a record waits for an unreachable key store {unreachable:.1f} s at most; only a killed gateway "
+            "loses its leases")
 
 
 def say(text):
@@ -120,6 +152,8 @@ def main():
     say(f"seed {seed} (replay: CHAOS_SEED={seed} make chaos), {seconds:.0f} s, {clients} clients, run in {run_dir}")
 
     self_test()
+    lease_s, hold_s = gateway_timings(GATEWAY_CONFIG.read_text())
+    say(f"envelope: {envelope(lease_s)}")
 
     docker = nemesis.Docker()
     containers = {}
@@ -150,7 +184,7 @@ def main():
     workload.warm_up(GATEWAYS, history)
     say(f"stack serving after {time.time() - started:.1f} s")
 
-    config = {"seed": seed, "seconds": seconds, "clients": clients, "lease_s": LEASE_S, "hold_s": HOLD_S,
+    config = {"seed": seed, "seconds": seconds, "clients": clients, "lease_s": lease_s, "hold_s": hold_s,
               "start": time.time(), "skipped": skipped}
     (run_dir / "config.json").write_text(json.dumps(config, indent=1))
 
@@ -173,11 +207,11 @@ def main():
         t.join(workload.OP_BUDGET_S + 10)
     if nem.failure:
         raise RuntimeError(f"the nemesis failed: {nem.failure}")
-    say(f"faults healed, clients done: {history.count} operations; waiting {LEASE_S + HOLD_S + 1:.0f} s for "
+    say(f"faults healed, clients done: {history.count} operations; waiting {lease_s + hold_s + 1:.0f} s for "
         "every lease and hold to end")
     until("both gateways healthy", lambda: all(docker.health(containers[s]) == "healthy" for s in GATEWAYS),
           timeout=60)
-    time.sleep(LEASE_S + HOLD_S + 1)
+    time.sleep(lease_s + hold_s + 1)
 
     records = [json.loads(l) for l in (run_dir / "history.jsonl").read_text().splitlines() if l.strip()]
     t = time.time()

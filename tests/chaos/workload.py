@@ -48,6 +48,7 @@ KNOBS = (  # (name, share of operations)
     ("cut", 0.06),
     ("5xx", 0.06),
 )
+SLOW_MS = (300, 3000)  # x-demo-delay-ms of the `slow` knob
 CLIENT_TIMEOUT_S = 2.0
 MAX_ATTEMPTS = 12
 OP_BUDGET_S = 15.0
@@ -248,7 +249,7 @@ class Client(threading.Thread):
                 break
             roll -= share_of
         if knob == "slow":
-            value = p.randrange(300, 3001, 100)
+            value = p.randrange(SLOW_MS[0], SLOW_MS[1] + 1, 100)
         elif knob == "cut":
             value = p.randrange(1, 40)
         amount = p.randrange(1, 100_000)
