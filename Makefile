@@ -1,7 +1,7 @@
 # Build, test and demo entry points. `make test` is what CI runs (.ci/run).
 CARGO ?= cargo
 
-.PHONY: setup build test demo lint clean oci validate bench fuzz fuzz-smoke compose-test ci-fresh
+.PHONY: setup build test demo lint clean oci validate bench fuzz fuzz-smoke compose-test chaos ci-fresh
 
 ## setup: wasm32-wasip1 target, Envoy, checkers and promtool in .venv, Debian tools (idempotent).
 ## SETUP_FLAGS adds what only some targets use (scripts/setup.sh): test, fuzz and fuzz-smoke set --fuzz
@@ -17,12 +17,14 @@ build:
 
 ## test: setup, build, the deploy artifact checks (validate), every test of the workspace (the end-to-end
 ## tests start Envoy), the fuzz and benchmark smoke runs, then the docker-compose stack (compose-test)
+## followed, on the same Docker engine and images, by a chaos run of TEST_CHAOS_SECONDS (60; empty: none)
+TEST_CHAOS_SECONDS ?= 60
 test: SETUP_FLAGS = --fuzz --compose
 test: setup build validate
 	$(CARGO) test --workspace
 	$(MAKE) fuzz-smoke
 	BENCH_BIN_DIR=$${CARGO_TARGET_DIR:-target}/debug python3 bench/run.py --smoke
-	$(MAKE) compose-test
+	$(MAKE) compose-test COMPOSE_CHAOS_SECONDS=$(TEST_CHAOS_SECONDS)
 
 ## demo: payments, the key store and three gateways on this machine (README "A replay, by hand"), in the
 ## foreground until Ctrl-C
@@ -53,11 +55,24 @@ fuzz-smoke: setup
 ## compose-test: docker-compose.yaml built on local Debian base images and started on a private dockerd,
 ## then the docker-compose story of docs/deploy.md and the Prometheus checks against it (scripts/compose-test.sh);
 ## needs root. The images take the host's release builds of the key store and payments.
+## COMPOSE_CHAOS_SECONDS=N adds a chaos run of N seconds after the story (make test sets 60).
+COMPOSE_CHAOS_SECONDS ?=
 compose-test: SETUP_FLAGS = --compose
 compose-test: setup
 	$(CARGO) build --release --target wasm32-wasip1
 	$(CARGO) build --release -p payments-demo -p idempotency-keystore
-	scripts/compose-test.sh
+	scripts/compose-test.sh $(if $(COMPOSE_CHAOS_SECONDS),--chaos $(COMPOSE_CHAOS_SECONDS))
+
+## chaos: the compose images under many retrying clients while faults are injected at random (pause, kill,
+## network cuts between gateway and key store and between key store and Redis), then a checker over the
+## whole history (tests/chaos/, README "Chaos run"); CHAOS_SECONDS (default 300), CHAOS_SEED to replay a
+## run. A failing run is kept in .tmp/chaos/failed-seed<SEED>-<time>/. Needs root, like compose-test.
+CHAOS_SECONDS ?= 300
+chaos: SETUP_FLAGS = --compose
+chaos: setup
+	$(CARGO) build --release --target wasm32-wasip1
+	$(CARGO) build --release -p payments-demo -p idempotency-keystore
+	scripts/compose-test.sh --no-story --chaos $(CHAOS_SECONDS)
 
 ## bench: the benchmark (bench/README.md): release builds, then about 5 minutes of load on loopback;
 ## prints the table and writes bench/results/latest.{md,json}. Not part of `make test`.
@@ -76,8 +91,10 @@ oci:
 	python3 scripts/oci.py
 
 ## validate: offline checks of every deploy artifact (envoy/, deploy/, docker-compose.yaml, the OCI image)
+## and the chaos checker's self-test (tests/chaos/test_checker.py)
 validate: oci
 	.venv/bin/python -m unittest discover -s tests/deploy -p 'test_*.py'
+	python3 -m unittest discover -s tests/chaos -p 'test_*.py'
 
 ## ci-fresh: CI as a new machine runs it (fresh clone, empty CARGO_HOME, fresh .venv), timed
 ci-fresh:

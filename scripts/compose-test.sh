@@ -22,6 +22,10 @@
 # REDIS_IMAGE, PROMETHEUS_IMAGE) and BINARY=prebuilt: the key store and payments binaries are the host's
 # release builds, copied to target/compose/.
 #
+# Options: --chaos SECONDS runs the chaos run after the story (tests/chaos/run.py, for SECONDS, on its own
+# stack, tests/chaos/docker-compose.yaml, made of the same images; the story's stack is taken down first);
+# --no-story skips the story (make chaos).
+#
 # Environment: IDEMPOTENCY_COMPOSE_CACHE (default /var/cache/idempotency-compose),
 # IDEMPOTENCY_DOCKER_ROOT (default /var/lib/idempotency-docker), IDEMPOTENCY_DOCKER_RUN (default
 # /run/idempotency-docker), DEBIAN_MIRROR (default http://deb.debian.org/debian), KEEP_DOCKERD=1 (leave
@@ -40,7 +44,18 @@ ADDRESS_POOL=172.30.0.0/16
 SUITE=bookworm
 LOCAL=idempotency-local
 PROJECT=idempotency-compose-test
+CHAOS_PROJECT=idempotency-chaos
 target_dir="${CARGO_TARGET_DIR:-target}"
+
+story=1 chaos_seconds=""
+while [ $# -gt 0 ]; do
+    case "$1" in
+        --no-story) story="" ;;
+        --chaos) chaos_seconds="${2:?--chaos needs a number of seconds}"; shift ;;
+        *) echo "compose-test: unknown option $1 (known: --no-story, --chaos SECONDS)" >&2; exit 2 ;;
+    esac
+    shift
+done
 
 t_start=$(date +%s)
 t_phase=$t_start
@@ -161,17 +176,29 @@ phase "local base images"
 # --- the stack -------------------------------------------------------------------------------------------
 compose=(docker-compose -p "$PROJECT" -f "$repo/docker-compose.yaml")
 export COMPOSE="${compose[*]}"
+chaos=(docker-compose -p "$CHAOS_PROJECT" -f "$repo/tests/chaos/docker-compose.yaml")
+export CHAOS_COMPOSE="${chaos[*]}"
 teardown() {
     local status=$?
     trap - EXIT
     if [ "$status" -ne 0 ]; then
-        echo "compose-test: failed (exit $status); the stack as it was:" >&2
-        "${compose[@]}" ps >&2 || true
-        "${compose[@]}" logs --no-color --tail=40 >&2 || true
+        local project
+        for project in "$PROJECT" "$CHAOS_PROJECT"; do
+            local cmd=("${compose[@]}")
+            [ "$project" = "$PROJECT" ] || cmd=("${chaos[@]}")
+            [ -n "$("${cmd[@]}" ps -q 2>/dev/null)" ] || continue
+            echo "compose-test: failed (exit $status); the stack $project as it was:" >&2
+            "${cmd[@]}" ps >&2 || true
+            # The chaos run keeps every container's log with its history (.tmp/chaos/).
+            [ "$project" = "$CHAOS_PROJECT" ] || "${cmd[@]}" logs --no-color --tail=40 >&2 || true
+        done
     fi
     "${compose[@]}" down --volumes --remove-orphans --timeout 5 || true
-    local left
-    left="$(docker ps -aq --filter "label=com.docker.compose.project=$PROJECT")$(docker network ls -q --filter "label=com.docker.compose.project=$PROJECT")$(docker volume ls -q --filter "label=com.docker.compose.project=$PROJECT")"
+    "${chaos[@]}" down --volumes --remove-orphans --timeout 5 >/dev/null 2>&1 || true
+    local left="" p
+    for p in "$PROJECT" "$CHAOS_PROJECT"; do
+        left+="$(docker ps -aq --filter "label=com.docker.compose.project=$p")$(docker network ls -q --filter "label=com.docker.compose.project=$p")$(docker volume ls -q --filter "label=com.docker.compose.project=$p")"
+    done
     if [ -n "$left" ]; then echo "compose-test: containers, networks or volumes left behind" >&2; status=1; fi
     phase "teardown"
     stop_dockerd
@@ -183,6 +210,7 @@ teardown() {
 trap teardown EXIT
 # A stack left by an interrupted run goes first.
 "${compose[@]}" down --volumes --remove-orphans --timeout 5 >/dev/null 2>&1 || true
+"${chaos[@]}" down --volumes --remove-orphans --timeout 5 >/dev/null 2>&1 || true
 
 "${compose[@]}" build \
     --build-arg BINARY=prebuilt \
@@ -192,8 +220,21 @@ trap teardown EXIT
     --build-arg "PROMETHEUS_IMAGE=$LOCAL/prometheus:2.42"
 phase "stack images"
 
-"${compose[@]}" up -d --no-build
-phase "up"
+if [ -n "$story" ]; then
+    "${compose[@]}" up -d --no-build
+    phase "up"
 
-python3 tests/compose/story.py
-phase "story"
+    python3 tests/compose/story.py
+    phase "story"
+fi
+
+if [ -n "$chaos_seconds" ]; then
+    # The story's stack goes first: the chaos run has the machine to itself.
+    "${compose[@]}" down --volumes --remove-orphans --timeout 5 >/dev/null 2>&1
+    "${chaos[@]}" up -d --no-build
+    phase "chaos up"
+    chaos_status=0
+    CHAOS_SECONDS="$chaos_seconds" python3 tests/chaos/run.py || chaos_status=$?
+    phase "chaos run"
+    [ "$chaos_status" -eq 0 ] || exit "$chaos_status"
+fi

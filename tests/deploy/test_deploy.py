@@ -1,7 +1,8 @@
 """Offline checks of every deployment artifact (run by `make validate`, part of `make test`).
 
-- Envoy configs (envoy/, deploy/compose/, the EnvoyFilter patch, every Istio pluginConfig): `envoy --mode
-  validate` with the built module, so Envoy checks the protos and the filter itself parses its config.
+- Envoy configs (envoy/, deploy/compose/, tests/chaos/gateway.yaml, the EnvoyFilter patch, every Istio
+  pluginConfig): `envoy --mode validate` with the built module, so Envoy checks the protos and the filter
+  itself parses its config.
 - Kubernetes manifests: kubernetes-validate (strict, Kubernetes 1.30 schemas) for built-in kinds;
   the Istio kinds against istio_schemas.py; plus the cross-references between them.
 - The OCI image layout of `make oci`: index -> manifest -> config/layer, media types, digests, sizes, and
@@ -233,6 +234,12 @@ class EnvoyConfigs(unittest.TestCase):
             out.write_text(text)
             paths.append(out)
         self.assertGreaterEqual(len(paths), 6, "docker-compose.yaml lost a gateway")
+        # The chaos run's gateway (tests/chaos/docker-compose.yaml mounts it into the gateway image).
+        chaos = (ROOT / "tests/chaos/gateway.yaml").read_text()
+        self.assertIn("filename: /etc/envoy/idempotency_filter.wasm", chaos)
+        out = Path(self.tmp.name) / "chaos-gateway.yaml"
+        out.write_text(chaos.replace("filename: /etc/envoy/idempotency_filter.wasm", f"filename: {WASM.resolve()}"))
+        paths.append(out)
         self.run_validations(paths)
 
     def test_istio_filter_configs_load_in_envoy(self):
