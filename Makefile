@@ -65,7 +65,7 @@ compose-test: setup
 
 ## chaos: the compose images under many retrying clients while faults are injected at random (pause, kill,
 ## network cuts between gateway and key store and between key store and Redis), then a checker over the
-## whole history (tests/chaos/, README "Chaos run"); CHAOS_SECONDS (default 300), CHAOS_SEED to replay a
+## whole history (tests/chaos/, docs/hardening.md "Chaos run"); CHAOS_SECONDS (default 300), CHAOS_SEED to replay a
 ## run. A failing run is kept in .tmp/chaos/failed-seed<SEED>-<time>/. Needs root, like compose-test.
 CHAOS_SECONDS ?= 300
 chaos: SETUP_FLAGS = --compose
