@@ -1352,6 +1352,28 @@ mod rotation_with_keystore {
     }
 
     #[test]
+    fn observe_mode_goes_on_after_a_lookup_under_the_previous_secret() {
+        let observe = cfg().replacen('{', r#"{"mode":"observe","#, 1);
+        let w = World::new(&observe);
+        let (mut s, h, flow) = w.send(&post("k", b"a"));
+        assert_eq!(flow, Flow::Pause, "the lookup holds the request");
+        let (token, lookup) = h.last_callout().unwrap();
+        s.on_callout_response(
+            &h,
+            token,
+            Some(200),
+            completed(&lookup, OLD_SECRET).as_bytes(),
+        );
+        assert!(
+            h.last_sent().is_none(),
+            "observe mode never answers locally"
+        );
+        assert_eq!(h.resumed_request.get(), 1, "the paused request goes on");
+        assert_eq!(h.observed_of(Metric::Replayed), 1);
+        assert_eq!(h.count_of(Metric::Replayed), 0);
+    }
+
+    #[test]
     fn in_flight_or_forged_under_the_previous_secret() {
         let w = World::new(&cfg());
         let (mut s, h, _) = w.send(&post("k", b"a"));

@@ -203,11 +203,11 @@ impl Stream {
         status: Option<u16>,
         body: &[u8],
     ) {
+        // Whatever this reply decides for a request paused on it, going on means resuming it.
+        self.in_callout = true;
         match std::mem::replace(&mut self.phase, Phase::Passthrough) {
             Phase::Claiming { claim, callout } if callout == token => {
-                self.in_callout = true;
-                self.on_claim_reply(host, claim, status, body);
-                self.in_callout = false;
+                self.on_claim_reply(host, claim, status, body)
             }
             Phase::ClaimAbandoned { claim, callout } if callout == token => {
                 self.release_abandoned_claim(host, claim, status, body)
@@ -233,6 +233,7 @@ impl Stream {
             }
             other => self.phase = other,
         }
+        self.in_callout = false;
     }
 
     pub fn on_response_headers(&mut self, host: &dyn Host, end_of_stream: bool) -> Flow {

@@ -111,11 +111,7 @@ impl Stream {
                 self.mismatch(host, &key);
             }
             Err(ClaimError::Unverified) => {
-                host.count(Metric::UnverifiedRecord);
-                warn!(
-                    "key {}: the key store returned a record that fails verification (not sealed for this key under any configured secret); not replayed",
-                    key.short()
-                );
+                self.unverified(host, &key);
                 self.lookup_failed(
                     host,
                     admitted,
@@ -139,7 +135,7 @@ impl Stream {
         why: &str,
         request: Request,
     ) -> Flow {
-        host.count(Metric::StoreError);
+        self.count(host, Metric::StoreError);
         match admitted.rule.failure_mode {
             FailureMode::FailOpen => {
                 warn!(

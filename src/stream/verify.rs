@@ -7,9 +7,19 @@ use super::{Claim, Stream};
 use crate::host::Host;
 use crate::keystore_client::{self, ClaimError, ClaimReply};
 use crate::metrics::Metric;
+use crate::scope::RecordKey;
 use log::warn;
 
 impl Stream {
+    /// A record from the key store that does not open for its key: counted, logged without data.
+    pub(super) fn unverified(&self, host: &dyn Host, key: &RecordKey) {
+        self.count(host, Metric::UnverifiedRecord);
+        warn!(
+            "key {}: the key store returned a record that fails verification (not sealed for this key under any configured secret); not replayed",
+            key.short()
+        );
+    }
+
     /// The key store's reply to `claim`, with its record verified.
     pub(super) fn claim_reply(
         &self,
@@ -24,11 +34,7 @@ impl Stream {
         match keystore_client::parse_claim(ks, &claim.key, status, body) {
             Ok(reply) => Ok(reply),
             Err(ClaimError::Unverified) => {
-                host.count(Metric::UnverifiedRecord);
-                warn!(
-                    "key {}: the key store returned a record that fails verification (not sealed for this key under any configured secret); not replayed",
-                    claim.key.short()
-                );
+                self.unverified(host, &claim.key);
                 Err("record from the key store failed verification".to_string())
             }
             Err(ClaimError::Failed(e)) => Err(e),
