@@ -74,6 +74,17 @@ impl World {
 
     /// Runs the request side; returns the stream, its host and what the last request callback returned.
     fn send(&self, req: &Req) -> (Stream, FakeHost, Flow) {
+        let host = self.host(req);
+        let mut stream = Stream::new(self.worker.clone());
+        let mut flow = stream.on_request_headers(&host, req.body.is_empty());
+        if !req.body.is_empty() && host.sent.borrow().is_empty() {
+            flow = stream.on_request_body(&host, req.body.len(), true);
+        }
+        (stream, host, flow)
+    }
+
+    /// A fake Envoy holding `req`, for a test that drives the callbacks itself.
+    fn host(&self, req: &Req) -> FakeHost {
         let mut host = FakeHost::new(&self.shared, &self.clock, &self.ids);
         host.request_headers = vec![
             (":method".into(), req.method.as_bytes().to_vec()),
@@ -88,12 +99,7 @@ impl World {
                 .push(("authorization".into(), c.as_bytes().to_vec()));
         }
         host.request_body = req.body.to_vec();
-        let mut stream = Stream::new(self.worker.clone());
-        let mut flow = stream.on_request_headers(&host, req.body.is_empty());
-        if !req.body.is_empty() && host.sent.borrow().is_empty() {
-            flow = stream.on_request_body(&host, req.body.len(), true);
-        }
-        (stream, host, flow)
+        host
     }
 
     /// The key-store writes streams handed to the root context so far.
@@ -220,15 +226,9 @@ fn the_first_caller_source_that_names_the_caller_wins() {
     // Alice by authorization, then a request that also carries an API key: another caller.
     let (mut s, mut h, _) = w.send(&post("k", b"a"));
     w.respond(&mut s, &mut h, 201, b"alice's");
-    let mut host = FakeHost::new(&w.shared, &w.clock, &w.ids);
-    host.request_headers = vec![
-        (":method".into(), b"POST".to_vec()),
-        (":path".into(), b"/payments".to_vec()),
-        ("idempotency-key".into(), b"k".to_vec()),
-        ("authorization".into(), b"Bearer alice".to_vec()),
-        ("x-api-key".into(), b"Bearer alice".to_vec()),
-    ];
-    host.request_body = b"a".to_vec();
+    let mut host = w.host(&post("k", b"a"));
+    host.request_headers
+        .push(("x-api-key".into(), b"Bearer alice".to_vec()));
     let mut s2 = Stream::new(w.worker.clone());
     let _ = s2.on_request_headers(&host, false);
     let flow = s2.on_request_body(&host, 1, true);
@@ -998,14 +998,7 @@ fn stream_headers_mode_lets_headers_go_and_holds_the_body() {
     let w = World::new(r#"{"headers_mode":"stream"}"#);
     let (mut s, mut h, _) = w.send(&post("k", b"a"));
     w.respond(&mut s, &mut h, 201, b"1");
-    let mut host = FakeHost::new(&w.shared, &w.clock, &w.ids);
-    host.request_headers = vec![
-        (":method".into(), b"POST".to_vec()),
-        (":path".into(), b"/payments".to_vec()),
-        ("idempotency-key".into(), b"k".to_vec()),
-        ("authorization".into(), b"Bearer alice".to_vec()),
-    ];
-    host.request_body = b"a".to_vec();
+    let host = w.host(&post("k", b"a"));
     let mut s = Stream::new(w.worker.clone());
     assert_eq!(s.on_request_headers(&host, false), Flow::Continue);
     assert_eq!(
