@@ -2,7 +2,7 @@
 //! context, so the answer is captured and stored even when the client has gone. This module builds
 //! that upstream request and reads its answer; [`crate::worker`] runs it.
 
-use crate::config::{UnknownOutcome, NEVER_STORED};
+use crate::config::UnknownOutcome;
 use crate::deferred::Deferred;
 use crate::fingerprint::Fingerprint;
 use crate::host::{Callout, Headers, SharedData};
@@ -137,9 +137,7 @@ impl Worker {
                 let answer =
                     upstream_answer(status, message_headers(headers.clone()), body.clone());
                 let kept = storable_headers(headers, &self.cfg.replay_headers);
-                let storable = (status < 500 || job.rule.store_5xx)
-                    && status >= 100
-                    && !NEVER_STORED.contains(&status);
+                let storable = job.rule.keeps_status(status);
                 let header_bytes: usize = kept.iter().map(|(n, v)| n.len() + v.len()).sum();
                 if !storable {
                     info!(

@@ -207,6 +207,14 @@ pub struct RouteRule {
     pub mode: Mode,
 }
 
+impl RouteRule {
+    /// Whether an answer with this status is kept for replays: not one that says the request never
+    /// really ran (`NEVER_STORED`), and not a 5xx unless the rule stores them.
+    pub fn keeps_status(&self, status: u16) -> bool {
+        (status < 500 || self.store_5xx) && status >= 100 && !NEVER_STORED.contains(&status)
+    }
+}
+
 /// Where the mesh-wide key store is reached.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct KeystoreConfig {

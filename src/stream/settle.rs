@@ -7,7 +7,7 @@
 //!   locked as "outcome unknown" and never executes again; the `release` policy frees it instead.
 
 use super::{Claim, Flow, Phase, Stream};
-use crate::config::{UnknownOutcome, NEVER_STORED};
+use crate::config::UnknownOutcome;
 use crate::deferred::Deferred;
 use crate::host::{Callout, Host};
 use crate::keystore_client;
@@ -48,9 +48,7 @@ impl Stream {
             }
             ResponseClass::FromUpstream => {}
         }
-        let storable = (status < 500 || claim.rule.store_5xx)
-            && status >= 100
-            && !NEVER_STORED.contains(&status);
+        let storable = claim.rule.keeps_status(status);
         if !storable {
             info!(
                 "key {}: upstream answered {status}; releasing the claim",
