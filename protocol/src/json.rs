@@ -210,7 +210,7 @@ mod tests {
                 "retention_ms",
             ),
             (
-                format!(r#"{{"token":"t","record":"YQ==","retention_ms":1}}"#),
+                r#"{"token":"t","record":"YQ==","retention_ms":1}"#.to_owned(),
                 "key",
             ),
         ] {
