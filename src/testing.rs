@@ -238,15 +238,12 @@ pub fn with_test_secret(json: &str) -> String {
 
 /// Opens the sealed record of a `/complete` callout body (sealed under [`TEST_SECRET`]).
 pub fn record_of_complete(body: &[u8]) -> crate::record::Record {
-    use base64::Engine;
-    let v: serde_json::Value = serde_json::from_slice(body).unwrap_or_default();
-    let blob = base64::engine::general_purpose::STANDARD
-        .decode(v["record"].as_str().unwrap_or_default())
-        .unwrap_or_default();
+    let sent: idempotency_protocol::CompleteRequest =
+        idempotency_protocol::json::decode_request(body).unwrap();
     let mut key = [0u8; 32];
-    let _ = hex::decode_to_slice(v["key"].as_str().unwrap_or_default(), &mut key);
+    hex::decode_to_slice(sent.key.as_str(), &mut key).unwrap();
     let secrets = crate::config::Secrets::from_bytes(vec![TEST_SECRET.as_bytes().to_vec()]);
-    match crate::record::Record::open(&blob, &crate::scope::RecordKey(key), &secrets) {
+    match crate::record::Record::open(&sent.record, &crate::scope::RecordKey(key), &secrets) {
         Ok(r) => r,
         Err(e) => panic!("the complete callout's record does not open: {e:?}"),
     }
