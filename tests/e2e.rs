@@ -24,15 +24,10 @@ use support::*;
 /// The demo's configuration: the key is required for `POST /payments`, the caller is the
 /// `authorization` header, no key store.
 fn plugin(extra: Value) -> String {
-    let mut config = json!({
-        "routes": [{"exact": "/payments", "methods": ["POST"], "required": true}],
-        "caller": {"header": "authorization"},
-        "hmac_secret": "e2e-secret-0123456789abcdef0123456789abcdef",
-    });
-    if let (Some(config), Some(extra)) = (config.as_object_mut(), extra.as_object()) {
-        config.extend(extra.clone());
-    }
-    config.to_string()
+    Plugin::payments("e2e-secret-0123456789abcdef0123456789abcdef")
+        .caller_header("authorization")
+        .merge(&extra)
+        .json()
 }
 
 #[tokio::test]

@@ -15,7 +15,7 @@ mod support;
 use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
-use support::killable::{KeystoreProcess, StoreBackend};
+use support::keystore::{KeystoreProcess, StoreBackend};
 use support::mesh::{Mesh, MeshOptions};
 use support::*;
 
@@ -31,15 +31,14 @@ fn plugin(extra: Value, keystore: bool) -> String {
         }),
         &extra,
     );
-    let mut cfg = json!({
-        "routes": [serde_json::from_str::<Value>(&rule).unwrap()],
-        "hmac_secret": "detached-e2e-secret-0123456789abcdef0123456789abcdef",
-        "max_response_bytes": 1 << 20,
-    });
+    let plugin = Plugin::signed("detached-e2e-secret-0123456789abcdef0123456789abcdef")
+        .set("routes", json!([rule]))
+        .set("max_response_bytes", 1 << 20);
     if keystore {
-        cfg["keystore"] = json!({"cluster": "keystore", "timeout_ms": 1000, "token": TOKEN});
+        plugin.keystore(1000, Some(TOKEN)).json()
+    } else {
+        plugin.json()
     }
-    cfg.to_string()
 }
 
 async fn mesh(plugin: String) -> Mesh {

@@ -23,22 +23,18 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use hardening::*;
-use serde_json::json;
-use support::killable::{KeystoreProcess, StoreBackend};
+use support::keystore::{KeystoreProcess, StoreBackend};
 use support::redis::RedisServer;
 use support::*;
 
 /// The demo's configuration with the key store, a failure mode, a callout timeout and a lease.
 fn plugin(failure_mode: &str, timeout_ms: u64, lease_ms: u64) -> String {
-    json!({
-        "routes": [{"exact": "/payments", "methods": ["POST"], "required": true}],
-        "caller": {"header": "authorization"},
-        "hmac_secret": "faults-secret-0123456789abcdef0123456789abcdef",
-        "failure_mode": failure_mode,
-        "lock_lease_ms": lease_ms,
-        "keystore": {"cluster": "keystore", "timeout_ms": timeout_ms},
-    })
-    .to_string()
+    Plugin::payments("faults-secret-0123456789abcdef0123456789abcdef")
+        .caller_header("authorization")
+        .set("failure_mode", failure_mode)
+        .set("lock_lease_ms", lease_ms)
+        .keystore(timeout_ms, None)
+        .json()
 }
 
 /// One row of the fault table in docs/hardening.md, printed with `--nocapture`.

@@ -24,7 +24,6 @@ mod support;
 use std::collections::HashMap;
 
 use hardening::*;
-use serde_json::json;
 use support::*;
 
 /// Request bodies over this get 413 in this catalog.
@@ -881,14 +880,10 @@ fn catalog(port: u16, run: &str) -> Vec<Case> {
 async fn hostile_input_catalog() {
     let upstream = Upstream::start().await;
     let keystore = Keystore::start().await;
-    let plugin = json!({
-        "routes": [{"exact": "/payments", "methods": ["POST"], "required": true}],
-        "caller": {"header": "authorization"},
-        "hmac_secret": "hostile-secret-0123456789abcdef0123456789abcdef",
-        "max_body_bytes": LIMIT,
-        "keystore": {"cluster": "keystore", "timeout_ms": 1000},
-    })
-    .to_string();
+    let plugin = Plugin::payments("hostile-secret-0123456789abcdef0123456789abcdef")
+        .caller_header("authorization")
+        .set("max_body_bytes", LIMIT)
+        .keystore(1000, None);
     let mut envoy =
         Envoy::start(&EnvoyOptions::with_filter(upstream.port, plugin).keystore(keystore.port))
             .await;

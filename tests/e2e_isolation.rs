@@ -33,18 +33,11 @@ use support::*;
 const SECRET: &str = "isolation-secret-0123456789abcdef0123";
 
 fn plugin(token: Option<&str>) -> String {
-    let mut keystore = json!({"cluster": "keystore", "timeout_ms": 1000});
-    if let Some(token) = token {
-        keystore["token"] = json!(token);
-    }
-    json!({
-        "routes": [{"exact": "/payments", "methods": ["POST"], "required": true}],
-        "caller": {"header": "authorization"},
-        "hmac_secret": SECRET,
-        "failure_mode": "fail_closed",
-        "keystore": keystore,
-    })
-    .to_string()
+    Plugin::payments(SECRET)
+        .caller_header("authorization")
+        .set("failure_mode", "fail_closed")
+        .keystore(1000, token)
+        .json()
 }
 
 fn id(resp: &Resp) -> Value {

@@ -13,19 +13,15 @@ mod support;
 
 use std::collections::HashSet;
 
-use serde_json::json;
 use support::*;
 
 /// The demo's configuration with the key store cluster and the given failure mode.
 fn plugin(failure_mode: &str) -> String {
-    json!({
-        "routes": [{"exact": "/payments", "methods": ["POST"], "required": true}],
-        "caller": {"header": "authorization"},
-        "hmac_secret": "e2e-secret-0123456789abcdef0123456789abcdef",
-        "failure_mode": failure_mode,
-        "keystore": {"cluster": "keystore", "timeout_ms": 500},
-    })
-    .to_string()
+    Plugin::payments("e2e-secret-0123456789abcdef0123456789abcdef")
+        .caller_header("authorization")
+        .set("failure_mode", failure_mode)
+        .keystore(500, None)
+        .json()
 }
 
 /// Upstream, key store and two gateways using it.

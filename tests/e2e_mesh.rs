@@ -26,8 +26,7 @@ use std::sync::atomic::{AtomicBool, AtomicU8, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use serde_json::json;
-use support::killable::{KeystoreProcess, StoreBackend};
+use support::keystore::{KeystoreProcess, StoreBackend};
 use support::redis::RedisServer;
 use support::*;
 
@@ -45,15 +44,12 @@ enum Backend {
 /// The demo's route and caller, the key store with its token, and the given failure mode and
 /// claim lease.
 fn plugin(failure_mode: &str, lock_lease_ms: u64) -> String {
-    json!({
-        "routes": [{"exact": "/payments", "methods": ["POST"], "required": true}],
-        "caller": {"header": "authorization"},
-        "hmac_secret": "mesh-e2e-secret-0123456789abcdef0123456789abcdef",
-        "failure_mode": failure_mode,
-        "lock_lease_ms": lock_lease_ms,
-        "keystore": {"cluster": "keystore", "timeout_ms": 1000, "token": TOKEN},
-    })
-    .to_string()
+    Plugin::payments("mesh-e2e-secret-0123456789abcdef0123456789abcdef")
+        .caller_header("authorization")
+        .set("failure_mode", failure_mode)
+        .set("lock_lease_ms", lock_lease_ms)
+        .keystore(1000, Some(TOKEN))
+        .json()
 }
 
 /// Upstream, key store (and its Redis), two gateways using it.

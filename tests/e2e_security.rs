@@ -39,18 +39,11 @@ const OLD_SECRET: &str = "security-e2e-old-secret-0123456789abcdef";
 const TOKEN: &str = "security-e2e-keystore-token-7c1d";
 
 fn plugin(extra: Value) -> String {
-    let mut cfg = json!({
-        "routes": [{"exact": "/payments", "methods": ["POST"], "required": true}],
-        "hmac_secret": SECRET,
-        "failure_mode": "fail_closed",
-        "keystore": {"cluster": "keystore", "timeout_ms": 1000, "token": TOKEN},
-    });
-    if let (Some(cfg), Some(extra)) = (cfg.as_object_mut(), extra.as_object()) {
-        for (k, v) in extra {
-            cfg.insert(k.clone(), v.clone());
-        }
-    }
-    cfg.to_string()
+    Plugin::payments(SECRET)
+        .set("failure_mode", "fail_closed")
+        .keystore(1000, Some(TOKEN))
+        .merge(&extra)
+        .json()
 }
 
 async fn keystore() -> Keystore {

@@ -16,7 +16,7 @@ mod support;
 use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
-use support::killable::{KeystoreProcess, StoreBackend};
+use support::keystore::{KeystoreProcess, StoreBackend};
 use support::mesh::{Mesh, MeshOptions};
 use support::*;
 
@@ -24,15 +24,11 @@ const TOKEN: &str = "unknown-outcome-e2e-token";
 
 /// The demo route, a key store, and the given extra settings (lease, hold, policy).
 fn plugin(extra: Value) -> String {
-    merged(
-        json!({
-            "routes": [{"exact": "/payments", "methods": ["POST"], "required": true}],
-            "hmac_secret": "unknown-outcome-e2e-secret-0123456789abcdef0123456789abcdef",
-            "unknown_hold_ms": 3000,
-            "keystore": {"cluster": "keystore", "timeout_ms": 3000, "token": TOKEN},
-        }),
-        &extra,
-    )
+    Plugin::payments("unknown-outcome-e2e-secret-0123456789abcdef0123456789abcdef")
+        .set("unknown_hold_ms", 3000)
+        .keystore(3000, Some(TOKEN))
+        .merge(&extra)
+        .json()
 }
 
 fn options() -> MeshOptions {

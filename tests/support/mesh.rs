@@ -3,9 +3,11 @@
 
 use std::time::Duration;
 
-use super::killable::{KeystoreProcess, StoreBackend};
+use super::envoy::Envoy;
+use super::envoy_config::EnvoyOptions;
+use super::keystore::{KeystoreProcess, StoreBackend};
 use super::slow_link::SlowLink;
-use super::{Envoy, EnvoyOptions, Upstream};
+use super::upstream::Upstream;
 
 /// The running processes; each stops when dropped.
 pub struct Mesh {

@@ -8,7 +8,7 @@ use std::path::PathBuf;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use super::{crash, tempdir, Proc, START_TIMEOUT};
+use super::process::{crash, tempdir, Proc, START_TIMEOUT};
 
 /// Panics with a clear message when `redis-server` cannot be run.
 pub fn require_redis_server() {

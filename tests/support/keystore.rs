@@ -1,11 +1,65 @@
-//! Processes a test crashes on purpose: a key store (memory or Redis backend) that can be
-//! SIGKILLed and started again on the same port (the Envoys' `keystore` cluster points at it), and
-//! SIGKILL / liveness / readiness helpers for [`Envoy`].
+//! The key store (`idempotency-keystore`) as a process: [`Keystore`] for a test that only needs
+//! one running, [`KeystoreProcess`] for one that SIGKILLs it and starts it again on the same port
+//! (the Envoys' `keystore` cluster points at it), on the memory or a Redis backend.
 
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use super::{crash, spawn_listening, tempdir, workspace_bin, Envoy, Proc, START_TIMEOUT};
+use super::process::{crash, spawn_listening, tempdir, workspace_bin, Proc, POLL, START_TIMEOUT};
+
+/// `idempotency-keystore` (memory backend) on a free port.
+pub struct Keystore {
+    pub port: u16,
+    proc: Proc,
+    _dir: tempfile::TempDir,
+}
+
+impl Keystore {
+    /// The memory backend on a free port.
+    pub async fn start() -> Keystore {
+        Keystore::start_with(&["--listen", "127.0.0.1:0", "--backend", "memory"]).await
+    }
+
+    /// The key store with these arguments, which must include `--listen` (e.g. a fixed port for
+    /// a restart, `--backend redis`, `--token`).
+    pub async fn start_with(args: &[&str]) -> Keystore {
+        let dir = tempdir();
+        let mut cmd = Command::new(workspace_bin("idempotency-keystore"));
+        cmd.args(args);
+        let (proc, addr) =
+            spawn_listening("idempotency-keystore", cmd, dir.path().join("keystore.log")).await;
+        Keystore {
+            port: addr.port(),
+            proc,
+            _dir: dir,
+        }
+    }
+
+    /// Its log (stderr) so far.
+    pub fn log(&self) -> String {
+        String::from_utf8_lossy(&std::fs::read(self.proc.log_path()).unwrap_or_default())
+            .into_owned()
+    }
+
+    /// Polls `GET /readyz` until it answers 200 (the backend answers), for up to 20 s.
+    pub async fn wait_ready(&self) {
+        let url = format!("http://127.0.0.1:{}/readyz", self.port);
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            if let Ok(resp) = reqwest::get(&url).await {
+                if resp.status() == 200 {
+                    return;
+                }
+            }
+            assert!(
+                Instant::now() < deadline,
+                "the key store on port {} is not ready after 20 s",
+                self.port
+            );
+            tokio::time::sleep(POLL).await;
+        }
+    }
+}
 
 /// Which backend a [`KeystoreProcess`] runs.
 #[derive(Clone, Debug)]
@@ -117,36 +171,5 @@ impl KeystoreProcess {
         self.port = addr.port();
         self.proc = Some(proc);
         self.wait_ready(START_TIMEOUT).await;
-    }
-}
-
-impl Envoy {
-    /// SIGKILL (a crash: no drain, no callbacks), reaped.
-    /// The Envoy process id (or its wrapper's).
-    pub fn pid(&self) -> u32 {
-        self.proc.child.id()
-    }
-
-    pub fn sigkill(&mut self) {
-        let _ = self.proc.child.kill();
-        let _ = self.proc.child.wait();
-    }
-
-    /// Whether the Envoy process is still running.
-    pub fn process_alive(&mut self) -> bool {
-        self.proc.exit_status().is_none()
-    }
-
-    /// Admin `GET /ready`: the status and the trimmed body (`LIVE` when ready), or the error.
-    pub async fn admin_ready(&self) -> Result<(u16, String), String> {
-        let resp = reqwest::Client::new()
-            .get(self.admin_url("/ready"))
-            .timeout(Duration::from_secs(5))
-            .send()
-            .await
-            .map_err(|e| e.to_string())?;
-        let status = resp.status().as_u16();
-        let body = resp.text().await.map_err(|e| e.to_string())?;
-        Ok((status, body.trim().to_owned()))
     }
 }
