@@ -23,8 +23,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use hardening::*;
+use idempotency_testkit::redis::RedisServer;
 use support::keystore::{KeystoreProcess, StoreBackend};
-use support::redis::RedisServer;
 use support::*;
 
 /// The demo's configuration with the key store, a failure mode, a callout timeout and a lease.
@@ -222,7 +222,7 @@ async fn key_store_killed_and_restarted() {
 #[tokio::test]
 async fn redis_killed_and_restarted_under_the_key_store() {
     let upstream = Upstream::start().await;
-    let mut redis = RedisServer::start().await;
+    let mut redis = RedisServer::durable();
     let keystore = KeystoreProcess::start(StoreBackend::Redis(redis.url()), None).await;
     // The lease bounds how long A's root context retries a record the key store could not take.
     let options = EnvoyOptions::with_filter(upstream.port, plugin("fail_closed", 500, 15_000))
@@ -242,7 +242,7 @@ async fn redis_killed_and_restarted_under_the_key_store() {
         post_payment(&http, &a, "alice", Some(&k3), body).header("x-demo-delay-ms", "800"),
     ));
     upstream.wait_post_requests(2).await;
-    redis.kill().await;
+    redis.kill();
     let in_flight = slow.await.unwrap();
     assert_eq!(in_flight.status, 201, "{}", in_flight.describe());
 
@@ -261,7 +261,7 @@ async fn redis_killed_and_restarted_under_the_key_store() {
     );
 
     // Redis back (append-only file: what was stored survives).
-    redis.restart().await;
+    redis.restart();
     keystore.wait_ready(Duration::from_secs(20)).await;
     let k2_again = send(post_payment(&http, &a, "alice", Some(&k2), body)).await;
     assert_eq!(k2_again.status, 201, "{}", k2_again.describe());

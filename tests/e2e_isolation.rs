@@ -26,8 +26,8 @@ use std::time::Duration;
 
 use hardening::*;
 use idempotency_filter::scope::{Caller, RecordKey};
+use idempotency_testkit::redis::RedisServer;
 use serde_json::{json, Value};
-use support::redis::RedisServer;
 use support::*;
 
 const SECRET: &str = "isolation-secret-0123456789abcdef0123";
@@ -354,7 +354,7 @@ fn redis_dump(port: u16) -> Vec<(String, Vec<u8>)> {
 
 #[tokio::test]
 async fn redis_holds_only_keyed_hashes_and_no_log_line_holds_a_secret() {
-    let redis = RedisServer::start().await;
+    let redis = RedisServer::durable();
     let upstream = Upstream::start().await;
     let keystore = Keystore::start_with(&[
         "--listen",

@@ -26,8 +26,8 @@ use std::sync::atomic::{AtomicBool, AtomicU8, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use idempotency_testkit::redis::RedisServer;
 use support::keystore::{KeystoreProcess, StoreBackend};
-use support::redis::RedisServer;
 use support::*;
 
 /// The bearer token the key store requires and the filter sends.
@@ -64,7 +64,7 @@ struct Mesh {
 async fn mesh(backend: Backend, plugin: String) -> Mesh {
     let redis = match backend {
         Backend::Memory => None,
-        Backend::Redis => Some(RedisServer::start().await),
+        Backend::Redis => Some(RedisServer::durable()),
     };
     let store = match &redis {
         None => StoreBackend::Memory,
@@ -151,7 +151,8 @@ async fn response_recorded_on_a_replays_on_b(backend: Backend) {
     assert_eq!(mesh.b.metric("executed").await.unwrap_or(0), 0);
     if let Some(redis) = &mesh.redis {
         // The record went through the key store into Redis (only keyed hashes, no raw key).
-        let keys = support::redis::redis_command(redis.port, "KEYS *").unwrap_or_default();
+        let keys =
+            idempotency_testkit::redis::redis_command(redis.port, "KEYS *").unwrap_or_default();
         assert!(
             keys.starts_with('*') && !keys.starts_with("*0"),
             "Redis holds no record: {keys:?}"
@@ -493,8 +494,8 @@ async fn completed_records_survive_key_store_and_redis_restarts() {
     // Redis itself crashed and restarted (append-only file, fsync always).
     let second = record_on_both(&mesh, &http).await;
     let redis = mesh.redis.as_mut().unwrap();
-    redis.kill().await;
-    redis.restart().await;
+    redis.kill();
+    redis.restart();
     mesh.keystore.wait_ready(Duration::from_secs(20)).await;
     replay_crosswise(&mesh, &http, &second).await;
     assert_eq!(mesh.upstream.post_requests().await, 4, "upstream POSTs");
@@ -503,8 +504,8 @@ async fn completed_records_survive_key_store_and_redis_restarts() {
     let third = record_on_both(&mesh, &http).await;
     mesh.keystore.kill().await;
     let redis = mesh.redis.as_mut().unwrap();
-    redis.kill().await;
-    redis.restart().await;
+    redis.kill();
+    redis.restart();
     mesh.keystore.restart().await;
     replay_crosswise(&mesh, &http, &third).await;
     assert_eq!(mesh.upstream.post_requests().await, 6, "upstream POSTs");

@@ -30,8 +30,8 @@ use hardening::*;
 use idempotency_filter::config::Secrets;
 use idempotency_filter::record::{Outcome, Record};
 use idempotency_filter::scope::RecordKey;
+use idempotency_testkit::redis::RedisServer;
 use serde_json::{json, Value};
-use support::redis::RedisServer;
 use support::*;
 
 const SECRET: &str = "security-e2e-secret-0123456789abcdef0123";
@@ -247,7 +247,7 @@ fn redis_key(caller: &str, key: &str) -> (RecordKey, String) {
 
 #[tokio::test]
 async fn records_altered_in_redis_are_never_replayed() {
-    let redis = RedisServer::start().await;
+    let redis = RedisServer::durable();
     let upstream = Upstream::start().await;
     let ks = Keystore::start_with(&[
         "--listen",

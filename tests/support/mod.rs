@@ -1,4 +1,4 @@
-//! End-to-end harness: starts the payments upstream, the key store, Redis and Envoy (with or
+//! End-to-end harness: starts the payments upstream, the key store and Envoy (with or
 //! without the idempotency filter) on free ports, and offers HTTP/1.1, h2c and h2c-with-trailers
 //! clients plus helpers to read the upstream's counters and Envoy's stats.
 //!
@@ -8,6 +8,7 @@
 //! Envoy: `$ENVOY_BIN`, else `.venv/bin/envoy` (from `make setup`), else `envoy` on `PATH`.
 //! The filter: `<target>/wasm32-wasip1/release/idempotency_filter.wasm` (from `make build`).
 //! The upstream and key store: `<target>/debug/payments-demo` and `<target>/debug/idempotency-keystore`.
+//! Redis nodes come from the workspace's `idempotency-testkit`, shared with the key store's tests.
 
 #![allow(dead_code, unused_imports)] // each test binary uses its own subset
 
@@ -25,8 +26,6 @@ pub mod mesh;
 pub mod plugin;
 /// Process guards, binaries and free ports.
 pub mod process;
-/// A persistent `redis-server` that can be crashed and restarted on its port.
-pub mod redis;
 /// Clients, requests and responses.
 pub mod requests;
 /// A TCP link with latency, to make the key store slow.
