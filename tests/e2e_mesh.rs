@@ -3,7 +3,11 @@
 //! memory backend or on a real `redis-server` (appendonly, fsync always). Each test owns its
 //! processes and ports.
 //!
-//! - replay across gateways and 100 concurrent duplicates over both, on every backend;
+//! - replay across gateways (and 422 for another payload, a separate execution for another
+//!   caller), 100 concurrent duplicates over both, on every backend;
+//! - a request in flight on one gateway: 409 with `Retry-After` on the other; a 5xx on one
+//!   gateway frees the key for the whole mesh;
+//! - no key store from the start with fail_open: forwarded, and replayed from the near cache;
 //! - the key store SIGKILLed mid-load, per failure mode, then restarted on the same port;
 //! - the key store and Redis restarted: completed records still replay on both gateways;
 //! - a gateway SIGKILLed while it holds a claim: 409 on the other until the lease expires, then
@@ -85,13 +89,24 @@ async fn mesh(backend: Backend, plugin: String) -> Mesh {
     }
 }
 
-/// `POST /payments` to a gateway's URL (usable from a spawned task: no borrow of the Envoy).
+/// Alice's `POST /payments` to a gateway's URL (usable from a spawned task: no borrow of the Envoy).
 fn post_to(http: &reqwest::Client, url: &str, key: &str) -> reqwest::RequestBuilder {
+    post_as(http, url, "Bearer alice", key, BODY)
+}
+
+/// `POST /payments` to a gateway's URL as `caller`, with `key` and `body`.
+fn post_as(
+    http: &reqwest::Client,
+    url: &str,
+    caller: &str,
+    key: &str,
+    body: &'static str,
+) -> reqwest::RequestBuilder {
     http.post(url)
         .header("content-type", "application/json")
-        .header("authorization", "Bearer alice")
+        .header("authorization", caller)
         .header("idempotency-key", format!("\"{key}\""))
-        .body(BODY)
+        .body(body)
 }
 
 /// A first execution: 201, not a replay, a JSON payment with an id.
@@ -162,6 +177,15 @@ async fn response_recorded_on_a_replays_on_b(backend: Backend) {
             "the raw key is stored in Redis: {keys:?}"
         );
     }
+
+    // The same key with another payload, on B: 422. Another caller's same key: its own execution.
+    let url_b = mesh.b.url("/payments");
+    let other = r#"{"amount":101}"#;
+    let mismatch = send(post_as(&http, &url_b, "Bearer alice", &key, other)).await;
+    assert_problem(&mismatch, 422);
+    let bob = send(post_as(&http, &url_b, "Bearer bob", &key, BODY)).await;
+    assert_created(&bob, "another caller's request with the same key");
+    assert_eq!(mesh.upstream.post_requests().await, 2, "upstream POSTs");
 }
 
 async fn hundred_concurrent_duplicates_over_both_gateways_create_one_payment(backend: Backend) {
@@ -241,7 +265,56 @@ macro_rules! on_every_backend {
 on_every_backend!(Memory => memory, Redis => redis_backend);
 
 // ---------------------------------------------------------------------------------------------
-// 2. The key store killed mid-load
+// 2. In flight on one gateway, failed on one gateway
+// ---------------------------------------------------------------------------------------------
+
+#[tokio::test]
+async fn in_flight_on_one_gateway_conflicts_on_the_other() {
+    let mesh = mesh(Backend::Memory, plugin("fail_closed", 30_000)).await;
+    let http = client();
+    let key = new_key();
+    let (url_a, url_b) = (mesh.a.url("/payments"), mesh.b.url("/payments"));
+
+    let slow = tokio::spawn(send(
+        post_to(&http, &url_a, &key).header("x-demo-delay-ms", "1500"),
+    ));
+    mesh.upstream.wait_post_requests(1).await;
+
+    let conflict = send(post_to(&http, &url_b, &key)).await;
+    assert_problem(&conflict, 409);
+    assert!(
+        conflict.header("retry-after").is_some(),
+        "{}",
+        conflict.describe()
+    );
+
+    let first = slow.await.unwrap();
+    assert_created(&first, "the first request on A");
+    let retry = send(post_to(&http, &url_b, &key)).await;
+    assert_replay(&first, &retry);
+    assert_eq!(mesh.upstream.post_requests().await, 1, "upstream POSTs");
+}
+
+#[tokio::test]
+async fn a_5xx_releases_the_claim_for_the_whole_mesh() {
+    let mesh = mesh(Backend::Memory, plugin("fail_closed", 30_000)).await;
+    let http = client();
+    let key = new_key();
+    let (url_a, url_b) = (mesh.a.url("/payments"), mesh.b.url("/payments"));
+
+    let failed = send(post_to(&http, &url_a, &key).header("x-demo-status", "502")).await;
+    assert_eq!(failed.status, 502, "{}", failed.describe());
+
+    let on_b = send(post_to(&http, &url_b, &key)).await;
+    assert_created(&on_b, "the retry after a 5xx");
+    let on_a = send(post_to(&http, &url_a, &key)).await;
+    assert_replay(&on_b, &on_a);
+    assert_eq!(mesh.upstream.post_requests().await, 2, "upstream POSTs");
+    assert_eq!(mesh.upstream.payment_count().await, 1, "payments created");
+}
+
+// ---------------------------------------------------------------------------------------------
+// 3. The key store unreachable, or killed mid-load
 // ---------------------------------------------------------------------------------------------
 
 /// Before the key store was killed (and reaped), or after.
@@ -443,6 +516,26 @@ async fn key_store_killed_mid_load(failure_mode: &str) {
     assert_gateways_alive(&mut mesh).await;
 }
 
+/// No key store from the start, fail_open: the request is forwarded and counted, and the retry on
+/// the same gateway still replays from its near cache.
+#[tokio::test]
+async fn key_store_unreachable_fail_open_forwards_and_replays_locally() {
+    let upstream = Upstream::start().await;
+    let options = EnvoyOptions::with_filter(upstream.port, plugin("fail_open", 30_000))
+        .keystore(closed_port());
+    let envoy = Envoy::start(&options).await;
+    let http = client();
+    let (key, url) = (new_key(), envoy.url("/payments"));
+
+    let first = send(post_to(&http, &url, &key)).await;
+    assert_created(&first, "the first request without a key store");
+    assert_eq!(upstream.post_requests().await, 1, "upstream POSTs");
+    assert!(envoy.counter("fail_open").await >= 1);
+    let retry = send(post_to(&http, &url, &key)).await;
+    assert_replay(&first, &retry);
+    assert_eq!(upstream.post_requests().await, 1, "upstream POSTs");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn key_store_killed_mid_load_fail_open_keeps_serving_and_counts() {
     key_store_killed_mid_load("fail_open").await;
@@ -454,7 +547,7 @@ async fn key_store_killed_mid_load_fail_closed_answers_503() {
 }
 
 // ---------------------------------------------------------------------------------------------
-// 3. The key store on Redis restarted, and Redis restarted
+// 4. The key store on Redis restarted, and Redis restarted
 // ---------------------------------------------------------------------------------------------
 
 /// Records one fresh key through each gateway: `[(key, answer via A), (key, answer via B)]`.
@@ -516,7 +609,7 @@ async fn completed_records_survive_key_store_and_redis_restarts() {
 }
 
 // ---------------------------------------------------------------------------------------------
-// 4. A gateway killed while it holds a claim
+// 5. A gateway killed while it holds a claim
 // ---------------------------------------------------------------------------------------------
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
