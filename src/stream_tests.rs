@@ -256,7 +256,12 @@ fn set_cookie_and_credentials_are_never_replayed() {
     let names: Vec<&str> = replay.headers.iter().map(|(n, _)| n.as_str()).collect();
     assert_eq!(
         names,
-        ["content-type", "location", "idempotent-replayed"],
+        [
+            "content-type",
+            "location",
+            "idempotency-expires",
+            "idempotent-replayed"
+        ],
         "{names:?}"
     );
 }
