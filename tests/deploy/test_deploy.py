@@ -1050,11 +1050,17 @@ class Observability(unittest.TestCase):
         outcomes = next(p for p in dash["panels"] if p["title"].startswith("Outcomes per second"))
         shown = set().union(*(observability.metric_names(t["expr"]) for t in outcomes["targets"]))
         self.assertEqual(shown, observability.filter_metric_names())
+        # The observe-mode panel shows what a rollout decides on (docs/deploy.md, "Rolling out").
+        observe = next(p for p in dash["panels"] if p["title"].startswith("Observe mode"))
+        shown = set().union(*(observability.metric_names(t["expr"]) for t in observe["targets"]))
+        self.assertEqual(shown, {f"idempotency_observe_{k}" for k in (
+            "executed", "replayed", "conflict", "mismatch", "missing_key", "invalid_key", "unauthenticated")})
 
     def test_metric_names_are_defined(self):
         """Every metric a dashboard query or an alert names: a filter counter as Envoy exports it, a key-store
         metric, or one of Envoy's keystore-cluster statistics (which the compose test sees live)."""
-        known = observability.filter_metric_names() | observability.keystore_metric_names()
+        known = (observability.filter_metric_names() | observability.observe_metric_names()
+                 | observability.keystore_metric_names())
         self.assertGreaterEqual(len(observability.filter_metric_names()), 16)
         exprs = [e for _, _, e in observability.dashboard_queries()]
         exprs += [r["expr"] for g in self.rules["groups"] for r in g["rules"]]
