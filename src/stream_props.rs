@@ -537,6 +537,8 @@ struct Req {
     ks_key: Option<String>,
     /// The response the upstream sends it (2xx only).
     response: Option<Resp>,
+    /// When its response headers arrived: its record is created as of then.
+    created_at: u64,
     sent_seen: usize,
 }
 
@@ -1075,6 +1077,7 @@ impl World {
             token: None,
             ks_key: None,
             response: None,
+            created_at: 0,
             sent_seen: 0,
         });
         let i = self.reqs.len() - 1;
@@ -1208,6 +1211,11 @@ impl World {
                     };
                     let sent = r.host.last_sent().unwrap();
                     let mut headers = resp.headers.clone();
+                    crate::expiry::set_header(
+                        &mut headers,
+                        crate::config::DEFAULT_EXPIRES_HEADER,
+                        rec.expires_ms,
+                    );
                     headers.push((REPLAYED_HEADER.to_string(), b"true".to_vec()));
                     prop_assert_eq!(
                         (sent.status, &sent.headers, &sent.body),
@@ -1503,6 +1511,9 @@ impl World {
             ],
             body: body.clone(),
         });
+        let now = self.now();
+        let r = &mut self.reqs[i];
+        r.created_at = now;
         let flow = r.stream.on_response_headers(&r.host, false);
         if !ok {
             // The request did not really run: the key is released, the body streams on.
@@ -1510,6 +1521,14 @@ impl World {
             return self.settled(i, flow, callouts);
         }
         prop_assert_eq!(flow, Flow::Continue, "the response body is captured");
+        prop_assert_eq!(
+            r.host.response_headers_set.borrow().last().cloned(),
+            Some((
+                crate::config::DEFAULT_EXPIRES_HEADER.to_string(),
+                crate::expiry::http_date(now + RETENTION_MS).into_bytes()
+            )),
+            "the first answer says until when its key is honoured"
+        );
         if whole {
             let flow = r.stream.on_response_body(&r.host, body.len(), true);
             return self.executed(i, flow, callouts);
@@ -1523,8 +1542,8 @@ impl World {
 
     /// The upstream's whole 2xx arrived: it is kept.
     fn executed(&mut self, i: usize, flow: Flow, callouts: usize) -> Result<(), TestCaseError> {
-        let now = self.now();
         let r = &self.reqs[i];
+        let now = r.created_at;
         let Some(response) = r.response.clone() else {
             return Err(TestCaseError::fail("captured a response that is not kept"));
         };
@@ -1774,6 +1793,11 @@ impl World {
             prop_assert_eq!(
                 headers.pop(),
                 Some((REPLAYED_HEADER.to_string(), b"true".to_vec()))
+            );
+            // Every replay says until when its key is honoured; the first answer went out before.
+            prop_assert_eq!(
+                headers.pop().map(|(name, _)| name),
+                Some(crate::config::DEFAULT_EXPIRES_HEADER.to_string())
             );
             let got = Resp {
                 status: reply.status,

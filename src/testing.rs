@@ -76,6 +76,8 @@ pub struct FakeHost {
     pub request_body: Vec<u8>,
     pub response_headers: Vec<(String, Vec<u8>)>,
     pub response_body: Vec<u8>,
+    /// What the filter set on the upstream's response headers, in order.
+    pub response_headers_set: RefCell<Vec<(String, Vec<u8>)>>,
     pub properties: HashMap<Vec<String>, Vec<u8>>,
     pub sent: RefCell<Vec<Sent>>,
     pub callouts: RefCell<Vec<(u32, Callout)>>,
@@ -105,6 +107,7 @@ impl FakeHost {
             request_body: Vec::new(),
             response_headers: Vec::new(),
             response_body: Vec::new(),
+            response_headers_set: RefCell::new(Vec::new()),
             properties: HashMap::new(),
             sent: RefCell::new(Vec::new()),
             callouts: RefCell::new(Vec::new()),
@@ -174,6 +177,12 @@ impl Host for FakeHost {
     fn response_body(&self, size: usize) -> Vec<u8> {
         self.response_body.iter().take(size).copied().collect()
     }
+    fn set_response_header(&self, name: &str, value: &[u8]) {
+        self.response_headers_set
+            .borrow_mut()
+            .push((name.to_string(), value.to_vec()));
+    }
+
     fn property(&self, path: &[String]) -> Option<Vec<u8>> {
         self.properties.get(path).cloned()
     }
