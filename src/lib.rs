@@ -29,6 +29,4 @@ mod adapter;
 #[cfg(test)]
 mod stream_props;
 #[cfg(test)]
-mod stream_tests;
-#[cfg(test)]
 mod testing;
