@@ -27,6 +27,4 @@ pub mod worker;
 mod adapter;
 
 #[cfg(test)]
-mod stream_props;
-#[cfg(test)]
 mod testing;

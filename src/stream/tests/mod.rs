@@ -9,6 +9,7 @@ mod expiry;
 mod handover;
 mod keystore;
 mod modes;
+mod props;
 mod rotation;
 mod settle;
 
