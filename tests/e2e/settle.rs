@@ -122,7 +122,7 @@ async fn other_4xx_answers_are_stored_and_replayed() {
 #[tokio::test]
 async fn client_gone_after_forwarding_locks_the_key_and_it_runs_once() {
     // L1 only: the lock and the "outcome unknown" record live in this Envoy's shared data. (With
-    // a key store, across gateways: tests/e2e_unknown_outcome.rs.)
+    // a key store, across gateways: tests/e2e_unknown_outcome/.)
     let (upstream, envoy) = gateway(&plugin(json!({"unknown_hold_ms": 2000}))).await;
     let key = new_key();
     let body = r#"{"amount":29}"#;
