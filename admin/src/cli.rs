@@ -24,6 +24,8 @@ pub enum Command {
         request: Request,
         #[command(flatten)]
         keystore: Keystore,
+        #[command(flatten)]
+        payload: Payload,
         /// Prints JSON instead of words.
         #[arg(long)]
         json: bool,
@@ -88,4 +90,18 @@ pub struct Keystore {
     /// The key store's admin token (its `--admin-token`), not the filter's `/v1` token.
     #[arg(long, env = "KEYSTORE_ADMIN_TOKEN", hide_env_values = true)]
     pub admin_token: String,
+}
+
+/// A request to compare with what the key holds: the same fingerprint means a retry of the first
+/// request, another one means 422.
+#[derive(Debug, Args)]
+pub struct Payload {
+    /// The request body, from a file (`-`: standard input); with it, `show` says whether this
+    /// request has the stored fingerprint. `--path` must then carry the query as sent.
+    #[arg(long, value_name = "FILE")]
+    pub body: Option<PathBuf>,
+    /// A request header as sent (`name: value`), repeatable; only the configuration's
+    /// `fingerprint_headers` count.
+    #[arg(long = "header", value_name = "NAME: VALUE", requires = "body")]
+    pub headers: Vec<String>,
 }

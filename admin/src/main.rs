@@ -2,11 +2,12 @@
 //! stuck key, from the plugin configuration, the request's route, caller and key.
 //!
 //! Modules: [`cli`] (flags), [`target`] (configuration, route, caller and key to record keys,
-//! with the filter's own code), [`client`] (the key store's admin API), [`report`] (what a key
-//! holds, in words and JSON).
+//! with the filter's own code), [`client`] (the key store's admin API), [`compare`] (a request's
+//! fingerprint against the stored one), [`report`] (what a key holds, in words and JSON).
 
 mod cli;
 mod client;
+mod compare;
 mod report;
 mod target;
 
@@ -17,6 +18,7 @@ use serde::Serialize;
 
 use cli::{Cli, Command};
 use client::AdminClient;
+use compare::RequestDigest;
 use report::{now_ms, Finding};
 use target::{BadInput, Scope, Target};
 
@@ -61,23 +63,31 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Show {
             request,
             keystore,
+            payload,
             json,
         } => {
             let target = Target::resolve(&request)?;
+            let digest = RequestDigest::of(
+                &target.config,
+                &request.method.to_ascii_uppercase(),
+                &request.path,
+                &payload,
+            )?;
             let client = AdminClient::new(&keystore.url, &keystore.admin_token)?;
             let now = now_ms();
-            let findings = target
-                .keys
-                .iter()
-                .map(|k| {
-                    Ok(Finding::new(
-                        k,
-                        client.inspect(&k.key)?,
-                        &target.config.secrets,
-                        now,
-                    ))
-                })
-                .collect::<anyhow::Result<Vec<_>>>()?;
+            let secrets: Vec<&[u8]> = target.config.secrets.all().collect();
+            let mut findings = Vec::new();
+            for k in &target.keys {
+                let state = client.inspect(&k.key)?;
+                let mut finding = Finding::new(k, state, &target.config.secrets, now);
+                // The key under secret N holds a fingerprint keyed under secret N.
+                if let (Some(digest), Some(fp), Some(secret)) =
+                    (&digest, finding.state.fingerprint(), secrets.get(k.index))
+                {
+                    finding.request_matches = Some(digest.matches(secret, fp));
+                }
+                findings.push(finding);
+            }
             if json {
                 let (caller_source, anonymous_scope) = match &target.scope {
                     Scope::Caller { source } => (Some(source.as_str()), None),

@@ -20,6 +20,9 @@ pub struct Finding {
     pub state: StateView,
     /// What a retry of the request gets from the filter.
     pub retry: String,
+    /// With `--body`: whether that request has the fingerprint the key holds.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub request_matches: Option<bool>,
 }
 
 /// The key store's state of the key, the record opened.
@@ -122,6 +125,7 @@ impl Finding {
             record_key: key.key.hex(),
             state,
             retry,
+            request_matches: None,
         }
     }
 
@@ -151,7 +155,7 @@ impl Finding {
     /// The headline and the details, for `show`.
     pub fn lines(&self, now_ms: u64) -> Vec<String> {
         let mut out = vec![self.headline()];
-        let mut add = |label: &str, text: String| out.push(format!("  {label:<12}{text}"));
+        let mut add = |label: &str, text: String| out.push(format!("  {label:<14}{text}"));
         match &self.state {
             StateView::Absent => {}
             StateView::InFlight {
@@ -219,12 +223,34 @@ impl Finding {
                 add("fingerprint", fingerprint.clone());
             }
         }
-        out.push(format!("  {:<12}{}", "a retry", self.retry));
+        out.push(format!("  {:<14}{}", "a retry", self.retry));
+        match self.request_matches {
+            Some(true) => out.push(format!(
+                "  {:<14}{}",
+                "this request", "has the stored fingerprint: it is a retry of the first request"
+            )),
+            Some(false) => out.push(format!(
+                "  {:<14}{}",
+                "this request",
+                "has another fingerprint (method, path and query, body or fingerprint headers differ): 422"
+            )),
+            None => {}
+        }
         out
     }
 }
 
 impl StateView {
+    /// The fingerprint the key holds, if it holds anything.
+    pub fn fingerprint(&self) -> Option<&str> {
+        match self {
+            StateView::Absent => None,
+            StateView::InFlight { fingerprint, .. }
+            | StateView::Completed { fingerprint, .. }
+            | StateView::Expired { fingerprint, .. } => Some(fingerprint),
+        }
+    }
+
     /// The state in a few words.
     pub fn summary(&self) -> String {
         match self {

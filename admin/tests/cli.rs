@@ -18,6 +18,7 @@ use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use idempotency_filter::config::{Config, KeystoreConfig};
+use idempotency_filter::fingerprint::Fingerprinter;
 use idempotency_filter::keystore_client;
 use idempotency_filter::record::{Outcome, Record, StoredResponse};
 use idempotency_filter::scope::{Caller, RecordKey};
@@ -234,10 +235,21 @@ fn record_key(secret: &str, key: &str) -> RecordKey {
     RecordKey::derive(secret.as_bytes(), ROUTE, &caller, key)
 }
 
+/// The request the tool is run for (`admin`), and its body.
+const PATH: &str = "/payments/123?x=1";
+const BODY: &[u8] = br#"{"amount":100}"#;
+
+/// The request's fingerprint under the current secret, as the filter computes it.
+fn fingerprint() -> [u8; 32] {
+    let mut f = Fingerprinter::new(CURRENT.as_bytes(), "POST", PATH, &[]);
+    f.update_body(BODY);
+    f.finish()
+}
+
 fn record(outcome: Outcome) -> Record {
     let now = now_ms();
     Record {
-        fingerprint: [7; 32],
+        fingerprint: fingerprint(),
         created_ms: now - 5_000,
         expires_ms: now + 3_600_000,
         outcome,
@@ -270,7 +282,7 @@ fn admin(setup: &Setup, ks: Option<&Keystore>, command: &str, key: &str, extra: 
     cmd.arg(command)
         .arg("--config")
         .arg(setup.config_path())
-        .args(["--method", "POST", "--path", "/payments/123?x=1"])
+        .args(["--method", "POST", "--path", PATH])
         .args([
             "--caller-source",
             "header:authorization",
@@ -391,6 +403,32 @@ fn completed_in_flight_absent_and_purge(backend: Backend) {
     let left = first["expires_in_ms"].as_u64().unwrap();
     assert!(left > 3_500_000 && left <= 3_600_000, "{json}");
     assert_eq!(json["records"][1]["state"], "absent");
+    // The same request again is a retry; another payload is the 422.
+    let same = setup.dir.path().join("same.json");
+    std::fs::write(&same, BODY).unwrap();
+    let other = setup.dir.path().join("other.json");
+    std::fs::write(&other, br#"{"amount":999}"#).unwrap();
+    let text = stdout(&admin(
+        &setup,
+        Some(&ks),
+        "show",
+        &key,
+        &["--body", same.to_str().unwrap()],
+    ));
+    contains(&text, "has the stored fingerprint: it is a retry");
+    let json: Value = serde_json::from_str(&stdout(&admin(
+        &setup,
+        Some(&ks),
+        "show",
+        &key,
+        &["--json", "--body", other.to_str().unwrap()],
+    )))
+    .unwrap();
+    assert_eq!(json["records"][0]["request_matches"], false, "{json}");
+    assert!(
+        json["records"][1].get("request_matches").is_none(),
+        "{json}"
+    );
 
     // Purge asks for --yes and removes nothing without it.
     let err = failure(&admin(&setup, Some(&ks), "purge", &key, &[]), 2);
@@ -415,7 +453,12 @@ fn completed_in_flight_absent_and_purge(backend: Backend) {
     );
     // The key runs again: the filter's next claim wins it.
     let claimed = ks.send(&keystore_client::claim(
-        cfg, &current, &[7; 32], 30_000, "t2", 0,
+        cfg,
+        &current,
+        &fingerprint(),
+        30_000,
+        "t2",
+        0,
     ));
     assert_eq!(claimed["outcome"], "claimed", "{claimed}");
 
