@@ -9,6 +9,8 @@ use idempotency_protocol::{json, ErrorBody, PurgeResponse, RecordState};
 use reqwest::blocking::{Client, RequestBuilder};
 use reqwest::StatusCode;
 
+use crate::target::BadInput;
+
 /// A client of one key store's admin API.
 pub struct AdminClient {
     base: String,
@@ -18,6 +20,12 @@ pub struct AdminClient {
 
 impl AdminClient {
     pub fn new(base: &str, token: &str) -> anyhow::Result<AdminClient> {
+        if !base.starts_with("http://") {
+            return Err(BadInput(format!(
+                "--keystore {base}: give http://HOST:PORT (the key store serves plain HTTP; reach a cluster's through kubectl port-forward)"
+            ))
+            .into());
+        }
         let http = Client::builder()
             .timeout(Duration::from_secs(10))
             .build()

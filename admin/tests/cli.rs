@@ -639,4 +639,12 @@ fn bad_input_is_named() {
         &run(&args("/nonexistent/plugin.json", "/payments", "k"), true),
         "--config /nonexistent/plugin.json",
     );
+    let out = admin(
+        &setup,
+        None,
+        "show",
+        "k",
+        &["--keystore", "keystore:8081", "--admin-token", ADMIN_TOKEN],
+    );
+    contains(&failure(&out, 2), "--keystore keystore:8081: give http://");
 }
