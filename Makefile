@@ -10,10 +10,10 @@ SETUP_FLAGS ?=
 setup:
 	scripts/setup.sh $(SETUP_FLAGS)
 
-## build: the filter (Wasm, release), the payments demo and the key store
+## build: the filter (Wasm, release), the payments demo, the key store and the support tool
 build:
 	$(CARGO) build --release --target wasm32-wasip1
-	$(CARGO) build -p payments-demo -p idempotency-keystore
+	$(CARGO) build -p payments-demo -p idempotency-keystore -p idempotency-admin
 
 ## test: setup, build, the deploy artifact checks (validate), every test of the workspace (the end-to-end
 ## tests start Envoy), the fuzz and benchmark smoke runs, then the docker-compose stack (compose-test)

@@ -160,6 +160,16 @@ impl Record {
     /// Opens a sealed record stored under `key`: the seal must hold under one of `secrets`, and
     /// is checked (in constant time) before anything of the record is decoded.
     pub fn open(bytes: &[u8], key: &RecordKey, secrets: &Secrets) -> Result<Record, OpenError> {
+        Record::open_with_secret(bytes, key, secrets).map(|(record, _)| record)
+    }
+
+    /// [`Record::open`], also saying under which of `secrets` the seal holds (its position in the
+    /// list, 0 for the current one): what an operator's tool reports.
+    pub fn open_with_secret(
+        bytes: &[u8],
+        key: &RecordKey,
+        secrets: &Secrets,
+    ) -> Result<(Record, usize), OpenError> {
         let Some((&SEALED, rest)) = bytes.split_first() else {
             return Err(OpenError::Unverified);
         };
@@ -167,13 +177,14 @@ impl Record {
             return Err(OpenError::Unverified);
         };
         let (payload, tag) = rest.split_at(split);
-        let verified = secrets.all().any(|secret| {
+        let Some(index) = secrets.all().position(|secret| {
             mac_of(secret, key, payload).is_some_and(|mac| mac.verify_slice(tag).is_ok())
-        });
-        if !verified {
+        }) else {
             return Err(OpenError::Unverified);
-        }
-        decode_exact::<Record>(payload).map_err(|e| OpenError::Malformed(e.0))
+        };
+        decode_exact::<Record>(payload)
+            .map(|record| (record, index))
+            .map_err(|e| OpenError::Malformed(e.0))
     }
 
     pub fn is_live(&self, now_ms: u64) -> bool {
@@ -341,6 +352,10 @@ mod tests {
         assert_eq!(
             Record::open(&sealed, &key, &secrets(&[b"newer", b"current"])),
             Ok(r.clone())
+        );
+        assert_eq!(
+            Record::open_with_secret(&sealed, &key, &secrets(&[b"newer", b"current"])),
+            Ok((r.clone(), 1))
         );
         for (what, bytes, k, s) in [
             ("unknown secret", sealed.clone(), key, secrets(&[b"other"])),

@@ -51,6 +51,12 @@ pub struct Config {
     #[arg(long, env = "KEYSTORE_TOKEN", hide_env_values = true)]
     pub token: Option<String>,
 
+    /// Bearer token of the admin API (`/admin/v1`: an operator inspects and purges records). None:
+    /// the admin API is off and answers 404. It must differ from `--token`, so that the filter's
+    /// token never opens it.
+    #[arg(long, env = "KEYSTORE_ADMIN_TOKEN", hide_env_values = true)]
+    pub admin_token: Option<String>,
+
     /// Largest record accepted by `complete` (bytes, decoded); larger ones get 413. The filter's
     /// `keystore.max_record_bytes` must not exceed it.
     #[arg(long, env = "KEYSTORE_MAX_RECORD_BYTES", default_value_t = DEFAULT_MAX_RECORD_BYTES)]
@@ -96,6 +102,16 @@ impl Config {
         }
     }
 
+    /// The admin API's token (an empty one, a templating leftover, means none), refused when it
+    /// is also the `/v1` token.
+    pub fn admin_token(&self) -> anyhow::Result<Option<String>> {
+        let admin = self.admin_token.clone().filter(|t| !t.is_empty());
+        if admin.is_some() && admin == self.token {
+            anyhow::bail!("--admin-token must differ from --token: the filter's token must not open the admin API");
+        }
+        Ok(admin)
+    }
+
     /// The backend call budget as a duration.
     pub fn backend_timeout(&self) -> Duration {
         Duration::from_millis(self.backend_timeout_ms.max(1))
@@ -127,5 +143,18 @@ mod tests {
         );
         let c = parse(&["--max-record-bytes", "1000", "--max-body-bytes", "1000000"]);
         assert_eq!(c.body_limit().unwrap(), 1_000_000);
+    }
+
+    #[test]
+    fn the_admin_token_is_off_by_default_and_never_the_v1_token() {
+        assert_eq!(parse(&[]).admin_token().unwrap(), None);
+        assert_eq!(parse(&["--admin-token", ""]).admin_token().unwrap(), None);
+        let c = parse(&["--token", "a", "--admin-token", "b"]);
+        assert_eq!(c.admin_token().unwrap().as_deref(), Some("b"));
+        let e = parse(&["--token", "a", "--admin-token", "a"])
+            .admin_token()
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("--admin-token") && e.contains("--token"), "{e}");
     }
 }

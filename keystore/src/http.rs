@@ -1,4 +1,7 @@
-//! HTTP layer: the v1 routes, bearer authentication, body limit, health, readiness and metrics.
+//! HTTP layer: the v1 routes, bearer authentication, body limit, health, readiness and metrics;
+//! the admin API ([`admin`]) when an admin token is set.
+
+mod admin;
 
 use std::future::Future;
 use std::sync::Arc;
@@ -28,6 +31,8 @@ use crate::protocol::{
 pub struct Settings {
     /// Bearer token required on /v1 (`None`: open).
     pub token: Option<String>,
+    /// Bearer token of the admin API (`None`: the admin API is off, 404).
+    pub admin_token: Option<String>,
     /// Larger bodies get 413.
     pub max_body_bytes: usize,
     /// Larger records (decoded) get 413 from `complete`.
@@ -72,6 +77,8 @@ impl From<&Config> for Settings {
         Self {
             // An empty KEYSTORE_TOKEN (a common templating leftover) means no token, not "".
             token: c.token.clone().filter(|t| !t.is_empty()),
+            // `run` refuses an admin token equal to the /v1 token before this.
+            admin_token: c.admin_token().unwrap_or_default(),
             // `run` refuses a --max-body-bytes too small for the largest record before this.
             max_body_bytes: c.body_limit().unwrap_or(usize::MAX),
             max_record_bytes: c.max_record_bytes,
@@ -102,6 +109,7 @@ pub fn router(backend: Arc<dyn Backend>, settings: Settings, metrics: Metrics) -
         drain: settings.drain,
         max_record_bytes: settings.max_record_bytes,
     };
+    let admin = settings.admin_token.map(|t| admin::router(&state, t));
     let v1 = Router::new()
         .route("/claim", post(claim))
         .route("/lookup", post(lookup))
@@ -109,8 +117,11 @@ pub fn router(backend: Arc<dyn Backend>, settings: Settings, metrics: Metrics) -
         .route("/release", post(release))
         .route("/renew", post(renew))
         .route_layer(middleware::from_fn_with_state(state.clone(), authenticate));
-    Router::new()
-        .nest("/v1", v1)
+    let app = match admin {
+        Some(admin) => Router::new().nest("/admin/v1", admin),
+        None => Router::new(),
+    };
+    app.nest("/v1", v1)
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
         .route("/metrics", get(render_metrics))
@@ -137,25 +148,35 @@ fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
     a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
+/// Whether `req` carries `Authorization: Bearer <expected>`. The scheme is case-insensitive
+/// (RFC 9110 §11.1); the token is compared exactly, in constant time.
+fn bearer_matches(req: &Request, expected: &[u8]) -> bool {
+    let given = req
+        .headers()
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.split_once(' '))
+        .filter(|(scheme, _)| scheme.eq_ignore_ascii_case("bearer"))
+        .map(|(_, token)| token.as_bytes())
+        .unwrap_or_default();
+    constant_time_eq(given, expected)
+}
+
+/// The 401 of a missing or wrong bearer token.
+fn unauthorized() -> Response {
+    let mut resp = error(StatusCode::UNAUTHORIZED, "missing or wrong bearer token");
+    resp.headers_mut().insert(
+        header::WWW_AUTHENTICATE,
+        header::HeaderValue::from_static("Bearer"),
+    );
+    resp
+}
+
 async fn authenticate(State(s): State<AppState>, req: Request, next: Next) -> Response {
     if let Some(expected) = &s.token {
-        // The scheme is case-insensitive (RFC 9110 §11.1); the token is compared exactly.
-        let given = req
-            .headers()
-            .get(header::AUTHORIZATION)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.split_once(' '))
-            .filter(|(scheme, _)| scheme.eq_ignore_ascii_case("bearer"))
-            .map(|(_, token)| token.as_bytes())
-            .unwrap_or_default();
-        if !constant_time_eq(given, expected) {
+        if !bearer_matches(&req, expected) {
             s.metrics.op(op_of(req.uri().path()), "unauthorized");
-            let mut resp = error(StatusCode::UNAUTHORIZED, "missing or wrong bearer token");
-            resp.headers_mut().insert(
-                header::WWW_AUTHENTICATE,
-                header::HeaderValue::from_static("Bearer"),
-            );
-            return resp;
+            return unauthorized();
         }
     }
     next.run(req).await

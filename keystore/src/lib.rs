@@ -3,7 +3,8 @@
 //!
 //! Modules: [`config`] (flags), [`protocol`] (the wire types shared with the filter, and
 //! server-side helpers), [`backend`] (the `Backend` trait with memory, Redis and Redis Cluster
-//! implementations), [`http`] (router), [`metrics`] (Prometheus).
+//! implementations), [`http`] (router: the v1 API, and the admin API behind its own token),
+//! [`metrics`] (Prometheus).
 
 pub mod backend;
 pub mod config;
@@ -28,6 +29,7 @@ pub async fn run(
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
     config.body_limit()?;
+    config.admin_token()?;
     let backend = backend::build(&config)?;
     let metrics = metrics::Metrics::new().context("metrics")?;
     let (drain_tx, drain) = http::Drain::new();

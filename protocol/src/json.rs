@@ -311,4 +311,54 @@ mod tests {
         }
         assert!(decode::<FencedResponse>(br#"{"outcome":"claimed","token":"t"}"#).is_err());
     }
+
+    #[test]
+    fn admin_replies_round_trip_as_documented() {
+        use crate::admin::{EntryKind, PurgeResponse, RecordState};
+        fn check<T: Serialize + DeserializeOwned + PartialEq + Debug>(value: T, text: &str) {
+            assert_eq!(String::from_utf8(encode(&value)).unwrap(), text);
+            assert_eq!(decode::<T>(text.as_bytes()).unwrap(), value);
+        }
+        check(RecordState::Absent, r#"{"state":"absent"}"#);
+        check(
+            RecordState::InFlight {
+                fingerprint: hex(),
+                lease_left_ms: 7,
+            },
+            &format!(r#"{{"state":"in_flight","fingerprint":"{H}","lease_left_ms":7}}"#),
+        );
+        check(
+            RecordState::Completed {
+                fingerprint: hex(),
+                record: b"rec".to_vec(),
+                stored_at_ms: Some(5),
+                expires_in_ms: 9,
+            },
+            &format!(
+                r#"{{"state":"completed","fingerprint":"{H}","record":"cmVj","stored_at_ms":5,"expires_in_ms":9}}"#
+            ),
+        );
+        check(
+            PurgeResponse {
+                removed: RecordState::Expired {
+                    fingerprint: hex(),
+                    was: EntryKind::Completed,
+                    expired_ms_ago: 3,
+                },
+            },
+            &format!(
+                r#"{{"removed":{{"state":"expired","fingerprint":"{H}","was":"completed","expired_ms_ago":3}}}}"#
+            ),
+        );
+        // A backend that does not know when a record was stored leaves the field out.
+        let text =
+            format!(r#"{{"state":"completed","fingerprint":"{H}","record":"","expires_in_ms":1}}"#);
+        assert!(matches!(
+            decode::<RecordState>(text.as_bytes()).unwrap(),
+            RecordState::Completed {
+                stored_at_ms: None,
+                ..
+            }
+        ));
+    }
 }

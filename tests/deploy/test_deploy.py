@@ -544,6 +544,12 @@ class KubernetesManifests(unittest.TestCase):
         secret_ref = env["KEYSTORE_TOKEN"]["valueFrom"]["secretKeyRef"]
         secret = res[("Secret", secret_ref["name"])]
         self.assertIn(secret_ref["key"], secret["stringData"])
+        # The admin token comes from a Secret of its own, not shipped (the admin API is off until an
+        # operator creates it), so the key store starts without it.
+        admin_ref = env["KEYSTORE_ADMIN_TOKEN"]["valueFrom"]["secretKeyRef"]
+        self.assertNotEqual(admin_ref["name"], secret_ref["name"])
+        self.assertIs(admin_ref["optional"], True)
+        self.assertNotIn(("Secret", admin_ref["name"]), res)
         # The Redis URL names the Redis Service.
         redis_svc = res[("Service", "idempotency-redis")]
         self.assertIn(f"{redis_svc['metadata']['name']}.{redis_svc['metadata']['namespace']}", env["KEYSTORE_REDIS_URL"]["value"])

@@ -10,14 +10,15 @@
 
 use std::collections::{BTreeSet, HashMap};
 use std::sync::{Arc, Mutex, PoisonError};
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use async_trait::async_trait;
 use tokio::sync::watch;
 
 use super::{Backend, BackendError, ClaimOutcome, Fenced, KeyChange, LookupOutcome};
 use crate::protocol::{
-    token_or_new, ClaimRequest, CompleteRequest, Hex64, LookupRequest, ReleaseRequest, RenewRequest,
+    token_or_new, ClaimRequest, CompleteRequest, EntryKind, Hex64, LookupRequest, RecordState,
+    ReleaseRequest, RenewRequest,
 };
 
 /// Bytes an entry costs besides its key, fingerprint, token and record: the map's and the indexes'
@@ -37,15 +38,21 @@ struct Entry {
 
 #[derive(Debug, Clone)]
 enum State {
-    InFlight { token: String },
-    Completed { record: Arc<[u8]> },
+    InFlight {
+        token: String,
+    },
+    Completed {
+        record: Arc<[u8]>,
+        /// When it was stored, Unix ms (what an operator is shown).
+        stored_at_ms: u64,
+    },
 }
 
 impl Entry {
     fn size(&self, key: &str) -> usize {
         let payload = match &self.state {
             State::InFlight { token } => token.len(),
-            State::Completed { record } => record.len(),
+            State::Completed { record, .. } => record.len(),
         };
         key.len() + self.fingerprint.as_str().len() + payload + ENTRY_OVERHEAD
     }
@@ -53,6 +60,47 @@ impl Entry {
     fn is_completed(&self) -> bool {
         matches!(self.state, State::Completed { .. })
     }
+
+    /// The entry as an operator sees it at `now`.
+    fn view(&self, now: Instant) -> RecordState {
+        let fingerprint = self.fingerprint.clone();
+        if self.until <= now {
+            let was = if self.is_completed() {
+                EntryKind::Completed
+            } else {
+                EntryKind::InFlight
+            };
+            let ago = now.saturating_duration_since(self.until).as_millis();
+            return RecordState::Expired {
+                fingerprint,
+                was,
+                expired_ms_ago: u64::try_from(ago).unwrap_or(u64::MAX),
+            };
+        }
+        match &self.state {
+            State::InFlight { .. } => RecordState::InFlight {
+                fingerprint,
+                lease_left_ms: millis_left(self.until, now),
+            },
+            State::Completed {
+                record,
+                stored_at_ms,
+            } => RecordState::Completed {
+                fingerprint,
+                record: record.to_vec(),
+                stored_at_ms: Some(*stored_at_ms),
+                expires_in_ms: millis_left(self.until, now),
+            },
+        }
+    }
+}
+
+/// The wall clock in Unix ms.
+fn unix_ms() -> u64 {
+    let since = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap_or_default();
+    u64::try_from(since.as_millis()).unwrap_or(u64::MAX)
 }
 
 /// The map and its indexes.
@@ -235,7 +283,7 @@ impl Backend for MemoryBackend {
         self.with(|store, now| match store.live(req.key.as_str(), now) {
             Some(e) if e.fingerprint != req.fingerprint => Ok(ClaimOutcome::Mismatch),
             Some(Entry {
-                state: State::Completed { record },
+                state: State::Completed { record, .. },
                 ..
             }) => Ok(ClaimOutcome::Completed {
                 record: record.to_vec(),
@@ -269,7 +317,7 @@ impl Backend for MemoryBackend {
                 None => LookupOutcome::Absent,
                 Some(e) if e.fingerprint != req.fingerprint => LookupOutcome::Mismatch,
                 Some(Entry {
-                    state: State::Completed { record },
+                    state: State::Completed { record, .. },
                     ..
                 }) => LookupOutcome::Completed {
                     record: record.to_vec(),
@@ -293,6 +341,7 @@ impl Backend for MemoryBackend {
                         fingerprint: fingerprint.clone(),
                         state: State::Completed {
                             record: Arc::from(req.record.as_slice()),
+                            stored_at_ms: unix_ms(),
                         },
                         until: now + Duration::from_millis(req.retention_ms),
                         seq: 0,
@@ -370,6 +419,31 @@ impl Backend for MemoryBackend {
                 std::future::pending::<()>().await;
             }
         })
+    }
+
+    /// Reads without the expiry sweep, so an entry past its deadline is reported as expired.
+    async fn inspect(&self, key: &Hex64) -> Result<RecordState, BackendError> {
+        let store = self.store.lock().unwrap_or_else(PoisonError::into_inner);
+        let now = Instant::now();
+        Ok(store
+            .map
+            .get(key.as_str())
+            .map_or(RecordState::Absent, |e| e.view(now)))
+    }
+
+    async fn purge(&self, key: &Hex64) -> Result<RecordState, BackendError> {
+        let removed = {
+            let mut store = self.store.lock().unwrap_or_else(PoisonError::into_inner);
+            let now = Instant::now();
+            store
+                .remove(key.as_str())
+                .map_or(RecordState::Absent, |e| e.view(now))
+        };
+        // Claims waiting on the key read again: it is free now.
+        if removed != RecordState::Absent {
+            self.wake(key);
+        }
+        Ok(removed)
     }
 
     async fn ping(&self) -> Result<(), BackendError> {

@@ -19,7 +19,7 @@ use async_trait::async_trait;
 
 use crate::config::{BackendKind, Config};
 use crate::protocol::{
-    ClaimRequest, CompleteRequest, Hex64, LookupRequest, ReleaseRequest, RenewRequest,
+    ClaimRequest, CompleteRequest, Hex64, LookupRequest, RecordState, ReleaseRequest, RenewRequest,
 };
 
 /// Result of a claim.
@@ -93,6 +93,12 @@ pub trait Backend: Send + Sync + 'static {
     fn watch(&self, _key: &Hex64, round: u32) -> KeyChange {
         Box::pin(tokio::time::sleep(poll_interval(round)))
     }
+    /// What `key` holds, for an operator (the admin API): state, fingerprint, record and times,
+    /// an entry past its deadline but not yet dropped included. Changes nothing.
+    async fn inspect(&self, key: &Hex64) -> Result<RecordState, BackendError>;
+    /// Removes whatever `key` holds, whoever holds it, and says what that was (read and removal
+    /// are one atomic step). A claim purged in flight becomes stale for its holder.
+    async fn purge(&self, key: &Hex64) -> Result<RecordState, BackendError>;
     /// Checks that the store answers (readiness).
     async fn ping(&self) -> Result<(), BackendError>;
     /// Short name for logs and metrics.

@@ -2,7 +2,8 @@
 //!
 //! Layout: one hash per record, `idem:{<key>}` (the braces keep any future companion keys of a
 //! record in one cluster slot), fields `s` (`f` in flight / `c` completed), `fp`, `tok`, `until`
-//! (absolute ms, Redis clock) and `rec` (raw bytes). Every state change is one Lua script, so it is
+//! (absolute ms, Redis clock), `rec` (raw bytes) and `at` (when it was completed, Unix ms, Redis
+//! clock; records completed before that field existed lack it). Every state change is one Lua script, so it is
 //! atomic and one round trip; the scripts read the Redis server clock (`TIME`) so that gateways
 //! with skewed clocks agree, and check `until` on read besides the key's own `PEXPIRE`.
 //!
@@ -29,7 +30,8 @@ use tokio::sync::OnceCell;
 use super::{Backend, BackendError, ClaimOutcome, Fenced, LookupOutcome};
 use crate::config::Config;
 use crate::protocol::{
-    token_or_new, ClaimRequest, CompleteRequest, Hex64, LookupRequest, ReleaseRequest, RenewRequest,
+    token_or_new, ClaimRequest, CompleteRequest, EntryKind, Hex64, LookupRequest, RecordState,
+    ReleaseRequest, RenewRequest,
 };
 
 /// How Redis servers' certificates are checked on `rediss://`.
@@ -126,7 +128,7 @@ const COMPLETE: &str = r"
 local retention = tonumber(ARGV[3])
 redis.call('HDEL', KEYS[1], 'tok')
 redis.call('HSET', KEYS[1], 's', 'c', 'rec', ARGV[2],
-  'until', string.format('%d', now + retention))
+  'until', string.format('%d', now + retention), 'at', string.format('%d', now))
 redis.call('PEXPIRE', KEYS[1], retention)
 return 'stored'
 ";
@@ -145,6 +147,25 @@ redis.call('PEXPIRE', KEYS[1], lease)
 return 'renewed'
 ";
 
+/// KEYS[1] record. What the key holds, for the admin API: `{'absent'}` or
+/// `{s, fp, until, now, at, rec}` (missing fields as empty strings), expired or not.
+const VIEW: &str = r"
+local cur = redis.call('HMGET', KEYS[1], 's', 'fp', 'until', 'at', 'rec')
+if not cur[1] then return {'absent'} end
+local view = {cur[1], cur[2] or '', cur[3] or '0', string.format('%d', now), cur[4] or '', cur[5] or ''}
+";
+
+/// KEYS[1] record. Reads only.
+const INSPECT: &str = r"
+return view
+";
+
+/// KEYS[1] record. Removes the key whatever it holds.
+const PURGE: &str = r"
+redis.call('DEL', KEYS[1])
+return view
+";
+
 type Connect<C> =
     Box<dyn Fn() -> Pin<Box<dyn Future<Output = RedisResult<C>> + Send>> + Send + Sync>;
 
@@ -158,6 +179,8 @@ pub struct RedisBackend<C> {
     complete: Script,
     release: Script,
     renew: Script,
+    inspect: Script,
+    purge: Script,
     name: &'static str,
 }
 
@@ -245,6 +268,8 @@ where
             complete: script(&format!("{FENCE}{COMPLETE}")),
             release: script(&format!("{FENCE}{RELEASE}")),
             renew: script(&format!("{FENCE}{RENEW}")),
+            inspect: script(&format!("{VIEW}{INSPECT}")),
+            purge: script(&format!("{VIEW}{PURGE}")),
             name,
         }
     }
@@ -259,6 +284,56 @@ where
     fn record_key(key: &Hex64) -> String {
         format!("idem:{{{}}}", key.as_str())
     }
+}
+
+/// Reads the reply of the `VIEW` scripts.
+fn record_state(reply: &[Vec<u8>]) -> Result<RecordState, BackendError> {
+    let bad = || BackendError::Protocol(format!("record view: {reply:?}"));
+    let text = |b: &[u8]| std::str::from_utf8(b).map(str::to_owned).map_err(|_| bad());
+    let number = |b: &[u8]| -> Result<i64, BackendError> {
+        std::str::from_utf8(b)
+            .ok()
+            .and_then(|s| s.parse().ok())
+            .ok_or_else(bad)
+    };
+    let (s, fp, until, now, at, rec) = match reply {
+        [tag] if tag.as_slice() == b"absent" => return Ok(RecordState::Absent),
+        [s, fp, until, now, at, rec] => (s, fp, until, now, at, rec),
+        _ => return Err(bad()),
+    };
+    let fingerprint = Hex64::parse(&text(fp)?).ok_or_else(bad)?;
+    let left = number(until)?.saturating_sub(number(now)?);
+    let completed = match s.as_slice() {
+        b"c" => true,
+        b"f" => false,
+        _ => return Err(bad()),
+    };
+    let ms = |n: i64| u64::try_from(n).unwrap_or(0);
+    Ok(match (left > 0, completed) {
+        (false, _) => RecordState::Expired {
+            fingerprint,
+            was: if completed {
+                EntryKind::Completed
+            } else {
+                EntryKind::InFlight
+            },
+            expired_ms_ago: ms(left.saturating_neg()),
+        },
+        (true, false) => RecordState::InFlight {
+            fingerprint,
+            lease_left_ms: ms(left),
+        },
+        (true, true) => RecordState::Completed {
+            fingerprint,
+            record: rec.clone(),
+            stored_at_ms: if at.is_empty() {
+                None
+            } else {
+                Some(ms(number(at)?))
+            },
+            expires_in_ms: ms(left),
+        },
+    })
 }
 
 fn fenced(reply: &str, done: &str) -> Result<Fenced, BackendError> {
@@ -367,6 +442,26 @@ where
             .invoke_async(&mut conn)
             .await?;
         fenced(&reply, "renewed")
+    }
+
+    async fn inspect(&self, key: &Hex64) -> Result<RecordState, BackendError> {
+        let mut conn = self.connection().await?;
+        let reply: Vec<Vec<u8>> = self
+            .inspect
+            .key(Self::record_key(key))
+            .invoke_async(&mut conn)
+            .await?;
+        record_state(&reply)
+    }
+
+    async fn purge(&self, key: &Hex64) -> Result<RecordState, BackendError> {
+        let mut conn = self.connection().await?;
+        let reply: Vec<Vec<u8>> = self
+            .purge
+            .key(Self::record_key(key))
+            .invoke_async(&mut conn)
+            .await?;
+        record_state(&reply)
     }
 
     async fn ping(&self) -> Result<(), BackendError> {

@@ -17,6 +17,7 @@ use serde_json::{json, Value};
 pub fn settings() -> Settings {
     Settings {
         token: None,
+        admin_token: None,
         max_body_bytes: 4 * 1024 * 1024 + 8192,
         max_record_bytes: 3 * 1024 * 1024,
         backend_timeout: Duration::from_secs(1),
@@ -150,6 +151,28 @@ impl Keystore {
     pub async fn release(&self, key: &str, token: &str) -> (StatusCode, Value) {
         self.post("/v1/release", json!({"key": key, "token": token}))
             .await
+    }
+
+    /// An admin call (`GET` or `DELETE` of `/admin/v1/records/{key}`) with this Authorization.
+    pub async fn admin(
+        &self,
+        method: reqwest::Method,
+        key: &str,
+        auth: Option<&str>,
+    ) -> (StatusCode, Value) {
+        let mut req = self
+            .http
+            .request(method, format!("{}/admin/v1/records/{key}", self.base));
+        if let Some(a) = auth {
+            req = req.header("authorization", a);
+        }
+        let resp = req.send().await.unwrap();
+        let status = resp.status();
+        let text = resp.text().await.unwrap();
+        (
+            status,
+            serde_json::from_str(&text).unwrap_or(Value::String(text)),
+        )
     }
 
     pub async fn get(&self, path: &str) -> (StatusCode, String) {

@@ -67,6 +67,43 @@ async fn wait_channels_are_dropped_with_their_waiters() {
     assert_eq!(memory.waited_keys(), 0);
 }
 
+/// A purge wakes the claims held on the key: they claim it at once, not at the lease's end.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn purge_wakes_held_claims() {
+    let memory = Arc::new(MemoryBackend::new(64 << 20, 10_000));
+    let ks = Keystore::start(
+        memory.clone(),
+        Settings {
+            admin_token: Some("adm".into()),
+            ..settings()
+        },
+    )
+    .await;
+    let (key, fp) = (hex64(), hex64());
+    ks.claim_ok(&key, &fp, 60_000).await;
+    let waiter = {
+        let (ks, key, fp) = (ks.clone(), key.clone(), fp.clone());
+        tokio::spawn(async move { ks.claim_wait(&key, &fp, 30_000, 30_000).await })
+    };
+    eventually(Duration::from_secs(2), "the waiter held", || async {
+        (memory.waited_keys() == 1).then_some(())
+    })
+    .await;
+    let purged = Instant::now();
+    let (status, body) = ks
+        .admin(reqwest::Method::DELETE, &key, Some("Bearer adm"))
+        .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let (_, body) = waiter.await.unwrap();
+    assert_eq!(body["outcome"], "claimed", "{body}");
+    assert_eq!(body["waited"], true, "{body}");
+    assert!(
+        purged.elapsed() < Duration::from_millis(500),
+        "{:?}",
+        purged.elapsed()
+    );
+}
+
 /// When the server stops, waiting claims answer `in_flight` at once rather than at `wait_ms`.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn drain_ends_waits() {

@@ -1,12 +1,14 @@
 //! The behaviour suite every backend must pass. `backend_suite!(factory)` instantiates it as
 //! `#[tokio::test]`s for an `async fn factory() -> Arc<dyn Backend>`.
 //!
-//! The tests are grouped by what they exercise: [`claims`], [`http`] and [`waiting`].
+//! The tests are grouped by what they exercise: [`claims`], [`http`], [`waiting`] and [`admin`].
 
+mod admin;
 mod claims;
 mod http;
 mod waiting;
 
+pub use admin::*;
 pub use claims::*;
 pub use http::*;
 pub use waiting::*;
@@ -30,7 +32,9 @@ macro_rules! backend_suite {
             waiter_claims_after_release, waiter_takes_over_an_expired_lease,
             waiter_times_out_in_flight, twenty_waiters_get_the_record,
             waiter_answers_at_once_when_nothing_to_wait_for, wait_outlasts_the_backend_timeout,
-            lookup_reports_without_claiming, complete_refuses_a_record_over_the_limit);
+            lookup_reports_without_claiming, complete_refuses_a_record_over_the_limit,
+            admin_reports_each_state, admin_purge_says_what_it_removed,
+            admin_purge_frees_a_waiting_claim, admin_token_is_its_own);
     };
     (@tests $factory:path; $($name:ident),*) => {
         $(
