@@ -34,8 +34,7 @@ use std::sync::atomic::{AtomicBool, AtomicU8, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use idempotency_testkit::redis::RedisServer;
-use support::keystore::{KeystoreProcess, StoreBackend};
+use support::mesh::{Mesh, MeshOptions};
 use support::*;
 
 /// The bearer token the key store requires and the filter sends.
@@ -60,37 +59,14 @@ fn plugin(failure_mode: &str, lock_lease_ms: u64) -> String {
         .json()
 }
 
-/// Upstream, key store (and its Redis), two gateways using it.
-struct Mesh {
-    upstream: Upstream,
-    keystore: KeystoreProcess,
-    redis: Option<RedisServer>,
-    a: Envoy,
-    b: Envoy,
-}
-
+/// Upstream, key store (on `backend`, with the token), two gateways using it.
 async fn mesh(backend: Backend, plugin: String) -> Mesh {
-    let redis = match backend {
-        Backend::Memory => None,
-        Backend::Redis => Some(RedisServer::durable()),
+    let options = MeshOptions {
+        token: Some(TOKEN.into()),
+        redis: matches!(backend, Backend::Redis),
+        ..MeshOptions::default()
     };
-    let store = match &redis {
-        None => StoreBackend::Memory,
-        Some(redis) => StoreBackend::Redis(redis.url()),
-    };
-    let (upstream, keystore) = tokio::join!(
-        Upstream::start(),
-        KeystoreProcess::start(store, Some(TOKEN))
-    );
-    let options = EnvoyOptions::with_filter(upstream.port, plugin).keystore(keystore.port);
-    let (a, b) = tokio::join!(Envoy::start(&options), Envoy::start(&options));
-    Mesh {
-        upstream,
-        keystore,
-        redis,
-        a,
-        b,
-    }
+    Mesh::start(&plugin, options).await
 }
 
 /// Alice's `POST /payments` to a gateway's URL (usable from a spawned task: no borrow of the Envoy).
