@@ -86,7 +86,7 @@ async fn body_over_the_limit_gets_413() {
     let big = format!(r#"{{"memo":"{}"}}"#, "x".repeat(2000));
 
     // With content-length (HTTP/1.1).
-    let resp = send(post_payment(&http, &envoy, "alice", Some(&new_key()), &big)).await;
+    let resp = send_payment(&http, &envoy, "alice", Some(&new_key()), &big).await;
     assert_problem(&resp, 413);
     // Without content-length (h2c DATA frames, then trailers).
     let resp = h2c_with_trailers(
@@ -107,14 +107,7 @@ async fn body_over_the_limit_gets_413() {
 
     // Under the limit is fine.
     let small = format!(r#"{{"memo":"{}"}}"#, "x".repeat(900));
-    let resp = send(post_payment(
-        &http,
-        &envoy,
-        "alice",
-        Some(&new_key()),
-        &small,
-    ))
-    .await;
+    let resp = send_payment(&http, &envoy, "alice", Some(&new_key()), &small).await;
     assert_eq!(resp.status, 201, "{}", resp.describe());
     assert_eq!(upstream.post_requests().await, 1);
     assert_eq!(envoy.counter("too_large").await, 2);
@@ -139,20 +132,13 @@ async fn stream_headers_mode_protects_where_envoy_cannot_hold_headers() {
     let key = new_key();
     let body = r#"{"amount":11}"#;
 
-    let first = send(post_payment(&http, &envoy, "alice", Some(&key), body)).await;
+    let first = send_payment(&http, &envoy, "alice", Some(&key), body).await;
     assert_eq!(first.status, 201, "{}", first.describe());
     assert_replay(
         &first,
-        &send(post_payment(&http, &envoy, "alice", Some(&key), body)).await,
+        &send_payment(&http, &envoy, "alice", Some(&key), body).await,
     );
-    let other = send(post_payment(
-        &http,
-        &envoy,
-        "alice",
-        Some(&key),
-        r#"{"amount":12}"#,
-    ))
-    .await;
+    let other = send_payment(&http, &envoy, "alice", Some(&key), r#"{"amount":12}"#).await;
     assert_problem(&other, 422);
 
     // In flight: the second request's headers reach the upstream, its body never does.
@@ -162,12 +148,12 @@ async fn stream_headers_mode_protects_where_envoy_cannot_hold_headers() {
             .header("x-demo-delay-ms", "1500"),
     ));
     upstream.wait_post_requests(2).await;
-    let conflict = send(post_payment(&http, &envoy, "alice", Some(&slow_key), body)).await;
+    let conflict = send_payment(&http, &envoy, "alice", Some(&slow_key), body).await;
     assert_problem(&conflict, 409);
     assert_eq!(slow.await.unwrap().status, 201);
 
     let big = format!(r#"{{"memo":"{}"}}"#, "x".repeat(600 << 10));
-    let too_large = send(post_payment(&http, &envoy, "alice", Some(&new_key()), &big)).await;
+    let too_large = send_payment(&http, &envoy, "alice", Some(&new_key()), &big).await;
     assert_problem(&too_large, 413);
 
     assert_eq!(upstream.payment_count().await, 2, "one payment per key");
@@ -179,13 +165,10 @@ async fn requests_not_covered_pass_through() {
     let (upstream, envoy) = gateway(&plugin(json!({}))).await;
     let http = client();
 
-    let created = send(post_payment(&http, &envoy, "alice", Some(&new_key()), "{}")).await;
+    let created = send_payment(&http, &envoy, "alice", Some(&new_key()), "{}").await;
     assert_eq!(created.status, 201, "{}", created.describe());
     // The filter is active on the covered route.
-    assert_problem(
-        &send(post_payment(&http, &envoy, "alice", None, "{}")).await,
-        400,
-    );
+    assert_problem(&send_payment(&http, &envoy, "alice", None, "{}").await, 400);
 
     // GET is not covered: no key needed, an invalid key is ignored, nothing is replayed.
     for key in [None, Some("\"broken")] {
@@ -241,21 +224,7 @@ async fn a_route_wrapper_keeps_requests_the_filter_does_not_cover_out_of_the_vm(
         "without the wrapper it does"
     );
     let key = new_key();
-    let first = send(post_payment(
-        &http,
-        &wrapped,
-        "alice",
-        Some(&key),
-        r#"{"amount":3}"#,
-    ))
-    .await;
-    let retry = send(post_payment(
-        &http,
-        &wrapped,
-        "alice",
-        Some(&key),
-        r#"{"amount":3}"#,
-    ))
-    .await;
+    let first = send_payment(&http, &wrapped, "alice", Some(&key), r#"{"amount":3}"#).await;
+    let retry = send_payment(&http, &wrapped, "alice", Some(&key), r#"{"amount":3}"#).await;
     assert_replay(&first, &retry);
 }

@@ -26,14 +26,7 @@ async fn the_first_answer_and_a_replay_on_another_gateway_advertise_the_same_exp
     let body = r#"{"amount":7}"#;
 
     let before = SystemTime::now();
-    let first = send(post_payment(
-        &http,
-        &mesh.a,
-        "Bearer alice",
-        Some(&key),
-        body,
-    ))
-    .await;
+    let first = send_payment(&http, &mesh.a, "Bearer alice", Some(&key), body).await;
     let after = SystemTime::now();
     assert_eq!(first.status, 201, "{}", first.describe());
     let expires = advertised_expiry(&first);
@@ -45,14 +38,7 @@ async fn the_first_answer_and_a_replay_on_another_gateway_advertise_the_same_exp
     );
 
     // The other gateway replays from the key store: the same instant, not one counted anew.
-    let replay = send(post_payment(
-        &http,
-        &mesh.b,
-        "Bearer alice",
-        Some(&key),
-        body,
-    ))
-    .await;
+    let replay = send_payment(&http, &mesh.b, "Bearer alice", Some(&key), body).await;
     assert_replay(&first, &replay);
     assert_eq!(
         replay.header("idempotency-expires"),
@@ -61,14 +47,7 @@ async fn the_first_answer_and_a_replay_on_another_gateway_advertise_the_same_exp
     assert_eq!(mesh.upstream.post_requests().await, 1);
 
     // Problem answers carry none: another payload under the key is 422.
-    let other = send(post_payment(
-        &http,
-        &mesh.b,
-        "Bearer alice",
-        Some(&key),
-        "{}",
-    ))
-    .await;
+    let other = send_payment(&http, &mesh.b, "Bearer alice", Some(&key), "{}").await;
     assert_eq!(other.status, 422, "{}", other.describe());
     assert_eq!(other.header("idempotency-expires"), None);
 }
@@ -78,22 +57,8 @@ async fn the_expiry_header_can_be_turned_off() {
     let (upstream, envoy) = gateway(&plugin(json!({"expires_header": false}))).await;
     let http = client();
     let key = new_key();
-    let first = send(post_payment(
-        &http,
-        &envoy,
-        "Bearer alice",
-        Some(&key),
-        "{}",
-    ))
-    .await;
-    let replay = send(post_payment(
-        &http,
-        &envoy,
-        "Bearer alice",
-        Some(&key),
-        "{}",
-    ))
-    .await;
+    let first = send_payment(&http, &envoy, "Bearer alice", Some(&key), "{}").await;
+    let replay = send_payment(&http, &envoy, "Bearer alice", Some(&key), "{}").await;
     assert_eq!(first.status, 201, "{}", first.describe());
     assert_replay(&first, &replay);
     for resp in [&first, &replay] {

@@ -10,14 +10,7 @@ async fn first_request_executes_once_and_retries_replay_byte_exact() {
     let key = new_key();
     let body = r#"{"amount":1000,"currency":"EUR"}"#;
 
-    let first = send(post_payment(
-        &http,
-        &envoy,
-        "Bearer alice",
-        Some(&key),
-        body,
-    ))
-    .await;
+    let first = send_payment(&http, &envoy, "Bearer alice", Some(&key), body).await;
     assert_eq!(first.status, 201, "{}", first.describe());
     assert!(!first.replayed(), "{}", first.describe());
     assert_eq!(
@@ -29,36 +22,15 @@ async fn first_request_executes_once_and_retries_replay_byte_exact() {
 
     // Retries, over HTTP/1.1 and h2c, replay the stored answer and never reach the upstream.
     for _ in 0..2 {
-        let retry = send(post_payment(
-            &http,
-            &envoy,
-            "Bearer alice",
-            Some(&key),
-            body,
-        ))
-        .await;
+        let retry = send_payment(&http, &envoy, "Bearer alice", Some(&key), body).await;
         assert_replay(&first, &retry);
     }
-    let h2 = send(post_payment(
-        &h2c_client(),
-        &envoy,
-        "Bearer alice",
-        Some(&key),
-        body,
-    ))
-    .await;
+    let h2 = send_payment(&h2c_client(), &envoy, "Bearer alice", Some(&key), body).await;
     assert_replay(&first, &h2);
 
     // The key as a Structured Field string is the same key as the bare token.
     let quoted = format!("\"{key}\"");
-    let retry = send(post_payment(
-        &http,
-        &envoy,
-        "Bearer alice",
-        Some(&quoted),
-        body,
-    ))
-    .await;
+    let retry = send_payment(&http, &envoy, "Bearer alice", Some(&quoted), body).await;
     assert_replay(&first, &retry);
 
     assert_eq!(
@@ -79,25 +51,11 @@ async fn same_key_other_fingerprint_gets_422() {
     let http = client();
     let key = new_key();
 
-    let first = send(post_payment(
-        &http,
-        &envoy,
-        "alice",
-        Some(&key),
-        r#"{"amount":1}"#,
-    ))
-    .await;
+    let first = send_payment(&http, &envoy, "alice", Some(&key), r#"{"amount":1}"#).await;
     assert_eq!(first.status, 201, "{}", first.describe());
 
     // Other body.
-    let other = send(post_payment(
-        &http,
-        &envoy,
-        "alice",
-        Some(&key),
-        r#"{"amount":2}"#,
-    ))
-    .await;
+    let other = send_payment(&http, &envoy, "alice", Some(&key), r#"{"amount":2}"#).await;
     assert_problem(&other, 422);
     // Same body, other query string (the fingerprint covers path and query).
     let query = send(
@@ -111,14 +69,7 @@ async fn same_key_other_fingerprint_gets_422() {
     assert_problem(&query, 422);
 
     // The original still replays.
-    let retry = send(post_payment(
-        &http,
-        &envoy,
-        "alice",
-        Some(&key),
-        r#"{"amount":1}"#,
-    ))
-    .await;
+    let retry = send_payment(&http, &envoy, "alice", Some(&key), r#"{"amount":1}"#).await;
     assert_replay(&first, &retry);
     assert_eq!(upstream.post_requests().await, 1);
     assert_eq!(envoy.counter("mismatch").await, 2);
@@ -138,7 +89,7 @@ async fn retry_while_in_flight_gets_409_with_retry_after() {
     };
     upstream.wait_post_requests(1).await;
 
-    let conflict = send(post_payment(&http, &envoy, "alice", Some(&key), body)).await;
+    let conflict = send_payment(&http, &envoy, "alice", Some(&key), body).await;
     assert_problem(&conflict, 409);
     let retry_after = conflict
         .header("retry-after")
@@ -151,7 +102,7 @@ async fn retry_while_in_flight_gets_409_with_retry_after() {
     let first = slow.await.unwrap();
     assert_eq!(first.status, 201, "{}", first.describe());
     assert!(!first.replayed());
-    let retry = send(post_payment(&http, &envoy, "alice", Some(&key), body)).await;
+    let retry = send_payment(&http, &envoy, "alice", Some(&key), body).await;
     assert_replay(&first, &retry);
 
     assert_eq!(upstream.post_requests().await, 1);
@@ -165,15 +116,8 @@ async fn another_caller_with_the_same_key_executes_separately() {
     let key = new_key();
     let body = r#"{"amount":17}"#;
 
-    let alice = send(post_payment(
-        &http,
-        &envoy,
-        "Bearer alice",
-        Some(&key),
-        body,
-    ))
-    .await;
-    let bob = send(post_payment(&http, &envoy, "Bearer bob", Some(&key), body)).await;
+    let alice = send_payment(&http, &envoy, "Bearer alice", Some(&key), body).await;
+    let bob = send_payment(&http, &envoy, "Bearer bob", Some(&key), body).await;
     assert_eq!(alice.status, 201, "{}", alice.describe());
     assert_eq!(bob.status, 201, "{}", bob.describe());
     assert!(
@@ -196,18 +140,11 @@ async fn another_caller_with_the_same_key_executes_separately() {
 
     assert_replay(
         &alice,
-        &send(post_payment(
-            &http,
-            &envoy,
-            "Bearer alice",
-            Some(&key),
-            body,
-        ))
-        .await,
+        &send_payment(&http, &envoy, "Bearer alice", Some(&key), body).await,
     );
     assert_replay(
         &bob,
-        &send(post_payment(&http, &envoy, "Bearer bob", Some(&key), body)).await,
+        &send_payment(&http, &envoy, "Bearer bob", Some(&key), body).await,
     );
     assert_eq!(upstream.post_requests().await, 3);
     assert_eq!(upstream.payment_count().await, 3);
@@ -274,13 +211,13 @@ async fn h2c_with_request_trailers_executes_once_and_replays() {
     let retry = h2c_with_trailers(envoy.port, "POST", "/payments", &headers, body, &trailers).await;
     assert_replay(&first, &retry);
     // The same request over HTTP/1.1 (no trailers) replays too.
-    let http1 = send(post_payment(
+    let http1 = send_payment(
         &client(),
         &envoy,
         "alice",
         Some(&key),
         std::str::from_utf8(body).unwrap(),
-    ))
+    )
     .await;
     assert_replay(&first, &http1);
     // Other body with trailers: 422.

@@ -11,13 +11,13 @@ async fn response_too_large_to_keep_is_never_executed_again() {
     let key = new_key();
     let body = r#"{"amount":7,"memo":"a response too large to keep"}"#;
 
-    let first = send(post_payment(&http, &envoy, "alice", Some(&key), body)).await;
+    let first = send_payment(&http, &envoy, "alice", Some(&key), body).await;
     assert_eq!(first.status, 201, "{}", first.describe());
     assert!(
         first.json()["id"].is_string(),
         "the client gets the whole response"
     );
-    let retry = send(post_payment(&http, &envoy, "alice", Some(&key), body)).await;
+    let retry = send_payment(&http, &envoy, "alice", Some(&key), body).await;
     let problem = assert_problem(&retry, 410);
     assert!(
         problem["type"]
@@ -53,10 +53,10 @@ async fn upstream_5xx_is_passed_on_and_not_stored() {
     }
 
     // The next attempt succeeds and is the one stored.
-    let ok = send(post_payment(&http, &envoy, "alice", Some(&key), body)).await;
+    let ok = send_payment(&http, &envoy, "alice", Some(&key), body).await;
     assert_eq!(ok.status, 201, "{}", ok.describe());
     assert!(!ok.replayed());
-    let retry = send(post_payment(&http, &envoy, "alice", Some(&key), body)).await;
+    let retry = send_payment(&http, &envoy, "alice", Some(&key), body).await;
     assert_replay(&ok, &retry);
     assert_eq!(upstream.post_requests().await, 4);
     assert_eq!(upstream.payment_count().await, 1);
@@ -91,9 +91,9 @@ async fn statuses_that_never_ran_are_not_stored() {
             );
         }
         // The key is still usable: the next attempt executes and is stored.
-        let ok = send(post_payment(&http, &envoy, "alice", Some(&key), body)).await;
+        let ok = send_payment(&http, &envoy, "alice", Some(&key), body).await;
         assert_eq!(ok.status, 201, "{}", ok.describe());
-        let retry = send(post_payment(&http, &envoy, "alice", Some(&key), body)).await;
+        let retry = send_payment(&http, &envoy, "alice", Some(&key), body).await;
         assert_replay(&ok, &retry);
         expected_posts += 1;
         assert_eq!(upstream.post_requests().await, expected_posts);
@@ -137,11 +137,11 @@ async fn client_gone_after_forwarding_locks_the_key_and_it_runs_once() {
 
     // Retries get 409 while the first attempt may still run, then the terminal 410.
     let http = client();
-    let first = send(post_payment(&http, &envoy, "alice", Some(&key), body)).await;
+    let first = send_payment(&http, &envoy, "alice", Some(&key), body).await;
     assert_problem(&first, 409);
     let deadline = std::time::Instant::now() + Duration::from_secs(10);
     let terminal = loop {
-        let resp = send(post_payment(&http, &envoy, "alice", Some(&key), body)).await;
+        let resp = send_payment(&http, &envoy, "alice", Some(&key), body).await;
         if resp.status != 409 {
             break resp;
         }

@@ -59,7 +59,7 @@ async fn burst_of_1000_duplicates_over_two_gateways() {
     // The key is settled: one more through either gateway replays.
     let http = client();
     for gateway in [&a, &b] {
-        let resp = send(post_payment(&http, gateway, "alice", Some(&key), body)).await;
+        let resp = send_payment(&http, gateway, "alice", Some(&key), body).await;
         assert!(resp.replayed(), "{}", resp.describe());
     }
     assert_envoy_healthy(&mut a, "burst").await;

@@ -35,20 +35,13 @@ async fn key_store_slow_erring_garbled_or_cut() {
         let (closed_key, open_key) = (new_key(), new_key());
 
         // fail_closed: 503 problem, nothing executes.
-        let resp = send(post_payment(
-            &http,
-            &closed,
-            "alice",
-            Some(&closed_key),
-            body,
-        ))
-        .await;
+        let resp = send_payment(&http, &closed, "alice", Some(&closed_key), body).await;
         assert_problem(&resp, 503);
         assert_eq!(upstream.post_requests().await, posts0, "{name}: executed");
         // fail_open: forwarded once; the retry on the same Envoy replays from L1.
-        let first = send(post_payment(&http, &open, "alice", Some(&open_key), body)).await;
+        let first = send_payment(&http, &open, "alice", Some(&open_key), body).await;
         assert_eq!(first.status, 201, "{name}: {}", first.describe());
-        let retry = send(post_payment(&http, &open, "alice", Some(&open_key), body)).await;
+        let retry = send_payment(&http, &open, "alice", Some(&open_key), body).await;
         assert_replay(&first, &retry);
         assert_eq!(upstream.post_requests().await, posts0 + 1, "{name}");
 
@@ -61,17 +54,10 @@ async fn key_store_slow_erring_garbled_or_cut() {
         // The key store heals: the key refused under fail_closed is not stuck; the fail_open
         // Envoy takes new keys through the key store again.
         fake.set_mode(Mode::Healthy);
-        let again = send(post_payment(
-            &http,
-            &closed,
-            "alice",
-            Some(&closed_key),
-            body,
-        ))
-        .await;
+        let again = send_payment(&http, &closed, "alice", Some(&closed_key), body).await;
         assert_eq!(again.status, 201, "{name}: {}", again.describe());
         assert!(!again.replayed());
-        let fresh = send(post_payment(&http, &open, "alice", Some(&new_key()), body)).await;
+        let fresh = send_payment(&http, &open, "alice", Some(&new_key()), body).await;
         assert_eq!(fresh.status, 201, "{name}: {}", fresh.describe());
         assert_eq!(upstream.post_requests().await, posts0 + 3, "{name}");
 
@@ -96,9 +82,9 @@ async fn key_store_slow_erring_garbled_or_cut() {
     fake.set_mode(Mode::CompleteFails);
     let (c0, posts0) = (metrics(&closed).await, upstream.post_requests().await);
     let key = new_key();
-    let first = send(post_payment(&http, &closed, "alice", Some(&key), body)).await;
+    let first = send_payment(&http, &closed, "alice", Some(&key), body).await;
     assert_eq!(first.status, 201, "{}", first.describe());
-    let retry = send(post_payment(&http, &closed, "alice", Some(&key), body)).await;
+    let retry = send_payment(&http, &closed, "alice", Some(&key), body).await;
     assert_replay(&first, &retry);
     let c1 = metrics(&closed).await;
     assert_eq!(delta(&c0, &c1, "store_error"), 1, "{c1:?}");
@@ -127,7 +113,7 @@ async fn key_store_killed_and_restarted() {
     let m0 = metrics(&envoy).await;
 
     let k1 = new_key();
-    let first = send(post_payment(&http, &envoy, "alice", Some(&k1), body)).await;
+    let first = send_payment(&http, &envoy, "alice", Some(&k1), body).await;
     assert_eq!(first.status, 201, "{}", first.describe());
 
     // Killed while a request is in flight: the request still completes (the complete call fails).
@@ -142,7 +128,7 @@ async fn key_store_killed_and_restarted() {
 
     // Down: fail_closed answers 503 and executes nothing.
     let k2 = new_key();
-    let refused = send(post_payment(&http, &envoy, "alice", Some(&k2), body)).await;
+    let refused = send_payment(&http, &envoy, "alice", Some(&k2), body).await;
     assert_problem(&refused, 503);
     assert_eq!(upstream.post_requests().await, 2);
     let m1 = metrics(&envoy).await;
@@ -154,16 +140,16 @@ async fn key_store_killed_and_restarted() {
 
     // Back (same port, empty memory): the refused key executes; the earlier ones replay from L1.
     keystore.restart().await;
-    let k2_again = send(post_payment(&http, &envoy, "alice", Some(&k2), body)).await;
+    let k2_again = send_payment(&http, &envoy, "alice", Some(&k2), body).await;
     assert_eq!(k2_again.status, 201, "{}", k2_again.describe());
     assert!(!k2_again.replayed());
     assert_replay(
         &first,
-        &send(post_payment(&http, &envoy, "alice", Some(&k1), body)).await,
+        &send_payment(&http, &envoy, "alice", Some(&k1), body).await,
     );
     assert_replay(
         &in_flight,
-        &send(post_payment(&http, &envoy, "alice", Some(&k3), body)).await,
+        &send_payment(&http, &envoy, "alice", Some(&k3), body).await,
     );
     assert_eq!(upstream.post_requests().await, 3);
     assert_envoy_healthy(&mut envoy, "key store killed").await;
@@ -191,7 +177,7 @@ async fn redis_killed_and_restarted_under_the_key_store() {
     let (a0, b0) = (metrics(&a).await, metrics(&b).await);
 
     let k1 = new_key();
-    let first = send(post_payment(&http, &a, "alice", Some(&k1), body)).await;
+    let first = send_payment(&http, &a, "alice", Some(&k1), body).await;
     assert_eq!(first.status, 201, "{}", first.describe());
 
     // Redis dies while a request is in flight on A, and stays down past its answer.
@@ -206,7 +192,7 @@ async fn redis_killed_and_restarted_under_the_key_store() {
 
     // The key store answers 503 (backend unavailable): fail_closed gives 503, nothing executes.
     let k2 = new_key();
-    let refused = send(post_payment(&http, &a, "alice", Some(&k2), body)).await;
+    let refused = send_payment(&http, &a, "alice", Some(&k2), body).await;
     assert_problem(&refused, 503);
     assert_eq!(upstream.post_requests().await, 2);
     let a1 = metrics(&a).await;
@@ -221,19 +207,19 @@ async fn redis_killed_and_restarted_under_the_key_store() {
     // Redis back (append-only file: what was stored survives).
     redis.restart();
     keystore.wait_ready(Duration::from_secs(20)).await;
-    let k2_again = send(post_payment(&http, &a, "alice", Some(&k2), body)).await;
+    let k2_again = send_payment(&http, &a, "alice", Some(&k2), body).await;
     assert_eq!(k2_again.status, 201, "{}", k2_again.describe());
     // K1 was stored before the crash: B (empty L1) replays it from Redis.
     assert_replay(
         &first,
-        &send(post_payment(&http, &b, "alice", Some(&k1), body)).await,
+        &send_payment(&http, &b, "alice", Some(&k1), body).await,
     );
     // K3's record did not reach Redis when its response went out; A keeps it in L1 and its root
     // context retries the store until the claim's lease ends. Once Redis is back the record lands,
     // and B, which has never seen K3, replays it from the key store: no second execution.
     assert_replay(
         &in_flight,
-        &send(post_payment(&http, &a, "alice", Some(&k3), body)).await,
+        &send_payment(&http, &a, "alice", Some(&k3), body).await,
     );
     let (k3_on_b, conflicts) = until_201(Duration::from_secs(15), || {
         send(post_payment(&http, &b, "alice", Some(&k3), body))

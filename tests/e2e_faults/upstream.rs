@@ -15,11 +15,11 @@ async fn upstream_resets_the_connection() {
     let http = client();
     let key = new_key();
     let m0 = metrics(&envoy).await;
-    let resp = send(post_payment(&http, &envoy, "alice", Some(&key), "{}")).await;
+    let resp = send_payment(&http, &envoy, "alice", Some(&key), "{}").await;
     assert_eq!(resp.status, 503, "{}", resp.describe());
     assert!(!resp.replayed());
     // The upstream read the request before it reset: it may have executed, so the key is locked.
-    let retry = send(post_payment(&http, &envoy, "alice", Some(&key), "{}")).await;
+    let retry = send_payment(&http, &envoy, "alice", Some(&key), "{}").await;
     assert_problem(&retry, 409);
     assert_eq!(reset.requests(), 1, "the retry must not reach the upstream");
     let m1 = metrics(&envoy).await;
@@ -57,7 +57,7 @@ async fn upstream_hangs_fails_or_loses_its_client() {
     )
     .await;
     assert_eq!(hung.status, 504, "{}", hung.describe());
-    let retry = send(post_payment(&http, &envoy, "alice", Some(&key), body)).await;
+    let retry = send_payment(&http, &envoy, "alice", Some(&key), body).await;
     assert_problem(&retry, 409);
     assert_eq!(upstream.post_requests().await, 1);
     let m1 = metrics(&envoy).await;
@@ -86,7 +86,7 @@ async fn upstream_hangs_fails_or_loses_its_client() {
             .await;
     assert_eq!(failed.status, 503, "{}", failed.describe());
     assert!(!failed.is_problem_like());
-    let retry = send(post_payment(&http, &envoy, "alice", Some(&key), body)).await;
+    let retry = send_payment(&http, &envoy, "alice", Some(&key), body).await;
     assert_eq!(retry.status, 201, "{}", retry.describe());
     assert!(!retry.replayed());
     assert_eq!(upstream.post_requests().await, 3);
@@ -110,7 +110,7 @@ async fn upstream_hangs_fails_or_loses_its_client() {
         .send()
         .await;
     assert!(gone.is_err(), "the client should have given up: {gone:?}");
-    let retry = send(post_payment(&http, &envoy, "alice", Some(&key), body)).await;
+    let retry = send_payment(&http, &envoy, "alice", Some(&key), body).await;
     assert_problem(&retry, 409);
     let m1 = metrics(&envoy).await;
     assert_eq!(delta(&m0, &m1, "unknown_outcome"), 1, "{m1:?}");

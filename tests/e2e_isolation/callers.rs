@@ -13,32 +13,25 @@ async fn same_key_from_two_callers_never_shares_a_record_across_gateways() {
     let key = new_key();
     let body = r#"{"amount":42}"#;
 
-    let alice = send(post_payment(&http, &a, "Bearer alice", Some(&key), body)).await;
+    let alice = send_payment(&http, &a, "Bearer alice", Some(&key), body).await;
     assert_eq!(alice.status, 201, "{}", alice.describe());
     // Bob, same key and body, on the other gateway: his own execution, never Alice's answer.
-    let bob = send(post_payment(&http, &b, "Bearer bob", Some(&key), body)).await;
+    let bob = send_payment(&http, &b, "Bearer bob", Some(&key), body).await;
     assert_eq!(bob.status, 201, "{}", bob.describe());
     assert!(!bob.replayed(), "bob got a replay: {}", bob.describe());
     assert_ne!(id(&alice), id(&bob), "bob got alice's payment");
     // Each replays only their own, on either gateway.
     for gateway in [&a, &b] {
-        let again = send(post_payment(
-            &http,
-            gateway,
-            "Bearer alice",
-            Some(&key),
-            body,
-        ))
-        .await;
+        let again = send_payment(&http, gateway, "Bearer alice", Some(&key), body).await;
         assert_replay(&alice, &again);
-        let again = send(post_payment(&http, gateway, "Bearer bob", Some(&key), body)).await;
+        let again = send_payment(&http, gateway, "Bearer bob", Some(&key), body).await;
         assert_replay(&bob, &again);
     }
     // A third caller who never made the request, trying both gateways: executes its own once.
-    let carol = send(post_payment(&http, &b, "Bearer carol", Some(&key), body)).await;
+    let carol = send_payment(&http, &b, "Bearer carol", Some(&key), body).await;
     assert_eq!(carol.status, 201, "{}", carol.describe());
     assert!(!carol.replayed());
-    let carol_on_a = send(post_payment(&http, &a, "Bearer carol", Some(&key), body)).await;
+    let carol_on_a = send_payment(&http, &a, "Bearer carol", Some(&key), body).await;
     assert_replay(&carol, &carol_on_a);
     // No caller at all, and no anonymous scope named: refused, on both gateways.
     for gateway in [&a, &b] {
@@ -52,7 +45,7 @@ async fn same_key_from_two_callers_never_shares_a_record_across_gateways() {
         assert_problem(&anonymous, 401);
     }
     // Callers that differ only in case or whitespace are other callers (the value is hashed as is).
-    let alice_upper = send(post_payment(&http, &b, "Bearer ALICE", Some(&key), body)).await;
+    let alice_upper = send_payment(&http, &b, "Bearer ALICE", Some(&key), body).await;
     assert_eq!(alice_upper.status, 201, "{}", alice_upper.describe());
     assert!(!alice_upper.replayed());
 
@@ -63,7 +56,7 @@ async fn same_key_from_two_callers_never_shares_a_record_across_gateways() {
             .header("x-demo-delay-ms", "800"),
     ));
     upstream.wait_post_requests(5).await;
-    let erin = send(post_payment(&http, &b, "Bearer erin", Some(&shared), body)).await;
+    let erin = send_payment(&http, &b, "Bearer erin", Some(&shared), body).await;
     assert_eq!(erin.status, 201, "{}", erin.describe());
     let dave = dave.await.unwrap();
     assert_eq!(dave.status, 201, "{}", dave.describe());
@@ -117,7 +110,7 @@ async fn key_store_requires_its_bearer_token() {
     let key = new_key();
     let body = r#"{"amount":7}"#;
 
-    let refused = send(post_payment(&http, &without, "alice", Some(&key), body)).await;
+    let refused = send_payment(&http, &without, "alice", Some(&key), body).await;
     assert_problem(&refused, 503);
     assert_eq!(upstream.post_requests().await, 0);
     assert_eq!(metric(&without, "store_error").await, 1);
@@ -132,15 +125,15 @@ async fn key_store_requires_its_bearer_token() {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 
-    let first = send(post_payment(&http, &with, "alice", Some(&key), body)).await;
+    let first = send_payment(&http, &with, "alice", Some(&key), body).await;
     assert_eq!(first.status, 201, "{}", first.describe());
     assert_replay(
         &first,
-        &send(post_payment(&http, &with, "alice", Some(&key), body)).await,
+        &send_payment(&http, &with, "alice", Some(&key), body).await,
     );
     // The tokenless filter still cannot read the record.
     assert_problem(
-        &send(post_payment(&http, &without, "alice", Some(&key), body)).await,
+        &send_payment(&http, &without, "alice", Some(&key), body).await,
         503,
     );
     assert_eq!(upstream.post_requests().await, 1);

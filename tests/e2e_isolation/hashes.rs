@@ -54,14 +54,7 @@ async fn callouts_carry_only_keyed_hashes() {
     let secrets = Secrets::new();
     let body = format!(r#"{{"memo":"{}"}}"#, secrets.marker);
 
-    let first = send(post_payment(
-        &http,
-        &envoy,
-        &secrets.caller,
-        Some(&secrets.key),
-        &body,
-    ))
-    .await;
+    let first = send_payment(&http, &envoy, &secrets.caller, Some(&secrets.key), &body).await;
     assert_eq!(first.status, 201, "{}", first.describe());
     let failed = send(
         post_payment(&http, &envoy, &secrets.caller, Some(&new_key()), &body)

@@ -35,14 +35,7 @@ async fn callers_without_credentials_are_refused_unless_an_anonymous_scope_is_na
     assert_eq!(first.header("set-cookie"), Some("session=anon-1"));
     // Callers with credentials never meet the anonymous scope, whatever the source: Alice by
     // authorization, and an API key holding the same bytes (another source, another caller).
-    let alice = send(post_payment(
-        &http,
-        &public,
-        "Bearer alice",
-        Some(&key),
-        body,
-    ))
-    .await;
+    let alice = send_payment(&http, &public, "Bearer alice", Some(&key), body).await;
     assert_eq!(alice.status, 201, "{}", alice.describe());
     assert!(!alice.replayed(), "alice got the anonymous answer");
     let api_key =
@@ -99,7 +92,7 @@ async fn the_same_key_and_body_never_cross_callers_and_replays_carry_no_cookie()
     assert_ne!(originals[0].1.json()["id"], originals[1].1.json()["id"]);
     for (caller, original) in &originals {
         for gateway in [&a, &b] {
-            let again = send(post_payment(&http, gateway, caller, Some(&key), body)).await;
+            let again = send_payment(&http, gateway, caller, Some(&key), body).await;
             assert!(again.replayed(), "{}", again.describe());
             assert_eq!(
                 again.body, original.body,

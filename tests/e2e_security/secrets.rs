@@ -23,25 +23,11 @@ async fn secrets_come_from_the_wasm_vm_environment() {
     let (mut envoy, inline) = tokio::join!(Envoy::start(&options), Envoy::start(&inline));
     let http = client();
     let (key, body) = (new_key(), r#"{"amount":3}"#);
-    let first = send(post_payment(
-        &http,
-        &envoy,
-        "Bearer carol",
-        Some(&key),
-        body,
-    ))
-    .await;
+    let first = send_payment(&http, &envoy, "Bearer carol", Some(&key), body).await;
     assert_eq!(first.status, 201, "{}", first.describe());
     assert_replay(
         &first,
-        &send(post_payment(
-            &http,
-            &inline,
-            "Bearer carol",
-            Some(&key),
-            body,
-        ))
-        .await,
+        &send_payment(&http, &inline, "Bearer carol", Some(&key), body).await,
     );
     assert_eq!(
         metric(&envoy, "store_error").await,
@@ -80,28 +66,21 @@ async fn after_a_rotation_records_of_the_previous_secret_still_replay() {
 
     // Written under the old secret, replayed by a gateway that signs with the new one.
     let key = new_key();
-    let first = send(post_payment(&http, &old, "Bearer dave", Some(&key), body)).await;
+    let first = send_payment(&http, &old, "Bearer dave", Some(&key), body).await;
     assert_eq!(first.status, 201, "{}", first.describe());
     assert_replay(
         &first,
-        &send(post_payment(
-            &http,
-            &rotated,
-            "Bearer dave",
-            Some(&key),
-            body,
-        ))
-        .await,
+        &send_payment(&http, &rotated, "Bearer dave", Some(&key), body).await,
     );
     // The same key with another payload is still a reuse.
     assert_problem(
-        &send(post_payment(
+        &send_payment(
             &http,
             &rotated,
             "Bearer dave",
             Some(&key),
             r#"{"amount":10}"#,
-        ))
+        )
         .await,
         422,
     );
@@ -113,38 +92,17 @@ async fn after_a_rotation_records_of_the_previous_secret_still_replay() {
     ));
     upstream.wait_post_requests(2).await;
     assert_problem(
-        &send(post_payment(
-            &http,
-            &rotated,
-            "Bearer dave",
-            Some(&slow_key),
-            body,
-        ))
-        .await,
+        &send_payment(&http, &rotated, "Bearer dave", Some(&slow_key), body).await,
         409,
     );
     assert_eq!(slow.await.unwrap().status, 201);
     // New keys go under the new secret and replay there.
     let fresh = new_key();
-    let new_first = send(post_payment(
-        &http,
-        &rotated,
-        "Bearer dave",
-        Some(&fresh),
-        body,
-    ))
-    .await;
+    let new_first = send_payment(&http, &rotated, "Bearer dave", Some(&fresh), body).await;
     assert_eq!(new_first.status, 201);
     assert_replay(
         &new_first,
-        &send(post_payment(
-            &http,
-            &rotated,
-            "Bearer dave",
-            Some(&fresh),
-            body,
-        ))
-        .await,
+        &send_payment(&http, &rotated, "Bearer dave", Some(&fresh), body).await,
     );
     assert_eq!(upstream.post_requests().await, 3, "each key ran once");
     assert_eq!(metric(&rotated, "executed").await, 1);

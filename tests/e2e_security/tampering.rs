@@ -86,11 +86,11 @@ async fn records_altered_in_redis_are_never_replayed() {
     let (a, mut b) = tokio::join!(Envoy::start(&options), Envoy::start(&options));
     let http = client();
     let (caller, key, body) = ("Bearer alice", new_key(), r#"{"amount":1}"#);
-    let original = send(post_payment(&http, &a, caller, Some(&key), body)).await;
+    let original = send_payment(&http, &a, caller, Some(&key), body).await;
     assert_eq!(original.status, 201, "{}", original.describe());
     // Another record, of another key: a valid seal, for the wrong key.
     let other_key = new_key();
-    let other = send(post_payment(&http, &a, caller, Some(&other_key), body)).await;
+    let other = send_payment(&http, &a, caller, Some(&other_key), body).await;
     assert_eq!(other.status, 201);
 
     let (rk, name) = redis_key(caller, &key);
@@ -163,7 +163,7 @@ async fn records_altered_in_redis_are_never_replayed() {
     let before = metrics(&b).await;
     for (what, forged) in &forgeries {
         hset(redis.port, &name, "rec", forged);
-        let resp = send(post_payment(&http, &b, caller, Some(&key), body)).await;
+        let resp = send_payment(&http, &b, caller, Some(&key), body).await;
         assert_problem(&resp, 503);
         assert!(!resp.replayed(), "{what}: replayed");
         assert!(!contains(&resp.body, "forged-by-attacker"), "{what}");
@@ -179,14 +179,14 @@ async fn records_altered_in_redis_are_never_replayed() {
     hset(redis.port, &name, "rec", &sealed);
     hset(redis.port, &name, "fp", &[b'0'; 64]);
     assert_problem(
-        &send(post_payment(&http, &b, caller, Some(&key), body)).await,
+        &send_payment(&http, &b, caller, Some(&key), body).await,
         422,
     );
     // Put back as stored: B replays it, byte for byte; the upstream ran each key once.
     hset(redis.port, &name, "fp", &fp);
     assert_replay(
         &original,
-        &send(post_payment(&http, &b, caller, Some(&key), body)).await,
+        &send_payment(&http, &b, caller, Some(&key), body).await,
     );
     assert_eq!(upstream.post_requests().await, 2);
 

@@ -38,14 +38,7 @@ async fn client_gone_while_the_record_is_stored_still_lands_and_replays_elsewher
     let http = client();
     let deadline = Instant::now() + Duration::from_secs(10);
     let replay = loop {
-        let resp = send(post_payment(
-            &http,
-            &mesh.b,
-            "Bearer alice",
-            Some(&key),
-            body,
-        ))
-        .await;
+        let resp = send_payment(&http, &mesh.b, "Bearer alice", Some(&key), body).await;
         if resp.status != 409 {
             break resp;
         }
@@ -81,14 +74,7 @@ async fn upstream_slower_than_three_leases_keeps_its_lock_across_gateways() {
     let mut conflicts = 0;
     while started.elapsed() < Duration::from_millis(3300) {
         for gateway in [&mesh.a, &mesh.b] {
-            let dup = send(post_payment(
-                &http,
-                gateway,
-                "Bearer alice",
-                Some(&key),
-                body,
-            ))
-            .await;
+            let dup = send_payment(&http, gateway, "Bearer alice", Some(&key), body).await;
             assert_eq!(
                 dup.status,
                 409,
@@ -102,14 +88,7 @@ async fn upstream_slower_than_three_leases_keeps_its_lock_across_gateways() {
     let first = first.await.unwrap();
     assert_eq!(first.status, 201, "{}", first.describe());
     for gateway in [&mesh.a, &mesh.b] {
-        let replay = send(post_payment(
-            &http,
-            gateway,
-            "Bearer alice",
-            Some(&key),
-            body,
-        ))
-        .await;
+        let replay = send_payment(&http, gateway, "Bearer alice", Some(&key), body).await;
         assert_replay(&first, &replay);
     }
     assert!(conflicts >= 10, "{conflicts}");

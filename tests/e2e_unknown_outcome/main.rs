@@ -66,14 +66,7 @@ async fn retries_until_outcome_unknown(mesh: &Mesh, key: &str, body: &str) -> u3
     let mut conflicts = 0;
     for attempt in 0.. {
         let gateway = if attempt % 2 == 0 { &mesh.a } else { &mesh.b };
-        let resp = send(post_payment(
-            &http,
-            gateway,
-            "Bearer alice",
-            Some(key),
-            body,
-        ))
-        .await;
+        let resp = send_payment(&http, gateway, "Bearer alice", Some(key), body).await;
         match resp.status {
             409 => {
                 assert_problem(&resp, 409);
@@ -97,7 +90,7 @@ async fn retries_until_outcome_unknown(mesh: &Mesh, key: &str, body: &str) -> u3
                 assert!(resp.header("retry-after").is_none());
                 // The terminal answer stays, on both gateways.
                 for g in [&mesh.a, &mesh.b] {
-                    let again = send(post_payment(&http, g, "Bearer alice", Some(key), body)).await;
+                    let again = send_payment(&http, g, "Bearer alice", Some(key), body).await;
                     assert_problem(&again, 410);
                 }
                 return conflicts;

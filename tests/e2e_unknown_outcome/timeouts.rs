@@ -134,14 +134,7 @@ async fn upstream_never_reached_is_released_and_the_retry_runs_once() {
     let envoy = Envoy::start(&options).await;
     let (key, body) = (new_key(), r#"{"amount":110}"#);
     let http = client();
-    let refused = send(post_payment(
-        &http,
-        &envoy,
-        "Bearer alice",
-        Some(&key),
-        body,
-    ))
-    .await;
+    let refused = send_payment(&http, &envoy, "Bearer alice", Some(&key), body).await;
     assert_eq!(
         refused.status,
         503,
@@ -152,24 +145,10 @@ async fn upstream_never_reached_is_released_and_the_retry_runs_once() {
     assert_eq!(envoy.counter("unknown_outcome").await, 0);
     // The upstream comes up where the gateway points: the retry executes, once.
     let upstream = Upstream::start_at(port).await;
-    let done = send(post_payment(
-        &http,
-        &envoy,
-        "Bearer alice",
-        Some(&key),
-        body,
-    ))
-    .await;
+    let done = send_payment(&http, &envoy, "Bearer alice", Some(&key), body).await;
     assert_eq!(done.status, 201, "{}", done.describe());
     assert!(!done.replayed());
-    let replay = send(post_payment(
-        &http,
-        &envoy,
-        "Bearer alice",
-        Some(&key),
-        body,
-    ))
-    .await;
+    let replay = send_payment(&http, &envoy, "Bearer alice", Some(&key), body).await;
     assert_replay(&done, &replay);
     assert_eq!(upstream.payment_count().await, 1);
 }

@@ -131,6 +131,17 @@ pub fn post_payment(
     req
 }
 
+/// `POST /payments` as [`post_payment`] builds it, sent and read to the end.
+pub async fn send_payment(
+    client: &reqwest::Client,
+    envoy: &Envoy,
+    caller: &str,
+    key: Option<&str>,
+    body: &str,
+) -> Resp {
+    send(post_payment(client, envoy, caller, key, body)).await
+}
+
 /// An h2c request with a body split in two DATA frames and request trailers, read to the end.
 pub async fn h2c_with_trailers(
     port: u16,
