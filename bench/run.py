@@ -248,6 +248,37 @@ def cpu_seconds(pid):
     return (int(fields[11]) + int(fields[12])) / CLK_TCK
 
 
+# What a key-store sample is doing, by the frames on its stack (a sample may count in several).
+KEYSTORE_FRAMES = {
+    "HTTP/2 codec (h2::)": r"\bh2::",
+    "HTTP/1 codec (hyper::proto::h1)": r"hyper::proto::h1",
+    "JSON (serde_json)": r"serde_json",
+    "handlers (idempotency_keystore::http)": r"idempotency_keystore::http::",
+    "backend (idempotency_keystore::backend)": r"idempotency_keystore::backend",
+    "Redis client (redis::)": r"\bredis::",
+    "metrics (prometheus)": r"\bprometheus::",
+    "allocator (malloc/free)": r"\b(_int_malloc|malloc|_int_free|cfree|free|malloc_consolidate|realloc)\b",
+    "socket syscalls (send/recv/write/read)": r"\b(__x64_sys_(sendto|recvfrom|write|read|writev))\b",
+    "epoll / scheduling (epoll_wait, futex, schedule)": r"\b(__x64_sys_epoll_wait|__x64_sys_futex|schedule|finish_task_switch[\w.]*)\b",
+}
+
+
+def stack_shares(folded, patterns):
+    """Lines `share  name` for each pattern: the share of samples (folded `stack count` lines)
+    whose stack holds a matching frame."""
+    total, hits = 0, {k: 0 for k in patterns}
+    compiled = {k: re.compile(v) for k, v in patterns.items()}
+    for line in folded.splitlines():
+        stack, _, count = line.rpartition(" ")
+        if not count.isdigit():
+            continue
+        total += int(count)
+        for k, rx in compiled.items():
+            if rx.search(stack):
+                hits[k] += int(count)
+    return "".join(f"{100 * v / max(1, total):6.1f}%  {k}\n" for k, v in hits.items())
+
+
 def filter_config(cluster, **more):
     cfg = {
         "routes": [{"exact": "/payments", "methods": ["POST"], "required": True}],
@@ -527,10 +558,9 @@ class Bench:
         for rnd in range(a.rounds):
             log(f"round {rnd + 1}/{a.rounds}: {len(specs)} scenarios x {per} s")
             for name, spec in specs.items():
-                if a.profile == name and rnd == a.rounds - 1:
-                    self.profile(e, name, spec, per, rnd)
-                else:
-                    slices[name].append(self.slice_run(e, name, spec, per, rnd))
+                slices[name].append(self.slice_run(e, name, spec, per, rnd))
+        if a.profile in specs:
+            self.profile(e, a.profile, specs[a.profile])
         for name, spec in specs.items():
             group, _, _, _, mode, _, baseline, note = spec
             rs = slices[name]
@@ -579,6 +609,9 @@ class Bench:
                 spec = ("4. replay", "filter_mem" if name == "replay_l2" else "direct", "POST", "/payments",
                         "cycle", L2_KEYS, None, "")
                 out.append(self.slice_run(fresh, name, spec, per, rnd))
+        if a.profile == "replay_l2":
+            self.profile(fresh, "replay_l2", ("4. replay", "filter_mem", "POST", "/payments", "cycle", L2_KEYS,
+                                              None, ""))
         self.row("direct_response_fresh", "1. baseline", aggregate(ds),
                  note="direct_response on the fresh Envoy, interleaved with replay_l2")
         agg = aggregate(l2s)
@@ -625,23 +658,49 @@ class Bench:
                      note=note, keystore=ks and ks[0], paced_rps=rate, achieved=round(achieved, 3),
                      stats_delta=agg["stats_delta"], upstream_posts=agg["upstream_posts"])
 
-    def profile(self, envoy, name, spec, seconds, rnd):
-        """perf record (cpu-clock: this machine has no hardware counters) on the Envoy process
-        during one slice; the top of the report goes to bench/results/profile-<name>.txt."""
-        out = self.tmp / f"perf-{name}.data"
-        rec = subprocess.Popen(["perf", "record", "-e", "cpu-clock", "-F", "999", "-g", "-p", str(envoy.proc.pid),
-                                "-o", str(out)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        r = self.slice_run(envoy, name, spec, seconds, rnd)
-        rec.send_signal(signal.SIGINT)
-        rec.wait(timeout=30)
-        rep = subprocess.run(["perf", "report", "-i", str(out), "--no-children", "--sort", "dso",
-                              "--stdio", "-g", "none", "--percent-limit", "0.7"],
-                             capture_output=True, text=True).stdout
-        path = BENCH / "results" / f"profile-{name}.txt"
-        path.write_text(f"# perf record -e cpu-clock -g on Envoy during {name} ({r['rps']:.0f} req/s); the Envoy\n"
-                        "# binary is stripped, so only the split by object is meaningful: V8's JIT code (the\n"
-                        "# Wasm filter) shows as anonymous memory ([unknown], //anon, perf-*.map)\n" + rep)
-        log(f"profile written to {path}")
+    def profile(self, envoy, name, spec):
+        """perf record -g (cpu-clock: this machine has no hardware counters) on Envoy and on the
+        key store taking part, during one extra slice of --profile-seconds (not in the table).
+        Envoy's binary is stripped: its report is by object (Envoy, V8's JIT code for the Wasm
+        filter, kernel, libc) and by the symbols that exist (kernel, libc). The key store, built
+        with debug info (BENCH_BIN_DIR), is recorded with DWARF call graphs and drawn as a flame
+        graph when inferno is installed. Files: bench/results/profile-<name>-{envoy,keystore}.*"""
+        targets = {"envoy": (envoy.proc.pid, "fp")}
+        ks = self.keystore_of(spec[1])
+        if ks:
+            targets["keystore"] = (self.pids[ks[0]], "dwarf,16384")
+        recs = {}
+        for who, (pid, graph) in targets.items():
+            data = self.tmp / f"perf-{name}-{who}.data"
+            recs[who] = (data, subprocess.Popen(
+                ["perf", "record", "-e", "cpu-clock", "-F", "499", "--call-graph", graph, "-p", str(pid),
+                 "-o", str(data)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
+        r = self.slice_run(envoy, name, spec, self.args.profile_seconds, "p")
+        for _, rec in recs.values():
+            rec.send_signal(signal.SIGINT)
+            rec.wait(timeout=120)
+        cpu = ", ".join(f"{k} {v / r['requests'] * 1e6:.0f} us" for k, v in r["cpu_s"].items() if v > 0)
+        head = (f"# perf record -e cpu-clock -F 499 -g during {name}: {r['rps']:.0f} req/s, {r['requests']} requests"
+                f" in {self.args.profile_seconds} s (perf itself slows them); CPU per request: {cpu}\n")
+        out = BENCH / "results"
+        for who, (data, _) in recs.items():
+            report = lambda sort: subprocess.run(
+                ["perf", "report", "-i", str(data), "--no-children", "--sort", sort, "--stdio", "-g", "none",
+                 "--percent-limit", "0.5"], capture_output=True, text=True).stdout
+            text = "\n".join(line.rstrip() for line in (report("dso") + report("dso,sym")).splitlines()
+                             if line.strip("# \n") and not line.startswith(("# (Tip", "# To display")))
+            (out / f"profile-{name}-{who}.txt").write_text(head + text + "\n")
+            log(f"profile written to {out / f'profile-{name}-{who}.txt'}")
+        if "keystore" in recs and shutil.which("inferno-collapse-perf") and shutil.which("inferno-flamegraph"):
+            script = subprocess.run(["perf", "script", "-i", str(recs["keystore"][0])], capture_output=True).stdout
+            folded = subprocess.run(["inferno-collapse-perf"], input=script, capture_output=True).stdout
+            svg = subprocess.run(["inferno-flamegraph", "--title", f"key store during {name}"], input=folded,
+                                 capture_output=True).stdout
+            (out / f"profile-{name}-keystore.svg").write_bytes(svg)
+            with open(out / f"profile-{name}-keystore.txt", "a") as f:
+                f.write("\n# Share of the key store's samples whose stack holds a frame matching (inclusive):\n"
+                        + stack_shares(folded.decode(errors="replace"), KEYSTORE_FRAMES))
+            log(f"flame graph written to {out / f'profile-{name}-keystore.svg'}")
 
     def wrk_cpu(self, *args, **kw):
         """wrk, with every process's CPU time over the run (the key store alone: no Envoy)."""
@@ -971,7 +1030,9 @@ def main():
     ap.add_argument("--memory-chunk", type=int, default=15, help="seconds between /memory readings")
     ap.add_argument("--rounds", type=int, default=6, help="round-robin slices per scenario (default 3)")
     ap.add_argument("--only", help="comma-separated Envoy scenarios (and their baselines) only; no L2/key store/memory")
-    ap.add_argument("--profile", help="perf-record Envoy during this scenario's last slice")
+    ap.add_argument("--profile", help="perf-record Envoy and the key store during an extra slice of this "
+                    "scenario (one of --only's, or replay_l2)")
+    ap.add_argument("--profile-seconds", type=int, default=5, help="length of the profiled slice (default 5)")
     ap.add_argument("--keystore-http1", action="store_true",
                     help="Envoy speaks HTTP/1.1 to the key store instead of HTTP/2 (h2c), to compare")
     ap.add_argument("--no-write", action="store_true", help="print only; write no results file")
