@@ -250,13 +250,13 @@ def cpu_seconds(pid):
 
 # What a key-store sample is doing, by the frames on its stack (a sample may count in several).
 KEYSTORE_FRAMES = {
-    "HTTP/2 codec (h2::)": r"\bh2::",
+    "HTTP/2 codec (the h2 crate)": r"(^|;)<?h2::",
     "HTTP/1 codec (hyper::proto::h1)": r"hyper::proto::h1",
     "JSON (serde_json)": r"serde_json",
     "handlers (idempotency_keystore::http)": r"idempotency_keystore::http::",
     "backend (idempotency_keystore::backend)": r"idempotency_keystore::backend",
-    "Redis client (redis::)": r"\bredis::",
-    "metrics (prometheus)": r"\bprometheus::",
+    "Redis client (the redis crate)": r"(^|;)<?redis::",
+    "metrics (prometheus)": r"(^|;)<?prometheus::",
     "allocator (malloc/free)": r"\b(_int_malloc|malloc|_int_free|cfree|free|malloc_consolidate|realloc)\b",
     "socket syscalls (send/recv/write/read)": r"\b(__x64_sys_(sendto|recvfrom|write|read|writev))\b",
     "epoll / scheduling (epoll_wait, futex, schedule)": r"\b(__x64_sys_epoll_wait|__x64_sys_futex|schedule|finish_task_switch[\w.]*)\b",
@@ -412,6 +412,7 @@ class Bench:
             # replay from L2: one L1 slot of 512 + 4096 bytes holds about 15 records of ~300 bytes
             "filter_config_l2": filter_config("ks_mem", l1_slots=1, max_response_bytes=512),
             "filter_config_renew": filter_config("ks_mem", lock_lease_ms=RENEW_LEASE_MS),
+            "filter_config_mem_h1": filter_config("ks_mem_h1"),
             # how Envoy speaks to the key store: HTTP/2 (h2c) as shipped, or HTTP/1.1 to compare
             "ks_http": "http_protocol_options" if a.keystore_http1 else "http2_protocol_options",
         }
@@ -472,6 +473,10 @@ class Bench:
             "first_exec_l1_only": ("3. first execution", "filter_l1", "POST", "/payments", "fresh", 0,
                                    "no_filter_post",
                                    "fresh key per request, no key store (L1 only): the filter without callouts"),
+            "first_exec_memory_http1": ("3. first execution", "filter_mem_h1", "POST", "/payments", "fresh", 0,
+                                        "first_exec_memory",
+                                        "as first_exec_memory, Envoy to the key store over HTTP/1.1 (a connection "
+                                        "pool); ratio to first_exec_memory (HTTP/2, one connection)"),
             "first_exec_renew": ("3. first execution", "filter_renew", "POST", "/payments", "fresh", 0,
                                  "no_filter_post_slow",
                                  f"fresh key per request, upstream {SLOW_UPSTREAM_MS} ms, lease {RENEW_LEASE_MS} ms: "
@@ -524,7 +529,7 @@ class Bench:
         """(process name, port) of the key store behind a listener, None without one."""
         if listener == "filter_redis":
             return ("keystore_redis", self.ks_redis_port)
-        if listener in ("filter_mem", "filter_detached", "filter_renew"):
+        if listener in ("filter_mem", "filter_detached", "filter_renew", "filter_mem_h1"):
             return ("keystore_memory", self.ks_mem_port)
         return None
 
@@ -533,13 +538,18 @@ class Bench:
         p = self.prefix
         specs = self.scenarios()
         if a.only:
-            specs = {k: v for k, v in self.scenarios().items()
-                     if k in a.only.split(",") or k in {self.scenarios()[o][6] for o in a.only.split(",")
-                                                        if o in self.scenarios()}}
+            # the named scenarios, their baselines, and the baselines' baselines
+            wanted = {o for o in a.only.split(",") if o in specs}
+            while True:
+                more = {specs[w][6] for w in wanted if specs[w][6]} - wanted
+                if not more:
+                    break
+                wanted |= more
+            specs = {k: v for k, v in specs.items() if k in wanted}
 
         log("warm-up")
         for name in ("no_filter_post", "direct_response", "first_exec_memory", "first_exec_redis",
-                     "first_exec_l1_only", "first_exec_detached"):
+                     "first_exec_l1_only", "first_exec_detached", "first_exec_memory_http1"):
             if name in specs:
                 self.slice_run(e, name, specs[name], a.warmup, "w")
 
@@ -586,7 +596,7 @@ class Bench:
                 note += f"; key-store renewals {renewed} ({renewed / max(1, agg['requests']):.1f} per request)"
             ks = self.keystore_of(spec[1])
             self.row(name, group, agg, baseline=baseline, note=note, keystore=ks and ks[0], **extra)
-        if "first_exec_memory" in specs:
+        if "first_exec_memory" in specs and "no_filter_post" in specs:
             self.paced()
         if a.only and "replay_l2" not in a.only.split(","):
             return
