@@ -432,9 +432,9 @@ class Bench:
     def smoke(self):
         e = self.envoy
         posts = payments_posts(self.pay_port)
-        r = wrk(e.url("filter_mem", "/payments"), LUA_IDEM, ["POST", "/payments", "fresh", 0, self.prefix + "smk"],
-                3, 8)
-        row = self.row("smoke_first_exec_memory", "3. first execution", r)
+        r = self.wrk_cpu(e.url("filter_mem", "/payments"), LUA_IDEM,
+                         ["POST", "/payments", "fresh", 0, self.prefix + "smk"], 3, 8, envoy=e)
+        row = self.row("smoke_first_exec_memory", "3. first execution", r, keystore="keystore_memory")
         executed = e.stats().get("executed", 0)
         ran = payments_posts(self.pay_port) - posts
         # requests cut off when wrk stops may count as executed without reaching the upstream: at most
@@ -712,11 +712,11 @@ class Bench:
                         + stack_shares(folded.decode(errors="replace"), KEYSTORE_FRAMES))
             log(f"flame graph written to {out / f'profile-{name}-keystore.svg'}")
 
-    def wrk_cpu(self, *args, **kw):
-        """wrk, with every process's CPU time over the run (the key store alone: no Envoy)."""
-        cpu0 = self.cpu()
+    def wrk_cpu(self, *args, envoy=None, **kw):
+        """wrk, with every process's CPU time over the run (Envoy's too, if given)."""
+        cpu0 = self.cpu(envoy)
         r = wrk(*args, **kw)
-        cpu1 = self.cpu()
+        cpu1 = self.cpu(envoy)
         r["cpu_s"] = {k: cpu1[k] - cpu0[k] for k in cpu0}
         return r
 
