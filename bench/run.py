@@ -5,7 +5,7 @@ Starts payments-demo, the key store (memory, then Redis on a port of a private r
 Envoy (--concurrency 1, dynamic base id, every port picked by Envoy and read back from its admin API),
 drives them with wrk (bench/lua/*.lua) on 127.0.0.1 only, and writes bench/results/latest.{md,json}.
 
-    python3 bench/run.py            # the whole benchmark (about 5 minutes on 2 cores)
+    python3 bench/run.py            # the whole benchmark (about 7 minutes on 2 cores)
     python3 bench/run.py --smoke    # one ~3 s scenario through the filter; exits 1 if it produced no numbers
 
 Standard library only. Scenarios and targets: bench/README.md.
