@@ -4,6 +4,7 @@
 
 use crate::config::UnknownOutcome;
 use crate::deferred::Deferred;
+use crate::expiry;
 use crate::fingerprint::Fingerprint;
 use crate::host::{Callout, Headers, SharedData};
 use crate::keystore_client;
@@ -130,7 +131,7 @@ impl Worker {
             let (status, headers, body) = problem.response(detail, 0);
             upstream_answer(status, headers, body)
         };
-        let (outcome, answer) = match end {
+        let (outcome, mut answer) = match end {
             Ending::Answered(status) => {
                 // The client gets every header of its own answer; the record keeps what replays
                 // may carry.
@@ -194,6 +195,10 @@ impl Worker {
         let write = match outcome {
             Some(outcome) => {
                 let record = Worker::record(&job.rule, job.fingerprint, outcome, now_ms);
+                // An upstream answer that created the record says until when its key is honoured.
+                if let (Ending::Answered(_), Some(name)) = (end, &self.cfg.expires_header) {
+                    expiry::set_header(&mut answer.headers, name, record.expires_ms);
+                }
                 if job.l1 {
                     self.l1_keep(shared, &job.key, job.owner, &record, now_ms);
                 }

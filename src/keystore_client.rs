@@ -1,5 +1,6 @@
 //! The filter's side of the key-store protocol (README, "Key-store API"): callout requests, and
 //! replies parsed strictly, so an unexpected answer becomes a counted store error, never a panic.
+//! The bodies are the shared wire types of [`idempotency_protocol`], the ones the key store parses.
 //! Records go out sealed and come back opened ([`Record::seal`], [`Record::open`]): a record the
 //! key store returns that does not open is [`ClaimError::Unverified`], never a replay.
 
@@ -8,10 +9,10 @@ use crate::fingerprint::Fingerprint;
 use crate::host::Callout;
 use crate::record::{OpenError, Record};
 use crate::scope::RecordKey;
-use base64::engine::general_purpose::STANDARD as B64;
-use base64::Engine;
-use serde::Deserialize;
-use serde_json::json;
+use idempotency_protocol::{
+    json, ClaimAnswer, ClaimRequest, ClaimResponse, CompleteRequest, FencedResponse, Hex64,
+    LookupRequest, LookupResponse, ReleaseRequest, RenewRequest, Request,
+};
 
 /// What the key store said to a claim.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -28,15 +29,6 @@ pub enum LookupReply {
     Absent,
     InFlight { retry_after_ms: u64 },
     Completed(Record),
-    Mismatch,
-}
-
-#[derive(Deserialize)]
-#[serde(tag = "outcome", rename_all = "snake_case")]
-enum RawLookup {
-    Absent,
-    InFlight { retry_after_ms: u64 },
-    Completed { record: String },
     Mismatch,
 }
 
@@ -64,25 +56,7 @@ impl From<String> for ClaimError {
     }
 }
 
-#[derive(Deserialize)]
-#[serde(tag = "outcome", rename_all = "snake_case")]
-enum RawClaim {
-    Claimed { token: String },
-    InFlight { retry_after_ms: u64 },
-    Completed { record: String },
-    Mismatch,
-}
-
-#[derive(Deserialize)]
-#[serde(tag = "outcome", rename_all = "snake_case")]
-enum RawAck {
-    Stored,
-    Released,
-    Renewed,
-    Stale,
-}
-
-fn callout(cfg: &KeystoreConfig, op: &str, body: serde_json::Value) -> Callout {
+fn callout(cfg: &KeystoreConfig, op: &str, body: &impl Request) -> Callout {
     let mut headers = vec![
         (":method".to_string(), "POST".to_string()),
         (":path".to_string(), format!("{}/{op}", cfg.path_prefix)),
@@ -95,8 +69,32 @@ fn callout(cfg: &KeystoreConfig, op: &str, body: serde_json::Value) -> Callout {
     Callout {
         cluster: cfg.cluster.clone(),
         headers,
-        body: body.to_string().into_bytes(),
+        body: json::encode(body),
         timeout_ms: cfg.timeout_ms,
+    }
+}
+
+fn key_hex(key: &RecordKey) -> Hex64 {
+    Hex64::from_bytes(&key.0)
+}
+
+/// Whether a reply came with the 200 it needs; else why not, as a store error.
+fn expect_200(op: &str, status: Option<u16>) -> Result<(), ClaimError> {
+    match status {
+        Some(200) => Ok(()),
+        Some(s) => Err(format!("key store answered {s} to {op}").into()),
+        None => Err("key store callout failed without a response"
+            .to_string()
+            .into()),
+    }
+}
+
+/// Opens a record the key store returned for `key`.
+fn open(cfg: &KeystoreConfig, key: &RecordKey, bytes: &[u8]) -> Result<Record, ClaimError> {
+    match Record::open(bytes, key, &cfg.secrets) {
+        Ok(record) => Ok(record),
+        Err(OpenError::Unverified) => Err(ClaimError::Unverified),
+        Err(OpenError::Malformed(e)) => Err(ClaimError::Failed(e)),
     }
 }
 
@@ -111,32 +109,30 @@ pub fn claim(
     token: &str,
     wait_ms: u64,
 ) -> Callout {
-    let mut body = json!({"key": key.hex(), "fingerprint": hex::encode(fp), "lease_ms": lease_ms, "token": token});
-    if let (true, Some(obj)) = (wait_ms > 0, body.as_object_mut()) {
-        obj.insert("wait_ms".to_string(), json!(wait_ms));
-    }
-    let mut c = callout(cfg, "claim", body);
+    let body = ClaimRequest {
+        key: key_hex(key),
+        fingerprint: Hex64::from_bytes(fp),
+        lease_ms,
+        wait_ms,
+        token: Some(token.to_string()),
+    };
+    let mut c = callout(cfg, "claim", &body);
     c.timeout_ms = c.timeout_ms.saturating_add(wait_ms);
     c
 }
 
 /// Whether the key store held a waiting claim before answering (its `waited` flag).
 pub fn claim_waited(body: &[u8]) -> bool {
-    #[derive(Deserialize)]
-    struct Waited {
-        #[serde(default)]
-        waited: bool,
-    }
-    serde_json::from_slice::<Waited>(body).is_ok_and(|w| w.waited)
+    json::decode::<ClaimAnswer>(body).is_ok_and(|a| a.waited)
 }
 
 /// Asks what `key` holds, claiming nothing: how a key stored under a previous secret is found.
 pub fn lookup(cfg: &KeystoreConfig, key: &RecordKey, fp: &Fingerprint) -> Callout {
-    callout(
-        cfg,
-        "lookup",
-        json!({"key": key.hex(), "fingerprint": hex::encode(fp)}),
-    )
+    let body = LookupRequest {
+        key: key_hex(key),
+        fingerprint: Hex64::from_bytes(fp),
+    };
+    callout(cfg, "lookup", &body)
 }
 
 /// Parses the reply to a lookup of `key`; a record in it must open for `key`.
@@ -146,34 +142,18 @@ pub fn parse_lookup(
     status: Option<u16>,
     body: &[u8],
 ) -> Result<LookupReply, ClaimError> {
-    match status {
-        Some(200) => {}
-        Some(s) => return Err(format!("key store answered {s} to lookup").into()),
-        None => {
-            return Err("key store callout failed without a response"
-                .to_string()
-                .into())
-        }
-    }
-    let raw: RawLookup =
-        serde_json::from_slice(body).map_err(|e| format!("unparsable lookup reply: {e}"))?;
-    Ok(match raw {
-        RawLookup::Absent => LookupReply::Absent,
-        RawLookup::InFlight { retry_after_ms } => LookupReply::InFlight { retry_after_ms },
-        RawLookup::Mismatch => LookupReply::Mismatch,
-        RawLookup::Completed { record } => {
-            let bytes = B64
-                .decode(record)
-                .map_err(|e| format!("lookup reply record is not base64: {e}"))?;
-            match Record::open(&bytes, key, &cfg.secrets) {
-                Ok(record) => LookupReply::Completed(record),
-                Err(OpenError::Unverified) => return Err(ClaimError::Unverified),
-                Err(OpenError::Malformed(e)) => return Err(ClaimError::Failed(e)),
-            }
-        }
+    expect_200("lookup", status)?;
+    let reply: LookupResponse =
+        json::decode(body).map_err(|e| format!("unparsable lookup reply: {e}"))?;
+    Ok(match reply {
+        LookupResponse::Absent => LookupReply::Absent,
+        LookupResponse::InFlight { retry_after_ms } => LookupReply::InFlight { retry_after_ms },
+        LookupResponse::Mismatch => LookupReply::Mismatch,
+        LookupResponse::Completed { record } => LookupReply::Completed(open(cfg, key, &record)?),
     })
 }
 
+/// Stores `record`, sealed under the current secret, as the outcome of the claim `token` holds.
 pub fn complete(
     cfg: &KeystoreConfig,
     key: &RecordKey,
@@ -181,24 +161,32 @@ pub fn complete(
     record: &Record,
     retention_ms: u64,
 ) -> Callout {
-    callout(
-        cfg,
-        "complete",
-        json!({"key": key.hex(), "token": token, "record": B64.encode(record.seal(key, cfg.secrets.current())), "retention_ms": retention_ms}),
-    )
+    let body = CompleteRequest {
+        key: key_hex(key),
+        token: token.to_string(),
+        record: record.seal(key, cfg.secrets.current()),
+        retention_ms,
+    };
+    callout(cfg, "complete", &body)
 }
 
+/// Gives up the claim `token` holds, so that the key is free at once.
 pub fn release(cfg: &KeystoreConfig, key: &RecordKey, token: &str) -> Callout {
-    callout(cfg, "release", json!({"key": key.hex(), "token": token}))
+    let body = ReleaseRequest {
+        key: key_hex(key),
+        token: token.to_string(),
+    };
+    callout(cfg, "release", &body)
 }
 
 /// Extends the lease of the claim `token` holds, while its upstream is still working.
 pub fn renew(cfg: &KeystoreConfig, key: &RecordKey, token: &str, lease_ms: u64) -> Callout {
-    callout(
-        cfg,
-        "renew",
-        json!({"key": key.hex(), "token": token, "lease_ms": lease_ms}),
-    )
+    let body = RenewRequest {
+        key: key_hex(key),
+        token: token.to_string(),
+        lease_ms,
+    };
+    callout(cfg, "renew", &body)
 }
 
 /// Parses the reply to a claim of `key`. `status` is `None` when the callout was reset (no
@@ -209,47 +197,32 @@ pub fn parse_claim(
     status: Option<u16>,
     body: &[u8],
 ) -> Result<ClaimReply, ClaimError> {
-    match status {
-        Some(200) => {}
-        Some(s) => return Err(format!("key store answered {s} to claim").into()),
-        None => {
-            return Err("key store callout failed without a response"
-                .to_string()
-                .into())
-        }
-    }
-    let raw: RawClaim =
-        serde_json::from_slice(body).map_err(|e| format!("unparsable claim reply: {e}"))?;
-    Ok(match raw {
-        RawClaim::Claimed { token } if !token.is_empty() => ClaimReply::Claimed { token },
-        RawClaim::Claimed { .. } => {
+    expect_200("claim", status)?;
+    let answer: ClaimAnswer =
+        json::decode(body).map_err(|e| format!("unparsable claim reply: {e}"))?;
+    Ok(match answer.response {
+        ClaimResponse::Claimed { token } if !token.is_empty() => ClaimReply::Claimed { token },
+        ClaimResponse::Claimed { .. } => {
             return Err("claim reply has an empty token".to_string().into())
         }
-        RawClaim::InFlight { retry_after_ms } => ClaimReply::InFlight { retry_after_ms },
-        RawClaim::Completed { record } => {
-            let bytes = B64
-                .decode(record)
-                .map_err(|e| format!("claim reply record is not base64: {e}"))?;
-            match Record::open(&bytes, key, &cfg.secrets) {
-                Ok(record) => ClaimReply::Completed(record),
-                Err(OpenError::Unverified) => return Err(ClaimError::Unverified),
-                Err(OpenError::Malformed(e)) => return Err(ClaimError::Failed(e)),
-            }
-        }
-        RawClaim::Mismatch => ClaimReply::Mismatch,
+        ClaimResponse::InFlight { retry_after_ms } => ClaimReply::InFlight { retry_after_ms },
+        ClaimResponse::Completed { record } => ClaimReply::Completed(open(cfg, key, &record)?),
+        ClaimResponse::Mismatch => ClaimReply::Mismatch,
     })
 }
 
-/// Parses a complete or release reply.
+/// Parses a complete, release or renew reply.
 pub fn parse_ack(status: Option<u16>, body: &[u8]) -> Result<AckReply, String> {
     match status {
         Some(200 | 409) => {}
         Some(s) => return Err(format!("key store answered {s}")),
         None => return Err("key store callout failed without a response".to_string()),
     }
-    match serde_json::from_slice::<RawAck>(body) {
-        Ok(RawAck::Stored | RawAck::Released | RawAck::Renewed) => Ok(AckReply::Done),
-        Ok(RawAck::Stale) => Ok(AckReply::Stale),
+    match json::decode::<FencedResponse>(body) {
+        Ok(FencedResponse::Stored | FencedResponse::Released | FencedResponse::Renewed) => {
+            Ok(AckReply::Done)
+        }
+        Ok(FencedResponse::Stale) => Ok(AckReply::Stale),
         Err(e) => Err(format!("unparsable key store reply: {e}")),
     }
 }
@@ -257,6 +230,8 @@ pub fn parse_ack(status: Option<u16>, body: &[u8]) -> Result<AckReply, String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use base64::engine::general_purpose::STANDARD as B64;
+    use base64::Engine;
 
     fn cfg() -> KeystoreConfig {
         KeystoreConfig {

@@ -7,6 +7,7 @@
 pub mod config;
 pub mod deferred;
 pub mod detached;
+pub mod expiry;
 pub mod fingerprint;
 pub mod host;
 pub mod key;

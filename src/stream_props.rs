@@ -13,8 +13,9 @@
 //!
 //! Two worlds: one Envoy with no key store (L1 is the truth), and two Envoys sharing a key store
 //! that this file models as an in-memory map implementing README "Key-store API (v1)": claim,
-//! complete, release and renew, where complete, release and renew are accepted only from the
-//! current claim's token while its lease is live. Faults are injected on the streams' callouts
+//! lookup, complete, release and renew, where complete, release and renew are accepted only from
+//! the current claim's token while its lease is live. The model reads and writes bodies with the
+//! protocol crate the real key store uses, so it refuses what the real one refuses. Faults are injected on the streams' callouts
 //! and on the root context's (503, reset, garbage, a reply lost after the store applied the call;
 //! and a callout the root context could not send). Unknown outcomes are locked (the default
 //! policy) or, in some runs, released.
@@ -55,8 +56,10 @@ use crate::record::{Outcome, Record, StoredResponse};
 use crate::stream::{Flow, Stream, REPLAYED_HEADER};
 use crate::testing::{FakeHost, FakeShared};
 use crate::worker::{Purpose, RootAction, RootReply, Worker};
-use base64::engine::general_purpose::STANDARD as B64;
-use base64::Engine;
+use idempotency_protocol::{
+    json, ClaimAnswer, ClaimRequest, ClaimResponse, CompleteRequest, ErrorBody, FencedResponse,
+    Hex64, LookupRequest, LookupResponse, ProtocolError, ReleaseRequest, RenewRequest,
+};
 use proptest::prelude::*;
 use proptest::test_runner::{Config as PtConfig, FileFailurePersistence};
 use serde_json::Value;
@@ -332,11 +335,27 @@ impl Slot {
     }
 }
 
-fn stale() -> (u16, String) {
-    (409, r#"{"outcome":"stale"}"#.into())
+/// A reply of the key store model: the status and the JSON body.
+fn reply(status: u16, body: &impl serde::Serialize) -> (u16, String) {
+    (status, String::from_utf8(json::encode(body)).unwrap())
 }
 
-/// The key store of README "Key-store API (v1)", in memory.
+fn stale() -> (u16, String) {
+    reply(409, &FencedResponse::Stale)
+}
+
+/// What the real key store answers to a body it refuses: 400 naming the field.
+fn bad_request(e: &ProtocolError) -> (u16, String) {
+    reply(
+        400,
+        &ErrorBody {
+            error: e.to_string(),
+        },
+    )
+}
+
+/// The key store of README "Key-store API (v1)", in memory. It parses and validates bodies with
+/// the real key store's code (the protocol crate), so it is as strict as the real one.
 #[derive(Default)]
 struct KeyStore {
     map: HashMap<String, Slot>,
@@ -349,100 +368,122 @@ struct KeyStore {
 impl KeyStore {
     /// Applies a callout; returns the HTTP status and body it answers.
     fn apply(&mut self, path: &str, body: &[u8], now: u64) -> (u16, String) {
-        let Ok(v) = serde_json::from_slice::<Value>(body) else {
-            return (400, r#"{"error":"body"}"#.into());
+        let answer = match path.rsplit('/').next().unwrap_or_default() {
+            "claim" => json::decode_request(body).and_then(|r| self.claim(&r, now)),
+            "lookup" => json::decode_request(body).and_then(|r| self.lookup(&r, now)),
+            "complete" => json::decode_request(body).map(|r: CompleteRequest| {
+                self.fenced(&r.key, &r.token, now, |body, _| {
+                    Some(Slot::Completed {
+                        body,
+                        expires: now + r.retention_ms,
+                        record: r.record.clone(),
+                    })
+                })
+                .map_or_else(stale, |()| reply(200, &FencedResponse::Stored))
+            }),
+            "release" => json::decode_request(body).map(|r: ReleaseRequest| {
+                match self.fenced(&r.key, &r.token, now, |_, _| None) {
+                    Some(()) => reply(200, &FencedResponse::Released),
+                    None => stale(),
+                }
+            }),
+            "renew" => json::decode_request(body).map(|r: RenewRequest| {
+                self.fenced(&r.key, &r.token, now, |body, owner| {
+                    Some(Slot::InFlight {
+                        body,
+                        until: now + r.lease_ms,
+                        owner,
+                    })
+                })
+                .map_or_else(stale, |()| reply(200, &FencedResponse::Renewed))
+            }),
+            _ => Ok((404, String::new())),
         };
-        let key = v["key"].as_str().unwrap_or_default().to_string();
-        let current = self.map.get(&key).filter(|s| s.live(now)).cloned();
-        let op = path.rsplit('/').next().unwrap_or_default();
-        match op {
-            "claim" => {
-                let lease = v["lease_ms"].as_u64().unwrap_or(0);
-                let fingerprint = v["fingerprint"].as_str().unwrap_or_default();
-                let Some(&fp_body) = self.fingerprints.get(fingerprint) else {
-                    return (400, r#"{"error":"fingerprint"}"#.into());
-                };
-                match current {
-                    // Expired in-flight claims are taken over, expired records are gone.
-                    None => {
-                        // The caller's proposed token, as the real key store does; else a new one.
-                        self.tokens += 1;
-                        let token = v["token"]
-                            .as_str()
-                            .map_or_else(|| format!("T{}", self.tokens), str::to_owned);
-                        self.map.insert(
-                            key,
-                            Slot::InFlight {
-                                body: fp_body,
-                                until: now + lease,
-                                owner: token.clone(),
-                            },
-                        );
-                        (200, format!(r#"{{"outcome":"claimed","token":"{token}"}}"#))
-                    }
-                    Some(s) if s.body() != fp_body => (200, r#"{"outcome":"mismatch"}"#.into()),
-                    Some(Slot::InFlight { until, .. }) => (
-                        200,
-                        format!(
-                            r#"{{"outcome":"in_flight","retry_after_ms":{}}}"#,
-                            until - now
-                        ),
-                    ),
-                    Some(Slot::Completed { record, .. }) => (
-                        200,
-                        format!(
-                            r#"{{"outcome":"completed","record":"{}"}}"#,
-                            B64.encode(record)
-                        ),
-                    ),
-                }
+        answer.unwrap_or_else(|e| bad_request(&e))
+    }
+
+    /// The live slot of `key`: expired claims are free to be taken over, expired records gone.
+    fn live(&self, key: &Hex64, now: u64) -> Option<Slot> {
+        self.map.get(key.as_str()).filter(|s| s.live(now)).cloned()
+    }
+
+    /// The body a fingerprint stands for, if the model learnt it from a claim the filter sent.
+    fn body_of(&self, fingerprint: &Hex64) -> Result<usize, ProtocolError> {
+        self.fingerprints
+            .get(fingerprint.as_str())
+            .copied()
+            .ok_or_else(|| ProtocolError::field("fingerprint", "unknown to the model"))
+    }
+
+    fn claim(&mut self, r: &ClaimRequest, now: u64) -> Result<(u16, String), ProtocolError> {
+        let fp_body = self.body_of(&r.fingerprint)?;
+        let response = match self.live(&r.key, now) {
+            None => {
+                // The caller's proposed token, as the real key store does; else a new one.
+                self.tokens += 1;
+                let token = r
+                    .token
+                    .clone()
+                    .unwrap_or_else(|| format!("T{}", self.tokens));
+                self.map.insert(
+                    r.key.as_str().to_string(),
+                    Slot::InFlight {
+                        body: fp_body,
+                        until: now + r.lease_ms,
+                        owner: token.clone(),
+                    },
+                );
+                ClaimResponse::Claimed { token }
             }
-            "complete" | "release" | "renew" => {
-                let token = v["token"].as_str().unwrap_or_default();
-                // Only the current claim's token, and only while its lease is live: past it, the
-                // key is free to be taken over, whether or not someone did.
-                let Some(Slot::InFlight { owner, body, .. }) = current else {
-                    return stale();
-                };
-                if owner != token {
-                    return stale();
-                }
-                match op {
-                    "release" => {
-                        self.map.remove(&key);
-                        (200, r#"{"outcome":"released"}"#.into())
-                    }
-                    "renew" => {
-                        let lease = v["lease_ms"].as_u64().unwrap_or(0);
-                        self.map.insert(
-                            key,
-                            Slot::InFlight {
-                                body,
-                                until: now + lease,
-                                owner,
-                            },
-                        );
-                        (200, r#"{"outcome":"renewed"}"#.into())
-                    }
-                    _ => {
-                        let record = B64
-                            .decode(v["record"].as_str().unwrap_or_default())
-                            .unwrap_or_default();
-                        let retention = v["retention_ms"].as_u64().unwrap_or(0);
-                        self.map.insert(
-                            key,
-                            Slot::Completed {
-                                body,
-                                expires: now + retention,
-                                record,
-                            },
-                        );
-                        (200, r#"{"outcome":"stored"}"#.into())
-                    }
-                }
-            }
-            _ => (404, String::new()),
+            Some(s) if s.body() != fp_body => ClaimResponse::Mismatch,
+            Some(Slot::InFlight { until, .. }) => ClaimResponse::InFlight {
+                retry_after_ms: until - now,
+            },
+            Some(Slot::Completed { record, .. }) => ClaimResponse::Completed { record },
+        };
+        Ok(reply(
+            200,
+            &ClaimAnswer {
+                response,
+                waited: false,
+            },
+        ))
+    }
+
+    fn lookup(&self, r: &LookupRequest, now: u64) -> Result<(u16, String), ProtocolError> {
+        let fp_body = self.body_of(&r.fingerprint)?;
+        let response = match self.live(&r.key, now) {
+            None => LookupResponse::Absent,
+            Some(s) if s.body() != fp_body => LookupResponse::Mismatch,
+            Some(Slot::InFlight { until, .. }) => LookupResponse::InFlight {
+                retry_after_ms: until - now,
+            },
+            Some(Slot::Completed { record, .. }) => LookupResponse::Completed { record },
+        };
+        Ok(reply(200, &response))
+    }
+
+    /// Complete, release and renew: accepted only from the current claim's token, and only while
+    /// its lease is live (past it, the key is free to be taken over, whether or not someone did).
+    /// `next` makes what the key then holds (from the claim's body and owner), if anything.
+    fn fenced(
+        &mut self,
+        key: &Hex64,
+        token: &str,
+        now: u64,
+        next: impl FnOnce(usize, String) -> Option<Slot>,
+    ) -> Option<()> {
+        let Some(Slot::InFlight { owner, body, .. }) = self.live(key, now) else {
+            return None;
+        };
+        if owner != token {
+            return None;
         }
+        match next(body, owner) {
+            Some(slot) => self.map.insert(key.as_str().to_string(), slot),
+            None => self.map.remove(key.as_str()),
+        };
+        Some(())
     }
 }
 
@@ -496,6 +537,8 @@ struct Req {
     ks_key: Option<String>,
     /// The response the upstream sends it (2xx only).
     response: Option<Resp>,
+    /// When its response headers arrived: its record is created as of then.
+    created_at: u64,
     sent_seen: usize,
 }
 
@@ -616,8 +659,20 @@ fn proposed_token(r: &Req) -> Option<String> {
         .borrow()
         .iter()
         .find(|(_, c)| path_of(c).ends_with("/claim"))
-        .and_then(|(_, c)| serde_json::from_slice::<Value>(&c.body).ok())
-        .and_then(|v| v["token"].as_str().map(str::to_owned))
+        .and_then(|(_, c)| json::decode_request::<ClaimRequest>(&c.body).ok())
+        .and_then(|claim| claim.token)
+}
+
+/// The fencing token a complete, release or renew callout carries, read as the key store reads it.
+fn fenced_token(path: &str, body: &[u8]) -> Result<String, ProtocolError> {
+    match path.rsplit('/').next() {
+        Some("complete") => json::decode_request::<CompleteRequest>(body).map(|r| r.token),
+        Some("release") => json::decode_request::<ReleaseRequest>(body).map(|r| r.token),
+        Some("renew") => json::decode_request::<RenewRequest>(body).map(|r| r.token),
+        _ => Err(ProtocolError::body(format!(
+            "{path} carries no fencing token"
+        ))),
+    }
 }
 
 fn path_of(callout: &Callout) -> String {
@@ -844,12 +899,11 @@ impl World {
             self.root_calls += 1;
             let token = 1_000_000 + self.root_calls;
             let path = path_of(&callout);
-            let v: Value = serde_json::from_slice(&callout.body)
+            let ks_token = fenced_token(&path, &callout.body)
                 .map_err(|e| TestCaseError::fail(format!("root callout body: {e}")))?;
-            let ks_token = v["token"].as_str().unwrap_or_default();
             let owner = self.reqs.iter().position(|r| {
-                r.token.as_deref() == Some(ks_token)
-                    || proposed_token(r).as_deref() == Some(ks_token)
+                r.token.as_deref() == Some(ks_token.as_str())
+                    || proposed_token(r).as_deref() == Some(ks_token.as_str())
             });
             let Some(j) = owner else {
                 return Err(TestCaseError::fail(format!(
@@ -1023,6 +1077,7 @@ impl World {
             token: None,
             ks_key: None,
             response: None,
+            created_at: 0,
             sent_seen: 0,
         });
         let i = self.reqs.len() - 1;
@@ -1107,11 +1162,11 @@ impl World {
             r.lease_until = now + LEASE_MS;
             let (_, c) = r.host.last_callout().unwrap();
             prop_assert!(path_of(&c).ends_with("/claim"));
-            let v: Value = serde_json::from_slice(&c.body).unwrap();
-            r.ks_key = v["key"].as_str().map(str::to_string);
+            let sent: ClaimRequest = json::decode_request(&c.body).unwrap();
+            r.ks_key = Some(sent.key.as_str().to_string());
             prop_assert!(r.host.sent.borrow().is_empty());
             // Learn the fingerprint: one per body, never shared by two bodies.
-            let fp = v["fingerprint"].as_str().unwrap_or_default().to_string();
+            let fp = sent.fingerprint.as_str().to_string();
             let body = r.body;
             let ks = self.keystore.as_mut().unwrap();
             prop_assert!(
@@ -1156,6 +1211,11 @@ impl World {
                     };
                     let sent = r.host.last_sent().unwrap();
                     let mut headers = resp.headers.clone();
+                    crate::expiry::set_header(
+                        &mut headers,
+                        crate::config::DEFAULT_EXPIRES_HEADER,
+                        rec.expires_ms,
+                    );
                     headers.push((REPLAYED_HEADER.to_string(), b"true".to_vec()));
                     prop_assert_eq!(
                         (sent.status, &sent.headers, &sent.body),
@@ -1289,20 +1349,19 @@ impl World {
         if status != 200 {
             return Ok((status, reply));
         }
-        let v: Value = serde_json::from_slice(body).unwrap();
         if path.ends_with("/claim") {
-            let granted: Value = serde_json::from_str(&reply).unwrap();
-            if let (Some(i), Some(t)) = (req, granted["token"].as_str()) {
-                self.reqs[i].token = Some(t.to_string());
+            let granted: ClaimAnswer = json::decode(reply.as_bytes()).unwrap();
+            if let (Some(i), ClaimResponse::Claimed { token }) = (req, granted.response) {
+                self.reqs[i].token = Some(token);
             }
         } else if path.ends_with("/renew") {
             self.stats.renewed += 1;
         } else if path.ends_with("/complete") {
-            let token = v["token"].as_str().unwrap_or_default();
+            let token = fenced_token(path, body).unwrap();
             let Some(j) = self
                 .reqs
                 .iter()
-                .position(|r| r.token.as_deref() == Some(token))
+                .position(|r| r.token.as_deref() == Some(token.as_str()))
             else {
                 return Err(TestCaseError::fail(
                     "a record stored under an unknown token",
@@ -1452,6 +1511,9 @@ impl World {
             ],
             body: body.clone(),
         });
+        let now = self.now();
+        let r = &mut self.reqs[i];
+        r.created_at = now;
         let flow = r.stream.on_response_headers(&r.host, false);
         if !ok {
             // The request did not really run: the key is released, the body streams on.
@@ -1459,6 +1521,14 @@ impl World {
             return self.settled(i, flow, callouts);
         }
         prop_assert_eq!(flow, Flow::Continue, "the response body is captured");
+        prop_assert_eq!(
+            r.host.response_headers_set.borrow().last().cloned(),
+            Some((
+                crate::config::DEFAULT_EXPIRES_HEADER.to_string(),
+                crate::expiry::http_date(now + RETENTION_MS).into_bytes()
+            )),
+            "the first answer says until when its key is honoured"
+        );
         if whole {
             let flow = r.stream.on_response_body(&r.host, body.len(), true);
             return self.executed(i, flow, callouts);
@@ -1472,8 +1542,8 @@ impl World {
 
     /// The upstream's whole 2xx arrived: it is kept.
     fn executed(&mut self, i: usize, flow: Flow, callouts: usize) -> Result<(), TestCaseError> {
-        let now = self.now();
         let r = &self.reqs[i];
+        let now = r.created_at;
         let Some(response) = r.response.clone() else {
             return Err(TestCaseError::fail("captured a response that is not kept"));
         };
@@ -1723,6 +1793,11 @@ impl World {
             prop_assert_eq!(
                 headers.pop(),
                 Some((REPLAYED_HEADER.to_string(), b"true".to_vec()))
+            );
+            // Every replay says until when its key is honoured; the first answer went out before.
+            prop_assert_eq!(
+                headers.pop().map(|(name, _)| name),
+                Some(crate::config::DEFAULT_EXPIRES_HEADER.to_string())
             );
             let got = Resp {
                 status: reply.status,

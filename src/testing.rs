@@ -76,6 +76,8 @@ pub struct FakeHost {
     pub request_body: Vec<u8>,
     pub response_headers: Vec<(String, Vec<u8>)>,
     pub response_body: Vec<u8>,
+    /// What the filter set on the upstream's response headers, in order.
+    pub response_headers_set: RefCell<Vec<(String, Vec<u8>)>>,
     pub properties: HashMap<Vec<String>, Vec<u8>>,
     pub sent: RefCell<Vec<Sent>>,
     pub callouts: RefCell<Vec<(u32, Callout)>>,
@@ -105,6 +107,7 @@ impl FakeHost {
             request_body: Vec::new(),
             response_headers: Vec::new(),
             response_body: Vec::new(),
+            response_headers_set: RefCell::new(Vec::new()),
             properties: HashMap::new(),
             sent: RefCell::new(Vec::new()),
             callouts: RefCell::new(Vec::new()),
@@ -174,6 +177,12 @@ impl Host for FakeHost {
     fn response_body(&self, size: usize) -> Vec<u8> {
         self.response_body.iter().take(size).copied().collect()
     }
+    fn set_response_header(&self, name: &str, value: &[u8]) {
+        self.response_headers_set
+            .borrow_mut()
+            .push((name.to_string(), value.to_vec()));
+    }
+
     fn property(&self, path: &[String]) -> Option<Vec<u8>> {
         self.properties.get(path).cloned()
     }
@@ -238,15 +247,12 @@ pub fn with_test_secret(json: &str) -> String {
 
 /// Opens the sealed record of a `/complete` callout body (sealed under [`TEST_SECRET`]).
 pub fn record_of_complete(body: &[u8]) -> crate::record::Record {
-    use base64::Engine;
-    let v: serde_json::Value = serde_json::from_slice(body).unwrap_or_default();
-    let blob = base64::engine::general_purpose::STANDARD
-        .decode(v["record"].as_str().unwrap_or_default())
-        .unwrap_or_default();
+    let sent: idempotency_protocol::CompleteRequest =
+        idempotency_protocol::json::decode_request(body).unwrap();
     let mut key = [0u8; 32];
-    let _ = hex::decode_to_slice(v["key"].as_str().unwrap_or_default(), &mut key);
+    hex::decode_to_slice(sent.key.as_str(), &mut key).unwrap();
     let secrets = crate::config::Secrets::from_bytes(vec![TEST_SECRET.as_bytes().to_vec()]);
-    match crate::record::Record::open(&blob, &crate::scope::RecordKey(key), &secrets) {
+    match crate::record::Record::open(&sent.record, &crate::scope::RecordKey(key), &secrets) {
         Ok(r) => r,
         Err(e) => panic!("the complete callout's record does not open: {e:?}"),
     }

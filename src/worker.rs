@@ -164,7 +164,12 @@ impl Worker {
         let answered = self.waiters.borrow_mut().settle(|w| {
             let reply = match self.cache.peek(shared, &w.key, &w.fingerprint, now_ms) {
                 Some(L1Outcome::Completed(record)) => {
-                    let reply = LocalReply::from_record(record, now_ms, &self.cfg.replay_headers);
+                    let reply = LocalReply::from_record(
+                        record,
+                        now_ms,
+                        &self.cfg.replay_headers,
+                        self.cfg.expires_header.as_deref(),
+                    );
                     if reply.metric == Metric::Replayed {
                         replies.push(Metric::WaitReplayed);
                     }
@@ -345,8 +350,13 @@ impl Worker {
         Record {
             fingerprint,
             created_ms: now_ms,
-            expires_ms: now_ms.saturating_add(rule.retention_ms),
+            expires_ms: Worker::expires_ms(rule, now_ms),
             outcome,
         }
+    }
+
+    /// Until when a record created at `created_ms` under `rule` is honoured.
+    pub fn expires_ms(rule: &RouteRule, created_ms: u64) -> u64 {
+        created_ms.saturating_add(rule.retention_ms)
     }
 }

@@ -19,6 +19,8 @@ use serde_json::Value;
 /// The Istio name of the in-mesh key store's cluster (deploy/kubernetes/keystore.yaml).
 const ISTIO_KEYSTORE_CLUSTER: &str =
     "outbound|8081||idempotency-keystore.idempotency.svc.cluster.local";
+/// The key-store cluster the waypoint's EnvoyFilter and Envoy Gateway's EnvoyPatchPolicy add.
+const ADDED_KEYSTORE_CLUSTER: &str = "idempotency-keystore";
 
 fn root() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
@@ -93,6 +95,9 @@ fn every_shipped_filter_config_parses_and_matches_its_host() {
         "deploy/istio/trafficextension-mesh.yaml",
         "deploy/istio/trafficextension-workload.yaml",
         "deploy/istio/envoyfilter.yaml",
+        "deploy/istio/wasmplugin-waypoint.yaml",
+        "deploy/istio/trafficextension-waypoint.yaml",
+        "deploy/envoy-gateway/envoyextensionpolicy.yaml",
     ] {
         assert!(
             entries
@@ -113,7 +118,8 @@ fn every_shipped_filter_config_parses_and_matches_its_host() {
         let raw: Value = serde_json::from_str(&e.config).unwrap();
 
         // The headers mode must fit the host: "hold" needs allow_on_headers_stop_iteration, which
-        // WasmPlugin/TrafficExtension cannot set, so those must stream; Envoy configs that set it hold.
+        // WasmPlugin/TrafficExtension/EnvoyExtensionPolicy cannot set, so those must stream; Envoy
+        // configs that set it hold.
         let want = if e.allow_stop {
             HeadersMode::Hold
         } else {
@@ -125,16 +131,20 @@ fn every_shipped_filter_config_parses_and_matches_its_host() {
             e.source, e.kind, e.allow_stop
         );
 
-        if e.source.starts_with("deploy/istio/") {
+        if e.source.starts_with("deploy/istio/") || e.source.starts_with("deploy/envoy-gateway/") {
             let ks = config
                 .keystore
                 .as_ref()
                 .unwrap_or_else(|| panic!("{}: the mesh needs the key store", e.source));
-            assert_eq!(
-                ks.cluster, ISTIO_KEYSTORE_CLUSTER,
-                "{}: key-store cluster",
-                e.source
-            );
+            // Sidecars have Istio's cluster of the key store Service; a waypoint and Envoy Gateway
+            // have none, and use the one their manifests add (tests/deploy checks that they do).
+            let cluster =
+                if e.source.contains("waypoint") || e.source.starts_with("deploy/envoy-gateway/") {
+                    ADDED_KEYSTORE_CLUSTER
+                } else {
+                    ISTIO_KEYSTORE_CLUSTER
+                };
+            assert_eq!(ks.cluster, cluster, "{}: key-store cluster", e.source);
             assert!(
                 ks.token.is_some(),
                 "{}: the in-mesh key store requires a token",
@@ -142,7 +152,10 @@ fn every_shipped_filter_config_parses_and_matches_its_host() {
             );
         }
         // Outside the demos, secrets come from the Wasm VM's environment, never inline.
-        if e.source.starts_with("deploy/istio/") || e.source.contains("production") {
+        if e.source.starts_with("deploy/istio/")
+            || e.source.starts_with("deploy/envoy-gateway/")
+            || e.source.contains("production")
+        {
             let secret = if raw["hmac_secrets"].is_array() {
                 &raw["hmac_secrets"][0]
             } else {

@@ -319,7 +319,7 @@ async fn large_binary_bodies_and_repeated_headers_pass_through_byte_exact() {
     };
     assert_eq!(values(&first, "x-echo-a"), ["1", "2"]);
     assert_eq!(values(&first, "set-cookie"), ["a=1", "b=2"]);
-    // Replays carry everything but `set-cookie`, which is never stored (README, Security model).
+    // Replays carry everything but `set-cookie`, which is never stored (docs/security.md).
     for gateway in [&mesh.a, &mesh.b] {
         let replay = send(echo(gateway.url("/_demo/echo"))).await;
         assert!(replay.replayed(), "{}", replay.status);

@@ -6,7 +6,7 @@
 //! Every run checks what the client got, how many times the upstream executed, that Envoy is
 //! alive (`/ready` LIVE, no panic or critical line in its log), that no claim leaked (the same key
 //! or a new one executes afterwards, or the retry does what the README says) and which metrics
-//! counted it. Each run prints a `FAULT|...` row (`--nocapture`): the README's fault table is built from them.
+//! counted it. Each run prints a `FAULT|...` row (`--nocapture`): the fault table of docs/hardening.md is built from them.
 
 #![allow(
     clippy::unwrap_used,
@@ -41,7 +41,7 @@ fn plugin(failure_mode: &str, timeout_ms: u64, lease_ms: u64) -> String {
     .to_string()
 }
 
-/// One row of the README's fault table, printed with `--nocapture`.
+/// One row of the fault table in docs/hardening.md, printed with `--nocapture`.
 fn row(fault: &str, client: &str, executions: &str, leaked: &str, counted: &[String]) {
     println!(
         "FAULT|{fault}|{client}|{executions}|no|{leaked}|{}|",

@@ -19,8 +19,8 @@ use crate::backend::{Backend, BackendError, ClaimOutcome, Fenced, LookupOutcome}
 use crate::config::Config;
 use crate::metrics::Metrics;
 use crate::protocol::{
-    encode_record, ClaimRequest, ClaimResponse, CompleteRequest, FencedResponse, LookupRequest,
-    LookupResponse, ProtocolError, ReleaseRequest, RenewRequest,
+    json, ClaimAnswer, ClaimRequest, ClaimResponse, CompleteRequest, ErrorBody, FencedResponse,
+    LookupRequest, LookupResponse, ReleaseRequest, RenewRequest, Request as WireRequest,
 };
 
 /// What the HTTP layer needs besides the backend.
@@ -128,7 +128,7 @@ struct Failure(StatusCode, String);
 
 impl IntoResponse for Failure {
     fn into_response(self) -> Response {
-        (self.0, Json(json!({ "error": self.1 }))).into_response()
+        (self.0, Json(ErrorBody { error: self.1 })).into_response()
     }
 }
 
@@ -174,18 +174,19 @@ fn op_of(path: &str) -> &'static str {
 
 impl AppState {
     /// Reads and validates a body, or answers 400/413 naming the problem.
-    fn parse<T>(
+    fn parse<T: WireRequest>(
         &self,
         op: &str,
         body: Result<Bytes, BytesRejection>,
-        parse: fn(&[u8]) -> Result<T, ProtocolError>,
     ) -> Result<T, Failure> {
         let outcome = match body {
             Err(rejection) => Err((
                 rejection.status(),
                 format!("body: {}", rejection.body_text()),
             )),
-            Ok(bytes) => parse(&bytes).map_err(|e| (StatusCode::BAD_REQUEST, e.0)),
+            Ok(bytes) => {
+                json::decode_request(&bytes).map_err(|e| (StatusCode::BAD_REQUEST, e.to_string()))
+            }
         };
         outcome.map_err(|(status, message)| {
             let label = if status == StatusCode::PAYLOAD_TOO_LARGE {
@@ -279,54 +280,37 @@ async fn claim(
     State(s): State<AppState>,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Response, Failure> {
-    let req = s.parse("claim", body, ClaimRequest::parse)?;
+    let req: ClaimRequest = s.parse("claim", body)?;
     let (outcome, waited) = if req.wait_ms == 0 {
         (s.call("claim", s.backend.claim(&req)).await?, false)
     } else {
         s.claim_waiting(&req).await?
     };
-    let (label, body) = match outcome {
+    let (label, response) = match outcome {
         ClaimOutcome::Claimed { token } => ("claimed", ClaimResponse::Claimed { token }),
         ClaimOutcome::InFlight { retry_after_ms } => {
             ("in_flight", ClaimResponse::InFlight { retry_after_ms })
         }
-        ClaimOutcome::Completed { record } => (
-            "completed",
-            ClaimResponse::Completed {
-                record: encode_record(&record),
-            },
-        ),
+        ClaimOutcome::Completed { record } => ("completed", ClaimResponse::Completed { record }),
         ClaimOutcome::Mismatch => ("mismatch", ClaimResponse::Mismatch),
     };
     s.metrics.op("claim", label);
-    if !waited {
-        return Ok(Json(body).into_response());
-    }
-    // A claim that was held says so, for the caller's wait metrics.
-    let mut value = serde_json::to_value(&body).unwrap_or_default();
-    if let Some(obj) = value.as_object_mut() {
-        obj.insert("waited".to_owned(), serde_json::Value::Bool(true));
-    }
-    Ok(Json(value).into_response())
+    // A claim that was held says so (`waited`), for the caller's wait metrics.
+    Ok(Json(ClaimAnswer { response, waited }).into_response())
 }
 
 async fn lookup(
     State(s): State<AppState>,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Response, Failure> {
-    let req = s.parse("lookup", body, LookupRequest::parse)?;
+    let req: LookupRequest = s.parse("lookup", body)?;
     let outcome = s.call("lookup", s.backend.lookup(&req)).await?;
     let (label, body) = match outcome {
         LookupOutcome::Absent => ("absent", LookupResponse::Absent),
         LookupOutcome::InFlight { retry_after_ms } => {
             ("in_flight", LookupResponse::InFlight { retry_after_ms })
         }
-        LookupOutcome::Completed { record } => (
-            "completed",
-            LookupResponse::Completed {
-                record: encode_record(&record),
-            },
-        ),
+        LookupOutcome::Completed { record } => ("completed", LookupResponse::Completed { record }),
         LookupOutcome::Mismatch => ("mismatch", LookupResponse::Mismatch),
     };
     s.metrics.op("lookup", label);
@@ -337,7 +321,7 @@ async fn complete(
     State(s): State<AppState>,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Response, Failure> {
-    let req = s.parse("complete", body, CompleteRequest::parse)?;
+    let req: CompleteRequest = s.parse("complete", body)?;
     if req.record.len() > s.max_record_bytes {
         s.metrics.op("complete", "too_large");
         return Err(Failure(
@@ -357,7 +341,7 @@ async fn release(
     State(s): State<AppState>,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Response, Failure> {
-    let req = s.parse("release", body, ReleaseRequest::parse)?;
+    let req: ReleaseRequest = s.parse("release", body)?;
     let result = s.call("release", s.backend.release(&req)).await?;
     Ok(s.fenced("release", result, FencedResponse::Released))
 }
@@ -366,7 +350,7 @@ async fn renew(
     State(s): State<AppState>,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Response, Failure> {
-    let req = s.parse("renew", body, RenewRequest::parse)?;
+    let req: RenewRequest = s.parse("renew", body)?;
     let result = s.call("renew", s.backend.renew(&req)).await?;
     Ok(s.fenced("renew", result, FencedResponse::Renewed))
 }

@@ -1,9 +1,9 @@
 //! Idempotency key store: the mesh-wide truth for idempotency records, reached by the Envoy
 //! filter over HTTP (see "Key-store API (v1)" in the repository README).
 //!
-//! Modules: [`config`] (flags), [`protocol`] (wire types and validation), [`backend`] (the
-//! `Backend` trait with memory, Redis and Redis Cluster implementations), [`http`] (router),
-//! [`metrics`] (Prometheus).
+//! Modules: [`config`] (flags), [`protocol`] (the wire types shared with the filter, and
+//! server-side helpers), [`backend`] (the `Backend` trait with memory, Redis and Redis Cluster
+//! implementations), [`http`] (router), [`metrics`] (Prometheus).
 
 pub mod backend;
 pub mod config;

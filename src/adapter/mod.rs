@@ -238,6 +238,14 @@ impl Host for EnvoyHost {
         buffer(BufferType::HttpResponseBody, size)
     }
 
+    fn set_response_header(&self, name: &str, value: &[u8]) {
+        if let Err(e) =
+            hostcalls::set_map_value_bytes(MapType::HttpResponseHeaders, name, Some(value))
+        {
+            warn!("cannot set response header {name}: {e:?}");
+        }
+    }
+
     fn property(&self, path: &[String]) -> Option<Vec<u8>> {
         hostcalls::get_property(path.iter().map(String::as_str).collect())
             .ok()

@@ -282,6 +282,9 @@ pub struct Config {
     pub l1_slots: u32,
     pub headers_mode: HeadersMode,
     pub keystore: Option<KeystoreConfig>,
+    /// The response header (lower-case) that says until when a stored or replayed answer's key
+    /// is honoured; `None`: not sent.
+    pub expires_header: Option<String>,
 }
 
 /// A configuration error that names the offending field.
@@ -345,6 +348,14 @@ struct RawConfig {
     l1_slots: Option<u32>,
     headers_mode: Option<HeadersMode>,
     keystore: Option<RawKeystore>,
+    /// Absent: the default name; `null` or `false`: off. Kept apart so that `null` is not absent.
+    #[serde(default, deserialize_with = "present")]
+    expires_header: Option<serde_json::Value>,
+}
+
+/// A field that is present, even as `null`.
+fn present<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<serde_json::Value>, D::Error> {
+    serde_json::Value::deserialize(d).map(Some)
 }
 
 #[derive(Deserialize)]
@@ -668,6 +679,7 @@ impl Config {
             l1_slots,
             headers_mode: raw.headers_mode.unwrap_or(HeadersMode::Hold),
             keystore,
+            expires_header: validate_expires_header(raw.expires_header)?,
         })
     }
 
@@ -881,6 +893,33 @@ fn validate_replay_headers(raw: Option<RawReplayHeaders>) -> Result<ReplayHeader
         Some(_) => Err(err(
             "replay_headers",
             "needs exactly one of `deny` or `allow`",
+        )),
+    }
+}
+
+/// The default name of the in-band expiry header.
+pub const DEFAULT_EXPIRES_HEADER: &str = "idempotency-expires";
+
+fn validate_expires_header(raw: Option<serde_json::Value>) -> Result<Option<String>, ConfigError> {
+    match raw {
+        None => Ok(Some(DEFAULT_EXPIRES_HEADER.to_string())),
+        Some(serde_json::Value::Null | serde_json::Value::Bool(false)) => Ok(None),
+        Some(serde_json::Value::String(name)) => {
+            let name = name.to_ascii_lowercase();
+            if !is_token(&name) {
+                return Err(err("expires_header", "must be an HTTP header name"));
+            }
+            if name == crate::stream::REPLAYED_HEADER {
+                return Err(err(
+                    "expires_header",
+                    "is the header that marks a replay; pick another name",
+                ));
+            }
+            Ok(Some(name))
+        }
+        Some(_) => Err(err(
+            "expires_header",
+            "must be a header name, or `null`/`false` to send no expiry header",
         )),
     }
 }

@@ -323,3 +323,26 @@ fn keystore_defaults() {
     assert_eq!(k.timeout_ms, 500);
     assert_eq!(k.path_prefix, "/v1");
 }
+
+#[test]
+fn the_expiry_header_is_on_by_default_renamed_or_off() {
+    let on = |doc: &str| parse(doc).unwrap().expires_header;
+    assert_eq!(on("{}").as_deref(), Some("idempotency-expires"));
+    assert_eq!(
+        on(r#"{"expires_header":"X-Key-Expires"}"#).as_deref(),
+        Some("x-key-expires"),
+        "lower-case, as Envoy presents header names"
+    );
+    assert_eq!(on(r#"{"expires_header":null}"#), None);
+    assert_eq!(on(r#"{"expires_header":false}"#), None);
+    for doc in [
+        r#"{"expires_header":""}"#,
+        r#"{"expires_header":"bad name"}"#,
+        r#"{"expires_header":"idempotent-replayed"}"#,
+        r#"{"expires_header":true}"#,
+        r#"{"expires_header":7}"#,
+    ] {
+        let e = parse(doc).unwrap_err();
+        assert_eq!(e.field, "expires_header", "{doc}: {}", e.reason);
+    }
+}

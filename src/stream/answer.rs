@@ -3,6 +3,7 @@
 
 use super::{Flow, Phase, Stream};
 use crate::config::ReplayHeaders;
+use crate::expiry;
 use crate::host::{Headers, Host};
 use crate::metrics::Metric;
 use crate::problem::Problem;
@@ -54,7 +55,13 @@ impl LocalReply {
 
     /// What a retry gets from the record of its key's one attempt, at `now_ms`. Stored headers
     /// passed `policy` when kept; filtering again covers records kept before the policy changed.
-    pub fn from_record(record: Record, now_ms: u64, policy: &ReplayHeaders) -> Self {
+    /// A replay says until when its key is honoured under `expires_header`, if set.
+    pub fn from_record(
+        record: Record,
+        now_ms: u64,
+        policy: &ReplayHeaders,
+        expires_header: Option<&str>,
+    ) -> Self {
         match record.outcome {
             Outcome::Replayable(response) => {
                 let mut headers: Headers = response
@@ -62,6 +69,9 @@ impl LocalReply {
                     .into_iter()
                     .filter(|(name, _)| policy.keeps(name))
                     .collect();
+                if let Some(name) = expires_header {
+                    expiry::set_header(&mut headers, name, record.expires_ms);
+                }
                 headers.push((REPLAYED_HEADER.to_string(), b"true".to_vec()));
                 LocalReply {
                     status: response.status,
@@ -98,7 +108,13 @@ impl Stream {
         key: &RecordKey,
         record: Record,
     ) -> Flow {
-        let reply = LocalReply::from_record(record, host.now_ms(), &self.worker.cfg.replay_headers);
+        let cfg = &self.worker.cfg;
+        let reply = LocalReply::from_record(
+            record,
+            host.now_ms(),
+            &cfg.replay_headers,
+            cfg.expires_header.as_deref(),
+        );
         debug!(
             "key {}: answered from its record: {}",
             key.short(),

@@ -97,6 +97,8 @@ enum Phase {
         claim: Claim,
         status: u16,
         headers: Vec<(String, Vec<u8>)>,
+        /// When the record is created: its expiry already left with the response headers.
+        created_ms: u64,
     },
     /// A record or a release is on its way to the key store; the response waits for it. The
     /// write is kept so that the root context can retry it if this stream cannot.

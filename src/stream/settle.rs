@@ -9,6 +9,7 @@
 use super::{Claim, Flow, Phase, Stream};
 use crate::config::UnknownOutcome;
 use crate::deferred::Deferred;
+use crate::expiry;
 use crate::host::{Callout, Host};
 use crate::keystore_client;
 use crate::metrics::Metric;
@@ -57,20 +58,37 @@ impl Stream {
             return self.release(host, claim);
         }
         let headers = storable_headers(headers, &self.worker.cfg.replay_headers);
+        // The record is created as of now: the first answer's headers leave before its body is
+        // kept, and they already carry its expiry.
+        let created_ms = host.now_ms();
+        self.announce_expiry(host, &claim, created_ms);
         if end_of_stream {
             let response = StoredResponse {
                 status,
                 headers,
                 body: Vec::new(),
             };
-            return self.keep(host, claim, Outcome::Replayable(response));
+            return self.keep(host, claim, Outcome::Replayable(response), created_ms);
         }
         self.phase = Phase::Capturing {
             claim,
             status,
             headers,
+            created_ms,
         };
         Flow::Continue
+    }
+
+    /// The first answer of a key that is kept says until when the key is honoured. Observe mode
+    /// changes no answer, so it adds nothing.
+    fn announce_expiry(&self, host: &dyn Host, claim: &Claim, created_ms: u64) {
+        if self.observe {
+            return;
+        }
+        if let Some(name) = &self.worker.cfg.expires_header {
+            let expires_ms = Worker::expires_ms(&claim.rule, created_ms);
+            host.set_response_header(name, expiry::http_date(expires_ms).as_bytes());
+        }
     }
 
     /// The whole response is buffered (`None`: too large to keep).
@@ -79,6 +97,7 @@ impl Stream {
             claim,
             status,
             headers,
+            created_ms,
         } = std::mem::replace(&mut self.phase, Phase::Passthrough)
         else {
             return Flow::Continue;
@@ -98,7 +117,7 @@ impl Stream {
                 Outcome::NotReplayable
             }
         };
-        self.keep(host, claim, outcome)
+        self.keep(host, claim, outcome, created_ms)
     }
 
     /// The attempt may have executed and no complete answer came back.
@@ -115,8 +134,9 @@ impl Stream {
                     "key {}: outcome unknown ({cause:?}); locked, it will not execute again",
                     claim.key.short()
                 );
-                let hold_until_ms = host.now_ms().saturating_add(claim.rule.unknown_hold_ms);
-                self.keep(host, claim, Outcome::Unknown { hold_until_ms })
+                let now = host.now_ms();
+                let hold_until_ms = now.saturating_add(claim.rule.unknown_hold_ms);
+                self.keep(host, claim, Outcome::Unknown { hold_until_ms }, now)
             }
             UnknownOutcome::Release => {
                 warn!(
@@ -128,12 +148,13 @@ impl Stream {
         }
     }
 
-    /// Stores the record in L1, then in the key store, before the client gets the end of the
-    /// response. A stream that is already over hands the key-store write to the root context.
-    fn keep(&mut self, host: &dyn Host, claim: Claim, outcome: Outcome) -> Flow {
+    /// Stores the record (created at `created_ms`) in L1, then in the key store, before the client
+    /// gets the end of the response. A stream that is already over hands the key-store write to
+    /// the root context.
+    fn keep(&mut self, host: &dyn Host, claim: Claim, outcome: Outcome, created_ms: u64) -> Flow {
         self.drop_lease(&claim);
         let now = host.now_ms();
-        let record = Worker::record(&claim.rule, claim.fingerprint, outcome, now);
+        let record = Worker::record(&claim.rule, claim.fingerprint, outcome, created_ms);
         if claim.l1 {
             self.worker
                 .l1_keep(host, &claim.key, claim.owner, &record, now);

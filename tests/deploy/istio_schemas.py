@@ -2,9 +2,15 @@
 
 Written for this project from the field lists of Istio's API reference (istio.io, "Wasm Plugin",
 "Traffic Extension", "Envoy Filter", "Service Entry", "Destination Rule"; the istio/api protos of the
-1.30 line). They cover the fields these manifests may use, with the documented enums, and refuse any
-other field (additionalProperties: false), so a misspelt or misplaced field fails the test. Envoy
-configuration inside an EnvoyFilter patch is checked by Envoy itself (test_deploy.py), not here.
+1.30 line, and the validation rules of its generated CRDs). They cover the fields these manifests may use,
+with the documented enums, and refuse any other field (additionalProperties: false), so a misspelt or
+misplaced field fails the test. Envoy configuration inside an EnvoyFilter patch is checked by Envoy
+itself (test_deploy.py), not here.
+
+targetRefs follow the policy attachment rules of the reference: kind and group of a documented pair
+(Gateway and GatewayClass of gateway.networking.k8s.io; Service of the core group, which only waypoints
+honour; ServiceEntry for WasmPlugin and TrafficExtension), no namespace (cross-namespace references are
+refused), at most 16, and never together with a selector.
 """
 
 STRING = {"type": "string"}
@@ -46,9 +52,42 @@ METADATA = {
 }
 
 WORKLOAD_SELECTOR = obj({"matchLabels": {**STRING_MAP, "minProperties": 1}}, ["matchLabels"])
-POLICY_TARGET_REF = obj(
-    {"group": STRING, "kind": NONEMPTY, "name": NONEMPTY, "namespace": STRING}, ["kind", "name"]
-)
+GROUP = {"type": "string", "maxLength": 253, "pattern": r"^$|^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$"}
+KIND = {"type": "string", "minLength": 1, "maxLength": 63, "pattern": r"^[a-zA-Z]([-a-zA-Z0-9]*[a-zA-Z0-9])?$"}
+GATEWAY_API = "gateway.networking.k8s.io"
+# The (kind, groups) pairs a targetRef may name; an absent group is the core group ("").
+TARGET_GATEWAY = ("Gateway", [GATEWAY_API])
+TARGET_GATEWAY_CLASS = ("GatewayClass", [GATEWAY_API])
+TARGET_SERVICE = ("Service", ["", "core"])
+TARGET_SERVICE_ENTRY = ("ServiceEntry", ["networking.istio.io"])
+
+
+def target_refs(*kinds):
+    """targetRefs naming one of `kinds` ((kind, groups) pairs), in the policy's own namespace."""
+    def attachment(kind, groups):
+        rule = {"properties": {"kind": {"const": kind}, "group": {"enum": groups}}}
+        return rule if "" in groups else {**rule, "required": ["group"]}
+
+    ref = {
+        **obj(
+            {
+                "group": GROUP,
+                "kind": KIND,
+                "name": {"type": "string", "minLength": 1, "maxLength": 253},
+                # "cross namespace referencing is not currently supported"
+                "namespace": {"type": "string", "maxLength": 0},
+            },
+            ["kind", "name"],
+        ),
+        "anyOf": [attachment(kind, groups) for kind, groups in kinds],
+    }
+    return {**array(ref, min_items=1), "maxItems": 16}
+
+
+POLICY_TARGET_REFS = target_refs(TARGET_GATEWAY, TARGET_GATEWAY_CLASS, TARGET_SERVICE, TARGET_SERVICE_ENTRY)
+ENVOY_FILTER_TARGET_REFS = target_refs(TARGET_GATEWAY, TARGET_GATEWAY_CLASS, TARGET_SERVICE)
+# At most one of selector and targetRefs.
+NOT_BOTH_SELECTOR_AND_TARGET_REFS = {"not": {"required": ["selector", "targetRefs"]}}
 PORT_SELECTOR = obj({"number": {"type": "integer", "minimum": 1, "maximum": 65535}}, ["number"])
 TRAFFIC_SELECTOR = obj(
     {
@@ -69,31 +108,34 @@ VM_CONFIG = obj(
     }
 )
 
-WASM_PLUGIN_SPEC = obj(
-    {
-        "selector": WORKLOAD_SELECTOR,
-        "targetRefs": array(POLICY_TARGET_REF),
-        "url": WASM_URL,
-        "sha256": SHA256,
-        "imagePullPolicy": PULL_POLICY,
-        "imagePullSecret": NONEMPTY,
-        "pluginConfig": {"type": "object"},
-        "pluginName": NONEMPTY,
-        "failStrategy": FAIL_STRATEGY,
-        "phase": enum("UNSPECIFIED_PHASE", "AUTHN", "AUTHZ", "STATS"),
-        "priority": INT,
-        "vmConfig": VM_CONFIG,
-        "match": array(TRAFFIC_SELECTOR),
-        "type": PLUGIN_TYPE,
-    },
-    ["url"],
-)
+WASM_PLUGIN_SPEC = {
+    **obj(
+        {
+            "selector": WORKLOAD_SELECTOR,
+            "targetRefs": POLICY_TARGET_REFS,
+            "url": WASM_URL,
+            "sha256": SHA256,
+            "imagePullPolicy": PULL_POLICY,
+            "imagePullSecret": NONEMPTY,
+            "pluginConfig": {"type": "object"},
+            "pluginName": NONEMPTY,
+            "failStrategy": FAIL_STRATEGY,
+            "phase": enum("UNSPECIFIED_PHASE", "AUTHN", "AUTHZ", "STATS"),
+            "priority": INT,
+            "vmConfig": VM_CONFIG,
+            "match": array(TRAFFIC_SELECTOR),
+            "type": PLUGIN_TYPE,
+        },
+        ["url"],
+    ),
+    **NOT_BOTH_SELECTOR_AND_TARGET_REFS,
+}
 
 TRAFFIC_EXTENSION_SPEC = {
     **obj(
         {
             "selector": WORKLOAD_SELECTOR,
-            "targetRefs": array(POLICY_TARGET_REF),
+            "targetRefs": POLICY_TARGET_REFS,
             "phase": enum("UNSPECIFIED", "AUTHN", "AUTHZ", "STATS"),
             "priority": INT,
             "match": array(TRAFFIC_SELECTOR),
@@ -116,70 +158,79 @@ TRAFFIC_EXTENSION_SPEC = {
     ),
     # Exactly one of wasm or lua; at most one of selector or targetRefs.
     "oneOf": [{"required": ["wasm"]}, {"required": ["lua"]}],
-    "not": {"required": ["selector", "targetRefs"]},
+    **NOT_BOTH_SELECTOR_AND_TARGET_REFS,
 }
 
-ENVOY_FILTER_SPEC = obj(
-    {
-        "workloadSelector": obj({"labels": STRING_MAP}),
-        "targetRefs": array(POLICY_TARGET_REF),
-        "priority": INT,
-        "configPatches": array(
-            obj(
-                {
-                    "applyTo": enum(
-                        "LISTENER", "FILTER_CHAIN", "NETWORK_FILTER", "HTTP_FILTER",
-                        "ROUTE_CONFIGURATION", "VIRTUAL_HOST", "HTTP_ROUTE", "CLUSTER",
-                        "EXTENSION_CONFIG", "BOOTSTRAP", "LISTENER_FILTER",
-                    ),
-                    "match": obj(
-                        {
-                            "context": enum("ANY", "SIDECAR_INBOUND", "SIDECAR_OUTBOUND", "GATEWAY", "WAYPOINT"),
-                            "proxy": obj({"proxyVersion": STRING, "metadata": STRING_MAP}),
-                            "listener": obj(
-                                {
-                                    "portNumber": INT,
-                                    "portName": STRING,
-                                    "name": STRING,
-                                    "listenerFilter": STRING,
-                                    "filterChain": obj(
-                                        {
-                                            "name": STRING,
-                                            "sni": STRING,
-                                            "transportProtocol": STRING,
-                                            "applicationProtocols": STRING,
-                                            "destinationPort": INT,
-                                            "filter": obj(
-                                                {"name": NONEMPTY, "subFilter": obj({"name": NONEMPTY})}
-                                            ),
-                                        }
-                                    ),
-                                }
-                            ),
-                            "routeConfiguration": {"type": "object"},
-                            "cluster": obj(
-                                {"portNumber": INT, "service": STRING, "subset": STRING, "name": STRING}
-                            ),
-                        }
-                    ),
-                    "patch": obj(
-                        {
-                            "operation": enum(
-                                "MERGE", "ADD", "REMOVE", "INSERT_BEFORE", "INSERT_AFTER",
-                                "INSERT_FIRST", "REPLACE",
-                            ),
-                            "value": {"type": "object"},
-                            "filterClass": enum("UNSPECIFIED", "AUTHN", "AUTHZ", "STATS"),
-                        },
-                        ["operation"],
-                    ),
-                },
-                ["applyTo", "patch"],
+ENVOY_FILTER_SPEC = {
+    **obj(
+        {
+            "workloadSelector": obj({"labels": STRING_MAP}),
+            "targetRefs": ENVOY_FILTER_TARGET_REFS,
+            "priority": INT,
+            "configPatches": array(
+                obj(
+                    {
+                        "applyTo": enum(
+                            "LISTENER", "FILTER_CHAIN", "NETWORK_FILTER", "HTTP_FILTER",
+                            "ROUTE_CONFIGURATION", "VIRTUAL_HOST", "HTTP_ROUTE", "CLUSTER",
+                            "EXTENSION_CONFIG", "BOOTSTRAP", "LISTENER_FILTER",
+                        ),
+                        "match": obj(
+                            {
+                                "context": enum("ANY", "SIDECAR_INBOUND", "SIDECAR_OUTBOUND", "GATEWAY", "WAYPOINT"),
+                                "proxy": obj({"proxyVersion": STRING, "metadata": STRING_MAP}),
+                                "listener": obj(
+                                    {
+                                        "portNumber": INT,
+                                        "portName": STRING,
+                                        "name": STRING,
+                                        "listenerFilter": STRING,
+                                        "filterChain": obj(
+                                            {
+                                                "name": STRING,
+                                                "sni": STRING,
+                                                "transportProtocol": STRING,
+                                                "applicationProtocols": STRING,
+                                                "destinationPort": INT,
+                                                "filter": obj(
+                                                    {"name": NONEMPTY, "subFilter": obj({"name": NONEMPTY})}
+                                                ),
+                                            }
+                                        ),
+                                    }
+                                ),
+                                "routeConfiguration": {"type": "object"},
+                                "cluster": obj(
+                                    {"portNumber": INT, "service": STRING, "subset": STRING, "name": STRING}
+                                ),
+                                "waypoint": {"type": "object"},
+                            }
+                        ),
+                        "patch": obj(
+                            {
+                                "operation": enum(
+                                    "MERGE", "ADD", "REMOVE", "INSERT_BEFORE", "INSERT_AFTER",
+                                    "INSERT_FIRST", "REPLACE",
+                                ),
+                                "value": {"type": "object"},
+                                "filterClass": enum("UNSPECIFIED", "AUTHN", "AUTHZ", "STATS"),
+                            },
+                            ["operation"],
+                        ),
+                    },
+                    ["applyTo", "patch"],
+                ),
+                min_items=1,
             ),
-            min_items=1,
-        ),
-    },
-    ["configPatches"],
+        },
+        ["configPatches"],
+    ),
+    "not": {"required": ["workloadSelector", "targetRefs"]},
+}
+# A `waypoint` match goes with context WAYPOINT, and context WAYPOINT needs one.
+_WAYPOINT_CONTEXT = {"properties": {"context": {"const": "WAYPOINT"}}, "required": ["context"]}
+ENVOY_FILTER_SPEC["properties"]["configPatches"]["items"]["properties"]["match"].update(
+    {"if": {"required": ["waypoint"]}, "then": _WAYPOINT_CONTEXT, "else": {"not": _WAYPOINT_CONTEXT}}
 )
 
 SERVICE_ENTRY_SPEC = obj(

@@ -78,6 +78,12 @@ def filter_metric_names():
     return {name.replace(".", "_") for name in re.findall(r'=> "(idempotency\.[a-z_]+)"', text)}
 
 
+def observe_metric_names():
+    """The observe-mode twin of every filter counter (`idempotency.observe.<kind>`, defined with the
+    others when the plugin starts), as Prometheus sees it."""
+    return {name.replace("idempotency_", "idempotency_observe_", 1) for name in filter_metric_names()}
+
+
 def keystore_metric_names():
     """The key store's metric families (keystore/src/metrics.rs), with the series a histogram exports."""
     text = (ROOT / "keystore/src/metrics.rs").read_text()

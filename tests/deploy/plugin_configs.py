@@ -1,8 +1,10 @@
 #!/usr/bin/env python3
-"""Every filter configuration shipped in envoy/, deploy/compose/ and deploy/istio/, as JSON.
+"""Every filter configuration shipped in envoy/, deploy/compose/, deploy/istio/ and deploy/envoy-gateway/,
+as JSON.
 
 Prints a JSON array; one entry per Wasm filter configuration found:
-  {"source": "<file>#<document>", "kind": "<Envoy bootstrap|WasmPlugin|TrafficExtension|EnvoyFilter>",
+  {"source": "<file>#<document>",
+   "kind": "<Envoy bootstrap|WasmPlugin|TrafficExtension|EnvoyFilter|EnvoyExtensionPolicy>",
    "allow_on_headers_stop_iteration": bool, "config": "<the filter's JSON configuration>"}
 Used by tests/deploy_artifacts.rs (which parses each with the filter's own Config::parse) and by
 tests/deploy/test_deploy.py (which loads each into Envoy with the built module).
@@ -16,7 +18,7 @@ import yaml
 
 ROOT = Path(__file__).resolve().parents[2]
 WASM_TYPE = "type.googleapis.com/envoy.extensions.filters.http.wasm.v3.Wasm"
-SOURCES = ["envoy/*.yaml", "deploy/compose/*.yaml", "deploy/istio/*.yaml"]
+SOURCES = ["envoy/*.yaml", "deploy/compose/*.yaml", "deploy/istio/*.yaml", "deploy/envoy-gateway/*.yaml"]
 
 
 def wasm_typed_configs(node):
@@ -56,6 +58,11 @@ def collect(root=ROOT):
                 elif kind == "TrafficExtension" and "wasm" in doc["spec"]:
                     out.append({"source": source, "kind": kind, "allow_on_headers_stop_iteration": False,
                                 "config": json.dumps(doc["spec"]["wasm"].get("pluginConfig", {}))})
+                elif kind == "EnvoyExtensionPolicy":
+                    # Envoy Gateway cannot set allow_on_headers_stop_iteration either.
+                    for wasm in doc["spec"].get("wasm", []):
+                        out.append({"source": source, "kind": kind, "allow_on_headers_stop_iteration": False,
+                                    "config": json.dumps(wasm.get("config", {}))})
                 elif kind in ("EnvoyFilter", "Envoy bootstrap"):
                     for tc in wasm_typed_configs(doc):
                         out.append({"source": source, "kind": kind, **envoy_entry(tc)})

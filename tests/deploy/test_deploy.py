@@ -4,7 +4,9 @@
   pluginConfig): `envoy --mode validate` with the built module, so Envoy checks the protos and the filter
   itself parses its config.
 - Kubernetes manifests: kubernetes-validate (strict, Kubernetes 1.30 schemas) for built-in kinds;
-  the Istio kinds against istio_schemas.py; plus the cross-references between them.
+  the Istio kinds against istio_schemas.py, the Gateway API and Envoy Gateway kinds against
+  gateway_schemas.py; plus the cross-references between them. The key-store clusters that the waypoint's
+  EnvoyFilter and Envoy Gateway's EnvoyPatchPolicy add are loaded by Envoy.
 - The OCI image layout of `make oci`: index -> manifest -> config/layer, media types, digests, sizes, and
   the layer's plugin.wasm byte-identical to the built module (read here and by umoci).
 - docker-compose.yaml: `docker-compose config`, services, loopback-only ports, health checks, build
@@ -39,15 +41,22 @@ import yaml
 
 import observability
 import plugin_configs
-from istio_schemas import SCHEMAS
+from gateway_schemas import SCHEMAS as GATEWAY_SCHEMAS
+from istio_schemas import SCHEMAS as ISTIO_SCHEMAS
 
 ROOT = Path(__file__).resolve().parents[2]
 WASM = ROOT / "target/wasm32-wasip1/release/idempotency_filter.wasm"
 OCI = ROOT / "target/oci"
 K8S_VERSION = "1.30.0"
 ISTIO_GROUPS = ("networking.istio.io", "extensions.istio.io", "security.istio.io", "telemetry.istio.io")
+# Kinds outside Kubernetes itself, each checked against a schema of this repository.
+CRD_GROUPS = ISTIO_GROUPS + ("gateway.networking.k8s.io", "gateway.envoyproxy.io")
+SCHEMAS = {**ISTIO_SCHEMAS, **GATEWAY_SCHEMAS}
+MANIFEST_DIRS = ("deploy/kubernetes", "deploy/istio", "deploy/envoy-gateway")
 KEYSTORE_FQDN = "idempotency-keystore.idempotency.svc.cluster.local"
 ISTIO_KEYSTORE_CLUSTER = f"outbound|8081||{KEYSTORE_FQDN}"
+# The key-store cluster that waypoint-keystore-cluster.yaml adds to the waypoint.
+WAYPOINT_KEYSTORE_CLUSTER = "idempotency-keystore"
 WASM_TYPE = plugin_configs.WASM_TYPE
 # What a deployment's environment gives the Wasm VM: stand-ins, as Envoy must load the configs that
 # name these variables ({"env": ...}) without the real secrets.
@@ -66,6 +75,38 @@ def manifests(subdir):
     for path in sorted((ROOT / subdir).glob("*.yaml")):
         for doc in load_docs(path):
             yield path.relative_to(ROOT).as_posix(), doc
+
+
+def all_manifests():
+    for subdir in MANIFEST_DIRS:
+        yield from manifests(subdir)
+
+
+def added_clusters():
+    """(file, cluster) for every Envoy cluster a manifest adds to a proxy: EnvoyFilter CLUSTER patches
+    (ADD) and EnvoyPatchPolicy JSON patches that add a whole Cluster."""
+    for rel, doc in all_manifests():
+        if doc["kind"] == "EnvoyFilter":
+            for patch in doc["spec"]["configPatches"]:
+                if patch["applyTo"] == "CLUSTER" and patch["patch"]["operation"] == "ADD":
+                    yield rel, doc, patch["patch"]["value"]
+        elif doc["kind"] == "EnvoyPatchPolicy":
+            for patch in doc["spec"]["jsonPatches"]:
+                op = patch["operation"]
+                if patch["type"].endswith(".Cluster") and op["op"] == "add" and not op.get("path"):
+                    yield rel, doc, op["value"]
+
+
+def assert_reaches_keystore(test, cluster):
+    """An added key-store cluster: the key store Service, no retries, a connect timeout below the
+    callout timeout (300 ms in every shipped configuration)."""
+    (locality,) = cluster["load_assignment"]["endpoints"]
+    (endpoint,) = locality["lb_endpoints"]
+    address = endpoint["endpoint"]["address"]["socket_address"]
+    test.assertEqual((address["address"], address["port_value"]), (KEYSTORE_FQDN, 8081))
+    test.assertEqual([t["max_retries"] for t in cluster["circuit_breakers"]["thresholds"]], [0],
+                     "callouts never retry")
+    test.assertLess(float(cluster["connect_timeout"].rstrip("s")), 0.3, "below the callout timeout")
 
 
 def envoy_bin():
@@ -244,7 +285,8 @@ class EnvoyConfigs(unittest.TestCase):
 
     def test_istio_filter_configs_load_in_envoy(self):
         """The EnvoyFilter's Wasm config as Envoy receives it (module made local, as the Istio agent does),
-        and every WasmPlugin/TrafficExtension pluginConfig, loaded by Envoy 1.40 into the built filter."""
+        and every WasmPlugin/TrafficExtension pluginConfig and EnvoyExtensionPolicy config, loaded by Envoy
+        1.40 into the built filter."""
         listeners, n = [], 0
         for rel, doc in manifests("deploy/istio"):
             kind = doc["kind"]
@@ -258,10 +300,12 @@ class EnvoyConfigs(unittest.TestCase):
                     listeners.append(listener(f"l{n}", 20000 + n, {"name": "envoy.filters.http.wasm", "typed_config": tc}))
                     n += 1
         for entry in plugin_configs.collect():
-            if entry["kind"] in ("WasmPlugin", "TrafficExtension"):
+            if entry["kind"] in ("WasmPlugin", "TrafficExtension", "EnvoyExtensionPolicy"):
                 listeners.append(listener(f"l{n}", 20000 + n, wasm_filter(entry["config"], False)))
                 n += 1
-        self.assertGreaterEqual(n, 5, "expected the EnvoyFilter and four WasmPlugin/TrafficExtension configs")
+        self.assertGreaterEqual(
+            n, 8, "expected the EnvoyFilter, six WasmPlugin/TrafficExtension and one EnvoyExtensionPolicy configs"
+        )
         bootstrap = {
             "static_resources": {
                 "listeners": listeners,
@@ -269,6 +313,25 @@ class EnvoyConfigs(unittest.TestCase):
             }
         }
         path = Path(self.tmp.name) / "istio-plugin-configs.yaml"
+        path.write_text(yaml.safe_dump(bootstrap))
+        self.run_validations([path])
+
+    def test_added_keystore_clusters_load_in_envoy(self):
+        """The clusters the waypoint's EnvoyFilter and Envoy Gateway's EnvoyPatchPolicy add, as static
+        clusters of one bootstrap (with a stand-in for the Istio agent's SDS cluster they name)."""
+        clusters = [copy.deepcopy(c) for _, _, c in added_clusters()]
+        self.assertEqual(len(clusters), 2, "the waypoint's and Envoy Gateway's key-store clusters")
+        for i, c in enumerate(clusters):
+            c["name"] = f"{c['name']}-{i}"
+            c["load_assignment"]["cluster_name"] = c["name"]
+        sds = static_cluster("sds-grpc", 15010)
+        sds["typed_extension_protocol_options"] = {"envoy.extensions.upstreams.http.v3.HttpProtocolOptions": {
+            "@type": "type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions",
+            "explicit_http_config": {"http2_protocol_options": {}},
+        }}
+        path = Path(self.tmp.name) / "added-clusters.yaml"
+        # SDS needs the node's identity, which the Istio agent gives its Envoy.
+        bootstrap = {"node": {"id": "stand-in", "cluster": "stand-in"}, "static_resources": {"clusters": [sds, *clusters]}}
         path.write_text(yaml.safe_dump(bootstrap))
         self.run_validations([path])
 
@@ -336,25 +399,28 @@ class EnvoyConfigs(unittest.TestCase):
 class KubernetesManifests(unittest.TestCase):
     def test_builtin_kinds_validate_strictly(self):
         seen = 0
-        for rel, doc in list(manifests("deploy/kubernetes")) + list(manifests("deploy/istio")):
-            if doc["apiVersion"].split("/")[0] in ISTIO_GROUPS:
+        for rel, doc in all_manifests():
+            if doc["apiVersion"].split("/")[0] in CRD_GROUPS:
                 continue
             with self.subTest(resource=f"{rel} {doc['kind']}/{doc['metadata']['name']}"):
                 kubernetes_validate.validate(doc, K8S_VERSION, strict=True)
                 seen += 1
-        self.assertGreaterEqual(seen, 8)
+        self.assertGreaterEqual(seen, 9)
 
-    def test_istio_kinds_match_documented_fields(self):
+    def test_crd_kinds_match_documented_fields(self):
         seen = set()
-        for rel, doc in list(manifests("deploy/istio")) + list(manifests("deploy/kubernetes")):
-            if doc["apiVersion"].split("/")[0] not in ISTIO_GROUPS:
+        for rel, doc in all_manifests():
+            if doc["apiVersion"].split("/")[0] not in CRD_GROUPS:
                 continue
             with self.subTest(resource=f"{rel} {doc['kind']}"):
                 schema = SCHEMAS.get(doc["kind"])
-                self.assertIsNotNone(schema, f"{rel}: no schema for Istio kind {doc['kind']}")
+                self.assertIsNotNone(schema, f"{rel}: no schema for kind {doc['kind']}")
                 jsonschema.validate(doc, schema)
                 seen.add(doc["kind"])
-        self.assertEqual(seen, {"WasmPlugin", "TrafficExtension", "EnvoyFilter", "ServiceEntry", "DestinationRule"})
+        self.assertEqual(seen, {
+            "WasmPlugin", "TrafficExtension", "EnvoyFilter", "ServiceEntry", "DestinationRule",
+            "Gateway", "HTTPRoute", "EnvoyExtensionPolicy", "EnvoyPatchPolicy", "EnvoyProxy",
+        })
 
     def test_validators_can_fail(self):
         dep = next(d for _, d in manifests("deploy/kubernetes") if d["kind"] == "Deployment")
@@ -372,6 +438,90 @@ class KubernetesManifests(unittest.TestCase):
         bad["spec"]["pluginConfig"] = bad["spec"]["wasm"].pop("pluginConfig")  # WasmPlugin's place
         with self.assertRaises(jsonschema.ValidationError):
             jsonschema.validate(bad, SCHEMAS["TrafficExtension"])
+
+    def test_crd_schemas_refuse_what_their_apis_refuse(self):
+        """Every kind: a misspelt field fails; and the rules of each API that a manifest could break."""
+        def doc(kind, name=None):
+            return copy.deepcopy(next(d for _, d in all_manifests()
+                                      if d["kind"] == kind and name in (None, d["metadata"]["name"])))
+
+        def refused(bad, why):
+            with self.subTest(kind=bad["kind"], why=why), self.assertRaises(jsonschema.ValidationError):
+                jsonschema.validate(bad, SCHEMAS[bad["kind"]])
+
+        waypoint = "idempotency-payments-waypoint"
+        misspelt = {  # kind: (document name or None for the first, field of spec, misspelling)
+            "WasmPlugin": (waypoint, "targetRefs", "targetRef"),  # the deprecated, hidden singular
+            "TrafficExtension": (waypoint, "targetRefs", "targetRef"),
+            "EnvoyFilter": (None, "configPatches", "configPatch"),
+            "ServiceEntry": (None, "hosts", "host"),
+            "DestinationRule": (None, "trafficPolicy", "trafficPolicies"),
+            "Gateway": (None, "listeners", "listener"),
+            "HTTPRoute": (None, "parentRefs", "parentRef"),
+            "EnvoyExtensionPolicy": (None, "wasm", "wasms"),
+            "EnvoyPatchPolicy": (None, "jsonPatches", "jsonPatch"),
+            "EnvoyProxy": (None, "provider", "providers"),
+        }
+        self.assertEqual(set(misspelt), set(SCHEMAS), "a negative case for every kind")
+        for kind, (name, field, wrong) in misspelt.items():
+            bad = doc(kind, name)
+            bad["spec"][wrong] = bad["spec"].pop(field)
+            refused(bad, f"{field} misspelt {wrong}")
+
+        wp = doc("WasmPlugin", "idempotency-payments-waypoint")
+        both = copy.deepcopy(wp)
+        both["spec"]["selector"] = {"matchLabels": {"app": "payments"}}
+        refused(both, "selector and targetRefs together")
+        for ref, why in [
+            ({"group": "apps", "kind": "Service", "name": "payments"}, "a Service of another group"),
+            ({"kind": "Gateway", "name": "waypoint"}, "a Gateway without its group"),
+            ({"group": "", "kind": "Deployment", "name": "payments"}, "a kind Istio cannot attach to"),
+            ({"group": "", "kind": "Service", "name": "payments", "namespace": "other"}, "another namespace"),
+        ]:
+            bad = copy.deepcopy(wp)
+            bad["spec"]["targetRefs"] = [ref]
+            refused(bad, why)
+        bad = copy.deepcopy(wp)
+        bad["spec"]["targetRefs"] = [{"group": "", "kind": "Service", "name": f"s{i}"} for i in range(17)]
+        refused(bad, "more than 16 targetRefs")
+        te = doc("TrafficExtension", "idempotency-payments-waypoint")
+        te["spec"]["selector"] = {"matchLabels": {"app": "payments"}}
+        refused(te, "TrafficExtension: selector and targetRefs together")
+        ef = doc("EnvoyFilter", "idempotency-keystore-cluster")
+        ef["spec"]["workloadSelector"] = {"labels": {"app": "payments"}}
+        refused(ef, "EnvoyFilter: workloadSelector and targetRefs together")
+        ef = doc("EnvoyFilter", "idempotency-keystore-cluster")
+        ef["spec"]["configPatches"][0]["match"] = {"context": "WAYPOINT"}
+        refused(ef, "EnvoyFilter: context WAYPOINT without a waypoint match")
+
+        gw = doc("Gateway", "waypoint")
+        gw["spec"]["listeners"][0]["port"] = 0
+        refused(gw, "Gateway: port 0")
+        route = doc("HTTPRoute")
+        route["spec"]["rules"][0]["matches"][0]["path"]["type"] = "Prefix"
+        refused(route, "HTTPRoute: path type Prefix (PathPrefix)")
+
+        eep = doc("EnvoyExtensionPolicy")
+        for change, why in [
+            (lambda s: s["targetRefs"][0].update(kind="Service", group=""), "a Service target"),
+            (lambda s: s.update(targetRef=s["targetRefs"][0]), "targetRef and targetRefs together"),
+            (lambda s: s["wasm"][0]["code"].update(type="OCI"), "code type OCI"),
+            (lambda s: s["wasm"][0]["code"].update(type="HTTP"), "type HTTP with an image source"),
+            (lambda s: s["wasm"][0].update(failOpen="false"), "failOpen as a string"),
+            (lambda s: s["wasm"][0]["code"]["image"].update(url="oci://registry.example.com/f:1"), "an oci:// url"),
+        ]:
+            bad = copy.deepcopy(eep)
+            change(bad["spec"])
+            refused(bad, f"EnvoyExtensionPolicy: {why}")
+        epp = doc("EnvoyPatchPolicy")
+        epp["spec"]["jsonPatches"][0]["operation"]["op"] = "merge"
+        refused(epp, "EnvoyPatchPolicy: op merge")
+        epp = doc("EnvoyPatchPolicy")
+        epp["spec"]["targetRef"]["kind"] = "HTTPRoute"
+        refused(epp, "EnvoyPatchPolicy: an HTTPRoute target")
+        proxy = doc("EnvoyProxy")
+        proxy["spec"]["provider"]["type"] = "Docker"
+        refused(proxy, "EnvoyProxy: provider Docker")
 
     def resources(self):
         return {(d["kind"], d["metadata"]["name"]): d for _, d in manifests("deploy/kubernetes")}
@@ -480,20 +630,27 @@ class IstioRollout(unittest.TestCase):
                     self.assertEqual([m["mode"] for m in spec["match"]], ["SERVER"], "inbound only: one pass per request")
                     cfg = wasm["pluginConfig"]
                     self.assertEqual(cfg["headers_mode"], "stream")
-                    self.assertEqual(cfg["keystore"]["cluster"], ISTIO_KEYSTORE_CLUSTER)
+                    # A waypoint has no outbound cluster for the key store: it names the one added for it.
+                    want_cluster = WAYPOINT_KEYSTORE_CLUSTER if "targetRefs" in spec else ISTIO_KEYSTORE_CLUSTER
+                    self.assertEqual(cfg["keystore"]["cluster"], want_cluster)
                     self.assertEqual(cfg["keystore"]["token"], {"env": "IDEMPOTENCY_KEYSTORE_TOKEN"})
                     self.assertEqual(cfg["hmac_secret"], {"env": "IDEMPOTENCY_HMAC_SECRET"})
                     vm_env = {e["name"]: e.get("valueFrom") for e in wasm["vmConfig"]["env"]}
                     self.assertEqual(vm_env, {k: "HOST" for k in STAND_IN_ENV}, "the sidecar's environment fills them")
                     if "selector" in spec:
                         scopes.add((kind, "workload"))
+                    elif "targetRefs" in spec:
+                        scopes.add((kind, "waypoint"))
                     else:
                         self.assertEqual(d["metadata"]["namespace"], "istio-system", "mesh-wide = root namespace")
                         scopes.add((kind, "mesh"))
-        self.assertEqual(scopes, {(k, s) for k in ("WasmPlugin", "TrafficExtension") for s in ("mesh", "workload")})
+        self.assertEqual(
+            scopes, {(k, s) for k in ("WasmPlugin", "TrafficExtension") for s in ("mesh", "workload", "waypoint")}
+        )
 
     def test_envoyfilter_holds_headers(self):
-        (rel, ef), = self.docs("EnvoyFilter")
+        (rel, ef), = [(rel, d) for rel, d in self.docs("EnvoyFilter")
+                      if any(p["applyTo"] == "EXTENSION_CONFIG" for p in d["spec"]["configPatches"])]
         patches = ef["spec"]["configPatches"]
         ext = next(p for p in patches if p["applyTo"] == "EXTENSION_CONFIG")
         http = next(p for p in patches if p["applyTo"] == "HTTP_FILTER")
@@ -512,6 +669,51 @@ class IstioRollout(unittest.TestCase):
         self.assertEqual(http["match"]["listener"]["filterChain"]["filter"]["subFilter"]["name"], "envoy.filters.http.router")
         self.assertIn(WASM_TYPE, http["patch"]["value"]["config_discovery"]["type_urls"])
 
+    def test_waypoint_rollout(self):
+        """The waypoint forms attach to a Service of their namespace that a waypoint of the class
+        istio-waypoint serves; that waypoint's proxy gets both secrets from Secrets and the key-store
+        cluster the pluginConfig names, towards the key store Service with its identity checked."""
+        gateways = {(d["metadata"]["namespace"], d["metadata"]["name"]): d for _, d in self.docs("Gateway")}
+        config_maps = {(d["metadata"]["namespace"], d["metadata"]["name"]): d for _, d in self.docs("ConfigMap")}
+        clusters = {(doc["metadata"]["namespace"], c["name"]): (doc, c)
+                    for rel, doc, c in added_clusters() if rel.startswith("deploy/istio/")}
+        seen = 0
+        for kind in ("WasmPlugin", "TrafficExtension"):
+            for rel, d in self.docs(kind):
+                spec = d["spec"]
+                if "targetRefs" not in spec:
+                    continue
+                with self.subTest(file=rel):
+                    seen += 1
+                    ns = d["metadata"]["namespace"]
+                    self.assertNotIn("selector", spec)
+                    self.assertEqual(spec["targetRefs"], [{"group": "", "kind": "Service", "name": "payments"}])
+                    self.assertEqual([m["mode"] for m in spec["match"]], ["SERVER"], "a waypoint's chain is inbound")
+                    waypoint = gateways[(ns, "waypoint")]
+                    self.assertEqual(waypoint["spec"]["gatewayClassName"], "istio-waypoint")
+                    self.assertEqual(waypoint["metadata"]["labels"]["istio.io/waypoint-for"], "service")
+                    self.assertEqual([(lst["port"], lst["protocol"]) for lst in waypoint["spec"]["listeners"]],
+                                     [(15008, "HBONE")])
+                    ref = waypoint["spec"]["infrastructure"]["parametersRef"]
+                    self.assertEqual((ref["group"], ref["kind"]), ("", "ConfigMap"))
+                    overlay = yaml.safe_load(config_maps[(ns, ref["name"])]["data"]["deployment"])
+                    (proxy,) = overlay["spec"]["template"]["spec"]["containers"]
+                    self.assertEqual(proxy["name"], "istio-proxy")
+                    env = {e["name"]: e["valueFrom"]["secretKeyRef"]["name"] for e in proxy["env"]}
+                    self.assertEqual(env, {"IDEMPOTENCY_HMAC_SECRET": "idempotency-hmac-secret",
+                                           "IDEMPOTENCY_KEYSTORE_TOKEN": "idempotency-keystore-token"})
+                    wasm = spec if kind == "WasmPlugin" else spec["wasm"]
+                    self.assertEqual({e["name"] for e in wasm["vmConfig"]["env"]}, set(env))
+                    ef, cluster = clusters[(ns, wasm["pluginConfig"]["keystore"]["cluster"])]
+                    self.assertEqual(ef["spec"]["targetRefs"],
+                                     [{"group": "gateway.networking.k8s.io", "kind": "Gateway", "name": "waypoint"}])
+                    assert_reaches_keystore(self, cluster)
+                    tls = cluster["transport_socket"]["typed_config"]["common_tls_context"]
+                    sans = tls["combined_validation_context"]["default_validation_context"]["match_typed_subject_alt_names"]
+                    self.assertEqual([s["matcher"]["exact"] for s in sans],
+                                     ["spiffe://cluster.local/ns/idempotency/sa/idempotency-keystore"])
+        self.assertEqual(seen, 2)
+
     def test_external_keystore(self):
         (rel, se), = self.docs("ServiceEntry")
         host = se["spec"]["hosts"][0]
@@ -527,6 +729,46 @@ class IstioRollout(unittest.TestCase):
         # The cluster name the ServiceEntry yields is the one the file documents for pluginConfig.
         port = se["spec"]["ports"][0]["number"]
         self.assertIn(f"outbound|{port}||{host}", (ROOT / rel).read_text())
+
+
+class EnvoyGatewayRollout(unittest.TestCase):
+    """deploy/envoy-gateway/: the policy attaches to a route of a Gateway whose Envoy gets both secrets
+    and the key-store cluster the filter configuration names."""
+
+    def resources(self):
+        return {(d["kind"], d["metadata"]["namespace"], d["metadata"]["name"]): d
+                for _, d in manifests("deploy/envoy-gateway")}
+
+    def test_extension_policy_and_what_it_needs(self):
+        res = self.resources()
+        (policy,) = [d for (kind, _, _), d in res.items() if kind == "EnvoyExtensionPolicy"]
+        ns = policy["metadata"]["namespace"]
+        (target,) = policy["spec"]["targetRefs"]
+        route = res[(target["kind"], ns, target["name"])]
+        self.assertEqual(route["kind"], "HTTPRoute")
+        (parent,) = route["spec"]["parentRefs"]
+        gateway = res[("Gateway", ns, parent["name"])]
+        self.assertEqual(gateway["spec"]["gatewayClassName"], "eg")
+        (wasm,) = policy["spec"]["wasm"]
+        self.assertIs(wasm["failOpen"], False, "a failed VM blocks the route, never skips the filter")
+        self.assertEqual(wasm["code"]["type"], "Image")
+        cfg = wasm["config"]
+        self.assertEqual(cfg["headers_mode"], "stream", "Envoy Gateway cannot hold the request headers")
+        self.assertEqual(cfg["hmac_secret"], {"env": "IDEMPOTENCY_HMAC_SECRET"})
+        self.assertEqual(cfg["keystore"]["token"], {"env": "IDEMPOTENCY_KEYSTORE_TOKEN"})
+        self.assertEqual(set(wasm["env"]["hostKeys"]), set(STAND_IN_ENV))
+        # The Gateway's EnvoyProxy fills those variables from Secrets.
+        ref = gateway["spec"]["infrastructure"]["parametersRef"]
+        proxy = res[(ref["kind"], ns, ref["name"])]
+        env = proxy["spec"]["provider"]["kubernetes"]["envoyDeployment"]["container"]["env"]
+        self.assertEqual({e["name"] for e in env if "secretKeyRef" in e["valueFrom"]}, set(STAND_IN_ENV))
+        # The EnvoyPatchPolicy on that Gateway adds the cluster the configuration names.
+        added = {c["name"]: (doc, c) for rel, doc, c in added_clusters() if rel.startswith("deploy/envoy-gateway/")}
+        patch, cluster = added[cfg["keystore"]["cluster"]]
+        self.assertEqual(patch["spec"]["targetRef"],
+                         {"group": "gateway.networking.k8s.io", "kind": "Gateway", "name": gateway["metadata"]["name"]})
+        self.assertEqual(patch["metadata"]["namespace"], ns, "an EnvoyPatchPolicy acts in its Gateway's namespace")
+        assert_reaches_keystore(self, cluster)
 
 
 class OciImage(unittest.TestCase):
@@ -808,11 +1050,17 @@ class Observability(unittest.TestCase):
         outcomes = next(p for p in dash["panels"] if p["title"].startswith("Outcomes per second"))
         shown = set().union(*(observability.metric_names(t["expr"]) for t in outcomes["targets"]))
         self.assertEqual(shown, observability.filter_metric_names())
+        # The observe-mode panel shows what a rollout decides on (docs/deploy.md, "Rolling out").
+        observe = next(p for p in dash["panels"] if p["title"].startswith("Observe mode"))
+        shown = set().union(*(observability.metric_names(t["expr"]) for t in observe["targets"]))
+        self.assertEqual(shown, {f"idempotency_observe_{k}" for k in (
+            "executed", "replayed", "conflict", "mismatch", "missing_key", "invalid_key", "unauthenticated")})
 
     def test_metric_names_are_defined(self):
         """Every metric a dashboard query or an alert names: a filter counter as Envoy exports it, a key-store
         metric, or one of Envoy's keystore-cluster statistics (which the compose test sees live)."""
-        known = observability.filter_metric_names() | observability.keystore_metric_names()
+        known = (observability.filter_metric_names() | observability.observe_metric_names()
+                 | observability.keystore_metric_names())
         self.assertGreaterEqual(len(observability.filter_metric_names()), 16)
         exprs = [e for _, _, e in observability.dashboard_queries()]
         exprs += [r["expr"] for g in self.rules["groups"] for r in g["rules"]]

@@ -17,7 +17,7 @@ use tokio::sync::watch;
 
 use super::{Backend, BackendError, ClaimOutcome, Fenced, KeyChange, LookupOutcome};
 use crate::protocol::{
-    ClaimRequest, CompleteRequest, Hex64, LookupRequest, ReleaseRequest, RenewRequest,
+    token_or_new, ClaimRequest, CompleteRequest, Hex64, LookupRequest, ReleaseRequest, RenewRequest,
 };
 
 /// Bytes an entry costs besides its key, fingerprint, token and record: the map's and the indexes'
@@ -248,7 +248,7 @@ impl Backend for MemoryBackend {
                 retry_after_ms: millis_left(*until, now),
             }),
             None => {
-                let token = req.token_or_new();
+                let token = token_or_new(req);
                 let entry = Entry {
                     fingerprint: req.fingerprint.clone(),
                     state: State::InFlight {

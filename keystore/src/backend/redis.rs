@@ -29,7 +29,7 @@ use tokio::sync::OnceCell;
 use super::{Backend, BackendError, ClaimOutcome, Fenced, LookupOutcome};
 use crate::config::Config;
 use crate::protocol::{
-    ClaimRequest, CompleteRequest, Hex64, LookupRequest, ReleaseRequest, RenewRequest,
+    token_or_new, ClaimRequest, CompleteRequest, Hex64, LookupRequest, ReleaseRequest, RenewRequest,
 };
 
 /// How Redis servers' certificates are checked on `rediss://`.
@@ -276,7 +276,7 @@ where
 {
     async fn claim(&self, req: &ClaimRequest) -> Result<ClaimOutcome, BackendError> {
         let mut conn = self.connection().await?;
-        let token = req.token_or_new();
+        let token = token_or_new(req);
         let reply: Vec<Vec<u8>> = self
             .claim
             .key(Self::record_key(&req.key))

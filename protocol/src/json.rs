@@ -1,0 +1,314 @@
+//! The JSON body format (`content-type: application/json`), API v1's only one today.
+
+use crate::error::ProtocolError;
+use crate::request::Request;
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+
+/// Parses and validates a request body; the error names the field at fault (`body` when the body
+/// is not a JSON object at all).
+pub fn decode_request<R: Request>(body: &[u8]) -> Result<R, ProtocolError> {
+    if body.trim_ascii_start().first() != Some(&b'{') {
+        return Err(ProtocolError::body("must be a JSON object"));
+    }
+    R::from_wire(decode(body)?)
+}
+
+/// Parses a body into any protocol type, naming the field at fault. Replies are taken as they
+/// come: a reply's consumer decides what else it requires of it.
+pub fn decode<T: DeserializeOwned>(body: &[u8]) -> Result<T, ProtocolError> {
+    let mut de = serde_json::Deserializer::from_slice(body);
+    let value = serde_path_to_error::deserialize(&mut de).map_err(path_error)?;
+    de.end()
+        .map_err(|e| ProtocolError::body(format!("invalid JSON: {e}")))?;
+    Ok(value)
+}
+
+/// Writes a protocol value as JSON.
+pub fn encode<T: Serialize>(value: &T) -> Vec<u8> {
+    // The protocol's types have string keys and no floats, the only things serde_json refuses.
+    serde_json::to_vec(value).unwrap_or_default()
+}
+
+fn path_error(e: serde_path_to_error::Error<serde_json::Error>) -> ProtocolError {
+    let path = e.path().to_string();
+    let inner = e.into_inner();
+    if !inner.is_data() {
+        return ProtocolError::body(format!("invalid JSON: {inner}"));
+    }
+    // The position only repeats what the field name says better.
+    let position = format!(" at line {} column {}", inner.line(), inner.column());
+    let text = inner.to_string();
+    let problem = text.strip_suffix(&position).unwrap_or(&text).to_owned();
+    match path.as_str() {
+        "." | "" => ProtocolError::body(problem),
+        field => ProtocolError::field(field, problem),
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+    use crate::response::{ClaimAnswer, ClaimResponse, ErrorBody, FencedResponse, LookupResponse};
+    use crate::{
+        ClaimRequest, CompleteRequest, Hex64, LookupRequest, ReleaseRequest, RenewRequest,
+        MAX_LEASE_MS, MAX_RETENTION_MS, MAX_WAIT_MS,
+    };
+    use std::fmt::Debug;
+
+    const H: &str = "0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef";
+
+    fn hex() -> Hex64 {
+        Hex64::parse(H).unwrap()
+    }
+
+    /// Encodes, checks the text, decodes and checks the value is back.
+    fn round_trip<R: Request + PartialEq + Debug>(req: R, text: &str) {
+        assert_eq!(String::from_utf8(encode(&req)).unwrap(), text);
+        assert_eq!(decode_request::<R>(text.as_bytes()).unwrap(), req);
+    }
+
+    #[test]
+    fn requests_round_trip_in_their_documented_form() {
+        round_trip(
+            ClaimRequest {
+                key: hex(),
+                fingerprint: hex(),
+                lease_ms: 5,
+                wait_ms: 0,
+                token: None,
+            },
+            &format!(r#"{{"key":"{H}","fingerprint":"{H}","lease_ms":5}}"#),
+        );
+        round_trip(
+            ClaimRequest {
+                key: hex(),
+                fingerprint: hex(),
+                lease_ms: MAX_LEASE_MS,
+                wait_ms: MAX_WAIT_MS,
+                token: Some("t".into()),
+            },
+            &format!(
+                r#"{{"key":"{H}","fingerprint":"{H}","lease_ms":86400000,"wait_ms":60000,"token":"t"}}"#
+            ),
+        );
+        round_trip(
+            LookupRequest {
+                key: hex(),
+                fingerprint: hex(),
+            },
+            &format!(r#"{{"key":"{H}","fingerprint":"{H}"}}"#),
+        );
+        round_trip(
+            CompleteRequest {
+                key: hex(),
+                token: "t".into(),
+                record: b"rec".to_vec(),
+                retention_ms: MAX_RETENTION_MS,
+            },
+            &format!(r#"{{"key":"{H}","token":"t","record":"cmVj","retention_ms":31536000000}}"#),
+        );
+        round_trip(
+            ReleaseRequest {
+                key: hex(),
+                token: "t".into(),
+            },
+            &format!(r#"{{"key":"{H}","token":"t"}}"#),
+        );
+        round_trip(
+            RenewRequest {
+                key: hex(),
+                token: "t".into(),
+                lease_ms: 1,
+            },
+            &format!(r#"{{"key":"{H}","token":"t","lease_ms":1}}"#),
+        );
+        assert_eq!(Hex64::from_bytes(&[0xab; 32]).as_str(), "ab".repeat(32));
+    }
+
+    #[test]
+    fn null_unknown_fields_and_whitespace_are_accepted() {
+        for (wait, expected) in [("null", 0), ("0", 0), ("60000", 60_000)] {
+            let body = format!(
+                r#" {{"key":"{H}","fingerprint":"{H}","lease_ms":5,"wait_ms":{wait},"token":null,"x":[1]}}"#
+            );
+            let c = decode_request::<ClaimRequest>(body.as_bytes()).unwrap();
+            assert_eq!((c.wait_ms, c.token), (expected, None));
+        }
+    }
+
+    #[test]
+    fn errors_name_the_field() {
+        let upper = H.to_uppercase();
+        let claim = |rest: &str| format!(r#"{{"key":"{H}","fingerprint":"{H}"{rest}}}"#);
+        for (body, field) in [
+            (format!(r#"{{"fingerprint":"{H}","lease_ms":5}}"#), "key"),
+            (
+                format!(r#"{{"key":null,"fingerprint":"{H}","lease_ms":5}}"#),
+                "key",
+            ),
+            (
+                format!(r#"{{"key":"{upper}","fingerprint":"{H}","lease_ms":5}}"#),
+                "key",
+            ),
+            (
+                format!(r#"{{"key":7,"fingerprint":"{H}","lease_ms":5}}"#),
+                "key",
+            ),
+            (
+                format!(r#"{{"key":"{H}","fingerprint":"ab","lease_ms":5}}"#),
+                "fingerprint",
+            ),
+            (claim(""), "lease_ms"),
+            (claim(r#","lease_ms":0"#), "lease_ms"),
+            (claim(r#","lease_ms":86400001"#), "lease_ms"),
+            (claim(r#","lease_ms":-5"#), "lease_ms"),
+            (claim(r#","lease_ms":1.5"#), "lease_ms"),
+            (claim(r#","lease_ms":"5""#), "lease_ms"),
+            (claim(r#","lease_ms":5,"wait_ms":60001"#), "wait_ms"),
+            (claim(r#","lease_ms":5,"wait_ms":-1"#), "wait_ms"),
+            (claim(r#","lease_ms":5,"wait_ms":"9""#), "wait_ms"),
+            (claim(r#","lease_ms":5,"token":"""#), "token"),
+            (claim(r#","lease_ms":5,"key":"{H}""#), "body"),
+            ("[1]".to_owned(), "body"),
+            ("{not json".to_owned(), "body"),
+            (claim(r#","lease_ms":5} x"#), "body"),
+        ] {
+            let e = decode_request::<ClaimRequest>(body.as_bytes()).unwrap_err();
+            assert_eq!(e.field, field, "{body}: {e}");
+            assert!(e.to_string().starts_with(&format!("{field}: ")), "{e}");
+        }
+        let e = decode_request::<ClaimRequest>(claim(r#","lease_ms":"5""#).as_bytes()).unwrap_err();
+        assert!(
+            !e.problem.contains("line"),
+            "no position after a field name: {e}"
+        );
+        for (body, field) in [
+            (
+                format!(r#"{{"key":"{H}","token":"t","record":"@@","retention_ms":1}}"#),
+                "record",
+            ),
+            (
+                format!(r#"{{"key":"{H}","token":"t","record":"YQ","retention_ms":1}}"#),
+                "record",
+            ),
+            (
+                format!(r#"{{"key":"{H}","token":"t","record":7,"retention_ms":1}}"#),
+                "record",
+            ),
+            (
+                format!(r#"{{"key":"{H}","token":"t","retention_ms":1}}"#),
+                "record",
+            ),
+            (
+                format!(r#"{{"key":"{H}","record":"YQ==","retention_ms":1}}"#),
+                "token",
+            ),
+            (
+                format!(r#"{{"key":"{H}","token":"t","record":"YQ=="}}"#),
+                "retention_ms",
+            ),
+            (
+                r#"{"token":"t","record":"YQ==","retention_ms":1}"#.to_owned(),
+                "key",
+            ),
+        ] {
+            let e = decode_request::<CompleteRequest>(body.as_bytes()).unwrap_err();
+            assert_eq!(e.field, field, "{body}: {e}");
+        }
+        let e = decode_request::<CompleteRequest>(
+            format!(r#"{{"key":"{H}","token":"t","record":"@@","retention_ms":1}}"#).as_bytes(),
+        )
+        .unwrap_err();
+        assert_eq!(e.to_string(), "record: must be standard padded base64");
+        for (body, field) in [
+            (format!(r#"{{"key":"{H}","token":""}}"#), "token"),
+            (format!(r#"{{"key":"{H}","token":7}}"#), "token"),
+            (
+                format!(r#"{{"key":"{H}","token":"{}"}}"#, "t".repeat(257)),
+                "token",
+            ),
+            (r#"{"token":"t"}"#.to_owned(), "key"),
+            (format!(r#"["{H}","t"]"#), "body"),
+        ] {
+            let e = decode_request::<ReleaseRequest>(body.as_bytes()).unwrap_err();
+            assert_eq!(e.field, field, "{body}: {e}");
+        }
+        for (body, field) in [
+            (format!(r#"{{"key":"{H}","lease_ms":5}}"#), "token"),
+            (format!(r#"{{"key":"{H}","token":"t"}}"#), "lease_ms"),
+            (
+                format!(r#"{{"key":"{H}","token":"t","lease_ms":0}}"#),
+                "lease_ms",
+            ),
+            (r#"{"token":"t","lease_ms":5}"#.to_owned(), "key"),
+            (r#""x""#.to_owned(), "body"),
+        ] {
+            let e = decode_request::<RenewRequest>(body.as_bytes()).unwrap_err();
+            assert_eq!(e.field, field, "{body}: {e}");
+        }
+        let e = decode_request::<LookupRequest>(format!(r#"{{"key":"{H}"}}"#).as_bytes());
+        assert_eq!(e.unwrap_err().to_string(), "fingerprint: missing");
+    }
+
+    #[test]
+    fn responses_round_trip_as_documented() {
+        fn check<T: Serialize + DeserializeOwned + PartialEq + Debug>(value: T, text: &str) {
+            assert_eq!(String::from_utf8(encode(&value)).unwrap(), text);
+            assert_eq!(decode::<T>(text.as_bytes()).unwrap(), value);
+        }
+        let answer = |response, waited| ClaimAnswer { response, waited };
+        check(
+            answer(ClaimResponse::Claimed { token: "t".into() }, false),
+            r#"{"outcome":"claimed","token":"t"}"#,
+        );
+        check(
+            answer(ClaimResponse::InFlight { retry_after_ms: 7 }, false),
+            r#"{"outcome":"in_flight","retry_after_ms":7}"#,
+        );
+        check(
+            answer(
+                ClaimResponse::Completed {
+                    record: b"rec".to_vec(),
+                },
+                true,
+            ),
+            r#"{"outcome":"completed","record":"cmVj","waited":true}"#,
+        );
+        check(
+            answer(ClaimResponse::Mismatch, false),
+            r#"{"outcome":"mismatch"}"#,
+        );
+        check(LookupResponse::Absent, r#"{"outcome":"absent"}"#);
+        check(
+            LookupResponse::Completed { record: vec![] },
+            r#"{"outcome":"completed","record":""}"#,
+        );
+        check(FencedResponse::Stored, r#"{"outcome":"stored"}"#);
+        check(FencedResponse::Released, r#"{"outcome":"released"}"#);
+        check(FencedResponse::Renewed, r#"{"outcome":"renewed"}"#);
+        check(FencedResponse::Stale, r#"{"outcome":"stale"}"#);
+        check(
+            ErrorBody {
+                error: "key: missing".into(),
+            },
+            r#"{"error":"key: missing"}"#,
+        );
+    }
+
+    #[test]
+    fn malformed_replies_are_errors() {
+        for body in [
+            &br#"{"outcome":"claimed"}"#[..],
+            br#"{"outcome":"completed","record":"%%%"}"#,
+            br#"{"outcome":"weird"}"#,
+            br#"{"outcome":"in_flight","retry_after_ms":-1}"#,
+            b"<html>oops</html>",
+            b"",
+        ] {
+            assert!(decode::<ClaimAnswer>(body).is_err(), "{body:?}");
+        }
+        assert!(decode::<FencedResponse>(br#"{"outcome":"claimed","token":"t"}"#).is_err());
+    }
+}

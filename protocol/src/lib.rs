@@ -1,0 +1,28 @@
+//! The key-store API v1 (README, "Key-store API"), written once for both of its ends: the filter
+//! that sends requests and reads replies, and the key store that does the reverse.
+//!
+//! Modules: [`limits`] (the bounds the key store enforces), [`error`] (a malformed message, naming
+//! its field), [`hex64`] (keys and fingerprints), [`request`] (the five requests, validated),
+//! [`wire`] (their serde shape before validation), [`response`] (the replies and the error body),
+//! [`record_bytes`] (how a record's bytes are written), [`json`] (the JSON body format).
+//!
+//! The types are encoding-neutral: they hold decoded values (bytes, not base64; numbers, not
+//! text), and a body format is a module that maps bytes to and from them, validating on the way
+//! in with [`Request::from_wire`]. [`json`] is the only body format today.
+
+pub mod error;
+pub mod hex64;
+pub mod json;
+pub mod limits;
+pub mod record_bytes;
+pub mod request;
+pub mod response;
+pub mod wire;
+
+pub use error::ProtocolError;
+pub use hex64::Hex64;
+pub use limits::{MAX_LEASE_MS, MAX_RETENTION_MS, MAX_TOKEN_LEN, MAX_WAIT_MS};
+pub use request::{
+    ClaimRequest, CompleteRequest, LookupRequest, ReleaseRequest, RenewRequest, Request,
+};
+pub use response::{ClaimAnswer, ClaimResponse, ErrorBody, FencedResponse, LookupResponse};

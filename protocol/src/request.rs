@@ -1,0 +1,175 @@
+//! The five requests of API v1, validated: a value of these types is a request the key store
+//! accepts. They serialize to their wire form directly; they deserialize through [`crate::wire`]
+//! and [`Request::from_wire`], which names the field at fault.
+
+use crate::error::ProtocolError;
+use crate::hex64::Hex64;
+use crate::limits::{MAX_LEASE_MS, MAX_RETENTION_MS, MAX_TOKEN_LEN, MAX_WAIT_MS};
+use crate::wire;
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+
+/// A request body: its unvalidated shape, and the validation that turns one into the other.
+pub trait Request: Serialize + Sized {
+    /// The serde shape of the body before validation.
+    type Wire: DeserializeOwned;
+
+    /// Validates a body; the error names the first field at fault.
+    fn from_wire(wire: Self::Wire) -> Result<Self, ProtocolError>;
+}
+
+/// `POST /v1/claim`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct ClaimRequest {
+    pub key: Hex64,
+    pub fingerprint: Hex64,
+    pub lease_ms: u64,
+    /// How long to hold the request while the key is in flight with this fingerprint (0: answer
+    /// at once, and the field is left out).
+    #[serde(skip_serializing_if = "is_zero")]
+    pub wait_ms: u64,
+    /// The fencing token the caller proposes for the claim, if any (else the key store makes one).
+    /// A caller that knows its token before the answer can release a claim whose answer it lost.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub token: Option<String>,
+}
+
+/// `POST /v1/lookup`: what a key holds, changing nothing (a filter looking for a record stored
+/// under a secret it has since rotated away from).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct LookupRequest {
+    pub key: Hex64,
+    pub fingerprint: Hex64,
+}
+
+/// `POST /v1/complete`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct CompleteRequest {
+    pub key: Hex64,
+    pub token: String,
+    /// The record, opaque to the key store (base64 in JSON).
+    #[serde(with = "crate::record_bytes")]
+    pub record: Vec<u8>,
+    pub retention_ms: u64,
+}
+
+/// `POST /v1/release`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct ReleaseRequest {
+    pub key: Hex64,
+    pub token: String,
+}
+
+/// `POST /v1/renew`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct RenewRequest {
+    pub key: Hex64,
+    pub token: String,
+    /// The new lease, counted from the renewal.
+    pub lease_ms: u64,
+}
+
+impl Request for ClaimRequest {
+    type Wire = wire::Claim;
+
+    fn from_wire(w: wire::Claim) -> Result<Self, ProtocolError> {
+        Ok(Self {
+            key: hex64(w.key, "key")?,
+            fingerprint: hex64(w.fingerprint, "fingerprint")?,
+            lease_ms: millis(w.lease_ms, "lease_ms", MAX_LEASE_MS)?,
+            wait_ms: optional_millis(w.wait_ms, "wait_ms", MAX_WAIT_MS)?,
+            token: w.token.map(|t| token(Some(t))).transpose()?,
+        })
+    }
+}
+
+impl Request for LookupRequest {
+    type Wire = wire::Lookup;
+
+    fn from_wire(w: wire::Lookup) -> Result<Self, ProtocolError> {
+        Ok(Self {
+            key: hex64(w.key, "key")?,
+            fingerprint: hex64(w.fingerprint, "fingerprint")?,
+        })
+    }
+}
+
+impl Request for CompleteRequest {
+    type Wire = wire::Complete;
+
+    fn from_wire(w: wire::Complete) -> Result<Self, ProtocolError> {
+        Ok(Self {
+            key: hex64(w.key, "key")?,
+            token: token(w.token)?,
+            record: w
+                .record
+                .ok_or_else(|| ProtocolError::field("record", "missing"))?,
+            retention_ms: millis(w.retention_ms, "retention_ms", MAX_RETENTION_MS)?,
+        })
+    }
+}
+
+impl Request for ReleaseRequest {
+    type Wire = wire::Release;
+
+    fn from_wire(w: wire::Release) -> Result<Self, ProtocolError> {
+        Ok(Self {
+            key: hex64(w.key, "key")?,
+            token: token(w.token)?,
+        })
+    }
+}
+
+impl Request for RenewRequest {
+    type Wire = wire::Renew;
+
+    fn from_wire(w: wire::Renew) -> Result<Self, ProtocolError> {
+        Ok(Self {
+            key: hex64(w.key, "key")?,
+            token: token(w.token)?,
+            lease_ms: millis(w.lease_ms, "lease_ms", MAX_LEASE_MS)?,
+        })
+    }
+}
+
+fn is_zero(n: &u64) -> bool {
+    *n == 0
+}
+
+fn required<T>(value: Option<T>, name: &str) -> Result<T, ProtocolError> {
+    value.ok_or_else(|| ProtocolError::field(name, "missing"))
+}
+
+fn hex64(value: Option<String>, name: &str) -> Result<Hex64, ProtocolError> {
+    Hex64::parse(&required(value, name)?)
+        .ok_or_else(|| ProtocolError::field(name, "must be 64 lowercase hex characters"))
+}
+
+fn token(value: Option<String>) -> Result<String, ProtocolError> {
+    let t = required(value, "token")?;
+    if t.is_empty() || t.len() > MAX_TOKEN_LEN {
+        return Err(ProtocolError::field(
+            "token",
+            format!("must be 1 to {MAX_TOKEN_LEN} characters"),
+        ));
+    }
+    Ok(t)
+}
+
+fn millis(value: Option<u64>, name: &str, max: u64) -> Result<u64, ProtocolError> {
+    Some(required(value, name)?)
+        .filter(|n| (1..=max).contains(n))
+        .ok_or_else(|| ProtocolError::field(name, format!("must be an integer from 1 to {max}")))
+}
+
+/// An optional duration: absent or null is 0, which means "not at all".
+fn optional_millis(value: Option<u64>, name: &str, max: u64) -> Result<u64, ProtocolError> {
+    match value {
+        None => Ok(0),
+        Some(n) if n <= max => Ok(n),
+        Some(_) => Err(ProtocolError::field(
+            name,
+            format!("must be an integer from 0 to {max}"),
+        )),
+    }
+}

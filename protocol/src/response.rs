@@ -1,0 +1,68 @@
+//! The replies of API v1: a JSON object whose `outcome` names the case, and the error body of
+//! every non-2xx answer the key store makes itself.
+
+use serde::{Deserialize, Serialize};
+
+/// Answer to a claim.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "outcome", rename_all = "snake_case")]
+pub enum ClaimResponse {
+    /// The caller holds the key until the lease ends, with this fencing token.
+    Claimed { token: String },
+    /// Another claim with this fingerprint holds the key.
+    InFlight { retry_after_ms: u64 },
+    /// The key's record (base64 in JSON).
+    Completed {
+        #[serde(with = "crate::record_bytes")]
+        record: Vec<u8>,
+    },
+    /// The key is claimed or completed with another fingerprint.
+    Mismatch,
+}
+
+/// The body of a claim's 200: the answer, and whether the key store held the request before
+/// giving it (`waited`, present only when true), for the caller's wait metrics.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ClaimAnswer {
+    #[serde(flatten)]
+    pub response: ClaimResponse,
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub waited: bool,
+}
+
+/// Answer to a lookup.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "outcome", rename_all = "snake_case")]
+pub enum LookupResponse {
+    Absent,
+    InFlight {
+        retry_after_ms: u64,
+    },
+    Completed {
+        #[serde(with = "crate::record_bytes")]
+        record: Vec<u8>,
+    },
+    Mismatch,
+}
+
+/// Answer to a complete, release or renew; `Stale` goes out with 409.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "outcome", rename_all = "snake_case")]
+pub enum FencedResponse {
+    Stored,
+    Released,
+    Renewed,
+    /// The token is no longer the current claim's: its lease ended, and someone may have taken
+    /// the key over.
+    Stale,
+}
+
+/// The body of an error the key store answers itself (400, 401, 413, 503).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ErrorBody {
+    pub error: String,
+}
+
+fn is_false(b: &bool) -> bool {
+    !*b
+}
