@@ -74,7 +74,7 @@ chaos: setup
 	$(CARGO) build --release -p payments-demo -p idempotency-keystore
 	scripts/compose-test.sh --no-story --chaos $(CHAOS_SECONDS)
 
-## bench: the benchmark (bench/README.md): release builds, then about 5 minutes of load on loopback;
+## bench: the benchmark (bench/README.md): release builds, then about 7 minutes of load on loopback;
 ## prints the table and writes bench/results/latest.{md,json}. Not part of `make test`.
 bench: setup
 	$(CARGO) build --release --target wasm32-wasip1

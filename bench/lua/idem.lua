@@ -1,5 +1,6 @@
 -- wrk script for the idempotency benchmark (bench/run.py passes the arguments after `--`).
---   wrk ... -s bench/lua/idem.lua <url> -- <method> <path> <mode> <n> <prefix>
+--   wrk ... -s bench/lua/idem.lua <url> -- <method> <path> <mode> <n> <prefix> [<upstream delay ms>]
+-- (a delay above 0 is sent as payments-demo's `x-demo-delay-ms`: a slow upstream, whose claims renew)
 -- mode:
 --   none   no Idempotency-Key header (baselines, not-covered requests)
 --   fresh  a new key per request: <prefix>-<thread>-<counter>
@@ -34,6 +35,8 @@ function init(args)
       ["content-type"] = "application/json",
       ["authorization"] = "Bearer bench-caller",
    }
+   local upstream_delay = tonumber(args[6] or "0") or 0
+   if upstream_delay > 0 then base_headers["x-demo-delay-ms"] = tostring(upstream_delay) end
    if mode == "cycle" then
       -- spread the threads over the key ring so they do not walk it in lock step
       counter = ((tid or 1) - 1) * math.floor(n / 2)

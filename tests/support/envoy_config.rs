@@ -194,6 +194,8 @@ impl EnvoyOptions {
         let mut clusters = cluster_yaml("payments", self.upstream_port);
         if let Some(port) = self.keystore_port {
             clusters.push_str(&cluster_yaml("keystore", port));
+            // As every shipped config: one multiplexed HTTP/2 connection (h2c) to the key store.
+            clusters.push_str(KEYSTORE_HTTP2);
         }
         format!(
             r#"admin:
@@ -231,6 +233,14 @@ static_resources:
         )
     }
 }
+
+/// Appended to the `keystore` cluster: HTTP/2 with prior knowledge, as in `envoy/*.yaml`.
+const KEYSTORE_HTTP2: &str = r#"
+    typed_extension_protocol_options:
+      envoy.extensions.upstreams.http.v3.HttpProtocolOptions:
+        "@type": type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions
+        explicit_http_config:
+          http2_protocol_options: {}"#;
 
 fn cluster_yaml(name: &str, port: u16) -> String {
     format!(

@@ -43,6 +43,26 @@ async fn binary_listens_authenticates_and_stops_on_sigterm() {
         .await
         .unwrap();
     assert_eq!(resp.status(), StatusCode::OK);
+    assert_eq!(resp.version(), reqwest::Version::HTTP_11);
+    // Envoy reaches the key store over one multiplexed HTTP/2 connection (h2c, prior knowledge);
+    // HTTP/1.1 (above) keeps working for curl and the tests.
+    let h2c = reqwest::Client::builder()
+        .http2_prior_knowledge()
+        .build()
+        .unwrap();
+    let mut fresh = claim.clone();
+    fresh["key"] = "e".repeat(64).into();
+    let resp = h2c
+        .post(format!("{base}/v1/claim"))
+        .bearer_auth("tok")
+        .json(&fresh)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.version(), reqwest::Version::HTTP_2);
+    assert_eq!(resp.status(), StatusCode::OK);
+    let answer: serde_json::Value = resp.json().await.unwrap();
+    assert_eq!(answer["outcome"], "claimed", "{answer}");
     let status = http
         .get(format!("{base}/readyz"))
         .send()
