@@ -10,9 +10,11 @@ async fn key_store_slow_erring_garbled_or_cut() {
     let fake = FakeKeystore::start().await;
     let upstream = Upstream::start().await;
     let closed = EnvoyOptions::with_filter(upstream.port, plugin("fail_closed", 300, 30_000))
-        .keystore(fake.port);
+        .keystore(fake.port)
+        .keystore_over_http1();
     let open = EnvoyOptions::with_filter(upstream.port, plugin("fail_open", 300, 30_000))
-        .keystore(fake.port);
+        .keystore(fake.port)
+        .keystore_over_http1();
     let (mut closed, mut open) = tokio::join!(Envoy::start(&closed), Envoy::start(&open));
     let http = client();
     let body = r#"{"amount":1}"#;

@@ -47,7 +47,9 @@ async fn callouts_carry_only_keyed_hashes() {
     let fake = FakeKeystore::start().await;
     let upstream = Upstream::start().await;
     let envoy = Envoy::start(
-        &EnvoyOptions::with_filter(upstream.port, plugin(Some("ks-token"))).keystore(fake.port),
+        &EnvoyOptions::with_filter(upstream.port, plugin(Some("ks-token")))
+            .keystore(fake.port)
+            .keystore_over_http1(),
     )
     .await;
     let http = client();

@@ -47,6 +47,9 @@ pub struct EnvoyOptions {
     pub upstream_port: u16,
     /// Port of the key store (cluster `keystore`), if any.
     pub keystore_port: Option<u16>,
+    /// The `keystore` cluster speaks HTTP/2 (h2c), as the shipped configs do; false: HTTP/1.1, for
+    /// stand-ins that speak only that.
+    pub keystore_http2: bool,
     /// The filter's JSON configuration; `None` runs Envoy without the filter.
     pub plugin: Option<String>,
     /// The route's timeout; `None`: 20 s.
@@ -72,6 +75,7 @@ impl EnvoyOptions {
         EnvoyOptions {
             upstream_port,
             keystore_port: None,
+            keystore_http2: true,
             plugin: Some(plugin.into()),
             route_timeout: None,
             extra_args: Vec::new(),
@@ -109,6 +113,12 @@ impl EnvoyOptions {
     /// Adds an Envoy command-line argument.
     pub fn envoy_arg(mut self, arg: impl Into<String>) -> EnvoyOptions {
         self.extra_args.push(arg.into());
+        self
+    }
+
+    /// Keeps the `keystore` cluster on HTTP/1.1 (a stand-in key store that speaks only that).
+    pub fn keystore_over_http1(mut self) -> EnvoyOptions {
+        self.keystore_http2 = false;
         self
     }
 
@@ -195,7 +205,9 @@ impl EnvoyOptions {
         if let Some(port) = self.keystore_port {
             clusters.push_str(&cluster_yaml("keystore", port));
             // As every shipped config: one multiplexed HTTP/2 connection (h2c) to the key store.
-            clusters.push_str(KEYSTORE_HTTP2);
+            if self.keystore_http2 {
+                clusters.push_str(KEYSTORE_HTTP2);
+            }
         }
         format!(
             r#"admin:
