@@ -27,8 +27,4 @@ pub mod worker;
 mod adapter;
 
 #[cfg(test)]
-mod stream_props;
-#[cfg(test)]
-mod stream_tests;
-#[cfg(test)]
 mod testing;

@@ -18,7 +18,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use serde_json::json;
-use support::killable::{KeystoreProcess, StoreBackend};
+use support::keystore::{KeystoreProcess, StoreBackend};
 use support::slow_link::SlowLink;
 use support::*;
 use tokio::io::AsyncWriteExt;
@@ -112,12 +112,8 @@ async fn streams_abandoned_mid_claim_leave_envoy_memory_flat() {
     );
     // Every claim takes 5 ms to reach the key store: the clients are gone before its answer.
     let link = SlowLink::start(keystore.port, Duration::from_millis(5)).await;
-    let plugin = json!({
-        "routes": [{"exact": "/payments", "methods": ["POST"], "required": true}],
-        "hmac_secret": "abandoned-e2e-secret-0123456789abcdef0123456789abcdef",
-        "keystore": {"cluster": "keystore", "timeout_ms": 1000},
-    })
-    .to_string();
+    let plugin = Plugin::payments("abandoned-e2e-secret-0123456789abcdef0123456789abcdef")
+        .keystore(1000, None);
     let mut envoy =
         Envoy::start(&EnvoyOptions::with_filter(upstream.port, plugin).keystore(link.port)).await;
     // 1,000 keys, reused: the same keys are claimed and released over and over.

@@ -15,7 +15,7 @@ mod support;
 use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
-use support::killable::{KeystoreProcess, StoreBackend};
+use support::keystore::{KeystoreProcess, StoreBackend};
 use support::mesh::{Mesh, MeshOptions};
 use support::*;
 
@@ -31,15 +31,14 @@ fn plugin(extra: Value, keystore: bool) -> String {
         }),
         &extra,
     );
-    let mut cfg = json!({
-        "routes": [serde_json::from_str::<Value>(&rule).unwrap()],
-        "hmac_secret": "detached-e2e-secret-0123456789abcdef0123456789abcdef",
-        "max_response_bytes": 1 << 20,
-    });
+    let plugin = Plugin::signed("detached-e2e-secret-0123456789abcdef0123456789abcdef")
+        .set("routes", json!([rule]))
+        .set("max_response_bytes", 1 << 20);
     if keystore {
-        cfg["keystore"] = json!({"cluster": "keystore", "timeout_ms": 1000, "token": TOKEN});
+        plugin.keystore(1000, Some(TOKEN)).json()
+    } else {
+        plugin.json()
     }
-    cfg.to_string()
 }
 
 async fn mesh(plugin: String) -> Mesh {
@@ -80,25 +79,11 @@ async fn a_client_that_timed_out_retries_and_gets_the_one_result_on_either_gatew
     let http = client();
     // The retry arrives while the upstream still works: it waits, then gets the result.
     let started = Instant::now();
-    let retry_a = send(post_payment(
-        &http,
-        &mesh.a,
-        "Bearer alice",
-        Some(&key),
-        body,
-    ))
-    .await;
+    let retry_a = send_payment(&http, &mesh.a, "Bearer alice", Some(&key), body).await;
     assert_eq!(retry_a.status, 201, "{}", retry_a.describe());
     assert!(retry_a.replayed(), "{}", retry_a.describe());
     assert!(started.elapsed() < Duration::from_secs(4));
-    let retry_b = send(post_payment(
-        &http,
-        &mesh.b,
-        "Bearer alice",
-        Some(&key),
-        body,
-    ))
-    .await;
+    let retry_b = send_payment(&http, &mesh.b, "Bearer alice", Some(&key), body).await;
     assert_eq!(retry_b.status, 201, "{}", retry_b.describe());
     assert!(retry_b.replayed());
     assert_eq!(retry_a.body, retry_b.body);
@@ -177,14 +162,7 @@ async fn a_wait_shorter_than_the_upstream_ends_in_409() {
     ));
     mesh.upstream.wait_post_requests(1).await;
     let started = Instant::now();
-    let dup = send(post_payment(
-        &http,
-        &mesh.b,
-        "Bearer alice",
-        Some(&key),
-        body,
-    ))
-    .await;
+    let dup = send_payment(&http, &mesh.b, "Bearer alice", Some(&key), body).await;
     assert_problem(&dup, 409);
     let waited = started.elapsed();
     assert!(
@@ -208,28 +186,14 @@ async fn detached_failures_follow_the_unknown_outcome_and_release_rules() {
 
     // Upstream down: never sent, released; the retry executes once the upstream is up.
     let (key, body) = (new_key(), r#"{"amount":203}"#);
-    let down = send(post_payment(
-        &http,
-        &envoy,
-        "Bearer alice",
-        Some(&key),
-        body,
-    ))
-    .await;
+    let down = send_payment(&http, &envoy, "Bearer alice", Some(&key), body).await;
     let problem = assert_problem(&down, 503);
     assert!(problem["type"]
         .as_str()
         .unwrap()
         .ends_with("upstream-unavailable"));
     let upstream = Upstream::start_at(port).await;
-    let up = send(post_payment(
-        &http,
-        &envoy,
-        "Bearer alice",
-        Some(&key),
-        body,
-    ))
-    .await;
+    let up = send_payment(&http, &envoy, "Bearer alice", Some(&key), body).await;
     assert_eq!(up.status, 201, "{}", up.describe());
     assert!(!up.replayed());
 
@@ -241,14 +205,7 @@ async fn detached_failures_follow_the_unknown_outcome_and_release_rules() {
     )
     .await;
     assert_problem(&slow, 504);
-    let retry = send(post_payment(
-        &http,
-        &envoy,
-        "Bearer alice",
-        Some(&key),
-        body,
-    ))
-    .await;
+    let retry = send_payment(&http, &envoy, "Bearer alice", Some(&key), body).await;
     assert_problem(&retry, 409);
 
     // The upstream resets after the work: 502, locked.
@@ -260,14 +217,7 @@ async fn detached_failures_follow_the_unknown_outcome_and_release_rules() {
     .await;
     assert_problem(&reset, 502);
     tokio::time::sleep(Duration::from_millis(1600)).await;
-    let after = send(post_payment(
-        &http,
-        &envoy,
-        "Bearer alice",
-        Some(&key),
-        body,
-    ))
-    .await;
+    let after = send_payment(&http, &envoy, "Bearer alice", Some(&key), body).await;
     let problem = assert_problem(&after, 410);
     assert!(problem["type"]
         .as_str()

@@ -13,17 +13,13 @@ mod support;
 
 use std::time::Duration;
 
-use serde_json::json;
 use support::*;
 
 fn plugin(mode: &str) -> String {
-    json!({
-        "mode": mode,
-        "routes": [{"exact": "/payments", "methods": ["POST"], "required": true}],
-        "hmac_secret": "observe-e2e-secret-0123456789abcdef0123456789abcdef",
-        "max_body_bytes": 1024,
-    })
-    .to_string()
+    Plugin::payments("observe-e2e-secret-0123456789abcdef0123456789abcdef")
+        .set("mode", mode)
+        .set("max_body_bytes", 1024)
+        .json()
 }
 
 /// One round of traffic: (what, status) for each request, in order.

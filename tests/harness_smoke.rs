@@ -22,27 +22,13 @@ async fn envoy_without_filter_proxies_to_payments() {
     .await;
 
     let http = client();
-    let created = send(post_payment(
-        &http,
-        &envoy,
-        "alice",
-        Some(&new_key()),
-        r#"{"amount":1}"#,
-    ))
-    .await;
+    let created = send_payment(&http, &envoy, "alice", Some(&new_key()), r#"{"amount":1}"#).await;
     assert_eq!(created.status, 201, "{}", created.describe());
     assert_eq!(created.json()["request"]["amount"], 1);
     assert!(!created.replayed());
 
     // h2c through Envoy (codec AUTO), plain and with request trailers.
-    let h2 = send(post_payment(
-        &h2c_client(),
-        &envoy,
-        "alice",
-        None,
-        r#"{"amount":2}"#,
-    ))
-    .await;
+    let h2 = send_payment(&h2c_client(), &envoy, "alice", None, r#"{"amount":2}"#).await;
     assert_eq!(h2.status, 201, "{}", h2.describe());
     let trailers = h2c_with_trailers(
         envoy.port,

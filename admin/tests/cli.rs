@@ -11,17 +11,17 @@
     clippy::indexing_slicing
 )]
 
-use std::io::{BufRead, BufReader, Read, Write};
-use std::net::{TcpListener, TcpStream};
+use std::io::{BufRead, BufReader};
 use std::path::PathBuf;
 use std::process::{Child, Command, Output, Stdio};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{SystemTime, UNIX_EPOCH};
 
 use idempotency_filter::config::{Config, KeystoreConfig};
 use idempotency_filter::fingerprint::Fingerprinter;
 use idempotency_filter::keystore_client;
 use idempotency_filter::record::{Outcome, Record, StoredResponse};
 use idempotency_filter::scope::{Caller, RecordKey};
+use idempotency_testkit::redis::RedisServer;
 use serde_json::Value;
 
 const CURRENT: &str = "current-secret-0123456789abcdef0123456789";
@@ -46,14 +46,6 @@ fn now_ms() -> u64 {
         .as_millis() as u64
 }
 
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
 /// A binary of the workspace, next to this test's own.
 fn workspace_bin(name: &str) -> PathBuf {
     let admin = PathBuf::from(env!("CARGO_BIN_EXE_idempotency-admin"));
@@ -76,63 +68,11 @@ impl Drop for Proc {
     }
 }
 
-/// A `redis-server` on a free port, ready (answers PING).
-struct Redis {
-    _proc: Proc,
-    port: u16,
-    _dir: tempfile::TempDir,
-}
-
-impl Redis {
-    fn start() -> Redis {
-        let dir = tempfile::tempdir().unwrap();
-        let port = free_port();
-        let child = Command::new("redis-server")
-            .args([
-                "--port",
-                &port.to_string(),
-                "--bind",
-                "127.0.0.1",
-                "--save",
-                "",
-            ])
-            .arg("--dir")
-            .arg(dir.path())
-            .stdout(Stdio::null())
-            .spawn()
-            .expect("redis-server is not installed (apt-get install -y redis-server)");
-        let redis = Redis {
-            _proc: Proc(child),
-            port,
-            _dir: dir,
-        };
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while !redis.pong() {
-            assert!(
-                Instant::now() < deadline,
-                "redis-server did not answer PING"
-            );
-            std::thread::sleep(Duration::from_millis(10));
-        }
-        redis
-    }
-
-    fn pong(&self) -> bool {
-        let Ok(mut s) = TcpStream::connect(("127.0.0.1", self.port)) else {
-            return false;
-        };
-        let mut buf = [0u8; 16];
-        s.write_all(b"PING\r\n").is_ok()
-            && s.read(&mut buf)
-                .is_ok_and(|n| buf[..n].starts_with(b"+PONG"))
-    }
-}
-
 /// The key store process, with a /v1 token and optionally an admin token.
 struct Keystore {
     _proc: Proc,
     base: String,
-    _redis: Option<Redis>,
+    _redis: Option<RedisServer>,
 }
 
 #[derive(Clone, Copy, Debug)]
@@ -154,9 +94,9 @@ impl Keystore {
         let redis = match backend {
             Backend::Memory => None,
             Backend::Redis => {
-                let redis = Redis::start();
+                let redis = RedisServer::start(&[]);
                 cmd.args(["--backend", "redis", "--redis-url"])
-                    .arg(format!("redis://127.0.0.1:{}", redis.port));
+                    .arg(redis.url());
                 Some(redis)
             }
         };

@@ -17,6 +17,9 @@ mod rotation;
 mod settle;
 mod verify;
 
+#[cfg(test)]
+mod tests;
+
 use crate::config::{HeadersMode, InFlight, Mode, RouteRule};
 use crate::deferred::Deferred;
 use crate::fingerprint::{Fingerprint, Fingerprinter};

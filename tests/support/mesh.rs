@@ -1,16 +1,22 @@
-//! Two gateways sharing one key store, in front of one upstream: the topology of the mesh-wide
-//! tests. Gateway `a` can reach the key store over a slow link.
+//! Two gateways sharing one key store (on memory or on a durable Redis), in front of one upstream:
+//! the topology of the mesh-wide tests. Gateway `a` can reach the key store over a slow link.
 
 use std::time::Duration;
 
-use super::killable::{KeystoreProcess, StoreBackend};
+use idempotency_testkit::redis::RedisServer;
+
+use super::envoy::Envoy;
+use super::envoy_config::EnvoyOptions;
+use super::keystore::{KeystoreProcess, StoreBackend};
 use super::slow_link::SlowLink;
-use super::{Envoy, EnvoyOptions, Upstream};
+use super::upstream::Upstream;
 
 /// The running processes; each stops when dropped.
 pub struct Mesh {
     pub upstream: Upstream,
     pub keystore: KeystoreProcess,
+    /// The key store's Redis, when asked for.
+    pub redis: Option<RedisServer>,
     pub a: Envoy,
     pub b: Envoy,
     /// The slow link between gateway `a` and the key store, when asked for.
@@ -22,6 +28,8 @@ pub struct Mesh {
 pub struct MeshOptions {
     /// The key store's bearer token (the plugin must send it too).
     pub token: Option<String>,
+    /// The key store on a Redis with an append-only file fsync'd on every write, instead of memory.
+    pub redis: bool,
     /// The route's timeout on both gateways.
     pub route_timeout: Option<Duration>,
     /// Latency added to every chunk gateway `a` sends the key store.
@@ -29,11 +37,15 @@ pub struct MeshOptions {
 }
 
 impl Mesh {
-    /// Both gateways run the filter with `plugin` (JSON) and the memory key store.
+    /// Both gateways run the filter with `plugin` (JSON).
     pub async fn start(plugin: &str, options: MeshOptions) -> Mesh {
+        let redis = options.redis.then(RedisServer::durable);
+        let store = redis.as_ref().map_or(StoreBackend::Memory, |redis| {
+            StoreBackend::Redis(redis.url())
+        });
         let (upstream, keystore) = tokio::join!(
             Upstream::start(),
-            KeystoreProcess::start(StoreBackend::Memory, options.token.as_deref())
+            KeystoreProcess::start(store, options.token.as_deref())
         );
         let link = match options.a_keystore_delay {
             Some(delay) => Some(SlowLink::start(keystore.port, delay).await),
@@ -50,6 +62,7 @@ impl Mesh {
         Mesh {
             upstream,
             keystore,
+            redis,
             a,
             b,
             link,

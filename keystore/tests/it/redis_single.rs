@@ -28,7 +28,7 @@ crate::suite::backend_suite!(backend);
 /// Completed records survive a crash and restart of a Redis with an fsync'd append-only file.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn restart_keeps_completed_records() {
-    let mut redis = RedisServer::start(&["--appendonly", "yes", "--appendfsync", "always"]);
+    let mut redis = RedisServer::durable();
     let ks = Keystore::start(backend_for(redis.url()), settings()).await;
     let (key, fp) = (hex64(), hex64());
     let token = ks.claim_ok(&key, &fp, 30_000).await;

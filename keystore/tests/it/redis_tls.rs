@@ -3,8 +3,9 @@
 //! The server's certificate is checked (a CA that did not sign it is refused), and a wrong or
 //! missing password is refused, on both.
 
+use std::ffi::OsString;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -13,7 +14,9 @@ use idempotency_keystore::backend::Backend;
 use reqwest::StatusCode;
 use serde_json::json;
 
-use crate::common::{eventually, free_port, hex64, settings, unb64, Keystore};
+use idempotency_testkit::redis::{free_port, tempdir, wait_until, RedisProcess};
+
+use crate::common::{eventually, hex64, settings, unb64, Keystore};
 
 const USER: &str = "keystore";
 const PASSWORD: &str = "tls-acl-test-password-5f2c";
@@ -121,78 +124,59 @@ impl Certs {
 /// A redis-server on a TLS port only (no plain port), with the default user off and one ACL user.
 struct TlsRedis {
     port: u16,
-    child: Child,
+    _proc: RedisProcess,
     _data: tempfile::TempDir,
 }
 
 impl TlsRedis {
     fn start(certs: &Certs, extra: &[&str]) -> TlsRedis {
         let port = free_port();
-        let data = tempfile::Builder::new()
-            .prefix("redis-tls-data-")
-            .tempdir_in(env!("CARGO_TARGET_TMPDIR"))
-            .unwrap();
-        let child = Command::new("redis-server")
-            .args([
-                "--port",
-                "0",
-                "--tls-port",
-                &port.to_string(),
-                "--bind",
-                "127.0.0.1",
-            ])
-            .arg("--tls-cert-file")
-            .arg(certs.path("server.pem"))
-            .arg("--tls-key-file")
-            .arg(certs.path("server.key"))
-            .arg("--tls-ca-cert-file")
-            .arg(certs.path("ca.pem"))
-            .args([
+        let data = tempdir("redis-tls-data-");
+        let mut args: Vec<OsString> = ["--port", "0", "--tls-port", &port.to_string()]
+            .into_iter()
+            .chain(["--bind", "127.0.0.1"])
+            .map(OsString::from)
+            .collect();
+        for (flag, file) in [
+            ("--tls-cert-file", "server.pem"),
+            ("--tls-key-file", "server.key"),
+            ("--tls-ca-cert-file", "ca.pem"),
+        ] {
+            args.push(flag.into());
+            args.push(certs.path(file).into());
+        }
+        let password = format!(">{PASSWORD}");
+        args.extend(
+            [
                 "--tls-auth-clients",
                 "no",
                 "--save",
                 "",
                 "--appendonly",
                 "no",
-            ])
-            .args(["--user", "default", "off"])
-            .args([
+                "--user",
+                "default",
+                "off",
                 "--user",
                 USER,
                 "on",
-                &format!(">{PASSWORD}"),
+                &password,
                 "~idem:*",
                 "+@all",
-            ])
-            .arg("--dir")
-            .arg(data.path())
-            .args(extra)
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("redis-server");
-        let server = TlsRedis {
+            ]
+            .into_iter()
+            .chain(extra.iter().copied())
+            .map(OsString::from),
+        );
+        let proc = RedisProcess::spawn(data.path(), "redis.log", &args);
+        wait_until("TLS redis to answer", Duration::from_secs(10), || {
+            cli(certs, port, &["ping"]).as_deref() == Some("PONG")
+        });
+        TlsRedis {
             port,
-            child,
+            _proc: proc,
             _data: data,
-        };
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while cli(certs, port, &["ping"]).as_deref() != Some("PONG") {
-            assert!(
-                Instant::now() < deadline,
-                "TLS redis on {port} did not answer"
-            );
-            std::thread::sleep(Duration::from_millis(50));
         }
-        server
-    }
-}
-
-impl Drop for TlsRedis {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
     }
 }
 

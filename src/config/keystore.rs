@@ -1,0 +1,102 @@
+//! Where the mesh-wide key store is reached, and the record size it accepts.
+
+use super::checks::check_range;
+use super::raw::RawKeystore;
+use super::secrets::{read_secret, Secrets, PLACEHOLDER_SECRETS};
+use super::{err, ConfigError};
+
+/// The largest record the key store accepts by default (`--max-record-bytes`): a record is the
+/// stored response (headers and body), at most `max_response_bytes`, plus [`RECORD_OVERHEAD`].
+pub const DEFAULT_KEYSTORE_MAX_RECORD_BYTES: u64 = 3 << 20;
+
+/// Bytes a record holds besides the response's headers and body: status, fingerprint, times,
+/// field lengths and the signature.
+pub const RECORD_OVERHEAD: u64 = 4096;
+
+/// Where the mesh-wide key store is reached.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct KeystoreConfig {
+    pub cluster: String,
+    pub authority: String,
+    pub timeout_ms: u64,
+    pub token: Option<String>,
+    pub path_prefix: String,
+    /// The key store's `--max-record-bytes`: `max_response_bytes` must fit in it.
+    pub max_record_bytes: u64,
+    /// The plugin's secrets (see [`Secrets`]): records sent to the key store are sealed with the
+    /// current one, and a record read back must open under one of them.
+    pub secrets: Secrets,
+}
+
+/// The key store's settings, if `keystore` is set; `max_response_bytes` must fit the records it
+/// accepts. Records it holds are sealed and opened with `secrets`.
+pub(super) fn validate_keystore(
+    raw: Option<RawKeystore>,
+    max_response_bytes: u64,
+    secrets: &Secrets,
+    env: &dyn Fn(&str) -> Option<String>,
+) -> Result<Option<KeystoreConfig>, ConfigError> {
+    let Some(k) = raw else {
+        return Ok(None);
+    };
+    let cluster = k.cluster.unwrap_or_default();
+    if cluster.is_empty() {
+        return Err(err(
+            "keystore.cluster",
+            "is required when `keystore` is set",
+        ));
+    }
+    let timeout_ms = k.timeout_ms.unwrap_or(500);
+    check_range("keystore.timeout_ms", timeout_ms, 1, 60_000)?;
+    let path_prefix = k.path_prefix.unwrap_or_else(|| "/v1".to_string());
+    if !path_prefix.starts_with('/') || path_prefix.ends_with('/') {
+        return Err(err(
+            "keystore.path_prefix",
+            "must start with `/` and not end with `/`",
+        ));
+    }
+    let token = match k.token {
+        None => None,
+        Some(v) => {
+            let t = read_secret("keystore.token", v, env)?;
+            let t = String::from_utf8(t)
+                .map_err(|_| err("keystore.token", "must be non-empty printable ASCII"))?;
+            if t.is_empty() || !t.bytes().all(|b| b.is_ascii_graphic()) {
+                return Err(err("keystore.token", "must be non-empty printable ASCII"));
+            }
+            if PLACEHOLDER_SECRETS.contains(&t.as_str()) {
+                return Err(err(
+                    "keystore.token",
+                    "is a placeholder shipped in the examples; set the key store's real token",
+                ));
+            }
+            Some(t)
+        }
+    };
+    let max_record_bytes = k
+        .max_record_bytes
+        .unwrap_or(DEFAULT_KEYSTORE_MAX_RECORD_BYTES);
+    check_range(
+        "keystore.max_record_bytes",
+        max_record_bytes,
+        RECORD_OVERHEAD + 1,
+        1 << 30,
+    )?;
+    if max_response_bytes.saturating_add(RECORD_OVERHEAD) > max_record_bytes {
+        return Err(err(
+            "max_response_bytes",
+            format!(
+                "{max_response_bytes} does not fit the key store's record limit (`keystore.max_record_bytes` {max_record_bytes}, minus {RECORD_OVERHEAD} bytes of record overhead); lower it, or raise the key store's --max-record-bytes and `keystore.max_record_bytes` together"
+            ),
+        ));
+    }
+    Ok(Some(KeystoreConfig {
+        authority: k.authority.unwrap_or_else(|| cluster.clone()),
+        cluster,
+        timeout_ms,
+        token,
+        path_prefix,
+        max_record_bytes,
+        secrets: secrets.clone(),
+    }))
+}
