@@ -57,8 +57,9 @@ use crate::stream::{Flow, Stream, REPLAYED_HEADER};
 use crate::testing::{FakeHost, FakeShared};
 use crate::worker::{Purpose, RootAction, RootReply, Worker};
 use idempotency_protocol::{
-    json, ClaimAnswer, ClaimRequest, ClaimResponse, CompleteRequest, ErrorBody, FencedResponse,
-    Hex64, LookupRequest, LookupResponse, ProtocolError, ReleaseRequest, RenewRequest,
+    body, json, ClaimAnswer, ClaimRequest, ClaimResponse, CompleteRequest, ErrorBody,
+    FencedResponse, Hex64, LookupRequest, LookupResponse, ProtocolError, ReleaseRequest,
+    RenewRequest,
 };
 use proptest::prelude::*;
 use proptest::test_runner::{Config as PtConfig, FileFailurePersistence};
@@ -369,9 +370,9 @@ impl KeyStore {
     /// Applies a callout; returns the HTTP status and body it answers.
     fn apply(&mut self, path: &str, body: &[u8], now: u64) -> (u16, String) {
         let answer = match path.rsplit('/').next().unwrap_or_default() {
-            "claim" => json::decode_request(body).and_then(|r| self.claim(&r, now)),
-            "lookup" => json::decode_request(body).and_then(|r| self.lookup(&r, now)),
-            "complete" => json::decode_request(body).map(|r: CompleteRequest| {
+            "claim" => body::decode_request(body).and_then(|r| self.claim(&r, now)),
+            "lookup" => body::decode_request(body).and_then(|r| self.lookup(&r, now)),
+            "complete" => body::decode_request(body).map(|r: CompleteRequest| {
                 self.fenced(&r.key, &r.token, now, |body, _| {
                     Some(Slot::Completed {
                         body,
@@ -381,13 +382,13 @@ impl KeyStore {
                 })
                 .map_or_else(stale, |()| reply(200, &FencedResponse::Stored))
             }),
-            "release" => json::decode_request(body).map(|r: ReleaseRequest| {
+            "release" => body::decode_request(body).map(|r: ReleaseRequest| {
                 match self.fenced(&r.key, &r.token, now, |_, _| None) {
                     Some(()) => reply(200, &FencedResponse::Released),
                     None => stale(),
                 }
             }),
-            "renew" => json::decode_request(body).map(|r: RenewRequest| {
+            "renew" => body::decode_request(body).map(|r: RenewRequest| {
                 self.fenced(&r.key, &r.token, now, |body, owner| {
                     Some(Slot::InFlight {
                         body,
@@ -659,16 +660,16 @@ fn proposed_token(r: &Req) -> Option<String> {
         .borrow()
         .iter()
         .find(|(_, c)| path_of(c).ends_with("/claim"))
-        .and_then(|(_, c)| json::decode_request::<ClaimRequest>(&c.body).ok())
+        .and_then(|(_, c)| body::decode_request::<ClaimRequest>(&c.body).ok())
         .and_then(|claim| claim.token)
 }
 
 /// The fencing token a complete, release or renew callout carries, read as the key store reads it.
 fn fenced_token(path: &str, body: &[u8]) -> Result<String, ProtocolError> {
     match path.rsplit('/').next() {
-        Some("complete") => json::decode_request::<CompleteRequest>(body).map(|r| r.token),
-        Some("release") => json::decode_request::<ReleaseRequest>(body).map(|r| r.token),
-        Some("renew") => json::decode_request::<RenewRequest>(body).map(|r| r.token),
+        Some("complete") => body::decode_request::<CompleteRequest>(body).map(|r| r.token),
+        Some("release") => body::decode_request::<ReleaseRequest>(body).map(|r| r.token),
+        Some("renew") => body::decode_request::<RenewRequest>(body).map(|r| r.token),
         _ => Err(ProtocolError::body(format!(
             "{path} carries no fencing token"
         ))),
@@ -1162,7 +1163,7 @@ impl World {
             r.lease_until = now + LEASE_MS;
             let (_, c) = r.host.last_callout().unwrap();
             prop_assert!(path_of(&c).ends_with("/claim"));
-            let sent: ClaimRequest = json::decode_request(&c.body).unwrap();
+            let sent: ClaimRequest = body::decode_request(&c.body).unwrap();
             r.ks_key = Some(sent.key.as_str().to_string());
             prop_assert!(r.host.sent.borrow().is_empty());
             // Learn the fingerprint: one per body, never shared by two bodies.

@@ -559,7 +559,7 @@ mod with_keystore {
         assert!(claim
             .headers
             .contains(&(":path".into(), "/v1/claim".into())));
-        let body = String::from_utf8(claim.body.clone()).unwrap();
+        let body = crate::testing::callout_json(&claim).to_string();
         assert!(
             !body.contains("alice") && !body.contains("\"k\""),
             "only hashes leave Envoy: {body}"
@@ -577,7 +577,7 @@ mod with_keystore {
             "held until stored"
         );
         let (_, complete) = h.last_callout().unwrap();
-        let v: Value = serde_json::from_slice(&complete.body).unwrap();
+        let v = crate::testing::callout_json(&complete);
         assert_eq!(v["token"], "T1");
         let record = v["record"].as_str().unwrap().to_string();
         answer(&mut s, &h, Some(200), r#"{"outcome":"stored"}"#);
@@ -695,10 +695,7 @@ mod with_keystore {
         assert!(rel
             .headers
             .contains(&(":path".into(), "/v1/release".into())));
-        assert_eq!(
-            serde_json::from_slice::<Value>(&rel.body).unwrap()["token"],
-            "T1"
-        );
+        assert_eq!(crate::testing::callout_json(&rel)["token"], "T1");
         answer(&mut s, &h, Some(200), r#"{"outcome":"released"}"#);
         assert_eq!(h.resumed_response.get(), 1);
     }
@@ -754,7 +751,7 @@ mod with_keystore {
     }
 
     fn body_of(callout: &crate::host::Callout) -> Value {
-        serde_json::from_slice(&callout.body).unwrap()
+        crate::testing::callout_json(callout)
     }
 
     #[test]
@@ -1271,7 +1268,7 @@ mod rotation_with_keystore {
     }
 
     fn body_of(c: &crate::host::Callout) -> Value {
-        serde_json::from_slice(&c.body).unwrap()
+        crate::testing::callout_json(c)
     }
 
     fn path_of(c: &crate::host::Callout) -> String {
@@ -1533,7 +1530,7 @@ mod expiry_header {
         w.respond(&mut s, &mut h, 201, b"{}");
         let first = set_on_first_answer(&h).unwrap();
         let (_, complete) = h.last_callout().unwrap();
-        let v: Value = serde_json::from_slice(&complete.body).unwrap();
+        let v = crate::testing::callout_json(&complete);
         let record = v["record"].as_str().unwrap().to_string();
         answer(&mut s, &h, r#"{"outcome":"stored"}"#);
 

@@ -1,6 +1,7 @@
 //! Plugin configuration: the JSON in the Wasm filter's `configuration`, parsed and validated once at
 //! load so that a bad value is refused by Envoy with the field named, never discovered per request.
 
+use idempotency_protocol::Format;
 use serde::Deserialize;
 use std::fmt;
 
@@ -225,6 +226,8 @@ pub struct KeystoreConfig {
     pub path_prefix: String,
     /// The key store's `--max-record-bytes`: `max_response_bytes` must fit in it.
     pub max_record_bytes: u64,
+    /// The body format of callouts: compact, unless the key store predates it (JSON).
+    pub body_format: Format,
     /// The plugin's secrets (see [`Secrets`]): records sent to the key store are sealed with the
     /// current one, and a record read back must open under one of them.
     pub secrets: Secrets,
@@ -409,6 +412,7 @@ struct RawKeystore {
     token: Option<serde_json::Value>,
     path_prefix: Option<String>,
     max_record_bytes: Option<u64>,
+    body_format: Option<String>,
 }
 
 impl Config {
@@ -653,6 +657,16 @@ impl Config {
                         ),
                     ));
                 }
+                let body_format = match k.body_format.as_deref() {
+                    None | Some("compact") => Format::Compact,
+                    Some("json") => Format::Json,
+                    Some(_) => {
+                        return Err(err(
+                            "keystore.body_format",
+                            "must be \"compact\" or \"json\"",
+                        ))
+                    }
+                };
                 Some(KeystoreConfig {
                     authority: k.authority.unwrap_or_else(|| cluster.clone()),
                     cluster,
@@ -660,6 +674,7 @@ impl Config {
                     token,
                     path_prefix,
                     max_record_bytes,
+                    body_format,
                     secrets: secrets.clone(),
                 })
             }
