@@ -282,6 +282,68 @@ mod tests {
     }
 
     #[test]
+    fn compact_callouts_say_so_and_read_either_reply_format() {
+        use idempotency_protocol::{compact, ClaimAnswer, Format};
+        let ks = KeystoreConfig {
+            body_format: Format::Compact,
+            ..cfg()
+        };
+        let key = RecordKey([0xab; 32]);
+        let c = claim(&ks, &key, &[1; 32], 3000, "t1", 0);
+        assert!(c
+            .headers
+            .contains(&("content-type".into(), compact::CONTENT_TYPE.into())));
+        let sent = ClaimRequest::from_compact(&c.body).unwrap();
+        assert_eq!(sent.key.as_str(), "ab".repeat(32));
+        assert_eq!(sent.token.as_deref(), Some("t1"));
+        let reply = |response| {
+            ClaimAnswer {
+                response,
+                waited: true,
+            }
+            .to_compact()
+        };
+        let granted = reply(ClaimResponse::Claimed { token: "x".into() });
+        assert_eq!(
+            parse_claim(&ks, &key, Some(200), &granted),
+            Ok(ClaimReply::Claimed { token: "x".into() })
+        );
+        assert!(claim_waited(&granted));
+        let rec = Record {
+            fingerprint: [1; 32],
+            created_ms: 1,
+            expires_ms: 2,
+            outcome: crate::record::Outcome::NotReplayable,
+        };
+        let stored = reply(ClaimResponse::Completed {
+            record: rec.seal(&key, &b"s".repeat(32)),
+        });
+        assert_eq!(
+            parse_claim(&ks, &key, Some(200), &stored),
+            Ok(ClaimReply::Completed(rec))
+        );
+        assert_eq!(
+            parse_ack(Some(409), &FencedResponse::Stale.to_compact()),
+            Ok(AckReply::Stale)
+        );
+        let complete_body = complete(&ks, &key, "t1", &parse_record(), 60_000).body;
+        let sent = CompleteRequest::from_compact(&complete_body).unwrap();
+        assert_eq!(
+            Record::open(&sent.record, &key, &ks.secrets),
+            Ok(parse_record())
+        );
+    }
+
+    fn parse_record() -> Record {
+        Record {
+            fingerprint: [2; 32],
+            created_ms: 1,
+            expires_ms: 2,
+            outcome: crate::record::Outcome::NotReplayable,
+        }
+    }
+
+    #[test]
     fn parses_every_claim_outcome() {
         let rec = Record {
             fingerprint: [1; 32],
