@@ -376,7 +376,9 @@ class Bench:
         self.tmp = Path(tempfile.mkdtemp(prefix="idem-bench-"))
         self.envoy_bin = find_envoy()
         bins = find_bins()
-        self.wasm = ROOT / "target" / "wasm32-wasip1" / "release" / "idempotency_filter.wasm"
+        # BENCH_WASM: another build of the filter (a before/after comparison).
+        self.wasm = Path(os.environ.get("BENCH_WASM") or
+                         ROOT / "target" / "wasm32-wasip1" / "release" / "idempotency_filter.wasm")
         if not self.wasm.exists():
             raise SystemExit(f"{self.wasm} missing: run `make build`")
         for tool in ["wrk"] + ([] if a.smoke else ["redis-server", "redis-benchmark"]):

@@ -1,6 +1,8 @@
 //! The filter's side of the key-store protocol (README, "Key-store API"): callout requests, and
 //! replies parsed strictly, so an unexpected answer becomes a counted store error, never a panic.
-//! The bodies are the shared wire types of [`idempotency_protocol`], the ones the key store parses.
+//! The bodies are the shared wire types of [`idempotency_protocol`], the ones the key store parses,
+//! sent in the configured format (compact by default); replies are read in whichever format they
+//! come in, by their first byte, so the reply's headers are never read beyond `:status`.
 //! Records go out sealed and come back opened ([`Record::seal`], [`Record::open`]): a record the
 //! key store returns that does not open is [`ClaimError::Unverified`], never a replay.
 
@@ -10,8 +12,8 @@ use crate::host::Callout;
 use crate::record::{OpenError, Record};
 use crate::scope::RecordKey;
 use idempotency_protocol::{
-    json, ClaimAnswer, ClaimRequest, ClaimResponse, CompleteRequest, FencedResponse, Hex64,
-    LookupRequest, LookupResponse, ReleaseRequest, RenewRequest, Request,
+    body, ClaimAnswer, ClaimRequest, ClaimResponse, Compact, CompleteRequest, FencedResponse,
+    Hex64, LookupRequest, LookupResponse, ReleaseRequest, RenewRequest, Request,
 };
 
 /// What the key store said to a claim.
@@ -56,12 +58,15 @@ impl From<String> for ClaimError {
     }
 }
 
-fn callout(cfg: &KeystoreConfig, op: &str, body: &impl Request) -> Callout {
+fn callout(cfg: &KeystoreConfig, op: &str, body: &(impl Request + Compact)) -> Callout {
     let mut headers = vec![
         (":method".to_string(), "POST".to_string()),
         (":path".to_string(), format!("{}/{op}", cfg.path_prefix)),
         (":authority".to_string(), cfg.authority.clone()),
-        ("content-type".to_string(), "application/json".to_string()),
+        (
+            "content-type".to_string(),
+            cfg.body_format.content_type().to_string(),
+        ),
     ];
     if let Some(token) = &cfg.token {
         headers.push(("authorization".to_string(), format!("Bearer {token}")));
@@ -69,7 +74,7 @@ fn callout(cfg: &KeystoreConfig, op: &str, body: &impl Request) -> Callout {
     Callout {
         cluster: cfg.cluster.clone(),
         headers,
-        body: json::encode(body),
+        body: cfg.body_format.encode(body),
         timeout_ms: cfg.timeout_ms,
     }
 }
@@ -123,7 +128,7 @@ pub fn claim(
 
 /// Whether the key store held a waiting claim before answering (its `waited` flag).
 pub fn claim_waited(body: &[u8]) -> bool {
-    json::decode::<ClaimAnswer>(body).is_ok_and(|a| a.waited)
+    body::decode::<ClaimAnswer>(body).is_ok_and(|a| a.waited)
 }
 
 /// Asks what `key` holds, claiming nothing: how a key stored under a previous secret is found.
@@ -144,7 +149,7 @@ pub fn parse_lookup(
 ) -> Result<LookupReply, ClaimError> {
     expect_200("lookup", status)?;
     let reply: LookupResponse =
-        json::decode(body).map_err(|e| format!("unparsable lookup reply: {e}"))?;
+        body::decode(body).map_err(|e| format!("unparsable lookup reply: {e}"))?;
     Ok(match reply {
         LookupResponse::Absent => LookupReply::Absent,
         LookupResponse::InFlight { retry_after_ms } => LookupReply::InFlight { retry_after_ms },
@@ -199,7 +204,7 @@ pub fn parse_claim(
 ) -> Result<ClaimReply, ClaimError> {
     expect_200("claim", status)?;
     let answer: ClaimAnswer =
-        json::decode(body).map_err(|e| format!("unparsable claim reply: {e}"))?;
+        body::decode(body).map_err(|e| format!("unparsable claim reply: {e}"))?;
     Ok(match answer.response {
         ClaimResponse::Claimed { token } if !token.is_empty() => ClaimReply::Claimed { token },
         ClaimResponse::Claimed { .. } => {
@@ -218,7 +223,7 @@ pub fn parse_ack(status: Option<u16>, body: &[u8]) -> Result<AckReply, String> {
         Some(s) => return Err(format!("key store answered {s}")),
         None => return Err("key store callout failed without a response".to_string()),
     }
-    match json::decode::<FencedResponse>(body) {
+    match body::decode::<FencedResponse>(body) {
         Ok(FencedResponse::Stored | FencedResponse::Released | FencedResponse::Renewed) => {
             Ok(AckReply::Done)
         }
@@ -241,6 +246,7 @@ mod tests {
             token: Some("t0k".into()),
             path_prefix: "/v1".into(),
             max_record_bytes: 3 << 20,
+            body_format: idempotency_protocol::Format::Json,
             secrets: crate::config::Secrets::from_bytes(vec![b"s".repeat(32)]),
         }
     }
@@ -273,6 +279,68 @@ mod tests {
         assert!(!claim_waited(
             br#"{"outcome":"in_flight","retry_after_ms":1}"#
         ));
+    }
+
+    #[test]
+    fn compact_callouts_say_so_and_read_either_reply_format() {
+        use idempotency_protocol::{compact, ClaimAnswer, Format};
+        let ks = KeystoreConfig {
+            body_format: Format::Compact,
+            ..cfg()
+        };
+        let key = RecordKey([0xab; 32]);
+        let c = claim(&ks, &key, &[1; 32], 3000, "t1", 0);
+        assert!(c
+            .headers
+            .contains(&("content-type".into(), compact::CONTENT_TYPE.into())));
+        let sent = ClaimRequest::from_compact(&c.body).unwrap();
+        assert_eq!(sent.key.as_str(), "ab".repeat(32));
+        assert_eq!(sent.token.as_deref(), Some("t1"));
+        let reply = |response| {
+            ClaimAnswer {
+                response,
+                waited: true,
+            }
+            .to_compact()
+        };
+        let granted = reply(ClaimResponse::Claimed { token: "x".into() });
+        assert_eq!(
+            parse_claim(&ks, &key, Some(200), &granted),
+            Ok(ClaimReply::Claimed { token: "x".into() })
+        );
+        assert!(claim_waited(&granted));
+        let rec = Record {
+            fingerprint: [1; 32],
+            created_ms: 1,
+            expires_ms: 2,
+            outcome: crate::record::Outcome::NotReplayable,
+        };
+        let stored = reply(ClaimResponse::Completed {
+            record: rec.seal(&key, &b"s".repeat(32)),
+        });
+        assert_eq!(
+            parse_claim(&ks, &key, Some(200), &stored),
+            Ok(ClaimReply::Completed(rec))
+        );
+        assert_eq!(
+            parse_ack(Some(409), &FencedResponse::Stale.to_compact()),
+            Ok(AckReply::Stale)
+        );
+        let complete_body = complete(&ks, &key, "t1", &parse_record(), 60_000).body;
+        let sent = CompleteRequest::from_compact(&complete_body).unwrap();
+        assert_eq!(
+            Record::open(&sent.record, &key, &ks.secrets),
+            Ok(parse_record())
+        );
+    }
+
+    fn parse_record() -> Record {
+        Record {
+            fingerprint: [2; 32],
+            created_ms: 1,
+            expires_ms: 2,
+            outcome: crate::record::Outcome::NotReplayable,
+        }
     }
 
     #[test]

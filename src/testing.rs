@@ -248,7 +248,7 @@ pub fn with_test_secret(json: &str) -> String {
 /// Opens the sealed record of a `/complete` callout body (sealed under [`TEST_SECRET`]).
 pub fn record_of_complete(body: &[u8]) -> crate::record::Record {
     let sent: idempotency_protocol::CompleteRequest =
-        idempotency_protocol::json::decode_request(body).unwrap();
+        idempotency_protocol::body::decode_request(body).unwrap();
     let mut key = [0u8; 32];
     hex::decode_to_slice(sent.key.as_str(), &mut key).unwrap();
     let secrets = crate::config::Secrets::from_bytes(vec![TEST_SECRET.as_bytes().to_vec()]);
@@ -256,4 +256,35 @@ pub fn record_of_complete(body: &[u8]) -> crate::record::Record {
         Ok(r) => r,
         Err(e) => panic!("the complete callout's record does not open: {e:?}"),
     }
+}
+
+/// A callout's request body as JSON, whichever format it was sent in (tests read its fields).
+pub fn callout_json(c: &Callout) -> serde_json::Value {
+    use idempotency_protocol::{body, json};
+    let path = c
+        .headers
+        .iter()
+        .find(|(n, _)| n == ":path")
+        .map(|(_, v)| v.as_str())
+        .unwrap_or_default();
+    let b = &c.body;
+    let text = match path.rsplit('/').next().unwrap_or_default() {
+        "claim" => {
+            json::encode(&body::decode_request::<idempotency_protocol::ClaimRequest>(b).unwrap())
+        }
+        "lookup" => {
+            json::encode(&body::decode_request::<idempotency_protocol::LookupRequest>(b).unwrap())
+        }
+        "complete" => {
+            json::encode(&body::decode_request::<idempotency_protocol::CompleteRequest>(b).unwrap())
+        }
+        "release" => {
+            json::encode(&body::decode_request::<idempotency_protocol::ReleaseRequest>(b).unwrap())
+        }
+        "renew" => {
+            json::encode(&body::decode_request::<idempotency_protocol::RenewRequest>(b).unwrap())
+        }
+        other => panic!("no request body on /{other}"),
+    };
+    serde_json::from_slice(&text).unwrap()
 }

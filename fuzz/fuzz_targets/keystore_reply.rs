@@ -18,6 +18,7 @@ fn cfg() -> KeystoreConfig {
         token: None,
         path_prefix: "/v1".into(),
         max_record_bytes: 3 << 20,
+        body_format: idempotency_protocol::Format::Compact,
         secrets: Secrets::from_bytes(vec![b"fuzz-secret-fuzz-secret-fuzz-sec".to_vec()]),
     }
 }

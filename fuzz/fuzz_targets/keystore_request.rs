@@ -1,14 +1,39 @@
-//! The key store's request parsing (`idempotency_protocol::json::decode_request` of each request): every body
-//! is a request or a 400 naming a field. What is accepted is what the README's API promises.
+//! The key store's request parsing, in both body formats (`json::decode_request` and
+//! `Compact::from_compact` of each request, and `body::decode_request`, which picks one by the first
+//! byte): every body is a request or a 400 naming a field. What is accepted is what the README's API
+//! promises, and an accepted compact request writes back to the same request.
 #![no_main]
 
 use base64::engine::general_purpose::STANDARD as B64;
 use base64::Engine as _;
 use idempotency_protocol::json::decode_request;
 use idempotency_protocol::{
-    ClaimRequest, CompleteRequest, LookupRequest, ReleaseRequest, RenewRequest, MAX_LEASE_MS, MAX_RETENTION_MS,
-    MAX_TOKEN_LEN, MAX_WAIT_MS,
+    body, ClaimRequest, Compact, CompleteRequest, LookupRequest, ProtocolError, ReleaseRequest, RenewRequest,
+    Request, MAX_LEASE_MS, MAX_RETENTION_MS, MAX_TOKEN_LEN, MAX_WAIT_MS,
 };
+use std::fmt::Debug;
+
+/// Decodes `data` as a compact `R` (directly and by sniffing); an accepted one is checked by
+/// `valid` and must survive a write and a read; a refused one names its field.
+fn compact<R: Request + Compact + PartialEq + Debug>(data: &[u8], valid: impl Fn(&R) -> bool) {
+    let direct = R::from_compact(data);
+    match &direct {
+        Ok(r) => {
+            assert!(valid(r), "{r:?}");
+            assert_eq!(R::from_compact(&r.to_compact()).as_ref(), Ok(r));
+        }
+        Err(e) => named(e),
+    }
+    if data.first() == Some(&idempotency_protocol::compact::MARKER) {
+        assert_eq!(body::decode_request::<R>(data), direct);
+    } else if let Err(e) = body::decode_request::<R>(data) {
+        named(&e);
+    }
+}
+
+fn named(e: &ProtocolError) {
+    assert!(!e.field.is_empty() && !e.problem.is_empty());
+}
 use libfuzzer_sys::fuzz_target;
 
 fn hex64(s: &str) -> bool {
@@ -54,4 +79,25 @@ fuzz_target!(|data: &[u8]| {
         }
         Err(e) => assert!(!e.field.is_empty() && !e.problem.is_empty()),
     }
+    compact::<ClaimRequest>(data, |c| {
+        hex64(c.key.as_str())
+            && hex64(c.fingerprint.as_str())
+            && (1..=MAX_LEASE_MS).contains(&c.lease_ms)
+            && c.wait_ms <= MAX_WAIT_MS
+            && c.token.as_ref().map_or(true, |t| !t.is_empty() && t.len() <= MAX_TOKEN_LEN)
+    });
+    compact::<LookupRequest>(data, |l| hex64(l.key.as_str()) && hex64(l.fingerprint.as_str()));
+    compact::<CompleteRequest>(data, |c| {
+        hex64(c.key.as_str())
+            && !c.token.is_empty()
+            && c.token.len() <= MAX_TOKEN_LEN
+            && (1..=MAX_RETENTION_MS).contains(&c.retention_ms)
+    });
+    compact::<ReleaseRequest>(data, |r| hex64(r.key.as_str()) && !r.token.is_empty() && r.token.len() <= MAX_TOKEN_LEN);
+    compact::<RenewRequest>(data, |r| {
+        hex64(r.key.as_str())
+            && !r.token.is_empty()
+            && r.token.len() <= MAX_TOKEN_LEN
+            && (1..=MAX_LEASE_MS).contains(&r.lease_ms)
+    });
 });

@@ -10,11 +10,12 @@ use std::time::{Duration, Instant};
 use axum::body::Bytes;
 use axum::extract::rejection::BytesRejection;
 use axum::extract::{DefaultBodyLimit, Request, State};
-use axum::http::{header, StatusCode};
+use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
+use serde::Serialize;
 use serde_json::json;
 use tokio::sync::watch;
 
@@ -22,8 +23,8 @@ use crate::backend::{Backend, BackendError, ClaimOutcome, Fenced, LookupOutcome}
 use crate::config::Config;
 use crate::metrics::Metrics;
 use crate::protocol::{
-    json, ClaimAnswer, ClaimRequest, ClaimResponse, CompleteRequest, ErrorBody, FencedResponse,
-    LookupRequest, LookupResponse, ReleaseRequest, RenewRequest, Request as WireRequest,
+    ClaimAnswer, ClaimRequest, ClaimResponse, Compact, CompleteRequest, ErrorBody, FencedResponse,
+    Format, LookupRequest, LookupResponse, ReleaseRequest, RenewRequest, Request as WireRequest,
 };
 
 /// What the HTTP layer needs besides the backend.
@@ -193,11 +194,35 @@ fn op_of(path: &str) -> &'static str {
     }
 }
 
+/// The formats of a request body (its `content-type`; JSON when it names neither) and of the
+/// answer (`accept`, when it names one, else the request's).
+fn formats(headers: &HeaderMap) -> (Format, Format) {
+    let named = |name| {
+        headers
+            .get(name)
+            .and_then(|v: &HeaderValue| Format::of_media_type(v.as_bytes()))
+    };
+    let request = named(header::CONTENT_TYPE).unwrap_or_default();
+    (request, named(header::ACCEPT).unwrap_or(request))
+}
+
+/// A 2xx or 409 answer in the format the caller reads.
+fn answer<T: Serialize + Compact>(format: Format, status: StatusCode, body: &T) -> Response {
+    let content_type = HeaderValue::from_static(format.content_type());
+    (
+        status,
+        [(header::CONTENT_TYPE, content_type)],
+        format.encode(body),
+    )
+        .into_response()
+}
+
 impl AppState {
-    /// Reads and validates a body, or answers 400/413 naming the problem.
-    fn parse<T: WireRequest>(
+    /// Reads and validates a body in `format`, or answers 400/413 naming the problem.
+    fn parse<T: WireRequest + Compact>(
         &self,
         op: &str,
+        format: Format,
         body: Result<Bytes, BytesRejection>,
     ) -> Result<T, Failure> {
         let outcome = match body {
@@ -205,9 +230,9 @@ impl AppState {
                 rejection.status(),
                 format!("body: {}", rejection.body_text()),
             )),
-            Ok(bytes) => {
-                json::decode_request(&bytes).map_err(|e| (StatusCode::BAD_REQUEST, e.to_string()))
-            }
+            Ok(bytes) => format
+                .decode_request(&bytes)
+                .map_err(|e| (StatusCode::BAD_REQUEST, e.to_string())),
         };
         outcome.map_err(|(status, message)| {
             let label = if status == StatusCode::PAYLOAD_TOO_LARGE {
@@ -281,7 +306,7 @@ impl AppState {
         }
     }
 
-    fn fenced(&self, op: &str, result: Fenced, done: FencedResponse) -> Response {
+    fn fenced(&self, op: &str, format: Format, result: Fenced, done: FencedResponse) -> Response {
         let (status, body) = match result {
             Fenced::Done => (StatusCode::OK, done),
             Fenced::Stale => (StatusCode::CONFLICT, FencedResponse::Stale),
@@ -293,15 +318,17 @@ impl AppState {
             FencedResponse::Stale => "stale",
         };
         self.metrics.op(op, label);
-        (status, Json(body)).into_response()
+        answer(format, status, &body)
     }
 }
 
 async fn claim(
     State(s): State<AppState>,
+    headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Response, Failure> {
-    let req: ClaimRequest = s.parse("claim", body)?;
+    let (format, reply) = formats(&headers);
+    let req: ClaimRequest = s.parse("claim", format, body)?;
     let (outcome, waited) = if req.wait_ms == 0 {
         (s.call("claim", s.backend.claim(&req)).await?, false)
     } else {
@@ -317,14 +344,20 @@ async fn claim(
     };
     s.metrics.op("claim", label);
     // A claim that was held says so (`waited`), for the caller's wait metrics.
-    Ok(Json(ClaimAnswer { response, waited }).into_response())
+    Ok(answer(
+        reply,
+        StatusCode::OK,
+        &ClaimAnswer { response, waited },
+    ))
 }
 
 async fn lookup(
     State(s): State<AppState>,
+    headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Response, Failure> {
-    let req: LookupRequest = s.parse("lookup", body)?;
+    let (format, reply) = formats(&headers);
+    let req: LookupRequest = s.parse("lookup", format, body)?;
     let outcome = s.call("lookup", s.backend.lookup(&req)).await?;
     let (label, body) = match outcome {
         LookupOutcome::Absent => ("absent", LookupResponse::Absent),
@@ -335,14 +368,16 @@ async fn lookup(
         LookupOutcome::Mismatch => ("mismatch", LookupResponse::Mismatch),
     };
     s.metrics.op("lookup", label);
-    Ok(Json(body).into_response())
+    Ok(answer(reply, StatusCode::OK, &body))
 }
 
 async fn complete(
     State(s): State<AppState>,
+    headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Response, Failure> {
-    let req: CompleteRequest = s.parse("complete", body)?;
+    let (format, reply) = formats(&headers);
+    let req: CompleteRequest = s.parse("complete", format, body)?;
     if req.record.len() > s.max_record_bytes {
         s.metrics.op("complete", "too_large");
         return Err(Failure(
@@ -355,25 +390,29 @@ async fn complete(
         ));
     }
     let result = s.call("complete", s.backend.complete(&req)).await?;
-    Ok(s.fenced("complete", result, FencedResponse::Stored))
+    Ok(s.fenced("complete", reply, result, FencedResponse::Stored))
 }
 
 async fn release(
     State(s): State<AppState>,
+    headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Response, Failure> {
-    let req: ReleaseRequest = s.parse("release", body)?;
+    let (format, reply) = formats(&headers);
+    let req: ReleaseRequest = s.parse("release", format, body)?;
     let result = s.call("release", s.backend.release(&req)).await?;
-    Ok(s.fenced("release", result, FencedResponse::Released))
+    Ok(s.fenced("release", reply, result, FencedResponse::Released))
 }
 
 async fn renew(
     State(s): State<AppState>,
+    headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Response, Failure> {
-    let req: RenewRequest = s.parse("renew", body)?;
+    let (format, reply) = formats(&headers);
+    let req: RenewRequest = s.parse("renew", format, body)?;
     let result = s.call("renew", s.backend.renew(&req)).await?;
-    Ok(s.fenced("renew", result, FencedResponse::Renewed))
+    Ok(s.fenced("renew", reply, result, FencedResponse::Renewed))
 }
 
 async fn healthz() -> Response {

@@ -4,14 +4,17 @@
 //! Modules: [`limits`] (the bounds the key store enforces), [`error`] (a malformed message, naming
 //! its field), [`hex64`] (keys and fingerprints), [`request`] (the five requests, validated),
 //! [`wire`] (their serde shape before validation), [`response`] (the replies and the error body),
-//! [`record_bytes`] (how a record's bytes are written), [`json`] (the JSON body format), [`admin`]
-//! (the operator's view of a record key, and its purge).
+//! [`record_bytes`] (how a record's bytes are written), [`json`] (the JSON body format),
+//! [`compact`] (the compact binary one), [`body`] (which of the two a body is in), [`admin`] (the
+//! operator's view of a record key, and its purge).
 //!
 //! The types are encoding-neutral: they hold decoded values (bytes, not base64; numbers, not
 //! text), and a body format is a module that maps bytes to and from them, validating on the way
-//! in with [`Request::from_wire`]. [`json`] is the only body format today.
+//! in with [`Request::from_wire`].
 
 pub mod admin;
+pub mod body;
+pub mod compact;
 pub mod error;
 pub mod hex64;
 pub mod json;
@@ -22,6 +25,8 @@ pub mod response;
 pub mod wire;
 
 pub use admin::{EntryKind, PurgeResponse, RecordState};
+pub use body::Format;
+pub use compact::Compact;
 pub use error::ProtocolError;
 pub use hex64::Hex64;
 pub use limits::{MAX_LEASE_MS, MAX_RETENTION_MS, MAX_TOKEN_LEN, MAX_WAIT_MS};

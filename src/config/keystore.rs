@@ -4,6 +4,7 @@ use super::checks::check_range;
 use super::raw::RawKeystore;
 use super::secrets::{read_secret, Secrets, PLACEHOLDER_SECRETS};
 use super::{err, ConfigError};
+use idempotency_protocol::Format;
 
 /// The largest record the key store accepts by default (`--max-record-bytes`): a record is the
 /// stored response (headers and body), at most `max_response_bytes`, plus [`RECORD_OVERHEAD`].
@@ -23,6 +24,8 @@ pub struct KeystoreConfig {
     pub path_prefix: String,
     /// The key store's `--max-record-bytes`: `max_response_bytes` must fit in it.
     pub max_record_bytes: u64,
+    /// The body format of callouts: compact, unless the key store predates it (JSON).
+    pub body_format: Format,
     /// The plugin's secrets (see [`Secrets`]): records sent to the key store are sealed with the
     /// current one, and a record read back must open under one of them.
     pub secrets: Secrets,
@@ -90,6 +93,16 @@ pub(super) fn validate_keystore(
             ),
         ));
     }
+    let body_format = match k.body_format.as_deref() {
+        None | Some("compact") => Format::Compact,
+        Some("json") => Format::Json,
+        Some(_) => {
+            return Err(err(
+                "keystore.body_format",
+                "must be \"compact\" or \"json\"",
+            ))
+        }
+    };
     Ok(Some(KeystoreConfig {
         authority: k.authority.unwrap_or_else(|| cluster.clone()),
         cluster,
@@ -97,6 +110,7 @@ pub(super) fn validate_keystore(
         token,
         path_prefix,
         max_record_bytes,
+        body_format,
         secrets: secrets.clone(),
     }))
 }

@@ -111,6 +111,7 @@ pub(super) struct RawKeystore {
     pub(super) token: Option<serde_json::Value>,
     pub(super) path_prefix: Option<String>,
     pub(super) max_record_bytes: Option<u64>,
+    pub(super) body_format: Option<String>,
 }
 
 /// Deserializes with the path of the failing field kept, so a type error names it.

@@ -322,6 +322,24 @@ fn keystore_defaults() {
     assert_eq!(k.authority, "ks");
     assert_eq!(k.timeout_ms, 500);
     assert_eq!(k.path_prefix, "/v1");
+    assert_eq!(k.body_format, idempotency_protocol::Format::Compact);
+}
+
+#[test]
+fn keystore_body_format_is_compact_or_json() {
+    let format = |f: &str| {
+        parse(&format!(
+            r#"{{"keystore":{{"cluster":"ks","body_format":"{f}"}}}}"#
+        ))
+        .map(|c| c.keystore.unwrap().body_format)
+    };
+    assert_eq!(format("json").unwrap(), idempotency_protocol::Format::Json);
+    assert_eq!(
+        format("compact").unwrap(),
+        idempotency_protocol::Format::Compact
+    );
+    let e = format("postcard").unwrap_err();
+    assert!(e.to_string().contains("keystore.body_format"), "{e}");
 }
 
 #[test]

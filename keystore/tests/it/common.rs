@@ -89,6 +89,36 @@ impl Keystore {
         )
     }
 
+    /// POSTs a raw body with this content type (and `accept`, if any); returns the status, the
+    /// answer's content type and its bytes.
+    pub async fn post_raw(
+        &self,
+        path: &str,
+        content_type: &str,
+        accept: Option<&str>,
+        body: Vec<u8>,
+    ) -> (StatusCode, String, Vec<u8>) {
+        let mut req = self
+            .http
+            .post(format!("{}{path}", self.base))
+            .header("content-type", content_type)
+            .body(body);
+        if let Some(a) = accept {
+            req = req.header("accept", a);
+        }
+        if let Some(t) = &self.token {
+            req = req.header("authorization", format!("Bearer {t}"));
+        }
+        let resp = req.send().await.unwrap();
+        let status = resp.status();
+        let content_type = resp
+            .headers()
+            .get("content-type")
+            .map(|v| v.to_str().unwrap().to_owned())
+            .unwrap_or_default();
+        (status, content_type, resp.bytes().await.unwrap().to_vec())
+    }
+
     pub async fn post(&self, path: &str, body: Value) -> (StatusCode, Value) {
         let auth = self.token.as_ref().map(|t| format!("Bearer {t}"));
         self.post_auth(path, body.to_string(), auth.as_deref())

@@ -137,7 +137,7 @@ fn a_replay_from_the_key_store_carries_the_same_value() {
     w.respond(&mut s, &mut h, 201, b"{}");
     let first = set_on_first_answer(&h).unwrap();
     let (_, complete) = h.last_callout().unwrap();
-    let v: Value = serde_json::from_slice(&complete.body).unwrap();
+    let v = crate::testing::callout_json(&complete);
     let record = v["record"].as_str().unwrap().to_string();
     answer(&mut s, &h, r#"{"outcome":"stored"}"#);
 

@@ -21,7 +21,7 @@ fn claim_execute_store_then_a_fresh_envoy_replays_from_the_key_store() {
     assert!(claim
         .headers
         .contains(&(":path".into(), "/v1/claim".into())));
-    let body = String::from_utf8(claim.body.clone()).unwrap();
+    let body = crate::testing::callout_json(&claim).to_string();
     assert!(
         !body.contains("alice") && !body.contains("\"k\""),
         "only hashes leave Envoy: {body}"
@@ -39,7 +39,7 @@ fn claim_execute_store_then_a_fresh_envoy_replays_from_the_key_store() {
         "held until stored"
     );
     let (_, complete) = h.last_callout().unwrap();
-    let v: Value = serde_json::from_slice(&complete.body).unwrap();
+    let v = crate::testing::callout_json(&complete);
     assert_eq!(v["token"], "T1");
     let record = v["record"].as_str().unwrap().to_string();
     answer(&mut s, &h, Some(200), r#"{"outcome":"stored"}"#);
@@ -157,10 +157,7 @@ fn server_error_releases_in_the_key_store_before_the_client_sees_it() {
     assert!(rel
         .headers
         .contains(&(":path".into(), "/v1/release".into())));
-    assert_eq!(
-        serde_json::from_slice::<Value>(&rel.body).unwrap()["token"],
-        "T1"
-    );
+    assert_eq!(crate::testing::callout_json(&rel)["token"], "T1");
     answer(&mut s, &h, Some(200), r#"{"outcome":"released"}"#);
     assert_eq!(h.resumed_response.get(), 1);
 }
@@ -216,7 +213,7 @@ pub(super) fn claimed(w: &World, key: &str, token: &str) -> (Stream, FakeHost) {
 }
 
 pub(super) fn body_of(callout: &crate::host::Callout) -> Value {
-    serde_json::from_slice(&callout.body).unwrap()
+    crate::testing::callout_json(callout)
 }
 
 #[test]

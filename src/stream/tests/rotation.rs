@@ -47,7 +47,7 @@ mod with_keystore {
     }
 
     fn body_of(c: &crate::host::Callout) -> Value {
-        serde_json::from_slice(&c.body).unwrap()
+        crate::testing::callout_json(c)
     }
 
     fn path_of(c: &crate::host::Callout) -> String {

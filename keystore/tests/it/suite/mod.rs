@@ -1,15 +1,18 @@
 //! The behaviour suite every backend must pass. `backend_suite!(factory)` instantiates it as
 //! `#[tokio::test]`s for an `async fn factory() -> Arc<dyn Backend>`.
 //!
-//! The tests are grouped by what they exercise: [`claims`], [`http`], [`waiting`] and [`admin`].
+//! The tests are grouped by what they exercise: [`claims`], [`http`], [`waiting`], [`admin`] and
+//! [`formats`] (JSON and compact bodies).
 
 mod admin;
 mod claims;
+mod formats;
 mod http;
 mod waiting;
 
 pub use admin::*;
 pub use claims::*;
+pub use formats::*;
 pub use http::*;
 pub use waiting::*;
 
@@ -34,7 +37,8 @@ macro_rules! backend_suite {
             waiter_answers_at_once_when_nothing_to_wait_for, wait_outlasts_the_backend_timeout,
             lookup_reports_without_claiming, complete_refuses_a_record_over_the_limit,
             admin_reports_each_state, admin_purge_says_what_it_removed,
-            admin_purge_frees_a_waiting_claim, admin_token_is_its_own);
+            admin_purge_frees_a_waiting_claim, admin_token_is_its_own,
+            compact_bodies_on_every_endpoint, formats_follow_content_type_and_accept);
     };
     (@tests $factory:path; $($name:ident),*) => {
         $(

@@ -68,8 +68,9 @@ use crate::stream::{Flow, Stream, REPLAYED_HEADER};
 use crate::testing::{FakeHost, FakeShared};
 use crate::worker::{Purpose, RootAction, RootReply, Worker};
 use idempotency_protocol::{
-    json, ClaimAnswer, ClaimRequest, ClaimResponse, CompleteRequest, ErrorBody, FencedResponse,
-    Hex64, LookupRequest, LookupResponse, ProtocolError, ReleaseRequest, RenewRequest,
+    body, json, ClaimAnswer, ClaimRequest, ClaimResponse, CompleteRequest, ErrorBody,
+    FencedResponse, Hex64, LookupRequest, LookupResponse, ProtocolError, ReleaseRequest,
+    RenewRequest,
 };
 use proptest::prelude::*;
 use proptest::test_runner::{Config as PtConfig, FileFailurePersistence};
@@ -283,16 +284,16 @@ fn proposed_token(r: &Req) -> Option<String> {
         .borrow()
         .iter()
         .find(|(_, c)| path_of(c).ends_with("/claim"))
-        .and_then(|(_, c)| json::decode_request::<ClaimRequest>(&c.body).ok())
+        .and_then(|(_, c)| body::decode_request::<ClaimRequest>(&c.body).ok())
         .and_then(|claim| claim.token)
 }
 
 /// The fencing token a complete, release or renew callout carries, read as the key store reads it.
 fn fenced_token(path: &str, body: &[u8]) -> Result<String, ProtocolError> {
     match path.rsplit('/').next() {
-        Some("complete") => json::decode_request::<CompleteRequest>(body).map(|r| r.token),
-        Some("release") => json::decode_request::<ReleaseRequest>(body).map(|r| r.token),
-        Some("renew") => json::decode_request::<RenewRequest>(body).map(|r| r.token),
+        Some("complete") => body::decode_request::<CompleteRequest>(body).map(|r| r.token),
+        Some("release") => body::decode_request::<ReleaseRequest>(body).map(|r| r.token),
+        Some("renew") => body::decode_request::<RenewRequest>(body).map(|r| r.token),
         _ => Err(ProtocolError::body(format!(
             "{path} carries no fencing token"
         ))),

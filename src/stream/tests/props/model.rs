@@ -76,9 +76,9 @@ impl KeyStore {
     /// Applies a callout; returns the HTTP status and body it answers.
     pub(super) fn apply(&mut self, path: &str, body: &[u8], now: u64) -> (u16, String) {
         let answer = match path.rsplit('/').next().unwrap_or_default() {
-            "claim" => json::decode_request(body).and_then(|r| self.claim(&r, now)),
-            "lookup" => json::decode_request(body).and_then(|r| self.lookup(&r, now)),
-            "complete" => json::decode_request(body).map(|r: CompleteRequest| {
+            "claim" => body::decode_request(body).and_then(|r| self.claim(&r, now)),
+            "lookup" => body::decode_request(body).and_then(|r| self.lookup(&r, now)),
+            "complete" => body::decode_request(body).map(|r: CompleteRequest| {
                 self.fenced(&r.key, &r.token, now, |body, _| {
                     Some(Slot::Completed {
                         body,
@@ -88,13 +88,13 @@ impl KeyStore {
                 })
                 .map_or_else(stale, |()| reply(200, &FencedResponse::Stored))
             }),
-            "release" => json::decode_request(body).map(|r: ReleaseRequest| {
+            "release" => body::decode_request(body).map(|r: ReleaseRequest| {
                 match self.fenced(&r.key, &r.token, now, |_, _| None) {
                     Some(()) => reply(200, &FencedResponse::Released),
                     None => stale(),
                 }
             }),
-            "renew" => json::decode_request(body).map(|r: RenewRequest| {
+            "renew" => body::decode_request(body).map(|r: RenewRequest| {
                 self.fenced(&r.key, &r.token, now, |body, owner| {
                     Some(Slot::InFlight {
                         body,

@@ -128,7 +128,7 @@ impl World {
             r.lease_until = now + LEASE_MS;
             let (_, c) = r.host.last_callout().unwrap();
             prop_assert!(path_of(&c).ends_with("/claim"));
-            let sent: ClaimRequest = json::decode_request(&c.body).unwrap();
+            let sent: ClaimRequest = body::decode_request(&c.body).unwrap();
             r.ks_key = Some(sent.key.as_str().to_string());
             prop_assert!(r.host.sent.borrow().is_empty());
             // Learn the fingerprint: one per body, never shared by two bodies.

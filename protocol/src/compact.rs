@@ -1,0 +1,526 @@
+//! The compact body format (`content-type: application/vnd.idempotency.v1+postcard`): the same
+//! messages as [`crate::json`], as one marker byte ([`MARKER`]) followed by their postcard
+//! encoding. Keys and fingerprints travel as their 32 raw bytes, records as raw bytes, numbers as
+//! varints, so a claim is ~80 bytes instead of ~200 and a record is not inflated by base64.
+//!
+//! Field order is the layout (README, "Key-store API"); a body is read to its last byte (trailing
+//! bytes are an error). Requests go through the same [`Request::from_wire`] as JSON ones, so the
+//! limits and the field named in an error are the same.
+
+use crate::error::ProtocolError;
+use crate::hex64::Hex64;
+use crate::request::{
+    ClaimRequest, CompleteRequest, LookupRequest, ReleaseRequest, RenewRequest, Request,
+};
+use crate::response::{ClaimAnswer, ClaimResponse, FencedResponse, LookupResponse};
+use crate::wire;
+use serde::{Deserialize, Serialize};
+
+/// The media type of the compact format.
+pub const CONTENT_TYPE: &str = "application/vnd.idempotency.v1+postcard";
+
+/// The first byte of every compact body: the format's version, which no JSON text starts with,
+/// so a body says which format it is in.
+pub const MARKER: u8 = 0x01;
+
+/// A message with a compact form.
+pub trait Compact: Sized {
+    /// Writes the message in the compact format.
+    fn to_compact(&self) -> Vec<u8>;
+
+    /// Reads (and, for a request, validates) a compact body; the error names the field at fault,
+    /// or `body` when the body does not have the layout.
+    fn from_compact(body: &[u8]) -> Result<Self, ProtocolError>;
+}
+
+fn write<T: Serialize>(value: &T) -> Vec<u8> {
+    // Writing to a growable vector fails only on types postcard cannot express; ours are plain.
+    postcard::to_extend(value, vec![MARKER]).unwrap_or_default()
+}
+
+fn read<'a, T: Deserialize<'a>>(body: &'a [u8], what: &str) -> Result<T, ProtocolError> {
+    let rest = match body.split_first() {
+        Some((&MARKER, rest)) => rest,
+        _ => {
+            return Err(ProtocolError::body(format!(
+                "a compact body starts with the byte {MARKER:#04x}"
+            )))
+        }
+    };
+    match postcard::take_from_bytes(rest) {
+        Ok((value, [])) => Ok(value),
+        Ok(_) => Err(ProtocolError::body(format!(
+            "trailing bytes after the {what}"
+        ))),
+        Err(e) => Err(ProtocolError::body(format!("not a compact {what}: {e}"))),
+    }
+}
+
+/// The raw bytes of a key or fingerprint.
+fn raw(h: &Hex64) -> [u8; 32] {
+    let mut out = [0u8; 32];
+    // A `Hex64` is 64 hex characters by construction, so this does not fail.
+    let _ = hex::decode_to_slice(h.as_str(), &mut out);
+    out
+}
+
+fn hex(bytes: &[u8; 32]) -> Option<String> {
+    Some(Hex64::from_bytes(bytes).as_str().to_owned())
+}
+
+#[derive(Serialize, Deserialize)]
+struct Claim<'a> {
+    key: [u8; 32],
+    fingerprint: [u8; 32],
+    lease_ms: u64,
+    wait_ms: u64,
+    #[serde(borrow)]
+    token: Option<&'a str>,
+}
+
+impl Compact for ClaimRequest {
+    fn to_compact(&self) -> Vec<u8> {
+        write(&Claim {
+            key: raw(&self.key),
+            fingerprint: raw(&self.fingerprint),
+            lease_ms: self.lease_ms,
+            wait_ms: self.wait_ms,
+            token: self.token.as_deref(),
+        })
+    }
+
+    fn from_compact(body: &[u8]) -> Result<Self, ProtocolError> {
+        let c: Claim = read(body, "claim")?;
+        Self::from_wire(wire::Claim {
+            key: hex(&c.key),
+            fingerprint: hex(&c.fingerprint),
+            lease_ms: Some(c.lease_ms),
+            wait_ms: Some(c.wait_ms),
+            token: c.token.map(str::to_owned),
+        })
+    }
+}
+
+#[derive(Serialize, Deserialize)]
+struct Lookup {
+    key: [u8; 32],
+    fingerprint: [u8; 32],
+}
+
+impl Compact for LookupRequest {
+    fn to_compact(&self) -> Vec<u8> {
+        write(&Lookup {
+            key: raw(&self.key),
+            fingerprint: raw(&self.fingerprint),
+        })
+    }
+
+    fn from_compact(body: &[u8]) -> Result<Self, ProtocolError> {
+        let l: Lookup = read(body, "lookup")?;
+        Self::from_wire(wire::Lookup {
+            key: hex(&l.key),
+            fingerprint: hex(&l.fingerprint),
+        })
+    }
+}
+
+#[derive(Serialize, Deserialize)]
+struct Complete<'a> {
+    key: [u8; 32],
+    token: &'a str,
+    record: &'a [u8],
+    retention_ms: u64,
+}
+
+impl Compact for CompleteRequest {
+    fn to_compact(&self) -> Vec<u8> {
+        write(&Complete {
+            key: raw(&self.key),
+            token: &self.token,
+            record: &self.record,
+            retention_ms: self.retention_ms,
+        })
+    }
+
+    fn from_compact(body: &[u8]) -> Result<Self, ProtocolError> {
+        let c: Complete = read(body, "complete")?;
+        Self::from_wire(wire::Complete {
+            key: hex(&c.key),
+            token: Some(c.token.to_owned()),
+            record: Some(c.record.to_vec()),
+            retention_ms: Some(c.retention_ms),
+        })
+    }
+}
+
+#[derive(Serialize, Deserialize)]
+struct Release<'a> {
+    key: [u8; 32],
+    token: &'a str,
+}
+
+impl Compact for ReleaseRequest {
+    fn to_compact(&self) -> Vec<u8> {
+        write(&Release {
+            key: raw(&self.key),
+            token: &self.token,
+        })
+    }
+
+    fn from_compact(body: &[u8]) -> Result<Self, ProtocolError> {
+        let r: Release = read(body, "release")?;
+        Self::from_wire(wire::Release {
+            key: hex(&r.key),
+            token: Some(r.token.to_owned()),
+        })
+    }
+}
+
+#[derive(Serialize, Deserialize)]
+struct Renew<'a> {
+    key: [u8; 32],
+    token: &'a str,
+    lease_ms: u64,
+}
+
+impl Compact for RenewRequest {
+    fn to_compact(&self) -> Vec<u8> {
+        write(&Renew {
+            key: raw(&self.key),
+            token: &self.token,
+            lease_ms: self.lease_ms,
+        })
+    }
+
+    fn from_compact(body: &[u8]) -> Result<Self, ProtocolError> {
+        let r: Renew = read(body, "renew")?;
+        Self::from_wire(wire::Renew {
+            key: hex(&r.key),
+            token: Some(r.token.to_owned()),
+            lease_ms: Some(r.lease_ms),
+        })
+    }
+}
+
+/// A claim's answer: the outcome (its variant index first), then `waited`.
+#[derive(Serialize, Deserialize)]
+enum Outcome<'a> {
+    Claimed { token: &'a str },
+    InFlight { retry_after_ms: u64 },
+    Completed { record: &'a [u8] },
+    Mismatch,
+}
+
+impl Compact for ClaimAnswer {
+    fn to_compact(&self) -> Vec<u8> {
+        let outcome = match &self.response {
+            ClaimResponse::Claimed { token } => Outcome::Claimed { token },
+            ClaimResponse::InFlight { retry_after_ms } => Outcome::InFlight {
+                retry_after_ms: *retry_after_ms,
+            },
+            ClaimResponse::Completed { record } => Outcome::Completed { record },
+            ClaimResponse::Mismatch => Outcome::Mismatch,
+        };
+        write(&(outcome, self.waited))
+    }
+
+    fn from_compact(body: &[u8]) -> Result<Self, ProtocolError> {
+        let (outcome, waited): (Outcome, bool) = read(body, "claim answer")?;
+        let response = match outcome {
+            Outcome::Claimed { token } => ClaimResponse::Claimed {
+                token: token.to_owned(),
+            },
+            Outcome::InFlight { retry_after_ms } => ClaimResponse::InFlight { retry_after_ms },
+            Outcome::Completed { record } => ClaimResponse::Completed {
+                record: record.to_vec(),
+            },
+            Outcome::Mismatch => ClaimResponse::Mismatch,
+        };
+        Ok(Self { response, waited })
+    }
+}
+
+/// A lookup's answer, as its variant index and fields.
+#[derive(Serialize, Deserialize)]
+enum LookupOutcome<'a> {
+    Absent,
+    InFlight { retry_after_ms: u64 },
+    Completed { record: &'a [u8] },
+    Mismatch,
+}
+
+impl Compact for LookupResponse {
+    fn to_compact(&self) -> Vec<u8> {
+        write(&match self {
+            Self::Absent => LookupOutcome::Absent,
+            Self::InFlight { retry_after_ms } => LookupOutcome::InFlight {
+                retry_after_ms: *retry_after_ms,
+            },
+            Self::Completed { record } => LookupOutcome::Completed { record },
+            Self::Mismatch => LookupOutcome::Mismatch,
+        })
+    }
+
+    fn from_compact(body: &[u8]) -> Result<Self, ProtocolError> {
+        Ok(match read(body, "lookup answer")? {
+            LookupOutcome::Absent => Self::Absent,
+            LookupOutcome::InFlight { retry_after_ms } => Self::InFlight { retry_after_ms },
+            LookupOutcome::Completed { record } => Self::Completed {
+                record: record.to_vec(),
+            },
+            LookupOutcome::Mismatch => Self::Mismatch,
+        })
+    }
+}
+
+/// The answer to a complete, release or renew: its variant index, in declaration order.
+impl Compact for FencedResponse {
+    fn to_compact(&self) -> Vec<u8> {
+        let index: u8 = match self {
+            Self::Stored => 0,
+            Self::Released => 1,
+            Self::Renewed => 2,
+            Self::Stale => 3,
+        };
+        vec![MARKER, index]
+    }
+
+    fn from_compact(body: &[u8]) -> Result<Self, ProtocolError> {
+        match body {
+            [MARKER, 0] => Ok(Self::Stored),
+            [MARKER, 1] => Ok(Self::Released),
+            [MARKER, 2] => Ok(Self::Renewed),
+            [MARKER, 3] => Ok(Self::Stale),
+            _ => Err(ProtocolError::body("not a compact fenced answer")),
+        }
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+    use crate::{body, json, MAX_LEASE_MS, MAX_RETENTION_MS, MAX_WAIT_MS};
+    use std::fmt::Debug;
+
+    const H: &str = "0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef";
+
+    fn hex64() -> Hex64 {
+        Hex64::parse(H).unwrap()
+    }
+
+    fn round_trip<T: Compact + Serialize + serde::de::DeserializeOwned + PartialEq + Debug>(
+        value: T,
+    ) -> Vec<u8> {
+        let bytes = value.to_compact();
+        assert_eq!(bytes.first(), Some(&MARKER));
+        assert_eq!(T::from_compact(&bytes).unwrap(), value);
+        // Whoever reads by the first byte gets the same value from either format.
+        assert_eq!(body::decode::<T>(&bytes).unwrap(), value);
+        assert_eq!(body::decode::<T>(&json::encode(&value)).unwrap(), value);
+        bytes
+    }
+
+    fn request_round_trip<R: Request + Compact + PartialEq + Debug>(req: R) -> Vec<u8> {
+        let bytes = req.to_compact();
+        assert_eq!(R::from_compact(&bytes).unwrap(), req);
+        assert_eq!(body::decode_request::<R>(&bytes).unwrap(), req);
+        assert_eq!(body::decode_request::<R>(&json::encode(&req)).unwrap(), req);
+        bytes
+    }
+
+    #[test]
+    fn requests_round_trip_and_are_small() {
+        let claim = request_round_trip(ClaimRequest {
+            key: hex64(),
+            fingerprint: hex64(),
+            lease_ms: MAX_LEASE_MS,
+            wait_ms: MAX_WAIT_MS,
+            token: Some("t".repeat(32)),
+        });
+        let as_json = json::encode(&ClaimRequest::from_compact(&claim).unwrap());
+        assert!(
+            claim.len() < 110 && as_json.len() > 200,
+            "{} vs {}",
+            claim.len(),
+            as_json.len()
+        );
+        request_round_trip(ClaimRequest {
+            key: hex64(),
+            fingerprint: hex64(),
+            lease_ms: 1,
+            wait_ms: 0,
+            token: None,
+        });
+        request_round_trip(LookupRequest {
+            key: hex64(),
+            fingerprint: hex64(),
+        });
+        let record: Vec<u8> = (0..=255).collect();
+        let complete = request_round_trip(CompleteRequest {
+            key: hex64(),
+            token: "t".into(),
+            record: record.clone(),
+            retention_ms: MAX_RETENTION_MS,
+        });
+        // The record travels as itself, not as base64.
+        assert!(complete.windows(record.len()).any(|w| w == record));
+        request_round_trip(ReleaseRequest {
+            key: hex64(),
+            token: "t".into(),
+        });
+        request_round_trip(RenewRequest {
+            key: hex64(),
+            token: "t".into(),
+            lease_ms: 5,
+        });
+    }
+
+    #[test]
+    fn replies_round_trip() {
+        for (response, waited) in [
+            (ClaimResponse::Claimed { token: "t".into() }, false),
+            (ClaimResponse::InFlight { retry_after_ms: 7 }, true),
+            (
+                ClaimResponse::Completed {
+                    record: vec![0, 1, 0x7b, 255],
+                },
+                true,
+            ),
+            (ClaimResponse::Completed { record: vec![] }, false),
+            (ClaimResponse::Mismatch, false),
+        ] {
+            round_trip(ClaimAnswer { response, waited });
+        }
+        for answer in [
+            LookupResponse::Absent,
+            LookupResponse::InFlight { retry_after_ms: 1 },
+            LookupResponse::Completed { record: vec![9; 3] },
+            LookupResponse::Mismatch,
+        ] {
+            round_trip(answer);
+        }
+        for answer in [
+            FencedResponse::Stored,
+            FencedResponse::Released,
+            FencedResponse::Renewed,
+            FencedResponse::Stale,
+        ] {
+            assert_eq!(round_trip(answer).len(), 2);
+        }
+    }
+
+    #[test]
+    fn validation_is_the_json_one_and_names_the_field() {
+        let claim = |lease_ms, wait_ms, token: Option<&str>| {
+            write(&Claim {
+                key: [1; 32],
+                fingerprint: [2; 32],
+                lease_ms,
+                wait_ms,
+                token,
+            })
+        };
+        for (bytes, field) in [
+            (claim(0, 0, None), "lease_ms"),
+            (claim(MAX_LEASE_MS + 1, 0, None), "lease_ms"),
+            (claim(5, MAX_WAIT_MS + 1, None), "wait_ms"),
+            (claim(5, 0, Some("")), "token"),
+            (claim(5, 0, Some(&"t".repeat(257))), "token"),
+        ] {
+            let e = ClaimRequest::from_compact(&bytes).unwrap_err();
+            assert_eq!(e.field, field, "{e}");
+        }
+        let ok = ClaimRequest::from_compact(&claim(5, MAX_WAIT_MS, Some("t"))).unwrap();
+        assert_eq!(ok.key.as_str(), "01".repeat(32));
+        assert_eq!(ok.fingerprint.as_str(), "02".repeat(32));
+        let complete = |token: &str, retention_ms| {
+            write(&Complete {
+                key: [1; 32],
+                token,
+                record: b"r",
+                retention_ms,
+            })
+        };
+        for (bytes, field) in [
+            (complete("", 1), "token"),
+            (complete("t", 0), "retention_ms"),
+            (complete("t", MAX_RETENTION_MS + 1), "retention_ms"),
+        ] {
+            let e = CompleteRequest::from_compact(&bytes).unwrap_err();
+            assert_eq!(e.field, field, "{e}");
+        }
+        let renew = write(&Renew {
+            key: [1; 32],
+            token: "t",
+            lease_ms: 0,
+        });
+        assert_eq!(
+            RenewRequest::from_compact(&renew).unwrap_err().field,
+            "lease_ms"
+        );
+        let release = write(&Release {
+            key: [1; 32],
+            token: "",
+        });
+        assert_eq!(
+            ReleaseRequest::from_compact(&release).unwrap_err().field,
+            "token"
+        );
+    }
+
+    #[test]
+    fn malformed_bodies_are_body_errors() {
+        let good = RenewRequest {
+            key: hex64(),
+            token: "t".into(),
+            lease_ms: 5,
+        }
+        .to_compact();
+        let mut trailing = good.clone();
+        trailing.push(0);
+        let mut unmarked = good.clone();
+        unmarked[0] = 2;
+        for bytes in [
+            &b""[..],
+            &[MARKER],
+            &good[..good.len() - 1],
+            &trailing,
+            &unmarked,
+            br#"{"key":"x"}"#,
+        ] {
+            let e = RenewRequest::from_compact(bytes).unwrap_err();
+            assert_eq!(e.field, "body", "{bytes:?}: {e}");
+        }
+        for bytes in [&b""[..], &[MARKER], &[MARKER, 4], &[MARKER, 0, 0], b"{}"] {
+            assert!(FencedResponse::from_compact(bytes).is_err(), "{bytes:?}");
+        }
+        // An unknown outcome, or a claimed one without its token.
+        for bytes in [&[MARKER, 9, 0][..], &[MARKER, 0]] {
+            assert!(ClaimAnswer::from_compact(bytes).is_err(), "{bytes:?}");
+        }
+        // A token that is not UTF-8.
+        assert!(ClaimAnswer::from_compact(&[MARKER, 0, 1, 0xff, 0]).is_err());
+    }
+
+    #[test]
+    fn media_types_name_formats() {
+        use body::Format;
+        for (value, format) in [
+            (&b"application/json"[..], Some(Format::Json)),
+            (b"Application/JSON; charset=utf-8", Some(Format::Json)),
+            (CONTENT_TYPE.as_bytes(), Some(Format::Compact)),
+            (
+                b"application/vnd.idempotency.v1+postcard ; q=1",
+                Some(Format::Compact),
+            ),
+            (b"text/plain", None),
+            (b"", None),
+        ] {
+            assert_eq!(Format::of_media_type(value), format, "{value:?}");
+        }
+        assert_eq!(Format::of_body(&[MARKER]), Format::Compact);
+        assert_eq!(Format::of_body(b" {"), Format::Json);
+        assert_eq!(Format::of_body(b""), Format::Json);
+    }
+}
