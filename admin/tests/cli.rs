@@ -131,6 +131,8 @@ impl Keystore {
             .post(format!("{}{}", self.base, header(":path")))
             .header("authorization", header("authorization"))
             .header("content-type", header("content-type"))
+            // The filter's bodies are compact; the answer is read here as JSON.
+            .header("accept", "application/json")
             .body(callout.body.clone())
             .send()
             .unwrap();
