@@ -260,31 +260,13 @@ pub fn record_of_complete(body: &[u8]) -> crate::record::Record {
 
 /// A callout's request body as JSON, whichever format it was sent in (tests read its fields).
 pub fn callout_json(c: &Callout) -> serde_json::Value {
-    use idempotency_protocol::{body, json};
     let path = c
         .headers
         .iter()
         .find(|(n, _)| n == ":path")
         .map(|(_, v)| v.as_str())
         .unwrap_or_default();
-    let b = &c.body;
-    let text = match path.rsplit('/').next().unwrap_or_default() {
-        "claim" => {
-            json::encode(&body::decode_request::<idempotency_protocol::ClaimRequest>(b).unwrap())
-        }
-        "lookup" => {
-            json::encode(&body::decode_request::<idempotency_protocol::LookupRequest>(b).unwrap())
-        }
-        "complete" => {
-            json::encode(&body::decode_request::<idempotency_protocol::CompleteRequest>(b).unwrap())
-        }
-        "release" => {
-            json::encode(&body::decode_request::<idempotency_protocol::ReleaseRequest>(b).unwrap())
-        }
-        "renew" => {
-            json::encode(&body::decode_request::<idempotency_protocol::RenewRequest>(b).unwrap())
-        }
-        other => panic!("no request body on /{other}"),
-    };
+    let endpoint = path.rsplit('/').next().unwrap_or_default();
+    let text = idempotency_protocol::body::request_as_json(endpoint, &c.body).unwrap();
     serde_json::from_slice(&text).unwrap()
 }

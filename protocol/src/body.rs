@@ -85,3 +85,19 @@ pub fn decode_request<R: Request + Compact>(body: &[u8]) -> Result<R, ProtocolEr
 pub fn decode<T: DeserializeOwned + Compact>(body: &[u8]) -> Result<T, ProtocolError> {
     Format::of_body(body).decode(body)
 }
+
+/// A request body of `endpoint` (`claim`, `lookup`, `complete`, `release`, `renew`), in whichever
+/// format it is in, as JSON text: what a person reads in a test failure or a capture.
+pub fn request_as_json(endpoint: &str, body: &[u8]) -> Result<Vec<u8>, ProtocolError> {
+    use crate::request::{
+        ClaimRequest, CompleteRequest, LookupRequest, ReleaseRequest, RenewRequest,
+    };
+    Ok(match endpoint {
+        "claim" => json::encode(&decode_request::<ClaimRequest>(body)?),
+        "lookup" => json::encode(&decode_request::<LookupRequest>(body)?),
+        "complete" => json::encode(&decode_request::<CompleteRequest>(body)?),
+        "release" => json::encode(&decode_request::<ReleaseRequest>(body)?),
+        "renew" => json::encode(&decode_request::<RenewRequest>(body)?),
+        other => return Err(ProtocolError::body(format!("no request body on /{other}"))),
+    })
+}
