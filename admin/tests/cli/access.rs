@@ -10,14 +10,7 @@ fn admin_token_separation() {
     let setup = Setup::new();
     let key = a_key();
     let ks = Keystore::start(Backend::Memory, Some(ADMIN_TOKEN));
-    let out = admin(
-        &setup,
-        None,
-        "show",
-        &key,
-        &["--keystore", &ks.base, "--admin-token", V1_TOKEN],
-    );
-    let err = failure(&out, 1);
+    let err = failure(&show_at(&setup, &key, &ks.base, V1_TOKEN), 1);
     contains(&err, "401");
     contains(&err, "admin token was refused");
     // No token at all: clap says the flag is required.
@@ -25,14 +18,7 @@ fn admin_token_separation() {
     contains(&failure(&out, 2), "--admin-token");
 
     let off = Keystore::start(Backend::Memory, None);
-    let out = admin(
-        &setup,
-        None,
-        "show",
-        &key,
-        &["--keystore", &off.base, "--admin-token", ADMIN_TOKEN],
-    );
-    let err = failure(&out, 1);
+    let err = failure(&show_at(&setup, &key, &off.base, ADMIN_TOKEN), 1);
     contains(&err, "404");
     contains(&err, "admin API is off");
 }

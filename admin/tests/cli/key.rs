@@ -85,12 +85,6 @@ fn bad_input_is_named() {
         &run(&args("/nonexistent/plugin.json", "/payments", "k"), true),
         "--config /nonexistent/plugin.json",
     );
-    let out = admin(
-        &setup,
-        None,
-        "show",
-        "k",
-        &["--keystore", "keystore:8081", "--admin-token", ADMIN_TOKEN],
-    );
+    let out = show_at(&setup, "k", "keystore:8081", ADMIN_TOKEN);
     contains(&failure(&out, 2), "--keystore keystore:8081: give http://");
 }

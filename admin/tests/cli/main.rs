@@ -158,6 +158,23 @@ fn admin(setup: &Setup, ks: Option<&Keystore>, command: &str, key: &str, extra: 
     cmd.output().unwrap()
 }
 
+/// `show` for Alice's request with `key` against `ks`: what the tool prints.
+fn show(setup: &Setup, ks: &Keystore, key: &str) -> String {
+    stdout(&admin(setup, Some(ks), "show", key, &[]))
+}
+
+/// `show --json` with `extra` arguments, parsed.
+fn show_json(setup: &Setup, ks: &Keystore, key: &str, extra: &[&str]) -> Value {
+    let args = [&["--json"], extra].concat();
+    serde_json::from_str(&stdout(&admin(setup, Some(ks), "show", key, &args))).unwrap()
+}
+
+/// `show` against the key store at `keystore` with `admin_token`, whatever its outcome.
+fn show_at(setup: &Setup, key: &str, keystore: &str, admin_token: &str) -> Output {
+    let extra = ["--keystore", keystore, "--admin-token", admin_token];
+    admin(setup, None, "show", key, &extra)
+}
+
 fn stdout(out: &Output) -> String {
     assert!(
         out.status.success(),

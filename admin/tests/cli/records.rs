@@ -14,7 +14,7 @@ fn completed_in_flight_absent_and_purge(backend: Backend) {
     let unquoted = key.trim_matches('"');
     let current = record_key(CURRENT, unquoted);
     store(&ks, cfg, &current, &record(created_201()));
-    let text = stdout(&admin(&setup, Some(&ks), "show", &key, &[]));
+    let text = show(&setup, &ks, &key);
     contains(
         &text,
         &format!(
@@ -31,14 +31,7 @@ fn completed_in_flight_absent_and_purge(backend: Backend) {
             record_key(PREVIOUS, unquoted).hex()
         ),
     );
-    let json: Value = serde_json::from_str(&stdout(&admin(
-        &setup,
-        Some(&ks),
-        "show",
-        &key,
-        &["--json"],
-    )))
-    .unwrap();
+    let json = show_json(&setup, &ks, &key, &[]);
     assert_eq!(json["route"], ROUTE);
     assert_eq!(json["caller_source"], "header:authorization");
     let first = &json["records"][0];
@@ -64,14 +57,7 @@ fn completed_in_flight_absent_and_purge(backend: Backend) {
         &["--body", same.to_str().unwrap()],
     ));
     contains(&text, "has the stored fingerprint: it is a retry");
-    let json: Value = serde_json::from_str(&stdout(&admin(
-        &setup,
-        Some(&ks),
-        "show",
-        &key,
-        &["--json", "--body", other.to_str().unwrap()],
-    )))
-    .unwrap();
+    let json = show_json(&setup, &ks, &key, &["--body", other.to_str().unwrap()]);
     assert_eq!(json["records"][0]["request_matches"], false, "{json}");
     assert!(
         json["records"][1].get("request_matches").is_none(),
@@ -81,10 +67,7 @@ fn completed_in_flight_absent_and_purge(backend: Backend) {
     // Purge asks for --yes and removes nothing without it.
     let err = failure(&admin(&setup, Some(&ks), "purge", &key, &[]), 2);
     contains(&err, "--yes");
-    contains(
-        &stdout(&admin(&setup, Some(&ks), "show", &key, &[])),
-        "completed, status 201",
-    );
+    contains(&show(&setup, &ks, &key), "completed, status 201");
     let text = stdout(&admin(&setup, Some(&ks), "purge", &key, &["--yes"]));
     contains(
         &text,
@@ -96,7 +79,7 @@ fn completed_in_flight_absent_and_purge(backend: Backend) {
     contains(&text, "secret 1 (previous), record key");
     contains(&text, "nothing to remove");
     contains(
-        &stdout(&admin(&setup, Some(&ks), "show", &key, &[])),
+        &show(&setup, &ks, &key),
         &format!("record key {}: absent", current.hex()),
     );
     // The key runs again: the filter's next claim wins it.
@@ -111,20 +94,13 @@ fn completed_in_flight_absent_and_purge(backend: Backend) {
     assert_eq!(claimed["outcome"], "claimed", "{claimed}");
 
     // That claim is in flight now.
-    let text = stdout(&admin(&setup, Some(&ks), "show", &key, &[]));
+    let text = show(&setup, &ks, &key);
     contains(
         &text,
         &format!("record key {}: in flight (lease left", current.hex()),
     );
     contains(&text, "409 (request in progress)");
-    let json: Value = serde_json::from_str(&stdout(&admin(
-        &setup,
-        Some(&ks),
-        "show",
-        &key,
-        &["--json"],
-    )))
-    .unwrap();
+    let json = show_json(&setup, &ks, &key, &[]);
     assert_eq!(json["records"][0]["state"], "in_flight");
     let left = json["records"][0]["lease_left_ms"].as_u64().unwrap();
     assert!(left > 0 && left <= 30_000, "{json}");
@@ -165,7 +141,7 @@ fn previous_secret_unknown_outcome_and_forgery() {
             hold_until_ms: hold_until,
         }),
     );
-    let text = stdout(&admin(&setup, Some(&ks), "show", &key, &[]));
+    let text = show(&setup, &ks, &key);
     contains(
         &text,
         &format!(
@@ -183,16 +159,9 @@ fn previous_secret_unknown_outcome_and_forgery() {
     let mut forger = setup.keystore_cfg.clone();
     forger.secrets = idempotency_filter::config::Secrets::from_bytes(vec![b"f".repeat(40)]);
     store(&ks, &forger, &current, &record(created_201()));
-    let text = stdout(&admin(&setup, Some(&ks), "show", &key, &[]));
+    let text = show(&setup, &ks, &key);
     contains(&text, "completed, signature does not verify");
     contains(&text, "never replays this record");
-    let json: Value = serde_json::from_str(&stdout(&admin(
-        &setup,
-        Some(&ks),
-        "show",
-        &key,
-        &["--json"],
-    )))
-    .unwrap();
+    let json = show_json(&setup, &ks, &key, &[]);
     assert_eq!(json["records"][0]["record"]["signature"], "does_not_verify");
 }
