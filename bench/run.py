@@ -293,9 +293,9 @@ def filter_config(cluster, **more):
 
 
 def redis_scripts():
-    """The key store's own claim and complete Lua (keystore/src/backend/redis.rs), so that
+    """The key store's own claim and complete Lua (keystore/src/backend/redis/scripts.rs), so that
     redis-benchmark runs the same operations; None if the source no longer has that shape."""
-    src = (ROOT / "keystore" / "src" / "backend" / "redis.rs").read_text()
+    src = (ROOT / "keystore" / "src" / "backend" / "redis" / "scripts.rs").read_text()
     consts = dict(re.findall(r'const (\w+): &str = r"(.*?)";', src, re.S))
     if not all(k in consts for k in ("NOW", "CLAIM", "COMPLETE")):
         return None

@@ -28,6 +28,27 @@ fn cache(slots: u32) -> (NearCache, FakeShared) {
     (c, shared)
 }
 
+/// Claims and completes `rk(n)` for each `n` in `keys`, as owner `n` at time `n`, with a record
+/// of `body` bytes.
+fn complete_each(
+    c: &NearCache,
+    s: &FakeShared,
+    keys: std::ops::Range<u8>,
+    fp: Fingerprint,
+    body: usize,
+) {
+    for n in keys {
+        assert_eq!(
+            c.lookup_or_claim(s, &rk(n), &fp, u64::from(n), u64::from(n), 1000),
+            L1Outcome::Claimed
+        );
+        assert_eq!(
+            c.complete(s, &rk(n), u64::from(n), &record(fp, body), u64::from(n)),
+            Ok(true)
+        );
+    }
+}
+
 #[test]
 fn renewal_keeps_a_slow_claim_and_only_its_owner_renews() {
     let (c, s) = cache(4);
@@ -144,16 +165,7 @@ fn an_expired_claim_dropped_by_a_write_for_another_key_still_completes() {
 fn buckets_hold_many_keys_and_evict_oldest_completed_first() {
     let (c, s) = cache(1);
     let fp = [1; 32];
-    for n in 0..3 {
-        assert_eq!(
-            c.lookup_or_claim(&s, &rk(n), &fp, u64::from(n), u64::from(n), 1000),
-            L1Outcome::Claimed
-        );
-        assert_eq!(
-            c.complete(&s, &rk(n), u64::from(n), &record(fp, 1500), u64::from(n)),
-            Ok(true)
-        );
-    }
+    complete_each(&c, &s, 0..3, fp, 1500);
     // Budget 4096 holds two 1.5 KiB records: the oldest went.
     assert_eq!(
         c.lookup_or_claim(&s, &rk(0), &fp, 99, 5, 1000),
@@ -171,16 +183,7 @@ fn buckets_hold_many_keys_and_evict_oldest_completed_first() {
 fn a_slot_keeps_at_most_eight_records() {
     let (c, s) = cache(1);
     let fp = [1; 32];
-    for n in 0..10u8 {
-        assert_eq!(
-            c.lookup_or_claim(&s, &rk(n), &fp, u64::from(n), u64::from(n), 1000),
-            L1Outcome::Claimed
-        );
-        assert_eq!(
-            c.complete(&s, &rk(n), u64::from(n), &record(fp, 10), u64::from(n)),
-            Ok(true)
-        );
-    }
+    complete_each(&c, &s, 0..10, fp, 10);
     for n in 0..2u8 {
         assert_eq!(
             c.lookup_or_claim(&s, &rk(n), &fp, 99, 20, 1000),

@@ -8,92 +8,23 @@
 //! already held stay as they are.
 //! Waiting claims are woken by a per-key `watch` channel that exists only while someone waits.
 
-use std::collections::{BTreeSet, HashMap};
+mod store;
+#[cfg(test)]
+mod tests;
+
+use std::collections::HashMap;
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use async_trait::async_trait;
 use tokio::sync::watch;
 
+use self::store::{millis_left, Entry, Limits, State, Store};
 use super::{Backend, BackendError, ClaimOutcome, Fenced, KeyChange, LookupOutcome};
 use crate::protocol::{
-    token_or_new, ClaimRequest, CompleteRequest, EntryKind, Hex64, LookupRequest, RecordState,
-    ReleaseRequest, RenewRequest,
+    token_or_new, ClaimRequest, CompleteRequest, Hex64, LookupRequest, RecordState, ReleaseRequest,
+    RenewRequest,
 };
-
-/// Bytes an entry costs besides its key, fingerprint, token and record: the map's and the indexes'
-/// bookkeeping, counted so that many tiny entries are bounded too.
-const ENTRY_OVERHEAD: usize = 160;
-
-/// One stored key.
-#[derive(Debug, Clone)]
-struct Entry {
-    fingerprint: Hex64,
-    state: State,
-    /// End of the lease (in flight) or of the retention (completed).
-    until: Instant,
-    /// Insertion order, to tell apart entries with the same deadline.
-    seq: u64,
-}
-
-#[derive(Debug, Clone)]
-enum State {
-    InFlight {
-        token: String,
-    },
-    Completed {
-        record: Arc<[u8]>,
-        /// When it was stored, Unix ms (what an operator is shown).
-        stored_at_ms: u64,
-    },
-}
-
-impl Entry {
-    fn size(&self, key: &str) -> usize {
-        let payload = match &self.state {
-            State::InFlight { token } => token.len(),
-            State::Completed { record, .. } => record.len(),
-        };
-        key.len() + self.fingerprint.as_str().len() + payload + ENTRY_OVERHEAD
-    }
-
-    fn is_completed(&self) -> bool {
-        matches!(self.state, State::Completed { .. })
-    }
-
-    /// The entry as an operator sees it at `now`.
-    fn view(&self, now: Instant) -> RecordState {
-        let fingerprint = self.fingerprint.clone();
-        if self.until <= now {
-            let was = if self.is_completed() {
-                EntryKind::Completed
-            } else {
-                EntryKind::InFlight
-            };
-            let ago = now.saturating_duration_since(self.until).as_millis();
-            return RecordState::Expired {
-                fingerprint,
-                was,
-                expired_ms_ago: u64::try_from(ago).unwrap_or(u64::MAX),
-            };
-        }
-        match &self.state {
-            State::InFlight { .. } => RecordState::InFlight {
-                fingerprint,
-                lease_left_ms: millis_left(self.until, now),
-            },
-            State::Completed {
-                record,
-                stored_at_ms,
-            } => RecordState::Completed {
-                fingerprint,
-                record: record.to_vec(),
-                stored_at_ms: Some(*stored_at_ms),
-                expires_in_ms: millis_left(self.until, now),
-            },
-        }
-    }
-}
 
 /// The wall clock in Unix ms.
 fn unix_ms() -> u64 {
@@ -101,97 +32,6 @@ fn unix_ms() -> u64 {
         .duration_since(UNIX_EPOCH)
         .unwrap_or_default();
     u64::try_from(since.as_millis()).unwrap_or(u64::MAX)
-}
-
-/// The map and its indexes.
-#[derive(Default)]
-struct Store {
-    map: HashMap<String, Entry>,
-    /// Every entry by deadline: the expiry sweep.
-    by_until: BTreeSet<(Instant, u64, String)>,
-    /// Completed entries by deadline: the eviction order.
-    completed: BTreeSet<(Instant, u64, String)>,
-    bytes: usize,
-    seq: u64,
-}
-
-/// What a write that may not fit asks for.
-struct Limits {
-    max_bytes: usize,
-    max_entries: usize,
-}
-
-impl Store {
-    fn remove(&mut self, key: &str) -> Option<Entry> {
-        let e = self.map.remove(key)?;
-        let index = (e.until, e.seq, key.to_owned());
-        self.by_until.remove(&index);
-        if e.is_completed() {
-            self.completed.remove(&index);
-        }
-        self.bytes = self.bytes.saturating_sub(e.size(key));
-        Some(e)
-    }
-
-    /// Drops every entry whose deadline has passed.
-    fn sweep(&mut self, now: Instant) {
-        while let Some((until, _, key)) = self.by_until.first().cloned() {
-            if until > now {
-                break;
-            }
-            self.remove(&key);
-        }
-    }
-
-    fn live(&self, key: &str, now: Instant) -> Option<&Entry> {
-        self.map.get(key).filter(|e| e.until > now)
-    }
-
-    /// Stores `entry` for `key` in place of the current one, evicting completed records of other
-    /// keys (closest to expiry first) to make room. `Err(Full)` leaves everything as it was.
-    fn put(&mut self, key: &str, mut entry: Entry, limits: &Limits) -> Result<(), BackendError> {
-        self.seq = self.seq.wrapping_add(1);
-        entry.seq = self.seq;
-        let size = entry.size(key);
-        let replaced = self.map.get(key).map_or(0, |e| e.size(key));
-        let entries_after = self.map.len() + usize::from(!self.map.contains_key(key));
-        // Plan the evictions first, so that a write that cannot fit changes nothing.
-        let mut victims = Vec::new();
-        let mut freed = 0usize;
-        let mut iter = self.completed.iter();
-        while !(self.bytes - replaced - freed + size <= limits.max_bytes
-            && entries_after - victims.len() <= limits.max_entries)
-        {
-            match iter.next() {
-                Some((_, _, k)) if k == key => continue,
-                Some((_, _, k)) => {
-                    freed += self.map.get(k).map_or(0, |e| e.size(k));
-                    victims.push(k.clone());
-                }
-                None => {
-                    return Err(BackendError::Full(format!(
-                        "the memory store holds {} bytes in {} entries (bounds {} bytes, {} entries) and no completed record is left to evict",
-                        self.bytes,
-                        self.map.len(),
-                        limits.max_bytes,
-                        limits.max_entries
-                    )))
-                }
-            }
-        }
-        for k in &victims {
-            self.remove(k);
-        }
-        self.remove(key);
-        let index = (entry.until, entry.seq, key.to_owned());
-        self.by_until.insert(index.clone());
-        if entry.is_completed() {
-            self.completed.insert(index);
-        }
-        self.bytes += size;
-        self.map.insert(key.to_owned(), entry);
-        Ok(())
-    }
 }
 
 /// Keys someone waits on, each with the channel that wakes its waiters.
@@ -268,13 +108,6 @@ impl MemoryBackend {
         store.sweep(now);
         f(&mut store, now)
     }
-}
-
-/// Milliseconds left until `until`, rounded up so a live lease never reports 0.
-fn millis_left(until: Instant, now: Instant) -> u64 {
-    let left = until.saturating_duration_since(now);
-    let ms = left.as_millis() + u128::from(left.subsec_nanos() % 1_000_000 != 0);
-    u64::try_from(ms).unwrap_or(u64::MAX).max(1)
 }
 
 #[async_trait]
@@ -452,131 +285,5 @@ impl Backend for MemoryBackend {
 
     fn name(&self) -> &'static str {
         "memory"
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn hex(n: u64) -> Hex64 {
-        Hex64::parse(&format!("{n:064x}")).unwrap()
-    }
-
-    fn claim(key: u64) -> ClaimRequest {
-        ClaimRequest {
-            key: hex(key),
-            fingerprint: hex(0),
-            lease_ms: 60_000,
-            wait_ms: 0,
-            token: Some(format!("t{key}")),
-        }
-    }
-
-    fn complete(key: u64, bytes: usize) -> CompleteRequest {
-        CompleteRequest {
-            key: hex(key),
-            token: format!("t{key}"),
-            record: vec![7; bytes],
-            retention_ms: 60_000,
-        }
-    }
-
-    #[tokio::test]
-    async fn full_of_claims_refuses_new_ones_and_keeps_every_claim() {
-        // Room for about ten claims.
-        let m = MemoryBackend::new(10 * 300, 1_000);
-        let mut held = Vec::new();
-        for k in 1..=100 {
-            match m.claim(&claim(k)).await {
-                Ok(ClaimOutcome::Claimed { .. }) => held.push(k),
-                Err(BackendError::Full(_)) => break,
-                other => panic!("{other:?}"),
-            }
-        }
-        assert!((5..=15).contains(&held.len()), "{held:?}");
-        let (bytes, _) = m.usage();
-        assert!(bytes <= 3000, "{bytes}");
-        assert!(matches!(
-            m.claim(&claim(1_000)).await,
-            Err(BackendError::Full(_))
-        ));
-        // Every claim held before is still there, and still fenced by its token.
-        for k in &held {
-            assert!(
-                matches!(m.claim(&claim(*k)).await, Ok(ClaimOutcome::InFlight { .. })),
-                "claim {k} lost"
-            );
-        }
-        // A completion that does not fit is refused and leaves the claim in place.
-        assert!(matches!(
-            m.complete(&complete(held[0], 10_000)).await,
-            Err(BackendError::Full(_))
-        ));
-        assert!(matches!(
-            m.claim(&claim(held[0])).await,
-            Ok(ClaimOutcome::InFlight { .. })
-        ));
-        // Releasing makes room again.
-        assert_eq!(
-            m.release(&ReleaseRequest {
-                key: hex(held[0]),
-                token: format!("t{}", held[0]),
-            })
-            .await
-            .unwrap(),
-            Fenced::Done
-        );
-        assert!(matches!(
-            m.claim(&claim(1_000)).await,
-            Ok(ClaimOutcome::Claimed { .. })
-        ));
-    }
-
-    #[tokio::test]
-    async fn completed_records_are_evicted_closest_to_expiry_first_never_claims() {
-        let m = MemoryBackend::new(20_000, 1_000);
-        // Two claims in flight, then records of 1 KiB each until the bound is passed several times.
-        for k in [900, 901] {
-            m.claim(&claim(k)).await.unwrap();
-        }
-        for k in 1..=60u64 {
-            assert!(matches!(
-                m.claim(&claim(k)).await.unwrap(),
-                ClaimOutcome::Claimed { .. }
-            ));
-            let mut c = complete(k, 1024);
-            c.retention_ms = 60_000 + k;
-            assert_eq!(m.complete(&c).await.unwrap(), Fenced::Done);
-            let (bytes, _) = m.usage();
-            assert!(bytes <= 20_000, "{bytes} bytes after record {k}");
-        }
-        for k in [900, 901] {
-            assert!(matches!(
-                m.claim(&claim(k)).await.unwrap(),
-                ClaimOutcome::InFlight { .. }
-            ));
-        }
-        // The newest records (latest expiry) are kept, the oldest were evicted.
-        assert!(matches!(
-            m.claim(&claim(60)).await.unwrap(),
-            ClaimOutcome::Completed { .. }
-        ));
-        assert!(matches!(
-            m.claim(&claim(1)).await.unwrap(),
-            ClaimOutcome::Claimed { .. }
-        ));
-    }
-
-    #[tokio::test]
-    async fn expired_entries_are_swept_and_free_their_bytes() {
-        let m = MemoryBackend::new(1_000_000, 1_000);
-        let mut c = claim(1);
-        c.lease_ms = 1;
-        m.claim(&c).await.unwrap();
-        tokio::time::sleep(Duration::from_millis(5)).await;
-        m.claim(&claim(2)).await.unwrap();
-        let (_, entries) = m.usage();
-        assert_eq!(entries, 1, "the expired claim was swept");
     }
 }

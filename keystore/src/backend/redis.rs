@@ -15,6 +15,10 @@
 //! key, and a read is one script call, so polling with backoff costs less to run and to reason
 //! about than a subscriber per process that must resubscribe across reconnects and cluster moves.
 
+mod scripts;
+#[cfg(test)]
+mod tests;
+
 use std::future::Future;
 use std::pin::Pin;
 use std::time::Duration;
@@ -27,11 +31,14 @@ use redis::cluster_async::ClusterConnection;
 use redis::{RedisResult, Script, Value};
 use tokio::sync::OnceCell;
 
+use self::scripts::{
+    fenced, record_state, CLAIM, COMPLETE, FENCE, INSPECT, LOOKUP, NOW, PURGE, RELEASE, RENEW, VIEW,
+};
 use super::{Backend, BackendError, ClaimOutcome, Fenced, LookupOutcome};
 use crate::config::Config;
 use crate::protocol::{
-    token_or_new, ClaimRequest, CompleteRequest, EntryKind, Hex64, LookupRequest, RecordState,
-    ReleaseRequest, RenewRequest,
+    token_or_new, ClaimRequest, CompleteRequest, Hex64, LookupRequest, RecordState, ReleaseRequest,
+    RenewRequest,
 };
 
 /// How Redis servers' certificates are checked on `rediss://`.
@@ -82,89 +89,6 @@ fn check_url(url: &str) -> anyhow::Result<()> {
     );
     Ok(())
 }
-
-/// Shared prelude: `now` in milliseconds from the Redis server clock.
-const NOW: &str = r"
-local t = redis.call('TIME')
-local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
-";
-
-/// KEYS[1] record; ARGV fingerprint, new token, lease_ms.
-const CLAIM: &str = r"
-local cur = redis.call('HMGET', KEYS[1], 's', 'fp', 'until')
-local untl = tonumber(cur[3])
-if cur[1] and untl and untl > now then
-  if cur[2] ~= ARGV[1] then return {'mismatch'} end
-  if cur[1] == 'c' then return {'completed', redis.call('HGET', KEYS[1], 'rec')} end
-  return {'in_flight', string.format('%d', untl - now)}
-end
-local lease = tonumber(ARGV[3])
-redis.call('DEL', KEYS[1])
-redis.call('HSET', KEYS[1], 's', 'f', 'fp', ARGV[1], 'tok', ARGV[2],
-  'until', string.format('%d', now + lease))
-redis.call('PEXPIRE', KEYS[1], lease)
-return {'claimed', ARGV[2]}
-";
-
-/// Shared guard of complete, release and renew: the key must be in flight, live, and held by ARGV[1].
-const FENCE: &str = r"
-local cur = redis.call('HMGET', KEYS[1], 's', 'tok', 'until')
-local untl = tonumber(cur[3])
-if cur[1] ~= 'f' or cur[2] ~= ARGV[1] or not untl or untl <= now then return 'stale' end
-";
-
-/// KEYS[1] record; ARGV fingerprint. Reads only.
-const LOOKUP: &str = r"
-local cur = redis.call('HMGET', KEYS[1], 's', 'fp', 'until')
-local untl = tonumber(cur[3])
-if not (cur[1] and untl and untl > now) then return {'absent'} end
-if cur[2] ~= ARGV[1] then return {'mismatch'} end
-if cur[1] == 'c' then return {'completed', redis.call('HGET', KEYS[1], 'rec')} end
-return {'in_flight', string.format('%d', untl - now)}
-";
-
-/// KEYS[1] record; ARGV token, record bytes, retention_ms.
-const COMPLETE: &str = r"
-local retention = tonumber(ARGV[3])
-redis.call('HDEL', KEYS[1], 'tok')
-redis.call('HSET', KEYS[1], 's', 'c', 'rec', ARGV[2],
-  'until', string.format('%d', now + retention), 'at', string.format('%d', now))
-redis.call('PEXPIRE', KEYS[1], retention)
-return 'stored'
-";
-
-/// KEYS[1] record; ARGV token.
-const RELEASE: &str = r"
-redis.call('DEL', KEYS[1])
-return 'released'
-";
-
-/// KEYS[1] record; ARGV token, lease_ms.
-const RENEW: &str = r"
-local lease = tonumber(ARGV[2])
-redis.call('HSET', KEYS[1], 'until', string.format('%d', now + lease))
-redis.call('PEXPIRE', KEYS[1], lease)
-return 'renewed'
-";
-
-/// KEYS[1] record. What the key holds, for the admin API: `{'absent'}` or
-/// `{s, fp, until, now, at, rec}` (missing fields as empty strings), expired or not.
-const VIEW: &str = r"
-local cur = redis.call('HMGET', KEYS[1], 's', 'fp', 'until', 'at', 'rec')
-if not cur[1] then return {'absent'} end
-local view = {cur[1], cur[2] or '', cur[3] or '0', string.format('%d', now), cur[4] or '', cur[5] or ''}
-";
-
-/// KEYS[1] record. Reads only.
-const INSPECT: &str = r"
-return view
-";
-
-/// KEYS[1] record. Removes the key whatever it holds.
-const PURGE: &str = r"
-redis.call('DEL', KEYS[1])
-return view
-";
 
 type Connect<C> =
     Box<dyn Fn() -> Pin<Box<dyn Future<Output = RedisResult<C>> + Send>> + Send + Sync>;
@@ -283,64 +207,6 @@ where
     /// Redis key of a record.
     fn record_key(key: &Hex64) -> String {
         format!("idem:{{{}}}", key.as_str())
-    }
-}
-
-/// Reads the reply of the `VIEW` scripts.
-fn record_state(reply: &[Vec<u8>]) -> Result<RecordState, BackendError> {
-    let bad = || BackendError::Protocol(format!("record view: {reply:?}"));
-    let text = |b: &[u8]| std::str::from_utf8(b).map(str::to_owned).map_err(|_| bad());
-    let number = |b: &[u8]| -> Result<i64, BackendError> {
-        std::str::from_utf8(b)
-            .ok()
-            .and_then(|s| s.parse().ok())
-            .ok_or_else(bad)
-    };
-    let (s, fp, until, now, at, rec) = match reply {
-        [tag] if tag.as_slice() == b"absent" => return Ok(RecordState::Absent),
-        [s, fp, until, now, at, rec] => (s, fp, until, now, at, rec),
-        _ => return Err(bad()),
-    };
-    let fingerprint = Hex64::parse(&text(fp)?).ok_or_else(bad)?;
-    let left = number(until)?.saturating_sub(number(now)?);
-    let completed = match s.as_slice() {
-        b"c" => true,
-        b"f" => false,
-        _ => return Err(bad()),
-    };
-    let ms = |n: i64| u64::try_from(n).unwrap_or(0);
-    Ok(match (left > 0, completed) {
-        (false, _) => RecordState::Expired {
-            fingerprint,
-            was: if completed {
-                EntryKind::Completed
-            } else {
-                EntryKind::InFlight
-            },
-            expired_ms_ago: ms(left.saturating_neg()),
-        },
-        (true, false) => RecordState::InFlight {
-            fingerprint,
-            lease_left_ms: ms(left),
-        },
-        (true, true) => RecordState::Completed {
-            fingerprint,
-            record: rec.clone(),
-            stored_at_ms: if at.is_empty() {
-                None
-            } else {
-                Some(ms(number(at)?))
-            },
-            expires_in_ms: ms(left),
-        },
-    })
-}
-
-fn fenced(reply: &str, done: &str) -> Result<Fenced, BackendError> {
-    match reply {
-        r if r == done => Ok(Fenced::Done),
-        "stale" => Ok(Fenced::Stale),
-        other => Err(BackendError::Protocol(other.to_owned())),
     }
 }
 
@@ -472,32 +338,5 @@ where
 
     fn name(&self) -> &'static str {
         self.name
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn urls_are_logged_without_their_password() {
-        assert_eq!(
-            redact("rediss://keystore:s3cr3t@redis:6380"),
-            "rediss://keystore:***@redis:6380"
-        );
-        assert_eq!(redact("redis://:pw@h:1"), "redis://:***@h:1");
-        assert_eq!(redact("redis://h:1"), "redis://h:1");
-        let e = RedisBackend::single(
-            &["redis://u:pw-xyz@h:1".into(), "x".into()],
-            Duration::from_millis(1),
-        );
-        assert!(e.is_err());
-        let e = RedisBackend::single(
-            &["rediss://u:pw-xyz@h:1/#insecure".into()],
-            Duration::from_millis(1),
-        )
-        .err()
-        .unwrap();
-        assert!(!e.to_string().contains("pw-xyz"), "{e}");
     }
 }

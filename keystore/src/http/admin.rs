@@ -12,7 +12,8 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::{Json, Router};
 
-use super::{bearer_matches, unauthorized, AppState, Failure};
+use super::bearer::{bearer_matches, unauthorized};
+use super::{AppState, Failure};
 use crate::metrics::Metrics;
 use crate::protocol::{Hex64, PurgeResponse, RecordState};
 

@@ -48,12 +48,7 @@ fn claim_execute_store_then_a_fresh_envoy_replays_from_the_key_store() {
     // Another Envoy: empty L1; the key store returns the record.
     let other = World::new(CFG);
     let (mut s2, h2, _) = other.send(&post("k", b"a"));
-    answer(
-        &mut s2,
-        &h2,
-        Some(200),
-        &format!(r#"{{"outcome":"completed","record":"{record}"}}"#),
-    );
+    answer(&mut s2, &h2, Some(200), &completed_reply(&record));
     let sent = h2.last_sent().unwrap();
     assert_eq!(
         (sent.status, sent.body.as_slice()),
@@ -145,13 +140,7 @@ fn failure_modes_on_garbage_reset_and_errors() {
 #[test]
 fn server_error_releases_in_the_key_store_before_the_client_sees_it() {
     let w = World::new(CFG);
-    let (mut s, mut h, _) = w.send(&post("k", b"a"));
-    answer(
-        &mut s,
-        &h,
-        Some(200),
-        r#"{"outcome":"claimed","token":"T1"}"#,
-    );
+    let (mut s, mut h) = claimed(&w, "k", "T1");
     assert_eq!(w.respond(&mut s, &mut h, 502, b""), Flow::Pause);
     let (_, rel) = h.last_callout().unwrap();
     assert!(rel
@@ -165,13 +154,7 @@ fn server_error_releases_in_the_key_store_before_the_client_sees_it() {
 #[test]
 fn a_record_the_key_store_did_not_take_is_handed_over_for_retry() {
     let w = World::new(CFG);
-    let (mut s, mut h, _) = w.send(&post("k", b"a"));
-    answer(
-        &mut s,
-        &h,
-        Some(200),
-        r#"{"outcome":"claimed","token":"T1"}"#,
-    );
+    let (mut s, mut h) = claimed(&w, "k", "T1");
     w.respond(&mut s, &mut h, 201, b"{}");
     let (_, complete) = h.last_callout().unwrap();
     answer(&mut s, &h, Some(503), "no healthy upstream");
@@ -189,13 +172,7 @@ fn a_record_the_key_store_did_not_take_is_handed_over_for_retry() {
     );
     assert!(w.handed_over().is_empty());
 
-    let (mut s, mut h, _) = w.send(&post("j", b"a"));
-    answer(
-        &mut s,
-        &h,
-        Some(200),
-        r#"{"outcome":"claimed","token":"T2"}"#,
-    );
+    let (mut s, mut h) = claimed(&w, "j", "T2");
     w.respond(&mut s, &mut h, 201, b"{}");
     answer(&mut s, &h, Some(200), r#"{"outcome":"stored"}"#);
     assert!(w.handed_over().is_empty(), "stored: nothing to retry");
@@ -210,6 +187,11 @@ pub(super) fn claimed(w: &World, key: &str, token: &str) -> (Stream, FakeHost) {
         &format!(r#"{{"outcome":"claimed","token":"{token}"}}"#),
     );
     (s, h)
+}
+
+/// The key store's answer to a claim or lookup that found `record` (base64).
+fn completed_reply(record: &str) -> String {
+    format!(r#"{{"outcome":"completed","record":"{record}"}}"#)
 }
 
 pub(super) fn body_of(callout: &crate::host::Callout) -> Value {
@@ -231,20 +213,22 @@ fn a_record_for_another_fingerprint_is_never_replayed() {
         &mut s,
         &h,
         Some(200),
-        &format!(
-            r#"{{"outcome":"completed","record":"{}"}}"#,
-            B64.encode(other.seal(&key, crate::testing::TEST_SECRET.as_bytes()))
-        ),
+        &completed_reply(&B64.encode(other.seal(&key, crate::testing::TEST_SECRET.as_bytes()))),
     );
     assert_eq!(h.last_sent().unwrap().status, 422);
 }
 
+/// A 32-byte field (`key`, `fingerprint`) of the claim callout `h` made.
+fn claim_field(h: &FakeHost, name: &str) -> [u8; 32] {
+    let (_, claim) = h.last_callout().unwrap();
+    let mut bytes = [0u8; 32];
+    hex::decode_to_slice(body_of(&claim)[name].as_str().unwrap(), &mut bytes).unwrap();
+    bytes
+}
+
 /// The record key of the claim callout `h` made.
 fn claim_key(h: &FakeHost) -> crate::scope::RecordKey {
-    let (_, claim) = h.last_callout().unwrap();
-    let mut key = [0u8; 32];
-    hex::decode_to_slice(body_of(&claim)["key"].as_str().unwrap(), &mut key).unwrap();
-    crate::scope::RecordKey(key)
+    crate::scope::RecordKey(claim_field(h, "key"))
 }
 
 #[test]
@@ -254,12 +238,7 @@ fn a_record_that_fails_verification_is_a_store_error_never_a_replay() {
     // with access to the store sees); the key store then fails, which frees L1.
     let (mut s, h, _) = w.send(&post("k", b"a"));
     let key = claim_key(&h);
-    let fingerprint = {
-        let (_, claim) = h.last_callout().unwrap();
-        let mut fp = [0u8; 32];
-        hex::decode_to_slice(body_of(&claim)["fingerprint"].as_str().unwrap(), &mut fp).unwrap();
-        fp
-    };
+    let fingerprint = claim_field(&h, "fingerprint");
     answer(&mut s, &h, Some(503), "");
     // What an attacker with write access to the store can make without the secret, for the
     // right key and fingerprint: unsealed, sealed under a guess, sealed for another key.
@@ -285,15 +264,7 @@ fn a_record_that_fails_verification_is_a_store_error_never_a_replay() {
     .enumerate()
     {
         let (mut s, h, _) = w.send(&post("k", b"a"));
-        answer(
-            &mut s,
-            &h,
-            Some(200),
-            &format!(
-                r#"{{"outcome":"completed","record":"{}"}}"#,
-                B64.encode(blob)
-            ),
-        );
+        answer(&mut s, &h, Some(200), &completed_reply(&B64.encode(blob)));
         let sent = h.last_sent().unwrap();
         assert_eq!(sent.status, 503, "forgery {i}: fail_closed");
         assert_ne!(sent.body, b"forged");

@@ -1,0 +1,187 @@
+//! The memory backend's map: entries with their deadlines, the expiry sweep, and the byte and
+//! entry bounds that evict completed records to make room. Kept apart from the backend's
+//! operations so that the accounting is read (and checked) in one place.
+
+use std::collections::{BTreeSet, HashMap};
+use std::sync::Arc;
+use std::time::Instant;
+
+use crate::backend::BackendError;
+use crate::protocol::{EntryKind, Hex64, RecordState};
+
+/// Bytes an entry costs besides its key, fingerprint, token and record: the map's and the indexes'
+/// bookkeeping, counted so that many tiny entries are bounded too.
+const ENTRY_OVERHEAD: usize = 160;
+
+/// One stored key.
+#[derive(Debug, Clone)]
+pub(super) struct Entry {
+    pub(super) fingerprint: Hex64,
+    pub(super) state: State,
+    /// End of the lease (in flight) or of the retention (completed).
+    pub(super) until: Instant,
+    /// Insertion order, to tell apart entries with the same deadline.
+    pub(super) seq: u64,
+}
+
+#[derive(Debug, Clone)]
+pub(super) enum State {
+    InFlight {
+        token: String,
+    },
+    Completed {
+        record: Arc<[u8]>,
+        /// When it was stored, Unix ms (what an operator is shown).
+        stored_at_ms: u64,
+    },
+}
+
+impl Entry {
+    pub(super) fn size(&self, key: &str) -> usize {
+        let payload = match &self.state {
+            State::InFlight { token } => token.len(),
+            State::Completed { record, .. } => record.len(),
+        };
+        key.len() + self.fingerprint.as_str().len() + payload + ENTRY_OVERHEAD
+    }
+
+    pub(super) fn is_completed(&self) -> bool {
+        matches!(self.state, State::Completed { .. })
+    }
+
+    /// The entry as an operator sees it at `now`.
+    pub(super) fn view(&self, now: Instant) -> RecordState {
+        let fingerprint = self.fingerprint.clone();
+        if self.until <= now {
+            let was = if self.is_completed() {
+                EntryKind::Completed
+            } else {
+                EntryKind::InFlight
+            };
+            let ago = now.saturating_duration_since(self.until).as_millis();
+            return RecordState::Expired {
+                fingerprint,
+                was,
+                expired_ms_ago: u64::try_from(ago).unwrap_or(u64::MAX),
+            };
+        }
+        match &self.state {
+            State::InFlight { .. } => RecordState::InFlight {
+                fingerprint,
+                lease_left_ms: millis_left(self.until, now),
+            },
+            State::Completed {
+                record,
+                stored_at_ms,
+            } => RecordState::Completed {
+                fingerprint,
+                record: record.to_vec(),
+                stored_at_ms: Some(*stored_at_ms),
+                expires_in_ms: millis_left(self.until, now),
+            },
+        }
+    }
+}
+
+/// The map and its indexes.
+#[derive(Default)]
+pub(super) struct Store {
+    pub(super) map: HashMap<String, Entry>,
+    /// Every entry by deadline: the expiry sweep.
+    pub(super) by_until: BTreeSet<(Instant, u64, String)>,
+    /// Completed entries by deadline: the eviction order.
+    pub(super) completed: BTreeSet<(Instant, u64, String)>,
+    pub(super) bytes: usize,
+    pub(super) seq: u64,
+}
+
+/// What a write that may not fit asks for.
+pub(super) struct Limits {
+    pub(super) max_bytes: usize,
+    pub(super) max_entries: usize,
+}
+
+impl Store {
+    pub(super) fn remove(&mut self, key: &str) -> Option<Entry> {
+        let e = self.map.remove(key)?;
+        let index = (e.until, e.seq, key.to_owned());
+        self.by_until.remove(&index);
+        if e.is_completed() {
+            self.completed.remove(&index);
+        }
+        self.bytes = self.bytes.saturating_sub(e.size(key));
+        Some(e)
+    }
+
+    /// Drops every entry whose deadline has passed.
+    pub(super) fn sweep(&mut self, now: Instant) {
+        while let Some((until, _, key)) = self.by_until.first().cloned() {
+            if until > now {
+                break;
+            }
+            self.remove(&key);
+        }
+    }
+
+    pub(super) fn live(&self, key: &str, now: Instant) -> Option<&Entry> {
+        self.map.get(key).filter(|e| e.until > now)
+    }
+
+    /// Stores `entry` for `key` in place of the current one, evicting completed records of other
+    /// keys (closest to expiry first) to make room. `Err(Full)` leaves everything as it was.
+    pub(super) fn put(
+        &mut self,
+        key: &str,
+        mut entry: Entry,
+        limits: &Limits,
+    ) -> Result<(), BackendError> {
+        self.seq = self.seq.wrapping_add(1);
+        entry.seq = self.seq;
+        let size = entry.size(key);
+        let replaced = self.map.get(key).map_or(0, |e| e.size(key));
+        let entries_after = self.map.len() + usize::from(!self.map.contains_key(key));
+        // Plan the evictions first, so that a write that cannot fit changes nothing.
+        let mut victims = Vec::new();
+        let mut freed = 0usize;
+        let mut iter = self.completed.iter();
+        while !(self.bytes - replaced - freed + size <= limits.max_bytes
+            && entries_after - victims.len() <= limits.max_entries)
+        {
+            match iter.next() {
+                Some((_, _, k)) if k == key => continue,
+                Some((_, _, k)) => {
+                    freed += self.map.get(k).map_or(0, |e| e.size(k));
+                    victims.push(k.clone());
+                }
+                None => {
+                    return Err(BackendError::Full(format!(
+                        "the memory store holds {} bytes in {} entries (bounds {} bytes, {} entries) and no completed record is left to evict",
+                        self.bytes,
+                        self.map.len(),
+                        limits.max_bytes,
+                        limits.max_entries
+                    )))
+                }
+            }
+        }
+        for k in &victims {
+            self.remove(k);
+        }
+        self.remove(key);
+        let index = (entry.until, entry.seq, key.to_owned());
+        self.by_until.insert(index.clone());
+        if entry.is_completed() {
+            self.completed.insert(index);
+        }
+        self.bytes += size;
+        self.map.insert(key.to_owned(), entry);
+        Ok(())
+    }
+}
+
+/// Milliseconds left until `until`, rounded up so a live lease never reports 0.
+pub(super) fn millis_left(until: Instant, now: Instant) -> u64 {
+    let left = until.saturating_duration_since(now);
+    let ms = left.as_millis() + u128::from(left.subsec_nanos() % 1_000_000 != 0);
+    u64::try_from(ms).unwrap_or(u64::MAX).max(1)
+}
