@@ -10,9 +10,12 @@
 use crate::error::ProtocolError;
 use crate::hex64::Hex64;
 use crate::request::{
-    ClaimRequest, CompleteRequest, LookupRequest, ReleaseRequest, RenewRequest, Request,
+    ClaimRequest, CompleteRequest, LookupRequest, ReleaseRequest, RenewBatchRequest, RenewRequest,
+    Request,
 };
-use crate::response::{ClaimAnswer, ClaimResponse, FencedResponse, LookupResponse};
+use crate::response::{
+    ClaimAnswer, ClaimResponse, FencedResponse, LookupResponse, RenewBatchResponse, RenewOutcome,
+};
 use crate::wire;
 use serde::{Deserialize, Serialize};
 
@@ -185,20 +188,64 @@ struct Renew<'a> {
 
 impl Compact for RenewRequest {
     fn to_compact(&self) -> Vec<u8> {
-        write(&Renew {
-            key: raw(&self.key),
-            token: &self.token,
-            lease_ms: self.lease_ms,
-        })
+        write(&Renew::of(self))
     }
 
     fn from_compact(body: &[u8]) -> Result<Self, ProtocolError> {
         let r: Renew = read(body, "renew")?;
-        Self::from_wire(wire::Renew {
-            key: hex(&r.key),
-            token: Some(r.token.to_owned()),
-            lease_ms: Some(r.lease_ms),
+        Self::from_wire(r.wire())
+    }
+}
+
+impl Renew<'_> {
+    fn of(r: &RenewRequest) -> Renew<'_> {
+        Renew {
+            key: raw(&r.key),
+            token: &r.token,
+            lease_ms: r.lease_ms,
+        }
+    }
+
+    fn wire(&self) -> wire::Renew {
+        wire::Renew {
+            key: hex(&self.key),
+            token: Some(self.token.to_owned()),
+            lease_ms: Some(self.lease_ms),
+        }
+    }
+}
+
+/// A batch of renewals: their count (a varint), then each as a renew.
+#[derive(Serialize, Deserialize)]
+struct RenewBatch<'a> {
+    #[serde(borrow)]
+    renewals: Vec<Renew<'a>>,
+}
+
+impl Compact for RenewBatchRequest {
+    fn to_compact(&self) -> Vec<u8> {
+        write(&RenewBatch {
+            renewals: self.renewals.iter().map(Renew::of).collect(),
         })
+    }
+
+    fn from_compact(body: &[u8]) -> Result<Self, ProtocolError> {
+        let b: RenewBatch = read(body, "renew batch")?;
+        Self::from_wire(wire::RenewBatch {
+            renewals: Some(b.renewals.iter().map(Renew::wire).collect()),
+        })
+    }
+}
+
+/// A batch's answer: the count, then each outcome's index (0 `renewed`, 1 `stale`).
+impl Compact for RenewBatchResponse {
+    fn to_compact(&self) -> Vec<u8> {
+        write(&self.outcomes)
+    }
+
+    fn from_compact(body: &[u8]) -> Result<Self, ProtocolError> {
+        let outcomes: Vec<RenewOutcome> = read(body, "renew batch answer")?;
+        Ok(Self { outcomes })
     }
 }
 
@@ -374,6 +421,17 @@ mod tests {
             token: "t".into(),
             lease_ms: 5,
         });
+        let one = RenewRequest {
+            key: hex64(),
+            token: "t".repeat(32),
+            lease_ms: 600,
+        };
+        let batch = request_round_trip(RenewBatchRequest {
+            renewals: vec![one.clone(); 3],
+        });
+        // The count, then each renewal as a single renew writes it (without its marker).
+        let single = one.to_compact();
+        assert_eq!(batch.len(), 2 + 3 * (single.len() - 1));
     }
 
     #[test]
@@ -400,6 +458,15 @@ mod tests {
         ] {
             round_trip(answer);
         }
+        let outcomes = vec![
+            RenewOutcome::Renewed,
+            RenewOutcome::Stale,
+            RenewOutcome::Renewed,
+        ];
+        assert_eq!(
+            round_trip(RenewBatchResponse { outcomes }),
+            [MARKER, 3, 0, 1, 0]
+        );
         for answer in [
             FencedResponse::Stored,
             FencedResponse::Released,
@@ -459,6 +526,34 @@ mod tests {
             RenewRequest::from_compact(&renew).unwrap_err().field,
             "lease_ms"
         );
+        let entry = |token, lease_ms| Renew {
+            key: [1; 32],
+            token,
+            lease_ms,
+        };
+        let batch = |renewals| write(&RenewBatch { renewals });
+        for (bytes, message) in [
+            (
+                batch(vec![entry("t", 5), entry("t", 5), entry("t", 0)]),
+                "renewals[2].lease_ms: must be an integer from 1 to 86400000",
+            ),
+            (
+                batch(vec![entry("", 5)]),
+                "renewals[0].token: must be 1 to 256 characters",
+            ),
+            (batch(vec![]), "renewals: must hold 1 to 256 renewals"),
+            (
+                batch(
+                    (0..=crate::MAX_RENEW_BATCH)
+                        .map(|_| entry("t", 5))
+                        .collect(),
+                ),
+                "renewals: must hold 1 to 256 renewals",
+            ),
+        ] {
+            let e = RenewBatchRequest::from_compact(&bytes).unwrap_err();
+            assert_eq!(e.to_string(), message);
+        }
         let release = write(&Release {
             key: [1; 32],
             token: "",
@@ -494,6 +589,13 @@ mod tests {
         }
         for bytes in [&b""[..], &[MARKER], &[MARKER, 4], &[MARKER, 0, 0], b"{}"] {
             assert!(FencedResponse::from_compact(bytes).is_err(), "{bytes:?}");
+        }
+        // Fewer outcomes than counted, an unknown outcome, trailing bytes.
+        for bytes in [&[MARKER, 2, 0][..], &[MARKER, 1, 2], &[MARKER, 1, 0, 0]] {
+            assert!(
+                RenewBatchResponse::from_compact(bytes).is_err(),
+                "{bytes:?}"
+            );
         }
         // An unknown outcome, or a claimed one without its token.
         for bytes in [&[MARKER, 9, 0][..], &[MARKER, 0]] {
