@@ -159,7 +159,8 @@ impl Worker {
                     Err(e) => warn!("key {}: near-cache renewal failed: {e}", claim.key.short()),
                 }
             }
-            if let (Some(_), Some(token)) = (&self.cfg.keystore, claim.token) {
+            // A token means the key store granted the claim.
+            if let Some(token) = claim.token {
                 to_renew.push((claim.key, token));
             }
         }
