@@ -39,6 +39,9 @@ CLK_TCK = os.sysconf("SC_CLK_TCK")
 # enough that every request renews its claim (a third of the lease) at least once while it waits.
 SLOW_UPSTREAM_MS = 500
 RENEW_LEASE_MS = 600
+# first_exec_renew_many: requests in flight at once (wrk connections), so that each tick has many
+# claims due and the batching of renewals shows.
+MANY_IN_FLIGHT = 64
 HMAC_SECRET = "bench-secret-0123456789abcdef0123456789abcdef"
 # The not-covered GET: every GET route of payments-demo copies the whole list of payments (it grows
 # with every POST of the run), so the GET goes to a path its router answers with 404 at once.
@@ -227,6 +230,10 @@ def keystore_metrics(port):
         m = re.match(r'keystore_requests_total\{op="(\w+)",outcome="(\w+)"\} (\d+)', line)
         if m:
             out[f"{m.group(1)}.{m.group(2)}"] = int(m.group(3))
+        # calls per operation (a renew-batch call carries many renewals)
+        m = re.match(r'keystore_backend_duration_seconds_count\{backend="[\w-]+",op="(\w+)"\} (\d+)', line)
+        if m:
+            out[f"{m.group(1)}.calls"] = out.get(f"{m.group(1)}.calls", 0) + int(m.group(2))
     return out
 
 
@@ -337,7 +344,10 @@ class Bench:
         # processes whose CPU time each slice records (Envoy is added per slice: main or fresh)
         self.pids = {}
         # scenarios whose requests ask payments-demo to hold them (x-demo-delay-ms)
-        self.upstream_delay = {"no_filter_post_slow": SLOW_UPSTREAM_MS, "first_exec_renew": SLOW_UPSTREAM_MS}
+        self.upstream_delay = {name: SLOW_UPSTREAM_MS for name in (
+            "no_filter_post_slow", "first_exec_renew", "no_filter_post_slow_many", "first_exec_renew_many")}
+        # wrk connections of the scenarios that need more requests in flight than --connections
+        self.conns_of = {"no_filter_post_slow_many": MANY_IN_FLIGHT, "first_exec_renew_many": MANY_IN_FLIGHT}
 
     def row(self, name, group, r, baseline=None, note="", keystore=None, **kw):
         """One table row. `keystore`: the process name of the key store that took part, whose CPU
@@ -484,6 +494,12 @@ class Bench:
                                  "no_filter_post_slow",
                                  f"fresh key per request, upstream {SLOW_UPSTREAM_MS} ms, lease {RENEW_LEASE_MS} ms: "
                                  f"the claim is renewed every {RENEW_LEASE_MS // 3} ms while the upstream works"),
+            "no_filter_post_slow_many": ("1. baseline", "no_filter", "POST", "/payments", "none", 0, None,
+                                         f"as no_filter_post_slow, {MANY_IN_FLIGHT} connections"),
+            "first_exec_renew_many": ("3. first execution", "filter_renew", "POST", "/payments", "fresh", 0,
+                                      "no_filter_post_slow_many",
+                                      f"as first_exec_renew, {MANY_IN_FLIGHT} connections: many claims due at each "
+                                      "tick, renewed in one renew-batch call"),
             "replay_l1": ("4. replay", "filter_mem", "POST", "/payments", "cycle", a.l1_keys, "direct_response",
                           f"{a.l1_keys} pre-recorded keys cycled"),
             "duplicates_storm": ("5. duplicates", "filter_mem", "POST", "/payments", "storm", a.storm_group,
@@ -511,7 +527,7 @@ class Bench:
         `rate`: total requests per second, paced (bench/lua/paced.lua); None: as fast as it goes."""
         group, listener, method, path, mode, n, baseline, note = spec
         prefix = self.prefix + (name if mode == "cycle" else f"{name}{rnd}")
-        conns = 2 * self.conns if mode == "storm" else self.conns
+        conns = self.conns_of.get(name, 2 * self.conns if mode == "storm" else self.conns)
         args = [method, path, mode, n, prefix, self.upstream_delay.get(name, 0)]
         script = LUA_IDEM
         if rate is not None:
@@ -593,10 +609,14 @@ class Bench:
                          f"409 {st.get('conflict', 0)}, upstream POSTs {agg['upstream_posts']}")
             if name.startswith("first_exec"):
                 note += f"; executed {st.get('executed', 0)} = upstream POSTs {agg['upstream_posts']}"
-            if name == "first_exec_renew":
-                renewed = agg["keystore_delta"].get("renew.renewed", 0)
+            if name.startswith("first_exec_renew"):
+                kd = agg["keystore_delta"]
+                renewed = kd.get("renew.renewed", 0) + kd.get("renew_batch.renewed", 0)
+                calls = kd.get("renew.calls", 0) + kd.get("renew_batch.calls", 0)
                 extra["renewals"] = renewed
-                note += f"; key-store renewals {renewed} ({renewed / max(1, agg['requests']):.1f} per request)"
+                extra["renewal_calls"] = calls
+                note += (f"; key-store renewals {renewed} ({renewed / max(1, agg['requests']):.1f} per request) "
+                         f"in {calls} calls")
             ks = self.keystore_of(spec[1])
             self.row(name, group, agg, baseline=baseline, note=note, keystore=ks and ks[0], **extra)
         if "first_exec_memory" in specs and "no_filter_post" in specs:

@@ -13,7 +13,8 @@ use crate::record::{OpenError, Record};
 use crate::scope::RecordKey;
 use idempotency_protocol::{
     body, ClaimAnswer, ClaimRequest, ClaimResponse, Compact, CompleteRequest, FencedResponse,
-    Hex64, LookupRequest, LookupResponse, ReleaseRequest, RenewRequest, Request,
+    Hex64, LookupRequest, LookupResponse, ReleaseRequest, RenewBatchRequest, RenewBatchResponse,
+    RenewOutcome, RenewRequest, Request,
 };
 
 /// What the key store said to a claim.
@@ -34,7 +35,7 @@ pub enum LookupReply {
     Mismatch,
 }
 
-/// What the key store said to complete, release or renew.
+/// What the key store said to complete or release, or to one renewal of a batch.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum AckReply {
     Done,
@@ -184,14 +185,50 @@ pub fn release(cfg: &KeystoreConfig, key: &RecordKey, token: &str) -> Callout {
     callout(cfg, "release", &body)
 }
 
-/// Extends the lease of the claim `token` holds, while its upstream is still working.
-pub fn renew(cfg: &KeystoreConfig, key: &RecordKey, token: &str, lease_ms: u64) -> Callout {
-    let body = RenewRequest {
-        key: key_hex(key),
-        token: token.to_string(),
-        lease_ms,
+/// Extends the leases of several claims (each a key and the token its claim holds) in one call,
+/// while their upstreams are still working. The caller keeps a batch within
+/// [`idempotency_protocol::MAX_RENEW_BATCH`] renewals.
+pub fn renew_batch(cfg: &KeystoreConfig, claims: &[(RecordKey, String)], lease_ms: u64) -> Callout {
+    let body = RenewBatchRequest {
+        renewals: claims
+            .iter()
+            .map(|(key, token)| RenewRequest {
+                key: key_hex(key),
+                token: token.clone(),
+                lease_ms,
+            })
+            .collect(),
     };
-    callout(cfg, "renew", &body)
+    callout(cfg, "renew-batch", &body)
+}
+
+/// Parses the reply to a batch of `count` renewals: each one's answer, in the batch's order.
+pub fn parse_renew_batch(
+    status: Option<u16>,
+    body: &[u8],
+    count: usize,
+) -> Result<Vec<AckReply>, String> {
+    match status {
+        Some(200) => {}
+        Some(s) => return Err(format!("key store answered {s} to renew-batch")),
+        None => return Err("key store callout failed without a response".to_string()),
+    }
+    let reply: RenewBatchResponse =
+        body::decode(body).map_err(|e| format!("unparsable renew-batch reply: {e}"))?;
+    if reply.outcomes.len() != count {
+        return Err(format!(
+            "renew-batch reply has {} outcomes for {count} renewals",
+            reply.outcomes.len()
+        ));
+    }
+    Ok(reply
+        .outcomes
+        .into_iter()
+        .map(|o| match o {
+            RenewOutcome::Renewed => AckReply::Done,
+            RenewOutcome::Stale => AckReply::Stale,
+        })
+        .collect())
 }
 
 /// Parses the reply to a claim of `key`. `status` is `None` when the callout was reset (no
@@ -216,7 +253,7 @@ pub fn parse_claim(
     })
 }
 
-/// Parses a complete, release or renew reply.
+/// Parses a complete or release reply.
 pub fn parse_ack(status: Option<u16>, body: &[u8]) -> Result<AckReply, String> {
     match status {
         Some(200 | 409) => {}

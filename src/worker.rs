@@ -17,6 +17,7 @@ use crate::record::{Outcome, Record};
 use crate::scope::RecordKey;
 use crate::stream::LocalReply;
 use crate::waiting::Waiters;
+use idempotency_protocol::MAX_RENEW_BATCH;
 use log::{debug, warn};
 use std::cell::{Cell, RefCell};
 use std::collections::HashMap;
@@ -28,8 +29,8 @@ pub struct Worker {
     pub writes: RefCell<Retrier>,
     pub leases: RefCell<Leases>,
     pub waiters: RefCell<Waiters>,
-    /// Renewal callouts in flight, by callout token.
-    renewals: RefCell<HashMap<u32, RecordKey>>,
+    /// Renewal batches in flight, by callout token: the keys, in the batch's order.
+    renewals: RefCell<HashMap<u32, Vec<RecordKey>>>,
     /// Detached executions queued by streams, waiting for the root context to send them.
     detached_queue: RefCell<Vec<DetachedJob>>,
     /// Detached executions on their way upstream, by callout token.
@@ -55,7 +56,8 @@ pub enum Purpose {
     Write(Deferred),
     /// A write, then an answer to a stream that waits for it.
     WriteThenAnswer(Deferred, Answer),
-    Renewal(RecordKey),
+    /// One batch of renewals: the keys, in the order of the batch's entries.
+    Renewal(Vec<RecordKey>),
     Detached(Box<DetachedJob>),
 }
 
@@ -71,10 +73,17 @@ pub enum RootAction {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum RootReply {
     Write(Settled),
-    Renewed,
-    /// The key store no longer knows the claim as ours: it was taken over (or expired).
-    RenewalRefused(RecordKey),
-    RenewalFailed(String),
+    /// A batch of renewals answered: how many were renewed, and the keys whose claim the key
+    /// store no longer knows as ours (taken over, or expired).
+    Renewals {
+        renewed: usize,
+        refused: Vec<RecordKey>,
+    },
+    /// A batch of renewals failed as a whole: each of its keys is retried at the next period.
+    RenewalFailed {
+        keys: usize,
+        error: String,
+    },
     Detached,
     Unknown,
 }
@@ -123,7 +132,9 @@ impl Worker {
     }
 
     /// Renews due leases in L1 at once, answers local waiters whose record landed (or whose wait
-    /// ended), and returns every callout to send now: deferred writes and key-store renewals.
+    /// ended), and returns every callout to send now: deferred writes and key-store renewals, the
+    /// claims due in batches of at most [`MAX_RENEW_BATCH`] (one callout per tick with fewer):
+    /// each callout costs Envoy far more than the entries in it.
     pub fn on_tick(&self, shared: &dyn SharedData, now_ms: u64) -> Vec<RootAction> {
         let mut out: Vec<RootAction> = self
             .writes
@@ -133,6 +144,7 @@ impl Worker {
             .map(|d| RootAction::Send(d.callout.clone(), Purpose::Write(d)))
             .collect();
         let lease_ms = self.cfg.lock_lease_ms;
+        let mut to_renew = Vec::new();
         for claim in self.leases.borrow_mut().due(now_ms, lease_ms) {
             if claim.l1 {
                 match self
@@ -147,9 +159,16 @@ impl Worker {
                     Err(e) => warn!("key {}: near-cache renewal failed: {e}", claim.key.short()),
                 }
             }
-            if let (Some(ks), Some(token)) = (&self.cfg.keystore, &claim.token) {
-                let callout = keystore_client::renew(ks, &claim.key, token, lease_ms);
-                out.push(RootAction::Send(callout, Purpose::Renewal(claim.key)));
+            // A token means the key store granted the claim.
+            if let Some(token) = claim.token {
+                to_renew.push((claim.key, token));
+            }
+        }
+        if let Some(ks) = &self.cfg.keystore {
+            for batch in to_renew.chunks(MAX_RENEW_BATCH) {
+                let callout = keystore_client::renew_batch(ks, batch, lease_ms);
+                let keys = batch.iter().map(|(key, _)| *key).collect();
+                out.push(RootAction::Send(callout, Purpose::Renewal(keys)));
             }
         }
         self.answer_waiters(shared, now_ms, &mut out);
@@ -207,8 +226,8 @@ impl Worker {
                 self.writes.borrow_mut().sent(token, d);
                 self.answer_after.borrow_mut().insert(token, answer);
             }
-            Purpose::Renewal(key) => {
-                self.renewals.borrow_mut().insert(token, key);
+            Purpose::Renewal(keys) => {
+                self.renewals.borrow_mut().insert(token, keys);
             }
             Purpose::Detached(job) => {
                 self.leases.borrow_mut().hold(HeldClaim {
@@ -238,7 +257,7 @@ impl Worker {
                 self.writes.borrow_mut().push(d);
                 return vec![RootAction::Answer(answer)];
             }
-            Purpose::Renewal(key) => warn!("key {}: renewal not sent: {why}", key.short()),
+            Purpose::Renewal(keys) => warn!("{} lease renewal(s) not sent: {why}", keys.len()),
             Purpose::Detached(job) => {
                 warn!("key {}: detached request not sent: {why}", job.key.short());
                 return self.settle_detached(
@@ -273,21 +292,8 @@ impl Worker {
             let actions = self.settle_detached(job, end, headers, body, shared, now_ms);
             return (RootReply::Detached, actions);
         }
-        if let Some(key) = self.renewals.borrow_mut().remove(&token) {
-            return match keystore_client::parse_ack(status, &body) {
-                Ok(AckReply::Done) => {
-                    debug!("key {}: lease renewed", key.short());
-                    (RootReply::Renewed, Vec::new())
-                }
-                Ok(AckReply::Stale) => (
-                    RootReply::RenewalRefused(key),
-                    vec![RootAction::Count(Metric::RenewalRefused)],
-                ),
-                Err(e) => (
-                    RootReply::RenewalFailed(e),
-                    vec![RootAction::Count(Metric::StoreError)],
-                ),
-            };
+        if let Some(keys) = self.renewals.borrow_mut().remove(&token) {
+            return Worker::on_renewals(keys, status, &body);
         }
         let settled = self
             .writes
@@ -305,6 +311,41 @@ impl Worker {
                     actions.push(RootAction::Count(Metric::StoreError));
                 }
                 (RootReply::Write(settled), actions)
+            }
+        }
+    }
+
+    /// The answer to a batch of renewals: a refused one counts `renewal_refused`; a batch that
+    /// failed counts a store error for each of its keys, as that many single renewals would.
+    fn on_renewals(
+        keys: Vec<RecordKey>,
+        status: Option<u16>,
+        body: &[u8],
+    ) -> (RootReply, Vec<RootAction>) {
+        match keystore_client::parse_renew_batch(status, body, keys.len()) {
+            Ok(acks) => {
+                let total = keys.len();
+                let refused: Vec<RecordKey> = keys
+                    .into_iter()
+                    .zip(acks)
+                    .filter(|(_, ack)| *ack == AckReply::Stale)
+                    .map(|(key, _)| key)
+                    .collect();
+                let renewed = total.saturating_sub(refused.len());
+                debug!("{renewed} lease(s) renewed");
+                let counts = refused
+                    .iter()
+                    .map(|_| RootAction::Count(Metric::RenewalRefused))
+                    .collect();
+                (RootReply::Renewals { renewed, refused }, counts)
+            }
+            Err(error) => {
+                let counts = keys
+                    .iter()
+                    .map(|_| RootAction::Count(Metric::StoreError))
+                    .collect();
+                let keys = keys.len();
+                (RootReply::RenewalFailed { keys, error }, counts)
             }
         }
     }

@@ -1,4 +1,4 @@
-//! The key store's request parsing, in both body formats (`json::decode_request` and
+//! The key store's request parsing (every request, a renew-batch included), in both body formats (`json::decode_request` and
 //! `Compact::from_compact` of each request, and `body::decode_request`, which picks one by the first
 //! byte): every body is a request or a 400 naming a field. What is accepted is what the README's API
 //! promises, and an accepted compact request writes back to the same request.
@@ -8,8 +8,8 @@ use base64::engine::general_purpose::STANDARD as B64;
 use base64::Engine as _;
 use idempotency_protocol::json::decode_request;
 use idempotency_protocol::{
-    body, ClaimRequest, Compact, CompleteRequest, LookupRequest, ProtocolError, ReleaseRequest, RenewRequest,
-    Request, MAX_LEASE_MS, MAX_RETENTION_MS, MAX_TOKEN_LEN, MAX_WAIT_MS,
+    body, ClaimRequest, Compact, CompleteRequest, LookupRequest, ProtocolError, ReleaseRequest, RenewBatchRequest,
+    RenewRequest, Request, MAX_LEASE_MS, MAX_RENEW_BATCH, MAX_RETENTION_MS, MAX_TOKEN_LEN, MAX_WAIT_MS,
 };
 use std::fmt::Debug;
 
@@ -38,6 +38,14 @@ use libfuzzer_sys::fuzz_target;
 
 fn hex64(s: &str) -> bool {
     s.len() == 64 && s.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'))
+}
+
+fn valid_renew(r: &RenewRequest) -> bool {
+    hex64(r.key.as_str()) && !r.token.is_empty() && r.token.len() <= MAX_TOKEN_LEN && (1..=MAX_LEASE_MS).contains(&r.lease_ms)
+}
+
+fn valid_batch(b: &RenewBatchRequest) -> bool {
+    (1..=MAX_RENEW_BATCH).contains(&b.renewals.len()) && b.renewals.iter().all(valid_renew)
 }
 
 fuzz_target!(|data: &[u8]| {
@@ -79,6 +87,11 @@ fuzz_target!(|data: &[u8]| {
         }
         Err(e) => assert!(!e.field.is_empty() && !e.problem.is_empty()),
     }
+    match decode_request::<RenewBatchRequest>(data) {
+        Ok(b) => assert!(valid_batch(&b), "{b:?}"),
+        Err(e) => named(&e),
+    }
+    compact::<RenewBatchRequest>(data, valid_batch);
     compact::<ClaimRequest>(data, |c| {
         hex64(c.key.as_str())
             && hex64(c.fingerprint.as_str())
@@ -94,10 +107,5 @@ fuzz_target!(|data: &[u8]| {
             && (1..=MAX_RETENTION_MS).contains(&c.retention_ms)
     });
     compact::<ReleaseRequest>(data, |r| hex64(r.key.as_str()) && !r.token.is_empty() && r.token.len() <= MAX_TOKEN_LEN);
-    compact::<RenewRequest>(data, |r| {
-        hex64(r.key.as_str())
-            && !r.token.is_empty()
-            && r.token.len() <= MAX_TOKEN_LEN
-            && (1..=MAX_LEASE_MS).contains(&r.lease_ms)
-    });
+    compact::<RenewRequest>(data, valid_renew);
 });

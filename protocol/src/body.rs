@@ -86,11 +86,13 @@ pub fn decode<T: DeserializeOwned + Compact>(body: &[u8]) -> Result<T, ProtocolE
     Format::of_body(body).decode(body)
 }
 
-/// A request body of `endpoint` (`claim`, `lookup`, `complete`, `release`, `renew`), in whichever
+/// A request body of `endpoint` (`claim`, `lookup`, `complete`, `release`, `renew`,
+/// `renew-batch`), in whichever
 /// format it is in, as JSON text: what a person reads in a test failure or a capture.
 pub fn request_as_json(endpoint: &str, body: &[u8]) -> Result<Vec<u8>, ProtocolError> {
     use crate::request::{
-        ClaimRequest, CompleteRequest, LookupRequest, ReleaseRequest, RenewRequest,
+        ClaimRequest, CompleteRequest, LookupRequest, ReleaseRequest, RenewBatchRequest,
+        RenewRequest,
     };
     Ok(match endpoint {
         "claim" => json::encode(&decode_request::<ClaimRequest>(body)?),
@@ -98,6 +100,7 @@ pub fn request_as_json(endpoint: &str, body: &[u8]) -> Result<Vec<u8>, ProtocolE
         "complete" => json::encode(&decode_request::<CompleteRequest>(body)?),
         "release" => json::encode(&decode_request::<ReleaseRequest>(body)?),
         "renew" => json::encode(&decode_request::<RenewRequest>(body)?),
+        "renew-batch" => json::encode(&decode_request::<RenewBatchRequest>(body)?),
         other => return Err(ProtocolError::body(format!("no request body on /{other}"))),
     })
 }

@@ -10,9 +10,12 @@
 use crate::error::ProtocolError;
 use crate::hex64::Hex64;
 use crate::request::{
-    ClaimRequest, CompleteRequest, LookupRequest, ReleaseRequest, RenewRequest, Request,
+    ClaimRequest, CompleteRequest, LookupRequest, ReleaseRequest, RenewBatchRequest, RenewRequest,
+    Request,
 };
-use crate::response::{ClaimAnswer, ClaimResponse, FencedResponse, LookupResponse};
+use crate::response::{
+    ClaimAnswer, ClaimResponse, FencedResponse, LookupResponse, RenewBatchResponse, RenewOutcome,
+};
 use crate::wire;
 use serde::{Deserialize, Serialize};
 
@@ -185,20 +188,64 @@ struct Renew<'a> {
 
 impl Compact for RenewRequest {
     fn to_compact(&self) -> Vec<u8> {
-        write(&Renew {
-            key: raw(&self.key),
-            token: &self.token,
-            lease_ms: self.lease_ms,
-        })
+        write(&Renew::of(self))
     }
 
     fn from_compact(body: &[u8]) -> Result<Self, ProtocolError> {
         let r: Renew = read(body, "renew")?;
-        Self::from_wire(wire::Renew {
-            key: hex(&r.key),
-            token: Some(r.token.to_owned()),
-            lease_ms: Some(r.lease_ms),
+        Self::from_wire(r.wire())
+    }
+}
+
+impl Renew<'_> {
+    fn of(r: &RenewRequest) -> Renew<'_> {
+        Renew {
+            key: raw(&r.key),
+            token: &r.token,
+            lease_ms: r.lease_ms,
+        }
+    }
+
+    fn wire(&self) -> wire::Renew {
+        wire::Renew {
+            key: hex(&self.key),
+            token: Some(self.token.to_owned()),
+            lease_ms: Some(self.lease_ms),
+        }
+    }
+}
+
+/// A batch of renewals: their count (a varint), then each as a renew.
+#[derive(Serialize, Deserialize)]
+struct RenewBatch<'a> {
+    #[serde(borrow)]
+    renewals: Vec<Renew<'a>>,
+}
+
+impl Compact for RenewBatchRequest {
+    fn to_compact(&self) -> Vec<u8> {
+        write(&RenewBatch {
+            renewals: self.renewals.iter().map(Renew::of).collect(),
         })
+    }
+
+    fn from_compact(body: &[u8]) -> Result<Self, ProtocolError> {
+        let b: RenewBatch = read(body, "renew batch")?;
+        Self::from_wire(wire::RenewBatch {
+            renewals: Some(b.renewals.iter().map(Renew::wire).collect()),
+        })
+    }
+}
+
+/// A batch's answer: the count, then each outcome's index (0 `renewed`, 1 `stale`).
+impl Compact for RenewBatchResponse {
+    fn to_compact(&self) -> Vec<u8> {
+        write(&self.outcomes)
+    }
+
+    fn from_compact(body: &[u8]) -> Result<Self, ProtocolError> {
+        let outcomes: Vec<RenewOutcome> = read(body, "renew batch answer")?;
+        Ok(Self { outcomes })
     }
 }
 

@@ -1,4 +1,4 @@
-//! The JSON body format (`content-type: application/json`), API v1's only one today.
+//! The JSON body format (`content-type: application/json`).
 
 use crate::error::ProtocolError;
 use crate::request::Request;
@@ -50,10 +50,13 @@ fn path_error(e: serde_path_to_error::Error<serde_json::Error>) -> ProtocolError
 #[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
-    use crate::response::{ClaimAnswer, ClaimResponse, ErrorBody, FencedResponse, LookupResponse};
+    use crate::response::{
+        ClaimAnswer, ClaimResponse, ErrorBody, FencedResponse, LookupResponse, RenewBatchResponse,
+        RenewOutcome,
+    };
     use crate::{
-        ClaimRequest, CompleteRequest, Hex64, LookupRequest, ReleaseRequest, RenewRequest,
-        MAX_LEASE_MS, MAX_RETENTION_MS, MAX_WAIT_MS,
+        ClaimRequest, CompleteRequest, Hex64, LookupRequest, ReleaseRequest, RenewBatchRequest,
+        RenewRequest, MAX_LEASE_MS, MAX_RETENTION_MS, MAX_WAIT_MS,
     };
     use std::fmt::Debug;
 
@@ -253,6 +256,62 @@ mod tests {
     }
 
     #[test]
+    fn renew_batches_round_trip_and_name_the_entry_at_fault() {
+        use crate::MAX_RENEW_BATCH;
+        let renew = |token: &str, lease_ms| RenewRequest {
+            key: hex(),
+            token: token.into(),
+            lease_ms,
+        };
+        round_trip(
+            RenewBatchRequest {
+                renewals: vec![renew("a", 1), renew("b", MAX_LEASE_MS)],
+            },
+            &format!(
+                r#"{{"renewals":[{{"key":"{H}","token":"a","lease_ms":1}},{{"key":"{H}","token":"b","lease_ms":86400000}}]}}"#
+            ),
+        );
+        let entry = |token: &str| format!(r#"{{"key":"{H}","token":"{token}","lease_ms":5}}"#);
+        let batch = |entries: &[String]| format!(r#"{{"renewals":[{}]}}"#, entries.join(","));
+        let ok = entry("t");
+        let full = vec![ok.clone(); MAX_RENEW_BATCH];
+        assert_eq!(
+            decode_request::<RenewBatchRequest>(batch(&full).as_bytes())
+                .unwrap()
+                .renewals
+                .len(),
+            MAX_RENEW_BATCH
+        );
+        let over = vec![ok.clone(); MAX_RENEW_BATCH + 1];
+        for (body, message) in [
+            (
+                batch(&[ok.clone(), ok.clone(), ok.clone(), entry("")]),
+                "renewals[3].token: must be 1 to 256 characters",
+            ),
+            (
+                batch(&[ok.clone(), format!(r#"{{"key":"{H}","token":"t"}}"#)]),
+                "renewals[1].lease_ms: missing",
+            ),
+            (
+                batch(&[r#"{"token":"t","lease_ms":5}"#.to_owned()]),
+                "renewals[0].key: missing",
+            ),
+            (batch(&[]), "renewals: must hold 1 to 256 renewals"),
+            (batch(&over), "renewals: must hold 1 to 256 renewals"),
+            ("{}".to_owned(), "renewals: missing"),
+        ] {
+            let e = decode_request::<RenewBatchRequest>(body.as_bytes()).unwrap_err();
+            assert_eq!(e.to_string(), message);
+        }
+        // A type error inside an entry is named by its path, index included.
+        let e = decode_request::<RenewBatchRequest>(
+            batch(&[ok, format!(r#"{{"key":"{H}","token":"t","lease_ms":"5"}}"#)]).as_bytes(),
+        )
+        .unwrap_err();
+        assert_eq!(e.field, "renewals[1].lease_ms", "{e}");
+    }
+
+    #[test]
     fn responses_round_trip_as_documented() {
         fn check<T: Serialize + DeserializeOwned + PartialEq + Debug>(value: T, text: &str) {
             assert_eq!(String::from_utf8(encode(&value)).unwrap(), text);
@@ -289,6 +348,12 @@ mod tests {
         check(FencedResponse::Released, r#"{"outcome":"released"}"#);
         check(FencedResponse::Renewed, r#"{"outcome":"renewed"}"#);
         check(FencedResponse::Stale, r#"{"outcome":"stale"}"#);
+        check(
+            RenewBatchResponse {
+                outcomes: vec![RenewOutcome::Renewed, RenewOutcome::Stale],
+            },
+            r#"{"outcomes":["renewed","stale"]}"#,
+        );
         check(
             ErrorBody {
                 error: "key: missing".into(),

@@ -2,7 +2,7 @@
 //! that sends requests and reads replies, and the key store that does the reverse.
 //!
 //! Modules: [`limits`] (the bounds the key store enforces), [`error`] (a malformed message, naming
-//! its field), [`hex64`] (keys and fingerprints), [`request`] (the five requests, validated),
+//! its field), [`hex64`] (keys and fingerprints), [`request`] (the requests, validated),
 //! [`wire`] (their serde shape before validation), [`response`] (the replies and the error body),
 //! [`record_bytes`] (how a record's bytes are written), [`json`] (the JSON body format),
 //! [`compact`] (the compact binary one), [`body`] (which of the two a body is in), [`admin`] (the
@@ -29,8 +29,12 @@ pub use body::Format;
 pub use compact::Compact;
 pub use error::ProtocolError;
 pub use hex64::Hex64;
-pub use limits::{MAX_LEASE_MS, MAX_RETENTION_MS, MAX_TOKEN_LEN, MAX_WAIT_MS};
+pub use limits::{MAX_LEASE_MS, MAX_RENEW_BATCH, MAX_RETENTION_MS, MAX_TOKEN_LEN, MAX_WAIT_MS};
 pub use request::{
-    ClaimRequest, CompleteRequest, LookupRequest, ReleaseRequest, RenewRequest, Request,
+    ClaimRequest, CompleteRequest, LookupRequest, ReleaseRequest, RenewBatchRequest, RenewRequest,
+    Request,
 };
-pub use response::{ClaimAnswer, ClaimResponse, ErrorBody, FencedResponse, LookupResponse};
+pub use response::{
+    ClaimAnswer, ClaimResponse, ErrorBody, FencedResponse, LookupResponse, RenewBatchResponse,
+    RenewOutcome,
+};

@@ -9,3 +9,6 @@ pub const MAX_TOKEN_LEN: usize = 256;
 /// Longest a claim may wait for an in-flight key: a minute, past any sane route timeout, and short
 /// enough that a waiting request does not pin a connection for long.
 pub const MAX_WAIT_MS: u64 = 60_000;
+/// Most renewals in one `renew-batch`: a filter with more claims due sends several batches. The
+/// bound keeps one call's backend work (and its body, ~60 bytes a renewal in compact) small.
+pub const MAX_RENEW_BATCH: usize = 256;

@@ -1,10 +1,10 @@
-//! The five requests of API v1, validated: a value of these types is a request the key store
+//! The requests of API v1, validated: a value of these types is a request the key store
 //! accepts. They serialize to their wire form directly; they deserialize through [`crate::wire`]
 //! and [`Request::from_wire`], which names the field at fault.
 
 use crate::error::ProtocolError;
 use crate::hex64::Hex64;
-use crate::limits::{MAX_LEASE_MS, MAX_RETENTION_MS, MAX_TOKEN_LEN, MAX_WAIT_MS};
+use crate::limits::{MAX_LEASE_MS, MAX_RENEW_BATCH, MAX_RETENTION_MS, MAX_TOKEN_LEN, MAX_WAIT_MS};
 use crate::wire;
 use serde::de::DeserializeOwned;
 use serde::Serialize;
@@ -69,6 +69,13 @@ pub struct RenewRequest {
     pub lease_ms: u64,
 }
 
+/// `POST /v1/renew-batch`: several renewals in one call (1 to [`MAX_RENEW_BATCH`]), each one
+/// validated as a `renew` and answered in order, so a filter renews all its claims due at once.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct RenewBatchRequest {
+    pub renewals: Vec<RenewRequest>,
+}
+
 impl Request for ClaimRequest {
     type Wire = wire::Claim;
 
@@ -129,6 +136,30 @@ impl Request for RenewRequest {
             token: token(w.token)?,
             lease_ms: millis(w.lease_ms, "lease_ms", MAX_LEASE_MS)?,
         })
+    }
+}
+
+impl Request for RenewBatchRequest {
+    type Wire = wire::RenewBatch;
+
+    fn from_wire(w: wire::RenewBatch) -> Result<Self, ProtocolError> {
+        let renewals = required(w.renewals, "renewals")?;
+        if renewals.is_empty() || renewals.len() > MAX_RENEW_BATCH {
+            return Err(ProtocolError::field(
+                "renewals",
+                format!("must hold 1 to {MAX_RENEW_BATCH} renewals"),
+            ));
+        }
+        let renewals = renewals
+            .into_iter()
+            .enumerate()
+            .map(|(i, r)| {
+                RenewRequest::from_wire(r).map_err(|e| {
+                    ProtocolError::field(format!("renewals[{i}].{}", e.field), e.problem)
+                })
+            })
+            .collect::<Result<_, _>>()?;
+        Ok(Self { renewals })
     }
 }
 

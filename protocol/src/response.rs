@@ -57,6 +57,22 @@ pub enum FencedResponse {
     Stale,
 }
 
+/// One renewal's answer within a `renew-batch`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RenewOutcome {
+    /// The claim's lease now ends `lease_ms` from the renewal.
+    Renewed,
+    /// The token is no longer the current live claim's (as a single renew's 409).
+    Stale,
+}
+
+/// Answer to a `renew-batch` (always 200): one outcome per renewal, in the request's order.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RenewBatchResponse {
+    pub outcomes: Vec<RenewOutcome>,
+}
+
 /// The body of an error the key store answers itself (400, 401, 413, 503).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ErrorBody {

@@ -46,3 +46,9 @@ pub struct Renew {
     pub token: Option<String>,
     pub lease_ms: Option<u64>,
 }
+
+/// `POST /v1/renew-batch`, unvalidated.
+#[derive(Debug, Clone, Default, Deserialize)]
+pub struct RenewBatch {
+    pub renewals: Option<Vec<Renew>>,
+}

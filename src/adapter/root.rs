@@ -100,12 +100,18 @@ impl Context for Root {
                 }
                 _ => {}
             },
-            RootReply::RenewalRefused(key) => warn!(
-                "key {}: lease renewal refused: another gateway took the key over",
-                key.short()
-            ),
-            RootReply::RenewalFailed(e) => warn!("lease renewal failed: {e}"),
-            RootReply::Renewed | RootReply::Detached | RootReply::Unknown => {}
+            RootReply::Renewals { refused, .. } => {
+                for key in refused {
+                    warn!(
+                        "key {}: lease renewal refused: another gateway took the key over",
+                        key.short()
+                    );
+                }
+            }
+            RootReply::RenewalFailed { keys, error } => {
+                warn!("lease renewal of {keys} key(s) failed: {error}")
+            }
+            RootReply::Detached | RootReply::Unknown => {}
         }
         self.run(&worker, actions);
     }

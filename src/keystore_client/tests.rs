@@ -154,6 +154,58 @@ fn parses_every_claim_outcome() {
 }
 
 #[test]
+fn renew_batches_carry_each_claim_and_read_each_answer() {
+    use idempotency_protocol::Format;
+    let claims = [
+        (RecordKey([1; 32]), "T1".to_string()),
+        (RecordKey([2; 32]), "T2".to_string()),
+    ];
+    let c = renew_batch(&cfg(), &claims, 600);
+    assert!(c
+        .headers
+        .contains(&(":path".into(), "/v1/renew-batch".into())));
+    let v: serde_json::Value = serde_json::from_slice(&c.body).unwrap();
+    assert_eq!(v["renewals"][1]["key"], "02".repeat(32));
+    assert_eq!(v["renewals"][1]["token"], "T2");
+    assert_eq!(v["renewals"][0]["lease_ms"], 600);
+    let ks = KeystoreConfig {
+        body_format: Format::Compact,
+        ..cfg()
+    };
+    let sent = RenewBatchRequest::from_compact(&renew_batch(&ks, &claims, 600).body).unwrap();
+    assert_eq!(sent.renewals.len(), 2);
+    assert_eq!(sent.renewals[0].token, "T1");
+    let answer = RenewBatchResponse {
+        outcomes: vec![RenewOutcome::Stale, RenewOutcome::Renewed],
+    };
+    for body in [
+        answer.to_compact(),
+        idempotency_protocol::json::encode(&answer),
+    ] {
+        assert_eq!(
+            parse_renew_batch(Some(200), &body, 2),
+            Ok(vec![AckReply::Stale, AckReply::Done])
+        );
+    }
+    for (status, body, count) in [
+        (Some(200), answer.to_compact(), 3),
+        (
+            Some(503),
+            br#"{"error":"backend unavailable: x"}"#.to_vec(),
+            2,
+        ),
+        (Some(404), Vec::new(), 2),
+        (None, Vec::new(), 2),
+        (Some(200), br#"{"outcome":"renewed"}"#.to_vec(), 1),
+    ] {
+        assert!(
+            parse_renew_batch(status, &body, count).is_err(),
+            "{status:?} {body:?}"
+        );
+    }
+}
+
+#[test]
 fn garbage_replies_are_errors() {
     for (status, body) in [
         (Some(503), &b"upstream connect error"[..]),
@@ -177,10 +229,6 @@ fn garbage_replies_are_errors() {
     );
     assert_eq!(
         parse_ack(Some(200), br#"{"outcome":"stored"}"#),
-        Ok(AckReply::Done)
-    );
-    assert_eq!(
-        parse_ack(Some(200), br#"{"outcome":"renewed"}"#),
         Ok(AckReply::Done)
     );
     assert!(parse_ack(Some(500), b"").is_err());

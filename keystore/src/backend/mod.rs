@@ -16,6 +16,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
+use futures_util::future::join_all;
 
 use crate::config::{BackendKind, Config};
 use crate::protocol::{
@@ -85,6 +86,17 @@ pub trait Backend: Send + Sync + 'static {
     async fn release(&self, req: &ReleaseRequest) -> Result<Fenced, BackendError>;
     /// Moves the current claim's lease end to now + `lease_ms`, so a slow upstream keeps its key.
     async fn renew(&self, req: &RenewRequest) -> Result<Fenced, BackendError>;
+    /// Renews each claim of a batch, answering in order; one failure fails the batch (the
+    /// renewals that went through stay done: a renewal repeated is harmless). The renewals run
+    /// concurrently: on Redis they share the multiplexed connection, so they go out back to back
+    /// without waiting for each other's reply (one round trip for the batch, not one per key),
+    /// and on a cluster each goes to the node of its key's slot.
+    async fn renew_batch(&self, reqs: &[RenewRequest]) -> Result<Vec<Fenced>, BackendError> {
+        join_all(reqs.iter().map(|r| self.renew(r)))
+            .await
+            .into_iter()
+            .collect()
+    }
     /// A wait that ends when `key` may have changed. It is registered on return, before the read
     /// it guards; `round` counts the waits already made for this request.
     ///

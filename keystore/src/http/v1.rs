@@ -18,7 +18,8 @@ use super::{AppState, Failure};
 use crate::backend::{ClaimOutcome, Fenced, LookupOutcome};
 use crate::protocol::{
     ClaimAnswer, ClaimRequest, ClaimResponse, Compact, CompleteRequest, FencedResponse, Format,
-    LookupRequest, LookupResponse, ReleaseRequest, RenewRequest, Request as WireRequest,
+    LookupRequest, LookupResponse, ReleaseRequest, RenewBatchRequest, RenewBatchResponse,
+    RenewOutcome, RenewRequest, Request as WireRequest,
 };
 
 /// The v1 routes, behind the `/v1` token when one is set.
@@ -29,6 +30,7 @@ pub(super) fn router(state: &AppState) -> Router<AppState> {
         .route("/complete", post(complete))
         .route("/release", post(release))
         .route("/renew", post(renew))
+        .route("/renew-batch", post(renew_batch))
         .route_layer(middleware::from_fn_with_state(state.clone(), authenticate))
 }
 
@@ -42,9 +44,10 @@ async fn authenticate(State(s): State<AppState>, req: Request, next: Next) -> Re
     next.run(req).await
 }
 
-/// The operation label of a /v1 path (route_layer only sees our four routes).
+/// The operation label of a /v1 path (route_layer only sees our routes).
 fn op_of(path: &str) -> &'static str {
     match path.rsplit('/').next() {
+        Some("renew-batch") => "renew_batch",
         Some("claim") => "claim",
         Some("complete") => "complete",
         Some("renew") => "renew",
@@ -239,4 +242,35 @@ async fn renew(
     let req: RenewRequest = s.parse("renew", format, body)?;
     let result = s.call("renew", s.backend.renew(&req)).await?;
     Ok(s.fenced("renew", reply, result, FencedResponse::Renewed))
+}
+
+/// Several renewals at once (a filter's claims due in one tick): always 200, with one outcome per
+/// renewal in order, each counted as `renew_batch` `renewed` or `stale`; a backend failure is one
+/// 503 for the whole batch.
+async fn renew_batch(
+    State(s): State<AppState>,
+    headers: HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Response, Failure> {
+    let (format, reply) = formats(&headers);
+    let req: RenewBatchRequest = s.parse("renew_batch", format, body)?;
+    let results = s
+        .call("renew_batch", s.backend.renew_batch(&req.renewals))
+        .await?;
+    let outcomes = results
+        .into_iter()
+        .map(|result| {
+            let (label, outcome) = match result {
+                Fenced::Done => ("renewed", RenewOutcome::Renewed),
+                Fenced::Stale => ("stale", RenewOutcome::Stale),
+            };
+            s.metrics.op("renew_batch", label);
+            outcome
+        })
+        .collect();
+    Ok(answer(
+        reply,
+        StatusCode::OK,
+        &RenewBatchResponse { outcomes },
+    ))
 }

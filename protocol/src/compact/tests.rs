@@ -73,6 +73,17 @@ fn requests_round_trip_and_are_small() {
         token: "t".into(),
         lease_ms: 5,
     });
+    let one = RenewRequest {
+        key: hex64(),
+        token: "t".repeat(32),
+        lease_ms: 600,
+    };
+    let batch = request_round_trip(RenewBatchRequest {
+        renewals: vec![one.clone(); 3],
+    });
+    // The count, then each renewal as a single renew writes it (without its marker).
+    let single = one.to_compact();
+    assert_eq!(batch.len(), 2 + 3 * (single.len() - 1));
 }
 
 #[test]
@@ -99,6 +110,15 @@ fn replies_round_trip() {
     ] {
         round_trip(answer);
     }
+    let outcomes = vec![
+        RenewOutcome::Renewed,
+        RenewOutcome::Stale,
+        RenewOutcome::Renewed,
+    ];
+    assert_eq!(
+        round_trip(RenewBatchResponse { outcomes }),
+        [MARKER, 3, 0, 1, 0]
+    );
     for answer in [
         FencedResponse::Stored,
         FencedResponse::Released,
@@ -158,6 +178,34 @@ fn validation_is_the_json_one_and_names_the_field() {
         RenewRequest::from_compact(&renew).unwrap_err().field,
         "lease_ms"
     );
+    let entry = |token, lease_ms| Renew {
+        key: [1; 32],
+        token,
+        lease_ms,
+    };
+    let batch = |renewals| write(&RenewBatch { renewals });
+    for (bytes, message) in [
+        (
+            batch(vec![entry("t", 5), entry("t", 5), entry("t", 0)]),
+            "renewals[2].lease_ms: must be an integer from 1 to 86400000",
+        ),
+        (
+            batch(vec![entry("", 5)]),
+            "renewals[0].token: must be 1 to 256 characters",
+        ),
+        (batch(vec![]), "renewals: must hold 1 to 256 renewals"),
+        (
+            batch(
+                (0..=crate::MAX_RENEW_BATCH)
+                    .map(|_| entry("t", 5))
+                    .collect(),
+            ),
+            "renewals: must hold 1 to 256 renewals",
+        ),
+    ] {
+        let e = RenewBatchRequest::from_compact(&bytes).unwrap_err();
+        assert_eq!(e.to_string(), message);
+    }
     let release = write(&Release {
         key: [1; 32],
         token: "",
@@ -193,6 +241,13 @@ fn malformed_bodies_are_body_errors() {
     }
     for bytes in [&b""[..], &[MARKER], &[MARKER, 4], &[MARKER, 0, 0], b"{}"] {
         assert!(FencedResponse::from_compact(bytes).is_err(), "{bytes:?}");
+    }
+    // Fewer outcomes than counted, an unknown outcome, trailing bytes.
+    for bytes in [&[MARKER, 2, 0][..], &[MARKER, 1, 2], &[MARKER, 1, 0, 0]] {
+        assert!(
+            RenewBatchResponse::from_compact(bytes).is_err(),
+            "{bytes:?}"
+        );
     }
     // An unknown outcome, or a claimed one without its token.
     for bytes in [&[MARKER, 9, 0][..], &[MARKER, 0]] {

@@ -120,28 +120,37 @@ fn renewals_go_to_the_key_store_with_the_token_until_the_answer() {
     let RootAction::Send(callout, purpose) = &out[0] else {
         panic!("{out:?}")
     };
-    assert!(matches!(purpose, Purpose::Renewal(_)));
+    let Purpose::Renewal(keys) = purpose else {
+        panic!("{purpose:?}")
+    };
+    assert_eq!(keys.len(), 1);
     assert!(callout
         .headers
-        .contains(&(":path".into(), "/v1/renew".into())));
+        .contains(&(":path".into(), "/v1/renew-batch".into())));
     let body = body_of(callout);
     assert_eq!(
-        (body["token"].as_str(), body["lease_ms"].as_u64()),
+        (
+            body["renewals"][0]["token"].as_str(),
+            body["renewals"][0]["lease_ms"].as_u64()
+        ),
         (Some("T5"), Some(3000))
     );
     w.worker.sent(77, purpose.clone(), w.clock.get());
     let (reply, actions) = w.worker.on_reply(
         77,
-        Some(409),
+        Some(200),
         Vec::new(),
-        br#"{"outcome":"stale"}"#.to_vec(),
+        br#"{"outcomes":["stale"]}"#.to_vec(),
         &w.shared,
         w.clock.get(),
     );
-    let Purpose::Renewal(key) = purpose else {
-        unreachable!()
-    };
-    assert_eq!(reply, crate::worker::RootReply::RenewalRefused(*key));
+    assert_eq!(
+        reply,
+        crate::worker::RootReply::Renewals {
+            renewed: 0,
+            refused: keys.clone()
+        }
+    );
     assert!(matches!(
         actions[..],
         [RootAction::Count(Metric::RenewalRefused)]
@@ -155,4 +164,122 @@ fn renewals_go_to_the_key_store_with_the_token_until_the_answer() {
             .all(|a| !matches!(a, RootAction::Send(_, Purpose::Renewal(_)))),
         "no renewal once answered"
     );
+}
+
+/// Renewal batches sent at one tick: their keys and the tokens of their entries.
+fn renewal_batches(out: &[RootAction]) -> Vec<(Purpose, Vec<String>)> {
+    out.iter()
+        .filter_map(|a| match a {
+            RootAction::Send(c, p @ Purpose::Renewal(_)) => {
+                let tokens = body_of(c)["renewals"]
+                    .as_array()
+                    .unwrap()
+                    .iter()
+                    .map(|r| r["token"].as_str().unwrap().to_owned())
+                    .collect();
+                Some((p.clone(), tokens))
+            }
+            _ => None,
+        })
+        .collect()
+}
+
+#[test]
+fn streams_in_flight_renew_in_one_callout_per_tick_and_a_stale_one_is_counted() {
+    let w = World::new(
+        r#"{"lock_lease_ms":3000,"keystore":{"cluster":"ks"},"routes":[{"prefix":"/"}]}"#,
+    );
+    let mut streams: Vec<_> = ["a", "b", "c", "d"]
+        .iter()
+        .enumerate()
+        .map(|(i, k)| claimed(&w, k, &format!("T{i}")))
+        .collect();
+    w.advance(1000);
+    let out = w.worker.on_tick(&w.shared, w.clock.get());
+    let batches = renewal_batches(&out);
+    assert_eq!(out.len(), 1, "one callout for every claim due: {out:?}");
+    let (purpose, mut tokens) = batches[0].clone();
+    let Purpose::Renewal(keys) = &purpose else {
+        unreachable!()
+    };
+    assert_eq!(keys.len(), 4);
+    tokens.sort();
+    assert_eq!(tokens, ["T0", "T1", "T2", "T3"]);
+    // The second entry was taken over; the others are renewed.
+    w.worker.sent(90, purpose.clone(), w.clock.get());
+    let (reply, actions) = w.worker.on_reply(
+        90,
+        Some(200),
+        Vec::new(),
+        br#"{"outcomes":["renewed","stale","renewed","renewed"]}"#.to_vec(),
+        &w.shared,
+        w.clock.get(),
+    );
+    assert_eq!(
+        reply,
+        crate::worker::RootReply::Renewals {
+            renewed: 3,
+            refused: vec![keys[1]]
+        }
+    );
+    assert!(matches!(
+        actions[..],
+        [RootAction::Count(Metric::RenewalRefused)]
+    ));
+    // A failed batch is a failed renewal of each key, tried again at the next period.
+    w.advance(1000);
+    let (purpose, _) = renewal_batches(&w.worker.on_tick(&w.shared, w.clock.get()))[0].clone();
+    w.worker.sent(91, purpose, w.clock.get());
+    let (reply, actions) = w.worker.on_reply(
+        91,
+        Some(503),
+        Vec::new(),
+        br#"{"error":"backend unavailable: x"}"#.to_vec(),
+        &w.shared,
+        w.clock.get(),
+    );
+    assert!(
+        matches!(
+            reply,
+            crate::worker::RootReply::RenewalFailed { keys: 4, .. }
+        ),
+        "{reply:?}"
+    );
+    assert_eq!(actions.len(), 4);
+    assert!(actions
+        .iter()
+        .all(|a| matches!(a, RootAction::Count(Metric::StoreError))));
+    w.advance(999);
+    assert!(renewal_batches(&w.worker.on_tick(&w.shared, w.clock.get())).is_empty());
+    w.advance(1);
+    assert_eq!(
+        renewal_batches(&w.worker.on_tick(&w.shared, w.clock.get()))[0]
+            .1
+            .len(),
+        4,
+        "retried at the next period"
+    );
+    // Answered streams leave the batch.
+    for (s, h) in streams.iter_mut().take(3) {
+        w.respond(s, h, 201, b"{}");
+    }
+    w.advance(1000);
+    let batches = renewal_batches(&w.worker.on_tick(&w.shared, w.clock.get()));
+    assert_eq!(batches.len(), 1);
+    assert_eq!(batches[0].1, ["T3"]);
+}
+
+#[test]
+fn more_claims_than_a_batch_holds_go_in_further_callouts() {
+    use idempotency_protocol::MAX_RENEW_BATCH;
+    let w = World::new(
+        r#"{"lock_lease_ms":3000,"keystore":{"cluster":"ks"},"routes":[{"prefix":"/"}]}"#,
+    );
+    let _streams: Vec<_> = (0..=MAX_RENEW_BATCH)
+        .map(|i| claimed(&w, &format!("k{i}"), &format!("T{i}")))
+        .collect();
+    w.advance(1000);
+    let out = w.worker.on_tick(&w.shared, w.clock.get());
+    let sizes: Vec<usize> = renewal_batches(&out).iter().map(|(_, t)| t.len()).collect();
+    assert_eq!(sizes, [MAX_RENEW_BATCH, 1]);
 }

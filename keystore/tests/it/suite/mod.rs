@@ -1,16 +1,18 @@
 //! The behaviour suite every backend must pass. `backend_suite!(factory)` instantiates it as
 //! `#[tokio::test]`s for an `async fn factory() -> Arc<dyn Backend>`.
 //!
-//! The tests are grouped by what they exercise: [`claims`], [`http`], [`waiting`], [`admin`] and
-//! [`formats`] (JSON and compact bodies).
+//! The tests are grouped by what they exercise: [`claims`], [`batch`] (renewals in a batch),
+//! [`http`], [`waiting`], [`admin`] and [`formats`] (JSON and compact bodies).
 
 mod admin;
+mod batch;
 mod claims;
 mod formats;
 mod http;
 mod waiting;
 
 pub use admin::*;
+pub use batch::*;
 pub use claims::*;
 pub use formats::*;
 pub use http::*;
@@ -38,7 +40,8 @@ macro_rules! backend_suite {
             lookup_reports_without_claiming, complete_refuses_a_record_over_the_limit,
             admin_reports_each_state, admin_purge_says_what_it_removed,
             admin_purge_frees_a_waiting_claim, admin_token_is_its_own,
-            compact_bodies_on_every_endpoint, formats_follow_content_type_and_accept);
+            compact_bodies_on_every_endpoint, formats_follow_content_type_and_accept,
+            renew_batch_answers_each_key_in_order, renew_batch_limits_and_named_errors);
     };
     (@tests $factory:path; $($name:ident),*) => {
         $(

@@ -59,6 +59,13 @@ impl World {
             }
         } else if path.ends_with("/renew") {
             self.stats.renewed += 1;
+        } else if path.ends_with("/renew-batch") {
+            let answer: RenewBatchResponse = json::decode(reply.as_bytes()).unwrap();
+            self.stats.renewed += answer
+                .outcomes
+                .iter()
+                .filter(|o| **o == RenewOutcome::Renewed)
+                .count() as u64;
         } else if path.ends_with("/complete") {
             let token = fenced_token(path, body).unwrap();
             let Some(j) = self

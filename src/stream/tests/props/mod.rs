@@ -70,7 +70,7 @@ use crate::worker::{Purpose, RootAction, RootReply, Worker};
 use idempotency_protocol::{
     body, json, ClaimAnswer, ClaimRequest, ClaimResponse, CompleteRequest, ErrorBody,
     FencedResponse, Hex64, LookupRequest, LookupResponse, ProtocolError, ReleaseRequest,
-    RenewRequest,
+    RenewBatchRequest, RenewBatchResponse, RenewOutcome, RenewRequest,
 };
 use proptest::prelude::*;
 use proptest::test_runner::{Config as PtConfig, FileFailurePersistence};
@@ -286,6 +286,16 @@ fn proposed_token(r: &Req) -> Option<String> {
         .find(|(_, c)| path_of(c).ends_with("/claim"))
         .and_then(|(_, c)| body::decode_request::<ClaimRequest>(&c.body).ok())
         .and_then(|claim| claim.token)
+}
+
+/// The fencing tokens a root callout carries (one, or a renew-batch's, in order), read as the key
+/// store reads them.
+fn fenced_tokens(path: &str, body: &[u8]) -> Result<Vec<String>, ProtocolError> {
+    match path.rsplit('/').next() {
+        Some("renew-batch") => body::decode_request::<RenewBatchRequest>(body)
+            .map(|b| b.renewals.into_iter().map(|r| r.token).collect()),
+        _ => fenced_token(path, body).map(|t| vec![t]),
+    }
 }
 
 /// The fencing token a complete, release or renew callout carries, read as the key store reads it.

@@ -1,5 +1,5 @@
 //! The model key store: README "Key-store API (v1)" in memory (claim, lookup, complete, release,
-//! renew; fenced by the current claim's token while its lease is live), reading and writing bodies
+//! renew, renew-batch; fenced by the current claim's token while its lease is live), reading and writing bodies
 //! with the protocol crate the real key store uses, so it refuses what the real one refuses.
 
 use super::*;
@@ -95,18 +95,34 @@ impl KeyStore {
                 }
             }),
             "renew" => body::decode_request(body).map(|r: RenewRequest| {
-                self.fenced(&r.key, &r.token, now, |body, owner| {
-                    Some(Slot::InFlight {
-                        body,
-                        until: now + r.lease_ms,
-                        owner,
+                self.renew(&r, now)
+                    .map_or_else(stale, |()| reply(200, &FencedResponse::Renewed))
+            }),
+            "renew-batch" => body::decode_request(body).map(|b: RenewBatchRequest| {
+                let outcomes = b
+                    .renewals
+                    .iter()
+                    .map(|r| match self.renew(r, now) {
+                        Some(()) => RenewOutcome::Renewed,
+                        None => RenewOutcome::Stale,
                     })
-                })
-                .map_or_else(stale, |()| reply(200, &FencedResponse::Renewed))
+                    .collect();
+                reply(200, &RenewBatchResponse { outcomes })
             }),
             _ => Ok((404, String::new())),
         };
         answer.unwrap_or_else(|e| bad_request(&e))
+    }
+
+    /// Renews the claim `r.token` holds, if it is the key's live claim.
+    fn renew(&mut self, r: &RenewRequest, now: u64) -> Option<()> {
+        self.fenced(&r.key, &r.token, now, |body, owner| {
+            Some(Slot::InFlight {
+                body,
+                until: now + r.lease_ms,
+                owner,
+            })
+        })
     }
 
     /// The live slot of `key`: expired claims are free to be taken over, expired records gone.

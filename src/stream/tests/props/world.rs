@@ -211,25 +211,32 @@ impl World {
             self.root_calls += 1;
             let token = 1_000_000 + self.root_calls;
             let path = path_of(&callout);
-            let ks_token = fenced_token(&path, &callout.body)
+            let ks_tokens = fenced_tokens(&path, &callout.body)
                 .map_err(|e| TestCaseError::fail(format!("root callout body: {e}")))?;
-            let owner = self.reqs.iter().position(|r| {
-                r.token.as_deref() == Some(ks_token.as_str())
-                    || proposed_token(r).as_deref() == Some(ks_token.as_str())
-            });
-            let Some(j) = owner else {
-                return Err(TestCaseError::fail(format!(
-                    "the root context sent {path} with a token the key store never granted"
-                )));
-            };
+            let mut owners = Vec::new();
+            for ks_token in &ks_tokens {
+                let owner = self.reqs.iter().position(|r| {
+                    r.token.as_deref() == Some(ks_token.as_str())
+                        || proposed_token(r).as_deref() == Some(ks_token.as_str())
+                });
+                let Some(j) = owner else {
+                    return Err(TestCaseError::fail(format!(
+                        "the root context sent {path} with a token the key store never granted"
+                    )));
+                };
+                owners.push(j);
+            }
             match &purpose {
-                Purpose::Renewal(_) => {
-                    prop_assert!(path.ends_with("/renew"), "a renewal is {}", path);
-                    prop_assert!(
-                        self.reqs[j].envoy == e && self.reqs[j].executing(),
-                        "renewed request {} no longer executes on this Envoy",
-                        j
-                    );
+                Purpose::Renewal(keys) => {
+                    prop_assert!(path.ends_with("/renew-batch"), "a renewal is {}", path);
+                    prop_assert_eq!(keys.len(), owners.len(), "one key per entry");
+                    for &j in &owners {
+                        prop_assert!(
+                            self.reqs[j].envoy == e && self.reqs[j].executing(),
+                            "renewed request {} no longer executes on this Envoy",
+                            j
+                        );
+                    }
                 }
                 Purpose::Write(_) => prop_assert!(
                     path.ends_with("/complete") || path.ends_with("/release"),
@@ -248,7 +255,9 @@ impl World {
                 let more =
                     self.workers[e].not_sent(purpose, "cluster not found", &self.shared[e], now);
                 prop_assert!(more.is_empty(), "nothing to answer: {:?}", more);
-                self.reqs[j].at_risk |= renewal;
+                for &j in &owners {
+                    self.reqs[j].at_risk |= renewal;
+                }
                 prop_assert_eq!(
                     self.handed_over(e),
                     before + usize::from(!renewal),
@@ -262,7 +271,7 @@ impl World {
                 token,
                 status,
                 Vec::new(),
-                reply.into_bytes(),
+                reply.clone().into_bytes(),
                 &self.shared[e],
                 now,
             );
@@ -272,20 +281,57 @@ impl World {
                 more
             );
             match purpose {
-                Purpose::Renewal(key) => {
+                Purpose::Renewal(keys) => {
                     if !fault.applied() {
-                        self.reqs[j].at_risk = true;
+                        for &j in &owners {
+                            self.reqs[j].at_risk = true;
+                        }
                     }
                     let want = match (fault, status) {
-                        (Fault::None, Some(200)) => RootReply::Renewed,
-                        (Fault::None, Some(409)) => RootReply::RenewalRefused(key),
-                        _ => RootReply::RenewalFailed(String::new()),
+                        (Fault::None, Some(200)) => {
+                            let answer: RenewBatchResponse = json::decode(reply.as_bytes())
+                                .map_err(|e| TestCaseError::fail(e.to_string()))?;
+                            let refused: Vec<_> = keys
+                                .iter()
+                                .zip(&answer.outcomes)
+                                .filter(|(_, o)| **o == RenewOutcome::Stale)
+                                .map(|(k, _)| *k)
+                                .collect();
+                            RootReply::Renewals {
+                                renewed: keys.len() - refused.len(),
+                                refused,
+                            }
+                        }
+                        _ => RootReply::RenewalFailed {
+                            keys: keys.len(),
+                            error: String::new(),
+                        },
                     };
                     let same = match (&root, &want) {
-                        (RootReply::RenewalFailed(_), RootReply::RenewalFailed(_)) => true,
+                        (
+                            RootReply::RenewalFailed { keys: a, .. },
+                            RootReply::RenewalFailed { keys: b, .. },
+                        ) => a == b,
                         (a, b) => a == b,
                     };
                     prop_assert!(same, "renewal reply {:?}, expected {:?}", root, want);
+                    let counted = more
+                        .iter()
+                        .filter(|a| {
+                            matches!(
+                                a,
+                                RootAction::Count(
+                                    crate::metrics::Metric::RenewalRefused
+                                        | crate::metrics::Metric::StoreError
+                                )
+                            )
+                        })
+                        .count();
+                    let expected = match &want {
+                        RootReply::Renewals { refused, .. } => refused.len(),
+                        _ => keys.len(),
+                    };
+                    prop_assert_eq!(counted, expected, "one count per refused or failed key");
                 }
                 Purpose::WriteThenAnswer(..) | Purpose::Detached(_) => {}
                 Purpose::Write(_) => {
