@@ -80,13 +80,7 @@ impl Keystore {
         if let Some(a) = auth {
             req = req.header("authorization", a);
         }
-        let resp = req.send().await.unwrap();
-        let status = resp.status();
-        let text = resp.text().await.unwrap();
-        (
-            status,
-            serde_json::from_str(&text).unwrap_or(Value::String(text)),
-        )
+        send_json(req).await
     }
 
     /// POSTs a raw body with this content type (and `accept`, if any); returns the status, the
@@ -196,13 +190,7 @@ impl Keystore {
         if let Some(a) = auth {
             req = req.header("authorization", a);
         }
-        let resp = req.send().await.unwrap();
-        let status = resp.status();
-        let text = resp.text().await.unwrap();
-        (
-            status,
-            serde_json::from_str(&text).unwrap_or(Value::String(text)),
-        )
+        send_json(req).await
     }
 
     pub async fn get(&self, path: &str) -> (StatusCode, String) {
@@ -217,6 +205,17 @@ impl Keystore {
 }
 
 /// Polls `f` every 20 ms until it returns `Some`, failing after `timeout`.
+/// Sends `req`; the answer's status and its body as JSON (a body that is not JSON as a string).
+async fn send_json(req: reqwest::RequestBuilder) -> (StatusCode, Value) {
+    let resp = req.send().await.unwrap();
+    let status = resp.status();
+    let text = resp.text().await.unwrap();
+    (
+        status,
+        serde_json::from_str(&text).unwrap_or(Value::String(text)),
+    )
+}
+
 pub async fn eventually<T, F, Fut>(timeout: Duration, what: &str, mut f: F) -> T
 where
     F: FnMut() -> Fut,
