@@ -188,7 +188,7 @@ def wasm_filter(configuration_json, allow_stop):
             "config": {
                 "name": "idempotency",
                 "root_id": "idempotency",
-                "failure_policy": "FAIL_CLOSED",
+                "failure_policy": "FAIL_RELOAD",
                 "allow_on_headers_stop_iteration": allow_stop,
                 "vm_config": {
                     "vm_id": "idempotency",
@@ -361,7 +361,8 @@ class EnvoyConfigs(unittest.TestCase):
         self.assertTrue(thresholds and all(t.get("max_retries") == 0 for t in thresholds), "callouts must not retry")
         self.assertNotIn("retry_policy", json.dumps(ks))
         wasm = next(plugin_configs.wasm_typed_configs(doc))["config"]
-        self.assertEqual(wasm["failure_policy"], "FAIL_CLOSED")
+        self.assertEqual(wasm["failure_policy"], "FAIL_RELOAD")
+        self.assertIn("base_interval", wasm["reload_config"]["backoff"])
         self.assertTrue(wasm["allow_on_headers_stop_iteration"])
         self.assertIn("stats_config", doc)
         cfg = json.loads(wasm["configuration"]["value"])
@@ -663,7 +664,7 @@ class IstioRollout(unittest.TestCase):
         self.assertEqual(ext["patch"]["operation"], "ADD")
         config = ext["patch"]["value"]["typed_config"]["config"]
         self.assertTrue(config["allow_on_headers_stop_iteration"])
-        self.assertEqual(config["failure_policy"], "FAIL_CLOSED")
+        self.assertEqual(config["failure_policy"], "FAIL_RELOAD")
         cfg = json.loads(config["configuration"]["value"])
         self.assertEqual(cfg["headers_mode"], "hold")
         self.assertEqual(cfg["keystore"]["cluster"], ISTIO_KEYSTORE_CLUSTER)
