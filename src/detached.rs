@@ -2,16 +2,15 @@
 //! context, so the answer is captured and stored even when the client has gone. This module builds
 //! that upstream request and reads its answer; [`crate::worker`] runs it.
 
-use crate::config::UnknownOutcome;
 use crate::deferred::Deferred;
 use crate::expiry;
 use crate::fingerprint::Fingerprint;
 use crate::host::{Callout, Headers, SharedData};
 use crate::keystore_client;
-use crate::metrics::Metric;
 use crate::problem::Problem;
-use crate::record::{message_headers, storable_headers, Outcome, StoredResponse, HOP_BY_HOP};
+use crate::record::{message_headers, storable_headers, HOP_BY_HOP};
 use crate::scope::RecordKey;
+use crate::settlement::{self, Settlement, Verdict};
 use crate::worker::{Answer, Purpose, RootAction, Worker};
 use log::{info, warn};
 
@@ -108,7 +107,7 @@ pub struct DetachedJob {
 }
 
 impl Worker {
-    /// The end of a detached execution: keep, release or lock the key as the class of its ending
+    /// The end of a detached execution: keep, release or lock the key as the settlement rule
     /// says, exactly as for an inline request, then answer the client if it is still there.
     pub(crate) fn settle_detached(
         &self,
@@ -120,85 +119,49 @@ impl Worker {
         now_ms: u64,
     ) -> Vec<RootAction> {
         self.leases.borrow_mut().drop_claim(job.owner);
-        let mut actions = Vec::new();
-        let upstream_answer = |status: u16, headers: Headers, body: Vec<u8>| Answer {
-            stream_id: job.stream_id,
-            status,
-            headers,
-            body,
-        };
-        let problem = |problem: Problem, detail: &str| {
-            let (status, headers, body) = problem.response(detail, 0);
-            upstream_answer(status, headers, body)
-        };
-        let (outcome, mut answer) = match end {
-            Ending::Answered(status) => {
-                // The client gets every header of its own answer; the record keeps what replays
-                // may carry.
-                let answer =
-                    upstream_answer(status, message_headers(headers.clone()), body.clone());
+        let (ending, mut answer) = self.detached_answer(&job, end, &headers, &body);
+        let Settlement { verdict, counts } =
+            settlement::settle(&job.rule, job.fingerprint, ending, now_ms);
+        let mut actions: Vec<RootAction> = counts.into_iter().map(RootAction::Count).collect();
+        let record = match verdict {
+            Verdict::Keep {
+                created_ms,
+                expires_ms,
+            } => {
+                // The record keeps what replays may carry; the client got every header.
                 let kept = storable_headers(headers, &self.cfg.replay_headers);
-                let storable = job.rule.keeps_status(status);
-                let header_bytes: usize = kept.iter().map(|(n, v)| n.len() + v.len()).sum();
-                if !storable {
-                    info!(
-                        "key {}: upstream answered {status}; releasing",
-                        job.key.short()
-                    );
-                    (None, answer)
-                } else if body.len().saturating_add(header_bytes) > self.cfg.max_response_bytes {
-                    actions.push(RootAction::Count(Metric::NotReplayable));
-                    (Some(Outcome::NotReplayable), answer)
-                } else {
-                    let response = StoredResponse {
-                        status,
-                        headers: kept,
-                        body,
-                    };
-                    (Some(Outcome::Replayable(response)), answer)
+                let body = settlement::fits(&kept, body.len(), self.cfg.max_response_bytes)
+                    .then_some(body);
+                let (outcome, metric) = settlement::captured(answer.status, kept, body);
+                actions.extend(metric.map(RootAction::Count));
+                // An upstream answer that created the record says until when its key is honoured.
+                if let Some(name) = &self.cfg.expires_header {
+                    expiry::set_header(&mut answer.headers, name, expires_ms);
                 }
+                Some(settlement::record(
+                    &job.rule,
+                    job.fingerprint,
+                    outcome,
+                    created_ms,
+                ))
             }
-            Ending::NotSent => (
-                None,
-                problem(
-                    Problem::UpstreamUnavailable,
-                    "the upstream could not be reached; the request was not sent",
-                ),
-            ),
-            Ending::TimedOut | Ending::Reset => {
-                actions.push(RootAction::Count(Metric::UnknownOutcome));
-                let answer = if end == Ending::TimedOut {
-                    problem(
-                        Problem::UpstreamTimeout,
-                        "the upstream did not answer in time; the request may have executed",
-                    )
-                } else {
-                    problem(
-                        Problem::UpstreamReset,
-                        "the upstream reset the request; it may have executed",
-                    )
-                };
-                match job.rule.unknown_outcome {
-                    UnknownOutcome::Lock => {
-                        warn!(
-                            "key {}: detached request ended {end:?}; outcome unknown, locked",
-                            job.key.short()
-                        );
-                        let hold_until_ms = now_ms.saturating_add(job.rule.unknown_hold_ms);
-                        (Some(Outcome::Unknown { hold_until_ms }), answer)
-                    }
-                    UnknownOutcome::Release => (None, answer),
-                }
+            Verdict::Lock(record) => {
+                warn!(
+                    "key {}: detached request ended {end:?}; outcome unknown, locked",
+                    job.key.short()
+                );
+                Some(record)
+            }
+            Verdict::Release => {
+                info!(
+                    "key {}: detached request ended {end:?}; releasing",
+                    job.key.short()
+                );
+                None
             }
         };
-        let lease_end = now_ms.saturating_add(self.cfg.lock_lease_ms);
-        let write = match outcome {
-            Some(outcome) => {
-                let record = Worker::record(&job.rule, job.fingerprint, outcome, now_ms);
-                // An upstream answer that created the record says until when its key is honoured.
-                if let (Ending::Answered(_), Some(name)) = (end, &self.cfg.expires_header) {
-                    expiry::set_header(&mut answer.headers, name, record.expires_ms);
-                }
+        let write = match record {
+            Some(record) => {
                 if job.l1 {
                     self.l1_keep(shared, &job.key, job.owner, &record, now_ms);
                 }
@@ -217,7 +180,6 @@ impl Worker {
                     })
             }
             None => {
-                actions.push(RootAction::Count(Metric::Released));
                 if job.l1 {
                     self.l1_release(shared, &job.key, job.owner, now_ms);
                 }
@@ -236,7 +198,7 @@ impl Worker {
                     Deferred {
                         callout,
                         not_before_ms: 0,
-                        until_ms: lease_end,
+                        until_ms: now_ms.saturating_add(self.cfg.lock_lease_ms),
                     },
                     answer,
                 ),
@@ -244,6 +206,50 @@ impl Worker {
             None => actions.push(RootAction::Answer(answer)),
         }
         actions
+    }
+
+    /// How the settlement rule sees a detached ending, and what the client gets: the upstream's
+    /// own answer with every header, or the filter's problem for an ending without one.
+    fn detached_answer(
+        &self,
+        job: &DetachedJob,
+        end: Ending,
+        headers: &Headers,
+        body: &[u8],
+    ) -> (settlement::Ending, Answer) {
+        let answer = |(status, headers, body): (u16, Headers, Vec<u8>)| Answer {
+            stream_id: job.stream_id,
+            status,
+            headers,
+            body,
+        };
+        match end {
+            Ending::Answered(status) => (
+                settlement::Ending::Answered(status),
+                answer((status, message_headers(headers.clone()), body.to_vec())),
+            ),
+            Ending::NotSent => (
+                settlement::Ending::NotExecuted,
+                answer(Problem::UpstreamUnavailable.response(
+                    "the upstream could not be reached; the request was not sent",
+                    0,
+                )),
+            ),
+            Ending::TimedOut => (
+                settlement::Ending::Unknown,
+                answer(Problem::UpstreamTimeout.response(
+                    "the upstream did not answer in time; the request may have executed",
+                    0,
+                )),
+            ),
+            Ending::Reset => (
+                settlement::Ending::Unknown,
+                answer(
+                    Problem::UpstreamReset
+                        .response("the upstream reset the request; it may have executed", 0),
+                ),
+            ),
+        }
     }
 }
 

@@ -19,6 +19,7 @@ pub mod outcome;
 pub mod problem;
 pub mod record;
 pub mod scope;
+pub mod settlement;
 pub mod stream;
 pub mod waiting;
 pub mod worker;

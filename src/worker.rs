@@ -4,16 +4,15 @@
 //! [`Worker::on_tick`], [`Worker::start_detached`] and [`Worker::on_reply`] and carries out the
 //! [`RootAction`]s they return; every decision here is plain Rust.
 
-use crate::config::{Config, RouteRule};
+use crate::config::Config;
 use crate::deferred::{Deferred, Retrier, Settled};
 use crate::detached::{ending, DetachedJob, Ending};
-use crate::fingerprint::Fingerprint;
 use crate::host::{Callout, Headers, SharedData};
 use crate::keystore_client::{self, AckReply};
 use crate::l1::{L1Outcome, NearCache};
 use crate::leases::{HeldClaim, Leases};
 use crate::metrics::Metric;
-use crate::record::{Outcome, Record};
+use crate::record::Record;
 use crate::scope::RecordKey;
 use crate::stream::LocalReply;
 use crate::waiting::Waiters;
@@ -379,25 +378,5 @@ impl Worker {
                 key.short()
             );
         }
-    }
-
-    /// The record for a key's one attempt, as this rule keeps it.
-    pub fn record(
-        rule: &RouteRule,
-        fingerprint: Fingerprint,
-        outcome: Outcome,
-        now_ms: u64,
-    ) -> Record {
-        Record {
-            fingerprint,
-            created_ms: now_ms,
-            expires_ms: Worker::expires_ms(rule, now_ms),
-            outcome,
-        }
-    }
-
-    /// Until when a record created at `created_ms` under `rule` is honoured.
-    pub fn expires_ms(rule: &RouteRule, created_ms: u64) -> u64 {
-        created_ms.saturating_add(rule.retention_ms)
     }
 }

@@ -269,8 +269,7 @@ impl Stream {
         let Phase::Capturing { headers, .. } = &self.phase else {
             return self.hold_response();
         };
-        let header_bytes: usize = headers.iter().map(|(n, v)| n.len() + v.len()).sum();
-        if body_size.saturating_add(header_bytes) > self.worker.cfg.max_response_bytes {
+        if !crate::settlement::fits(headers, body_size, self.worker.cfg.max_response_bytes) {
             return self.finish_capture(host, None);
         }
         if end_of_stream {

@@ -7,15 +7,14 @@
 //!   locked as "outcome unknown" and never executes again; the `release` policy frees it instead.
 
 use super::{Claim, Flow, Phase, Stream};
-use crate::config::UnknownOutcome;
 use crate::deferred::Deferred;
 use crate::expiry;
 use crate::host::{Callout, Host};
 use crate::keystore_client;
 use crate::metrics::Metric;
 use crate::outcome::{classify, decode_flags, ResponseClass, UnknownCause};
-use crate::record::{storable_headers, Outcome, StoredResponse};
-use crate::worker::Worker;
+use crate::record::{storable_headers, Record};
+use crate::settlement::{self, Ending, Settlement, Verdict};
 use log::{info, warn};
 
 fn status_of(headers: &[(String, Vec<u8>)]) -> u16 {
@@ -38,37 +37,42 @@ impl Stream {
         let class = classify(decode_flags(host.property(&flags_path).as_deref()));
         let headers = host.response_headers();
         let status = status_of(&headers);
-        match class {
+        let ending = match class {
             ResponseClass::Unknown(cause) => return self.unknown_outcome(host, claim, cause),
             ResponseClass::NotExecuted => {
                 info!(
-                    "key {}: Envoy answered {status} before any upstream saw the request; releasing",
+                    "key {}: Envoy answered {status} before any upstream saw the request",
+                    claim.key.short()
+                );
+                Ending::NotExecuted
+            }
+            ResponseClass::FromUpstream => Ending::Answered(status),
+        };
+        let Settlement { verdict, counts } =
+            settlement::settle(&claim.rule, claim.fingerprint, ending, host.now_ms());
+        for metric in counts {
+            self.count(host, metric);
+        }
+        let (created_ms, expires_ms) = match verdict {
+            Verdict::Keep {
+                created_ms,
+                expires_ms,
+            } => (created_ms, expires_ms),
+            Verdict::Lock(record) => return self.keep(host, claim, record),
+            Verdict::Release => {
+                info!(
+                    "key {}: upstream answered {status}; releasing the claim",
                     claim.key.short()
                 );
                 return self.release(host, claim);
             }
-            ResponseClass::FromUpstream => {}
-        }
-        let storable = claim.rule.keeps_status(status);
-        if !storable {
-            info!(
-                "key {}: upstream answered {status}; releasing the claim",
-                claim.key.short()
-            );
-            return self.release(host, claim);
-        }
+        };
         let headers = storable_headers(headers, &self.worker.cfg.replay_headers);
         // The record is created as of now: the first answer's headers leave before its body is
         // kept, and they already carry its expiry.
-        let created_ms = host.now_ms();
-        self.announce_expiry(host, &claim, created_ms);
+        self.announce_expiry(host, expires_ms);
         if end_of_stream {
-            let response = StoredResponse {
-                status,
-                headers,
-                body: Vec::new(),
-            };
-            return self.keep(host, claim, Outcome::Replayable(response), created_ms);
+            return self.finish_kept(host, claim, status, headers, created_ms, Some(Vec::new()));
         }
         self.phase = Phase::Capturing {
             claim,
@@ -81,12 +85,11 @@ impl Stream {
 
     /// The first answer of a key that is kept says until when the key is honoured. Observe mode
     /// changes no answer, so it adds nothing.
-    fn announce_expiry(&self, host: &dyn Host, claim: &Claim, created_ms: u64) {
+    fn announce_expiry(&self, host: &dyn Host, expires_ms: u64) {
         if self.observe {
             return;
         }
         if let Some(name) = &self.worker.cfg.expires_header {
-            let expires_ms = Worker::expires_ms(&claim.rule, created_ms);
             host.set_response_header(name, expiry::http_date(expires_ms).as_bytes());
         }
     }
@@ -102,22 +105,29 @@ impl Stream {
         else {
             return Flow::Continue;
         };
-        let outcome = match body {
-            Some(body) => Outcome::Replayable(StoredResponse {
-                status,
-                headers,
-                body,
-            }),
-            None => {
-                self.count(host, Metric::NotReplayable);
-                info!(
-                    "key {}: response too large to keep; stored as not replayable",
-                    claim.key.short()
-                );
-                Outcome::NotReplayable
-            }
-        };
-        self.keep(host, claim, outcome, created_ms)
+        self.finish_kept(host, claim, status, headers, created_ms, body)
+    }
+
+    /// Stores what the settlement rule keeps of a whole answer.
+    fn finish_kept(
+        &mut self,
+        host: &dyn Host,
+        claim: Claim,
+        status: u16,
+        headers: Vec<(String, Vec<u8>)>,
+        created_ms: u64,
+        body: Option<Vec<u8>>,
+    ) -> Flow {
+        let (outcome, metric) = settlement::captured(status, headers, body);
+        if let Some(metric) = metric {
+            self.count(host, metric);
+            info!(
+                "key {}: response too large to keep; stored as not replayable",
+                claim.key.short()
+            );
+        }
+        let record = settlement::record(&claim.rule, claim.fingerprint, outcome, created_ms);
+        self.keep(host, claim, record)
     }
 
     /// The attempt may have executed and no complete answer came back.
@@ -127,18 +137,24 @@ impl Stream {
         claim: Claim,
         cause: UnknownCause,
     ) -> Flow {
-        self.count(host, Metric::UnknownOutcome);
-        match claim.rule.unknown_outcome {
-            UnknownOutcome::Lock => {
+        let Settlement { verdict, counts } = settlement::settle(
+            &claim.rule,
+            claim.fingerprint,
+            Ending::Unknown,
+            host.now_ms(),
+        );
+        for metric in counts {
+            self.count(host, metric);
+        }
+        match verdict {
+            Verdict::Lock(record) => {
                 warn!(
                     "key {}: outcome unknown ({cause:?}); locked, it will not execute again",
                     claim.key.short()
                 );
-                let now = host.now_ms();
-                let hold_until_ms = now.saturating_add(claim.rule.unknown_hold_ms);
-                self.keep(host, claim, Outcome::Unknown { hold_until_ms }, now)
+                self.keep(host, claim, record)
             }
-            UnknownOutcome::Release => {
+            Verdict::Release | Verdict::Keep { .. } => {
                 warn!(
                     "key {}: outcome unknown ({cause:?}); released (policy `release`)",
                     claim.key.short()
@@ -148,13 +164,11 @@ impl Stream {
         }
     }
 
-    /// Stores the record (created at `created_ms`) in L1, then in the key store, before the client
-    /// gets the end of the response. A stream that is already over hands the key-store write to
-    /// the root context.
-    fn keep(&mut self, host: &dyn Host, claim: Claim, outcome: Outcome, created_ms: u64) -> Flow {
+    /// Stores the record in L1, then in the key store, before the client gets the end of the
+    /// response. A stream that is already over hands the key-store write to the root context.
+    fn keep(&mut self, host: &dyn Host, claim: Claim, record: Record) -> Flow {
         self.drop_lease(&claim);
         let now = host.now_ms();
-        let record = Worker::record(&claim.rule, claim.fingerprint, outcome, created_ms);
         if claim.l1 {
             self.worker
                 .l1_keep(host, &claim.key, claim.owner, &record, now);
@@ -169,9 +183,9 @@ impl Stream {
 
     /// The request did not really run (5xx, 429, never sent, ...): free the key so a retry
     /// executes again.
+    /// The settlement rule counted it already.
     pub(super) fn release(&mut self, host: &dyn Host, claim: Claim) -> Flow {
         self.drop_lease(&claim);
-        self.count(host, Metric::Released);
         self.release_l1(host, &claim);
         let (Some(ks), Some(token)) = (&self.worker.cfg.keystore, &claim.token) else {
             return Flow::Continue;

@@ -12,6 +12,7 @@ mod modes;
 mod props;
 mod rotation;
 mod settle;
+mod settlement;
 
 use crate::config::Config;
 use crate::deferred::Deferred;
