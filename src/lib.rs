@@ -18,6 +18,7 @@ pub mod metrics;
 pub mod outcome;
 pub mod problem;
 pub mod record;
+pub mod reply;
 pub mod scope;
 pub mod settlement;
 pub mod stream;

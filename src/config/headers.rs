@@ -116,6 +116,9 @@ pub(super) fn validate_fingerprint_headers(
 /// The default name of the in-band expiry header.
 pub const DEFAULT_EXPIRES_HEADER: &str = "idempotency-expires";
 
+/// The response header that marks a replay.
+pub const REPLAYED_HEADER: &str = "idempotent-replayed";
+
 pub(super) fn validate_expires_header(
     raw: Option<serde_json::Value>,
 ) -> Result<Option<String>, ConfigError> {
@@ -127,7 +130,7 @@ pub(super) fn validate_expires_header(
             if !is_token(&name) {
                 return Err(err("expires_header", "must be an HTTP header name"));
             }
-            if name == crate::stream::REPLAYED_HEADER {
+            if name == REPLAYED_HEADER {
                 return Err(err(
                     "expires_header",
                     "is the header that marks a replay; pick another name",

@@ -11,16 +11,18 @@ mod caller;
 mod checks;
 mod headers;
 mod keystore;
+mod policy;
 mod raw;
 mod rules;
 mod secrets;
 
 pub use caller::CallerSource;
-pub use headers::{HeadersMode, ReplayHeaders, DEFAULT_EXPIRES_HEADER, DEFAULT_REPLAY_DENY};
-pub use keystore::{KeystoreConfig, DEFAULT_KEYSTORE_MAX_RECORD_BYTES, RECORD_OVERHEAD};
-pub use rules::{
-    Execution, FailureMode, InFlight, Mode, PathMatch, RouteRule, UnknownOutcome, NEVER_STORED,
+pub use headers::{
+    HeadersMode, ReplayHeaders, DEFAULT_EXPIRES_HEADER, DEFAULT_REPLAY_DENY, REPLAYED_HEADER,
 };
+pub use keystore::{KeystoreConfig, DEFAULT_KEYSTORE_MAX_RECORD_BYTES, RECORD_OVERHEAD};
+pub use policy::{FailureMode, Mode, UnknownOutcome, WhileInFlight};
+pub use rules::{Execution, PathMatch, RouteRule, NEVER_STORED};
 pub use secrets::{Secrets, MIN_SECRET_BYTES, PLACEHOLDER_SECRETS};
 
 use checks::{check_range, is_token, to_usize};

@@ -3,7 +3,7 @@
 
 use serde::Deserialize;
 
-use super::rules::{FailureMode, InFlight, Mode, UnknownOutcome};
+use super::policy::{FailureMode, Mode, UnknownOutcome, WhileInFlight};
 use super::{err, ConfigError, HeadersMode};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
@@ -42,7 +42,7 @@ pub(super) struct RawConfig {
     pub(super) failure_mode: Option<FailureMode>,
     pub(super) unknown_outcome: Option<UnknownOutcome>,
     pub(super) unknown_hold_ms: Option<u64>,
-    pub(super) in_flight: Option<InFlight>,
+    pub(super) in_flight: Option<WhileInFlight>,
     pub(super) max_wait_ms: Option<u64>,
     pub(super) mode: Option<Mode>,
     pub(super) l1_slots: Option<u32>,
@@ -75,7 +75,7 @@ pub(super) struct RawRule {
     pub(super) execution: Option<RawExecution>,
     pub(super) upstream_cluster: Option<String>,
     pub(super) upstream_timeout_ms: Option<u64>,
-    pub(super) in_flight: Option<InFlight>,
+    pub(super) in_flight: Option<WhileInFlight>,
     pub(super) max_wait_ms: Option<u64>,
     pub(super) mode: Option<Mode>,
 }

@@ -1,46 +1,13 @@
 //! The covered routes: how a rule matches a request (path and method) and its effective settings,
 //! each rule's own values over the top-level defaults.
 
-use serde::Deserialize;
-
 use super::checks::{check_range, is_token};
+use super::policy::{FailureMode, Mode, UnknownOutcome, WhileInFlight};
 use super::raw::{RawConfig, RawExecution, RawRule};
 use super::{err, ConfigError};
 
 /// Statuses that are never stored: the request did not really run.
 pub const NEVER_STORED: [u16; 6] = [401, 403, 408, 409, 425, 429];
-
-/// What to do when the key store is unreachable, slow or answers garbage.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum FailureMode {
-    /// Forward the request, protected by the local cache only.
-    FailOpen,
-    /// Answer 503 problem+json.
-    FailClosed,
-}
-
-/// What a key becomes when its attempt may have executed but no complete answer came back.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum UnknownOutcome {
-    /// Exactly once: the key answers 409 while the upstream may still be working, then a terminal
-    /// "outcome unknown" problem for the retention; it never executes again.
-    Lock,
-    /// At least once: the key is freed and a retry executes again.
-    Release,
-}
-
-/// Whether the filter acts on what it decides, or only counts it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum Mode {
-    /// Answers locally (replays, 409, 422, 400, ...) as the behaviour table says.
-    Enforce,
-    /// Forwards every request untouched and counts what enforce would have answered (under
-    /// `idempotency.observe.*`); records are still stored, so switching to enforce starts warm.
-    Observe,
-}
 
 /// Who sends the first request of a key upstream.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -50,16 +17,6 @@ pub enum Execution {
     /// The plugin itself, from its root context, so the answer is captured and stored even when
     /// the client is gone.
     Detached { cluster: String, timeout_ms: u64 },
-}
-
-/// What a duplicate gets while the first request of its key is in flight.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum InFlight {
-    /// 409 with `Retry-After` at once.
-    Conflict,
-    /// Wait (up to `max_wait_ms`) for the first request's record and replay it; 409 past that.
-    Wait,
 }
 
 /// How a rule matches the request path (query excluded).
@@ -99,7 +56,7 @@ pub struct RouteRule {
     /// How long after an attempt with an unknown outcome ended retries still get 409.
     pub unknown_hold_ms: u64,
     pub execution: Execution,
-    pub in_flight: InFlight,
+    pub in_flight: WhileInFlight,
     pub max_wait_ms: u64,
     pub mode: Mode,
 }
@@ -133,7 +90,7 @@ pub(super) fn validate_routes(raw: &mut RawConfig) -> Result<Vec<RouteRule>, Con
     let unknown_outcome = raw.unknown_outcome.unwrap_or(UnknownOutcome::Lock);
     let unknown_hold_ms = raw.unknown_hold_ms.unwrap_or(DEFAULT_UNKNOWN_HOLD_MS);
     check_range("unknown_hold_ms", unknown_hold_ms, 0, MAX_HOLD_MS)?;
-    let in_flight = raw.in_flight.unwrap_or(InFlight::Conflict);
+    let in_flight = raw.in_flight.unwrap_or(WhileInFlight::Conflict);
     let mode = raw.mode.unwrap_or(Mode::Enforce);
     let max_wait_ms = raw.max_wait_ms.unwrap_or(DEFAULT_MAX_WAIT_MS);
     check_range("max_wait_ms", max_wait_ms, 1, MAX_WAIT_MS)?;

@@ -27,7 +27,7 @@ fn empty_document_gives_defaults() {
     assert_eq!(c.routes[0].unknown_outcome, UnknownOutcome::Lock);
     assert_eq!(c.routes[0].unknown_hold_ms, 30_000);
     assert_eq!(c.routes[0].execution, Execution::Inline);
-    assert_eq!(c.routes[0].in_flight, InFlight::Conflict);
+    assert_eq!(c.routes[0].in_flight, WhileInFlight::Conflict);
     assert_eq!(c.routes[0].mode, Mode::Enforce);
     let o =
         parse(r#"{"mode":"observe","routes":[{"prefix":"/a"},{"prefix":"/b","mode":"enforce"}]}"#)
@@ -49,7 +49,7 @@ fn empty_document_gives_defaults() {
     );
     assert_eq!(
         (d.routes[0].in_flight, d.routes[0].max_wait_ms),
-        (InFlight::Wait, 500)
+        (WhileInFlight::Wait, 500)
     );
     assert_eq!(
         c.callers,

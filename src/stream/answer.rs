@@ -1,104 +1,13 @@
-//! Every reply the filter makes itself: replays of stored responses, and problem details for
-//! conflicts, mismatches, refused input and keys whose outcome is unknown.
+//! The replies a stream makes itself ([`LocalReply`]): from the record of a key, and for refused
+//! input; how each is sent (or, in observe mode, only counted).
 
 use super::{Flow, Phase, Stream};
-use crate::config::ReplayHeaders;
-use crate::expiry;
-use crate::host::{Headers, Host};
-use crate::metrics::Metric;
+use crate::host::Host;
 use crate::problem::Problem;
-use crate::record::{Outcome, Record};
+use crate::record::Record;
+use crate::reply::LocalReply;
 use crate::scope::RecordKey;
 use log::debug;
-
-/// The response header that marks a replay.
-pub const REPLAYED_HEADER: &str = "idempotent-replayed";
-
-/// A local reply and the counter it counts under.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct LocalReply {
-    pub status: u16,
-    pub headers: Headers,
-    pub body: Vec<u8>,
-    pub metric: Metric,
-}
-
-impl LocalReply {
-    pub fn problem(problem: Problem, detail: &str, retry_after_s: u64, metric: Metric) -> Self {
-        let (status, headers, body) = problem.response(detail, retry_after_s);
-        LocalReply {
-            status,
-            headers,
-            body,
-            metric,
-        }
-    }
-
-    /// 409: the key is in flight. `wait_ms` says when the answer can change (0: any moment).
-    pub fn conflict(wait_ms: u64) -> Self {
-        LocalReply::problem(
-            Problem::Conflict,
-            "a request with this key is still being processed; retry later",
-            wait_ms.div_ceil(1000),
-            Metric::Conflict,
-        )
-    }
-
-    pub fn mismatch() -> Self {
-        LocalReply::problem(
-            Problem::Mismatch,
-            "this key was used with a different request (method, path, query or body)",
-            0,
-            Metric::Mismatch,
-        )
-    }
-
-    /// What a retry gets from the record of its key's one attempt, at `now_ms`. Stored headers
-    /// passed `policy` when kept; filtering again covers records kept before the policy changed.
-    /// A replay says until when its key is honoured under `expires_header`, if set.
-    pub fn from_record(
-        record: Record,
-        now_ms: u64,
-        policy: &ReplayHeaders,
-        expires_header: Option<&str>,
-    ) -> Self {
-        match record.outcome {
-            Outcome::Replayable(response) => {
-                let mut headers: Headers = response
-                    .headers
-                    .into_iter()
-                    .filter(|(name, _)| policy.keeps(name))
-                    .collect();
-                if let Some(name) = expires_header {
-                    expiry::set_header(&mut headers, name, record.expires_ms);
-                }
-                headers.push((REPLAYED_HEADER.to_string(), b"true".to_vec()));
-                LocalReply {
-                    status: response.status,
-                    headers,
-                    body: response.body,
-                    metric: Metric::Replayed,
-                }
-            }
-            Outcome::NotReplayable => LocalReply::problem(
-                Problem::NotReplayable,
-                "this request was executed, but its response was too large to keep; it will not be executed again",
-                0,
-                Metric::NotReplayable,
-            ),
-            // The first attempt may still be running upstream: come back after the hold.
-            Outcome::Unknown { hold_until_ms } if now_ms < hold_until_ms => {
-                LocalReply::conflict(hold_until_ms - now_ms)
-            }
-            Outcome::Unknown { .. } => LocalReply::problem(
-                Problem::OutcomeUnknown,
-                "the first request with this key was sent upstream and no complete answer came back; it may have executed, and it will not be executed again",
-                0,
-                Metric::UnknownOutcomeAnswered,
-            ),
-        }
-    }
-}
 
 impl Stream {
     /// Answers a retry from the record of the key's one attempt.

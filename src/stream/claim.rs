@@ -3,7 +3,7 @@
 //! release it.
 
 use super::{Admitted, Claim, Flow, Phase, Request, Stream};
-use crate::config::{Execution, FailureMode, InFlight, Mode};
+use crate::config::{Execution, FailureMode, Mode, WhileInFlight};
 use crate::detached::{upstream_request, DetachedJob, UnforwardableHeader};
 use crate::host::Host;
 use crate::keystore_client::{self, ClaimReply};
@@ -43,7 +43,8 @@ impl Stream {
             // Waiting: the key store holds the duplicate until the record lands, for this Envoy's
             // requests as for any other's. Without a key store, this Envoy's root context does.
             L1Outcome::InFlight { .. }
-                if claim.rule.in_flight == InFlight::Wait && claim.rule.mode == Mode::Enforce =>
+                if claim.rule.in_flight == WhileInFlight::Wait
+                    && claim.rule.mode == Mode::Enforce =>
             {
                 if self.worker.cfg.keystore.is_none() {
                     return self.wait_locally(host, claim);

@@ -20,7 +20,7 @@ mod verify;
 #[cfg(test)]
 mod tests;
 
-use crate::config::{HeadersMode, InFlight, Mode, RouteRule};
+use crate::config::{HeadersMode, Mode, RouteRule, WhileInFlight};
 use crate::deferred::Deferred;
 use crate::fingerprint::{Fingerprint, Fingerprinter};
 use crate::host::{Headers, Host};
@@ -33,7 +33,8 @@ use crate::worker::Worker;
 use log::warn;
 use std::rc::Rc;
 
-pub use answer::{LocalReply, REPLAYED_HEADER};
+pub use crate::config::REPLAYED_HEADER;
+pub use crate::reply::LocalReply;
 
 /// What the adapter returns to Envoy.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -119,7 +120,7 @@ impl Claim {
     /// observe mode, which forwards every request untouched).
     fn wait_ms(&self) -> u64 {
         match (self.rule.in_flight, self.rule.mode) {
-            (InFlight::Wait, Mode::Enforce) => self.rule.max_wait_ms,
+            (WhileInFlight::Wait, Mode::Enforce) => self.rule.max_wait_ms,
             _ => 0,
         }
     }
