@@ -4,16 +4,14 @@
 //! Every decision lives in plain Rust modules that never call proxy-wasm ([`stream`] and what it
 //! uses); [`adapter`] maps Envoy's callbacks and hostcalls onto them through [`host::Host`].
 
+pub mod background;
 pub mod config;
-pub mod deferred;
-pub mod detached;
 pub mod expiry;
 pub mod fingerprint;
 pub mod host;
 pub mod key;
 pub mod keystore_client;
 pub mod l1;
-pub mod leases;
 pub mod metrics;
 pub mod outcome;
 pub mod problem;
@@ -22,8 +20,6 @@ pub mod reply;
 pub mod scope;
 pub mod settlement;
 pub mod stream;
-pub mod waiting;
-pub mod worker;
 
 #[cfg(target_arch = "wasm32")]
 mod adapter;

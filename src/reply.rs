@@ -1,6 +1,6 @@
 //! A reply the filter makes itself, and the counter it counts under: replays of stored responses,
 //! and problem details for conflicts, mismatches and keys whose outcome is unknown. Shared by the
-//! streams ([`crate::stream`]) and the root context's waiters ([`crate::worker`]), below both.
+//! streams ([`crate::stream`]) and the root context's waiters ([`crate::background::worker`]), below both.
 
 use crate::config::{ReplayHeaders, REPLAYED_HEADER};
 use crate::expiry;

@@ -4,7 +4,7 @@
 //! It is pure: from the route's rule, how the attempt ended and the clock it decides whether the
 //! key keeps a record, is released, or is locked as "outcome unknown", what is stored, the hold,
 //! the expiry the first answer announces and the counters. Inline streams
-//! ([`crate::stream`]) and detached executions ([`crate::detached`]) only carry out its answer, so
+//! ([`crate::stream`]) and detached executions ([`crate::background::detached`]) only carry out its answer, so
 //! a change to one row is made here once and one test table covers both.
 
 use crate::config::{RouteRule, UnknownOutcome};

@@ -6,11 +6,11 @@ use super::{
     callout_reply, map_bytes, now_ms, send_callout, send_local_response, EnvoyHost, EnvoyShared,
     Http,
 };
+use crate::background::worker::{Answer, RootAction, RootReply, Worker};
 use crate::config::Config;
 use crate::l1::NearCache;
 use crate::metrics::Metric;
 use crate::stream::Stream;
-use crate::worker::{Answer, RootAction, RootReply, Worker};
 use log::{error, info, warn};
 use proxy_wasm::hostcalls;
 use proxy_wasm::traits::{Context, HttpContext, RootContext};
@@ -92,10 +92,10 @@ impl Context for Root {
             worker.on_reply(token, status, headers, body, &EnvoyShared, now_ms());
         match reply {
             RootReply::Write(settled) => match settled {
-                crate::deferred::Settled::Retrying(e) => {
+                crate::background::deferred::Settled::Retrying(e) => {
                     warn!("deferred key-store write failed ({e}); retrying")
                 }
-                crate::deferred::Settled::GaveUp(e) => {
+                crate::background::deferred::Settled::GaveUp(e) => {
                     warn!("deferred key-store write failed ({e}); the claim's lease will free the key")
                 }
                 _ => {}

@@ -3,14 +3,14 @@
 //! release it.
 
 use super::{Admitted, Claim, Flow, Phase, Request, Stream};
+use crate::background::detached::{upstream_request, DetachedJob, UnforwardableHeader};
+use crate::background::waiting::Waiter;
 use crate::config::{Execution, FailureMode, Mode, WhileInFlight};
-use crate::detached::{upstream_request, DetachedJob, UnforwardableHeader};
 use crate::host::Host;
 use crate::keystore_client::{self, ClaimReply};
 use crate::l1::L1Outcome;
 use crate::metrics::Metric;
 use crate::problem::Problem;
-use crate::waiting::Waiter;
 use log::{debug, warn};
 
 impl Stream {

@@ -20,16 +20,16 @@ mod verify;
 #[cfg(test)]
 mod tests;
 
+use crate::background::deferred::Deferred;
+use crate::background::leases::HeldClaim;
+use crate::background::worker::Worker;
 use crate::config::{HeadersMode, Mode, RouteRule, WhileInFlight};
-use crate::deferred::Deferred;
 use crate::fingerprint::{Fingerprint, Fingerprinter};
 use crate::host::{Headers, Host};
 use crate::keystore_client::{self, AckReply};
-use crate::leases::HeldClaim;
 use crate::metrics::Metric;
 use crate::outcome::UnknownCause;
 use crate::scope::RecordKey;
-use crate::worker::Worker;
 use log::warn;
 use std::rc::Rc;
 

@@ -7,7 +7,7 @@
 //!   locked as "outcome unknown" and never executes again; the `release` policy frees it instead.
 
 use super::{Claim, Flow, Phase, Stream};
-use crate::deferred::Deferred;
+use crate::background::deferred::Deferred;
 use crate::expiry;
 use crate::host::{Callout, Host};
 use crate::keystore_client;

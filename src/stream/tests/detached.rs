@@ -2,8 +2,8 @@
 //! duplicates that wait for the first request's record.
 
 use super::*;
+use crate::background::worker::Answer;
 use crate::stream::REPLAYED_HEADER;
-use crate::worker::Answer;
 
 const DETACHED: &str = r#"{"unknown_hold_ms":1000,"routes":[{"prefix":"/","execution":"detached","upstream_cluster":"up","upstream_timeout_ms":900}]}"#;
 

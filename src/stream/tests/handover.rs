@@ -146,7 +146,7 @@ fn renewals_go_to_the_key_store_with_the_token_until_the_answer() {
     );
     assert_eq!(
         reply,
-        crate::worker::RootReply::Renewals {
+        crate::background::worker::RootReply::Renewals {
             renewed: 0,
             refused: keys.clone()
         }
@@ -217,7 +217,7 @@ fn streams_in_flight_renew_in_one_callout_per_tick_and_a_stale_one_is_counted() 
     );
     assert_eq!(
         reply,
-        crate::worker::RootReply::Renewals {
+        crate::background::worker::RootReply::Renewals {
             renewed: 3,
             refused: vec![keys[1]]
         }
@@ -241,7 +241,7 @@ fn streams_in_flight_renew_in_one_callout_per_tick_and_a_stale_one_is_counted() 
     assert!(
         matches!(
             reply,
-            crate::worker::RootReply::RenewalFailed { keys: 4, .. }
+            crate::background::worker::RootReply::RenewalFailed { keys: 4, .. }
         ),
         "{reply:?}"
     );

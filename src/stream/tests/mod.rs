@@ -14,14 +14,14 @@ mod rotation;
 mod settle;
 mod settlement;
 
+use crate::background::deferred::Deferred;
+use crate::background::worker::{Purpose, RootAction, Worker};
 use crate::config::Config;
-use crate::deferred::Deferred;
 use crate::l1::NearCache;
 use crate::metrics::Metric;
 use crate::record::Outcome;
 use crate::stream::{Flow, Stream};
 use crate::testing::{FakeHost, FakeShared, Sent};
-use crate::worker::{Purpose, RootAction, Worker};
 use serde_json::Value;
 use std::cell::Cell;
 use std::rc::Rc;

@@ -59,14 +59,14 @@ mod world;
 use model::*;
 use ops::*;
 
+use crate::background::deferred::Settled;
+use crate::background::worker::{Purpose, RootAction, RootReply, Worker};
 use crate::config::Config;
-use crate::deferred::Settled;
 use crate::host::Callout;
 use crate::l1::NearCache;
 use crate::record::{Outcome, Record, StoredResponse};
 use crate::stream::{Flow, Stream, REPLAYED_HEADER};
 use crate::testing::{FakeHost, FakeShared};
-use crate::worker::{Purpose, RootAction, RootReply, Worker};
 use idempotency_protocol::{
     body, json, ClaimAnswer, ClaimRequest, ClaimResponse, CompleteRequest, ErrorBody,
     FencedResponse, Hex64, LookupRequest, LookupResponse, ProtocolError, ReleaseRequest,

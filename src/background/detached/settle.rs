@@ -2,14 +2,14 @@
 //! ([`crate::settlement`]) decides, this file stores or releases and answers the client.
 
 use super::{DetachedJob, Ending};
-use crate::deferred::Deferred;
+use crate::background::deferred::Deferred;
+use crate::background::worker::{Answer, Purpose, RootAction, Worker};
 use crate::expiry;
 use crate::host::{Headers, SharedData};
 use crate::keystore_client;
 use crate::problem::Problem;
 use crate::record::{message_headers, storable_headers};
 use crate::settlement::{self, Settlement, Verdict};
-use crate::worker::{Answer, Purpose, RootAction, Worker};
 use log::{info, warn};
 
 impl Worker {

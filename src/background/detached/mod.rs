@@ -1,6 +1,6 @@
 //! Detached execution: the plugin sends the first request of a key upstream itself, from its root
 //! context, so the answer is captured and stored even when the client has gone. This module builds
-//! that upstream request and reads its answer (pure, below the worker); [`crate::worker`] runs it
+//! that upstream request and reads its answer (pure, below the worker); [`crate::background::worker`] runs it
 //! and `settle` carries out its end.
 
 use crate::fingerprint::Fingerprint;

@@ -4,18 +4,18 @@
 //! [`Worker::on_tick`], [`Worker::start_detached`] and [`Worker::on_reply`] and carries out the
 //! [`RootAction`]s they return; every decision here is plain Rust.
 
+use crate::background::deferred::{Deferred, Retrier, Settled};
+use crate::background::detached::{ending, DetachedJob, Ending};
+use crate::background::leases::{HeldClaim, Leases};
+use crate::background::waiting::Waiters;
 use crate::config::Config;
-use crate::deferred::{Deferred, Retrier, Settled};
-use crate::detached::{ending, DetachedJob, Ending};
 use crate::host::{Callout, Headers, SharedData};
 use crate::keystore_client::{self, AckReply};
 use crate::l1::{L1Outcome, NearCache};
-use crate::leases::{HeldClaim, Leases};
 use crate::metrics::Metric;
 use crate::record::Record;
 use crate::reply::LocalReply;
 use crate::scope::RecordKey;
-use crate::waiting::Waiters;
 use idempotency_protocol::MAX_RENEW_BATCH;
 use log::{debug, warn};
 use std::cell::{Cell, RefCell};
