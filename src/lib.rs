@@ -5,6 +5,7 @@
 //! uses); [`adapter`] maps Envoy's callbacks and hostcalls onto them through [`host::Host`].
 
 pub mod background;
+pub mod claim;
 pub mod config;
 pub mod expiry;
 pub mod fingerprint;

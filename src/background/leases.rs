@@ -2,6 +2,7 @@
 //! one (in L1 and in the key store) before its lease runs out, so a slow upstream never loses its
 //! lock to a takeover; an Envoy that dies stops renewing, and its claims expire.
 
+use crate::claim::Claim;
 use crate::scope::RecordKey;
 use std::collections::HashMap;
 
@@ -16,6 +17,19 @@ pub struct HeldClaim {
     pub token: Option<String>,
     /// When the lease was taken or last renewed.
     pub renewed_ms: u64,
+}
+
+impl HeldClaim {
+    /// The part of `claim` the root context renews, as of `now_ms`.
+    pub fn of(claim: &Claim, now_ms: u64) -> HeldClaim {
+        HeldClaim {
+            key: claim.key,
+            owner: claim.owner,
+            l1: claim.l1,
+            token: claim.token.clone(),
+            renewed_ms: now_ms,
+        }
+    }
 }
 
 /// The claims of one worker, by owner.

@@ -229,13 +229,9 @@ impl Worker {
                 self.renewals.borrow_mut().insert(token, keys);
             }
             Purpose::Detached(job) => {
-                self.leases.borrow_mut().hold(HeldClaim {
-                    key: job.key,
-                    owner: job.owner,
-                    l1: job.l1,
-                    token: job.token.clone(),
-                    renewed_ms: now_ms,
-                });
+                self.leases
+                    .borrow_mut()
+                    .hold(HeldClaim::of(&job.claim, now_ms));
                 self.detached_running.borrow_mut().insert(token, *job);
             }
         }
@@ -258,7 +254,10 @@ impl Worker {
             }
             Purpose::Renewal(keys) => warn!("{} lease renewal(s) not sent: {why}", keys.len()),
             Purpose::Detached(job) => {
-                warn!("key {}: detached request not sent: {why}", job.key.short());
+                warn!(
+                    "key {}: detached request not sent: {why}",
+                    job.claim.key.short()
+                );
                 return self.settle_detached(
                     *job,
                     Ending::NotSent,

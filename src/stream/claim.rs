@@ -139,12 +139,7 @@ impl Stream {
         self.worker.queue_detached(DetachedJob {
             stream_id: host.stream_id(),
             upstream,
-            key: claim.key,
-            owner: claim.owner,
-            l1: claim.l1,
-            token: claim.token,
-            fingerprint: claim.fingerprint,
-            rule: claim.rule,
+            claim,
         });
         if let Err(e) = host.wake_root(queue) {
             // The next tick starts it anyway.

@@ -23,8 +23,9 @@ mod tests;
 use crate::background::deferred::Deferred;
 use crate::background::leases::HeldClaim;
 use crate::background::worker::Worker;
-use crate::config::{HeadersMode, Mode, RouteRule, WhileInFlight};
-use crate::fingerprint::{Fingerprint, Fingerprinter};
+use crate::claim::Claim;
+use crate::config::{HeadersMode, RouteRule};
+use crate::fingerprint::Fingerprinter;
 use crate::host::{Headers, Host};
 use crate::keystore_client::{self, AckReply};
 use crate::metrics::Metric;
@@ -62,22 +63,6 @@ struct Admitted {
     previous: Vec<RecordKey>,
 }
 
-/// The claims this request holds while it executes.
-#[derive(Debug, Clone)]
-struct Claim {
-    rule: RouteRule,
-    key: RecordKey,
-    fingerprint: Fingerprint,
-    owner: u64,
-    /// This request holds the L1 (shared data) claim.
-    l1: bool,
-    /// The fencing token this request asks the key store to claim with: known before the answer,
-    /// so a stream that ends before the answer can still release what it may have claimed.
-    proposed_token: String,
-    /// The key store's fencing token, once it granted the claim.
-    token: Option<String>,
-}
-
 enum Phase {
     /// Not covered, or nothing left to decide: every callback lets the stream through.
     Passthrough,
@@ -113,17 +98,6 @@ enum Phase {
     Detached,
     /// The filter answered locally; the local reply passes back through the response callbacks.
     Answered,
-}
-
-impl Claim {
-    /// How long the key store may hold this request's claim while the key is in flight (never in
-    /// observe mode, which forwards every request untouched).
-    fn wait_ms(&self) -> u64 {
-        match (self.rule.in_flight, self.rule.mode) {
-            (WhileInFlight::Wait, Mode::Enforce) => self.rule.max_wait_ms,
-            _ => 0,
-        }
-    }
 }
 
 /// One HTTP stream.
@@ -334,13 +308,10 @@ impl Stream {
 
     /// The claim now protects a request on its way upstream: renew it until the answer.
     fn hold_lease(&self, host: &dyn Host, claim: &Claim) {
-        self.worker.leases.borrow_mut().hold(HeldClaim {
-            key: claim.key,
-            owner: claim.owner,
-            l1: claim.l1,
-            token: claim.token.clone(),
-            renewed_ms: host.now_ms(),
-        });
+        self.worker
+            .leases
+            .borrow_mut()
+            .hold(HeldClaim::of(claim, host.now_ms()));
     }
 
     fn drop_lease(&self, claim: &Claim) {

@@ -3,10 +3,9 @@
 //! that upstream request and reads its answer (pure, below the worker); [`crate::background::worker`] runs it
 //! and `settle` carries out its end.
 
-use crate::fingerprint::Fingerprint;
+use crate::claim::Claim;
 use crate::host::Callout;
 use crate::record::HOP_BY_HOP;
-use crate::scope::RecordKey;
 
 /// Request headers the plugin does not forward besides the hop-by-hop ones: `expect` asks the
 /// client's connection for a `100 Continue` the callout never sends.
@@ -92,12 +91,7 @@ pub struct DetachedJob {
     /// The client's stream, answered from the root context if it is still there.
     pub stream_id: u32,
     pub upstream: Callout,
-    pub key: RecordKey,
-    pub owner: u64,
-    pub l1: bool,
-    pub token: Option<String>,
-    pub fingerprint: Fingerprint,
-    pub rule: crate::config::RouteRule,
+    pub claim: Claim,
 }
 
 mod settle;

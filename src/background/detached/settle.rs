@@ -24,10 +24,10 @@ impl Worker {
         shared: &dyn SharedData,
         now_ms: u64,
     ) -> Vec<RootAction> {
-        self.leases.borrow_mut().drop_claim(job.owner);
+        self.leases.borrow_mut().drop_claim(job.claim.owner);
         let (ending, mut answer) = self.detached_answer(&job, end, &headers, &body);
         let Settlement { verdict, counts } =
-            settlement::settle(&job.rule, job.fingerprint, ending, now_ms);
+            settlement::settle(&job.claim.rule, job.claim.fingerprint, ending, now_ms);
         let mut actions: Vec<RootAction> = counts.into_iter().map(RootAction::Count).collect();
         let record = match verdict {
             Verdict::Keep {
@@ -45,8 +45,8 @@ impl Worker {
                     expiry::set_header(&mut answer.headers, name, expires_ms);
                 }
                 Some(settlement::record(
-                    &job.rule,
-                    job.fingerprint,
+                    &job.claim.rule,
+                    job.claim.fingerprint,
                     outcome,
                     created_ms,
                 ))
@@ -54,46 +54,46 @@ impl Worker {
             Verdict::Lock(record) => {
                 warn!(
                     "key {}: detached request ended {end:?}; outcome unknown, locked",
-                    job.key.short()
+                    job.claim.key.short()
                 );
                 Some(record)
             }
             Verdict::Release => {
                 info!(
                     "key {}: detached request ended {end:?}; releasing",
-                    job.key.short()
+                    job.claim.key.short()
                 );
                 None
             }
         };
         let write = match record {
             Some(record) => {
-                if job.l1 {
-                    self.l1_keep(shared, &job.key, job.owner, &record, now_ms);
+                if job.claim.l1 {
+                    self.l1_keep(shared, &job.claim.key, job.claim.owner, &record, now_ms);
                 }
                 self.cfg
                     .keystore
                     .as_ref()
-                    .zip(job.token.as_ref())
+                    .zip(job.claim.token.as_ref())
                     .map(|(ks, token)| {
                         keystore_client::complete(
                             ks,
-                            &job.key,
+                            &job.claim.key,
                             token,
                             &record,
-                            job.rule.retention_ms,
+                            job.claim.rule.retention_ms,
                         )
                     })
             }
             None => {
-                if job.l1 {
-                    self.l1_release(shared, &job.key, job.owner, now_ms);
+                if job.claim.l1 {
+                    self.l1_release(shared, &job.claim.key, job.claim.owner, now_ms);
                 }
                 self.cfg
                     .keystore
                     .as_ref()
-                    .zip(job.token.as_ref())
-                    .map(|(ks, token)| keystore_client::release(ks, &job.key, token))
+                    .zip(job.claim.token.as_ref())
+                    .map(|(ks, token)| keystore_client::release(ks, &job.claim.key, token))
             }
         };
         match write {
