@@ -8,6 +8,7 @@
 
 use crate::config::KeystoreConfig;
 use crate::fingerprint::Fingerprint;
+use crate::found::Found;
 use crate::host::Callout;
 use crate::record::{OpenError, Record};
 use crate::scope::RecordKey;
@@ -16,24 +17,6 @@ use idempotency_protocol::{
     Hex64, LookupRequest, LookupResponse, ReleaseRequest, RenewBatchRequest, RenewBatchResponse,
     RenewOutcome, RenewRequest, Request,
 };
-
-/// What the key store said to a claim.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum ClaimReply {
-    Claimed { token: String },
-    InFlight { retry_after_ms: u64 },
-    Completed(Record),
-    Mismatch,
-}
-
-/// What the key store said to a lookup (a key under a previous secret).
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum LookupReply {
-    Absent,
-    InFlight { retry_after_ms: u64 },
-    Completed(Record),
-    Mismatch,
-}
 
 /// What the key store said to complete or release, or to one renewal of a batch.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -147,15 +130,15 @@ pub fn parse_lookup(
     key: &RecordKey,
     status: Option<u16>,
     body: &[u8],
-) -> Result<LookupReply, ClaimError> {
+) -> Result<Found, ClaimError> {
     expect_200("lookup", status)?;
     let reply: LookupResponse =
         body::decode(body).map_err(|e| format!("unparsable lookup reply: {e}"))?;
     Ok(match reply {
-        LookupResponse::Absent => LookupReply::Absent,
-        LookupResponse::InFlight { retry_after_ms } => LookupReply::InFlight { retry_after_ms },
-        LookupResponse::Mismatch => LookupReply::Mismatch,
-        LookupResponse::Completed { record } => LookupReply::Completed(open(cfg, key, &record)?),
+        LookupResponse::Absent => Found::Absent,
+        LookupResponse::InFlight { retry_after_ms } => Found::InFlight { retry_after_ms },
+        LookupResponse::Mismatch => Found::Mismatch,
+        LookupResponse::Completed { record } => Found::Completed(open(cfg, key, &record)?),
     })
 }
 
@@ -238,18 +221,20 @@ pub fn parse_claim(
     key: &RecordKey,
     status: Option<u16>,
     body: &[u8],
-) -> Result<ClaimReply, ClaimError> {
+) -> Result<Found, ClaimError> {
     expect_200("claim", status)?;
     let answer: ClaimAnswer =
         body::decode(body).map_err(|e| format!("unparsable claim reply: {e}"))?;
     Ok(match answer.response {
-        ClaimResponse::Claimed { token } if !token.is_empty() => ClaimReply::Claimed { token },
+        ClaimResponse::Claimed { token } if !token.is_empty() => {
+            Found::Claimed { token: Some(token) }
+        }
         ClaimResponse::Claimed { .. } => {
             return Err("claim reply has an empty token".to_string().into())
         }
-        ClaimResponse::InFlight { retry_after_ms } => ClaimReply::InFlight { retry_after_ms },
-        ClaimResponse::Completed { record } => ClaimReply::Completed(open(cfg, key, &record)?),
-        ClaimResponse::Mismatch => ClaimReply::Mismatch,
+        ClaimResponse::InFlight { retry_after_ms } => Found::InFlight { retry_after_ms },
+        ClaimResponse::Completed { record } => Found::Completed(open(cfg, key, &record)?),
+        ClaimResponse::Mismatch => Found::Mismatch,
     })
 }
 

@@ -9,6 +9,7 @@ pub mod claim;
 pub mod config;
 pub mod expiry;
 pub mod fingerprint;
+pub mod found;
 pub mod host;
 pub mod key;
 pub mod keystore_client;

@@ -9,9 +9,10 @@ use crate::background::detached::{ending, DetachedJob, Ending};
 use crate::background::leases::{HeldClaim, Leases};
 use crate::background::waiting::Waiters;
 use crate::config::Config;
+use crate::found::Found;
 use crate::host::{Callout, Headers, SharedData};
 use crate::keystore_client::{self, AckReply};
-use crate::l1::{L1Outcome, NearCache};
+use crate::l1::NearCache;
 use crate::metrics::Metric;
 use crate::record::Record;
 use crate::reply::LocalReply;
@@ -181,7 +182,7 @@ impl Worker {
         let mut replies = Vec::new();
         let answered = self.waiters.borrow_mut().settle(|w| {
             let reply = match self.cache.peek(shared, &w.key, &w.fingerprint, now_ms) {
-                Some(L1Outcome::Completed(record)) => {
+                Some(Found::Completed(record)) => {
                     let reply = LocalReply::from_record(
                         record,
                         now_ms,
@@ -193,16 +194,14 @@ impl Worker {
                     }
                     reply
                 }
-                Some(L1Outcome::Mismatch) => LocalReply::mismatch(),
-                Some(L1Outcome::InFlight { .. }) if now_ms < w.until_ms => return false,
-                Some(L1Outcome::InFlight { .. }) => {
+                Some(Found::Mismatch) => LocalReply::mismatch(),
+                Some(Found::InFlight { .. }) if now_ms < w.until_ms => return false,
+                Some(Found::InFlight { .. }) => {
                     replies.push(Metric::WaitTimedOut);
                     LocalReply::conflict(0)
                 }
                 // Freed (released, expired) or unreadable: the client retries and runs it.
-                Some(L1Outcome::Claimed | L1Outcome::Unavailable(_)) | None => {
-                    LocalReply::conflict(0)
-                }
+                Some(Found::Claimed { .. } | Found::Absent) | None => LocalReply::conflict(0),
             };
             replies.push(reply.metric);
             out.push(RootAction::Answer(Answer {

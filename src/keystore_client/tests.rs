@@ -70,7 +70,9 @@ fn compact_callouts_say_so_and_read_either_reply_format() {
     let granted = reply(ClaimResponse::Claimed { token: "x".into() });
     assert_eq!(
         parse_claim(&ks, &key, Some(200), &granted),
-        Ok(ClaimReply::Claimed { token: "x".into() })
+        Ok(Found::Claimed {
+            token: Some("x".into())
+        })
     );
     assert!(claim_waited(&granted));
     let rec = Record {
@@ -84,7 +86,7 @@ fn compact_callouts_say_so_and_read_either_reply_format() {
     });
     assert_eq!(
         parse_claim(&ks, &key, Some(200), &stored),
-        Ok(ClaimReply::Completed(rec))
+        Ok(Found::Completed(rec))
     );
     assert_eq!(
         parse_ack(Some(409), &FencedResponse::Stale.to_compact()),
@@ -125,7 +127,7 @@ fn parses_every_claim_outcome() {
     let body = completed(rec.seal(&key, &b"s".repeat(32)));
     assert_eq!(
         parse_claim(&cfg(), &key, Some(200), body.as_bytes()),
-        Ok(ClaimReply::Completed(rec.clone()))
+        Ok(Found::Completed(rec.clone()))
     );
     // Unsealed, sealed for another key, or under an unknown secret: never a record.
     for blob in [
@@ -141,16 +143,15 @@ fn parses_every_claim_outcome() {
     let parse = |body: &[u8]| parse_claim(&cfg(), &key, Some(200), body);
     assert_eq!(
         parse(br#"{"outcome":"claimed","token":"x"}"#),
-        Ok(ClaimReply::Claimed { token: "x".into() })
+        Ok(Found::Claimed {
+            token: Some("x".into())
+        })
     );
     assert_eq!(
         parse(br#"{"outcome":"in_flight","retry_after_ms":5}"#),
-        Ok(ClaimReply::InFlight { retry_after_ms: 5 })
+        Ok(Found::InFlight { retry_after_ms: 5 })
     );
-    assert_eq!(
-        parse(br#"{"outcome":"mismatch"}"#),
-        Ok(ClaimReply::Mismatch)
-    );
+    assert_eq!(parse(br#"{"outcome":"mismatch"}"#), Ok(Found::Mismatch));
 }
 
 #[test]

@@ -7,6 +7,7 @@
 //! in-flight claims are never evicted (they are what stops duplicates on this Envoy).
 
 use crate::fingerprint::Fingerprint;
+use crate::found::Found;
 use crate::host::{SharedData, SharedSetError};
 use crate::record::Record;
 use crate::scope::RecordKey;
@@ -58,21 +59,6 @@ impl Entry {
     }
 }
 
-/// What a lookup-or-claim found.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum L1Outcome {
-    /// This request now holds the local claim.
-    Claimed,
-    /// A completed record with the same fingerprint.
-    Completed(Record),
-    /// The key is in flight on this Envoy.
-    InFlight { lease_left_ms: u64 },
-    /// The key is held or completed with another fingerprint.
-    Mismatch,
-    /// L1 could not be used (lost CAS races, host failure): the caller decides what that means.
-    Unavailable(String),
-}
-
 /// The near cache. `slot_budget` bounds the bytes one slot's bucket may hold.
 pub struct NearCache {
     pub slots: u32,
@@ -116,23 +102,25 @@ impl NearCache {
         key: &RecordKey,
         fingerprint: &Fingerprint,
         now_ms: u64,
-    ) -> Option<L1Outcome> {
+    ) -> Option<Found> {
         let (value, _) = shared.shared_get(&slot_key(key.slot(self.slots)));
         let bucket = decode_bucket(value.as_deref());
         let entry = bucket
             .iter()
             .find(|e| e.key == key.0 && e.is_live(now_ms))?;
-        Some(match &entry.state {
-            State::InFlight { fingerprint: f, .. } if f != fingerprint => L1Outcome::Mismatch,
-            State::InFlight { lease_until_ms, .. } => L1Outcome::InFlight {
-                lease_left_ms: lease_until_ms.saturating_sub(now_ms),
-            },
+        match &entry.state {
+            State::InFlight { fingerprint: f, .. } if f != fingerprint => Some(Found::Mismatch),
+            State::InFlight { lease_until_ms, .. } => Some(Found::InFlight {
+                retry_after_ms: lease_until_ms.saturating_sub(now_ms),
+            }),
             State::Completed { record, .. } => match Record::decode(record) {
-                Ok(r) if &r.fingerprint != fingerprint => L1Outcome::Mismatch,
-                Ok(r) => L1Outcome::Completed(r),
-                Err(e) => L1Outcome::Unavailable(e.0),
+                Ok(r) if &r.fingerprint != fingerprint => Some(Found::Mismatch),
+                Ok(r) => Some(Found::Completed(r)),
+                // A record that no longer decodes answers nothing: the caller goes on as if the
+                // key were free here.
+                Err(_) => None,
             },
-        })
+        }
     }
 
     /// Reads the slot for `key` and, if nobody holds or completed the key, claims it for `owner`.
@@ -144,7 +132,7 @@ impl NearCache {
         owner: u64,
         now_ms: u64,
         lease_ms: u64,
-    ) -> L1Outcome {
+    ) -> Result<Found, String> {
         let entry = Entry {
             key: key.0,
             written_ms: now_ms,
@@ -159,15 +147,13 @@ impl NearCache {
             found = None;
             if let Some(existing) = bucket.iter().find(|e| e.key == key.0 && e.is_live(now_ms)) {
                 found = Some(match &existing.state {
-                    State::InFlight { fingerprint: f, .. } if f != fingerprint => {
-                        L1Outcome::Mismatch
-                    }
-                    State::InFlight { lease_until_ms, .. } => L1Outcome::InFlight {
-                        lease_left_ms: lease_until_ms.saturating_sub(now_ms),
+                    State::InFlight { fingerprint: f, .. } if f != fingerprint => Found::Mismatch,
+                    State::InFlight { lease_until_ms, .. } => Found::InFlight {
+                        retry_after_ms: lease_until_ms.saturating_sub(now_ms),
                     },
                     State::Completed { record, .. } => match Record::decode(record) {
-                        Ok(r) if &r.fingerprint != fingerprint => L1Outcome::Mismatch,
-                        Ok(r) => L1Outcome::Completed(r),
+                        Ok(r) if &r.fingerprint != fingerprint => Found::Mismatch,
+                        Ok(r) => Found::Completed(r),
                         // A record that no longer decodes is dropped and the key claimed anew.
                         Err(_) => {
                             bucket.retain(|e| e.key != key.0);
@@ -183,9 +169,9 @@ impl NearCache {
             true
         });
         match (result, found) {
-            (Err(e), _) => L1Outcome::Unavailable(e),
-            (Ok(()), Some(outcome)) => outcome,
-            (Ok(()), None) => L1Outcome::Claimed,
+            (Err(e), _) => Err(e),
+            (Ok(()), Some(found)) => Ok(found),
+            (Ok(()), None) => Ok(Found::Claimed { token: None }),
         }
     }
 

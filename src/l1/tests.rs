@@ -40,7 +40,7 @@ fn complete_each(
     for n in keys {
         assert_eq!(
             c.lookup_or_claim(s, &rk(n), &fp, u64::from(n), u64::from(n), 1000),
-            L1Outcome::Claimed
+            Ok(Found::Claimed { token: None })
         );
         assert_eq!(
             c.complete(s, &rk(n), u64::from(n), &record(fp, body), u64::from(n)),
@@ -55,7 +55,7 @@ fn renewal_keeps_a_slow_claim_and_only_its_owner_renews() {
     let fp = [1; 32];
     assert_eq!(
         c.lookup_or_claim(&s, &rk(1), &fp, 7, 0, 1000),
-        L1Outcome::Claimed
+        Ok(Found::Claimed { token: None })
     );
     assert_eq!(
         c.renew(&s, &rk(1), 8, 600, 1000),
@@ -66,7 +66,9 @@ fn renewal_keeps_a_slow_claim_and_only_its_owner_renews() {
     // Past the first lease, the claim still holds.
     assert_eq!(
         c.lookup_or_claim(&s, &rk(1), &fp, 9, 1500, 1000),
-        L1Outcome::InFlight { lease_left_ms: 100 }
+        Ok(Found::InFlight {
+            retry_after_ms: 100
+        })
     );
     // Once the lease ran out, renewing is too late: another request may own the key.
     assert_eq!(c.renew(&s, &rk(1), 7, 1700, 1000), Ok(false));
@@ -78,15 +80,17 @@ fn claim_then_conflict_then_complete_then_replay() {
     let fp = [1; 32];
     assert_eq!(
         c.lookup_or_claim(&s, &rk(1), &fp, 7, 0, 1000),
-        L1Outcome::Claimed
+        Ok(Found::Claimed { token: None })
     );
     assert_eq!(
         c.lookup_or_claim(&s, &rk(1), &fp, 8, 10, 1000),
-        L1Outcome::InFlight { lease_left_ms: 990 }
+        Ok(Found::InFlight {
+            retry_after_ms: 990
+        })
     );
     assert_eq!(
         c.lookup_or_claim(&s, &rk(1), &[2; 32], 8, 10, 1000),
-        L1Outcome::Mismatch
+        Ok(Found::Mismatch)
     );
     assert_eq!(
         c.complete(&s, &rk(1), 8, &record(fp, 3), 20),
@@ -96,16 +100,16 @@ fn claim_then_conflict_then_complete_then_replay() {
     assert_eq!(c.complete(&s, &rk(1), 7, &record(fp, 3), 20), Ok(true));
     assert_eq!(
         c.lookup_or_claim(&s, &rk(1), &fp, 9, 30, 1000),
-        L1Outcome::Completed(record(fp, 3))
+        Ok(Found::Completed(record(fp, 3)))
     );
     assert_eq!(
         c.lookup_or_claim(&s, &rk(1), &[2; 32], 9, 30, 1000),
-        L1Outcome::Mismatch
+        Ok(Found::Mismatch)
     );
     // After retention the key is new again.
     assert_eq!(
         c.lookup_or_claim(&s, &rk(1), &fp, 9, 10_000, 1000),
-        L1Outcome::Claimed
+        Ok(Found::Claimed { token: None })
     );
 }
 
@@ -115,18 +119,18 @@ fn release_and_lease_expiry_free_the_key() {
     let fp = [1; 32];
     assert_eq!(
         c.lookup_or_claim(&s, &rk(1), &fp, 7, 0, 100),
-        L1Outcome::Claimed
+        Ok(Found::Claimed { token: None })
     );
     assert_eq!(c.release(&s, &rk(1), 8, 1), Ok(false));
     assert_eq!(c.release(&s, &rk(1), 7, 1), Ok(true));
     assert_eq!(
         c.lookup_or_claim(&s, &rk(1), &fp, 8, 2, 100),
-        L1Outcome::Claimed
+        Ok(Found::Claimed { token: None })
     );
     // The lease runs out: another request takes the key over; the stale owner cannot complete.
     assert_eq!(
         c.lookup_or_claim(&s, &rk(1), &fp, 9, 200, 100),
-        L1Outcome::Claimed
+        Ok(Found::Claimed { token: None })
     );
     assert_eq!(c.complete(&s, &rk(1), 8, &record(fp, 1), 201), Ok(false));
     assert_eq!(c.complete(&s, &rk(1), 9, &record(fp, 1), 201), Ok(true));
@@ -141,22 +145,22 @@ fn an_expired_claim_dropped_by_a_write_for_another_key_still_completes() {
     let fp = [1; 32];
     assert_eq!(
         c.lookup_or_claim(&s, &rk(1), &fp, 7, 0, 100),
-        L1Outcome::Claimed
+        Ok(Found::Claimed { token: None })
     );
     assert_eq!(
         c.lookup_or_claim(&s, &rk(2), &fp, 8, 150, 100),
-        L1Outcome::Claimed,
+        Ok(Found::Claimed { token: None }),
         "this write drops rk(1)'s expired claim"
     );
     assert_eq!(c.complete(&s, &rk(1), 7, &record(fp, 1), 160), Ok(true));
     assert_eq!(
         c.lookup_or_claim(&s, &rk(1), &fp, 9, 170, 100),
-        L1Outcome::Completed(record(fp, 1))
+        Ok(Found::Completed(record(fp, 1)))
     );
     // A takeover still makes the old owner stale.
     assert_eq!(
         c.lookup_or_claim(&s, &rk(2), &fp, 10, 300, 100),
-        L1Outcome::Claimed
+        Ok(Found::Claimed { token: None })
     );
     assert_eq!(c.complete(&s, &rk(2), 8, &record(fp, 1), 301), Ok(false));
 }
@@ -169,11 +173,11 @@ fn buckets_hold_many_keys_and_evict_oldest_completed_first() {
     // Budget 4096 holds two 1.5 KiB records: the oldest went.
     assert_eq!(
         c.lookup_or_claim(&s, &rk(0), &fp, 99, 5, 1000),
-        L1Outcome::Claimed
+        Ok(Found::Claimed { token: None })
     );
     assert!(matches!(
         c.lookup_or_claim(&s, &rk(2), &fp, 99, 5, 1000),
-        L1Outcome::Completed(_)
+        Ok(Found::Completed(_))
     ));
     let (v, _) = s.shared_get(&slot_key(0));
     assert!(v.unwrap().len() <= 4096 + 256);
@@ -187,7 +191,7 @@ fn a_slot_keeps_at_most_eight_records() {
     for n in 0..2u8 {
         assert_eq!(
             c.lookup_or_claim(&s, &rk(n), &fp, 99, 20, 1000),
-            L1Outcome::Claimed,
+            Ok(Found::Claimed { token: None }),
             "{n} evicted"
         );
     }
@@ -195,7 +199,7 @@ fn a_slot_keeps_at_most_eight_records() {
         assert!(
             matches!(
                 c.lookup_or_claim(&s, &rk(n), &fp, 99, 20, 1000),
-                L1Outcome::Completed(_)
+                Ok(Found::Completed(_))
             ),
             "{n}"
         );
@@ -208,13 +212,10 @@ fn lost_cas_is_retried() {
     s.fail_next_cas(3);
     assert_eq!(
         c.lookup_or_claim(&s, &rk(1), &[1; 32], 7, 0, 100),
-        L1Outcome::Claimed
+        Ok(Found::Claimed { token: None })
     );
     s.fail_next_cas(100);
-    assert!(matches!(
-        c.lookup_or_claim(&s, &rk(2), &[1; 32], 7, 0, 100),
-        L1Outcome::Unavailable(_)
-    ));
+    assert!(c.lookup_or_claim(&s, &rk(2), &[1; 32], 7, 0, 100).is_err());
 }
 
 #[test]
@@ -224,7 +225,7 @@ fn garbage_slot_is_treated_as_empty() {
         .unwrap();
     assert_eq!(
         c.lookup_or_claim(&s, &rk(1), &[1; 32], 7, 0, 100),
-        L1Outcome::Claimed
+        Ok(Found::Claimed { token: None })
     );
 }
 
@@ -233,11 +234,11 @@ fn ensure_slots_keeps_existing_data() {
     let (c, s) = cache(2);
     assert_eq!(
         c.lookup_or_claim(&s, &rk(1), &[1; 32], 7, 0, 100),
-        L1Outcome::Claimed
+        Ok(Found::Claimed { token: None })
     );
     c.ensure_slots(&s).unwrap();
     assert!(matches!(
         c.lookup_or_claim(&s, &rk(1), &[1; 32], 8, 1, 100),
-        L1Outcome::InFlight { .. }
+        Ok(Found::InFlight { .. })
     ));
 }

@@ -6,9 +6,9 @@ use super::{Admitted, Claim, Flow, Phase, Request, Stream};
 use crate::background::detached::{upstream_request, DetachedJob, UnforwardableHeader};
 use crate::background::waiting::Waiter;
 use crate::config::{Execution, FailureMode, Mode, WhileInFlight};
+use crate::found::Found;
 use crate::host::Host;
-use crate::keystore_client::{self, ClaimReply};
-use crate::l1::L1Outcome;
+use crate::keystore_client;
 use crate::metrics::Metric;
 use crate::problem::Problem;
 use log::{debug, warn};
@@ -36,13 +36,13 @@ impl Stream {
             now,
             lease_ms,
         ) {
-            L1Outcome::Claimed => claim.l1 = true,
-            L1Outcome::Completed(record) => {
+            Ok(Found::Claimed { .. }) => claim.l1 = true,
+            Ok(Found::Completed(record)) => {
                 return self.answer_from_record(host, &claim.key, record)
             }
             // Waiting: the key store holds the duplicate until the record lands, for this Envoy's
             // requests as for any other's. Without a key store, this Envoy's root context does.
-            L1Outcome::InFlight { .. }
+            Ok(Found::InFlight { .. })
                 if claim.rule.in_flight == WhileInFlight::Wait
                     && claim.rule.mode == Mode::Enforce =>
             {
@@ -50,9 +50,11 @@ impl Stream {
                     return self.wait_locally(host, claim);
                 }
             }
-            L1Outcome::InFlight { .. } => return self.conflict(host, &claim.key, 0),
-            L1Outcome::Mismatch => return self.mismatch(host, &claim.key),
-            L1Outcome::Unavailable(e) => {
+            Ok(Found::InFlight { .. }) => return self.conflict(host, &claim.key, 0),
+            Ok(Found::Mismatch) => return self.mismatch(host, &claim.key),
+            // L1 claims a key it finds free; it never answers absent.
+            Ok(Found::Absent) => {}
+            Err(e) => {
                 warn!("key {}: near cache unavailable: {e}", claim.key.short());
                 if self.worker.cfg.keystore.is_none() {
                     return self.store_failed(host, claim, &e, Request::InCallback);
@@ -207,17 +209,17 @@ impl Stream {
         if keystore_client::claim_waited(body) {
             self.count(host, Metric::Waited);
             match reply {
-                Ok(ClaimReply::Completed(_)) => self.count(host, Metric::WaitReplayed),
-                Ok(ClaimReply::InFlight { .. }) => self.count(host, Metric::WaitTimedOut),
+                Ok(Found::Completed(_)) => self.count(host, Metric::WaitReplayed),
+                Ok(Found::InFlight { .. }) => self.count(host, Metric::WaitTimedOut),
                 _ => {}
             }
         }
         match reply {
-            Ok(ClaimReply::Claimed { token }) => {
-                claim.token = Some(token);
+            Ok(Found::Claimed { token }) => {
+                claim.token = token;
                 self.execute(host, claim, Request::PausedOnCallout);
             }
-            Ok(ClaimReply::Completed(record)) if record.fingerprint == claim.fingerprint => {
+            Ok(Found::Completed(record)) if record.fingerprint == claim.fingerprint => {
                 if claim.l1 {
                     // Keep the record near: the next retry on this Envoy needs no callout.
                     let now = host.now_ms();
@@ -228,13 +230,18 @@ impl Stream {
                 }
                 self.answer_from_record(host, &claim.key, record);
             }
-            Ok(ClaimReply::Completed(_)) | Ok(ClaimReply::Mismatch) => {
+            Ok(Found::Completed(_)) | Ok(Found::Mismatch) => {
                 self.release_l1(host, &claim);
                 self.mismatch(host, &claim.key);
             }
-            Ok(ClaimReply::InFlight { .. }) => {
+            Ok(Found::InFlight { .. }) => {
                 self.release_l1(host, &claim);
                 self.conflict(host, &claim.key, 0);
+            }
+            // A claim never finds the key absent; the parser cannot produce it.
+            Ok(Found::Absent) => {
+                let why = "claim reply without a claim";
+                self.store_failed(host, claim, why, Request::PausedOnCallout);
             }
             Err(e) => {
                 self.store_failed(host, claim, &e, Request::PausedOnCallout);
@@ -250,7 +257,7 @@ impl Stream {
         status: Option<u16>,
         body: &[u8],
     ) {
-        if let Ok(ClaimReply::Claimed { .. }) = self.claim_reply(host, &claim, status, body) {
+        if let Ok(Found::Claimed { .. }) = self.claim_reply(host, &claim, status, body) {
             self.release_later(host, &claim, 0);
         }
     }

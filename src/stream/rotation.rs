@@ -9,9 +9,9 @@
 use super::{Admitted, Flow, Phase, Request, Stream};
 use crate::config::FailureMode;
 use crate::fingerprint::keyed;
+use crate::found::Found;
 use crate::host::Host;
-use crate::keystore_client::{self, ClaimError, LookupReply};
-use crate::l1::L1Outcome;
+use crate::keystore_client::{self, ClaimError};
 use crate::metrics::Metric;
 use crate::problem::Problem;
 use log::warn;
@@ -39,11 +39,11 @@ impl Stream {
             let Some(secret) = secrets.get(i) else { break };
             let fingerprint = keyed(secret, &digest);
             match worker.cache.peek(host, key, &fingerprint, now) {
-                Some(L1Outcome::Completed(record)) => {
+                Some(Found::Completed(record)) => {
                     return self.answer_from_record(host, key, record)
                 }
-                Some(L1Outcome::InFlight { .. }) => return self.conflict(host, key, 0),
-                Some(L1Outcome::Mismatch) => return self.mismatch(host, key),
+                Some(Found::InFlight { .. }) => return self.conflict(host, key, 0),
+                Some(Found::Mismatch) => return self.mismatch(host, key),
                 _ => {}
             }
             let Some(ks) = &cfg.keystore else { continue };
@@ -98,16 +98,16 @@ impl Stream {
             .nth(index)
             .map(|secret| keyed(secret, &admitted.fingerprinter.digest()));
         match keystore_client::parse_lookup(ks, &key, status, body) {
-            Ok(LookupReply::Absent) => {
+            Ok(Found::Absent) => {
                 self.next_previous(host, admitted, index + 1, Request::PausedOnCallout);
             }
-            Ok(LookupReply::InFlight { .. }) => {
+            Ok(Found::InFlight { .. }) => {
                 self.conflict(host, &key, 0);
             }
-            Ok(LookupReply::Completed(record)) if Some(record.fingerprint) == fingerprint => {
+            Ok(Found::Completed(record)) if Some(record.fingerprint) == fingerprint => {
                 self.answer_from_record(host, &key, record);
             }
-            Ok(LookupReply::Completed(_) | LookupReply::Mismatch) => {
+            Ok(Found::Completed(_) | Found::Mismatch) => {
                 self.mismatch(host, &key);
             }
             Err(ClaimError::Unverified) => {
@@ -119,6 +119,11 @@ impl Stream {
                     "record from the key store failed verification",
                     Request::PausedOnCallout,
                 );
+            }
+            // A lookup claims nothing; the parser cannot produce it.
+            Ok(Found::Claimed { .. }) => {
+                let why = "lookup reply with a claim";
+                self.lookup_failed(host, admitted, index, why, Request::PausedOnCallout);
             }
             Err(ClaimError::Failed(e)) => {
                 self.lookup_failed(host, admitted, index, &e, Request::PausedOnCallout);

@@ -4,8 +4,9 @@
 //! mode applies and nothing of it reaches the client.
 
 use super::{Claim, Stream};
+use crate::found::Found;
 use crate::host::Host;
-use crate::keystore_client::{self, ClaimError, ClaimReply};
+use crate::keystore_client::{self, ClaimError};
 use crate::metrics::Metric;
 use crate::scope::RecordKey;
 use log::warn;
@@ -27,7 +28,7 @@ impl Stream {
         claim: &Claim,
         status: Option<u16>,
         body: &[u8],
-    ) -> Result<ClaimReply, String> {
+    ) -> Result<Found, String> {
         let Some(ks) = &self.worker.cfg.keystore else {
             return Err("no key store is configured".to_string());
         };
