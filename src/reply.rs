@@ -4,6 +4,7 @@
 
 use crate::config::{ReplayHeaders, REPLAYED_HEADER};
 use crate::expiry;
+use crate::found::Found;
 use crate::host::Headers;
 use crate::metrics::Metric;
 use crate::problem::Problem;
@@ -46,6 +47,29 @@ impl LocalReply {
             0,
             Metric::Mismatch,
         )
+    }
+
+    /// What a request gets from what its key holds, the one place that decides it for the
+    /// streams and the root context's waiters alike: the record's answer, 409 while another
+    /// request holds the key (`Retry-After: 1`: the answer can change any moment), 422 for
+    /// another request's key. `None` when nothing answers it (the key is claimed or absent).
+    pub fn for_found(
+        found: Found,
+        now_ms: u64,
+        policy: &ReplayHeaders,
+        expires_header: Option<&str>,
+    ) -> Option<Self> {
+        match found {
+            Found::Completed(record) => Some(LocalReply::from_record(
+                record,
+                now_ms,
+                policy,
+                expires_header,
+            )),
+            Found::InFlight { .. } => Some(LocalReply::conflict(0)),
+            Found::Mismatch => Some(LocalReply::mismatch()),
+            Found::Claimed { .. } | Found::Absent => None,
+        }
     }
 
     /// What a retry gets from the record of its key's one attempt, at `now_ms`. Stored headers

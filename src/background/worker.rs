@@ -181,28 +181,27 @@ impl Worker {
         }
         let mut replies = Vec::new();
         let answered = self.waiters.borrow_mut().settle(|w| {
-            let reply = match self.cache.peek(shared, &w.key, &w.fingerprint, now_ms) {
-                Some(Found::Completed(record)) => {
-                    let reply = LocalReply::from_record(
-                        record,
+            let found = self.cache.peek(shared, &w.key, &w.fingerprint, now_ms);
+            if let Some(Found::InFlight { .. }) = found {
+                if now_ms < w.until_ms {
+                    return false;
+                }
+                replies.push(Metric::WaitTimedOut);
+            }
+            // Freed (released, expired) or unreadable: the client retries and runs it.
+            let reply = found
+                .and_then(|found| {
+                    LocalReply::for_found(
+                        found,
                         now_ms,
                         &self.cfg.replay_headers,
                         self.cfg.expires_header.as_deref(),
-                    );
-                    if reply.metric == Metric::Replayed {
-                        replies.push(Metric::WaitReplayed);
-                    }
-                    reply
-                }
-                Some(Found::Mismatch) => LocalReply::mismatch(),
-                Some(Found::InFlight { .. }) if now_ms < w.until_ms => return false,
-                Some(Found::InFlight { .. }) => {
-                    replies.push(Metric::WaitTimedOut);
-                    LocalReply::conflict(0)
-                }
-                // Freed (released, expired) or unreadable: the client retries and runs it.
-                Some(Found::Claimed { .. } | Found::Absent) | None => LocalReply::conflict(0),
-            };
+                    )
+                })
+                .unwrap_or_else(|| LocalReply::conflict(0));
+            if reply.metric == Metric::Replayed {
+                replies.push(Metric::WaitReplayed);
+            }
             replies.push(reply.metric);
             out.push(RootAction::Answer(Answer {
                 stream_id: w.stream_id,

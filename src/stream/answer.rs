@@ -2,45 +2,34 @@
 //! input; how each is sent (or, in observe mode, only counted).
 
 use super::{Flow, Phase, Stream};
+use crate::found::Found;
 use crate::host::Host;
 use crate::problem::Problem;
-use crate::record::Record;
 use crate::reply::LocalReply;
 use crate::scope::RecordKey;
 use log::debug;
 
 impl Stream {
-    /// Answers a retry from the record of the key's one attempt.
-    pub(super) fn answer_from_record(
-        &mut self,
-        host: &dyn Host,
-        key: &RecordKey,
-        record: Record,
-    ) -> Flow {
+    /// Answers a request from what its key holds ([`LocalReply::for_found`]); a key that is
+    /// claimed or absent answers nothing and the request goes on.
+    pub(super) fn answer_found(&mut self, host: &dyn Host, key: &RecordKey, found: Found) -> Flow {
         let cfg = &self.worker.cfg;
-        let reply = LocalReply::from_record(
-            record,
+        let reply = LocalReply::for_found(
+            found,
             host.now_ms(),
             &cfg.replay_headers,
             cfg.expires_header.as_deref(),
         );
+        let Some(reply) = reply else {
+            return Flow::Continue;
+        };
         debug!(
-            "key {}: answered from its record: {}",
+            "key {}: answered {} ({:?})",
             key.short(),
-            reply.status
+            reply.status,
+            reply.metric
         );
         self.reply(host, reply)
-    }
-
-    /// 409: the key is in flight. `wait_ms` says when the answer can change (0: any moment).
-    pub(super) fn conflict(&mut self, host: &dyn Host, key: &RecordKey, wait_ms: u64) -> Flow {
-        debug!("key {}: in flight: 409", key.short());
-        self.reply(host, LocalReply::conflict(wait_ms))
-    }
-
-    pub(super) fn mismatch(&mut self, host: &dyn Host, key: &RecordKey) -> Flow {
-        debug!("key {}: fingerprint mismatch: 422", key.short());
-        self.reply(host, LocalReply::mismatch())
     }
 
     /// A problem answer; the caller counts it. In observe mode, the request goes on instead.

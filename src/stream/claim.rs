@@ -37,9 +37,6 @@ impl Stream {
             lease_ms,
         ) {
             Ok(Found::Claimed { .. }) => claim.l1 = true,
-            Ok(Found::Completed(record)) => {
-                return self.answer_from_record(host, &claim.key, record)
-            }
             // Waiting: the key store holds the duplicate until the record lands, for this Envoy's
             // requests as for any other's. Without a key store, this Envoy's root context does.
             Ok(Found::InFlight { .. })
@@ -50,10 +47,9 @@ impl Stream {
                     return self.wait_locally(host, claim);
                 }
             }
-            Ok(Found::InFlight { .. }) => return self.conflict(host, &claim.key, 0),
-            Ok(Found::Mismatch) => return self.mismatch(host, &claim.key),
             // L1 claims a key it finds free; it never answers absent.
             Ok(Found::Absent) => {}
+            Ok(found) => return self.answer_found(host, &claim.key, found),
             Err(e) => {
                 warn!("key {}: near cache unavailable: {e}", claim.key.short());
                 if self.worker.cfg.keystore.is_none() {
@@ -228,15 +224,15 @@ impl Stream {
                         .cache
                         .complete(host, &claim.key, claim.owner, &record, now);
                 }
-                self.answer_from_record(host, &claim.key, record);
+                self.answer_found(host, &claim.key, Found::Completed(record));
             }
-            Ok(Found::Completed(_)) | Ok(Found::Mismatch) => {
+            Ok(Found::Completed(_)) => {
                 self.release_l1(host, &claim);
-                self.mismatch(host, &claim.key);
+                self.answer_found(host, &claim.key, Found::Mismatch);
             }
-            Ok(Found::InFlight { .. }) => {
+            Ok(found @ (Found::Mismatch | Found::InFlight { .. })) => {
                 self.release_l1(host, &claim);
-                self.conflict(host, &claim.key, 0);
+                self.answer_found(host, &claim.key, found);
             }
             // A claim never finds the key absent; the parser cannot produce it.
             Ok(Found::Absent) => {

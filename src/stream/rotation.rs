@@ -38,13 +38,10 @@ impl Stream {
         for (i, key) in admitted.previous.iter().enumerate().skip(index) {
             let Some(secret) = secrets.get(i) else { break };
             let fingerprint = keyed(secret, &digest);
-            match worker.cache.peek(host, key, &fingerprint, now) {
-                Some(Found::Completed(record)) => {
-                    return self.answer_from_record(host, key, record)
-                }
-                Some(Found::InFlight { .. }) => return self.conflict(host, key, 0),
-                Some(Found::Mismatch) => return self.mismatch(host, key),
-                _ => {}
+            if let Some(found @ (Found::Completed(_) | Found::InFlight { .. } | Found::Mismatch)) =
+                worker.cache.peek(host, key, &fingerprint, now)
+            {
+                return self.answer_found(host, key, found);
             }
             let Some(ks) = &cfg.keystore else { continue };
             let callout = keystore_client::lookup(ks, key, &fingerprint);
@@ -101,14 +98,11 @@ impl Stream {
             Ok(Found::Absent) => {
                 self.next_previous(host, admitted, index + 1, Request::PausedOnCallout);
             }
-            Ok(Found::InFlight { .. }) => {
-                self.conflict(host, &key, 0);
+            Ok(Found::Completed(record)) if Some(record.fingerprint) != fingerprint => {
+                self.answer_found(host, &key, Found::Mismatch);
             }
-            Ok(Found::Completed(record)) if Some(record.fingerprint) == fingerprint => {
-                self.answer_from_record(host, &key, record);
-            }
-            Ok(Found::Completed(_) | Found::Mismatch) => {
-                self.mismatch(host, &key);
+            Ok(found @ (Found::Completed(_) | Found::InFlight { .. } | Found::Mismatch)) => {
+                self.answer_found(host, &key, found);
             }
             Err(ClaimError::Unverified) => {
                 self.unverified(host, &key);
