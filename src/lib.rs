@@ -7,6 +7,7 @@
 pub mod background;
 pub mod claim;
 pub mod config;
+pub mod configure;
 pub mod expiry;
 pub mod fingerprint;
 pub mod found;

@@ -7,8 +7,7 @@ use super::{
     Http,
 };
 use crate::background::worker::{Answer, RootAction, RootReply, Worker};
-use crate::config::Config;
-use crate::l1::NearCache;
+use crate::configure::configure;
 use crate::metrics::Metric;
 use crate::stream::Stream;
 use log::{error, info, warn};
@@ -18,9 +17,6 @@ use proxy_wasm::types::{BufferType, ContextType, MapType, MetricType};
 use std::cell::Cell;
 use std::rc::Rc;
 use std::time::Duration;
-
-/// Bytes of bucket overhead allowed on top of the largest record, for claims and small records.
-const SLOT_OVERHEAD: usize = 4096;
 
 /// How often the root context renews leases and sends (and retries) the key-store writes that
 /// streams handed over.
@@ -131,21 +127,13 @@ impl RootContext for Root {
                 return false;
             }
         };
-        let config = match Config::parse(&bytes) {
-            Ok(c) => c,
+        let worker = match configure(&bytes, &EnvoyShared) {
+            Ok(worker) => worker,
             Err(e) => {
                 error!("{e}");
                 return false;
             }
         };
-        let cache = NearCache {
-            slots: config.l1_slots,
-            slot_budget: config.max_response_bytes.saturating_add(SLOT_OVERHEAD),
-        };
-        if let Err(e) = cache.ensure_slots(&EnvoyShared) {
-            error!("cannot create the near-cache slots: {e:?}");
-            return false;
-        }
         let mut ids = Vec::with_capacity(Metric::ALL.len());
         // The counters of enforce mode, then those of observe mode, in `Metric::ALL` order.
         let names = Metric::ALL
@@ -163,9 +151,10 @@ impl RootContext for Root {
         }
         info!(
             "configured: {} route rule(s), {} near-cache slots, key store: {}",
-            config.routes.len(),
-            config.l1_slots,
-            config
+            worker.cfg.routes.len(),
+            worker.cfg.l1_slots,
+            worker
+                .cfg
                 .keystore
                 .as_ref()
                 .map_or("none (shared data only)", |k| k.cluster.as_str())
@@ -174,7 +163,6 @@ impl RootContext for Root {
             error!("cannot start the renewal timer: {e:?}");
             return false;
         }
-        let worker = Worker::new(config, cache);
         // Each worker's root context has its own queue: a stream that hands it a detached
         // execution rings it, and Envoy calls `on_queue_ready` on this root context.
         let mut id = [0u8; 8];

@@ -16,8 +16,7 @@ mod settlement;
 
 use crate::background::deferred::Deferred;
 use crate::background::worker::{Purpose, RootAction, Worker};
-use crate::config::Config;
-use crate::l1::NearCache;
+use crate::configure::configure;
 use crate::metrics::Metric;
 use crate::record::Outcome;
 use crate::stream::{Flow, Stream};
@@ -54,15 +53,10 @@ fn post<'a>(key: &'a str, body: &'a [u8]) -> Req<'a> {
 
 impl World {
     fn new(json: &str) -> World {
-        let cfg = Config::parse(crate::testing::with_test_secret(json).as_bytes()).unwrap();
-        let cache = NearCache {
-            slots: cfg.l1_slots,
-            slot_budget: cfg.max_response_bytes + 4096,
-        };
         let shared = FakeShared::default();
-        cache.ensure_slots(&shared).unwrap();
+        let worker = configure(crate::testing::with_test_secret(json).as_bytes(), &shared).unwrap();
         World {
-            worker: Rc::new(Worker::new(cfg, cache)),
+            worker: Rc::new(worker),
             shared,
             clock: Rc::new(Cell::new(1_000)),
             ids: Rc::new(Cell::new(0)),
@@ -72,13 +66,13 @@ impl World {
     /// Another Envoy worker over the same shared data and clock, with another configuration
     /// (e.g. after a secret rotation).
     fn sharing(&self, json: &str) -> World {
-        let cfg = Config::parse(crate::testing::with_test_secret(json).as_bytes()).unwrap();
-        let cache = NearCache {
-            slots: cfg.l1_slots,
-            slot_budget: cfg.max_response_bytes + 4096,
-        };
+        let worker = configure(
+            crate::testing::with_test_secret(json).as_bytes(),
+            &self.shared,
+        )
+        .unwrap();
         World {
-            worker: Rc::new(Worker::new(cfg, cache)),
+            worker: Rc::new(worker),
             shared: self.shared.clone(),
             clock: self.clock.clone(),
             ids: self.ids.clone(),

@@ -50,12 +50,11 @@ fn observe_mode_forwards_everything_and_counts_what_enforce_would_answer() {
         assert_eq!(h.observed_of(metric), 1, "{metric:?}");
     }
     // The record was stored as usual: the same key under enforce replays it.
-    let enforce = Worker::new(
-        Config::parse(enforce_cfg.as_bytes()).unwrap(),
-        NearCache {
-            slots: w.worker.cache.slots,
-            slot_budget: w.worker.cache.slot_budget,
-        },
+    let enforce = configure(enforce_cfg.as_bytes(), &w.shared).unwrap();
+    assert_eq!(
+        (enforce.cache.slots, enforce.cache.slot_budget),
+        (w.worker.cache.slots, w.worker.cache.slot_budget),
+        "the same near cache"
     );
     let h = FakeHost::new(&w.shared, &w.clock, &w.ids);
     let mut host = h;

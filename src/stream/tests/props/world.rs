@@ -21,13 +21,9 @@ impl World {
         let mut workers = Vec::new();
         let mut shared = Vec::new();
         for _ in 0..envoys {
-            let cache = NearCache {
-                slots: cfg.l1_slots,
-                slot_budget: cfg.max_response_bytes + 4096,
-            };
             let s = FakeShared::default();
-            cache.ensure_slots(&s).unwrap();
-            workers.push(Rc::new(Worker::new(cfg.clone(), cache)));
+            let bytes = crate::testing::with_test_secret(&json);
+            workers.push(Rc::new(configure(bytes.as_bytes(), &s).unwrap()));
             shared.push(s);
         }
         let start = 1_000_000;
