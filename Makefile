@@ -37,7 +37,7 @@ lint:
 	scripts/setup.sh --lint
 	$(CARGO) fmt --all -- --check
 	$(CARGO) clippy --workspace --all-targets -- -D warnings
-	$(CARGO) clippy --target wasm32-wasip1 --lib -p idempotency-filter -- -D warnings
+	$(CARGO) clippy --target wasm32-wasip1 --lib -p idempotency-filter -p idempotency-filter-core -- -D warnings
 	$(CARGO) fetch --locked
 	$(CARGO) deny --offline check bans licenses sources
 

@@ -1,30 +1,11 @@
 //! An Envoy proxy-wasm filter that makes retried POST/PATCH requests safe with the
 //! `Idempotency-Key` header.
 //!
-//! Every decision lives in plain Rust modules that never call proxy-wasm ([`stream`] and what it
-//! uses); [`adapter`] maps Envoy's callbacks and hostcalls onto them through [`host::Host`].
+//! This crate is the thin adapter: every decision lives in `idempotency-filter-core` (re-exported
+//! here whole), which never calls proxy-wasm; `adapter` maps Envoy's callbacks and hostcalls onto
+//! it through [`host::Host`].
 
-pub mod config;
-pub mod deferred;
-pub mod detached;
-pub mod expiry;
-pub mod fingerprint;
-pub mod host;
-pub mod key;
-pub mod keystore_client;
-pub mod l1;
-pub mod leases;
-pub mod metrics;
-pub mod outcome;
-pub mod problem;
-pub mod record;
-pub mod scope;
-pub mod stream;
-pub mod waiting;
-pub mod worker;
+pub use idempotency_filter_core::*;
 
 #[cfg(target_arch = "wasm32")]
 mod adapter;
-
-#[cfg(test)]
-mod testing;

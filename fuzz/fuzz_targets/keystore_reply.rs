@@ -5,7 +5,8 @@
 #![no_main]
 
 use idempotency_filter::config::{KeystoreConfig, Secrets};
-use idempotency_filter::keystore_client::{parse_ack, parse_claim, ClaimReply};
+use idempotency_filter::found::Found;
+use idempotency_filter::keystore_client::{parse_ack, parse_claim};
 use idempotency_filter::record::Record;
 use idempotency_filter::scope::RecordKey;
 use libfuzzer_sys::fuzz_target;
@@ -37,8 +38,8 @@ fuzz_target!(|data: &[u8]| {
     };
     let (cfg, key) = (cfg(), RecordKey([5; 32]));
     match parse_claim(&cfg, &key, status, body) {
-        Ok(ClaimReply::Claimed { token }) => assert!(!token.is_empty()),
-        Ok(ClaimReply::Completed(record)) => {
+        Ok(Found::Claimed { token }) => assert!(token.is_some_and(|t| !t.is_empty())),
+        Ok(Found::Completed(record)) => {
             assert_eq!(Record::decode(&record.encode()), Ok(record));
         }
         Ok(_) | Err(_) => {}

@@ -5,5 +5,10 @@ pub use idempotency_protocol::*;
 
 /// The token a granted claim gets: the one the caller proposed, else a new one.
 pub fn token_or_new(req: &ClaimRequest) -> String {
-    req.token.clone().unwrap_or_else(crate::backend::new_token)
+    req.token.clone().unwrap_or_else(new_token)
+}
+
+/// A fresh fencing token: 128 random bits as 32 lowercase hex characters.
+pub fn new_token() -> String {
+    format!("{:032x}", rand::random::<u128>())
 }

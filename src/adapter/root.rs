@@ -2,15 +2,15 @@
 //! shared state, and carries out what [`Worker`] decides from its timer, its queue and the replies
 //! to its own callouts (renewals, deferred writes, detached executions, answers to waiting streams).
 
-use super::{
-    callout_reply, map_bytes, now_ms, send_callout, send_local_response, EnvoyHost, EnvoyShared,
-    Http,
+use super::envoy::{
+    callout_reply, count, map_bytes, now_ms, send_callout, send_local_response, EnvoyHost,
+    EnvoyShared,
 };
-use crate::config::Config;
-use crate::l1::NearCache;
+use super::http::Http;
+use crate::background::worker::{Answer, RootAction, RootReply, Worker};
+use crate::configure::configure;
 use crate::metrics::Metric;
 use crate::stream::Stream;
-use crate::worker::{Answer, RootAction, RootReply, Worker};
 use log::{error, info, warn};
 use proxy_wasm::hostcalls;
 use proxy_wasm::traits::{Context, HttpContext, RootContext};
@@ -18,9 +18,6 @@ use proxy_wasm::types::{BufferType, ContextType, MapType, MetricType};
 use std::cell::Cell;
 use std::rc::Rc;
 use std::time::Duration;
-
-/// Bytes of bucket overhead allowed on top of the largest record, for claims and small records.
-const SLOT_OVERHEAD: usize = 4096;
 
 /// How often the root context renews leases and sends (and retries) the key-store writes that
 /// streams handed over.
@@ -31,12 +28,6 @@ pub(super) struct Root {
     pub(super) context_id: u32,
     pub(super) worker: Option<Rc<Worker>>,
     pub(super) metrics: Rc<Vec<u32>>,
-}
-
-pub(super) fn count(metrics: &[u32], metric: Metric) {
-    if let Some(id) = metrics.get(metric.index()) {
-        let _ = hostcalls::increment_metric(*id, 1);
-    }
 }
 
 impl Root {
@@ -92,10 +83,10 @@ impl Context for Root {
             worker.on_reply(token, status, headers, body, &EnvoyShared, now_ms());
         match reply {
             RootReply::Write(settled) => match settled {
-                crate::deferred::Settled::Retrying(e) => {
+                crate::background::deferred::Settled::Retrying(e) => {
                     warn!("deferred key-store write failed ({e}); retrying")
                 }
-                crate::deferred::Settled::GaveUp(e) => {
+                crate::background::deferred::Settled::GaveUp(e) => {
                     warn!("deferred key-store write failed ({e}); the claim's lease will free the key")
                 }
                 _ => {}
@@ -131,21 +122,13 @@ impl RootContext for Root {
                 return false;
             }
         };
-        let config = match Config::parse(&bytes) {
-            Ok(c) => c,
+        let worker = match configure(&bytes, &EnvoyShared) {
+            Ok(worker) => worker,
             Err(e) => {
                 error!("{e}");
                 return false;
             }
         };
-        let cache = NearCache {
-            slots: config.l1_slots,
-            slot_budget: config.max_response_bytes.saturating_add(SLOT_OVERHEAD),
-        };
-        if let Err(e) = cache.ensure_slots(&EnvoyShared) {
-            error!("cannot create the near-cache slots: {e:?}");
-            return false;
-        }
         let mut ids = Vec::with_capacity(Metric::ALL.len());
         // The counters of enforce mode, then those of observe mode, in `Metric::ALL` order.
         let names = Metric::ALL
@@ -163,9 +146,10 @@ impl RootContext for Root {
         }
         info!(
             "configured: {} route rule(s), {} near-cache slots, key store: {}",
-            config.routes.len(),
-            config.l1_slots,
-            config
+            worker.cfg.routes.len(),
+            worker.cfg.l1_slots,
+            worker
+                .cfg
                 .keystore
                 .as_ref()
                 .map_or("none (shared data only)", |k| k.cluster.as_str())
@@ -174,7 +158,6 @@ impl RootContext for Root {
             error!("cannot start the renewal timer: {e:?}");
             return false;
         }
-        let worker = Worker::new(config, cache);
         // Each worker's root context has its own queue: a stream that hands it a detached
         // execution rings it, and Envoy calls `on_queue_ready` on this root context.
         let mut id = [0u8; 8];

@@ -74,7 +74,7 @@ def filter_metric_names():
     """The filter's counters as Envoy 1.40 exports them at /stats/prometheus: `idempotency.<kind>` (a
     Wasm-defined metric, Envoy's stat namespace `wasmcustom`) becomes `idempotency_<kind>`, without Envoy's
     `envoy_` prefix and without a `_total` suffix."""
-    text = (ROOT / "src/metrics.rs").read_text()
+    text = (ROOT / "core/src/metrics.rs").read_text()
     return {name.replace(".", "_") for name in re.findall(r'=> "(idempotency\.[a-z_]+)"', text)}
 
 

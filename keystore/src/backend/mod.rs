@@ -132,11 +132,6 @@ pub fn poll_interval(round: u32) -> Duration {
         .min(MAX_POLL)
 }
 
-/// A fresh fencing token: 128 random bits as 32 lowercase hex characters.
-pub fn new_token() -> String {
-    format!("{:032x}", rand::random::<u128>())
-}
-
 /// Builds the configured backend. Redis backends connect lazily, so the service starts (and reports
 /// not ready) while Redis is still down.
 pub fn build(config: &Config) -> anyhow::Result<Arc<dyn Backend>> {

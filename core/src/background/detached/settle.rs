@@ -1,0 +1,160 @@
+//! The end of a detached execution, carried out from the root context: the settlement rule
+//! ([`crate::settlement`]) decides, this file stores or releases and answers the client.
+
+use super::{DetachedJob, Ending};
+use crate::background::deferred::Deferred;
+use crate::background::worker::{Answer, Purpose, RootAction, Worker};
+use crate::expiry;
+use crate::host::{Headers, SharedData};
+use crate::keystore_client;
+use crate::problem::Problem;
+use crate::record::{message_headers, storable_headers};
+use crate::settlement::{self, Settlement, Verdict};
+use log::{info, warn};
+
+impl Worker {
+    /// The end of a detached execution: keep, release or lock the key as the settlement rule
+    /// says, exactly as for an inline request, then answer the client if it is still there.
+    pub(crate) fn settle_detached(
+        &self,
+        job: DetachedJob,
+        end: Ending,
+        headers: Headers,
+        body: Vec<u8>,
+        shared: &dyn SharedData,
+        now_ms: u64,
+    ) -> Vec<RootAction> {
+        self.leases.borrow_mut().drop_claim(job.claim.owner);
+        let (ending, mut answer) = self.detached_answer(&job, end, &headers, &body);
+        let Settlement { verdict, counts } =
+            settlement::settle(&job.claim.rule, job.claim.fingerprint, ending, now_ms);
+        let mut actions: Vec<RootAction> = counts.into_iter().map(RootAction::Count).collect();
+        let record = match verdict {
+            Verdict::Keep {
+                created_ms,
+                expires_ms,
+            } => {
+                // The record keeps what replays may carry; the client got every header.
+                let kept = storable_headers(headers, &self.cfg.replay_headers);
+                let body = settlement::fits(&kept, body.len(), self.cfg.max_response_bytes)
+                    .then_some(body);
+                let (outcome, metric) = settlement::captured(answer.status, kept, body);
+                actions.extend(metric.map(RootAction::Count));
+                // An upstream answer that created the record says until when its key is honoured.
+                if let Some(name) = &self.cfg.expires_header {
+                    expiry::set_header(&mut answer.headers, name, expires_ms);
+                }
+                Some(settlement::record(
+                    &job.claim.rule,
+                    job.claim.fingerprint,
+                    outcome,
+                    created_ms,
+                ))
+            }
+            Verdict::Lock(record) => {
+                warn!(
+                    "key {}: detached request ended {end:?}; outcome unknown, locked",
+                    job.claim.key.short()
+                );
+                Some(record)
+            }
+            Verdict::Release => {
+                info!(
+                    "key {}: detached request ended {end:?}; releasing",
+                    job.claim.key.short()
+                );
+                None
+            }
+        };
+        let write = match record {
+            Some(record) => {
+                if job.claim.l1 {
+                    self.l1_keep(shared, &job.claim.key, job.claim.owner, &record, now_ms);
+                }
+                self.cfg
+                    .keystore
+                    .as_ref()
+                    .zip(job.claim.token.as_ref())
+                    .map(|(ks, token)| {
+                        keystore_client::complete(
+                            ks,
+                            &job.claim.key,
+                            token,
+                            &record,
+                            job.claim.rule.retention_ms,
+                        )
+                    })
+            }
+            None => {
+                if job.claim.l1 {
+                    self.l1_release(shared, &job.claim.key, job.claim.owner, now_ms);
+                }
+                self.cfg
+                    .keystore
+                    .as_ref()
+                    .zip(job.claim.token.as_ref())
+                    .map(|(ks, token)| keystore_client::release(ks, &job.claim.key, token))
+            }
+        };
+        match write {
+            // Stored before the client sees it, as inline.
+            Some(callout) => actions.push(RootAction::Send(
+                callout.clone(),
+                Purpose::WriteThenAnswer(
+                    Deferred {
+                        callout,
+                        not_before_ms: 0,
+                        until_ms: now_ms.saturating_add(self.cfg.lock_lease_ms),
+                    },
+                    answer,
+                ),
+            )),
+            None => actions.push(RootAction::Answer(answer)),
+        }
+        actions
+    }
+
+    /// How the settlement rule sees a detached ending, and what the client gets: the upstream's
+    /// own answer with every header, or the filter's problem for an ending without one.
+    fn detached_answer(
+        &self,
+        job: &DetachedJob,
+        end: Ending,
+        headers: &Headers,
+        body: &[u8],
+    ) -> (settlement::Ending, Answer) {
+        let answer = |(status, headers, body): (u16, Headers, Vec<u8>)| Answer {
+            stream_id: job.stream_id,
+            status,
+            headers,
+            body,
+        };
+        match end {
+            Ending::Answered(status) => (
+                settlement::Ending::Answered(status),
+                answer((status, message_headers(headers.clone()), body.to_vec())),
+            ),
+            Ending::NotSent => (
+                settlement::Ending::NotExecuted,
+                answer(Problem::UpstreamUnavailable.response(
+                    "the upstream could not be reached; the request was not sent",
+                    0,
+                )),
+            ),
+            Ending::TimedOut => (
+                settlement::Ending::Unknown,
+                answer(Problem::UpstreamTimeout.response(
+                    "the upstream did not answer in time; the request may have executed",
+                    0,
+                )),
+            ),
+            Ending::Reset => (
+                settlement::Ending::Unknown,
+                answer(
+                    Problem::UpstreamReset
+                        .response("the upstream reset the request; it may have executed", 0),
+                ),
+            ),
+        }
+    }
+}

@@ -1,0 +1,379 @@
+//! What the streams of one Envoy worker share with its root context: the config, the near cache,
+//! the key-store writes that must outlive their stream, the claims to renew, the duplicates that
+//! wait locally, and the requests the plugin executes itself (detached). The root context drives
+//! [`Worker::on_tick`], [`Worker::start_detached`] and [`Worker::on_reply`] and carries out the
+//! [`RootAction`]s they return; every decision here is plain Rust.
+
+use crate::background::deferred::{Deferred, Retrier, Settled};
+use crate::background::detached::{ending, DetachedJob, Ending};
+use crate::background::leases::{HeldClaim, Leases};
+use crate::background::waiting::Waiters;
+use crate::config::Config;
+use crate::found::Found;
+use crate::host::{Callout, Headers, SharedData};
+use crate::keystore_client::{self, AckReply};
+use crate::l1::NearCache;
+use crate::metrics::Metric;
+use crate::record::Record;
+use crate::reply::LocalReply;
+use crate::scope::RecordKey;
+use idempotency_protocol::MAX_RENEW_BATCH;
+use log::{debug, warn};
+use std::cell::{Cell, RefCell};
+use std::collections::HashMap;
+
+pub struct Worker {
+    pub cfg: Config,
+    pub cache: NearCache,
+    /// Writes handed over by streams (records, releases), sent and retried by the root context.
+    pub writes: RefCell<Retrier>,
+    pub leases: RefCell<Leases>,
+    pub waiters: RefCell<Waiters>,
+    /// Renewal batches in flight, by callout token: the keys, in the batch's order.
+    renewals: RefCell<HashMap<u32, Vec<RecordKey>>>,
+    /// Detached executions queued by streams, waiting for the root context to send them.
+    detached_queue: RefCell<Vec<DetachedJob>>,
+    /// Detached executions on their way upstream, by callout token.
+    detached_running: RefCell<HashMap<u32, DetachedJob>>,
+    /// Streams to answer once a write lands, by the write's callout token.
+    answer_after: RefCell<HashMap<u32, Answer>>,
+    /// The shared queue that wakes this worker's root context (see [`Worker::set_doorbell`]).
+    doorbell: Cell<Option<u32>>,
+}
+
+/// A reply for a stream that the root context answers (if the stream is still there).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Answer {
+    pub stream_id: u32,
+    pub status: u16,
+    pub headers: Headers,
+    pub body: Vec<u8>,
+}
+
+/// Why the root context sends a callout.
+#[derive(Debug, Clone)]
+pub enum Purpose {
+    Write(Deferred),
+    /// A write, then an answer to a stream that waits for it.
+    WriteThenAnswer(Deferred, Answer),
+    /// One batch of renewals: the keys, in the order of the batch's entries.
+    Renewal(Vec<RecordKey>),
+    Detached(Box<DetachedJob>),
+}
+
+/// What the root context does next.
+#[derive(Debug, Clone)]
+pub enum RootAction {
+    Send(Callout, Purpose),
+    Answer(Answer),
+    Count(Metric),
+}
+
+/// What a reply to one of the root context's callouts meant (for its log line).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RootReply {
+    Write(Settled),
+    /// A batch of renewals answered: how many were renewed, and the keys whose claim the key
+    /// store no longer knows as ours (taken over, or expired).
+    Renewals {
+        renewed: usize,
+        refused: Vec<RecordKey>,
+    },
+    /// A batch of renewals failed as a whole: each of its keys is retried at the next period.
+    RenewalFailed {
+        keys: usize,
+        error: String,
+    },
+    Detached,
+    Unknown,
+}
+
+impl Worker {
+    pub fn new(cfg: Config, cache: NearCache) -> Worker {
+        Worker {
+            cfg,
+            cache,
+            writes: RefCell::new(Retrier::default()),
+            leases: RefCell::new(Leases::default()),
+            waiters: RefCell::new(Waiters::default()),
+            renewals: RefCell::new(HashMap::new()),
+            detached_queue: RefCell::new(Vec::new()),
+            detached_running: RefCell::new(HashMap::new()),
+            answer_after: RefCell::new(HashMap::new()),
+            doorbell: Cell::new(None),
+        }
+    }
+
+    /// Hands a key-store write to the root context (sent on its next tick, retried on failure).
+    pub fn defer(&self, write: Deferred) {
+        self.writes.borrow_mut().push(write);
+    }
+
+    /// The shared queue whose messages wake the root context (`on_queue_ready`).
+    pub fn set_doorbell(&self, queue: u32) {
+        self.doorbell.set(Some(queue));
+    }
+
+    pub fn doorbell(&self) -> Option<u32> {
+        self.doorbell.get()
+    }
+
+    /// Queues a detached execution; the stream then rings the doorbell.
+    pub fn queue_detached(&self, job: DetachedJob) {
+        self.detached_queue.borrow_mut().push(job);
+    }
+
+    /// The detached executions to send now (the root context was woken).
+    pub fn start_detached(&self) -> Vec<RootAction> {
+        std::mem::take(&mut *self.detached_queue.borrow_mut())
+            .into_iter()
+            .map(|job| RootAction::Send(job.upstream.clone(), Purpose::Detached(Box::new(job))))
+            .collect()
+    }
+
+    /// Renews due leases in L1 at once, answers local waiters whose record landed (or whose wait
+    /// ended), and returns every callout to send now: deferred writes and key-store renewals, the
+    /// claims due in batches of at most [`MAX_RENEW_BATCH`] (one callout per tick with fewer):
+    /// each callout costs Envoy far more than the entries in it.
+    pub fn on_tick(&self, shared: &dyn SharedData, now_ms: u64) -> Vec<RootAction> {
+        let mut out: Vec<RootAction> = self
+            .writes
+            .borrow_mut()
+            .take_due(now_ms)
+            .into_iter()
+            .map(|d| RootAction::Send(d.callout.clone(), Purpose::Write(d)))
+            .collect();
+        let lease_ms = self.cfg.lock_lease_ms;
+        let mut to_renew = Vec::new();
+        for claim in self.leases.borrow_mut().due(now_ms, lease_ms) {
+            if claim.l1 {
+                match self
+                    .cache
+                    .renew(shared, &claim.key, claim.owner, now_ms, lease_ms)
+                {
+                    Ok(true) => {}
+                    Ok(false) => warn!(
+                        "key {}: near-cache claim not renewed: no longer ours",
+                        claim.key.short()
+                    ),
+                    Err(e) => warn!("key {}: near-cache renewal failed: {e}", claim.key.short()),
+                }
+            }
+            // A token means the key store granted the claim.
+            if let Some(token) = claim.token {
+                to_renew.push((claim.key, token));
+            }
+        }
+        if let Some(ks) = &self.cfg.keystore {
+            for batch in to_renew.chunks(MAX_RENEW_BATCH) {
+                let callout = keystore_client::renew_batch(ks, batch, lease_ms);
+                let keys = batch.iter().map(|(key, _)| *key).collect();
+                out.push(RootAction::Send(callout, Purpose::Renewal(keys)));
+            }
+        }
+        self.answer_waiters(shared, now_ms, &mut out);
+        out
+    }
+
+    fn answer_waiters(&self, shared: &dyn SharedData, now_ms: u64, out: &mut Vec<RootAction>) {
+        if self.waiters.borrow().is_empty() {
+            return;
+        }
+        let mut replies = Vec::new();
+        let answered = self.waiters.borrow_mut().settle(|w| {
+            let found = self.cache.peek(shared, &w.key, &w.fingerprint, now_ms);
+            if let Some(Found::InFlight { .. }) = found {
+                if now_ms < w.until_ms {
+                    return false;
+                }
+                replies.push(Metric::WaitTimedOut);
+            }
+            // Freed (released, expired) or unreadable: the client retries and runs it.
+            let reply = found
+                .and_then(|found| {
+                    LocalReply::for_found(
+                        found,
+                        now_ms,
+                        &self.cfg.replay_headers,
+                        self.cfg.expires_header.as_deref(),
+                    )
+                })
+                .unwrap_or_else(|| LocalReply::conflict(0));
+            if reply.metric == Metric::Replayed {
+                replies.push(Metric::WaitReplayed);
+            }
+            replies.push(reply.metric);
+            out.push(RootAction::Answer(Answer {
+                stream_id: w.stream_id,
+                status: reply.status,
+                headers: reply.headers,
+                body: reply.body,
+            }));
+            true
+        });
+        debug!("{} local waiter(s) answered", answered.len());
+        out.extend(replies.into_iter().map(RootAction::Count));
+    }
+
+    /// Records that the root context sent `purpose` as callout `token`.
+    pub fn sent(&self, token: u32, purpose: Purpose, now_ms: u64) {
+        match purpose {
+            Purpose::Write(d) => self.writes.borrow_mut().sent(token, d),
+            Purpose::WriteThenAnswer(d, answer) => {
+                self.writes.borrow_mut().sent(token, d);
+                self.answer_after.borrow_mut().insert(token, answer);
+            }
+            Purpose::Renewal(keys) => {
+                self.renewals.borrow_mut().insert(token, keys);
+            }
+            Purpose::Detached(job) => {
+                self.leases
+                    .borrow_mut()
+                    .hold(HeldClaim::of(&job.claim, now_ms));
+                self.detached_running.borrow_mut().insert(token, *job);
+            }
+        }
+    }
+
+    /// A callout the root context meant to send could not go out.
+    pub fn not_sent(
+        &self,
+        purpose: Purpose,
+        why: &str,
+        shared: &dyn SharedData,
+        now_ms: u64,
+    ) -> Vec<RootAction> {
+        match purpose {
+            // Queued again: the next tick tries once more, until the write's deadline.
+            Purpose::Write(d) => self.writes.borrow_mut().push(d),
+            Purpose::WriteThenAnswer(d, answer) => {
+                self.writes.borrow_mut().push(d);
+                return vec![RootAction::Answer(answer)];
+            }
+            Purpose::Renewal(keys) => warn!("{} lease renewal(s) not sent: {why}", keys.len()),
+            Purpose::Detached(job) => {
+                warn!(
+                    "key {}: detached request not sent: {why}",
+                    job.claim.key.short()
+                );
+                return self.settle_detached(
+                    *job,
+                    Ending::NotSent,
+                    Vec::new(),
+                    Vec::new(),
+                    shared,
+                    now_ms,
+                );
+            }
+        }
+        Vec::new()
+    }
+
+    pub fn is_detached(&self, token: u32) -> bool {
+        self.detached_running.borrow().contains_key(&token)
+    }
+
+    /// A reply to one of the root context's callouts. `headers` are read only for detached runs.
+    pub fn on_reply(
+        &self,
+        token: u32,
+        status: Option<u16>,
+        headers: Headers,
+        body: Vec<u8>,
+        shared: &dyn SharedData,
+        now_ms: u64,
+    ) -> (RootReply, Vec<RootAction>) {
+        if let Some(job) = self.detached_running.borrow_mut().remove(&token) {
+            let end = ending(status, &headers, &body);
+            let actions = self.settle_detached(job, end, headers, body, shared, now_ms);
+            return (RootReply::Detached, actions);
+        }
+        if let Some(keys) = self.renewals.borrow_mut().remove(&token) {
+            return Worker::on_renewals(keys, status, &body);
+        }
+        let settled = self
+            .writes
+            .borrow_mut()
+            .on_reply(token, status, &body, now_ms);
+        let mut actions = Vec::new();
+        if let Some(answer) = self.answer_after.borrow_mut().remove(&token) {
+            actions.push(RootAction::Answer(answer));
+        }
+        match settled {
+            Settled::Unknown => (RootReply::Unknown, actions),
+            settled => {
+                // A write that is retried is counted once, when it is given up.
+                if matches!(settled, Settled::GaveUp(_)) {
+                    actions.push(RootAction::Count(Metric::StoreError));
+                }
+                (RootReply::Write(settled), actions)
+            }
+        }
+    }
+
+    /// The answer to a batch of renewals: a refused one counts `renewal_refused`; a batch that
+    /// failed counts a store error for each of its keys, as that many single renewals would.
+    fn on_renewals(
+        keys: Vec<RecordKey>,
+        status: Option<u16>,
+        body: &[u8],
+    ) -> (RootReply, Vec<RootAction>) {
+        match keystore_client::parse_renew_batch(status, body, keys.len()) {
+            Ok(acks) => {
+                let total = keys.len();
+                let refused: Vec<RecordKey> = keys
+                    .into_iter()
+                    .zip(acks)
+                    .filter(|(_, ack)| *ack == AckReply::Stale)
+                    .map(|(key, _)| key)
+                    .collect();
+                let renewed = total.saturating_sub(refused.len());
+                debug!("{renewed} lease(s) renewed");
+                let counts = refused
+                    .iter()
+                    .map(|_| RootAction::Count(Metric::RenewalRefused))
+                    .collect();
+                (RootReply::Renewals { renewed, refused }, counts)
+            }
+            Err(error) => {
+                let counts = keys
+                    .iter()
+                    .map(|_| RootAction::Count(Metric::StoreError))
+                    .collect();
+                let keys = keys.len();
+                (RootReply::RenewalFailed { keys, error }, counts)
+            }
+        }
+    }
+
+    /// Keeps `record` for `key` in L1 under `owner`'s claim (logged when it cannot).
+    pub fn l1_keep(
+        &self,
+        shared: &dyn SharedData,
+        key: &RecordKey,
+        owner: u64,
+        record: &Record,
+        now_ms: u64,
+    ) {
+        match self.cache.complete(shared, key, owner, record, now_ms) {
+            Ok(true) => {}
+            Ok(false) => warn!(
+                "key {}: near-cache claim was taken over before completion",
+                key.short()
+            ),
+            Err(e) => warn!(
+                "key {}: record not kept in the near cache: {e}",
+                key.short()
+            ),
+        }
+    }
+
+    pub fn l1_release(&self, shared: &dyn SharedData, key: &RecordKey, owner: u64, now_ms: u64) {
+        if let Err(e) = self.cache.release(shared, key, owner, now_ms) {
+            warn!(
+                "key {}: near-cache claim not released (its lease will expire): {e}",
+                key.short()
+            );
+        }
+    }
+}

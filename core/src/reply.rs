@@ -1,0 +1,120 @@
+//! A reply the filter makes itself, and the counter it counts under: replays of stored responses,
+//! and problem details for conflicts, mismatches and keys whose outcome is unknown. Shared by the
+//! streams ([`crate::stream`]) and the root context's waiters ([`crate::background::worker`]), below both.
+
+use crate::config::{ReplayHeaders, REPLAYED_HEADER};
+use crate::expiry;
+use crate::found::Found;
+use crate::host::Headers;
+use crate::metrics::Metric;
+use crate::problem::Problem;
+use crate::record::{Outcome, Record};
+
+/// A local reply and the counter it counts under.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LocalReply {
+    pub status: u16,
+    pub headers: Headers,
+    pub body: Vec<u8>,
+    pub metric: Metric,
+}
+
+impl LocalReply {
+    pub fn problem(problem: Problem, detail: &str, retry_after_s: u64, metric: Metric) -> Self {
+        let (status, headers, body) = problem.response(detail, retry_after_s);
+        LocalReply {
+            status,
+            headers,
+            body,
+            metric,
+        }
+    }
+
+    /// 409: the key is in flight. `wait_ms` says when the answer can change (0: any moment).
+    pub fn conflict(wait_ms: u64) -> Self {
+        LocalReply::problem(
+            Problem::Conflict,
+            "a request with this key is still being processed; retry later",
+            wait_ms.div_ceil(1000),
+            Metric::Conflict,
+        )
+    }
+
+    pub fn mismatch() -> Self {
+        LocalReply::problem(
+            Problem::Mismatch,
+            "this key was used with a different request (method, path, query or body)",
+            0,
+            Metric::Mismatch,
+        )
+    }
+
+    /// What a request gets from what its key holds, the one place that decides it for the
+    /// streams and the root context's waiters alike: the record's answer, 409 while another
+    /// request holds the key (`Retry-After: 1`: the answer can change any moment), 422 for
+    /// another request's key. `None` when nothing answers it (the key is claimed or absent).
+    pub fn for_found(
+        found: Found,
+        now_ms: u64,
+        policy: &ReplayHeaders,
+        expires_header: Option<&str>,
+    ) -> Option<Self> {
+        match found {
+            Found::Completed(record) => Some(LocalReply::from_record(
+                record,
+                now_ms,
+                policy,
+                expires_header,
+            )),
+            Found::InFlight { .. } => Some(LocalReply::conflict(0)),
+            Found::Mismatch => Some(LocalReply::mismatch()),
+            Found::Claimed { .. } | Found::Absent => None,
+        }
+    }
+
+    /// What a retry gets from the record of its key's one attempt, at `now_ms`. Stored headers
+    /// passed `policy` when kept; filtering again covers records kept before the policy changed.
+    /// A replay says until when its key is honoured under `expires_header`, if set.
+    pub fn from_record(
+        record: Record,
+        now_ms: u64,
+        policy: &ReplayHeaders,
+        expires_header: Option<&str>,
+    ) -> Self {
+        match record.outcome {
+            Outcome::Replayable(response) => {
+                let mut headers: Headers = response
+                    .headers
+                    .into_iter()
+                    .filter(|(name, _)| policy.keeps(name))
+                    .collect();
+                if let Some(name) = expires_header {
+                    expiry::set_header(&mut headers, name, record.expires_ms);
+                }
+                headers.push((REPLAYED_HEADER.to_string(), b"true".to_vec()));
+                LocalReply {
+                    status: response.status,
+                    headers,
+                    body: response.body,
+                    metric: Metric::Replayed,
+                }
+            }
+            Outcome::NotReplayable => LocalReply::problem(
+                Problem::NotReplayable,
+                "this request was executed, but its response was too large to keep; it will not be executed again",
+                0,
+                Metric::NotReplayable,
+            ),
+            // The first attempt may still be running upstream: come back after the hold.
+            Outcome::Unknown { hold_until_ms } if now_ms < hold_until_ms => {
+                LocalReply::conflict(hold_until_ms - now_ms)
+            }
+            Outcome::Unknown { .. } => LocalReply::problem(
+                Problem::OutcomeUnknown,
+                "the first request with this key was sent upstream and no complete answer came back; it may have executed, and it will not be executed again",
+                0,
+                Metric::UnknownOutcomeAnswered,
+            ),
+        }
+    }
+}

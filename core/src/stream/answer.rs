@@ -1,0 +1,57 @@
+//! The replies a stream makes itself ([`LocalReply`]): from the record of a key, and for refused
+//! input; how each is sent (or, in observe mode, only counted).
+
+use super::{Flow, Phase, Stream};
+use crate::found::Found;
+use crate::host::Host;
+use crate::problem::Problem;
+use crate::reply::LocalReply;
+use crate::scope::RecordKey;
+use log::debug;
+
+impl Stream {
+    /// Answers a request from what its key holds ([`LocalReply::for_found`]); a key that is
+    /// claimed or absent answers nothing and the request goes on.
+    pub(super) fn answer_found(&mut self, host: &dyn Host, key: &RecordKey, found: Found) -> Flow {
+        let cfg = &self.worker.cfg;
+        let reply = LocalReply::for_found(
+            found,
+            host.now_ms(),
+            &cfg.replay_headers,
+            cfg.expires_header.as_deref(),
+        );
+        let Some(reply) = reply else {
+            return Flow::Continue;
+        };
+        debug!(
+            "key {}: answered {} ({:?})",
+            key.short(),
+            reply.status,
+            reply.metric
+        );
+        self.reply(host, reply)
+    }
+
+    /// A problem answer; the caller counts it. In observe mode, the request goes on instead.
+    pub(super) fn answer(&mut self, host: &dyn Host, problem: Problem, detail: &str) -> Flow {
+        if self.observe {
+            debug!("observe mode: would answer {}", problem.status());
+            return self.forward_untouched();
+        }
+        let (status, headers, body) = problem.response(detail, 0);
+        host.send_response(status, &headers, &body);
+        self.phase = Phase::Answered;
+        Flow::Pause
+    }
+
+    fn reply(&mut self, host: &dyn Host, reply: LocalReply) -> Flow {
+        self.count(host, reply.metric);
+        if self.observe {
+            debug!("observe mode: would answer {}", reply.status);
+            return self.forward_untouched();
+        }
+        host.send_response(reply.status, &reply.headers, &reply.body);
+        self.phase = Phase::Answered;
+        Flow::Pause
+    }
+}

@@ -1,0 +1,334 @@
+//! The per-request state machine: every decision the filter makes about one HTTP stream, driven
+//! by Envoy's callbacks through the [`Host`] trait and never touching proxy-wasm itself.
+//!
+//! ```text
+//! headers ─▶ ReadingBody ─▶ L1 lookup-or-claim ─▶ Claiming (key store) ─▶ Forwarded
+//!      ─▶ Capturing (response buffered) ─▶ Writing (record or release) ─▶ client
+//! ```
+//! Each file is one part of the README's behaviour table: [`admission`] (which requests are
+//! covered, the key, the caller, the fingerprint), [`claim`] (the two tiers), [`settle`] (what the
+//! attempt's end means for the key: keep, release, or lock as "outcome unknown"), and [`answer`]
+//! (every reply the filter makes itself).
+
+mod admission;
+mod answer;
+mod claim;
+mod rotation;
+mod settle;
+mod verify;
+
+#[cfg(test)]
+mod tests;
+
+use crate::background::deferred::Deferred;
+use crate::background::leases::HeldClaim;
+use crate::background::worker::Worker;
+use crate::claim::Claim;
+use crate::config::{HeadersMode, RouteRule};
+use crate::fingerprint::Fingerprinter;
+use crate::host::{Headers, Host};
+use crate::keystore_client::{self, AckReply};
+use crate::metrics::Metric;
+use crate::outcome::UnknownCause;
+use crate::scope::RecordKey;
+use log::warn;
+use std::rc::Rc;
+
+pub use crate::config::REPLAYED_HEADER;
+pub use crate::reply::LocalReply;
+
+/// What the adapter returns to Envoy.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Flow {
+    Continue,
+    Pause,
+}
+
+/// A covered request whose body is still being read.
+struct Admitted {
+    rule: RouteRule,
+    key: RecordKey,
+    fingerprinter: Fingerprinter,
+    /// The request headers, kept only when the plugin sends the request itself (detached).
+    detached_headers: Option<Vec<(String, Vec<u8>)>>,
+    /// The record keys under the previous secrets (rotation), in their order.
+    previous: Vec<RecordKey>,
+}
+
+enum Phase {
+    /// Not covered, or nothing left to decide: every callback lets the stream through.
+    Passthrough,
+    /// A covered request; its body is being read and fingerprinted.
+    ReadingBody(Box<Admitted>),
+    /// The key store is asked whether the key under previous secret `index` holds a record.
+    LookingUp {
+        admitted: Box<Admitted>,
+        callout: u32,
+        index: usize,
+    },
+    /// The key store is asked to claim the key; the request waits.
+    Claiming { claim: Claim, callout: u32 },
+    /// Envoy answered locally while the claim was on its way: the request never ran. A claim the
+    /// key store grants after all is released when its reply lands.
+    ClaimAbandoned { claim: Claim, callout: u32 },
+    /// The request went upstream; the claim is renewed until the response arrives.
+    Forwarded(Claim),
+    /// The upstream's response is being buffered to be kept.
+    Capturing {
+        claim: Claim,
+        status: u16,
+        headers: Vec<(String, Vec<u8>)>,
+        /// When the record is created: its expiry already left with the response headers.
+        created_ms: u64,
+    },
+    /// A record or a release is on its way to the key store; the response waits for it. The
+    /// write is kept so that the root context can retry it if this stream cannot.
+    Writing { callout: u32, write: Deferred },
+    /// A duplicate waiting (no key store) for the record of its key; the root context answers it.
+    WaitingLocally,
+    /// The plugin sends the request upstream itself; the root context answers the client.
+    Detached,
+    /// The filter answered locally; the local reply passes back through the response callbacks.
+    Answered,
+}
+
+/// One HTTP stream.
+pub struct Stream {
+    worker: Rc<Worker>,
+    phase: Phase,
+    /// The request (headers, body) a detached execution sends upstream.
+    detached_request: Option<(Headers, Vec<u8>)>,
+    /// Envoy reported the end of the stream: no response is left to hold.
+    ended: bool,
+    /// The request's rule is in observe mode: count what enforce would do, forward everything.
+    observe: bool,
+}
+
+impl Stream {
+    pub fn new(worker: Rc<Worker>) -> Stream {
+        Stream {
+            worker,
+            phase: Phase::Passthrough,
+            detached_request: None,
+            ended: false,
+            observe: false,
+        }
+    }
+
+    pub fn on_request_headers(&mut self, host: &dyn Host, end_of_stream: bool) -> Flow {
+        let Some(admitted) = self.admit(host) else {
+            return self.flow_after_admission();
+        };
+        if end_of_stream {
+            let mut admitted = admitted;
+            if let Some(headers) = admitted.detached_headers.take() {
+                self.detached_request = Some((headers, Vec::new()));
+            }
+            return self.look_up_previous(host, admitted);
+        }
+        self.phase = Phase::ReadingBody(Box::new(admitted));
+        match self.worker.cfg.headers_mode {
+            HeadersMode::Hold => Flow::Pause,
+            // The body callbacks hold the request instead; the upstream sees no end of stream yet.
+            HeadersMode::Stream => Flow::Continue,
+        }
+    }
+
+    pub fn on_request_body(
+        &mut self,
+        host: &dyn Host,
+        body_size: usize,
+        end_of_stream: bool,
+    ) -> Flow {
+        match &self.phase {
+            Phase::ReadingBody(_) if body_size > self.worker.cfg.max_body_bytes => {
+                self.body_too_large(host)
+            }
+            Phase::ReadingBody(_) if end_of_stream => self.finish_body(host),
+            Phase::ReadingBody(_)
+            | Phase::Claiming { .. }
+            | Phase::WaitingLocally
+            | Phase::Detached
+            | Phase::Answered => Flow::Pause,
+            _ => Flow::Continue,
+        }
+    }
+
+    /// HTTP/2 requests with trailers never report end of stream in the body callback.
+    pub fn on_request_trailers(&mut self, host: &dyn Host) -> Flow {
+        match &self.phase {
+            Phase::ReadingBody(_) => self.finish_body(host),
+            Phase::Claiming { .. } | Phase::WaitingLocally | Phase::Detached | Phase::Answered => {
+                Flow::Pause
+            }
+            _ => Flow::Continue,
+        }
+    }
+
+    pub fn on_callout_response(
+        &mut self,
+        host: &dyn Host,
+        token: u32,
+        status: Option<u16>,
+        body: &[u8],
+    ) {
+        // The one place a paused request resumes: the reply of the callout it is paused on
+        // decided that it goes on.
+        let flow = match std::mem::replace(&mut self.phase, Phase::Passthrough) {
+            Phase::Claiming { claim, callout } if callout == token => {
+                self.on_claim_reply(host, claim, status, body)
+            }
+            Phase::ClaimAbandoned { claim, callout } if callout == token => {
+                // The request is not paused: Envoy answered it already.
+                self.release_abandoned_claim(host, claim, status, body);
+                Flow::Pause
+            }
+            Phase::LookingUp {
+                admitted,
+                callout,
+                index,
+            } if callout == token => self.on_lookup_reply(host, *admitted, index, status, body),
+            Phase::Writing { callout, write } if callout == token => {
+                match keystore_client::parse_ack(status, body) {
+                    Ok(AckReply::Done) => {}
+                    Ok(AckReply::Stale) => {
+                        warn!("key-store write refused: the claim was taken over")
+                    }
+                    Err(e) => {
+                        self.count(host, Metric::StoreError);
+                        warn!("key-store write failed ({e}); retrying in the background");
+                        self.worker.defer(write);
+                    }
+                }
+                // The response, not the request, waited for this write.
+                host.resume_response();
+                Flow::Pause
+            }
+            other => {
+                self.phase = other;
+                Flow::Pause
+            }
+        };
+        if flow == Flow::Continue {
+            host.resume_request();
+        }
+    }
+
+    pub fn on_response_headers(&mut self, host: &dyn Host, end_of_stream: bool) -> Flow {
+        match std::mem::replace(&mut self.phase, Phase::Passthrough) {
+            Phase::Forwarded(claim) => self.on_upstream_response(host, claim, end_of_stream),
+            Phase::Claiming { claim, callout } => {
+                // A local reply (a request timeout, a filter's refusal) came first: the request
+                // never reached the upstream.
+                self.release_l1(host, &claim);
+                self.phase = Phase::ClaimAbandoned { claim, callout };
+                Flow::Continue
+            }
+            // A local reply came while looking under a previous secret: nothing was claimed.
+            Phase::LookingUp { .. } => Flow::Continue,
+            other => {
+                self.phase = other;
+                self.hold_response()
+            }
+        }
+    }
+
+    pub fn on_response_body(
+        &mut self,
+        host: &dyn Host,
+        body_size: usize,
+        end_of_stream: bool,
+    ) -> Flow {
+        let Phase::Capturing { headers, .. } = &self.phase else {
+            return self.hold_response();
+        };
+        if !crate::settlement::fits(headers, body_size, self.worker.cfg.max_response_bytes) {
+            return self.finish_capture(host, None);
+        }
+        if end_of_stream {
+            let body = host.response_body(body_size);
+            return self.finish_capture(host, Some(body));
+        }
+        Flow::Pause
+    }
+
+    pub fn on_response_trailers(&mut self, host: &dyn Host) -> Flow {
+        if !matches!(self.phase, Phase::Capturing { .. }) {
+            return self.hold_response();
+        }
+        let body = host.response_body(self.worker.cfg.max_response_bytes.saturating_add(1));
+        self.on_response_body(host, body.len(), true)
+    }
+
+    /// While a write about this response is pending, everything waits for it.
+    fn hold_response(&self) -> Flow {
+        match self.phase {
+            Phase::Writing { .. } => Flow::Pause,
+            _ => Flow::Continue,
+        }
+    }
+
+    /// The stream ends: completed, reset, or the client went away. Callouts this stream started
+    /// are not cancelled (the adapter sends them from the root context), but their replies are
+    /// lost with the stream, so whatever must still happen is handed to the root context.
+    pub fn on_done(&mut self, host: &dyn Host) {
+        self.ended = true;
+        match std::mem::replace(&mut self.phase, Phase::Passthrough) {
+            Phase::Claiming { claim, .. } => {
+                // Never forwarded. The claim may still land in the key store: release it once
+                // the claim callout has surely landed or timed out.
+                self.release_l1(host, &claim);
+                let after_ms = self
+                    .worker
+                    .cfg
+                    .keystore
+                    .as_ref()
+                    .map_or(0, |k| k.timeout_ms);
+                self.release_later(host, &claim, after_ms);
+            }
+            Phase::Forwarded(claim) => {
+                self.unknown_outcome(host, claim, UnknownCause::StreamEnded);
+            }
+            Phase::Capturing { claim, .. } => {
+                self.unknown_outcome(host, claim, UnknownCause::BodyCut);
+            }
+            Phase::Writing { write, .. } => {
+                // The write may have landed; sending it again is harmless (a repeat is refused as
+                // stale, which settles it).
+                self.worker.defer(write);
+            }
+            Phase::WaitingLocally => self.worker.waiters.borrow_mut().remove(host.stream_id()),
+            // The root context owns a detached execution: it stores the answer whether or not
+            // the client is still there.
+            _ => {}
+        }
+    }
+
+    /// The claim now protects a request on its way upstream: renew it until the answer.
+    fn hold_lease(&self, host: &dyn Host, claim: &Claim) {
+        self.worker
+            .leases
+            .borrow_mut()
+            .hold(HeldClaim::of(claim, host.now_ms()));
+    }
+
+    fn drop_lease(&self, claim: &Claim) {
+        self.worker.leases.borrow_mut().drop_claim(claim.owner);
+    }
+
+    /// Counts under the rule's mode: `idempotency.*`, or `idempotency.observe.*`.
+    fn count(&self, host: &dyn Host, metric: Metric) {
+        if self.observe {
+            host.count_observed(metric);
+        } else {
+            host.count(metric);
+        }
+    }
+
+    /// Observe mode: instead of answering locally, the request goes on as if the filter were not
+    /// there (without a claim: its response passes through untouched).
+    fn forward_untouched(&mut self) -> Flow {
+        self.phase = Phase::Passthrough;
+        Flow::Continue
+    }
+}

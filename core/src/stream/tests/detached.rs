@@ -1,0 +1,159 @@
+//! Detached execution (the root context sends the request upstream and stores the answer) and
+//! duplicates that wait for the first request's record.
+
+use super::*;
+use crate::background::worker::Answer;
+use crate::stream::REPLAYED_HEADER;
+
+const DETACHED: &str = r#"{"unknown_hold_ms":1000,"routes":[{"prefix":"/","execution":"detached","upstream_cluster":"up","upstream_timeout_ms":900}]}"#;
+
+fn answers(actions: &[RootAction]) -> Vec<&Answer> {
+    actions
+        .iter()
+        .filter_map(|a| match a {
+            RootAction::Answer(answer) => Some(answer),
+            _ => None,
+        })
+        .collect()
+}
+
+/// Sends a detached request on stream 7; returns the root's callout token and the callout.
+fn start(w: &World, key: &str) -> (Stream, FakeHost, crate::host::Callout) {
+    w.worker.set_doorbell(1);
+    let (s, h, flow) = w.send(&post(key, b"{\"amount\":1}"));
+    assert_eq!(flow, Flow::Pause, "the router never sees the request");
+    assert_eq!(h.woke_root.get(), 1);
+    assert_eq!(h.count_of(Metric::DetachedExecuted), 1);
+    let mut out = w.worker.start_detached();
+    assert_eq!(out.len(), 1);
+    let RootAction::Send(callout, purpose) = out.remove(0) else {
+        panic!()
+    };
+    assert_eq!(callout.cluster, "up");
+    assert_eq!(callout.timeout_ms, 900);
+    assert!(callout
+        .headers
+        .contains(&(":path".into(), "/payments".into())));
+    assert_eq!(callout.body, b"{\"amount\":1}");
+    w.worker.sent(40, purpose, w.clock.get());
+    (s, h, callout)
+}
+
+#[test]
+fn the_root_context_stores_the_answer_and_answers_the_client() {
+    let w = World::new(DETACHED);
+    let (mut s, h, _) = start(&w, "k");
+    let headers = vec![
+        (":status".to_string(), b"201".to_vec()),
+        ("set-cookie".to_string(), b"a=1".to_vec()),
+        ("set-cookie".to_string(), b"b=2".to_vec()),
+        ("x-envoy-upstream-service-time".to_string(), b"3".to_vec()),
+    ];
+    let (_, actions) = w.worker.on_reply(
+        40,
+        Some(201),
+        headers,
+        b"{\"id\":1}".to_vec(),
+        &w.shared,
+        w.clock.get(),
+    );
+    let answered = answers(&actions);
+    assert_eq!(answered.len(), 1);
+    assert_eq!(
+        answered[0].stream_id,
+        h.stream_id.get(),
+        "the client's stream"
+    );
+    assert_eq!(answered[0].status, 201);
+    assert_eq!(answered[0].body, b"{\"id\":1}");
+    let cookies: Vec<&[u8]> = answered[0]
+        .headers
+        .iter()
+        .filter(|(n, _)| n == "set-cookie")
+        .map(|(_, v)| v.as_slice())
+        .collect();
+    assert_eq!(cookies, [&b"a=1"[..], b"b=2"]);
+    s.on_done(&h);
+    let (_, retry, _) = w.send(&post("k", b"{\"amount\":1}"));
+    let replay = retry.last_sent().unwrap();
+    assert_eq!(
+        (replay.status, replay.body.as_slice()),
+        (201, &b"{\"id\":1}"[..])
+    );
+    assert_eq!(replay.header(REPLAYED_HEADER), Some(&b"true"[..]));
+}
+
+#[test]
+fn a_detached_timeout_locks_the_key_and_a_refused_connection_frees_it() {
+    let w = World::new(DETACHED);
+    start(&w, "slow");
+    let (_, actions) = w.worker.on_reply(
+        40,
+        Some(504),
+        vec![],
+        b"upstream request timeout".to_vec(),
+        &w.shared,
+        w.clock.get(),
+    );
+    assert_eq!(answers(&actions)[0].status, 504);
+    assert!(actions
+        .iter()
+        .any(|a| matches!(a, RootAction::Count(Metric::UnknownOutcome))));
+    let (_, retry, _) = w.send(&post("slow", b"{\"amount\":1}"));
+    assert_eq!(retry.last_sent().unwrap().status, 409);
+
+    start(&w, "down");
+    let (_, actions) = w.worker.on_reply(
+        40,
+        Some(503),
+        vec![],
+        b"upstream connect error or disconnect/reset before headers. reset reason: remote connection failure".to_vec(),
+        &w.shared,
+        w.clock.get(),
+    );
+    assert_eq!(answers(&actions)[0].status, 503);
+    let (_, retry, flow) = w.send(&post("down", b"{\"amount\":1}"));
+    assert_eq!(flow, Flow::Pause);
+    assert!(retry.last_sent().is_none(), "released: the retry executes");
+    assert_eq!(retry.count_of(Metric::DetachedExecuted), 1);
+}
+
+#[test]
+fn without_a_key_store_a_duplicate_waits_for_the_record_or_gets_409_past_the_wait() {
+    let w = World::new(r#"{"in_flight":"wait","max_wait_ms":1000}"#);
+    let (mut first, mut fh, _) = w.send(&post("k", b"a"));
+    let (mut dup, dh, flow) = w.send(&post("k", b"a"));
+    assert_eq!(flow, Flow::Pause);
+    assert!(dh.last_sent().is_none(), "held, not 409");
+    assert_eq!(dh.count_of(Metric::Waited), 1);
+    w.advance(100);
+    assert!(answers(&w.worker.on_tick(&w.shared, w.clock.get())).is_empty());
+    w.respond(&mut first, &mut fh, 201, b"paid");
+    let actions = w.worker.on_tick(&w.shared, w.clock.get());
+    let answered = answers(&actions);
+    assert_eq!(answered.len(), 1);
+    assert_eq!(answered[0].stream_id, dh.stream_id.get());
+    assert_eq!(
+        (answered[0].status, answered[0].body.as_slice()),
+        (201, &b"paid"[..])
+    );
+    assert!(actions
+        .iter()
+        .any(|a| matches!(a, RootAction::Count(Metric::WaitReplayed))));
+    dup.on_done(&dh);
+
+    // A wait past max_wait_ms: 409; a waiter that leaves is forgotten.
+    let (_slow, _sh, _) = w.send(&post("j", b"a"));
+    let (_late, lh, _) = w.send(&post("j", b"a"));
+    let (mut gone, gh, _) = w.send(&post("j", b"a"));
+    gone.on_done(&gh);
+    w.advance(1000);
+    let actions = w.worker.on_tick(&w.shared, w.clock.get());
+    let answered = answers(&actions);
+    assert_eq!(answered.len(), 1, "only the waiter still there");
+    assert_eq!(
+        (answered[0].stream_id, answered[0].status),
+        (lh.stream_id.get(), 409)
+    );
+    assert!(w.worker.waiters.borrow().is_empty());
+}
