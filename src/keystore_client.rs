@@ -14,7 +14,7 @@ use crate::scope::RecordKey;
 use idempotency_protocol::{
     body, ClaimAnswer, ClaimRequest, ClaimResponse, Compact, CompleteRequest, FencedResponse,
     Hex64, LookupRequest, LookupResponse, ReleaseRequest, RenewBatchRequest, RenewBatchResponse,
-    RenewOutcome, RenewRequest, Request,
+    RenewOutcome, RenewRequest, Request, ABANDONED_RETRY_AFTER_MS,
 };
 
 /// What the key store said to a claim.
@@ -121,6 +121,8 @@ pub fn claim(
         lease_ms,
         wait_ms,
         token: Some(token.to_string()),
+        abandoned: None,
+        retention_ms: None,
     };
     let mut c = callout(cfg, "claim", &body);
     c.timeout_ms = c.timeout_ms.saturating_add(wait_ms);
@@ -137,6 +139,7 @@ pub fn lookup(cfg: &KeystoreConfig, key: &RecordKey, fp: &Fingerprint) -> Callou
     let body = LookupRequest {
         key: key_hex(key),
         fingerprint: Hex64::from_bytes(fp),
+        abandoned: None,
     };
     callout(cfg, "lookup", &body)
 }
@@ -156,6 +159,10 @@ pub fn parse_lookup(
         LookupResponse::InFlight { retry_after_ms } => LookupReply::InFlight { retry_after_ms },
         LookupResponse::Mismatch => LookupReply::Mismatch,
         LookupResponse::Completed { record } => LookupReply::Completed(open(cfg, key, &record)?),
+        // Not asked for (the lookup names no `abandoned` policy): held as in flight, closed.
+        LookupResponse::Abandoned { .. } => LookupReply::InFlight {
+            retry_after_ms: ABANDONED_RETRY_AFTER_MS,
+        },
     })
 }
 
@@ -250,6 +257,10 @@ pub fn parse_claim(
         ClaimResponse::InFlight { retry_after_ms } => ClaimReply::InFlight { retry_after_ms },
         ClaimResponse::Completed { record } => ClaimReply::Completed(open(cfg, key, &record)?),
         ClaimResponse::Mismatch => ClaimReply::Mismatch,
+        // Not asked for (the claim names no `abandoned` policy): held as in flight, closed.
+        ClaimResponse::Abandoned { .. } => ClaimReply::InFlight {
+            retry_after_ms: ABANDONED_RETRY_AFTER_MS,
+        },
     })
 }
 
