@@ -12,9 +12,9 @@ use crate::host::Callout;
 use crate::record::{OpenError, Record};
 use crate::scope::RecordKey;
 use idempotency_protocol::{
-    body, ClaimAnswer, ClaimRequest, ClaimResponse, Compact, CompleteRequest, FencedResponse,
-    Hex64, LookupRequest, LookupResponse, ReleaseRequest, RenewBatchRequest, RenewBatchResponse,
-    RenewOutcome, RenewRequest, Request, ABANDONED_RETRY_AFTER_MS,
+    body, AbandonedPolicy, ClaimAnswer, ClaimRequest, ClaimResponse, Compact, CompleteRequest,
+    FencedResponse, Hex64, LookupRequest, LookupResponse, ReleaseRequest, RenewBatchRequest,
+    RenewBatchResponse, RenewOutcome, RenewRequest, Request, ABANDONED_RETRY_AFTER_MS,
 };
 
 /// What the key store said to a claim.
@@ -121,7 +121,9 @@ pub fn claim(
         lease_ms,
         wait_ms,
         token: Some(token.to_string()),
-        abandoned: None,
+        // Today's behaviour, named: a claim whose lease ran out is taken over. The key store keeps
+        // such a claim for a day (no `retention_ms`) unless it is taken over or answered.
+        abandoned: Some(AbandonedPolicy::TakeOver),
         retention_ms: None,
     };
     let mut c = callout(cfg, "claim", &body);
@@ -139,7 +141,7 @@ pub fn lookup(cfg: &KeystoreConfig, key: &RecordKey, fp: &Fingerprint) -> Callou
     let body = LookupRequest {
         key: key_hex(key),
         fingerprint: Hex64::from_bytes(fp),
-        abandoned: None,
+        abandoned: Some(AbandonedPolicy::TakeOver),
     };
     callout(cfg, "lookup", &body)
 }
@@ -159,10 +161,8 @@ pub fn parse_lookup(
         LookupResponse::InFlight { retry_after_ms } => LookupReply::InFlight { retry_after_ms },
         LookupResponse::Mismatch => LookupReply::Mismatch,
         LookupResponse::Completed { record } => LookupReply::Completed(open(cfg, key, &record)?),
-        // Not asked for (the lookup names no `abandoned` policy): held as in flight, closed.
-        LookupResponse::Abandoned { .. } => LookupReply::InFlight {
-            retry_after_ms: ABANDONED_RETRY_AFTER_MS,
-        },
+        // A claim under the take-over policy would take it: free, as an expired claim was.
+        LookupResponse::Abandoned { .. } => LookupReply::Absent,
     })
 }
 
@@ -257,7 +257,7 @@ pub fn parse_claim(
         ClaimResponse::InFlight { retry_after_ms } => ClaimReply::InFlight { retry_after_ms },
         ClaimResponse::Completed { record } => ClaimReply::Completed(open(cfg, key, &record)?),
         ClaimResponse::Mismatch => ClaimReply::Mismatch,
-        // Not asked for (the claim names no `abandoned` policy): held as in flight, closed.
+        // Never sent to a claim that takes abandoned keys over; held as in flight, closed.
         ClaimResponse::Abandoned { .. } => ClaimReply::InFlight {
             retry_after_ms: ABANDONED_RETRY_AFTER_MS,
         },
