@@ -13,9 +13,9 @@ use crate::host::Callout;
 use crate::record::{OpenError, Record};
 use crate::scope::RecordKey;
 use idempotency_protocol::{
-    body, ClaimAnswer, ClaimRequest, ClaimResponse, Compact, CompleteRequest, FencedResponse,
-    Hex64, LookupRequest, LookupResponse, ReleaseRequest, RenewBatchRequest, RenewBatchResponse,
-    RenewOutcome, RenewRequest, Request,
+    body, AbandonedPolicy, ClaimAnswer, ClaimRequest, ClaimResponse, Compact, CompleteRequest,
+    FencedResponse, Hex64, LookupRequest, LookupResponse, ReleaseRequest, RenewBatchRequest,
+    RenewBatchResponse, RenewOutcome, RenewRequest, Request, ABANDONED_RETRY_AFTER_MS,
 };
 
 /// What the key store said to complete or release, or to one renewal of a batch.
@@ -104,6 +104,10 @@ pub fn claim(
         lease_ms,
         wait_ms,
         token: Some(token.to_string()),
+        // Today's behaviour, named: a claim whose lease ran out is taken over. The key store keeps
+        // such a claim for a day (no `retention_ms`) unless it is taken over or answered.
+        abandoned: Some(AbandonedPolicy::TakeOver),
+        retention_ms: None,
     };
     let mut c = callout(cfg, "claim", &body);
     c.timeout_ms = c.timeout_ms.saturating_add(wait_ms);
@@ -120,6 +124,7 @@ pub fn lookup(cfg: &KeystoreConfig, key: &RecordKey, fp: &Fingerprint) -> Callou
     let body = LookupRequest {
         key: key_hex(key),
         fingerprint: Hex64::from_bytes(fp),
+        abandoned: Some(AbandonedPolicy::TakeOver),
     };
     callout(cfg, "lookup", &body)
 }
@@ -139,6 +144,8 @@ pub fn parse_lookup(
         LookupResponse::InFlight { retry_after_ms } => Found::InFlight { retry_after_ms },
         LookupResponse::Mismatch => Found::Mismatch,
         LookupResponse::Completed { record } => Found::Completed(open(cfg, key, &record)?),
+        // A claim under the take-over policy would take it: free, as an expired claim was.
+        LookupResponse::Abandoned { .. } => Found::Absent,
     })
 }
 
@@ -235,6 +242,10 @@ pub fn parse_claim(
         ClaimResponse::InFlight { retry_after_ms } => Found::InFlight { retry_after_ms },
         ClaimResponse::Completed { record } => Found::Completed(open(cfg, key, &record)?),
         ClaimResponse::Mismatch => Found::Mismatch,
+        // Never sent to a claim that takes abandoned keys over; held as in flight, closed.
+        ClaimResponse::Abandoned { .. } => Found::InFlight {
+            retry_after_ms: ABANDONED_RETRY_AFTER_MS,
+        },
     })
 }
 
