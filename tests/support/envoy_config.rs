@@ -67,6 +67,9 @@ pub struct EnvoyOptions {
     /// A whole bootstrap to run instead of the rendered one (e.g. a shipped config with its ports
     /// made free); admin and listener ports are read back as for the rendered one.
     pub bootstrap: Option<String>,
+    /// Envoy's worker threads (`--concurrency`), each with its own Wasm VM; 2 unless a test needs
+    /// one VM to see every request.
+    pub workers: u32,
 }
 
 impl EnvoyOptions {
@@ -83,7 +86,14 @@ impl EnvoyOptions {
             only_route: None,
             vm_env: Vec::new(),
             bootstrap: None,
+            workers: 2,
         }
+    }
+
+    /// Runs Envoy with `n` worker threads (one Wasm VM each).
+    pub fn workers(mut self, n: u32) -> EnvoyOptions {
+        self.workers = n;
+        self
     }
 
     /// Sets a variable of the Wasm VM's environment.
