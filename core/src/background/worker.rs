@@ -5,7 +5,7 @@
 //! [`RootAction`]s they return; every decision here is plain Rust.
 
 use crate::background::deferred::{Deferred, Retrier, Settled};
-use crate::background::detached::{ending, DetachedJob, Ending};
+use crate::background::detached::{ending, DetachedJob};
 use crate::background::leases::{HeldClaim, Leases};
 use crate::background::waiting::Waiters;
 use crate::config::Config;
@@ -258,7 +258,7 @@ impl Worker {
                 );
                 return self.settle_detached(
                     *job,
-                    Ending::NotSent,
+                    crate::outcome::callout::dispatch_failed(),
                     Vec::new(),
                     Vec::new(),
                     shared,
