@@ -3,6 +3,7 @@
 //! that upstream request and reads its answer (pure, below the worker); [`crate::background::worker`] runs it
 //! and `settle` carries out its end.
 
+use crate::budget::Held;
 use crate::claim::Claim;
 use crate::host::Callout;
 use crate::record::HOP_BY_HOP;
@@ -52,12 +53,28 @@ pub fn upstream_request(
 }
 
 /// A detached execution: the request, where to answer, and the claim it runs under.
-#[derive(Debug, Clone)]
+#[derive(Debug)]
 pub struct DetachedJob {
     /// The client's stream, answered from the root context if it is still there.
     pub stream_id: u32,
+    /// The request to send; moved out (and its body freed) when the root context sends it.
     pub upstream: Callout,
     pub claim: Claim,
+    /// The request's bytes in the worker's memory budget, given back once it is dispatched
+    /// (Envoy then holds its own copy) or settled without being sent.
+    pub held: Option<Held>,
+}
+
+/// A copy of a job holds no share of the budget: the bytes are given back once, by the original.
+impl Clone for DetachedJob {
+    fn clone(&self) -> DetachedJob {
+        DetachedJob {
+            stream_id: self.stream_id,
+            upstream: self.upstream.clone(),
+            claim: self.claim.clone(),
+            held: None,
+        }
+    }
 }
 
 mod settle;
