@@ -6,7 +6,7 @@
 //! no cost; with previous secrets, a request that misses L1 costs one key-store round trip per
 //! previous secret.
 
-use super::{Admitted, Flow, Phase, Request, Stream};
+use super::{Admitted, Flow, Phase, Stream};
 use crate::config::FailureMode;
 use crate::fingerprint::keyed;
 use crate::found::Found;
@@ -19,17 +19,11 @@ use log::warn;
 impl Stream {
     /// The body is complete: look under the previous secrets, then decide under the current one.
     pub(super) fn look_up_previous(&mut self, host: &dyn Host, admitted: Admitted) -> Flow {
-        self.next_previous(host, admitted, 0, Request::InCallback)
+        self.next_previous(host, admitted, 0)
     }
 
     /// Looks under previous secret `index` and the ones after it.
-    fn next_previous(
-        &mut self,
-        host: &dyn Host,
-        admitted: Admitted,
-        index: usize,
-        request: Request,
-    ) -> Flow {
+    fn next_previous(&mut self, host: &dyn Host, admitted: Admitted, index: usize) -> Flow {
         let worker = self.worker.clone();
         let cfg = &worker.cfg;
         let digest = admitted.fingerprinter.digest();
@@ -60,16 +54,11 @@ impl Stream {
                         admitted,
                         i,
                         &format!("lookup callout not dispatched: {e}"),
-                        request,
                     )
                 }
             }
         }
-        let flow = self.decide(host, admitted);
-        if request == Request::PausedOnCallout && flow == Flow::Continue {
-            host.resume_request();
-        }
-        flow
+        self.decide(host, admitted)
     }
 
     pub(super) fn on_lookup_reply(
@@ -79,14 +68,13 @@ impl Stream {
         index: usize,
         status: Option<u16>,
         body: &[u8],
-    ) {
+    ) -> Flow {
         let Some(key) = admitted.previous.get(index).copied() else {
-            self.next_previous(host, admitted, index + 1, Request::PausedOnCallout);
-            return;
+            return self.next_previous(host, admitted, index + 1);
         };
         let worker = self.worker.clone();
         let Some(ks) = &worker.cfg.keystore else {
-            return;
+            return Flow::Pause;
         };
         let fingerprint = worker
             .cfg
@@ -95,14 +83,12 @@ impl Stream {
             .nth(index)
             .map(|secret| keyed(secret, &admitted.fingerprinter.digest()));
         match keystore_client::parse_lookup(ks, &key, status, body) {
-            Ok(Found::Absent) => {
-                self.next_previous(host, admitted, index + 1, Request::PausedOnCallout);
-            }
+            Ok(Found::Absent) => self.next_previous(host, admitted, index + 1),
             Ok(Found::Completed(record)) if Some(record.fingerprint) != fingerprint => {
-                self.answer_found(host, &key, Found::Mismatch);
+                self.answer_found(host, &key, Found::Mismatch)
             }
             Ok(found @ (Found::Completed(_) | Found::InFlight { .. } | Found::Mismatch)) => {
-                self.answer_found(host, &key, found);
+                self.answer_found(host, &key, found)
             }
             Err(ClaimError::Unverified) => {
                 self.unverified(host, &key);
@@ -111,17 +97,14 @@ impl Stream {
                     admitted,
                     index,
                     "record from the key store failed verification",
-                    Request::PausedOnCallout,
-                );
+                )
             }
             // A lookup claims nothing; the parser cannot produce it.
             Ok(Found::Claimed { .. }) => {
                 let why = "lookup reply with a claim";
-                self.lookup_failed(host, admitted, index, why, Request::PausedOnCallout);
+                self.lookup_failed(host, admitted, index, why)
             }
-            Err(ClaimError::Failed(e)) => {
-                self.lookup_failed(host, admitted, index, &e, Request::PausedOnCallout);
-            }
+            Err(ClaimError::Failed(e)) => self.lookup_failed(host, admitted, index, &e),
         }
     }
 
@@ -132,7 +115,6 @@ impl Stream {
         admitted: Admitted,
         index: usize,
         why: &str,
-        request: Request,
     ) -> Flow {
         self.count(host, Metric::StoreError);
         match admitted.rule.failure_mode {
@@ -141,7 +123,7 @@ impl Stream {
                     "key {}: lookup under a previous secret failed ({why}); fail_open: going on",
                     admitted.key.short()
                 );
-                self.next_previous(host, admitted, index + 1, request)
+                self.next_previous(host, admitted, index + 1)
             }
             FailureMode::FailClosed => {
                 warn!(
