@@ -280,7 +280,12 @@ impl Stream {
         if !matches!(self.phase, Phase::Capturing { .. }) {
             return self.hold_response();
         }
-        let body = host.response_body(self.worker.cfg.max_response_bytes.saturating_add(1));
+        // Only the size is needed here; it is read (bounded) when the VM can hold it.
+        let most = self.worker.cfg.max_response_bytes.saturating_add(1);
+        if crate::budget::try_buffer(most).is_err() {
+            return self.finish_capture(host, None);
+        }
+        let body = host.response_body(most);
         self.on_response_body(host, body.len(), true)
     }
 
