@@ -65,6 +65,15 @@ async fn rule_with_both_prefix_and_exact_is_refused() {
 }
 
 #[tokio::test]
+async fn a_memory_budget_the_vm_cannot_hold_is_refused_naming_the_field() {
+    // The VM has 1 GiB; the budget must leave room for the filter itself.
+    let plugin = Plugin::payments(STRONG)
+        .set("memory_budget_bytes", 1u64 << 30)
+        .json();
+    assert_refused(&plugin, &["memory_budget_bytes"]).await;
+}
+
+#[tokio::test]
 async fn unknown_field_is_refused_naming_it() {
     assert_refused(r#"{"max_body_byte":1024}"#, &["max_body_byte"]).await;
 }

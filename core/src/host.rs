@@ -16,7 +16,7 @@ pub enum SharedSetError {
 }
 
 /// An HTTP request to the key store, through an Envoy cluster.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Callout {
     pub cluster: String,
     pub headers: Vec<(String, String)>,

@@ -5,6 +5,7 @@
 //! implements with hostcalls.
 
 pub mod background;
+pub mod budget;
 pub mod claim;
 pub mod config;
 pub mod configure;

@@ -34,10 +34,13 @@ pub enum Metric {
     /// A record from the key store that failed verification (forged or altered in the store):
     /// never replayed; answered as a store error.
     UnverifiedRecord,
+    /// A request refused before it ran: the worker's memory budget (`memory_budget_bytes`) had no
+    /// room for what the filter would hold for it.
+    OverBudget,
 }
 
 impl Metric {
-    pub const ALL: [Metric; 21] = [
+    pub const ALL: [Metric; 22] = [
         Metric::Executed,
         Metric::Replayed,
         Metric::Conflict,
@@ -59,6 +62,7 @@ impl Metric {
         Metric::WaitReplayed,
         Metric::WaitTimedOut,
         Metric::UnverifiedRecord,
+        Metric::OverBudget,
     ];
 
     pub fn name(self) -> &'static str {
@@ -84,6 +88,7 @@ impl Metric {
             Metric::WaitReplayed => "idempotency.wait_replayed",
             Metric::WaitTimedOut => "idempotency.wait_timed_out",
             Metric::UnverifiedRecord => "idempotency.unverified_record",
+            Metric::OverBudget => "idempotency.over_budget",
         }
     }
 

@@ -20,6 +20,8 @@ pub enum Problem {
     UpstreamTimeout,
     UpstreamReset,
     HeaderNotForwardable,
+    /// The worker holds its whole memory budget for other requests: this one did not run.
+    MemoryBudget,
 }
 
 #[derive(Serialize)]
@@ -46,6 +48,7 @@ impl Problem {
             Problem::UpstreamTimeout => 504,
             Problem::HeaderNotForwardable => 400,
             Problem::StoreUnavailable => 503,
+            Problem::MemoryBudget => 503,
         }
     }
 
@@ -83,6 +86,10 @@ impl Problem {
                 "store-unavailable",
                 "The idempotency key store is unavailable",
             ),
+            Problem::MemoryBudget => (
+                "memory-budget",
+                "The gateway holds too many request bytes to take this request now",
+            ),
         }
     }
 
@@ -100,7 +107,7 @@ impl Problem {
             "content-type".to_string(),
             b"application/problem+json".to_vec(),
         )];
-        if self == Problem::Conflict {
+        if matches!(self, Problem::Conflict | Problem::MemoryBudget) {
             let seconds = retry_after_s.max(1).to_string();
             headers.push(("retry-after".to_string(), seconds.into_bytes()));
         }

@@ -31,6 +31,13 @@ pub(super) fn callout_reply(num_headers: usize, body_size: usize) -> (Option<u16
             .and_then(|v| String::from_utf8(v).ok())
             .and_then(|s| s.parse::<u16>().ok())
     };
+    // The reply's size is the upstream's to choose: make sure the VM can hold it before Envoy
+    // copies it in (a failed allocation there aborts the VM). Without room the reply is read as
+    // a cut one: for a detached request, "outcome unknown".
+    if crate::budget::try_buffer(body_size).is_err() {
+        warn!("no memory for a {body_size}-byte callout reply; treated as a reset");
+        return (None, Vec::new());
+    }
     let body = hostcalls::get_buffer(BufferType::HttpCallResponseBody, 0, body_size)
         .ok()
         .flatten()

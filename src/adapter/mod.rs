@@ -18,6 +18,7 @@ proxy_wasm::main! {{
             context_id,
             worker: None,
             metrics: Rc::new(Vec::new()),
+            agenda: Default::default(),
         })
     });
 }}

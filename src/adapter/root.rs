@@ -7,6 +7,7 @@ use super::envoy::{
     EnvoyShared,
 };
 use super::http::Http;
+use crate::background::agenda::Agenda;
 use crate::background::worker::{Answer, RootAction, RootReply, Worker};
 use crate::configure::configure;
 use crate::metrics::Metric;
@@ -23,28 +24,42 @@ use std::time::Duration;
 /// streams handed over.
 const TICK: Duration = Duration::from_millis(100);
 
-/// Per-worker plugin state: the worker's shared state and the metric ids.
+/// Per-worker plugin state: the worker's shared state, the metric ids and the actions left for a
+/// later callback (see [`Agenda`]).
 pub(super) struct Root {
     pub(super) context_id: u32,
     pub(super) worker: Option<Rc<Worker>>,
     pub(super) metrics: Rc<Vec<u32>>,
+    pub(super) agenda: Agenda,
 }
 
 impl Root {
-    /// Carries out what the worker decided, from the root context.
-    fn run(&self, worker: &Worker, actions: Vec<RootAction>) {
+    /// Carries out what the worker decided, after what earlier callbacks left, in one flat loop:
+    /// at most a few local replies per callback (see [`Agenda`]). What is left waits for the
+    /// doorbell this rings, or for the next tick.
+    fn run(&mut self, worker: &Worker, actions: Vec<RootAction>) {
         let now = now_ms();
-        for action in actions {
+        self.agenda.begin();
+        self.agenda.extend(actions);
+        while let Some(action) = self.agenda.take_next() {
             match action {
                 RootAction::Send(callout, purpose) => match send_callout(&callout) {
                     Ok(token) => worker.sent(token, purpose, now),
                     Err(e) => {
                         let more = worker.not_sent(purpose, &e, &EnvoyShared, now);
-                        self.run(worker, more);
+                        self.agenda.push_front(more);
                     }
                 },
                 RootAction::Answer(answer) => self.answer(&answer),
                 RootAction::Count(metric) => count(&self.metrics, metric),
+            }
+        }
+        if self.agenda.has_more() {
+            // Envoy posts the queue's wake-up to the worker's event loop: a fresh stack.
+            if let Some(queue) = worker.doorbell() {
+                if let Err(e) = hostcalls::enqueue_shared_queue(queue, Some(b"1")) {
+                    warn!("cannot ring the doorbell ({e:?}); the next tick answers the rest");
+                }
             }
         }
     }

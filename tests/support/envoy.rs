@@ -56,7 +56,8 @@ impl Envoy {
         let child = Command::new(envoy_bin())
             .arg("-c")
             .arg(&config)
-            .args(["--use-dynamic-base-id", "--concurrency", "2", "-l", "info"])
+            .args(["--use-dynamic-base-id", "-l", "info"])
+            .args(["--concurrency", &options.workers.to_string()])
             // No hot restart: no /dev/shm segment is left behind per test Envoy.
             .arg("--disable-hot-restart")
             .args(["--file-flush-interval-msec", "100"])

@@ -67,6 +67,11 @@ pub struct EnvoyOptions {
     /// A whole bootstrap to run instead of the rendered one (e.g. a shipped config with its ports
     /// made free); admin and listener ports are read back as for the rendered one.
     pub bootstrap: Option<String>,
+    /// Envoy's worker threads (`--concurrency`), each with its own Wasm VM; 2 unless a test needs
+    /// one VM to see every request.
+    pub workers: u32,
+    /// More clusters (name, port on 127.0.0.1), e.g. detached routes' `upstream_cluster`s.
+    pub clusters: Vec<(String, u16)>,
 }
 
 impl EnvoyOptions {
@@ -83,7 +88,21 @@ impl EnvoyOptions {
             only_route: None,
             vm_env: Vec::new(),
             bootstrap: None,
+            workers: 2,
+            clusters: Vec::new(),
         }
+    }
+
+    /// Adds a cluster `name` with one host, 127.0.0.1:`port` (connect timeout 1 s).
+    pub fn cluster(mut self, name: &str, port: u16) -> EnvoyOptions {
+        self.clusters.push((name.to_owned(), port));
+        self
+    }
+
+    /// Runs Envoy with `n` worker threads (one Wasm VM each).
+    pub fn workers(mut self, n: u32) -> EnvoyOptions {
+        self.workers = n;
+        self
     }
 
     /// Sets a variable of the Wasm VM's environment.
@@ -202,6 +221,9 @@ impl EnvoyOptions {
             .expect("write to String");
         }
         let mut clusters = cluster_yaml("payments", self.upstream_port);
+        for (name, port) in &self.clusters {
+            clusters.push_str(&cluster_yaml(name, *port));
+        }
         if let Some(port) = self.keystore_port {
             clusters.push_str(&cluster_yaml("keystore", port));
             // As every shipped config: one multiplexed HTTP/2 connection (h2c) to the key store.

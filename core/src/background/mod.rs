@@ -1,6 +1,7 @@
 //! The root context's background work, in one place: what must happen after, or apart from, a
 //! stream's own callbacks.
 //!
+//! - [`agenda`]: the actions the root context carries out, a few local replies per callback;
 //! - [`worker`]: the state the streams of one Envoy worker share with its root context, and the
 //!   root context's steps (`on_tick`, `on_reply`) returning the actions it carries out;
 //! - [`leases`]: the claims held while their request is upstream, renewed in batches;
@@ -8,6 +9,7 @@
 //! - [`waiting`]: duplicates that wait (no key store) for the record of their key;
 //! - [`detached`]: requests the plugin sends upstream itself, and how their end is carried out.
 
+pub mod agenda;
 pub mod deferred;
 pub mod detached;
 pub mod leases;

@@ -2,6 +2,7 @@
 //! request (`in_flight: "wait"`). The root context looks at L1 for each of them on every tick and
 //! answers the stream itself; with a key store, the key store holds the wait instead.
 
+use crate::budget::Held;
 use crate::fingerprint::Fingerprint;
 use crate::scope::RecordKey;
 
@@ -15,29 +16,30 @@ pub struct Waiter {
     pub until_ms: u64,
 }
 
-/// The waiting streams of one worker.
+/// The waiting streams of one worker, each with its share of the memory budget (given back when
+/// it is answered or leaves).
 #[derive(Debug, Default)]
 pub struct Waiters {
-    waiting: Vec<Waiter>,
+    waiting: Vec<(Waiter, Held)>,
 }
 
 impl Waiters {
-    pub fn add(&mut self, w: Waiter) {
-        self.waiting.push(w);
+    pub fn add(&mut self, w: Waiter, held: Held) {
+        self.waiting.push((w, held));
     }
 
     /// A waiting client that leaves costs nothing more.
     pub fn remove(&mut self, stream_id: u32) {
-        self.waiting.retain(|w| w.stream_id != stream_id);
+        self.waiting.retain(|(w, _)| w.stream_id != stream_id);
     }
 
     /// Removes and returns the waiters `done` says are answered.
     pub fn settle(&mut self, mut done: impl FnMut(&Waiter) -> bool) -> Vec<Waiter> {
-        let (answered, left) = std::mem::take(&mut self.waiting)
+        let (answered, left): (Vec<_>, Vec<_>) = std::mem::take(&mut self.waiting)
             .into_iter()
-            .partition(|w| done(w));
+            .partition(|(w, _)| done(w));
         self.waiting = left;
-        answered
+        answered.into_iter().map(|(w, _)| w).collect()
     }
 
     pub fn len(&self) -> usize {

@@ -5,9 +5,10 @@
 //! [`RootAction`]s they return; every decision here is plain Rust.
 
 use crate::background::deferred::{Deferred, Retrier, Settled};
-use crate::background::detached::{ending, DetachedJob, Ending};
+use crate::background::detached::{ending, DetachedJob};
 use crate::background::leases::{HeldClaim, Leases};
 use crate::background::waiting::Waiters;
+use crate::budget::Budget;
 use crate::config::Config;
 use crate::found::Found;
 use crate::host::{Callout, Headers, SharedData};
@@ -21,6 +22,7 @@ use idempotency_protocol::MAX_RENEW_BATCH;
 use log::{debug, warn};
 use std::cell::{Cell, RefCell};
 use std::collections::HashMap;
+use std::rc::Rc;
 
 pub struct Worker {
     pub cfg: Config,
@@ -29,6 +31,8 @@ pub struct Worker {
     pub writes: RefCell<Retrier>,
     pub leases: RefCell<Leases>,
     pub waiters: RefCell<Waiters>,
+    /// The bytes this worker's VM holds for clients, against `memory_budget_bytes`.
+    pub budget: Rc<Budget>,
     /// Renewal batches in flight, by callout token: the keys, in the batch's order.
     renewals: RefCell<HashMap<u32, Vec<RecordKey>>>,
     /// Detached executions queued by streams, waiting for the root context to send them.
@@ -90,12 +94,14 @@ pub enum RootReply {
 
 impl Worker {
     pub fn new(cfg: Config, cache: NearCache) -> Worker {
+        let budget = Budget::new(cfg.memory_budget_bytes);
         Worker {
             cfg,
             cache,
             writes: RefCell::new(Retrier::default()),
             leases: RefCell::new(Leases::default()),
             waiters: RefCell::new(Waiters::default()),
+            budget,
             renewals: RefCell::new(HashMap::new()),
             detached_queue: RefCell::new(Vec::new()),
             detached_running: RefCell::new(HashMap::new()),
@@ -123,11 +129,15 @@ impl Worker {
         self.detached_queue.borrow_mut().push(job);
     }
 
-    /// The detached executions to send now (the root context was woken).
+    /// The detached executions to send now (the root context was woken). The request moves into
+    /// the callout (no copy): once sent, only Envoy holds its body.
     pub fn start_detached(&self) -> Vec<RootAction> {
         std::mem::take(&mut *self.detached_queue.borrow_mut())
             .into_iter()
-            .map(|job| RootAction::Send(job.upstream.clone(), Purpose::Detached(Box::new(job))))
+            .map(|mut job| {
+                let callout = std::mem::take(&mut job.upstream);
+                RootAction::Send(callout, Purpose::Detached(Box::new(job)))
+            })
             .collect()
     }
 
@@ -226,7 +236,9 @@ impl Worker {
             Purpose::Renewal(keys) => {
                 self.renewals.borrow_mut().insert(token, keys);
             }
-            Purpose::Detached(job) => {
+            Purpose::Detached(mut job) => {
+                // Dispatched: Envoy has its own copy of the request.
+                job.held = None;
                 self.leases
                     .borrow_mut()
                     .hold(HeldClaim::of(&job.claim, now_ms));
@@ -258,7 +270,7 @@ impl Worker {
                 );
                 return self.settle_detached(
                     *job,
-                    Ending::NotSent,
+                    crate::outcome::callout::dispatch_failed(),
                     Vec::new(),
                     Vec::new(),
                     shared,

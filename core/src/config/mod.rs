@@ -43,6 +43,8 @@ pub struct Config {
     pub fingerprint_headers: Vec<String>,
     pub max_body_bytes: usize,
     pub max_response_bytes: usize,
+    /// The bytes one worker's VM may hold for clients ([`crate::budget`]).
+    pub memory_budget_bytes: usize,
     pub lock_lease_ms: u64,
     pub l1_slots: u32,
     pub headers_mode: HeadersMode,
@@ -123,6 +125,22 @@ impl Config {
         check_range("max_body_bytes", max_body_bytes, 1, 64 << 20)?;
         let max_response_bytes = raw.max_response_bytes.unwrap_or(64 << 10);
         check_range("max_response_bytes", max_response_bytes, 1, 16 << 20)?;
+        let memory_budget_bytes = raw
+            .memory_budget_bytes
+            .unwrap_or(crate::budget::DEFAULT_BUDGET_BYTES);
+        // Below the VM's 1 GiB with room for the filter's own state and allocator slack.
+        check_range(
+            "memory_budget_bytes",
+            memory_budget_bytes,
+            1 << 20,
+            768 << 20,
+        )?;
+        if memory_budget_bytes < max_body_bytes {
+            return Err(err(
+                "memory_budget_bytes",
+                "must be at least max_body_bytes (a smaller budget refuses every body that large)",
+            ));
+        }
         let lock_lease_ms = raw.lock_lease_ms.unwrap_or(30_000);
         check_range("lock_lease_ms", lock_lease_ms, 100, 3_600_000)?;
         let l1_slots = raw.l1_slots.unwrap_or(1024);
@@ -140,6 +158,7 @@ impl Config {
             fingerprint_headers,
             max_body_bytes: to_usize(max_body_bytes),
             max_response_bytes: to_usize(max_response_bytes),
+            memory_budget_bytes: to_usize(memory_budget_bytes),
             lock_lease_ms,
             l1_slots,
             headers_mode: raw.headers_mode.unwrap_or(HeadersMode::Hold),

@@ -36,6 +36,7 @@ pub(super) struct RawConfig {
     pub(super) fingerprint_headers: Option<Vec<String>>,
     pub(super) max_body_bytes: Option<u64>,
     pub(super) max_response_bytes: Option<u64>,
+    pub(super) memory_budget_bytes: Option<u64>,
     pub(super) retention_s: Option<u64>,
     pub(super) lock_lease_ms: Option<u64>,
     pub(super) store_5xx: Option<bool>,

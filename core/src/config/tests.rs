@@ -57,6 +57,7 @@ fn empty_document_gives_defaults() {
     );
     assert_eq!(c.anonymous_scope, None);
     assert_eq!(c.max_body_bytes, 1 << 20);
+    assert_eq!(c.memory_budget_bytes, 512 << 20);
     assert!(c.keystore.is_none());
     assert!(!c.replay_headers.keeps("Set-Cookie"));
     assert!(!c.replay_headers.keeps("www-authenticate"));
@@ -258,6 +259,16 @@ fn errors_name_the_field() {
     let cases = [
         (r#"{"max_body_bytes":"big"}"#, "max_body_bytes"),
         (r#"{"max_body_bytes":0}"#, "max_body_bytes"),
+        (r#"{"memory_budget_bytes":"lots"}"#, "memory_budget_bytes"),
+        (r#"{"memory_budget_bytes":1000}"#, "memory_budget_bytes"),
+        (
+            r#"{"memory_budget_bytes":1073741824}"#,
+            "memory_budget_bytes",
+        ),
+        (
+            r#"{"memory_budget_bytes":2097152,"max_body_bytes":4194304}"#,
+            "memory_budget_bytes",
+        ),
         (r#"{"bogus":1}"#, "bogus"),
         (r#"{"routes":[{"prefix":"/a","exact":"/b"}]}"#, "routes[0]"),
         (r#"{"routes":[{"prefix":"a"}]}"#, "routes[0].prefix"),

@@ -125,6 +125,7 @@ impl Stream {
             fingerprinter: Fingerprinter::new(secret, &method, &path, &fp_headers),
             previous,
             detached_headers,
+            body_seen: 0,
         })
     }
 
@@ -152,6 +153,20 @@ impl Stream {
         };
         let mut admitted = *admitted;
         let limit = self.worker.cfg.max_body_bytes;
+        // The body is read into the VM: its bytes come from the budget first. An inline request
+        // gives them back once fingerprinted; a detached one keeps them until it is dispatched.
+        let headers = admitted
+            .detached_headers
+            .as_deref()
+            .map_or(0, super::header_bytes);
+        let bytes = admitted.body_seen.min(limit).saturating_add(headers);
+        // Envoy copies the body into memory the VM must grow for: check that it can, fallibly,
+        // since a failed allocation there would abort the VM.
+        let room = crate::budget::try_buffer(admitted.body_seen.min(limit));
+        let held = match (self.worker.budget.take(bytes), room) {
+            (Ok(held), Ok(_)) => held,
+            _ => return self.over_budget(host, "the request body", bytes),
+        };
         let body = match host.request_body(limit.saturating_add(1)) {
             Ok(body) => body,
             Err(e) => {
@@ -171,6 +186,7 @@ impl Stream {
         admitted.fingerprinter.update_body(&body);
         if let Some(headers) = admitted.detached_headers.take() {
             self.detached_request = Some((headers, body));
+            self.held = Some(held);
         }
         self.look_up_previous(host, admitted)
     }

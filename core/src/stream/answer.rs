@@ -4,10 +4,11 @@
 use super::{Flow, Phase, Stream};
 use crate::found::Found;
 use crate::host::Host;
+use crate::metrics::Metric;
 use crate::problem::Problem;
 use crate::reply::LocalReply;
 use crate::scope::RecordKey;
-use log::debug;
+use log::{debug, warn};
 
 impl Stream {
     /// Answers a request from what its key holds ([`LocalReply::for_found`]); a key that is
@@ -42,6 +43,23 @@ impl Stream {
         host.send_response(status, &headers, &body);
         self.phase = Phase::Answered;
         Flow::Pause
+    }
+
+    /// The worker's memory budget has no room for `bytes` more: the request is refused before
+    /// anything runs (nothing is claimed yet, or the claim is released by the caller).
+    pub(super) fn over_budget(&mut self, host: &dyn Host, what: &str, bytes: usize) -> Flow {
+        self.count(host, Metric::OverBudget);
+        let budget = &self.worker.budget;
+        warn!(
+            "memory budget: {what} needs {bytes} bytes, {} of {} held; refusing the request",
+            budget.used(),
+            budget.limit()
+        );
+        self.answer(
+            host,
+            Problem::MemoryBudget,
+            "the gateway holds too many request bytes right now; the request did not run, retry later",
+        )
     }
 
     fn reply(&mut self, host: &dyn Host, reply: LocalReply) -> Flow {

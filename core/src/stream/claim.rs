@@ -5,6 +5,7 @@
 use super::{Admitted, Claim, Flow, Phase, Stream};
 use crate::background::detached::{upstream_request, DetachedJob, UnforwardableHeader};
 use crate::background::waiting::Waiter;
+use crate::budget::WAITER_BYTES;
 use crate::config::{Execution, FailureMode, Mode, WhileInFlight};
 use crate::found::Found;
 use crate::host::Host;
@@ -130,6 +131,7 @@ impl Stream {
             stream_id: host.stream_id(),
             upstream,
             claim,
+            held: self.held.take(),
         });
         if let Err(e) = host.wake_root(queue) {
             // The next tick starts it anyway.
@@ -142,13 +144,23 @@ impl Stream {
     /// A duplicate waits for the record of its key's first request (no key store: this Envoy's
     /// root context looks at L1 and answers it).
     pub(super) fn wait_locally(&mut self, host: &dyn Host, claim: Claim) -> Flow {
+        // A duplicate never runs: a detached route's copy of its request is not needed.
+        self.detached_request = None;
+        self.held = None;
+        let held = match self.worker.budget.take(WAITER_BYTES) {
+            Ok(held) => held,
+            Err(_) => return self.over_budget(host, "a waiting duplicate", WAITER_BYTES),
+        };
         self.count(host, Metric::Waited);
-        self.worker.waiters.borrow_mut().add(Waiter {
-            stream_id: host.stream_id(),
-            key: claim.key,
-            fingerprint: claim.fingerprint,
-            until_ms: host.now_ms().saturating_add(claim.rule.max_wait_ms),
-        });
+        self.worker.waiters.borrow_mut().add(
+            Waiter {
+                stream_id: host.stream_id(),
+                key: claim.key,
+                fingerprint: claim.fingerprint,
+                until_ms: host.now_ms().saturating_add(claim.rule.max_wait_ms),
+            },
+            held,
+        );
         self.phase = Phase::WaitingLocally;
         Flow::Pause
     }

@@ -23,6 +23,7 @@ mod tests;
 use crate::background::deferred::Deferred;
 use crate::background::leases::HeldClaim;
 use crate::background::worker::Worker;
+use crate::budget::Held;
 use crate::claim::Claim;
 use crate::config::{HeadersMode, RouteRule};
 use crate::fingerprint::Fingerprinter;
@@ -53,6 +54,8 @@ struct Admitted {
     detached_headers: Option<Vec<(String, Vec<u8>)>>,
     /// The record keys under the previous secrets (rotation), in their order.
     previous: Vec<RecordKey>,
+    /// The body bytes Envoy has buffered so far (the size the body callback last reported).
+    body_seen: usize,
 }
 
 enum Phase {
@@ -98,6 +101,9 @@ pub struct Stream {
     phase: Phase,
     /// The request (headers, body) a detached execution sends upstream.
     detached_request: Option<(Headers, Vec<u8>)>,
+    /// The detached request's bytes in the worker's memory budget; they go with it to the root
+    /// context.
+    held: Option<Held>,
     /// Envoy reported the end of the stream: no response is left to hold.
     ended: bool,
     /// The request's rule is in observe mode: count what enforce would do, forward everything.
@@ -110,6 +116,7 @@ impl Stream {
             worker,
             phase: Phase::Passthrough,
             detached_request: None,
+            held: None,
             ended: false,
             observe: false,
         }
@@ -122,6 +129,11 @@ impl Stream {
         if end_of_stream {
             let mut admitted = admitted;
             if let Some(headers) = admitted.detached_headers.take() {
+                let bytes = header_bytes(&headers);
+                match self.worker.budget.take(bytes) {
+                    Ok(held) => self.held = Some(held),
+                    Err(_) => return self.over_budget(host, "a detached request", bytes),
+                }
                 self.detached_request = Some((headers, Vec::new()));
             }
             return self.look_up_previous(host, admitted);
@@ -140,6 +152,9 @@ impl Stream {
         body_size: usize,
         end_of_stream: bool,
     ) -> Flow {
+        if let Phase::ReadingBody(admitted) = &mut self.phase {
+            admitted.body_seen = body_size;
+        }
         match &self.phase {
             Phase::ReadingBody(_) if body_size > self.worker.cfg.max_body_bytes => {
                 self.body_too_large(host)
@@ -246,6 +261,15 @@ impl Stream {
             return self.finish_capture(host, None);
         }
         if end_of_stream {
+            // Read into the VM only with room in the budget; without, the answer still reaches
+            // the client, and its record keeps no body (as an answer over max_response_bytes).
+            let room = crate::budget::try_buffer(body_size);
+            let (Ok(_held), Ok(_)) = (self.worker.budget.take(body_size), room) else {
+                warn!(
+                    "memory budget: no room for a {body_size}-byte response; its body is not kept"
+                );
+                return self.finish_capture(host, None);
+            };
             let body = host.response_body(body_size);
             return self.finish_capture(host, Some(body));
         }
@@ -256,7 +280,12 @@ impl Stream {
         if !matches!(self.phase, Phase::Capturing { .. }) {
             return self.hold_response();
         }
-        let body = host.response_body(self.worker.cfg.max_response_bytes.saturating_add(1));
+        // Only the size is needed here; it is read (bounded) when the VM can hold it.
+        let most = self.worker.cfg.max_response_bytes.saturating_add(1);
+        if crate::budget::try_buffer(most).is_err() {
+            return self.finish_capture(host, None);
+        }
+        let body = host.response_body(most);
         self.on_response_body(host, body.len(), true)
     }
 
@@ -331,4 +360,12 @@ impl Stream {
         self.phase = Phase::Passthrough;
         Flow::Continue
     }
+}
+
+/// What a request's headers take in memory: names and values.
+fn header_bytes(headers: &[(String, Vec<u8>)]) -> usize {
+    headers
+        .iter()
+        .map(|(n, v)| n.len().saturating_add(v.len()))
+        .fold(0, usize::saturating_add)
 }

@@ -3,9 +3,13 @@
 //! that upstream request and reads its answer (pure, below the worker); [`crate::background::worker`] runs it
 //! and `settle` carries out its end.
 
+use crate::budget::Held;
 use crate::claim::Claim;
 use crate::host::Callout;
 use crate::record::HOP_BY_HOP;
+
+/// How a detached request ended, and how that is read from its callout's reply.
+pub use crate::outcome::callout::{ending, Ending};
 
 /// Request headers the plugin does not forward besides the hop-by-hop ones: `expect` asks the
 /// client's connection for a `100 Continue` the callout never sends.
@@ -48,50 +52,29 @@ pub fn upstream_request(
     })
 }
 
-/// How the plugin's own upstream request ended.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Ending {
-    /// The upstream answered with this status.
-    Answered(u16),
-    /// Envoy could not reach the upstream (connection refused, no healthy host): never sent.
-    NotSent,
-    /// The request was sent and no answer came back whole (timeout, reset).
-    TimedOut,
-    Reset,
-}
-
-/// Reads a callout's answer. Envoy reports its own failures as ordinary responses (503, 504) with
-/// its plain-text reasons, and only a reset comes without headers; the reasons tell a connection
-/// that never opened from a request that may have run.
-pub fn ending(status: Option<u16>, headers: &[(String, Vec<u8>)], body: &[u8]) -> Ending {
-    let Some(status) = status else {
-        return Ending::Reset;
-    };
-    let from_envoy = !headers
-        .iter()
-        .any(|(n, _)| n.eq_ignore_ascii_case("x-envoy-upstream-service-time"));
-    let text = String::from_utf8_lossy(body);
-    match status {
-        504 if from_envoy && text == "upstream request timeout" => Ending::TimedOut,
-        503 if from_envoy && text == "no healthy upstream" => Ending::NotSent,
-        503 if from_envoy && text.starts_with("upstream connect error") => {
-            if text.contains("connection failure") || text.contains("overflow") {
-                Ending::NotSent
-            } else {
-                Ending::Reset
-            }
-        }
-        _ => Ending::Answered(status),
-    }
-}
-
 /// A detached execution: the request, where to answer, and the claim it runs under.
-#[derive(Debug, Clone)]
+#[derive(Debug)]
 pub struct DetachedJob {
     /// The client's stream, answered from the root context if it is still there.
     pub stream_id: u32,
+    /// The request to send; moved out (and its body freed) when the root context sends it.
     pub upstream: Callout,
     pub claim: Claim,
+    /// The request's bytes in the worker's memory budget, given back once it is dispatched
+    /// (Envoy then holds its own copy) or settled without being sent.
+    pub held: Option<Held>,
+}
+
+/// A copy of a job holds no share of the budget: the bytes are given back once, by the original.
+impl Clone for DetachedJob {
+    fn clone(&self) -> DetachedJob {
+        DetachedJob {
+            stream_id: self.stream_id,
+            upstream: self.upstream.clone(),
+            claim: self.claim.clone(),
+            held: None,
+        }
+    }
 }
 
 mod settle;
@@ -123,42 +106,5 @@ mod tests {
             upstream_request("up", 1, &bad, vec![]).unwrap_err(),
             UnforwardableHeader("x-bin".into())
         );
-    }
-
-    #[test]
-    fn envoy_failures_are_told_from_upstream_answers() {
-        let none: Vec<(String, Vec<u8>)> = vec![];
-        let upstream = vec![("x-envoy-upstream-service-time".to_string(), b"3".to_vec())];
-        assert_eq!(ending(None, &none, b""), Ending::Reset);
-        assert_eq!(
-            ending(Some(504), &none, b"upstream request timeout"),
-            Ending::TimedOut
-        );
-        assert_eq!(
-            ending(Some(503), &none, b"no healthy upstream"),
-            Ending::NotSent
-        );
-        assert_eq!(
-            ending(
-                Some(503),
-                &none,
-                b"upstream connect error or disconnect/reset before headers. reset reason: remote connection failure, transport failure reason: delayed connect error: 111"
-            ),
-            Ending::NotSent
-        );
-        assert_eq!(
-            ending(
-                Some(503),
-                &none,
-                b"upstream connect error or disconnect/reset before headers. reset reason: connection termination"
-            ),
-            Ending::Reset
-        );
-        assert_eq!(
-            ending(Some(504), &upstream, b"upstream request timeout"),
-            Ending::Answered(504),
-            "the upstream's own 504"
-        );
-        assert_eq!(ending(Some(201), &none, b"{}"), Ending::Answered(201));
     }
 }

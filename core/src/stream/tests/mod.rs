@@ -3,6 +3,7 @@
 //! hold the tests, by the part of the behaviour they check.
 
 mod admission;
+mod budget;
 mod claim;
 mod detached;
 mod expiry;

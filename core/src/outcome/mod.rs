@@ -1,7 +1,10 @@
 //! How an attempt ended, decided from what Envoy reports about the response: the status, and the
 //! response flags Envoy sets when it answered in the upstream's place (route timeout, reset,
 //! connection failure, ...). The class decides what happens to the key: see the README's
-//! behaviour table.
+//! behaviour table. [`callout`] answers the same question for a detached request, from what the
+//! root context sees of its own callout.
+
+pub mod callout;
 
 /// Envoy's response flags (the `response.flags` property, a little-endian u64 bitmask).
 pub mod flags {
