@@ -1,0 +1,95 @@
+//! Reading a `/v1` request body, bounded in time and size before the handler sees it.
+//!
+//! A body must arrive whole within `--body-timeout-ms` of its headers (else 408), and within its
+//! route's size: a `complete` carries a record (up to `--max-body-bytes`), a `renew-batch` at most
+//! [`MAX_RENEW_BATCH`] renewals, every other call a few hundred bytes. A declared
+//! `content-length` past the bound is refused before a byte of the body is read; a body without
+//! one is cut at the bound. While the server drains, a body still arriving gets 503 at once.
+
+use axum::body::{Body, Bytes};
+use axum::extract::{Request, State};
+use axum::http::{header, StatusCode};
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+use http_body_util::{BodyExt as _, LengthLimitError, Limited};
+
+use super::{AppState, Failure};
+use crate::protocol::MAX_RENEW_BATCH;
+
+/// Largest body of a call that carries no record: a claim, lookup, release or renew is under
+/// 1 KiB; the rest leaves room for fields a newer filter may add.
+pub const SMALL_BODY_BYTES: usize = 64 * 1024;
+
+/// Largest `renew-batch` body: 2 KiB a renewal (a renew is ~150 bytes of JSON with the filter's
+/// 32-character tokens; 256-character tokens written as `\u` escapes stay under it).
+pub const RENEW_BATCH_BODY_BYTES: usize = MAX_RENEW_BATCH * 2048;
+
+impl AppState {
+    /// The body bound of the `/v1` call at `path`.
+    fn body_limit(&self, path: &str) -> usize {
+        match path.rsplit('/').next() {
+            Some("complete") => self.max_body_bytes,
+            Some("renew-batch") => RENEW_BATCH_BODY_BYTES.min(self.max_body_bytes),
+            _ => SMALL_BODY_BYTES.min(self.max_body_bytes),
+        }
+    }
+}
+
+/// Reads the whole body (bounded), then hands the request on with it.
+pub(super) async fn read_whole(State(s): State<AppState>, req: Request, next: Next) -> Response {
+    let limit = s.body_limit(req.uri().path());
+    let op = super::v1::op_of(req.uri().path());
+    let declared = req
+        .headers()
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    if declared.is_some_and(|n| n > limit as u64) {
+        s.metrics.op(op, "too_large");
+        return too_large(limit);
+    }
+    let (parts, body) = req.into_parts();
+    let read = Limited::new(body, limit).collect();
+    let bytes: Bytes = tokio::select! {
+        // A body already here is read even while draining.
+        biased;
+        read = tokio::time::timeout(s.body_timeout, read) => match read {
+            Ok(Ok(collected)) => collected.to_bytes(),
+            Ok(Err(e)) if e.is::<LengthLimitError>() => {
+                s.metrics.op(op, "too_large");
+                return too_large(limit);
+            }
+            Ok(Err(e)) => {
+                s.metrics.op(op, "bad_request");
+                return Failure(StatusCode::BAD_REQUEST, format!("body: {e}")).into_response();
+            }
+            Err(_) => {
+                s.metrics.timeout("body");
+                s.metrics.op(op, "body_timeout");
+                return Failure(
+                    StatusCode::REQUEST_TIMEOUT,
+                    format!(
+                        "body: not received within --body-timeout-ms {}",
+                        s.body_timeout.as_millis()
+                    ),
+                )
+                .into_response();
+            }
+        },
+        () = s.drain.started() => {
+            s.metrics.timeout("shutdown");
+            return Failure(StatusCode::SERVICE_UNAVAILABLE, "body: the key store is stopping".into())
+                .into_response();
+        }
+    };
+    next.run(Request::from_parts(parts, Body::from(bytes)))
+        .await
+}
+
+fn too_large(limit: usize) -> Response {
+    Failure(
+        StatusCode::PAYLOAD_TOO_LARGE,
+        format!("body: over this call's limit of {limit} bytes"),
+    )
+    .into_response()
+}
