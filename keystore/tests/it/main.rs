@@ -4,6 +4,7 @@
 
 mod binary;
 mod common;
+mod hostile;
 mod memory;
 mod redis_cluster;
 mod redis_single;
