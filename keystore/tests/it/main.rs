@@ -7,6 +7,7 @@ mod common;
 mod hostile;
 mod memory;
 mod redis_cluster;
+mod redis_fast_fail;
 mod redis_single;
 mod redis_tls;
 mod suite;
