@@ -7,6 +7,7 @@
 
 mod batch;
 mod floods;
+mod memory_bound;
 mod shutdown;
 
 use std::net::SocketAddr;
