@@ -102,6 +102,12 @@ pub struct Config {
     #[arg(long, env = "KEYSTORE_HEADER_TIMEOUT_MS", default_value_t = 10_000)]
     pub header_timeout_ms: u64,
 
+    /// Most bytes of request bodies held at once (being received or handled); a request whose
+    /// body does not fit gets 503 at once. A body is counted at its declared length, or at its
+    /// route's bound when it declares none.
+    #[arg(long, env = "KEYSTORE_MAX_BODY_MEMORY", default_value_t = 256 * 1024 * 1024)]
+    pub max_body_memory: usize,
+
     /// Time a client has to send a whole request body once its headers are in; past it, 408.
     #[arg(long, env = "KEYSTORE_BODY_TIMEOUT_MS", default_value_t = 30_000)]
     pub body_timeout_ms: u64,

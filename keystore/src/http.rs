@@ -43,6 +43,8 @@ pub struct Settings {
     pub body_timeout: Duration,
     /// Most claims waiting at once; past it, a claim answers without waiting.
     pub max_waiters: usize,
+    /// Most bytes of request bodies held at once; past it, 503.
+    pub max_body_memory: usize,
     /// Ends the waits of waiting claims when the server stops.
     pub drain: Drain,
 }
@@ -88,6 +90,7 @@ impl From<&Config> for Settings {
             backend_timeout: c.backend_timeout(),
             body_timeout: crate::config::millis(c.body_timeout_ms),
             max_waiters: c.max_waiters,
+            max_body_memory: c.max_body_memory,
             drain: Drain::default(),
         }
     }
@@ -106,6 +109,8 @@ struct AppState {
     body_timeout: Duration,
     /// One permit per claim allowed to wait.
     waiters: Arc<Semaphore>,
+    /// One permit per KiB of request body held.
+    body_memory: Arc<Semaphore>,
 }
 
 /// Builds the service's router.
@@ -130,6 +135,9 @@ pub fn routers(
         max_body_bytes: settings.max_body_bytes,
         body_timeout: settings.body_timeout,
         waiters: Arc::new(Semaphore::new(settings.max_waiters)),
+        body_memory: Arc::new(Semaphore::new(
+            (settings.max_body_memory / 1024).min(Semaphore::MAX_PERMITS),
+        )),
     };
     let health = Router::new()
         .route("/healthz", get(healthz))

@@ -4,7 +4,10 @@
 //! route's size: a `complete` carries a record (up to `--max-body-bytes`), a `renew-batch` at most
 //! [`MAX_RENEW_BATCH`] renewals, every other call a few hundred bytes. A declared
 //! `content-length` past the bound is refused before a byte of the body is read; a body without
-//! one is cut at the bound. While the server drains, a body still arriving gets 503 at once.
+//! one is cut at the bound. Bodies held at once are bounded in bytes too (`--max-body-memory`):
+//! a body is counted at its declared length (its route's bound when it declares none) from its
+//! headers to the end of its answer, and one that does not fit gets 503 at once rather than
+//! memory. While the server drains, a body still arriving gets 503 at once.
 
 use axum::body::{Body, Bytes};
 use axum::extract::{Request, State};
@@ -48,6 +51,21 @@ pub(super) async fn read_whole(State(s): State<AppState>, req: Request, next: Ne
         s.metrics.op(op, "too_large");
         return too_large(limit);
     }
+    let kib = declared
+        .map_or(limit, |n| usize::try_from(n).unwrap_or(limit))
+        .div_ceil(1024);
+    let Ok(_held) = s
+        .body_memory
+        .clone()
+        .try_acquire_many_owned(u32::try_from(kib).unwrap_or(u32::MAX))
+    else {
+        s.metrics.op(op, "body_memory_full");
+        return Failure(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "body: too many request bodies held at once (--max-body-memory)".into(),
+        )
+        .into_response();
+    };
     let (parts, body) = req.into_parts();
     let read = Limited::new(body, limit).collect();
     let bytes: Bytes = tokio::select! {

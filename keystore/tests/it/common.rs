@@ -23,6 +23,7 @@ pub fn settings() -> Settings {
         backend_timeout: Duration::from_secs(1),
         body_timeout: Duration::from_secs(5),
         max_waiters: 10_000,
+        max_body_memory: 1 << 30,
         drain: Drain::default(),
     }
 }
