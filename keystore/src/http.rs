@@ -6,6 +6,7 @@
 mod admin;
 mod bearer;
 mod body;
+mod held;
 mod v1;
 
 use std::future::Future;

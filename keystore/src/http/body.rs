@@ -7,7 +7,8 @@
 //! one is cut at the bound. Bodies held at once are bounded in bytes too (`--max-body-memory`):
 //! a body is counted at its declared length (its route's bound when it declares none) from its
 //! headers to the end of its answer, and one that does not fit gets 503 at once rather than
-//! memory. While the server drains, a body still arriving gets 503 at once.
+//! memory. Large answers are counted in the same budget until written ([`super::held`]). While
+//! the server drains, a body still arriving gets 503 at once.
 
 use axum::body::{Body, Bytes};
 use axum::extract::{Request, State};
@@ -100,8 +101,42 @@ pub(super) async fn read_whole(State(s): State<AppState>, req: Request, next: Ne
                 .into_response();
         }
     };
-    next.run(Request::from_parts(parts, Body::from(bytes)))
-        .await
+    let response = next
+        .run(Request::from_parts(parts, Body::from(bytes)))
+        .await;
+    hold_answer(&s, op, response).await
+}
+
+/// A large answer takes its bytes from the same budget until it is written ([`super::held`]).
+async fn hold_answer(s: &AppState, op: &str, response: Response) -> Response {
+    let large = http_body::Body::size_hint(response.body())
+        .exact()
+        .is_some_and(|n| n >= super::held::HELD_FROM as u64);
+    if !large {
+        return response;
+    }
+    let (parts, body) = response.into_parts();
+    // The handler's answer is already whole in memory: collecting it copies nothing.
+    let Ok(collected) = body.collect().await else {
+        return Failure(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "answer: unreadable".into(),
+        )
+        .into_response();
+    };
+    let bytes = collected.to_bytes();
+    let kib = u32::try_from(bytes.len().div_ceil(1024)).unwrap_or(u32::MAX);
+    match s.body_memory.clone().try_acquire_many_owned(kib) {
+        Ok(permit) => Response::from_parts(parts, super::held::Held::body(bytes, permit)),
+        Err(_) => {
+            s.metrics.op(op, "body_memory_full");
+            Failure(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "answer: too many large answers not yet read (--max-body-memory)".into(),
+            )
+            .into_response()
+        }
+    }
 }
 
 fn too_large(limit: usize) -> Response {
