@@ -156,8 +156,8 @@ async fn stalled_bodies_get_408_at_the_body_timeout() {
     assert!(during - base < 64.0, "{base} -> {during}");
 }
 
-/// 12 clients that ask twice for a 3 MiB record and read nothing: the answers that fit in
-/// `--max-body-memory` (16 MiB: five) are held until the write timeout cuts their connections,
+/// 8 clients that ask twice for a 3 MiB record and read nothing: the answers that fit in
+/// `--max-body-memory` (10 MiB: three) are held until the write timeout cuts their connections,
 /// the others are refused with 503 at once; RSS stays within the budget and every connection
 /// ends.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -168,7 +168,7 @@ async fn clients_that_never_read_are_cut_at_the_write_timeout() {
         "--idle-timeout-ms",
         "1000",
         "--max-body-memory",
-        &(16 << 20).to_string(),
+        &(10 << 20).to_string(),
     ])
     .await;
     let (key, fp) = (hex64(1), hex64(2));
@@ -212,7 +212,7 @@ async fn clients_that_never_read_are_cut_at_the_write_timeout() {
             1,
         )
         .repeat(2);
-    for _ in 0..12 {
+    for _ in 0..8 {
         let socket = TcpSocket::new_v4().unwrap();
         socket.set_recv_buffer_size(4096).unwrap();
         let mut s = socket.connect(ks.addr).await.unwrap();
@@ -222,14 +222,14 @@ async fn clients_that_never_read_are_cut_at_the_write_timeout() {
     let cut = ks
         .metric_reaches(
             "keystore_timeouts_total{kind=\"write\"}",
-            5.0,
-            Duration::from_secs(5),
+            3.0,
+            Duration::from_secs(20),
         )
         .await;
     let refused = ks
         .metric("keystore_requests_total{op=\"claim\",outcome=\"body_memory_full\"}")
         .await;
-    assert!(refused >= 6.0, "{refused} answers refused");
+    assert!(refused >= 4.0, "{refused} answers refused");
     let peak = ks.rss_mib();
     // The rest end at the write or the idle timeout.
     let start = Instant::now();
@@ -249,7 +249,7 @@ async fn clients_that_never_read_are_cut_at_the_write_timeout() {
         "non-reading clients: RSS {base:.1} MiB before, {peak:.1} MiB when {cut} write \
          timeouts had fired; {refused} answers refused"
     );
-    assert!(peak - base < 96.0, "{base} -> {peak}");
+    assert!(peak - base < 64.0, "{base} -> {peak}");
     drop(deaf);
 }
 

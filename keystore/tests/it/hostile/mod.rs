@@ -112,10 +112,11 @@ impl Proc {
     }
 }
 
-/// A GET on a fresh connection, bounded to 5 s (the CI machine may be busy): (status, body).
+/// A GET on a fresh connection, bounded to 15 s (a debug key store on a busy CI machine may be
+/// slow to answer while a test makes it build large answers): (status, body).
 pub async fn get(at: SocketAddr, path: &str) -> (u16, String) {
     let request = format!("GET {path} HTTP/1.1\r\nhost: k\r\nconnection: close\r\n\r\n");
-    exchange(at, request.as_bytes(), Duration::from_secs(5))
+    exchange(at, request.as_bytes(), Duration::from_secs(15))
         .await
         .unwrap_or_else(|e| panic!("GET {path}: {e}"))
 }
