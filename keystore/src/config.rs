@@ -80,6 +80,57 @@ pub struct Config {
     /// Upper bound of one backend call (connect included); past it the request gets 503.
     #[arg(long, env = "KEYSTORE_BACKEND_TIMEOUT_MS", default_value_t = 1000)]
     pub backend_timeout_ms: u64,
+
+    /// A second address serving only /healthz, /readyz and /metrics, with connections of its own:
+    /// probes still answered when the data port is at `--max-connections`. None: those paths are
+    /// served on `--listen` only.
+    #[arg(long, env = "KEYSTORE_HEALTH_LISTEN")]
+    pub health_listen: Option<SocketAddr>,
+
+    /// Most open connections on `--listen`; past it a new connection gets a 503 and is closed.
+    /// Lowered at start to what the open-files limit leaves room for.
+    #[arg(long, env = "KEYSTORE_MAX_CONNECTIONS", default_value_t = 4096)]
+    pub max_connections: usize,
+
+    /// Most claims waiting (`wait_ms`) at once; past it a claim is answered at once, as with
+    /// `wait_ms` 0.
+    #[arg(long, env = "KEYSTORE_MAX_WAITERS", default_value_t = 2048)]
+    pub max_waiters: usize,
+
+    /// Time a client has to send a request's headers once it has sent its first byte (and the
+    /// first request's, from the connection's start); past it the connection is closed.
+    #[arg(long, env = "KEYSTORE_HEADER_TIMEOUT_MS", default_value_t = 10_000)]
+    pub header_timeout_ms: u64,
+
+    /// Most bytes of request bodies held at once (being received or handled); a request whose
+    /// body does not fit gets 503 at once. A body is counted at its declared length, or at its
+    /// route's bound when it declares none.
+    #[arg(long, env = "KEYSTORE_MAX_BODY_MEMORY", default_value_t = 256 * 1024 * 1024)]
+    pub max_body_memory: usize,
+
+    /// Time a client has to send a whole request body once its headers are in; past it, 408.
+    #[arg(long, env = "KEYSTORE_BODY_TIMEOUT_MS", default_value_t = 30_000)]
+    pub body_timeout_ms: u64,
+
+    /// A connection with no request in progress and no byte received for this long is closed
+    /// (HTTP/1.1 keep-alive, HTTP/2 with no stream).
+    #[arg(long, env = "KEYSTORE_IDLE_TIMEOUT_MS", default_value_t = 60_000)]
+    pub idle_timeout_ms: u64,
+
+    /// A connection whose writes make no progress for this long (a client that does not read its
+    /// answer) is closed.
+    #[arg(long, env = "KEYSTORE_WRITE_TIMEOUT_MS", default_value_t = 10_000)]
+    pub write_timeout_ms: u64,
+
+    /// Upper bound of the drain after SIGTERM: connections still open then are closed and the
+    /// process exits, whatever their clients do.
+    #[arg(long, env = "KEYSTORE_SHUTDOWN_TIMEOUT_MS", default_value_t = 10_000)]
+    pub shutdown_timeout_ms: u64,
+}
+
+/// A duration flag in milliseconds (0 is taken as 1 ms).
+pub fn millis(ms: u64) -> Duration {
+    Duration::from_millis(ms.max(1))
 }
 
 /// The default `--max-record-bytes`: 3 MiB, which the filter's `max_response_bytes` must fit in.
@@ -114,7 +165,7 @@ impl Config {
 
     /// The backend call budget as a duration.
     pub fn backend_timeout(&self) -> Duration {
-        Duration::from_millis(self.backend_timeout_ms.max(1))
+        millis(self.backend_timeout_ms)
     }
 }
 

@@ -1,9 +1,12 @@
 //! HTTP layer: the router with its body limit, health, readiness and metrics; the v1 API
-//! ([`v1`]), and the admin API ([`admin`]) when an admin token is set, each behind its own bearer
-//! token ([`bearer`]).
+//! ([`v1`]) with its bodies read in bounded time and size ([`body`]), and the admin API
+//! ([`admin`]) when an admin token is set, each behind its own bearer token ([`bearer`]).
+//! Connections themselves (timeouts, caps, shutdown) are [`crate::server`]'s.
 
 mod admin;
 mod bearer;
+mod body;
+mod held;
 mod v1;
 
 use std::future::Future;
@@ -16,7 +19,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::{Json, Router};
 use serde_json::json;
-use tokio::sync::watch;
+use tokio::sync::{watch, Semaphore};
 
 use crate::backend::{Backend, BackendError};
 use crate::config::Config;
@@ -37,6 +40,12 @@ pub struct Settings {
     /// Bound of one backend call; past it, 503. A waiting claim makes several calls, each with
     /// this bound, and waits between them without it.
     pub backend_timeout: Duration,
+    /// Time to receive a whole request body; past it, 408.
+    pub body_timeout: Duration,
+    /// Most claims waiting at once; past it, a claim answers without waiting.
+    pub max_waiters: usize,
+    /// Most bytes of request bodies held at once; past it, 503.
+    pub max_body_memory: usize,
     /// Ends the waits of waiting claims when the server stops.
     pub drain: Drain,
 }
@@ -80,6 +89,9 @@ impl From<&Config> for Settings {
             max_body_bytes: c.body_limit().unwrap_or(usize::MAX),
             max_record_bytes: c.max_record_bytes,
             backend_timeout: c.backend_timeout(),
+            body_timeout: crate::config::millis(c.body_timeout_ms),
+            max_waiters: c.max_waiters,
+            max_body_memory: c.max_body_memory,
             drain: Drain::default(),
         }
     }
@@ -94,10 +106,26 @@ struct AppState {
     timeout: Duration,
     drain: Drain,
     max_record_bytes: usize,
+    max_body_bytes: usize,
+    body_timeout: Duration,
+    /// One permit per claim allowed to wait.
+    waiters: Arc<Semaphore>,
+    /// One permit per KiB of request body held.
+    body_memory: Arc<Semaphore>,
 }
 
 /// Builds the service's router.
 pub fn router(backend: Arc<dyn Backend>, settings: Settings, metrics: Metrics) -> Router {
+    routers(backend, settings, metrics).0
+}
+
+/// The service's router, and the router of the health listener: /healthz, /readyz and
+/// /metrics only, on the same backend and metrics.
+pub fn routers(
+    backend: Arc<dyn Backend>,
+    settings: Settings,
+    metrics: Metrics,
+) -> (Router, Router) {
     let state = AppState {
         backend,
         metrics,
@@ -105,19 +133,32 @@ pub fn router(backend: Arc<dyn Backend>, settings: Settings, metrics: Metrics) -
         timeout: settings.backend_timeout,
         drain: settings.drain,
         max_record_bytes: settings.max_record_bytes,
+        max_body_bytes: settings.max_body_bytes,
+        body_timeout: settings.body_timeout,
+        waiters: Arc::new(Semaphore::new(settings.max_waiters)),
+        body_memory: Arc::new(Semaphore::new(
+            (settings.max_body_memory / 1024).min(Semaphore::MAX_PERMITS),
+        )),
     };
+    let health = Router::new()
+        .route("/healthz", get(healthz))
+        .route("/readyz", get(readyz))
+        .route("/metrics", get(render_metrics))
+        .with_state(state.clone());
     let admin = settings.admin_token.map(|t| admin::router(&state, t));
     let v1 = v1::router(&state);
     let app = match admin {
         Some(admin) => Router::new().nest("/admin/v1", admin),
         None => Router::new(),
     };
-    app.nest("/v1", v1)
+    let app = app
+        .nest("/v1", v1)
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
         .route("/metrics", get(render_metrics))
         .layer(DefaultBodyLimit::max(settings.max_body_bytes))
-        .with_state(state)
+        .with_state(state);
+    (app, health)
 }
 
 impl AppState {

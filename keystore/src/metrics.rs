@@ -2,7 +2,8 @@
 //! in one process, as in the tests, do not mix their counts.
 
 use prometheus::{
-    Encoder, HistogramOpts, HistogramVec, IntCounterVec, Opts, Registry, TextEncoder,
+    Encoder, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts,
+    Registry, TextEncoder,
 };
 
 /// The key store's metrics.
@@ -16,6 +17,18 @@ pub struct Metrics {
     pub backend_seconds: HistogramVec,
     /// Backend failures (each answered 503) per operation.
     pub backend_errors: IntCounterVec,
+    /// Open connections per listener (`data`, `health`).
+    pub connections_open: IntGaugeVec,
+    /// Accepted connections per listener.
+    pub connections: IntCounterVec,
+    /// Connections refused per listener and reason (`max_connections`, `accept_error`).
+    pub connections_refused: IntCounterVec,
+    /// Connections or requests cut by a timeout: `header`, `body`, `idle`, `write`, `shutdown`.
+    pub timeouts: IntCounterVec,
+    /// Claims waiting (`wait_ms`) now.
+    pub waiters: IntGauge,
+    /// Claims answered at once because `--max-waiters` claims were already waiting.
+    pub waiters_refused: IntCounter,
 }
 
 impl Metrics {
@@ -44,6 +57,46 @@ impl Metrics {
             ),
             &["backend", "op"],
         )?;
+        let connections_open = IntGaugeVec::new(
+            Opts::new("keystore_connections_open", "Open connections per listener"),
+            &["listener"],
+        )?;
+        let connections = IntCounterVec::new(
+            Opts::new(
+                "keystore_connections_total",
+                "Accepted connections per listener",
+            ),
+            &["listener"],
+        )?;
+        let connections_refused = IntCounterVec::new(
+            Opts::new(
+                "keystore_connections_refused_total",
+                "Connections refused per listener and reason",
+            ),
+            &["listener", "reason"],
+        )?;
+        let timeouts = IntCounterVec::new(
+            Opts::new(
+                "keystore_timeouts_total",
+                "Connections or requests cut by a timeout, per kind",
+            ),
+            &["kind"],
+        )?;
+        let waiters = IntGauge::new("keystore_waiters", "Claims waiting for an in-flight key")?;
+        let waiters_refused = IntCounter::new(
+            "keystore_waiters_refused_total",
+            "Claims answered without waiting: --max-waiters reached",
+        )?;
+        for c in [
+            Box::new(connections_open.clone()) as Box<dyn prometheus::core::Collector>,
+            Box::new(connections.clone()),
+            Box::new(connections_refused.clone()),
+            Box::new(timeouts.clone()),
+            Box::new(waiters.clone()),
+            Box::new(waiters_refused.clone()),
+        ] {
+            registry.register(c)?;
+        }
         registry.register(Box::new(ops.clone()))?;
         registry.register(Box::new(backend_seconds.clone()))?;
         registry.register(Box::new(backend_errors.clone()))?;
@@ -52,7 +105,18 @@ impl Metrics {
             ops,
             backend_seconds,
             backend_errors,
+            connections_open,
+            connections,
+            connections_refused,
+            timeouts,
+            waiters,
+            waiters_refused,
         })
+    }
+
+    /// Counts one timeout of `kind`.
+    pub fn timeout(&self, kind: &str) {
+        self.timeouts.with_label_values(&[kind]).inc();
     }
 
     /// Counts one request.

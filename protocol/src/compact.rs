@@ -10,8 +10,10 @@
 //! JSON ones, so the limits and the field named in an error are the same. The answers are in
 //! [`answers`].
 
+use crate::bounded::{too_many, BoundedVec, Listed};
 use crate::error::ProtocolError;
 use crate::hex64::Hex64;
+use crate::limits::MAX_RENEW_BATCH;
 use crate::request::{
     AbandonedPolicy, ClaimRequest, CompleteRequest, LookupRequest, ReleaseRequest,
     RenewBatchRequest, RenewRequest, Request,
@@ -287,11 +289,37 @@ impl Renew<'_> {
     }
 }
 
-/// A batch of renewals: their count (a varint), then each as a renew.
-#[derive(Serialize, Deserialize)]
+impl Listed for Renew<'_> {
+    const PLURAL: &'static str = "renewals";
+}
+
+/// A batch of renewals: their count (a varint), then each as a renew. A count past
+/// [`MAX_RENEW_BATCH`] is refused before any renewal is read.
+#[derive(Serialize)]
 struct RenewBatch<'a> {
-    #[serde(borrow)]
     renewals: Vec<Renew<'a>>,
+}
+
+/// The batch as read, its bound checked while reading.
+#[derive(Deserialize)]
+struct RenewBatchIn<'a> {
+    #[serde(borrow)]
+    renewals: BoundedVec<Renew<'a>, MAX_RENEW_BATCH>,
+}
+
+/// Refuses a batch whose declared count is past the bound, naming the field as JSON would: the
+/// count is the varint right after the marker.
+fn check_batch_count(body: &[u8]) -> Result<(), ProtocolError> {
+    let Some((&MARKER, rest)) = body.split_first() else {
+        return Ok(());
+    };
+    match postcard::take_from_bytes::<u64>(rest) {
+        Ok((n, _)) if n > MAX_RENEW_BATCH as u64 => Err(ProtocolError::field(
+            "renewals",
+            too_many(MAX_RENEW_BATCH, "renewals"),
+        )),
+        _ => Ok(()),
+    }
 }
 
 impl Compact for RenewBatchRequest {
@@ -302,9 +330,10 @@ impl Compact for RenewBatchRequest {
     }
 
     fn from_compact(body: &[u8]) -> Result<Self, ProtocolError> {
-        let b: RenewBatch = read(body, "renew batch")?;
+        check_batch_count(body)?;
+        let b: RenewBatchIn = read(body, "renew batch")?;
         Self::from_wire(wire::RenewBatch {
-            renewals: Some(b.renewals.iter().map(Renew::wire).collect()),
+            renewals: Some(BoundedVec(b.renewals.0.iter().map(Renew::wire).collect())),
         })
     }
 }

@@ -1,7 +1,8 @@
 //! The key-store API v1 (README, "Key-store API"), written once for both of its ends: the filter
 //! that sends requests and reads replies, and the key store that does the reverse.
 //!
-//! Modules: [`limits`] (the bounds the key store enforces), [`error`] (a malformed message, naming
+//! Modules: [`limits`] (the bounds the key store enforces), [`bounded`] (lists whose bound is
+//! checked while they are read), [`error`] (a malformed message, naming
 //! its field), [`hex64`] (keys and fingerprints), [`request`] (the requests, validated),
 //! [`wire`] (their serde shape before validation), [`response`] (the replies and the error body),
 //! [`record_bytes`] (how a record's bytes are written), [`json`] (the JSON body format),
@@ -14,6 +15,7 @@
 
 pub mod admin;
 pub mod body;
+pub mod bounded;
 pub mod compact;
 pub mod error;
 pub mod hex64;

@@ -2,6 +2,7 @@
 //! accepts. They serialize to their wire form directly; they deserialize through [`crate::wire`]
 //! and [`Request::from_wire`], which names the field at fault.
 
+use crate::bounded::too_many;
 use crate::error::ProtocolError;
 use crate::hex64::Hex64;
 use crate::limits::{MAX_LEASE_MS, MAX_RENEW_BATCH, MAX_RETENTION_MS, MAX_TOKEN_LEN, MAX_WAIT_MS};
@@ -186,11 +187,11 @@ impl Request for RenewBatchRequest {
     type Wire = wire::RenewBatch;
 
     fn from_wire(w: wire::RenewBatch) -> Result<Self, ProtocolError> {
-        let renewals = required(w.renewals, "renewals")?;
+        let renewals = required(w.renewals, "renewals")?.into_inner();
         if renewals.is_empty() || renewals.len() > MAX_RENEW_BATCH {
             return Err(ProtocolError::field(
                 "renewals",
-                format!("must hold 1 to {MAX_RENEW_BATCH} renewals"),
+                too_many(MAX_RENEW_BATCH, "renewals"),
             ));
         }
         let renewals = renewals

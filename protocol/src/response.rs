@@ -3,6 +3,9 @@
 
 use serde::{Deserialize, Serialize};
 
+use crate::bounded::{BoundedVec, Listed};
+use crate::limits::MAX_RENEW_BATCH;
+
 /// Answer to a claim.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "outcome", rename_all = "snake_case")]
@@ -75,10 +78,20 @@ pub enum RenewOutcome {
     Stale,
 }
 
-/// Answer to a `renew-batch` (always 200): one outcome per renewal, in the request's order.
+impl Listed for RenewOutcome {
+    const PLURAL: &'static str = "outcomes";
+}
+
+/// Answer to a `renew-batch` (always 200): one outcome per renewal, in the request's order. A
+/// reader takes at most [`MAX_RENEW_BATCH`] of them, as the key store does renewals.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct RenewBatchResponse {
+    #[serde(deserialize_with = "bounded_outcomes")]
     pub outcomes: Vec<RenewOutcome>,
+}
+
+fn bounded_outcomes<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Vec<RenewOutcome>, D::Error> {
+    BoundedVec::<RenewOutcome, MAX_RENEW_BATCH>::deserialize(d).map(BoundedVec::into_inner)
 }
 
 /// The body of an error the key store answers itself (400, 401, 413, 503).

@@ -5,6 +5,9 @@
 
 use serde::Deserialize;
 
+use crate::bounded::{BoundedVec, Listed};
+use crate::limits::MAX_RENEW_BATCH;
+
 /// `POST /v1/claim`, unvalidated.
 #[derive(Debug, Clone, Default, Deserialize)]
 pub struct Claim {
@@ -50,8 +53,13 @@ pub struct Renew {
     pub lease_ms: Option<u64>,
 }
 
-/// `POST /v1/renew-batch`, unvalidated.
+impl Listed for Renew {
+    const PLURAL: &'static str = "renewals";
+}
+
+/// `POST /v1/renew-batch`, unvalidated; a list of more than [`MAX_RENEW_BATCH`] renewals is
+/// refused while it is read ([`crate::bounded`]).
 #[derive(Debug, Clone, Default, Deserialize)]
 pub struct RenewBatch {
-    pub renewals: Option<Vec<Renew>>,
+    pub renewals: Option<BoundedVec<Renew, MAX_RENEW_BATCH>>,
 }

@@ -10,7 +10,8 @@
 //!
 //! Connections: `redis://` or `rediss://` (TLS; the server's certificate is checked against the
 //! system's roots or `--redis-ca`, never skipped), with `user:password@` for Redis ACLs. URLs are
-//! never logged with their password.
+//! never logged with their password. While Redis is unreachable, calls fail at once and
+//! reconnection is tried with backoff ([`breaker`]).
 //!
 //! Memory: every script that may grow memory makes `HSET` its first write, the one Redis checks
 //! against `maxmemory` (with `noeviction`), so a full Redis refuses it before it changes anything
@@ -23,6 +24,7 @@
 //! key, and a read is one script call, so polling with backoff costs less to run and to reason
 //! about than a subscriber per process that must resubscribe across reconnects and cluster moves.
 
+mod breaker;
 mod scripts;
 #[cfg(test)]
 mod tests;
@@ -39,6 +41,7 @@ use redis::cluster_async::ClusterConnection;
 use redis::{RedisResult, Script, Value};
 use tokio::sync::OnceCell;
 
+use self::breaker::{Breaker, Guarded};
 use self::scripts::{
     fenced, record_state, CLAIM, COMPLETE, FENCE, INSPECT, LOOKUP, NOW, PURGE, RELEASE, RENEW,
     RENEW_FLAGS, STATE, VIEW,
@@ -107,6 +110,7 @@ pub struct RedisBackend<C> {
     /// Makes the connection; run on first use so the service can start before Redis.
     connect: Connect<C>,
     conn: OnceCell<C>,
+    breaker: Breaker,
     claim: Script,
     lookup: Script,
     complete: Script,
@@ -137,19 +141,19 @@ impl RedisBackend<ConnectionManager> {
             None => redis::Client::open(url.as_str()),
         }
         .map_err(|e| anyhow::anyhow!("--redis-url {}: {e}", redact(url)))?;
-        // Few, quick reconnect attempts: a request never waits long on a dead node (it gets 503),
-        // and the next request after a failed round starts a new one.
+        // One quick reconnect attempt per round: the breaker spaces the rounds out, and requests
+        // in between get their 503 at once.
         let config = ConnectionManagerConfig::new()
             .set_connection_timeout(timeout)
             .set_response_timeout(timeout)
-            .set_number_of_retries(2)
+            .set_number_of_retries(1)
             .set_factor(50)
             .set_max_delay(500);
         let connect: Connect<ConnectionManager> = Box::new(move || {
             let (client, config) = (client.clone(), config.clone());
             Box::pin(async move { ConnectionManager::new_with_config(client, config).await })
         });
-        Ok(Self::new(connect, "redis"))
+        Ok(Self::new(connect, "redis", Breaker::new()))
     }
 }
 
@@ -183,7 +187,7 @@ impl RedisBackend<ClusterConnection> {
             let client = client.clone();
             Box::pin(async move { client.get_async_connection().await })
         });
-        Ok(Self::new(connect, "redis-cluster"))
+        Ok(Self::new(connect, "redis-cluster", Breaker::default()))
     }
 }
 
@@ -191,11 +195,12 @@ impl<C> RedisBackend<C>
 where
     C: ConnectionLike + Clone + Send + Sync + 'static,
 {
-    fn new(connect: Connect<C>, name: &'static str) -> Self {
+    fn new(connect: Connect<C>, name: &'static str, breaker: Breaker) -> Self {
         let script = |body: &str| Script::new(&format!("{NOW}{body}"));
         Self {
             connect,
             conn: OnceCell::new(),
+            breaker,
             claim: script(&format!("{STATE}{CLAIM}")),
             lookup: script(&format!("{STATE}{LOOKUP}")),
             complete: script(&format!("{FENCE}{COMPLETE}")),
@@ -207,10 +212,22 @@ where
         }
     }
 
-    /// The shared connection, connecting if no attempt succeeded yet.
-    async fn connection(&self) -> Result<C, BackendError> {
-        let conn = self.conn.get_or_try_init(|| (self.connect)()).await?;
-        Ok(conn.clone())
+    /// The shared connection behind the breaker, connecting if no attempt succeeded yet (the
+    /// first connection, too, fails fast while Redis is known to be unreachable).
+    async fn connection(&self) -> Result<Guarded<C>, BackendError> {
+        let conn = self
+            .conn
+            .get_or_try_init(|| async {
+                let pass = self.breaker.admit()?;
+                let result = (self.connect)().await;
+                pass.finish(&result);
+                result
+            })
+            .await?;
+        Ok(Guarded {
+            inner: conn.clone(),
+            breaker: self.breaker.clone(),
+        })
     }
 
     /// Redis key of a record.

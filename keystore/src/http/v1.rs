@@ -31,6 +31,11 @@ pub(super) fn router(state: &AppState) -> Router<AppState> {
         .route("/release", post(release))
         .route("/renew", post(renew))
         .route("/renew-batch", post(renew_batch))
+        // Bodies are read (bounded) only once the caller is authenticated.
+        .route_layer(middleware::from_fn_with_state(
+            state.clone(),
+            super::body::read_whole,
+        ))
         .route_layer(middleware::from_fn_with_state(state.clone(), authenticate))
 }
 
@@ -45,7 +50,7 @@ async fn authenticate(State(s): State<AppState>, req: Request, next: Next) -> Re
 }
 
 /// The operation label of a /v1 path (route_layer only sees our routes).
-fn op_of(path: &str) -> &'static str {
+pub(super) fn op_of(path: &str) -> &'static str {
     match path.rsplit('/').next() {
         Some("renew-batch") => "renew_batch",
         Some("claim") => "claim",
@@ -170,10 +175,23 @@ async fn claim(
 ) -> Result<Response, Failure> {
     let (format, reply) = formats(&headers);
     let req: ClaimRequest = s.parse("claim", format, body)?;
-    let (outcome, waited) = if req.wait_ms == 0 {
-        (s.call("claim", s.backend.claim(&req)).await?, false)
-    } else {
-        s.claim_waiting(&req).await?
+    // Past --max-waiters, a claim answers at once, as with `wait_ms` 0.
+    let permit = match req.wait_ms {
+        0 => None,
+        _ => match s.waiters.clone().try_acquire_owned() {
+            Ok(permit) => Some(permit),
+            Err(_) => {
+                s.metrics.waiters_refused.inc();
+                None
+            }
+        },
+    };
+    let (outcome, waited) = match permit {
+        None => (s.call("claim", s.backend.claim(&req)).await?, false),
+        Some(_permit) => {
+            let _counted = Waiting::new(&s.metrics.waiters);
+            s.claim_waiting(&req).await?
+        }
     };
     let (label, response) = match outcome {
         ClaimOutcome::Claimed { token } => ("claimed", ClaimResponse::Claimed { token }),
@@ -201,6 +219,22 @@ async fn claim(
         StatusCode::OK,
         &ClaimAnswer { response, waited },
     ))
+}
+
+/// A waiting claim, counted in `keystore_waiters` until it ends, answered or dropped.
+struct Waiting<'a>(&'a prometheus::IntGauge);
+
+impl<'a> Waiting<'a> {
+    fn new(gauge: &'a prometheus::IntGauge) -> Self {
+        gauge.inc();
+        Self(gauge)
+    }
+}
+
+impl Drop for Waiting<'_> {
+    fn drop(&mut self) {
+        self.0.dec();
+    }
 }
 
 async fn lookup(

@@ -21,6 +21,9 @@ pub fn settings() -> Settings {
         max_body_bytes: 4 * 1024 * 1024 + 8192,
         max_record_bytes: 3 * 1024 * 1024,
         backend_timeout: Duration::from_secs(1),
+        body_timeout: Duration::from_secs(5),
+        max_waiters: 10_000,
+        max_body_memory: 1 << 30,
         drain: Drain::default(),
     }
 }

@@ -4,9 +4,11 @@
 
 mod binary;
 mod common;
+mod hostile;
 mod memory;
 mod redis_cluster;
 mod redis_full;
+mod redis_fast_fail;
 mod redis_single;
 mod redis_tls;
 mod suite;

@@ -3,7 +3,9 @@
 //! fields.
 
 use super::{read, write, Compact, MARKER};
+use crate::bounded::BoundedVec;
 use crate::error::ProtocolError;
+use crate::limits::MAX_RENEW_BATCH;
 use crate::response::{
     ClaimAnswer, ClaimResponse, FencedResponse, LookupResponse, RenewBatchResponse, RenewOutcome,
 };
@@ -16,8 +18,10 @@ impl Compact for RenewBatchResponse {
     }
 
     fn from_compact(body: &[u8]) -> Result<Self, ProtocolError> {
-        let outcomes: Vec<RenewOutcome> = read(body, "renew batch answer")?;
-        Ok(Self { outcomes })
+        let outcomes: BoundedVec<RenewOutcome, MAX_RENEW_BATCH> = read(body, "renew batch answer")?;
+        Ok(Self {
+            outcomes: outcomes.into_inner(),
+        })
     }
 }
 
