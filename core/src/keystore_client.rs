@@ -15,7 +15,7 @@ use crate::scope::RecordKey;
 use idempotency_protocol::{
     body, ClaimAnswer, ClaimRequest, ClaimResponse, Compact, CompleteRequest, FencedResponse,
     Hex64, LookupRequest, LookupResponse, ReleaseRequest, RenewBatchRequest, RenewBatchResponse,
-    RenewOutcome, RenewRequest, Request,
+    RenewOutcome, RenewRequest, Request, ABANDONED_RETRY_AFTER_MS,
 };
 
 /// What the key store said to complete or release, or to one renewal of a batch.
@@ -104,6 +104,8 @@ pub fn claim(
         lease_ms,
         wait_ms,
         token: Some(token.to_string()),
+        abandoned: None,
+        retention_ms: None,
     };
     let mut c = callout(cfg, "claim", &body);
     c.timeout_ms = c.timeout_ms.saturating_add(wait_ms);
@@ -120,6 +122,7 @@ pub fn lookup(cfg: &KeystoreConfig, key: &RecordKey, fp: &Fingerprint) -> Callou
     let body = LookupRequest {
         key: key_hex(key),
         fingerprint: Hex64::from_bytes(fp),
+        abandoned: None,
     };
     callout(cfg, "lookup", &body)
 }
@@ -139,6 +142,10 @@ pub fn parse_lookup(
         LookupResponse::InFlight { retry_after_ms } => Found::InFlight { retry_after_ms },
         LookupResponse::Mismatch => Found::Mismatch,
         LookupResponse::Completed { record } => Found::Completed(open(cfg, key, &record)?),
+        // Not asked for (the lookup names no `abandoned` policy): held as in flight, closed.
+        LookupResponse::Abandoned { .. } => Found::InFlight {
+            retry_after_ms: ABANDONED_RETRY_AFTER_MS,
+        },
     })
 }
 
@@ -235,6 +242,10 @@ pub fn parse_claim(
         ClaimResponse::InFlight { retry_after_ms } => Found::InFlight { retry_after_ms },
         ClaimResponse::Completed { record } => Found::Completed(open(cfg, key, &record)?),
         ClaimResponse::Mismatch => Found::Mismatch,
+        // Not asked for (the claim names no `abandoned` policy): held as in flight, closed.
+        ClaimResponse::Abandoned { .. } => Found::InFlight {
+            retry_after_ms: ABANDONED_RETRY_AFTER_MS,
+        },
     })
 }
 

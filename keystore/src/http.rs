@@ -145,11 +145,12 @@ impl AppState {
                 .backend_errors
                 .with_label_values(&[backend, op])
                 .inc();
-            self.metrics.op(op, "error");
-            Failure(
-                StatusCode::SERVICE_UNAVAILABLE,
-                format!("backend unavailable: {e}"),
-            )
+            self.metrics.op(op, e.label());
+            let message = match e {
+                BackendError::Full(_) => e.to_string(),
+                _ => format!("backend unavailable: {e}"),
+            };
+            Failure(StatusCode::SERVICE_UNAVAILABLE, message)
         })
     }
 }

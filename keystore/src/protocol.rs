@@ -12,3 +12,13 @@ pub fn token_or_new(req: &ClaimRequest) -> String {
 pub fn new_token() -> String {
     format!("{:032x}", rand::random::<u128>())
 }
+
+/// Whether a claim takes an abandoned key over (the at-least-once policy).
+pub fn takes_over(req: &ClaimRequest) -> bool {
+    req.abandoned == Some(AbandonedPolicy::TakeOver)
+}
+
+/// How long an abandoned claim made by `req` is kept after its lease ended.
+pub fn abandoned_retention_ms(req: &ClaimRequest) -> u64 {
+    req.retention_ms.unwrap_or(DEFAULT_ABANDONED_RETENTION_MS)
+}

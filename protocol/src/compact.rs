@@ -10,8 +10,8 @@
 use crate::error::ProtocolError;
 use crate::hex64::Hex64;
 use crate::request::{
-    ClaimRequest, CompleteRequest, LookupRequest, ReleaseRequest, RenewBatchRequest, RenewRequest,
-    Request,
+    AbandonedPolicy, ClaimRequest, CompleteRequest, LookupRequest, ReleaseRequest,
+    RenewBatchRequest, RenewRequest, Request,
 };
 use crate::response::{
     ClaimAnswer, ClaimResponse, FencedResponse, LookupResponse, RenewBatchResponse, RenewOutcome,
@@ -42,6 +42,20 @@ fn write<T: Serialize>(value: &T) -> Vec<u8> {
 }
 
 fn read<'a, T: Deserialize<'a>>(body: &'a [u8], what: &str) -> Result<T, ProtocolError> {
+    match read_prefix(body, what)? {
+        (value, []) => Ok(value),
+        _ => Err(ProtocolError::body(format!(
+            "trailing bytes after the {what}"
+        ))),
+    }
+}
+
+/// Reads a message that may be followed by an extension (fields added after the first layout,
+/// which older writers leave out): the message and the bytes after it.
+fn read_prefix<'a, T: Deserialize<'a>>(
+    body: &'a [u8],
+    what: &str,
+) -> Result<(T, &'a [u8]), ProtocolError> {
     let rest = match body.split_first() {
         Some((&MARKER, rest)) => rest,
         _ => {
@@ -50,12 +64,43 @@ fn read<'a, T: Deserialize<'a>>(body: &'a [u8], what: &str) -> Result<T, Protoco
             )))
         }
     };
+    postcard::take_from_bytes(rest)
+        .map_err(|e| ProtocolError::body(format!("not a compact {what}: {e}")))
+}
+
+/// Reads an extension: absent (no bytes left) or one `T` to the last byte.
+fn read_extension<'a, T: Deserialize<'a>>(
+    rest: &'a [u8],
+    what: &str,
+) -> Result<Option<T>, ProtocolError> {
+    if rest.is_empty() {
+        return Ok(None);
+    }
     match postcard::take_from_bytes(rest) {
-        Ok((value, [])) => Ok(value),
+        Ok((value, [])) => Ok(Some(value)),
         Ok(_) => Err(ProtocolError::body(format!(
             "trailing bytes after the {what}"
         ))),
         Err(e) => Err(ProtocolError::body(format!("not a compact {what}: {e}"))),
+    }
+}
+
+/// An `abandoned` policy as one byte: 0 absent, 1 `report`, 2 `take_over`.
+fn policy_byte(policy: Option<AbandonedPolicy>) -> u8 {
+    match policy {
+        None => 0,
+        Some(AbandonedPolicy::Report) => 1,
+        Some(AbandonedPolicy::TakeOver) => 2,
+    }
+}
+
+/// The policy a byte names, as its wire name (so that validation names a bad one).
+fn policy_name(byte: u8) -> Option<String> {
+    match byte {
+        0 => None,
+        1 => Some("report".to_owned()),
+        2 => Some("take_over".to_owned()),
+        other => Some(format!("byte {other}")),
     }
 }
 
@@ -81,25 +126,45 @@ struct Claim<'a> {
     token: Option<&'a str>,
 }
 
+/// What a claim says about abandoned keys, after the first layout: the policy byte, then
+/// `retention_ms` (a varint, 0: absent). Left out when both are absent, so an older filter's
+/// claim reads as one without them.
+#[derive(Serialize, Deserialize)]
+struct ClaimExtension {
+    abandoned: u8,
+    retention_ms: u64,
+}
+
 impl Compact for ClaimRequest {
     fn to_compact(&self) -> Vec<u8> {
-        write(&Claim {
+        let mut body = write(&Claim {
             key: raw(&self.key),
             fingerprint: raw(&self.fingerprint),
             lease_ms: self.lease_ms,
             wait_ms: self.wait_ms,
             token: self.token.as_deref(),
-        })
+        });
+        if self.abandoned.is_some() || self.retention_ms.is_some() {
+            let extension = ClaimExtension {
+                abandoned: policy_byte(self.abandoned),
+                retention_ms: self.retention_ms.unwrap_or(0),
+            };
+            body = postcard::to_extend(&extension, body).unwrap_or_default();
+        }
+        body
     }
 
     fn from_compact(body: &[u8]) -> Result<Self, ProtocolError> {
-        let c: Claim = read(body, "claim")?;
+        let (c, rest): (Claim, _) = read_prefix(body, "claim")?;
+        let extension: Option<ClaimExtension> = read_extension(rest, "claim")?;
         Self::from_wire(wire::Claim {
             key: hex(&c.key),
             fingerprint: hex(&c.fingerprint),
             lease_ms: Some(c.lease_ms),
             wait_ms: Some(c.wait_ms),
             token: c.token.map(str::to_owned),
+            abandoned: extension.as_ref().and_then(|e| policy_name(e.abandoned)),
+            retention_ms: extension.map(|e| e.retention_ms).filter(|&n| n != 0),
         })
     }
 }
@@ -110,19 +175,26 @@ struct Lookup {
     fingerprint: [u8; 32],
 }
 
+/// A lookup is followed by the `abandoned` policy byte when it names one.
 impl Compact for LookupRequest {
     fn to_compact(&self) -> Vec<u8> {
-        write(&Lookup {
+        let mut body = write(&Lookup {
             key: raw(&self.key),
             fingerprint: raw(&self.fingerprint),
-        })
+        });
+        if self.abandoned.is_some() {
+            body.push(policy_byte(self.abandoned));
+        }
+        body
     }
 
     fn from_compact(body: &[u8]) -> Result<Self, ProtocolError> {
-        let l: Lookup = read(body, "lookup")?;
+        let (l, rest): (Lookup, _) = read_prefix(body, "lookup")?;
+        let policy: Option<u8> = read_extension(rest, "lookup")?;
         Self::from_wire(wire::Lookup {
             key: hex(&l.key),
             fingerprint: hex(&l.fingerprint),
+            abandoned: policy.and_then(policy_name),
         })
     }
 }
@@ -256,6 +328,7 @@ enum Outcome<'a> {
     InFlight { retry_after_ms: u64 },
     Completed { record: &'a [u8] },
     Mismatch,
+    Abandoned { lease_ended_ms_ago: u64 },
 }
 
 impl Compact for ClaimAnswer {
@@ -267,6 +340,9 @@ impl Compact for ClaimAnswer {
             },
             ClaimResponse::Completed { record } => Outcome::Completed { record },
             ClaimResponse::Mismatch => Outcome::Mismatch,
+            ClaimResponse::Abandoned { lease_ended_ms_ago } => Outcome::Abandoned {
+                lease_ended_ms_ago: *lease_ended_ms_ago,
+            },
         };
         write(&(outcome, self.waited))
     }
@@ -282,6 +358,9 @@ impl Compact for ClaimAnswer {
                 record: record.to_vec(),
             },
             Outcome::Mismatch => ClaimResponse::Mismatch,
+            Outcome::Abandoned { lease_ended_ms_ago } => {
+                ClaimResponse::Abandoned { lease_ended_ms_ago }
+            }
         };
         Ok(Self { response, waited })
     }
@@ -294,6 +373,7 @@ enum LookupOutcome<'a> {
     InFlight { retry_after_ms: u64 },
     Completed { record: &'a [u8] },
     Mismatch,
+    Abandoned { lease_ended_ms_ago: u64 },
 }
 
 impl Compact for LookupResponse {
@@ -305,6 +385,9 @@ impl Compact for LookupResponse {
             },
             Self::Completed { record } => LookupOutcome::Completed { record },
             Self::Mismatch => LookupOutcome::Mismatch,
+            Self::Abandoned { lease_ended_ms_ago } => LookupOutcome::Abandoned {
+                lease_ended_ms_ago: *lease_ended_ms_ago,
+            },
         })
     }
 
@@ -316,6 +399,9 @@ impl Compact for LookupResponse {
                 record: record.to_vec(),
             },
             LookupOutcome::Mismatch => Self::Mismatch,
+            LookupOutcome::Abandoned { lease_ended_ms_ago } => {
+                Self::Abandoned { lease_ended_ms_ago }
+            }
         })
     }
 }

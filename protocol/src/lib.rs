@@ -29,10 +29,13 @@ pub use body::Format;
 pub use compact::Compact;
 pub use error::ProtocolError;
 pub use hex64::Hex64;
-pub use limits::{MAX_LEASE_MS, MAX_RENEW_BATCH, MAX_RETENTION_MS, MAX_TOKEN_LEN, MAX_WAIT_MS};
+pub use limits::{
+    ABANDONED_RETRY_AFTER_MS, DEFAULT_ABANDONED_RETENTION_MS, MAX_LEASE_MS, MAX_RENEW_BATCH,
+    MAX_RETENTION_MS, MAX_TOKEN_LEN, MAX_WAIT_MS,
+};
 pub use request::{
-    ClaimRequest, CompleteRequest, LookupRequest, ReleaseRequest, RenewBatchRequest, RenewRequest,
-    Request,
+    AbandonedPolicy, ClaimRequest, CompleteRequest, LookupRequest, ReleaseRequest,
+    RenewBatchRequest, RenewRequest, Request,
 };
 pub use response::{
     ClaimAnswer, ClaimResponse, ErrorBody, FencedResponse, LookupResponse, RenewBatchResponse,

@@ -12,3 +12,10 @@ pub const MAX_WAIT_MS: u64 = 60_000;
 /// Most renewals in one `renew-batch`: a filter with more claims due sends several batches. The
 /// bound keeps one call's backend work (and its body, ~60 bytes a renewal in compact) small.
 pub const MAX_RENEW_BATCH: usize = 256;
+/// How long a claim whose lease ran out without an answer (an abandoned claim) is kept when its
+/// claim named no `retention_ms`: a day, the filter's default retention. Its outcome is unknown,
+/// so the key stays taken for as long as a completed record would have replayed.
+pub const DEFAULT_ABANDONED_RETENTION_MS: u64 = 24 * 60 * 60 * 1000;
+/// The `retry_after_ms` of the `in_flight` answer a caller that does not understand `abandoned`
+/// gets for an abandoned key: nothing will free the key soon, so a second is as good as any.
+pub const ABANDONED_RETRY_AFTER_MS: u64 = 1000;

@@ -32,6 +32,38 @@ pub struct ClaimRequest {
     /// A caller that knows its token before the answer can release a claim whose answer it lost.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub token: Option<String>,
+    /// What the caller wants when the key holds an abandoned claim (a claim whose lease ran out
+    /// without complete or release). Present, it also says that the caller understands the
+    /// `abandoned` outcome; absent (a filter older than abandoned claims), the key store answers
+    /// `in_flight` instead, so that such a caller fails closed (409, never a second execution).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub abandoned: Option<AbandonedPolicy>,
+    /// How long the key store keeps this claim once its lease ran out without an answer (the
+    /// caller's retention; absent: [`crate::DEFAULT_ABANDONED_RETENTION_MS`]).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub retention_ms: Option<u64>,
+}
+
+/// A claim's policy for an abandoned key (README, "Key-store API").
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum AbandonedPolicy {
+    /// Answer `abandoned` with how long ago the lease ended; the key stays taken (exactly once:
+    /// the abandoned request may have reached the upstream).
+    Report,
+    /// Take the key over atomically with a new token, fencing the old one (at least once).
+    TakeOver,
+}
+
+impl AbandonedPolicy {
+    /// The policy named on the wire.
+    pub fn parse(name: &str) -> Option<Self> {
+        match name {
+            "report" => Some(Self::Report),
+            "take_over" => Some(Self::TakeOver),
+            _ => None,
+        }
+    }
 }
 
 /// `POST /v1/lookup`: what a key holds, changing nothing (a filter looking for a record stored
@@ -40,6 +72,11 @@ pub struct ClaimRequest {
 pub struct LookupRequest {
     pub key: Hex64,
     pub fingerprint: Hex64,
+    /// Present (either value), the caller understands the `abandoned` answer; absent, an
+    /// abandoned key is reported as `in_flight`, as to a claim. A lookup changes nothing, so the
+    /// value itself does not matter.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub abandoned: Option<AbandonedPolicy>,
 }
 
 /// `POST /v1/complete`.
@@ -86,6 +123,11 @@ impl Request for ClaimRequest {
             lease_ms: millis(w.lease_ms, "lease_ms", MAX_LEASE_MS)?,
             wait_ms: optional_millis(w.wait_ms, "wait_ms", MAX_WAIT_MS)?,
             token: w.token.map(|t| token(Some(t))).transpose()?,
+            abandoned: policy(w.abandoned)?,
+            retention_ms: w
+                .retention_ms
+                .map(|n| millis(Some(n), "retention_ms", MAX_RETENTION_MS))
+                .transpose()?,
         })
     }
 }
@@ -97,6 +139,7 @@ impl Request for LookupRequest {
         Ok(Self {
             key: hex64(w.key, "key")?,
             fingerprint: hex64(w.fingerprint, "fingerprint")?,
+            abandoned: policy(w.abandoned)?,
         })
     }
 }
@@ -161,6 +204,16 @@ impl Request for RenewBatchRequest {
             .collect::<Result<_, _>>()?;
         Ok(Self { renewals })
     }
+}
+
+fn policy(value: Option<String>) -> Result<Option<AbandonedPolicy>, ProtocolError> {
+    value
+        .map(|name| {
+            AbandonedPolicy::parse(&name).ok_or_else(|| {
+                ProtocolError::field("abandoned", "must be \"report\" or \"take_over\"")
+            })
+        })
+        .transpose()
 }
 
 fn is_zero(n: &u64) -> bool {

@@ -18,6 +18,10 @@ pub enum ClaimResponse {
     },
     /// The key is claimed or completed with another fingerprint.
     Mismatch,
+    /// The key holds an abandoned claim with this fingerprint: its lease ended this many
+    /// milliseconds ago without complete or release, so its request's outcome is unknown. Sent
+    /// only to a claim that names an `abandoned` policy other than `take_over`.
+    Abandoned { lease_ended_ms_ago: u64 },
 }
 
 /// The body of a claim's 200: the answer, and whether the key store held the request before
@@ -43,6 +47,10 @@ pub enum LookupResponse {
         record: Vec<u8>,
     },
     Mismatch,
+    /// As a claim's `abandoned`; sent only to a lookup that names an `abandoned` policy.
+    Abandoned {
+        lease_ended_ms_ago: u64,
+    },
 }
 
 /// Answer to a complete, release or renew; `Stale` goes out with 409.
@@ -52,8 +60,8 @@ pub enum FencedResponse {
     Stored,
     Released,
     Renewed,
-    /// The token is no longer the current claim's: its lease ended, and someone may have taken
-    /// the key over.
+    /// The token is no longer the current claim's: the claim was completed, released, taken
+    /// over or dropped at the end of its retention.
     Stale,
 }
 

@@ -13,6 +13,8 @@ pub struct Claim {
     pub lease_ms: Option<u64>,
     pub wait_ms: Option<u64>,
     pub token: Option<String>,
+    pub abandoned: Option<String>,
+    pub retention_ms: Option<u64>,
 }
 
 /// `POST /v1/lookup`, unvalidated.
@@ -20,6 +22,7 @@ pub struct Claim {
 pub struct Lookup {
     pub key: Option<String>,
     pub fingerprint: Option<String>,
+    pub abandoned: Option<String>,
 }
 
 /// `POST /v1/complete`, unvalidated; the record is already decoded from its text form.

@@ -1,9 +1,10 @@
 //! In-process backend: one map under one lock, bounded in bytes and in entries.
 //!
-//! Every operation runs under the lock, so each is atomic. Entries expire at their own deadline
-//! (lease or retention): an expired one counts as absent and is swept on the next operation. When a
-//! write does not fit, completed records are evicted, the one closest to its expiry first; an
-//! in-flight claim is never evicted. A claim (or a completion) that still does not fit is refused
+//! Every operation runs under the lock, so each is atomic. A record lives until its retention
+//! ends; a claim until its lease ends plus its retention (abandoned in between, see
+//! [`Backend`]); past that an entry counts as absent and is swept on the next operation. When a
+//! write does not fit, completed records are evicted, the one closest to its expiry first; a
+//! claim, live or abandoned, is never evicted. A claim (or a completion) that still does not fit is refused
 //! with [`BackendError::Full`] (HTTP 503, so the filter's failure mode applies), and the claims
 //! already held stay as they are.
 //! Waiting claims are woken by a per-key `watch` channel that exists only while someone waits.
@@ -19,11 +20,11 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use async_trait::async_trait;
 use tokio::sync::watch;
 
-use self::store::{millis_left, Entry, Limits, State, Store};
+use self::store::{millis_left, millis_since, Entry, Limits, State, Store};
 use super::{Backend, BackendError, ClaimOutcome, Fenced, KeyChange, LookupOutcome};
 use crate::protocol::{
-    token_or_new, ClaimRequest, CompleteRequest, Hex64, LookupRequest, RecordState, ReleaseRequest,
-    RenewRequest,
+    abandoned_retention_ms, takes_over, token_or_new, ClaimRequest, CompleteRequest, Hex64,
+    LookupRequest, RecordState, ReleaseRequest, RenewRequest,
 };
 
 /// The wall clock in Unix ms.
@@ -113,40 +114,45 @@ impl MemoryBackend {
 #[async_trait]
 impl Backend for MemoryBackend {
     async fn claim(&self, req: &ClaimRequest) -> Result<ClaimOutcome, BackendError> {
-        self.with(|store, now| match store.live(req.key.as_str(), now) {
-            Some(e) if e.fingerprint != req.fingerprint => Ok(ClaimOutcome::Mismatch),
-            Some(Entry {
-                state: State::Completed { record, .. },
-                ..
-            }) => Ok(ClaimOutcome::Completed {
-                record: record.to_vec(),
-            }),
-            Some(Entry {
-                state: State::InFlight { .. },
-                until,
-                ..
-            }) => Ok(ClaimOutcome::InFlight {
-                retry_after_ms: millis_left(*until, now),
-            }),
-            None => {
-                let token = token_or_new(req);
-                let entry = Entry {
-                    fingerprint: req.fingerprint.clone(),
-                    state: State::InFlight {
-                        token: token.clone(),
-                    },
-                    until: now + Duration::from_millis(req.lease_ms),
-                    seq: 0,
-                };
-                store.put(req.key.as_str(), entry, &self.limits)?;
-                Ok(ClaimOutcome::Claimed { token })
+        self.with(|store, now| {
+            match store.kept(req.key.as_str(), now) {
+                Some(e) if e.until <= now && !e.is_completed() && takes_over(req) => {}
+                Some(e) if e.fingerprint != req.fingerprint => return Ok(ClaimOutcome::Mismatch),
+                Some(Entry {
+                    state: State::Completed { record, .. },
+                    ..
+                }) => {
+                    return Ok(ClaimOutcome::Completed {
+                        record: record.to_vec(),
+                    })
+                }
+                Some(Entry { until, .. }) if *until > now => {
+                    return Ok(ClaimOutcome::InFlight {
+                        retry_after_ms: millis_left(*until, now),
+                    })
+                }
+                Some(Entry { until, .. }) => {
+                    return Ok(ClaimOutcome::Abandoned {
+                        lease_ended_ms_ago: millis_since(*until, now),
+                    })
+                }
+                None => {}
             }
+            let token = token_or_new(req);
+            let entry = Entry::claim(
+                req.fingerprint.clone(),
+                token.clone(),
+                now + Duration::from_millis(req.lease_ms),
+                Duration::from_millis(abandoned_retention_ms(req)),
+            );
+            store.put(req.key.as_str(), entry, &self.limits)?;
+            Ok(ClaimOutcome::Claimed { token })
         })
     }
 
     async fn lookup(&self, req: &LookupRequest) -> Result<LookupOutcome, BackendError> {
         Ok(
-            self.with(|store, now| match store.live(req.key.as_str(), now) {
+            self.with(|store, now| match store.kept(req.key.as_str(), now) {
                 None => LookupOutcome::Absent,
                 Some(e) if e.fingerprint != req.fingerprint => LookupOutcome::Mismatch,
                 Some(Entry {
@@ -155,30 +161,27 @@ impl Backend for MemoryBackend {
                 }) => LookupOutcome::Completed {
                     record: record.to_vec(),
                 },
-                Some(Entry { until, .. }) => LookupOutcome::InFlight {
+                Some(Entry { until, .. }) if *until > now => LookupOutcome::InFlight {
                     retry_after_ms: millis_left(*until, now),
+                },
+                Some(Entry { until, .. }) => LookupOutcome::Abandoned {
+                    lease_ended_ms_ago: millis_since(*until, now),
                 },
             }),
         )
     }
 
+    /// Accepted while the token names the claim, its lease live or ended (a late answer wins).
     async fn complete(&self, req: &CompleteRequest) -> Result<Fenced, BackendError> {
         let result = self.with(|store, now| -> Result<Fenced, BackendError> {
-            match store.live(req.key.as_str(), now) {
-                Some(Entry {
-                    fingerprint,
-                    state: State::InFlight { token },
-                    ..
-                }) if *token == req.token => {
-                    let entry = Entry {
-                        fingerprint: fingerprint.clone(),
-                        state: State::Completed {
-                            record: Arc::from(req.record.as_slice()),
-                            stored_at_ms: unix_ms(),
-                        },
-                        until: now + Duration::from_millis(req.retention_ms),
-                        seq: 0,
-                    };
+            match store.kept(req.key.as_str(), now) {
+                Some(e) if e.is_claim_of(&req.token) => {
+                    let entry = Entry::completed(
+                        e.fingerprint.clone(),
+                        Arc::from(req.record.as_slice()),
+                        unix_ms(),
+                        now + Duration::from_millis(req.retention_ms),
+                    );
                     store.put(req.key.as_str(), entry, &self.limits)?;
                     Ok(Fenced::Done)
                 }
@@ -192,11 +195,8 @@ impl Backend for MemoryBackend {
     }
 
     async fn release(&self, req: &ReleaseRequest) -> Result<Fenced, BackendError> {
-        let result = self.with(|store, now| match store.live(req.key.as_str(), now) {
-            Some(Entry {
-                state: State::InFlight { token },
-                ..
-            }) if *token == req.token => {
+        let result = self.with(|store, now| match store.kept(req.key.as_str(), now) {
+            Some(e) if e.is_claim_of(&req.token) => {
                 store.remove(req.key.as_str());
                 Fenced::Done
             }
@@ -208,21 +208,20 @@ impl Backend for MemoryBackend {
         Ok(result)
     }
 
+    /// Also revives an abandoned claim: its holder was slow, not gone.
     async fn renew(&self, req: &RenewRequest) -> Result<Fenced, BackendError> {
-        self.with(|store, now| match store.live(req.key.as_str(), now) {
+        self.with(|store, now| match store.kept(req.key.as_str(), now) {
             Some(Entry {
                 fingerprint,
-                state: State::InFlight { token },
+                state: State::InFlight { token, retention },
                 ..
             }) if *token == req.token => {
-                let entry = Entry {
-                    fingerprint: fingerprint.clone(),
-                    state: State::InFlight {
-                        token: token.clone(),
-                    },
-                    until: now + Duration::from_millis(req.lease_ms),
-                    seq: 0,
-                };
+                let entry = Entry::claim(
+                    fingerprint.clone(),
+                    token.clone(),
+                    now + Duration::from_millis(req.lease_ms),
+                    *retention,
+                );
                 // Same size as before: a renewal always fits.
                 store.put(req.key.as_str(), entry, &self.limits)?;
                 Ok(Fenced::Done)

@@ -34,6 +34,9 @@ pub enum ClaimOutcome {
     Completed { record: Vec<u8> },
     /// The key is held or completed with another fingerprint.
     Mismatch,
+    /// The key holds an abandoned claim with this fingerprint: its lease ended this many
+    /// milliseconds ago without complete or release (the claim did not ask to take it over).
+    Abandoned { lease_ended_ms_ago: u64 },
 }
 
 /// Result of a lookup: a claim's answers, without claiming.
@@ -48,6 +51,9 @@ pub enum LookupOutcome {
         record: Vec<u8>,
     },
     Mismatch,
+    Abandoned {
+        lease_ended_ms_ago: u64,
+    },
 }
 
 /// Result of an operation fenced by a token (complete, release, renew).
@@ -55,7 +61,8 @@ pub enum LookupOutcome {
 pub enum Fenced {
     /// The token was the current claim's and the change was made.
     Done,
-    /// The token is not the current claim's (taken over, expired, completed, released, unknown).
+    /// The token is not the current claim's (taken over, completed, released, dropped at the
+    /// end of its retention, unknown).
     Stale,
 }
 
@@ -63,17 +70,51 @@ pub enum Fenced {
 #[derive(Debug, thiserror::Error)]
 pub enum BackendError {
     #[error("redis: {0}")]
-    Redis(#[from] ::redis::RedisError),
+    Redis(::redis::RedisError),
     #[error("timed out after {0} ms")]
     Timeout(u64),
     #[error("unexpected reply: {0}")]
     Protocol(String),
-    /// The memory backend has no room left that it may free (only in-flight claims remain).
+    /// No room for the write: the memory backend has nothing left it may evict (only claims,
+    /// live or abandoned, remain), or Redis is at its `maxmemory` and refused the write before
+    /// changing anything.
     #[error("store full: {0}")]
     Full(String),
 }
 
+/// A Redis error as the key store answers it: Redis at its `maxmemory` (`OOM`, which it answers
+/// before the refused write changes anything) is a full store, anything else a failure.
+impl From<::redis::RedisError> for BackendError {
+    fn from(e: ::redis::RedisError) -> Self {
+        if e.code() == Some("OOM") {
+            Self::Full(format!(
+                "redis is at its maxmemory and refused the write, which changed nothing ({e})"
+            ))
+        } else {
+            Self::Redis(e)
+        }
+    }
+}
+
+impl BackendError {
+    /// The outcome label of a request this error failed, for metrics: `full` for a store that
+    /// refused to grow, `error` for every failure to answer.
+    pub fn label(&self) -> &'static str {
+        match self {
+            Self::Full(_) => "full",
+            _ => "error",
+        }
+    }
+}
+
 /// A record store with the claim / complete / release semantics of the v1 API.
+///
+/// A claim whose lease ran out without complete or release is *abandoned*: it stays under its
+/// key until its retention (the claim's `retention_ms`, counted from the lease's end) has passed,
+/// and its token still names it, so a late complete, release or renewal by its holder is accepted
+/// (a renewal revives it). A claim asking to take it over (`abandoned: take_over`) gets the key
+/// with a new token in the same atomic step, fencing the old one; any other claim gets
+/// [`ClaimOutcome::Abandoned`] and the key stays as it is.
 #[async_trait]
 pub trait Backend: Send + Sync + 'static {
     /// Claims `key`, or reports who holds it, or returns its record.

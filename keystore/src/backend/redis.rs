@@ -2,7 +2,8 @@
 //!
 //! Layout: one hash per record, `idem:{<key>}` (the braces keep any future companion keys of a
 //! record in one cluster slot), fields `s` (`f` in flight / `c` completed), `fp`, `tok`, `until`
-//! (absolute ms, Redis clock), `rec` (raw bytes) and `at` (when it was completed, Unix ms, Redis
+//! (absolute ms, Redis clock), `keep` (a claim's: ms it is kept, abandoned, after its lease; the
+//! key's `PEXPIRE` is the lease plus `keep`), `rec` (raw bytes) and `at` (when it was completed, Unix ms, Redis
 //! clock; records completed before that field existed lack it). Every state change is one Lua script, so it is
 //! atomic and one round trip; the scripts read the Redis server clock (`TIME`) so that gateways
 //! with skewed clocks agree, and check `until` on read besides the key's own `PEXPIRE`.
@@ -10,6 +11,13 @@
 //! Connections: `redis://` or `rediss://` (TLS; the server's certificate is checked against the
 //! system's roots or `--redis-ca`, never skipped), with `user:password@` for Redis ACLs. URLs are
 //! never logged with their password.
+//!
+//! Memory: every script that may grow memory makes `HSET` its first write, the one Redis checks
+//! against `maxmemory` (with `noeviction`), so a full Redis refuses it before it changes anything
+//! (`OOM`, answered as [`BackendError::Full`]); reads, releases and renewals still run (see
+//! `scripts::RENEW_FLAGS`). Redis checks before a command, not after: one write may pass the
+//! limit by its own size (a record at most `--max-record-bytes`), then every growing write is
+//! refused.
 //!
 //! A waiting claim polls (the trait's default `watch`): another key-store process may complete the
 //! key, and a read is one script call, so polling with backoff costs less to run and to reason
@@ -32,13 +40,14 @@ use redis::{RedisResult, Script, Value};
 use tokio::sync::OnceCell;
 
 use self::scripts::{
-    fenced, record_state, CLAIM, COMPLETE, FENCE, INSPECT, LOOKUP, NOW, PURGE, RELEASE, RENEW, VIEW,
+    fenced, record_state, CLAIM, COMPLETE, FENCE, INSPECT, LOOKUP, NOW, PURGE, RELEASE, RENEW,
+    RENEW_FLAGS, STATE, VIEW,
 };
 use super::{Backend, BackendError, ClaimOutcome, Fenced, LookupOutcome};
 use crate::config::Config;
 use crate::protocol::{
-    token_or_new, ClaimRequest, CompleteRequest, Hex64, LookupRequest, RecordState, ReleaseRequest,
-    RenewRequest,
+    abandoned_retention_ms, takes_over, token_or_new, ClaimRequest, CompleteRequest, Hex64,
+    LookupRequest, RecordState, ReleaseRequest, RenewRequest,
 };
 
 /// How Redis servers' certificates are checked on `rediss://`.
@@ -187,11 +196,11 @@ where
         Self {
             connect,
             conn: OnceCell::new(),
-            claim: script(CLAIM),
-            lookup: script(LOOKUP),
+            claim: script(&format!("{STATE}{CLAIM}")),
+            lookup: script(&format!("{STATE}{LOOKUP}")),
             complete: script(&format!("{FENCE}{COMPLETE}")),
             release: script(&format!("{FENCE}{RELEASE}")),
-            renew: script(&format!("{FENCE}{RENEW}")),
+            renew: Script::new(&format!("{RENEW_FLAGS}{NOW}{FENCE}{RENEW}")),
             inspect: script(&format!("{VIEW}{INSPECT}")),
             purge: script(&format!("{VIEW}{PURGE}")),
             name,
@@ -224,21 +233,27 @@ where
             .arg(req.fingerprint.as_str())
             .arg(&token)
             .arg(req.lease_ms)
+            .arg(abandoned_retention_ms(req))
+            .arg(if takes_over(req) { "1" } else { "0" })
             .invoke_async(&mut conn)
             .await?;
         let bad = || BackendError::Protocol(format!("claim: {reply:?}"));
+        let millis = |ms: &[u8]| {
+            std::str::from_utf8(ms)
+                .ok()
+                .and_then(|s| s.parse::<u64>().ok())
+                .ok_or_else(bad)
+        };
         match reply.as_slice() {
             [tag, t] if tag.as_slice() == b"claimed" => Ok(ClaimOutcome::Claimed {
                 token: String::from_utf8(t.clone()).map_err(|_| bad())?,
             }),
-            [tag, ms] if tag.as_slice() == b"in_flight" => {
-                let ms = std::str::from_utf8(ms)
-                    .ok()
-                    .and_then(|s| s.parse::<u64>().ok());
-                Ok(ClaimOutcome::InFlight {
-                    retry_after_ms: ms.ok_or_else(bad)?.max(1),
-                })
-            }
+            [tag, ms] if tag.as_slice() == b"in_flight" => Ok(ClaimOutcome::InFlight {
+                retry_after_ms: millis(ms)?.max(1),
+            }),
+            [tag, ms] if tag.as_slice() == b"abandoned" => Ok(ClaimOutcome::Abandoned {
+                lease_ended_ms_ago: millis(ms)?,
+            }),
             [tag, rec] if tag.as_slice() == b"completed" => Ok(ClaimOutcome::Completed {
                 record: rec.clone(),
             }),
@@ -256,20 +271,24 @@ where
             .invoke_async(&mut conn)
             .await?;
         let bad = || BackendError::Protocol(format!("lookup: {reply:?}"));
+        let millis = |ms: &[u8]| {
+            std::str::from_utf8(ms)
+                .ok()
+                .and_then(|s| s.parse::<u64>().ok())
+                .ok_or_else(bad)
+        };
         match reply.as_slice() {
             [tag] if tag.as_slice() == b"absent" => Ok(LookupOutcome::Absent),
             [tag] if tag.as_slice() == b"mismatch" => Ok(LookupOutcome::Mismatch),
             [tag, rec] if tag.as_slice() == b"completed" => Ok(LookupOutcome::Completed {
                 record: rec.clone(),
             }),
-            [tag, ms] if tag.as_slice() == b"in_flight" => {
-                let ms = std::str::from_utf8(ms)
-                    .ok()
-                    .and_then(|s| s.parse::<u64>().ok());
-                Ok(LookupOutcome::InFlight {
-                    retry_after_ms: ms.ok_or_else(bad)?.max(1),
-                })
-            }
+            [tag, ms] if tag.as_slice() == b"in_flight" => Ok(LookupOutcome::InFlight {
+                retry_after_ms: millis(ms)?.max(1),
+            }),
+            [tag, ms] if tag.as_slice() == b"abandoned" => Ok(LookupOutcome::Abandoned {
+                lease_ended_ms_ago: millis(ms)?,
+            }),
             _ => Err(bad()),
         }
     }

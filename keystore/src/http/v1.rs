@@ -19,7 +19,7 @@ use crate::backend::{ClaimOutcome, Fenced, LookupOutcome};
 use crate::protocol::{
     ClaimAnswer, ClaimRequest, ClaimResponse, Compact, CompleteRequest, FencedResponse, Format,
     LookupRequest, LookupResponse, ReleaseRequest, RenewBatchRequest, RenewBatchResponse,
-    RenewOutcome, RenewRequest, Request as WireRequest,
+    RenewOutcome, RenewRequest, Request as WireRequest, ABANDONED_RETRY_AFTER_MS,
 };
 
 /// The v1 routes, behind the `/v1` token when one is set.
@@ -107,7 +107,7 @@ impl AppState {
     }
 
     /// Claims; while the key is in flight with this fingerprint, waits (at most `wait_ms`) for it
-    /// to be completed, released or to expire, and claims again. The last read comes after the
+    /// to be completed, released or abandoned, and claims again. The last read comes after the
     /// wait, so an `in_flight` answer is fresh; the whole is bounded by `wait_ms` plus one call.
     /// Also says whether the request was held at all (`waited`).
     async fn claim_waiting(&self, req: &ClaimRequest) -> Result<(ClaimOutcome, bool), Failure> {
@@ -124,7 +124,8 @@ impl AppState {
             if left.is_zero() {
                 return Ok((outcome, round > 0));
             }
-            // Nobody announces a lease running out: wake at its end to take the key over.
+            // Nobody announces a lease running out: wake at its end to take the key over or to
+            // report it abandoned.
             let nap = left.min(Duration::from_millis(retry_after_ms));
             tokio::select! {
                 // Elapsed or woken, the next read tells which.
@@ -151,6 +152,17 @@ impl AppState {
     }
 }
 
+/// The `abandoned` answer for a caller that declared it understands it (it named an `abandoned`
+/// policy); `None` for an older caller, which gets `in_flight` instead and so fails closed (409,
+/// the key not executed again) rather than reading an answer it cannot parse.
+fn abandoned<T>(
+    understood: bool,
+    lease_ended_ms_ago: u64,
+    answer: impl FnOnce(u64) -> T,
+) -> Option<T> {
+    understood.then(|| answer(lease_ended_ms_ago))
+}
+
 async fn claim(
     State(s): State<AppState>,
     headers: HeaderMap,
@@ -170,6 +182,17 @@ async fn claim(
         }
         ClaimOutcome::Completed { record } => ("completed", ClaimResponse::Completed { record }),
         ClaimOutcome::Mismatch => ("mismatch", ClaimResponse::Mismatch),
+        ClaimOutcome::Abandoned { lease_ended_ms_ago } => (
+            "abandoned",
+            abandoned(req.abandoned.is_some(), lease_ended_ms_ago, |ms| {
+                ClaimResponse::Abandoned {
+                    lease_ended_ms_ago: ms,
+                }
+            })
+            .unwrap_or(ClaimResponse::InFlight {
+                retry_after_ms: ABANDONED_RETRY_AFTER_MS,
+            }),
+        ),
     };
     s.metrics.op("claim", label);
     // A claim that was held says so (`waited`), for the caller's wait metrics.
@@ -195,6 +218,17 @@ async fn lookup(
         }
         LookupOutcome::Completed { record } => ("completed", LookupResponse::Completed { record }),
         LookupOutcome::Mismatch => ("mismatch", LookupResponse::Mismatch),
+        LookupOutcome::Abandoned { lease_ended_ms_ago } => (
+            "abandoned",
+            abandoned(req.abandoned.is_some(), lease_ended_ms_ago, |ms| {
+                LookupResponse::Abandoned {
+                    lease_ended_ms_ago: ms,
+                }
+            })
+            .unwrap_or(LookupResponse::InFlight {
+                retry_after_ms: ABANDONED_RETRY_AFTER_MS,
+            }),
+        ),
     };
     s.metrics.op("lookup", label);
     Ok(answer(reply, StatusCode::OK, &body))

@@ -127,6 +127,58 @@ impl Keystore {
         .await
     }
 
+    /// A claim with further fields (`extra`, a JSON object: `abandoned`, `retention_ms`,
+    /// `wait_ms`, ...).
+    pub async fn claim_with(
+        &self,
+        key: &str,
+        fp: &str,
+        lease_ms: u64,
+        extra: Value,
+    ) -> (StatusCode, Value) {
+        let mut body = json!({"key": key, "fingerprint": fp, "lease_ms": lease_ms});
+        if let (Some(body), Some(extra)) = (body.as_object_mut(), extra.as_object()) {
+            body.extend(extra.clone());
+        }
+        self.post("/v1/claim", body).await
+    }
+
+    /// A lookup, naming the `abandoned` policy when given.
+    pub async fn lookup(
+        &self,
+        key: &str,
+        fp: &str,
+        abandoned: Option<&str>,
+    ) -> (StatusCode, Value) {
+        let mut body = json!({"key": key, "fingerprint": fp});
+        if let Some(policy) = abandoned {
+            body["abandoned"] = json!(policy);
+        }
+        self.post("/v1/lookup", body).await
+    }
+
+    /// Polls (bounded) until the claim of `key` is reported abandoned to a lookup; returns how
+    /// long ago its lease ended.
+    pub async fn until_abandoned(&self, key: &str, fp: &str) -> u64 {
+        eventually(Duration::from_secs(5), "the lease to end", || async {
+            let (_, body) = self.lookup(key, fp, Some("report")).await;
+            (body["outcome"] == "abandoned").then(|| body["lease_ended_ms_ago"].as_u64().unwrap())
+        })
+        .await
+    }
+
+    /// Polls (bounded) until a claim under the at-least-once policy takes `key` over; the new
+    /// token.
+    pub async fn take_over(&self, key: &str, fp: &str, lease_ms: u64) -> String {
+        eventually(Duration::from_secs(5), "a takeover", || async {
+            let (_, body) = self
+                .claim_with(key, fp, lease_ms, json!({"abandoned": "take_over"}))
+                .await;
+            (body["outcome"] == "claimed").then(|| body["token"].as_str().unwrap().to_owned())
+        })
+        .await
+    }
+
     /// Claims and asserts the key was free; returns the token.
     pub async fn claim_ok(&self, key: &str, fp: &str, lease_ms: u64) -> String {
         let (status, body) = self.claim(key, fp, lease_ms).await;

@@ -6,6 +6,7 @@ mod binary;
 mod common;
 mod memory;
 mod redis_cluster;
+mod redis_full;
 mod redis_single;
 mod redis_tls;
 mod suite;

@@ -36,6 +36,8 @@ fn requests_round_trip_and_are_small() {
         lease_ms: MAX_LEASE_MS,
         wait_ms: MAX_WAIT_MS,
         token: Some("t".repeat(32)),
+        abandoned: None,
+        retention_ms: None,
     });
     let as_json = json::encode(&ClaimRequest::from_compact(&claim).unwrap());
     assert!(
@@ -50,10 +52,13 @@ fn requests_round_trip_and_are_small() {
         lease_ms: 1,
         wait_ms: 0,
         token: None,
+        abandoned: None,
+        retention_ms: None,
     });
     request_round_trip(LookupRequest {
         key: hex64(),
         fingerprint: hex64(),
+        abandoned: None,
     });
     let record: Vec<u8> = (0..=255).collect();
     let complete = request_round_trip(CompleteRequest {
@@ -99,6 +104,12 @@ fn replies_round_trip() {
         ),
         (ClaimResponse::Completed { record: vec![] }, false),
         (ClaimResponse::Mismatch, false),
+        (
+            ClaimResponse::Abandoned {
+                lease_ended_ms_ago: 300,
+            },
+            false,
+        ),
     ] {
         round_trip(ClaimAnswer { response, waited });
     }
@@ -107,6 +118,9 @@ fn replies_round_trip() {
         LookupResponse::InFlight { retry_after_ms: 1 },
         LookupResponse::Completed { record: vec![9; 3] },
         LookupResponse::Mismatch,
+        LookupResponse::Abandoned {
+            lease_ended_ms_ago: 0,
+        },
     ] {
         round_trip(answer);
     }
@@ -276,4 +290,72 @@ fn media_types_name_formats() {
     assert_eq!(Format::of_body(&[MARKER]), Format::Compact);
     assert_eq!(Format::of_body(b" {"), Format::Json);
     assert_eq!(Format::of_body(b""), Format::Json);
+}
+
+#[test]
+fn abandoned_fields_extend_the_first_layouts() {
+    let old = ClaimRequest {
+        key: hex64(),
+        fingerprint: hex64(),
+        lease_ms: 10,
+        wait_ms: 0,
+        token: None,
+        abandoned: None,
+        retention_ms: None,
+    };
+    let first = request_round_trip(old.clone());
+    for (abandoned, retention_ms, tail) in [
+        (
+            Some(AbandonedPolicy::Report),
+            Some(300),
+            vec![1, 0xac, 0x02],
+        ),
+        (Some(AbandonedPolicy::TakeOver), None, vec![2, 0]),
+        (None, Some(1), vec![0, 1]),
+    ] {
+        let new = request_round_trip(ClaimRequest {
+            abandoned,
+            retention_ms,
+            ..old.clone()
+        });
+        // An older filter's claim is a prefix of a newer one's: the extension goes after it.
+        assert_eq!(new.strip_prefix(first.as_slice()), Some(tail.as_slice()));
+    }
+    let mut bad = first.clone();
+    bad.extend([3, 0]);
+    assert_eq!(
+        ClaimRequest::from_compact(&bad).unwrap_err().to_string(),
+        "abandoned: must be \"report\" or \"take_over\""
+    );
+    bad.truncate(first.len() + 1);
+    assert!(ClaimRequest::from_compact(&bad).is_err());
+    bad = first.clone();
+    bad.extend([1, 0, 0]);
+    assert!(ClaimRequest::from_compact(&bad)
+        .unwrap_err()
+        .to_string()
+        .contains("trailing bytes"));
+    let lookup = LookupRequest {
+        key: hex64(),
+        fingerprint: hex64(),
+        abandoned: None,
+    };
+    let first = request_round_trip(lookup.clone());
+    let new = request_round_trip(LookupRequest {
+        abandoned: Some(AbandonedPolicy::Report),
+        ..lookup
+    });
+    assert_eq!(new.strip_prefix(first.as_slice()), Some([1u8].as_slice()));
+    // The new outcomes take the next indexes, after the ones older filters know.
+    let answer = ClaimAnswer {
+        response: ClaimResponse::Abandoned {
+            lease_ended_ms_ago: 5,
+        },
+        waited: false,
+    };
+    assert_eq!(answer.to_compact(), [MARKER, 4, 5, 0]);
+    let answer = LookupResponse::Abandoned {
+        lease_ended_ms_ago: 5,
+    };
+    assert_eq!(answer.to_compact(), [MARKER, 4, 5]);
 }

@@ -4,8 +4,8 @@ use crate::response::{
     RenewOutcome,
 };
 use crate::{
-    ClaimRequest, CompleteRequest, Hex64, LookupRequest, ReleaseRequest, RenewBatchRequest,
-    RenewRequest, MAX_LEASE_MS, MAX_RETENTION_MS, MAX_WAIT_MS,
+    AbandonedPolicy, ClaimRequest, CompleteRequest, Hex64, LookupRequest, ReleaseRequest,
+    RenewBatchRequest, RenewRequest, MAX_LEASE_MS, MAX_RETENTION_MS, MAX_WAIT_MS,
 };
 use std::fmt::Debug;
 
@@ -30,6 +30,8 @@ fn requests_round_trip_in_their_documented_form() {
             lease_ms: 5,
             wait_ms: 0,
             token: None,
+            abandoned: None,
+            retention_ms: None,
         },
         &format!(r#"{{"key":"{H}","fingerprint":"{H}","lease_ms":5}}"#),
     );
@@ -40,6 +42,8 @@ fn requests_round_trip_in_their_documented_form() {
             lease_ms: MAX_LEASE_MS,
             wait_ms: MAX_WAIT_MS,
             token: Some("t".into()),
+            abandoned: None,
+            retention_ms: None,
         },
         &format!(
             r#"{{"key":"{H}","fingerprint":"{H}","lease_ms":86400000,"wait_ms":60000,"token":"t"}}"#
@@ -49,6 +53,7 @@ fn requests_round_trip_in_their_documented_form() {
         LookupRequest {
             key: hex(),
             fingerprint: hex(),
+            abandoned: None,
         },
         &format!(r#"{{"key":"{H}","fingerprint":"{H}"}}"#),
     );
@@ -76,7 +81,61 @@ fn requests_round_trip_in_their_documented_form() {
         },
         &format!(r#"{{"key":"{H}","token":"t","lease_ms":1}}"#),
     );
+    round_trip(
+        ClaimRequest {
+            key: hex(),
+            fingerprint: hex(),
+            lease_ms: 5,
+            wait_ms: 0,
+            token: None,
+            abandoned: Some(AbandonedPolicy::TakeOver),
+            retention_ms: Some(60_000),
+        },
+        &format!(
+            r#"{{"key":"{H}","fingerprint":"{H}","lease_ms":5,"abandoned":"take_over","retention_ms":60000}}"#
+        ),
+    );
+    round_trip(
+        LookupRequest {
+            key: hex(),
+            fingerprint: hex(),
+            abandoned: Some(AbandonedPolicy::Report),
+        },
+        &format!(r#"{{"key":"{H}","fingerprint":"{H}","abandoned":"report"}}"#),
+    );
     assert_eq!(Hex64::from_bytes(&[0xab; 32]).as_str(), "ab".repeat(32));
+}
+
+#[test]
+fn abandoned_answers_and_bad_policies() {
+    let answer = ClaimAnswer {
+        response: ClaimResponse::Abandoned {
+            lease_ended_ms_ago: 1500,
+        },
+        waited: false,
+    };
+    let text = r#"{"outcome":"abandoned","lease_ended_ms_ago":1500}"#;
+    assert_eq!(String::from_utf8(encode(&answer)).unwrap(), text);
+    assert_eq!(decode::<ClaimAnswer>(text.as_bytes()).unwrap(), answer);
+    let lookup = LookupResponse::Abandoned {
+        lease_ended_ms_ago: 2,
+    };
+    let text = r#"{"outcome":"abandoned","lease_ended_ms_ago":2}"#;
+    assert_eq!(String::from_utf8(encode(&lookup)).unwrap(), text);
+    assert_eq!(decode::<LookupResponse>(text.as_bytes()).unwrap(), lookup);
+    for (body, error) in [
+        (
+            format!(r#"{{"key":"{H}","fingerprint":"{H}","lease_ms":5,"abandoned":"steal"}}"#),
+            r#"abandoned: must be "report" or "take_over""#,
+        ),
+        (
+            format!(r#"{{"key":"{H}","fingerprint":"{H}","lease_ms":5,"retention_ms":0}}"#),
+            "retention_ms: must be an integer from 1 to 31536000000",
+        ),
+    ] {
+        let e = decode_request::<ClaimRequest>(body.as_bytes()).unwrap_err();
+        assert_eq!(e.to_string(), error);
+    }
 }
 
 #[test]

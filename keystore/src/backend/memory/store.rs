@@ -4,7 +4,7 @@
 
 use std::collections::{BTreeSet, HashMap};
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use crate::backend::BackendError;
 use crate::protocol::{EntryKind, Hex64, RecordState};
@@ -20,6 +20,9 @@ pub(super) struct Entry {
     pub(super) state: State,
     /// End of the lease (in flight) or of the retention (completed).
     pub(super) until: Instant,
+    /// When the entry is dropped: `until` for a record; for a claim, the lease's end plus the
+    /// claim's retention (it is abandoned in between, and still counts in the bounds).
+    pub(super) drop_at: Instant,
     /// Insertion order, to tell apart entries with the same deadline.
     pub(super) seq: u64,
 }
@@ -28,6 +31,8 @@ pub(super) struct Entry {
 pub(super) enum State {
     InFlight {
         token: String,
+        /// How long the claim is kept once its lease ran out.
+        retention: Duration,
     },
     Completed {
         record: Arc<[u8]>,
@@ -37,9 +42,49 @@ pub(super) enum State {
 }
 
 impl Entry {
+    /// A claim with this token whose lease ends at `until`.
+    pub(super) fn claim(
+        fingerprint: Hex64,
+        token: String,
+        until: Instant,
+        retention: Duration,
+    ) -> Self {
+        Self {
+            fingerprint,
+            state: State::InFlight { token, retention },
+            until,
+            drop_at: until + retention,
+            seq: 0,
+        }
+    }
+
+    /// A completed record kept until `until`.
+    pub(super) fn completed(
+        fingerprint: Hex64,
+        record: Arc<[u8]>,
+        stored_at_ms: u64,
+        until: Instant,
+    ) -> Self {
+        Self {
+            fingerprint,
+            state: State::Completed {
+                record,
+                stored_at_ms,
+            },
+            until,
+            drop_at: until,
+            seq: 0,
+        }
+    }
+
+    /// The claim's token, if the entry is a claim (live or abandoned) held with `token`.
+    pub(super) fn is_claim_of(&self, token: &str) -> bool {
+        matches!(&self.state, State::InFlight { token: t, .. } if t == token)
+    }
+
     pub(super) fn size(&self, key: &str) -> usize {
         let payload = match &self.state {
-            State::InFlight { token } => token.len(),
+            State::InFlight { token, .. } => token.len(),
             State::Completed { record, .. } => record.len(),
         };
         key.len() + self.fingerprint.as_str().len() + payload + ENTRY_OVERHEAD
@@ -58,11 +103,10 @@ impl Entry {
             } else {
                 EntryKind::InFlight
             };
-            let ago = now.saturating_duration_since(self.until).as_millis();
             return RecordState::Expired {
                 fingerprint,
                 was,
-                expired_ms_ago: u64::try_from(ago).unwrap_or(u64::MAX),
+                expired_ms_ago: millis_since(self.until, now),
             };
         }
         match &self.state {
@@ -87,9 +131,10 @@ impl Entry {
 #[derive(Default)]
 pub(super) struct Store {
     pub(super) map: HashMap<String, Entry>,
-    /// Every entry by deadline: the expiry sweep.
+    /// Every entry by the time it is dropped: the expiry sweep.
     pub(super) by_until: BTreeSet<(Instant, u64, String)>,
-    /// Completed entries by deadline: the eviction order.
+    /// Completed entries by deadline: the eviction order (claims, abandoned ones included, are
+    /// never evicted: dropping one would let its request run a second time).
     pub(super) completed: BTreeSet<(Instant, u64, String)>,
     pub(super) bytes: usize,
     pub(super) seq: u64,
@@ -104,7 +149,7 @@ pub(super) struct Limits {
 impl Store {
     pub(super) fn remove(&mut self, key: &str) -> Option<Entry> {
         let e = self.map.remove(key)?;
-        let index = (e.until, e.seq, key.to_owned());
+        let index = (e.drop_at, e.seq, key.to_owned());
         self.by_until.remove(&index);
         if e.is_completed() {
             self.completed.remove(&index);
@@ -113,7 +158,8 @@ impl Store {
         Some(e)
     }
 
-    /// Drops every entry whose deadline has passed.
+    /// Drops every entry whose time has come (a record past its retention, a claim past its lease
+    /// and its retention).
     pub(super) fn sweep(&mut self, now: Instant) {
         while let Some((until, _, key)) = self.by_until.first().cloned() {
             if until > now {
@@ -123,8 +169,10 @@ impl Store {
         }
     }
 
-    pub(super) fn live(&self, key: &str, now: Instant) -> Option<&Entry> {
-        self.map.get(key).filter(|e| e.until > now)
+    /// The entry under `key`, if it is not yet to be dropped: a live claim, an abandoned one (its
+    /// `until` passed) or a record.
+    pub(super) fn kept(&self, key: &str, now: Instant) -> Option<&Entry> {
+        self.map.get(key).filter(|e| e.drop_at > now)
     }
 
     /// Stores `entry` for `key` in place of the current one, evicting completed records of other
@@ -168,7 +216,7 @@ impl Store {
             self.remove(k);
         }
         self.remove(key);
-        let index = (entry.until, entry.seq, key.to_owned());
+        let index = (entry.drop_at, entry.seq, key.to_owned());
         self.by_until.insert(index.clone());
         if entry.is_completed() {
             self.completed.insert(index);
@@ -184,4 +232,9 @@ pub(super) fn millis_left(until: Instant, now: Instant) -> u64 {
     let left = until.saturating_duration_since(now);
     let ms = left.as_millis() + u128::from(left.subsec_nanos() % 1_000_000 != 0);
     u64::try_from(ms).unwrap_or(u64::MAX).max(1)
+}
+
+/// Milliseconds since `then` (0 when it has not come yet).
+pub(super) fn millis_since(then: Instant, now: Instant) -> u64 {
+    u64::try_from(now.saturating_duration_since(then).as_millis()).unwrap_or(u64::MAX)
 }

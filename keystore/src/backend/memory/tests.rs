@@ -1,4 +1,5 @@
 use super::*;
+use crate::protocol::AbandonedPolicy;
 
 fn hex(n: u64) -> Hex64 {
     Hex64::parse(&format!("{n:064x}")).unwrap()
@@ -11,6 +12,8 @@ fn claim(key: u64) -> ClaimRequest {
         lease_ms: 60_000,
         wait_ms: 0,
         token: Some(format!("t{key}")),
+        abandoned: Some(AbandonedPolicy::Report),
+        retention_ms: None,
     }
 }
 
@@ -114,9 +117,60 @@ async fn expired_entries_are_swept_and_free_their_bytes() {
     let m = MemoryBackend::new(1_000_000, 1_000);
     let mut c = claim(1);
     c.lease_ms = 1;
+    c.retention_ms = Some(1);
     m.claim(&c).await.unwrap();
     tokio::time::sleep(Duration::from_millis(5)).await;
     m.claim(&claim(2)).await.unwrap();
     let (_, entries) = m.usage();
-    assert_eq!(entries, 1, "the expired claim was swept");
+    assert_eq!(
+        entries, 1,
+        "the claim past its lease and retention was swept"
+    );
+}
+
+#[tokio::test]
+async fn abandoned_claims_count_in_the_bounds_and_are_never_evicted() {
+    // Room for about ten claims; each one's lease ends at once and it stays, abandoned.
+    let m = MemoryBackend::new(10 * 300, 1_000);
+    let mut held = Vec::new();
+    for k in 1..=100 {
+        let mut c = claim(k);
+        c.lease_ms = 1;
+        match m.claim(&c).await {
+            Ok(ClaimOutcome::Claimed { .. }) => held.push(k),
+            Err(BackendError::Full(_)) => break,
+            other => panic!("{other:?}"),
+        }
+    }
+    assert!((5..=15).contains(&held.len()), "{held:?}");
+    let (bytes, entries) = m.usage();
+    assert!(bytes <= 3000 && entries == held.len(), "{bytes} {entries}");
+    // Every one is reported abandoned (none was dropped to make room), and a late answer of
+    // the first still lands: freeing its claim's bytes for a small record.
+    let first = held[0];
+    let last = LookupRequest {
+        key: hex(*held.last().unwrap()),
+        fingerprint: hex(0),
+        abandoned: None,
+    };
+    let deadline = Instant::now() + Duration::from_secs(2);
+    while !matches!(m.lookup(&last).await, Ok(LookupOutcome::Abandoned { .. })) {
+        assert!(Instant::now() < deadline, "the 1 ms leases never ended");
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
+    for k in &held {
+        let outcome = m.claim(&claim(*k)).await.unwrap();
+        assert!(
+            matches!(outcome, ClaimOutcome::Abandoned { .. }),
+            "claim {k}: {outcome:?}"
+        );
+    }
+    assert_eq!(
+        m.complete(&complete(first, 10)).await.unwrap(),
+        Fenced::Done
+    );
+    assert!(matches!(
+        m.claim(&claim(first)).await.unwrap(),
+        ClaimOutcome::Completed { .. }
+    ));
 }

@@ -26,8 +26,9 @@ pub async fn renew_batch_answers_each_key_in_order(backend: Arc<dyn Backend>) {
     let (a, b, lapsed, unknown) = (hex64(), hex64(), hex64(), hex64());
     let ta = ks.claim_ok(&a, &fp, 400).await;
     let tb = ks.claim_ok(&b, &fp, 30_000).await;
+    // A claim taken over once its lease ended: its token is fenced off.
     let tl = ks.claim_ok(&lapsed, &fp, 100).await;
-    tokio::time::sleep(Duration::from_millis(200)).await;
+    let taker = ks.take_over(&lapsed, &fp, 30_000).await;
     let (status, body) = renew_batch(
         &ks,
         &[
@@ -49,8 +50,8 @@ pub async fn renew_batch_answers_each_key_in_order(backend: Arc<dyn Backend>) {
     let (_, held) = ks.claim(&a, &fp, 30_000).await;
     assert_eq!(held["outcome"], "in_flight", "{held}");
     assert!(held["retry_after_ms"].as_u64().unwrap() > 3_000, "{held}");
-    // A stale renewal revived nothing: the lapsed key is free.
-    assert_eq!(ks.claim(&lapsed, &fp, 30_000).await.1["outcome"], "claimed");
+    // The stale renewal did not touch the claim that took the key over.
+    assert_eq!(ks.release(&lapsed, &taker).await.0, StatusCode::OK);
     let (_, metrics) = ks.get("/metrics").await;
     for line in [
         r#"keystore_requests_total{op="renew_batch",outcome="renewed"} 2"#,

@@ -113,13 +113,14 @@ pub async fn lease_takeover_after_expiry(backend: Arc<dyn Backend>) {
     let ks = open(backend).await;
     let (key, fp) = (hex64(), hex64());
     let old = ks.claim_ok(&key, &fp, 200).await;
-    let (_, body) = ks.claim(&key, &fp, 200).await;
-    assert_eq!(body["outcome"], "in_flight");
-    let new = eventually(Duration::from_secs(3), "lease expiry", || async {
-        let (_, body) = ks.claim(&key, &fp, 30_000).await;
-        (body["outcome"] == "claimed").then(|| body["token"].as_str().unwrap().to_owned())
-    })
-    .await;
+    let (_, body) = ks
+        .claim_with(&key, &fp, 200, json!({"abandoned": "take_over"}))
+        .await;
+    assert_eq!(
+        body["outcome"], "in_flight",
+        "a live lease is never taken over: {body}"
+    );
+    let new = ks.take_over(&key, &fp, 30_000).await;
     assert_ne!(old, new);
     // The slow former holder is fenced off; the new one completes.
     assert_eq!(
@@ -169,22 +170,6 @@ pub async fn concurrent_claims_have_one_winner(backend: Arc<dyn Backend>) {
         }
     }
     assert_eq!(claimed, 1);
-}
-
-pub async fn complete_after_expiry_is_stale(backend: Arc<dyn Backend>) {
-    let ks = open(backend).await;
-    let (key, fp) = (hex64(), hex64());
-    let token = ks.claim_ok(&key, &fp, 200).await;
-    tokio::time::sleep(Duration::from_millis(400)).await;
-    // Nobody took the key over, yet the lease is over: the holder may no longer store.
-    assert_eq!(
-        ks.complete(&key, &token, b"late", 60_000).await,
-        (StatusCode::CONFLICT, json!({"outcome": "stale"}))
-    );
-    assert_eq!(ks.release(&key, &token).await.0, StatusCode::CONFLICT);
-    // Nothing was stored: the next request runs.
-    let (_, body) = ks.claim(&key, &fp, 30_000).await;
-    assert_eq!(body["outcome"], "claimed", "{body}");
 }
 
 pub async fn complete_twice_is_stale(backend: Arc<dyn Backend>) {
@@ -264,24 +249,9 @@ pub async fn renew_is_fenced(backend: Arc<dyn Backend>) {
     // After a takeover, the old holder cannot renew and the new one can.
     let key = hex64();
     let old = ks.claim_ok(&key, &fp, 200).await;
-    tokio::time::sleep(Duration::from_millis(400)).await;
-    let new = ks.claim_ok(&key, &fp, 30_000).await;
+    let new = ks.take_over(&key, &fp, 30_000).await;
     assert_eq!(ks.renew(&key, &old, 30_000).await, stale);
     assert_eq!(ks.renew(&key, &new, 30_000).await.0, StatusCode::OK);
-}
-
-pub async fn renew_after_expiry_is_stale(backend: Arc<dyn Backend>) {
-    let ks = open(backend).await;
-    let (key, fp) = (hex64(), hex64());
-    let token = ks.claim_ok(&key, &fp, 200).await;
-    tokio::time::sleep(Duration::from_millis(400)).await;
-    // Too late, even with nobody else on the key: the lease is not revived.
-    assert_eq!(
-        ks.renew(&key, &token, 30_000).await,
-        (StatusCode::CONFLICT, json!({"outcome": "stale"}))
-    );
-    let (_, body) = ks.claim(&key, &fp, 30_000).await;
-    assert_eq!(body["outcome"], "claimed", "{body}");
 }
 
 /// A caller that proposes its token can release a claim whose answer it never read.

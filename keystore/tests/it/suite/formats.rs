@@ -14,8 +14,8 @@ use crate::common::{hex64, unb64};
 pub async fn compact_bodies_on_every_endpoint(backend: Arc<dyn Backend>) {
     use idempotency_protocol::compact::CONTENT_TYPE;
     use idempotency_protocol::{
-        ClaimAnswer, ClaimRequest, ClaimResponse, Compact, CompleteRequest, FencedResponse, Hex64,
-        LookupRequest, LookupResponse, ReleaseRequest, RenewRequest,
+        AbandonedPolicy, ClaimAnswer, ClaimRequest, ClaimResponse, Compact, CompleteRequest,
+        FencedResponse, Hex64, LookupRequest, LookupResponse, ReleaseRequest, RenewRequest,
     };
     let ks = open(backend).await;
     let send = |path: &'static str, body: Vec<u8>| {
@@ -38,6 +38,8 @@ pub async fn compact_bodies_on_every_endpoint(backend: Arc<dyn Backend>) {
         lease_ms: 30_000,
         wait_ms: 0,
         token: Some("compact-1".into()),
+        abandoned: Some(AbandonedPolicy::Report),
+        retention_ms: Some(60_000),
     };
     let (status, body) = send("/v1/claim", claim.to_compact()).await;
     assert_eq!(status, StatusCode::OK);
@@ -96,6 +98,7 @@ pub async fn compact_bodies_on_every_endpoint(backend: Arc<dyn Backend>) {
     let lookup = LookupRequest {
         key: key.clone(),
         fingerprint: fp.clone(),
+        abandoned: Some(AbandonedPolicy::Report),
     };
     let (status, body) = send("/v1/lookup", lookup.to_compact()).await;
     assert_eq!(status, StatusCode::OK);
@@ -170,6 +173,8 @@ pub async fn formats_follow_content_type_and_accept(backend: Arc<dyn Backend>) {
         lease_ms: 30_000,
         wait_ms: 0,
         token: None,
+        abandoned: None,
+        retention_ms: None,
     }
     .to_compact();
     let (status, content_type, body) = ks

@@ -76,7 +76,14 @@ pub async fn waiter_takes_over_an_expired_lease(backend: Arc<dyn Backend>) {
     let (key, fp) = (hex64(), hex64());
     let old = ks.claim_ok(&key, &fp, 300).await;
     let started = Instant::now();
-    let (_, body) = ks.claim_wait(&key, &fp, 30_000, 5_000).await;
+    let (_, body) = ks
+        .claim_with(
+            &key,
+            &fp,
+            30_000,
+            json!({"wait_ms": 5_000, "abandoned": "take_over"}),
+        )
+        .await;
     assert_eq!(body["outcome"], "claimed", "{body}");
     let waited = started.elapsed();
     assert!(
