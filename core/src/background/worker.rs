@@ -191,9 +191,12 @@ impl Worker {
             // Freed (released, expired) or unreadable: the client retries and runs it.
             let reply = found
                 .and_then(|found| {
+                    // L1 never reports an abandoned claim (only the key store does), so no
+                    // route's hold applies here.
                     LocalReply::for_found(
                         found,
                         now_ms,
+                        0,
                         &self.cfg.replay_headers,
                         self.cfg.expires_header.as_deref(),
                     )

@@ -49,7 +49,7 @@ impl Stream {
             }
             // L1 claims a key it finds free; it never answers absent.
             Ok(Found::Absent) => {}
-            Ok(found) => return self.answer_found(host, &claim.key, found),
+            Ok(found) => return self.answer_found(host, &claim.key, found, &claim.rule),
             Err(e) => {
                 warn!("key {}: near cache unavailable: {e}", claim.key.short());
                 if self.worker.cfg.keystore.is_none() {
@@ -64,9 +64,8 @@ impl Stream {
             ks,
             &claim.key,
             &fingerprint,
-            lease_ms,
             &claim.proposed_token,
-            claim.wait_ms(),
+            &claim.terms(lease_ms),
         );
         match host.dispatch(&callout) {
             Ok(token) => {
@@ -224,15 +223,15 @@ impl Stream {
                         .cache
                         .complete(host, &claim.key, claim.owner, &record, now);
                 }
-                self.answer_found(host, &claim.key, Found::Completed(record));
+                self.answer_found(host, &claim.key, Found::Completed(record), &claim.rule);
             }
             Ok(Found::Completed(_)) => {
                 self.release_l1(host, &claim);
-                self.answer_found(host, &claim.key, Found::Mismatch);
+                self.answer_found(host, &claim.key, Found::Mismatch, &claim.rule);
             }
-            Ok(found @ (Found::Mismatch | Found::InFlight { .. })) => {
+            Ok(found @ (Found::Mismatch | Found::InFlight { .. } | Found::Abandoned { .. })) => {
                 self.release_l1(host, &claim);
-                self.answer_found(host, &claim.key, found);
+                self.answer_found(host, &claim.key, found, &claim.rule);
             }
             // A claim never finds the key absent; the parser cannot produce it.
             Ok(Found::Absent) => {

@@ -7,7 +7,7 @@
 //! previous secret.
 
 use super::{Admitted, Flow, Phase, Request, Stream};
-use crate::config::FailureMode;
+use crate::config::{FailureMode, UnknownOutcome};
 use crate::fingerprint::keyed;
 use crate::found::Found;
 use crate::host::Host;
@@ -41,7 +41,7 @@ impl Stream {
             if let Some(found @ (Found::Completed(_) | Found::InFlight { .. } | Found::Mismatch)) =
                 worker.cache.peek(host, key, &fingerprint, now)
             {
-                return self.answer_found(host, key, found);
+                return self.answer_found(host, key, found, &admitted.rule);
             }
             let Some(ks) = &cfg.keystore else { continue };
             let callout = keystore_client::lookup(ks, key, &fingerprint);
@@ -98,11 +98,25 @@ impl Stream {
             Ok(Found::Absent) => {
                 self.next_previous(host, admitted, index + 1, Request::PausedOnCallout);
             }
-            Ok(Found::Completed(record)) if Some(record.fingerprint) != fingerprint => {
-                self.answer_found(host, &key, Found::Mismatch);
+            // Under `unknown_outcome: "release"` an abandoned claim frees its key: the request
+            // goes on, under the current secret.
+            Ok(Found::Abandoned { .. })
+                if admitted.rule.unknown_outcome == UnknownOutcome::Release =>
+            {
+                self.next_previous(host, admitted, index + 1, Request::PausedOnCallout);
             }
-            Ok(found @ (Found::Completed(_) | Found::InFlight { .. } | Found::Mismatch)) => {
-                self.answer_found(host, &key, found);
+            Ok(Found::Completed(record)) if Some(record.fingerprint) != fingerprint => {
+                let rule = admitted.rule.clone();
+                self.answer_found(host, &key, Found::Mismatch, &rule);
+            }
+            Ok(
+                found @ (Found::Completed(_)
+                | Found::InFlight { .. }
+                | Found::Mismatch
+                | Found::Abandoned { .. }),
+            ) => {
+                let rule = admitted.rule.clone();
+                self.answer_found(host, &key, found, &rule);
             }
             Err(ClaimError::Unverified) => {
                 self.unverified(host, &key);
