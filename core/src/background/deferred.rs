@@ -1,12 +1,27 @@
 //! Key-store writes that a stream could not finish itself: a record whose `complete` failed (the key
 //! store or Redis was down), or a record or release left behind by a stream that ended (its
 //! callouts' replies end with it). The plugin's root context sends these on a timer and retries
-//! failures until the claim's lease would have ended anyway, when the key store frees the key by
-//! itself.
+//! failures past the claim's lease: the key store keeps a claim whose lease ran out (abandoned)
+//! for the route's retention and still accepts its holder's `complete` or `release`, so a late
+//! answer wins over "outcome unknown". Retries stop on success, on `stale` (the token no longer
+//! names the claim: taken over, or dropped), or at [`retry_until`].
 
 use crate::host::Callout;
 use crate::keystore_client::{self, AckReply};
 use std::collections::HashMap;
+
+/// The longest a write is retried past its claim's lease, whatever the route's retention: a key
+/// store unreachable for that long is an outage, and the writes queued meanwhile hold memory.
+pub const MAX_RETRY_PAST_LEASE_MS: u64 = 15 * 60 * 1000;
+
+/// Until when a write for a claim with a lease of `lease_ms` and the route's `retention_ms` is
+/// worth retrying, from `now_ms`: as long as the key store may keep the claim abandoned (its
+/// lease, then the retention), up to [`MAX_RETRY_PAST_LEASE_MS`] past the lease.
+pub fn retry_until(now_ms: u64, lease_ms: u64, retention_ms: u64) -> u64 {
+    now_ms
+        .saturating_add(lease_ms)
+        .saturating_add(retention_ms.min(MAX_RETRY_PAST_LEASE_MS))
+}
 
 /// One write to send, from when, and until when it is worth retrying.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -24,7 +39,7 @@ pub enum Settled {
     Done,
     /// Failed; queued again for the next tick.
     Retrying(String),
-    /// Failed past the lease; the key store's own expiry takes over.
+    /// Failed until [`retry_until`]; the key store's own expiry takes over.
     GaveUp(String),
     /// Not a callout of ours.
     Unknown,
@@ -97,6 +112,16 @@ mod tests {
             not_before_ms: 0,
             until_ms,
         }
+    }
+
+    #[test]
+    fn writes_are_retried_past_the_lease_for_the_retention_up_to_a_cap() {
+        assert_eq!(retry_until(1_000, 2_000, 60_000), 63_000);
+        assert_eq!(
+            retry_until(0, 2_000, 86_400_000),
+            2_000 + MAX_RETRY_PAST_LEASE_MS
+        );
+        assert_eq!(retry_until(u64::MAX - 1, 2_000, 1), u64::MAX);
     }
 
     #[test]
