@@ -20,6 +20,9 @@ pub enum Problem {
     UpstreamTimeout,
     UpstreamReset,
     HeaderNotForwardable,
+    /// The key store returned a record for the key that fails its seal check: the filter cannot
+    /// vouch for it, so it neither replays it nor executes the request again.
+    RecordUnverifiable,
 }
 
 #[derive(Serialize)]
@@ -46,6 +49,7 @@ impl Problem {
             Problem::UpstreamTimeout => 504,
             Problem::HeaderNotForwardable => 400,
             Problem::StoreUnavailable => 503,
+            Problem::RecordUnverifiable => 502,
         }
     }
 
@@ -82,6 +86,10 @@ impl Problem {
             Problem::StoreUnavailable => (
                 "store-unavailable",
                 "The idempotency key store is unavailable",
+            ),
+            Problem::RecordUnverifiable => (
+                "record-unverifiable",
+                "The stored record for this Idempotency-Key fails verification",
             ),
         }
     }

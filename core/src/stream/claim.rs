@@ -8,7 +8,7 @@ use crate::background::waiting::Waiter;
 use crate::config::{Execution, FailureMode, Mode, WhileInFlight};
 use crate::found::Found;
 use crate::host::Host;
-use crate::keystore_client;
+use crate::keystore_client::{self, ClaimError};
 use crate::metrics::Metric;
 use crate::problem::Problem;
 use log::{debug, warn};
@@ -238,7 +238,11 @@ impl Stream {
                 let why = "claim reply without a claim";
                 self.store_failed(host, claim, why, Request::PausedOnCallout);
             }
-            Err(e) => {
+            Err(ClaimError::Unverified) => {
+                self.release_l1(host, &claim);
+                self.answer_unverifiable(host);
+            }
+            Err(ClaimError::Failed(e)) => {
                 self.store_failed(host, claim, &e, Request::PausedOnCallout);
             }
         }

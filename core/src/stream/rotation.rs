@@ -120,13 +120,7 @@ impl Stream {
             }
             Err(ClaimError::Unverified) => {
                 self.unverified(host, &key);
-                self.lookup_failed(
-                    host,
-                    admitted,
-                    index,
-                    "record from the key store failed verification",
-                    Request::PausedOnCallout,
-                );
+                self.answer_unverifiable(host);
             }
             // A lookup claims nothing; the parser cannot produce it.
             Ok(Found::Claimed { .. }) => {
