@@ -92,6 +92,11 @@ impl Retrier {
         }
     }
 
+    /// Everything queued, due or not (the plugin is being unloaded: no later tick will come).
+    pub fn take_all(&mut self) -> Vec<Deferred> {
+        std::mem::take(&mut self.queued)
+    }
+
     pub fn pending(&self) -> usize {
         self.queued.len() + self.sent.len()
     }

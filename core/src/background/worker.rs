@@ -32,9 +32,9 @@ pub struct Worker {
     /// Renewal batches in flight, by callout token: the keys, in the batch's order.
     renewals: RefCell<HashMap<u32, Vec<RecordKey>>>,
     /// Detached executions queued by streams, waiting for the root context to send them.
-    detached_queue: RefCell<Vec<DetachedJob>>,
+    pub(super) detached_queue: RefCell<Vec<DetachedJob>>,
     /// Detached executions on their way upstream, by callout token.
-    detached_running: RefCell<HashMap<u32, DetachedJob>>,
+    pub(super) detached_running: RefCell<HashMap<u32, DetachedJob>>,
     /// Streams to answer once a write lands, by the write's callout token.
     answer_after: RefCell<HashMap<u32, Answer>>,
     /// The shared queue that wakes this worker's root context (see [`Worker::set_doorbell`]).
