@@ -1,6 +1,8 @@
-//! The key store's request parsing (every request, a renew-batch included), in both body formats (`json::decode_request` and
-//! `Compact::from_compact` of each request, and `body::decode_request`, which picks one by the first
-//! byte): every body is a request or a 400 naming a field. What is accepted is what the README's API
+//! The key store's request parsing (every request, a renew-batch included), in both body formats
+//! (`json::decode_request` and `Compact::from_compact` of each request, and
+//! `body::decode_request`, which picks one by the first byte): every body is a request or a 400
+//! naming a field, the abandoned-claim fields (`abandoned`, a claim's `retention_ms`, and their
+//! compact extension after the first layout) included. What is accepted is what the README's API
 //! promises, and an accepted compact request writes back to the same request.
 #![no_main]
 
@@ -8,7 +10,7 @@ use base64::engine::general_purpose::STANDARD as B64;
 use base64::Engine as _;
 use idempotency_protocol::json::decode_request;
 use idempotency_protocol::{
-    body, ClaimRequest, Compact, CompleteRequest, LookupRequest, ProtocolError, ReleaseRequest, RenewBatchRequest,
+    body, AbandonedPolicy, ClaimRequest, Compact, CompleteRequest, LookupRequest, ProtocolError, ReleaseRequest, RenewBatchRequest,
     RenewRequest, Request, MAX_LEASE_MS, MAX_RENEW_BATCH, MAX_RETENTION_MS, MAX_TOKEN_LEN, MAX_WAIT_MS,
 };
 use std::fmt::Debug;
@@ -40,6 +42,24 @@ fn hex64(s: &str) -> bool {
     s.len() == 64 && s.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'))
 }
 
+/// The `abandoned` policy a JSON body names: absent or null is none, else its name.
+fn json_policy(data: &[u8]) -> Option<AbandonedPolicy> {
+    let v: serde_json::Value = serde_json::from_slice(data).unwrap();
+    match v["abandoned"].as_str() {
+        None => None,
+        Some(name) => Some(AbandonedPolicy::parse(name).unwrap()),
+    }
+}
+
+fn valid_claim(c: &ClaimRequest) -> bool {
+    hex64(c.key.as_str())
+        && hex64(c.fingerprint.as_str())
+        && (1..=MAX_LEASE_MS).contains(&c.lease_ms)
+        && c.wait_ms <= MAX_WAIT_MS
+        && c.token.as_ref().map_or(true, |t| !t.is_empty() && t.len() <= MAX_TOKEN_LEN)
+        && c.retention_ms.map_or(true, |n| (1..=MAX_RETENTION_MS).contains(&n))
+}
+
 fn valid_renew(r: &RenewRequest) -> bool {
     hex64(r.key.as_str()) && !r.token.is_empty() && r.token.len() <= MAX_TOKEN_LEN && (1..=MAX_LEASE_MS).contains(&r.lease_ms)
 }
@@ -51,14 +71,17 @@ fn valid_batch(b: &RenewBatchRequest) -> bool {
 fuzz_target!(|data: &[u8]| {
     match decode_request::<ClaimRequest>(data) {
         Ok(c) => {
-            assert!(hex64(c.key.as_str()) && hex64(c.fingerprint.as_str()));
-            assert!((1..=MAX_LEASE_MS).contains(&c.lease_ms));
-            assert!(c.wait_ms <= MAX_WAIT_MS);
+            assert!(valid_claim(&c), "{c:?}");
+            // The policy accepted is the one named, and only "report" or "take_over" is one.
+            assert_eq!(c.abandoned, json_policy(data));
         }
         Err(e) => assert!(!e.field.is_empty() && !e.problem.is_empty()),
     }
     match decode_request::<LookupRequest>(data) {
-        Ok(l) => assert!(hex64(l.key.as_str()) && hex64(l.fingerprint.as_str())),
+        Ok(l) => {
+            assert!(hex64(l.key.as_str()) && hex64(l.fingerprint.as_str()));
+            assert_eq!(l.abandoned, json_policy(data));
+        }
         Err(e) => assert!(!e.field.is_empty() && !e.problem.is_empty()),
     }
     match decode_request::<CompleteRequest>(data) {
@@ -92,13 +115,7 @@ fuzz_target!(|data: &[u8]| {
         Err(e) => named(&e),
     }
     compact::<RenewBatchRequest>(data, valid_batch);
-    compact::<ClaimRequest>(data, |c| {
-        hex64(c.key.as_str())
-            && hex64(c.fingerprint.as_str())
-            && (1..=MAX_LEASE_MS).contains(&c.lease_ms)
-            && c.wait_ms <= MAX_WAIT_MS
-            && c.token.as_ref().map_or(true, |t| !t.is_empty() && t.len() <= MAX_TOKEN_LEN)
-    });
+    compact::<ClaimRequest>(data, valid_claim);
     compact::<LookupRequest>(data, |l| hex64(l.key.as_str()) && hex64(l.fingerprint.as_str()));
     compact::<CompleteRequest>(data, |c| {
         hex64(c.key.as_str())

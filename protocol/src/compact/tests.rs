@@ -1,4 +1,7 @@
 use super::*;
+use crate::response::{
+    ClaimAnswer, ClaimResponse, FencedResponse, LookupResponse, RenewBatchResponse, RenewOutcome,
+};
 use crate::{body, json, MAX_LEASE_MS, MAX_RETENTION_MS, MAX_WAIT_MS};
 use std::fmt::Debug;
 
