@@ -2,10 +2,11 @@
 //! shared state, and carries out what [`Worker`] decides from its timer, its queue and the replies
 //! to its own callouts (renewals, deferred writes, detached executions, answers to waiting streams).
 
-use super::{
-    callout_reply, map_bytes, now_ms, send_callout, send_local_response, EnvoyHost, EnvoyShared,
-    Http,
+use super::envoy::{
+    callout_reply, count, map_bytes, now_ms, send_callout, send_local_response, EnvoyHost,
+    EnvoyShared,
 };
+use super::http::Http;
 use crate::background::worker::{Answer, RootAction, RootReply, Worker};
 use crate::configure::configure;
 use crate::metrics::Metric;
@@ -27,12 +28,6 @@ pub(super) struct Root {
     pub(super) context_id: u32,
     pub(super) worker: Option<Rc<Worker>>,
     pub(super) metrics: Rc<Vec<u32>>,
-}
-
-pub(super) fn count(metrics: &[u32], metric: Metric) {
-    if let Some(id) = metrics.get(metric.index()) {
-        let _ = hostcalls::increment_metric(*id, 1);
-    }
 }
 
 impl Root {

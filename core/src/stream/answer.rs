@@ -45,7 +45,7 @@ impl Stream {
     pub(super) fn answer(&mut self, host: &dyn Host, problem: Problem, detail: &str) -> Flow {
         if self.observe {
             debug!("observe mode: would answer {}", problem.status());
-            return self.forward_untouched(host);
+            return self.forward_untouched();
         }
         let (status, headers, body) = problem.response(detail, 0);
         host.send_response(status, &headers, &body);
@@ -57,7 +57,7 @@ impl Stream {
         self.count(host, reply.metric);
         if self.observe {
             debug!("observe mode: would answer {}", reply.status);
-            return self.forward_untouched(host);
+            return self.forward_untouched();
         }
         host.send_response(reply.status, &reply.headers, &reply.body);
         self.phase = Phase::Answered;

@@ -2,7 +2,7 @@
 //! the key store claims the key mesh-wide. The claim's owner is the only one that may store or
 //! release it.
 
-use super::{Admitted, Claim, Flow, Phase, Request, Stream};
+use super::{Admitted, Claim, Flow, Phase, Stream};
 use crate::background::detached::{upstream_request, DetachedJob, UnforwardableHeader};
 use crate::background::waiting::Waiter;
 use crate::config::{Execution, FailureMode, Mode, WhileInFlight};
@@ -53,12 +53,12 @@ impl Stream {
             Err(e) => {
                 warn!("key {}: near cache unavailable: {e}", claim.key.short());
                 if self.worker.cfg.keystore.is_none() {
-                    return self.store_failed(host, claim, &e, Request::InCallback);
+                    return self.store_failed(host, claim, &e);
                 }
             }
         }
         let Some(ks) = &self.worker.cfg.keystore else {
-            return self.execute(host, claim, Request::InCallback);
+            return self.execute(host, claim);
         };
         let callout = keystore_client::claim(
             ks,
@@ -75,18 +75,13 @@ impl Stream {
                 };
                 Flow::Pause
             }
-            Err(e) => self.store_failed(
-                host,
-                claim,
-                &format!("claim callout not dispatched: {e}"),
-                Request::InCallback,
-            ),
+            Err(e) => self.store_failed(host, claim, &format!("claim callout not dispatched: {e}")),
         }
     }
 
     /// Forwards the request upstream under its claim: through Envoy's router, or (detached)
     /// through the plugin's root context.
-    pub(super) fn execute(&mut self, host: &dyn Host, claim: Claim, request: Request) -> Flow {
+    pub(super) fn execute(&mut self, host: &dyn Host, claim: Claim) -> Flow {
         self.count(host, Metric::Executed);
         if let (
             Execution::Detached {
@@ -102,9 +97,6 @@ impl Stream {
         debug!("key {}: executing", claim.key.short());
         self.hold_lease(host, &claim);
         self.phase = Phase::Forwarded(claim);
-        if request == Request::PausedOnCallout {
-            host.resume_request();
-        }
         Flow::Continue
     }
 
@@ -161,13 +153,7 @@ impl Stream {
     }
 
     /// The key store could not be used: the route's failure mode decides.
-    pub(super) fn store_failed(
-        &mut self,
-        host: &dyn Host,
-        claim: Claim,
-        why: &str,
-        request: Request,
-    ) -> Flow {
+    pub(super) fn store_failed(&mut self, host: &dyn Host, claim: Claim, why: &str) -> Flow {
         self.count(host, Metric::StoreError);
         match claim.rule.failure_mode {
             FailureMode::FailOpen => {
@@ -176,7 +162,7 @@ impl Stream {
                     "key {}: key store failed ({why}); fail_open: forwarding",
                     claim.key.short()
                 );
-                self.execute(host, claim, request)
+                self.execute(host, claim)
             }
             FailureMode::FailClosed => {
                 warn!(
@@ -199,7 +185,7 @@ impl Stream {
         mut claim: Claim,
         status: Option<u16>,
         body: &[u8],
-    ) {
+    ) -> Flow {
         let reply = self.claim_reply(host, &claim, status, body);
         if keystore_client::claim_waited(body) {
             self.count(host, Metric::Waited);
@@ -212,7 +198,7 @@ impl Stream {
         match reply {
             Ok(Found::Claimed { token }) => {
                 claim.token = token;
-                self.execute(host, claim, Request::PausedOnCallout);
+                self.execute(host, claim)
             }
             Ok(Found::Completed(record)) if record.fingerprint == claim.fingerprint => {
                 if claim.l1 {
@@ -223,28 +209,26 @@ impl Stream {
                         .cache
                         .complete(host, &claim.key, claim.owner, &record, now);
                 }
-                self.answer_found(host, &claim.key, Found::Completed(record), &claim.rule);
+                self.answer_found(host, &claim.key, Found::Completed(record), &claim.rule)
             }
             Ok(Found::Completed(_)) => {
                 self.release_l1(host, &claim);
-                self.answer_found(host, &claim.key, Found::Mismatch, &claim.rule);
+                self.answer_found(host, &claim.key, Found::Mismatch, &claim.rule)
             }
             Ok(found @ (Found::Mismatch | Found::InFlight { .. } | Found::Abandoned { .. })) => {
                 self.release_l1(host, &claim);
-                self.answer_found(host, &claim.key, found, &claim.rule);
+                self.answer_found(host, &claim.key, found, &claim.rule)
             }
             // A claim never finds the key absent; the parser cannot produce it.
             Ok(Found::Absent) => {
                 let why = "claim reply without a claim";
-                self.store_failed(host, claim, why, Request::PausedOnCallout);
+                self.store_failed(host, claim, why)
             }
             Err(ClaimError::Unverified) => {
                 self.release_l1(host, &claim);
-                self.answer_unverifiable(host);
+                self.answer_unverifiable(host)
             }
-            Err(ClaimError::Failed(e)) => {
-                self.store_failed(host, claim, &e, Request::PausedOnCallout);
-            }
+            Err(ClaimError::Failed(e)) => self.store_failed(host, claim, &e),
         }
     }
 

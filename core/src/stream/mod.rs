@@ -44,14 +44,6 @@ pub enum Flow {
     Pause,
 }
 
-/// Whether the request is paused on a callout (and must be resumed to go on) or is still inside
-/// the callback that will return the flow.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Request {
-    InCallback,
-    PausedOnCallout,
-}
-
 /// A covered request whose body is still being read.
 struct Admitted {
     rule: RouteRule,
@@ -110,8 +102,6 @@ pub struct Stream {
     ended: bool,
     /// The request's rule is in observe mode: count what enforce would do, forward everything.
     observe: bool,
-    /// Inside the reply of a callout the request is paused on: forwarding means resuming.
-    in_callout: bool,
 }
 
 impl Stream {
@@ -122,7 +112,6 @@ impl Stream {
             detached_request: None,
             ended: false,
             observe: false,
-            in_callout: false,
         }
     }
 
@@ -183,14 +172,16 @@ impl Stream {
         status: Option<u16>,
         body: &[u8],
     ) {
-        // Whatever this reply decides for a request paused on it, going on means resuming it.
-        self.in_callout = true;
-        match std::mem::replace(&mut self.phase, Phase::Passthrough) {
+        // The one place a paused request resumes: the reply of the callout it is paused on
+        // decided that it goes on.
+        let flow = match std::mem::replace(&mut self.phase, Phase::Passthrough) {
             Phase::Claiming { claim, callout } if callout == token => {
                 self.on_claim_reply(host, claim, status, body)
             }
             Phase::ClaimAbandoned { claim, callout } if callout == token => {
-                self.release_abandoned_claim(host, claim, status, body)
+                // The request is not paused: Envoy answered it already.
+                self.release_abandoned_claim(host, claim, status, body);
+                Flow::Pause
             }
             Phase::LookingUp {
                 admitted,
@@ -209,11 +200,18 @@ impl Stream {
                         self.worker.defer(write);
                     }
                 }
+                // The response, not the request, waited for this write.
                 host.resume_response();
+                Flow::Pause
             }
-            other => self.phase = other,
+            other => {
+                self.phase = other;
+                Flow::Pause
+            }
+        };
+        if flow == Flow::Continue {
+            host.resume_request();
         }
-        self.in_callout = false;
     }
 
     pub fn on_response_headers(&mut self, host: &dyn Host, end_of_stream: bool) -> Flow {
@@ -329,11 +327,8 @@ impl Stream {
 
     /// Observe mode: instead of answering locally, the request goes on as if the filter were not
     /// there (without a claim: its response passes through untouched).
-    fn forward_untouched(&mut self, host: &dyn Host) -> Flow {
+    fn forward_untouched(&mut self) -> Flow {
         self.phase = Phase::Passthrough;
-        if self.in_callout {
-            host.resume_request();
-        }
         Flow::Continue
     }
 }

@@ -6,7 +6,7 @@
 //! no cost; with previous secrets, a request that misses L1 costs one key-store round trip per
 //! previous secret.
 
-use super::{Admitted, Flow, Phase, Request, Stream};
+use super::{Admitted, Flow, Phase, Stream};
 use crate::config::{FailureMode, UnknownOutcome};
 use crate::fingerprint::keyed;
 use crate::found::Found;
@@ -19,17 +19,11 @@ use log::warn;
 impl Stream {
     /// The body is complete: look under the previous secrets, then decide under the current one.
     pub(super) fn look_up_previous(&mut self, host: &dyn Host, admitted: Admitted) -> Flow {
-        self.next_previous(host, admitted, 0, Request::InCallback)
+        self.next_previous(host, admitted, 0)
     }
 
     /// Looks under previous secret `index` and the ones after it.
-    fn next_previous(
-        &mut self,
-        host: &dyn Host,
-        admitted: Admitted,
-        index: usize,
-        request: Request,
-    ) -> Flow {
+    fn next_previous(&mut self, host: &dyn Host, admitted: Admitted, index: usize) -> Flow {
         let worker = self.worker.clone();
         let cfg = &worker.cfg;
         let digest = admitted.fingerprinter.digest();
@@ -60,16 +54,11 @@ impl Stream {
                         admitted,
                         i,
                         &format!("lookup callout not dispatched: {e}"),
-                        request,
                     )
                 }
             }
         }
-        let flow = self.decide(host, admitted);
-        if request == Request::PausedOnCallout && flow == Flow::Continue {
-            host.resume_request();
-        }
-        flow
+        self.decide(host, admitted)
     }
 
     pub(super) fn on_lookup_reply(
@@ -79,14 +68,13 @@ impl Stream {
         index: usize,
         status: Option<u16>,
         body: &[u8],
-    ) {
+    ) -> Flow {
         let Some(key) = admitted.previous.get(index).copied() else {
-            self.next_previous(host, admitted, index + 1, Request::PausedOnCallout);
-            return;
+            return self.next_previous(host, admitted, index + 1);
         };
         let worker = self.worker.clone();
         let Some(ks) = &worker.cfg.keystore else {
-            return;
+            return Flow::Pause;
         };
         let fingerprint = worker
             .cfg
@@ -95,19 +83,17 @@ impl Stream {
             .nth(index)
             .map(|secret| keyed(secret, &admitted.fingerprinter.digest()));
         match keystore_client::parse_lookup(ks, &key, status, body) {
-            Ok(Found::Absent) => {
-                self.next_previous(host, admitted, index + 1, Request::PausedOnCallout);
-            }
+            Ok(Found::Absent) => self.next_previous(host, admitted, index + 1),
             // Under `unknown_outcome: "release"` an abandoned claim frees its key: the request
             // goes on, under the current secret.
             Ok(Found::Abandoned { .. })
                 if admitted.rule.unknown_outcome == UnknownOutcome::Release =>
             {
-                self.next_previous(host, admitted, index + 1, Request::PausedOnCallout);
+                self.next_previous(host, admitted, index + 1)
             }
             Ok(Found::Completed(record)) if Some(record.fingerprint) != fingerprint => {
                 let rule = admitted.rule.clone();
-                self.answer_found(host, &key, Found::Mismatch, &rule);
+                self.answer_found(host, &key, Found::Mismatch, &rule)
             }
             Ok(
                 found @ (Found::Completed(_)
@@ -116,20 +102,18 @@ impl Stream {
                 | Found::Abandoned { .. }),
             ) => {
                 let rule = admitted.rule.clone();
-                self.answer_found(host, &key, found, &rule);
+                self.answer_found(host, &key, found, &rule)
             }
             Err(ClaimError::Unverified) => {
                 self.unverified(host, &key);
-                self.answer_unverifiable(host);
+                self.answer_unverifiable(host)
             }
             // A lookup claims nothing; the parser cannot produce it.
             Ok(Found::Claimed { .. }) => {
                 let why = "lookup reply with a claim";
-                self.lookup_failed(host, admitted, index, why, Request::PausedOnCallout);
+                self.lookup_failed(host, admitted, index, why)
             }
-            Err(ClaimError::Failed(e)) => {
-                self.lookup_failed(host, admitted, index, &e, Request::PausedOnCallout);
-            }
+            Err(ClaimError::Failed(e)) => self.lookup_failed(host, admitted, index, &e),
         }
     }
 
@@ -140,7 +124,6 @@ impl Stream {
         admitted: Admitted,
         index: usize,
         why: &str,
-        request: Request,
     ) -> Flow {
         self.count(host, Metric::StoreError);
         match admitted.rule.failure_mode {
@@ -149,7 +132,7 @@ impl Stream {
                     "key {}: lookup under a previous secret failed ({why}); fail_open: going on",
                     admitted.key.short()
                 );
-                self.next_previous(host, admitted, index + 1, request)
+                self.next_previous(host, admitted, index + 1)
             }
             FailureMode::FailClosed => {
                 warn!(
