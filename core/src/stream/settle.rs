@@ -203,6 +203,7 @@ impl Stream {
                 callout: keystore_client::release(ks, &claim.key, &claim.proposed_token),
                 not_before_ms: now.saturating_add(after_ms),
                 until_ms: retry_until(now, self.worker.cfg.lock_lease_ms, claim.rule.retention_ms),
+                failures: 0,
             });
         }
     }
@@ -219,6 +220,7 @@ impl Stream {
                 self.worker.cfg.lock_lease_ms,
                 claim.rule.retention_ms,
             ),
+            failures: 0,
         };
         if self.ended {
             self.worker.defer(write);

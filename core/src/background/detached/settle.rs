@@ -109,6 +109,7 @@ impl Worker {
                             self.cfg.lock_lease_ms,
                             job.claim.rule.retention_ms,
                         ),
+                        failures: 0,
                     },
                     answer,
                 ),
