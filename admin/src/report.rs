@@ -337,9 +337,19 @@ fn open(bytes: &[u8], key: &SecretKey, secrets: &Secrets) -> RecordView {
 fn retry(state: &StateView, now_ms: u64) -> String {
     const OTHER: &str = "; with another payload, 422 (key reused)";
     match state {
-        StateView::Absent | StateView::Expired { .. } => {
-            "runs as a first request (the upstream executes)".to_owned()
-        }
+        StateView::Absent
+        | StateView::Expired {
+            was: EntryKind::Completed,
+            ..
+        } => "runs as a first request (the upstream executes)".to_owned(),
+        // A claim whose lease ran out without an answer: its holder may have forwarded the
+        // request and died.
+        StateView::Expired {
+            was: EntryKind::InFlight,
+            ..
+        } => format!(
+            "an abandoned claim (its gateway let the lease run out without an answer; the request may have executed): on a route with unknown_outcome: lock (the default), 409 with Retry-After for unknown_hold_ms after the lease ended, then 410 (outcome unknown); with unknown_outcome: release, it runs again (purge it to let the key run again){OTHER}"
+        ),
         StateView::InFlight { .. } => format!(
             "409 (request in progress) while the first request runs, or waits for its answer on a route with in_flight: wait{OTHER}"
         ),
@@ -360,7 +370,7 @@ fn retry(state: &StateView, now_ms: u64) -> String {
                 }
             },
             RecordView::DoesNotVerify | RecordView::Malformed { .. } => {
-                "a key-store error (503 on a fail_closed route, forwarded on fail_open), counted as unverified_record; the filter never replays this record (purge it)".to_owned()
+                "502 (record-unverifiable) on every route, counted as unverified_record: the filter never replays this record nor runs the request again (purge it to let it run)".to_owned()
             }
         },
     }

@@ -2,8 +2,9 @@
 //! struct, carried by an inline stream and by a detached execution alike; the root context renews
 //! it ([`crate::background::leases`]) while the upstream works.
 
-use crate::config::{Mode, RouteRule, WhileInFlight};
+use crate::config::{Mode, RouteRule, UnknownOutcome, WhileInFlight};
 use crate::fingerprint::Fingerprint;
+use crate::keystore_client::{AbandonedPolicy, ClaimTerms};
 use crate::scope::RecordKey;
 
 /// The claims this request holds while it executes.
@@ -29,6 +30,21 @@ impl Claim {
         match (self.rule.in_flight, self.rule.mode) {
             (WhileInFlight::Wait, Mode::Enforce) => self.rule.max_wait_ms,
             _ => 0,
+        }
+    }
+
+    /// What the key-store claim asks for, with a lease of `lease_ms`. An abandoned key (its holder
+    /// let the lease run out without an answer) follows the route's `unknown_outcome`: `lock`
+    /// has it reported, and answered as an unknown outcome; `release` takes it over and executes.
+    pub fn terms(&self, lease_ms: u64) -> ClaimTerms {
+        ClaimTerms {
+            lease_ms,
+            wait_ms: self.wait_ms(),
+            abandoned: match self.rule.unknown_outcome {
+                UnknownOutcome::Lock => AbandonedPolicy::Report,
+                UnknownOutcome::Release => AbandonedPolicy::TakeOver,
+            },
+            retention_ms: self.rule.retention_ms,
         }
     }
 }

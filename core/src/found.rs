@@ -18,4 +18,8 @@ pub enum Found {
     Completed(Record),
     /// The key is held or completed with another fingerprint.
     Mismatch,
+    /// The key store holds a claim whose lease ran out `lease_ended_ms_ago` without an answer:
+    /// its holder may have forwarded the request and died, so its outcome is unknown, and the key
+    /// answers as a stored unknown-outcome record would (only the key store reports it).
+    Abandoned { lease_ended_ms_ago: u64 },
 }

@@ -13,10 +13,12 @@ use crate::host::Callout;
 use crate::record::{OpenError, Record};
 use crate::scope::RecordKey;
 use idempotency_protocol::{
-    body, AbandonedPolicy, ClaimAnswer, ClaimRequest, ClaimResponse, Compact, CompleteRequest,
-    FencedResponse, Hex64, LookupRequest, LookupResponse, ReleaseRequest, RenewBatchRequest,
-    RenewBatchResponse, RenewOutcome, RenewRequest, Request, ABANDONED_RETRY_AFTER_MS,
+    body, ClaimAnswer, ClaimRequest, ClaimResponse, Compact, CompleteRequest, FencedResponse,
+    Hex64, LookupRequest, LookupResponse, ReleaseRequest, RenewBatchRequest, RenewBatchResponse,
+    RenewOutcome, RenewRequest, Request,
 };
+
+pub use idempotency_protocol::AbandonedPolicy;
 
 /// What the key store said to complete or release, or to one renewal of a batch.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -87,30 +89,41 @@ fn open(cfg: &KeystoreConfig, key: &RecordKey, bytes: &[u8]) -> Result<Record, C
     }
 }
 
+/// What a claim asks for besides its key: how long its lease runs, how long it may wait for a key
+/// in flight, and what the key store does with a key whose holder let its lease run out without
+/// an answer (an abandoned claim: the holder may have forwarded the request and died).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ClaimTerms {
+    pub lease_ms: u64,
+    pub wait_ms: u64,
+    /// `report` (the key answers as an unknown outcome) or `take_over` (the claim wins the key).
+    pub abandoned: AbandonedPolicy,
+    /// How long the key store keeps this claim, abandoned, after its lease ends: the route's
+    /// retention, as long as a record of it would be kept.
+    pub retention_ms: u64,
+}
+
 /// Claims `key` with the fencing token `token` (the filter's own, so that it can release a claim
-/// whose answer it never read). With `wait_ms`, a key in flight with this fingerprint holds the
-/// call until its record lands (or the wait ends); the callout's timeout covers the wait.
+/// whose answer it never read). With `terms.wait_ms`, a key in flight with this fingerprint holds
+/// the call until its record lands (or the wait ends); the callout's timeout covers the wait.
 pub fn claim(
     cfg: &KeystoreConfig,
     key: &RecordKey,
     fp: &Fingerprint,
-    lease_ms: u64,
     token: &str,
-    wait_ms: u64,
+    terms: &ClaimTerms,
 ) -> Callout {
     let body = ClaimRequest {
         key: key_hex(key),
         fingerprint: Hex64::from_bytes(fp),
-        lease_ms,
-        wait_ms,
+        lease_ms: terms.lease_ms,
+        wait_ms: terms.wait_ms,
         token: Some(token.to_string()),
-        // Today's behaviour, named: a claim whose lease ran out is taken over. The key store keeps
-        // such a claim for a day (no `retention_ms`) unless it is taken over or answered.
-        abandoned: Some(AbandonedPolicy::TakeOver),
-        retention_ms: None,
+        abandoned: Some(terms.abandoned),
+        retention_ms: Some(terms.retention_ms),
     };
     let mut c = callout(cfg, "claim", &body);
-    c.timeout_ms = c.timeout_ms.saturating_add(wait_ms);
+    c.timeout_ms = c.timeout_ms.saturating_add(terms.wait_ms);
     c
 }
 
@@ -120,11 +133,12 @@ pub fn claim_waited(body: &[u8]) -> bool {
 }
 
 /// Asks what `key` holds, claiming nothing: how a key stored under a previous secret is found.
+/// It names `report`, so an abandoned claim reads as [`Found::Abandoned`].
 pub fn lookup(cfg: &KeystoreConfig, key: &RecordKey, fp: &Fingerprint) -> Callout {
     let body = LookupRequest {
         key: key_hex(key),
         fingerprint: Hex64::from_bytes(fp),
-        abandoned: Some(AbandonedPolicy::TakeOver),
+        abandoned: Some(AbandonedPolicy::Report),
     };
     callout(cfg, "lookup", &body)
 }
@@ -144,8 +158,7 @@ pub fn parse_lookup(
         LookupResponse::InFlight { retry_after_ms } => Found::InFlight { retry_after_ms },
         LookupResponse::Mismatch => Found::Mismatch,
         LookupResponse::Completed { record } => Found::Completed(open(cfg, key, &record)?),
-        // A claim under the take-over policy would take it: free, as an expired claim was.
-        LookupResponse::Abandoned { .. } => Found::Absent,
+        LookupResponse::Abandoned { lease_ended_ms_ago } => Found::Abandoned { lease_ended_ms_ago },
     })
 }
 
@@ -242,10 +255,7 @@ pub fn parse_claim(
         ClaimResponse::InFlight { retry_after_ms } => Found::InFlight { retry_after_ms },
         ClaimResponse::Completed { record } => Found::Completed(open(cfg, key, &record)?),
         ClaimResponse::Mismatch => Found::Mismatch,
-        // Never sent to a claim that takes abandoned keys over; held as in flight, closed.
-        ClaimResponse::Abandoned { .. } => Found::InFlight {
-            retry_after_ms: ABANDONED_RETRY_AFTER_MS,
-        },
+        ClaimResponse::Abandoned { lease_ended_ms_ago } => Found::Abandoned { lease_ended_ms_ago },
     })
 }
 

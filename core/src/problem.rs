@@ -22,6 +22,9 @@ pub enum Problem {
     HeaderNotForwardable,
     /// The worker holds its whole memory budget for other requests: this one did not run.
     MemoryBudget,
+    /// The key store returned a record for the key that fails its seal check: the filter cannot
+    /// vouch for it, so it neither replays it nor executes the request again.
+    RecordUnverifiable,
 }
 
 #[derive(Serialize)]
@@ -49,6 +52,7 @@ impl Problem {
             Problem::HeaderNotForwardable => 400,
             Problem::StoreUnavailable => 503,
             Problem::MemoryBudget => 503,
+            Problem::RecordUnverifiable => 502,
         }
     }
 
@@ -89,6 +93,10 @@ impl Problem {
             Problem::MemoryBudget => (
                 "memory-budget",
                 "The gateway holds too many request bytes to take this request now",
+            ),
+            Problem::RecordUnverifiable => (
+                "record-unverifiable",
+                "The stored record for this Idempotency-Key fails verification",
             ),
         }
     }

@@ -52,10 +52,13 @@ impl LocalReply {
     /// What a request gets from what its key holds, the one place that decides it for the
     /// streams and the root context's waiters alike: the record's answer, 409 while another
     /// request holds the key (`Retry-After: 1`: the answer can change any moment), 422 for
-    /// another request's key. `None` when nothing answers it (the key is claimed or absent).
+    /// another request's key. An abandoned claim answers as a stored unknown-outcome record whose
+    /// hold (`unknown_hold_ms`, the route's) started when its lease ended. `None` when nothing
+    /// answers it (the key is claimed or absent).
     pub fn for_found(
         found: Found,
         now_ms: u64,
+        unknown_hold_ms: u64,
         policy: &ReplayHeaders,
         expires_header: Option<&str>,
     ) -> Option<Self> {
@@ -68,6 +71,11 @@ impl LocalReply {
             )),
             Found::InFlight { .. } => Some(LocalReply::conflict(0)),
             Found::Mismatch => Some(LocalReply::mismatch()),
+            Found::Abandoned { lease_ended_ms_ago } => {
+                let lease_ended_ms = now_ms.saturating_sub(lease_ended_ms_ago);
+                let hold_until_ms = lease_ended_ms.saturating_add(unknown_hold_ms);
+                Some(LocalReply::unknown_outcome(hold_until_ms, now_ms))
+            }
             Found::Claimed { .. } | Found::Absent => None,
         }
     }
@@ -105,16 +113,22 @@ impl LocalReply {
                 0,
                 Metric::NotReplayable,
             ),
-            // The first attempt may still be running upstream: come back after the hold.
-            Outcome::Unknown { hold_until_ms } if now_ms < hold_until_ms => {
-                LocalReply::conflict(hold_until_ms - now_ms)
-            }
-            Outcome::Unknown { .. } => LocalReply::problem(
-                Problem::OutcomeUnknown,
-                "the first request with this key was sent upstream and no complete answer came back; it may have executed, and it will not be executed again",
-                0,
-                Metric::UnknownOutcomeAnswered,
-            ),
+            Outcome::Unknown { hold_until_ms } => LocalReply::unknown_outcome(hold_until_ms, now_ms),
         }
+    }
+
+    /// What a key whose first attempt's outcome is unknown answers (a stored unknown-outcome
+    /// record, or an abandoned claim): 409 until `hold_until_ms`, since the first attempt may
+    /// still be running upstream, then the terminal "outcome unknown" problem.
+    pub fn unknown_outcome(hold_until_ms: u64, now_ms: u64) -> Self {
+        if now_ms < hold_until_ms {
+            return LocalReply::conflict(hold_until_ms - now_ms);
+        }
+        LocalReply::problem(
+            Problem::OutcomeUnknown,
+            "the first request with this key was sent upstream and no complete answer came back; it may have executed, and it will not be executed again",
+            0,
+            Metric::UnknownOutcomeAnswered,
+        )
     }
 }

@@ -121,6 +121,19 @@ impl Context for Root {
         }
         self.run(&worker, actions);
     }
+
+    /// Envoy unloads the plugin (which shutdown paths get here: docs/hardening.md, "Leaving
+    /// cleanly"). The root context sends what settles what it holds ([`Worker::on_shutdown`]).
+    /// Envoy delivers no answer to a plugin past this point (seen on Envoy 1.40: a write sent here
+    /// lands, its answer never comes back), so there is nothing to wait for: done at once.
+    fn on_done(&mut self) -> bool {
+        info!("the plugin is being unloaded (root context on_done)");
+        if let Some(worker) = self.worker.clone() {
+            let actions = worker.on_shutdown(&EnvoyShared, now_ms());
+            self.run(&worker, actions);
+        }
+        true
+    }
 }
 
 impl RootContext for Root {

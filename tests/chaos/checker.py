@@ -13,11 +13,16 @@ A key is a (caller, key) pair: records are scoped by caller, so two callers that
 two keys. Every operation has a key of its own, so executions and answers are told apart by the operation
 id the request body carries. The invariants:
 
-  single-execution   (lock route) the upstream executed each key at most once, but for the class "lease
-                     expired" below. On the release route a key may execute once more after each attempt
-                     that may have executed without a kept answer (a timeout, a lost connection, a cut
-                     answer, a 5xx, or a fault during it): executions within that are counted apart as
-                     allowed re-executions, and only more is a violation.
+  single-execution   (lock and detached routes) the upstream executed each key at most once, whatever the
+                     nemesis did: a gateway killed (SIGKILL) while its request is at the upstream leaves its
+                     claim to run out, and the key store then reports the claim abandoned (the key answers
+                     409, then 410 outcome unknown) instead of letting another gateway run it again. A second
+                     execution is a violation; when the history shows it followed a lease that ended (the
+                     holder killed, frozen or cut off for a lease), the violation says so. On the release
+                     route a key may execute once more after each attempt that may have executed without a
+                     kept answer (a timeout, a lost connection, a cut answer, a 5xx, or a fault during it):
+                     executions within that are counted apart as allowed re-executions, and only more is a
+                     violation.
   answer-is-execution every successful answer is, byte for byte as JSON, the payment of one execution of its
                      key (under lock: its single execution).
   own-answer         every successful answer carries the request of its own operation and caller: no client
@@ -31,26 +36,12 @@ id the request body carries. The invariants:
   no-crash           every gateway and key store is running at the end; none exited unless the nemesis
                      killed it; no `[critical]` or panic line in their logs.
 
-Lease expired (holder gone or cut off longer than its lease): the filter's design lets a claim whose lease
-ended be taken over, and a lease ends only when its holder is gone, or frozen or cut off from the key store
-long enough that no renewal lands within `lock_lease_ms` (config.json's lease_s) of the last one. So under
-lock a key may run again, and is then counted in this class rather than as a violation, if and only if the
-checker can show it, for each extra execution:
-  - an attempt A of the key, on gateway G, may have made the execution before it (it started before that
-    execution's latest time and may have reached the upstream: no 409, 410, 4xx, replay or the filter's
-    own 503 for an answer);
-  - a fault took effect while A's claim was held (after A started, before the upstream's work and the
-    record were done) that kept G's claim from being renewed, or its record from being stored, for a whole
-    lease: G killed; G paused or cut off from the key stores for at least the lease; Redis or a key store
-    replica paused, killed or cut off from Redis for at least the lease (a shorter pause or cut that
-    starts late in a renewal period may end a lease too: the run's envelope keeps every pause and cut
-    short of that, so here it is a violation);
-  - every attempt that may have made the extra execution started once the lease could have ended: not
-    before A's start, nor before the fault's start less a renewal period (a third of the lease: the holder
-    renews that often), plus the lease.
-A key whose every extra execution is so explained also has its answers that differ after the fault (two
-gateways answering two payments, a payment then 409 or 410) counted in this class. Anything else stays a
-violation. Each case (operation, fault, timings) is listed in the report and in lease-expired.json.
+A lease that ended (holder gone, or frozen or cut off from the key store for a whole lease) used to let
+another gateway take the key over; the key store now keeps such a claim, abandoned, for the route's
+retention and reports it, so under lock and detached execution there is no exempt class any more. The
+checker still looks for the evidence (lease_case: an attempt that may have made the first execution, a
+fault that kept its gateway's claim from being renewed for a lease, every taker after the lease could
+end) and names it in the violation, as the likeliest cause.
 """
 
 import json
@@ -60,7 +51,6 @@ from pathlib import Path
 
 NEMESIS_KINDS = ("pause", "kill", "cut-gateway-store", "cut-store-redis", "latency")
 KNOB_KINDS = ("slow", "reset", "cut", "5xx")
-LEASE_EXPIRED = "lease expired (holder gone or cut off longer than its lease)"
 # A renewal goes out on the first 100 ms tick after a third of the lease: the last one before a fault is at
 # most that period (and this slack) before it.
 RENEWAL_SLACK_S = 0.2
@@ -71,6 +61,10 @@ ONSET_S = 0.5
 # tests/chaos/gateway.yaml: the route timeout, the longest a gateway waits on the upstream.
 ROUTE_TIMEOUT_S = 10.0
 INF = float("inf")
+# The routes whose keys execute at most once (unknown_outcome "lock": inline, and detached execution).
+EXACTLY_ONCE = ("lock", "detached")
+ROUTE_TITLES = {"lock": 'unknown_outcome: "lock"', "detached": 'execution: "detached", unknown_outcome: "lock"',
+                "release": 'unknown_outcome: "release"'}
 # Envoy logs a crash (signal, assertion, the filter's panic hook) at critical level; Rust panics say "panicked at".
 CRASH_MARKS = ("[critical]", "panicked at", "Caught Segmentation", "Caught Aborted")
 
@@ -101,8 +95,6 @@ class Key:
         self.attempts = []  # (phase, attempt)
         self.results = {}
         self.executions = []
-        self.lease_cases = []  # its extra executions, each shown to follow a lease that ended (lease_case)
-        self.lease_answers = []  # answers that differ after that fault: (phase, attempt, message)
 
     def add(self, record):
         self.phases.append(record["phase"])
@@ -300,20 +292,19 @@ def check(history, executions, faults, containers, config):
         }
         unsure = [a for _, a in k.attempts if uncertain(a) or overlaps(a, faults_done)]
         n_exec = len(k.executions)
-        diverged = INF  # answers that differ from this time on are the lease's doing
-        if k.route == "lock" and n_exec > 1:
+        if k.route in EXACTLY_ONCE and n_exec > 1:
             ordered = sorted(k.executions, key=lambda p: p.get("sequence", 0))
             cases = [lease_case(k, b, e, times, faults_done, lease_s) if lease_s else None
                      for b, e in zip(ordered, ordered[1:])]
-            if all(cases):
-                k.lease_cases = cases
-                diverged = min(c["fault"]["start"] for c in cases)
-            else:
-                shown = sum(1 for c in cases if c)
-                violations.append(Violation(
-                    "single-execution", k.op, f"executed {n_exec} times under lock"
-                    + (f" ({shown} of the {n_exec - 1} extra after a lease that ended, not the others)"
-                       if shown else ""), evidence()))
+            shown = [c for c in cases if c]
+            why = ""
+            if shown:
+                f = shown[0]["fault"]
+                why = (f" ({len(shown)} of the {n_exec - 1} extra after a lease that ended, first after "
+                       f"{f['kind']} {f['target']}: the key store must report an abandoned claim, never let "
+                       "it run again)")
+            violations.append(Violation(
+                "single-execution", k.op, f"executed {n_exec} times under {k.route}{why}", evidence()))
         if k.route == "release" and n_exec > 1:
             allowed = 1 + len(unsure)
             if n_exec > allowed:
@@ -352,18 +343,12 @@ def check(history, executions, faults, containers, config):
                     first_ok = pay
                 elif pay.get("id") != first_ok.get("id"):
                     message = f"answered {first_ok.get('id')}, later {pay.get('id')} ({phase})"
-                    if a["start"] >= diverged:
-                        k.lease_answers.append((phase, a, message))
-                    else:
-                        violations.append(Violation("answer-kept", k.op, message, evidence()))
+                    violations.append(Violation("answer-kept", k.op, message, evidence()))
                 continue
             if status in (409, 410, 422) and first_ok is not None:
                 problem = f" {a['problem']}" if a.get("problem") else ""
                 message = f"answered {first_ok.get('id')}, later {status}{problem} ({phase})"
-                if a["start"] >= diverged and status != 422:
-                    k.lease_answers.append((phase, a, message))
-                else:
-                    violations.append(Violation("answer-kept", k.op, message, evidence()))
+                violations.append(Violation("answer-kept", k.op, message, evidence()))
                 continue
             if status == 422 and owners[(k.caller, k.key)] == {k.op}:
                 violations.append(Violation("no-false-mismatch", k.op,
@@ -425,7 +410,6 @@ def table(keys, faults, violations, route):
         ks = list(ks)
         rows.append((name, n_faults, len(ks), sum(len(k.executions) for k in ks),
                      sum(max(0, len(k.executions) - 1) for k in ks),
-                     sum(len(k.lease_cases) for k in ks),
                      sum(1 for k in ks if k.results.get("run") == "ok"),
                      sum(1 for k in ks if k.results.get("run") == "unknown"),
                      sum(1 for k in ks if k.results.get("run") == "gave-up"),
@@ -456,8 +440,7 @@ def table(keys, faults, violations, route):
 
 
 def render(rows, title):
-    head = ("fault kind", "faults", "ops", "executions", "re-exec", "lease-exp", "ok", "unknown", "gave up",
-            "violations")
+    head = ("fault kind", "faults", "ops", "executions", "re-exec", "ok", "unknown", "gave up", "violations")
     widths = [max(len(str(r[i])) for r in rows + [head]) for i in range(len(head))]
     lines = [title, "  " + "  ".join(h.ljust(w) if i == 0 else h.rjust(w) for i, (h, w) in enumerate(zip(head, widths)))]
     for r in rows:
@@ -488,65 +471,19 @@ def fault_text(f, t0):
             + (f" ({f['detail']})" if f.get("detail") else ""))
 
 
-def lease_records(keys, t0):
-    """Every case of the class "lease expired", as lease-expired.json lists them (times in seconds from the
-    run's start, t0)."""
-    out = []
-    for k in sorted(keys.values(), key=lambda k: k.op):
-        for c in k.lease_cases:
-            f = c["fault"]
-            lo, hi = c["before_times"] or (-INF, INF)
-            out.append({
-                "op": k.op, "caller": k.caller, "key": k.key, "case": "execution",
-                "first_execution": {"id": c["before"].get("id"), "sequence": c["before"].get("sequence"),
-                                    "made_s": [round(lo - t0, 3) if lo > -INF else None,
-                                               round(hi - t0, 3) if hi < INF else None]},
-                "holder_attempt": brief(c["holder"], t0),
-                "fault": {"kind": f["kind"], "target": f["target"], "start_s": round(f["start"] - t0, 3),
-                          "end_s": round(f.get("end", f["start"]) - t0, 3),
-                          "seconds": round(fault_seconds(f), 3), "detail": f.get("detail")},
-                "lease_could_end_s": round(c["lease_end"] - t0, 3),
-                "extra_execution": {"id": c["extra"].get("id"), "sequence": c["extra"].get("sequence")},
-                "taker_attempts": [brief(b, t0) for b in c["takers"]],
-            })
-        for phase, a, message in k.lease_answers:
-            out.append({"op": k.op, "caller": k.caller, "key": k.key, "case": "answer", "answer": message,
-                        "attempt": f"{phase} {brief(a, t0)}",
-                        "faults": [fault_text(c["fault"], t0) for c in k.lease_cases]})
-    return out
-
-
 def report(history, executions, faults, containers, config, max_shown=20):
-    """(text, violations, lease-expired cases): the tables, the class "lease expired" and every violation, as
-    printed at the end of a run."""
+    """(text, violations): the tables and every violation, as printed at the end of a run."""
     violations, keys, stats = check(history, executions, faults, containers, config)
     out = [f"chaos: seed {config.get('seed')}, {config.get('seconds')} s, "
            f"{sum(1 for k in keys.values() if 'run' in k.phases)} operations, {len(executions)} executions, "
            f"{sum(1 for f in faults if f['kind'] in NEMESIS_KINDS)} faults"]
     for kind, why in sorted(config.get("skipped", {}).items()):
         out.append(f"chaos: fault kind {kind} not injected: {why}")
-    for route in ("lock", "release"):
-        out.append(render(table(keys, faults, violations, route), f"route {route} (unknown_outcome: \"{route}\"):"))
+    for route, title in ROUTE_TITLES.items():
+        out.append(render(table(keys, faults, violations, route), f"route {route} ({title}):"))
     out.append(f"release route: {stats['allowed_reexecutions']} re-execution(s) allowed by the policy "
                "(an uncertain attempt before each)")
     t0 = config.get("start", 0)
-    cases = lease_records(keys, t0)
-    extra = [c for c in cases if c["case"] == "execution"]
-    by_fault = defaultdict(int)
-    for c in extra:
-        by_fault[f"{c['fault']['kind']} {c['fault']['target']}"] += 1
-    out.append(f"lock route: {len(extra)} extra execution(s) of {len({c['op'] for c in extra})} key(s) classed "
-               f"{LEASE_EXPIRED}, lease {config.get('lease_s')} s"
-               + (f" ({', '.join(f'{n} after {what}' for what, n in sorted(by_fault.items()))})" if extra else "")
-               + f"; {len(cases) - len(extra)} later answer(s) that differ after them")
-    for c in cases:
-        if c["case"] == "execution":
-            out.append(f"LEASE EXPIRED op {c['op']}: {c['first_execution']['id']} by {c['holder_attempt']}; "
-                       f"fault {c['fault']['kind']} {c['fault']['target']} {c['fault']['start_s']:.3f}.."
-                       f"{c['fault']['end_s']:.3f} s; the lease could end from {c['lease_could_end_s']:.3f} s; "
-                       f"{c['extra_execution']['id']} by {' or '.join(c['taker_attempts'])}")
-        else:
-            out.append(f"LEASE EXPIRED op {c['op']}: {c['answer']}: {c['attempt']}")
     faults_by_time = sorted((f for f in faults if "start" in f), key=lambda f: f["start"])
     for n, v in enumerate(violations):
         if n == max_shown:
@@ -567,14 +504,14 @@ def report(history, executions, faults, containers, config, max_shown=20):
                         out.append(f"    fault: {f['kind']} {f['target']} {f['start'] - t0:8.3f}.."
                                    f"{f.get('end', f['start']) - t0:8.3f} s {f.get('detail', '')}")
     out.append(f"chaos: {len(violations)} violation(s)")
-    return "\n".join(out), violations, cases
+    return "\n".join(out), violations
 
 
 def main(argv):
     if len(argv) != 2:
         print("usage: checker.py RUN_FOLDER", file=sys.stderr)
         return 2
-    text, violations, _ = report(*load(argv[1]))
+    text, violations = report(*load(argv[1]))
     print(text)
     return 1 if violations else 0
 

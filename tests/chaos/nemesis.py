@@ -17,11 +17,13 @@ The envelope (tests/chaos/run.py checks it against the gateway's `lock_lease_ms`
 pause or cut outlasts a claim's lease. A frozen gateway renews its claims on its first tick once it
 resumes, at most a renewal period (a third of the lease) plus the pause after its last renewal. While the
 key store is out of reach (its gateway cut off, Redis paused, a replica cut off from Redis), a record
-waits in the gateway, which retries it every 200 ms until the lease ends: it lands at most the upstream's
-work (the workload asks for 3 s at most), the outage and a DNS refresh (1 s) after the claim. Both stay
-under the lease, so exactly once must hold through every pause and cut. A killed gateway is gone: its
-leases end by design, and a key it held may run again once its lease is over (the checker's "lease
-expired" class).
+waits in the gateway, which retries it (after 200 ms, doubling, at most 5 s apart) past the lease: it lands
+at most the upstream's work (the workload asks for 3 s at most), the outage, a DNS refresh (1 s) and one
+retry delay after the claim, and a claim whose lease ran out meanwhile is abandoned, not taken over, so its
+record still lands. Exactly once must hold through every pause and cut. A killed gateway (SIGKILL, often
+while requests of the inline and the detached exactly-once routes are at the upstream) is gone: its leases
+run out, and the key store reports each such claim abandoned, so the other gateway answers 409 and then
+410 (outcome unknown) and never runs the key again; the checker counts a second execution as a violation.
 
 Every fault is one JSON line of the nemesis log: kind, target, start (before the command), applied (the
 command done: the fault is in effect), seconds (from applied to the heal's first command: how long the fault

@@ -7,7 +7,7 @@ pass), and checker.py reads the whole history. Standard library only; every requ
 Steps: the checker's self-test (test_checker.py); the gateway's lease checked against the nemesis's longest
 pause and cut (the envelope); the stack healthy and one payment through each gateway; CHAOS_SECONDS of
 clients and faults; the heal, a quiet wait (lease + hold), the final pass; the upstream's list of payments,
-the containers' states and logs; the checker's tables, its "lease expired" cases and its violations.
+the containers' states and logs; the checker's tables and its violations.
 
 Environment:
   CHAOS_COMPOSE   the docker-compose command line of the chaos stack (with -p and -f)
@@ -16,7 +16,7 @@ Environment:
   CHAOS_CLIENTS   client threads (default 6)
   CHAOS_DIR       where runs are written (default .tmp/chaos in the repository): the run goes to last/
                   (the seed, the history, the nemesis log, the executions, the containers' logs, the
-                  report, violations.json and lease-expired.json); a failing run is also kept as
+                  report and violations.json); a failing run is also kept as
                   failed-seed<SEED>-<UTC time>/
 Exit status 1 when the checker finds a violation (or the run itself fails).
 """
@@ -225,10 +225,9 @@ def main():
     state = containers_at_end(docker, containers, run_dir / "logs")
     (run_dir / "containers.json").write_text(json.dumps(state, indent=1))
 
-    text, violations, lease_expired = checker.report(*checker.load(run_dir))
+    text, violations = checker.report(*checker.load(run_dir))
     (run_dir / "report.txt").write_text(text + "\n")
     (run_dir / "violations.json").write_text(json.dumps([v.as_dict() for v in violations], indent=1))
-    (run_dir / "lease-expired.json").write_text(json.dumps(lease_expired, indent=1))
     print(text, flush=True)
     if violations:
         kept = base / f"failed-seed{seed}-{time.strftime('%Y%m%dT%H%M%SZ', time.gmtime())}"

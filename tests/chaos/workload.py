@@ -17,7 +17,8 @@ are not part of the fingerprint), through the payments demo's test knobs:
   cut    x-demo-body-cut: the payment is made, the answer's body is cut
   5xx    x-demo-status: 503: the upstream answers 503 and makes no payment
 Most operations use the route with `unknown_outcome: "lock"` (POST /payments), the others the one with
-`"release"` (POST /release/payments).
+`"release"` (POST /release/payments) or the one with `execution: "detached"` (POST /detached/payments, exactly
+once too): the nemesis's kills then find requests of both exactly-once kinds at the upstream.
 
 Every operation is one JSON line of the history (see `Op.record`); every attempt keeps its gateway, start and
 end (Unix time, seconds), status or error, the `idempotent-replayed` flag, the problem type, the SHA-256 of
@@ -39,8 +40,9 @@ import uuid
 
 HOST = "127.0.0.1"
 CALLERS = ("alice", "bob", "carol")
-ROUTES = {"lock": "/payments", "release": "/release/payments"}
+ROUTES = {"lock": "/payments", "release": "/release/payments", "detached": "/detached/payments"}
 RELEASE_SHARE = 0.2
+DETACHED_SHARE = 0.25
 SHARED_KEY_SHARE = 0.1
 KNOBS = (  # (name, share of operations)
     ("slow", 0.15),
@@ -239,7 +241,8 @@ class Client(threading.Thread):
         p = self.plan
         self.ops += 1
         op_id = f"c{self.index}-{self.ops:05d}"
-        route = "release" if p.random() < RELEASE_SHARE else "lock"
+        roll = p.random()
+        route = "release" if roll < RELEASE_SHARE else "detached" if roll < RELEASE_SHARE + DETACHED_SHARE else "lock"
         share = p.random() < SHARED_KEY_SHARE
         key = self.keys.take(self.caller, str(uuid.UUID(int=p.getrandbits(128), version=4)), share, p.choice)
         knob, value, roll = None, None, p.random()

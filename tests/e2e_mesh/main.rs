@@ -10,8 +10,9 @@
 //! - no key store from the start with fail_open: forwarded, and replayed from the near cache;
 //! - the key store SIGKILLed mid-load, per failure mode, then restarted on the same port;
 //! - the key store and Redis restarted: completed records still replay on both gateways;
-//! - a gateway SIGKILLed while it holds a claim: 409 on the other until the lease expires, then
-//!   the key executes again.
+//! - a gateway SIGKILLed while it holds a claim, under `unknown_outcome: "release"`: 409 on the
+//!   other until the lease expires, then the key executes again (under the default `"lock"`:
+//!   `e2e_gateway_dies`).
 //!
 //! Needs `make build` (the `.wasm` and the binaries), Envoy, and `redis-server` for the Redis
 //! backend (`scripts/setup.sh`).

@@ -4,8 +4,8 @@
 //! - two callers with the same key and body never get each other's response, and no replay
 //!   carries a `Set-Cookie`;
 //! - a record altered in Redis (status, header, body, fingerprint, moved from another key,
-//!   unsealed, sealed under a guessed secret) is never replayed: each is a store error
-//!   (`fail_closed`: 503), counted as `unverified_record`, logged without its data;
+//!   unsealed, sealed under a guessed secret) is never replayed nor executed again: each is
+//!   answered `502 record-unverifiable`, counted as `unverified_record`, logged without its data;
 //! - the secret and the key-store token come from the Wasm VM's environment;
 //! - after a rotation (a new secret first, the old one second), records written under the old
 //!   secret replay, and a claim in flight under it still answers 409;

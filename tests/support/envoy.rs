@@ -213,6 +213,18 @@ impl Envoy {
         let _ = self.proc.child.wait();
     }
 
+    /// SIGTERM (Envoy's own shutdown: listeners close, the process exits), then waits up to
+    /// `timeout` for the exit; `None` if it is still running then.
+    pub async fn sigterm(&mut self, timeout: Duration) -> Option<std::process::ExitStatus> {
+        if let Ok(pid) = i32::try_from(self.pid()) {
+            // SAFETY: plain kill(2) on our own child's pid, which has not been reaped yet.
+            unsafe {
+                libc::kill(pid, libc::SIGTERM);
+            }
+        }
+        self.proc.wait_exit(timeout).await
+    }
+
     /// Whether the Envoy process is still running.
     pub fn process_alive(&mut self) -> bool {
         self.proc.exit_status().is_none()

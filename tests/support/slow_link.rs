@@ -1,7 +1,11 @@
 //! A TCP link with latency: forwards a loopback port to another, delaying every chunk sent
 //! towards the server. It stands between a gateway and the real key store to make the key store
-//! slow without changing it (the network between them is what is slow).
+//! slow without changing it (the network between them is what is slow). It can also be cut
+//! ([`SlowLink::cut`]): while cut, it closes every connection at its next chunk and every new one,
+//! so nothing the gateway sends reaches the key store (a gateway cut off from it, not dead).
 
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -11,6 +15,7 @@ use tokio::net::{TcpListener, TcpStream};
 pub struct SlowLink {
     pub port: u16,
     task: tokio::task::JoinHandle<()>,
+    cut: Arc<AtomicBool>,
 }
 
 impl SlowLink {
@@ -18,12 +23,21 @@ impl SlowLink {
     pub async fn start(to: u16, delay: Duration) -> SlowLink {
         let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind link");
         let port = listener.local_addr().expect("link addr").port();
+        let cut = Arc::new(AtomicBool::new(false));
+        let is_cut = cut.clone();
         let task = tokio::spawn(async move {
             while let Ok((client, _)) = listener.accept().await {
-                tokio::spawn(relay(client, to, delay));
+                if !is_cut.load(Ordering::SeqCst) {
+                    tokio::spawn(relay(client, to, delay, is_cut.clone()));
+                }
             }
         });
-        SlowLink { port, task }
+        SlowLink { port, task, cut }
+    }
+
+    /// Cuts the link (`true`: nothing more gets through, connections close) or restores it.
+    pub fn cut(&self, cut: bool) {
+        self.cut.store(cut, Ordering::SeqCst);
     }
 }
 
@@ -33,7 +47,7 @@ impl Drop for SlowLink {
     }
 }
 
-async fn relay(client: TcpStream, to: u16, delay: Duration) {
+async fn relay(client: TcpStream, to: u16, delay: Duration, cut: Arc<AtomicBool>) {
     let Ok(server) = TcpStream::connect(("127.0.0.1", to)).await else {
         return;
     };
@@ -46,7 +60,7 @@ async fn relay(client: TcpStream, to: u16, delay: Duration) {
                 break;
             }
             tokio::time::sleep(delay).await;
-            if server_tx.write_all(&buf[..n]).await.is_err() {
+            if cut.load(Ordering::SeqCst) || server_tx.write_all(&buf[..n]).await.is_err() {
                 break;
             }
         }

@@ -125,12 +125,28 @@ fn created_201() -> Outcome {
 /// claim and complete callouts).
 fn store(ks: &Keystore, cfg: &KeystoreConfig, key: &RecordKey, record: &Record) {
     let fp = record.fingerprint;
-    let claimed = ks.send(&keystore_client::claim(cfg, key, &fp, 30_000, "tok-1", 0));
+    let claimed = ks.send(&keystore_client::claim(
+        cfg,
+        key,
+        &fp,
+        "tok-1",
+        &terms(30_000),
+    ));
     assert_eq!(claimed["outcome"], "claimed", "{claimed}");
     let stored = ks.send(&keystore_client::complete(
         cfg, key, "tok-1", record, 3_600_000,
     ));
     assert_eq!(stored["outcome"], "stored", "{stored}");
+}
+
+/// A claim's terms as the filter sends them on a route with the default policy (`lock`).
+fn terms(lease_ms: u64) -> keystore_client::ClaimTerms {
+    keystore_client::ClaimTerms {
+        lease_ms,
+        wait_ms: 0,
+        abandoned: keystore_client::AbandonedPolicy::Report,
+        retention_ms: 3_600_000,
+    }
 }
 
 /// Runs the tool for Alice's request with `key` and extra arguments.

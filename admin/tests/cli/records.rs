@@ -87,9 +87,8 @@ fn completed_in_flight_absent_and_purge(backend: Backend) {
         cfg,
         &current,
         &fingerprint(),
-        30_000,
         "t2",
-        0,
+        &terms(30_000),
     ));
     assert_eq!(claimed["outcome"], "claimed", "{claimed}");
 
@@ -164,4 +163,32 @@ fn previous_secret_unknown_outcome_and_forgery() {
     contains(&text, "never replays this record");
     let json = show_json(&setup, &ks, &key, &[]);
     assert_eq!(json["records"][0]["record"]["signature"], "does_not_verify");
+    contains(&text, "502 (record-unverifiable)");
+    // Purged, the key runs again.
+    let text = stdout(&admin(&setup, Some(&ks), "purge", &key, &["--yes"]));
+    contains(&text, "removed: completed, signature does not verify");
+    contains(
+        &show(&setup, &ks, &key),
+        &format!("record key {}: absent", current.hex()),
+    );
+
+    // A claim whose lease ran out without an answer (its gateway died): abandoned, explained,
+    // and purged like any other.
+    let key = a_key();
+    let current = record_key(CURRENT, key.trim_matches('"'));
+    let claimed = ks.send(&keystore_client::claim(
+        &setup.keystore_cfg,
+        &current,
+        &fingerprint(),
+        "t3",
+        &terms(1),
+    ));
+    assert_eq!(claimed["outcome"], "claimed", "{claimed}");
+    std::thread::sleep(std::time::Duration::from_millis(20));
+    let text = show(&setup, &ks, &key);
+    contains(&text, "(was a claim in flight)");
+    contains(&text, "an abandoned claim");
+    contains(&text, "then 410 (outcome unknown)");
+    let text = stdout(&admin(&setup, Some(&ks), "purge", &key, &["--yes"]));
+    contains(&text, "removed: expired");
 }

@@ -1,12 +1,40 @@
 //! Key-store writes that a stream could not finish itself: a record whose `complete` failed (the key
 //! store or Redis was down), or a record or release left behind by a stream that ended (its
 //! callouts' replies end with it). The plugin's root context sends these on a timer and retries
-//! failures until the claim's lease would have ended anyway, when the key store frees the key by
-//! itself.
+//! failures past the claim's lease: the key store keeps a claim whose lease ran out (abandoned)
+//! for the route's retention and still accepts its holder's `complete` or `release`, so a late
+//! answer wins over "outcome unknown". Retries stop on success, on `stale` (the token no longer
+//! names the claim: taken over, or dropped), or at [`retry_until`].
 
 use crate::host::Callout;
 use crate::keystore_client::{self, AckReply};
 use std::collections::HashMap;
+
+/// The longest a write is retried past its claim's lease, whatever the route's retention: a key
+/// store unreachable for that long is an outage, and the writes queued meanwhile hold memory.
+pub const MAX_RETRY_PAST_LEASE_MS: u64 = 15 * 60 * 1000;
+
+/// Until when a write for a claim with a lease of `lease_ms` and the route's `retention_ms` is
+/// worth retrying, from `now_ms`: as long as the key store may keep the claim abandoned (its
+/// lease, then the retention), up to [`MAX_RETRY_PAST_LEASE_MS`] past the lease.
+pub fn retry_until(now_ms: u64, lease_ms: u64, retention_ms: u64) -> u64 {
+    now_ms
+        .saturating_add(lease_ms)
+        .saturating_add(retention_ms.min(MAX_RETRY_PAST_LEASE_MS))
+}
+
+/// The first retry of a failed write waits this long; each further one twice as long as the one
+/// before, up to [`MAX_RETRY_DELAY_MS`]: quick while a lease still runs, and a few calls a minute
+/// per write, not ten a second, through a long key-store outage.
+pub const FIRST_RETRY_DELAY_MS: u64 = 200;
+pub const MAX_RETRY_DELAY_MS: u64 = 5_000;
+
+/// How long a write waits after its `failures`-th failure.
+pub fn retry_delay(failures: u32) -> u64 {
+    FIRST_RETRY_DELAY_MS
+        .saturating_mul(1u64 << failures.saturating_sub(1).min(16))
+        .min(MAX_RETRY_DELAY_MS)
+}
 
 /// One write to send, from when, and until when it is worth retrying.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -15,6 +43,8 @@ pub struct Deferred {
     /// Not sent before this time (e.g. until a claim still on its way has surely landed).
     pub not_before_ms: u64,
     pub until_ms: u64,
+    /// How many times the key store failed it so far (0 when handed over).
+    pub failures: u32,
 }
 
 /// What became of a reply.
@@ -22,9 +52,9 @@ pub struct Deferred {
 pub enum Settled {
     /// Stored or released, or refused as stale (a newer claim owns the key): nothing left to do.
     Done,
-    /// Failed; queued again for the next tick.
+    /// Failed; queued again, after [`retry_delay`].
     Retrying(String),
-    /// Failed past the lease; the key store's own expiry takes over.
+    /// Failed until [`retry_until`]; the key store's own expiry takes over.
     GaveUp(String),
     /// Not a callout of ours.
     Unknown,
@@ -70,11 +100,21 @@ impl Retrier {
         match keystore_client::parse_ack(status, body) {
             Ok(AckReply::Done | AckReply::Stale) => Settled::Done,
             Err(e) if now_ms < d.until_ms => {
-                self.queued.push(d);
+                let failures = d.failures.saturating_add(1);
+                self.queued.push(Deferred {
+                    not_before_ms: now_ms.saturating_add(retry_delay(failures)),
+                    failures,
+                    ..d
+                });
                 Settled::Retrying(e)
             }
             Err(e) => Settled::GaveUp(e),
         }
+    }
+
+    /// Everything queued, due or not (the plugin is being unloaded: no later tick will come).
+    pub fn take_all(&mut self) -> Vec<Deferred> {
+        std::mem::take(&mut self.queued)
     }
 
     pub fn pending(&self) -> usize {
@@ -96,7 +136,25 @@ mod tests {
             },
             not_before_ms: 0,
             until_ms,
+            failures: 0,
         }
+    }
+
+    #[test]
+    fn retries_back_off_up_to_a_cap() {
+        let delays: Vec<u64> = (1..=7).map(retry_delay).collect();
+        assert_eq!(delays, [200, 400, 800, 1600, 3200, 5000, 5000]);
+        assert_eq!(retry_delay(u32::MAX), MAX_RETRY_DELAY_MS);
+    }
+
+    #[test]
+    fn writes_are_retried_past_the_lease_for_the_retention_up_to_a_cap() {
+        assert_eq!(retry_until(1_000, 2_000, 60_000), 63_000);
+        assert_eq!(
+            retry_until(0, 2_000, 86_400_000),
+            2_000 + MAX_RETRY_PAST_LEASE_MS
+        );
+        assert_eq!(retry_until(u64::MAX - 1, 2_000, 1), u64::MAX);
     }
 
     #[test]
@@ -110,8 +168,10 @@ mod tests {
             r.on_reply(7, Some(503), b"down", 10),
             Settled::Retrying(_)
         ));
-        let due = r.take_due(20);
+        assert!(r.take_due(209).is_empty(), "after the first delay");
+        let due = r.take_due(210);
         assert_eq!(due.len(), 1, "queued again");
+        assert_eq!(due[0].failures, 1);
         r.sent(8, due[0].clone());
         assert!(matches!(
             r.on_reply(8, None, b"", 1_000),

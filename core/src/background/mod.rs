@@ -7,11 +7,13 @@
 //! - [`leases`]: the claims held while their request is upstream, renewed in batches;
 //! - [`deferred`]: key-store writes a stream could not finish itself, retried until they land;
 //! - [`waiting`]: duplicates that wait (no key store) for the record of their key;
-//! - [`detached`]: requests the plugin sends upstream itself, and how their end is carried out.
+//! - [`detached`]: requests the plugin sends upstream itself, and how their end is carried out;
+//! - [`shutdown`]: what the root context settles when Envoy unloads the plugin.
 
 pub mod agenda;
 pub mod deferred;
 pub mod detached;
 pub mod leases;
+pub mod shutdown;
 pub mod waiting;
 pub mod worker;

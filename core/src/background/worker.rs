@@ -36,9 +36,9 @@ pub struct Worker {
     /// Renewal batches in flight, by callout token: the keys, in the batch's order.
     renewals: RefCell<HashMap<u32, Vec<RecordKey>>>,
     /// Detached executions queued by streams, waiting for the root context to send them.
-    detached_queue: RefCell<Vec<DetachedJob>>,
+    pub(super) detached_queue: RefCell<Vec<DetachedJob>>,
     /// Detached executions on their way upstream, by callout token.
-    detached_running: RefCell<HashMap<u32, DetachedJob>>,
+    pub(super) detached_running: RefCell<HashMap<u32, DetachedJob>>,
     /// Streams to answer once a write lands, by the write's callout token.
     answer_after: RefCell<HashMap<u32, Answer>>,
     /// The shared queue that wakes this worker's root context (see [`Worker::set_doorbell`]).
@@ -201,9 +201,12 @@ impl Worker {
             // Freed (released, expired) or unreadable: the client retries and runs it.
             let reply = found
                 .and_then(|found| {
+                    // L1 never reports an abandoned claim (only the key store does), so no
+                    // route's hold applies here.
                     LocalReply::for_found(
                         found,
                         now_ms,
+                        0,
                         &self.cfg.replay_headers,
                         self.cfg.expires_header.as_deref(),
                     )

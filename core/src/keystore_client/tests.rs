@@ -15,9 +15,18 @@ fn cfg() -> KeystoreConfig {
     }
 }
 
+fn terms(wait_ms: u64) -> ClaimTerms {
+    ClaimTerms {
+        lease_ms: 3000,
+        wait_ms,
+        abandoned: AbandonedPolicy::Report,
+        retention_ms: 86_400_000,
+    }
+}
+
 #[test]
 fn claim_request_carries_only_hashes() {
-    let c = claim(&cfg(), &RecordKey([0xab; 32]), &[1; 32], 3000, "t1", 0);
+    let c = claim(&cfg(), &RecordKey([0xab; 32]), &[1; 32], "t1", &terms(0));
     assert_eq!(c.cluster, "ks");
     assert_eq!(c.timeout_ms, 250);
     assert!(c.headers.contains(&(":path".into(), "/v1/claim".into())));
@@ -33,7 +42,16 @@ fn claim_request_carries_only_hashes() {
     assert_eq!(v["lease_ms"], 3000);
     assert_eq!(v["token"], "t1");
     assert!(v.get("wait_ms").is_none());
-    let w = claim(&cfg(), &RecordKey([0xab; 32]), &[1; 32], 3000, "t1", 2000);
+    assert_eq!(v["abandoned"], "report");
+    assert_eq!(v["retention_ms"], 86_400_000);
+    let take_over = ClaimTerms {
+        abandoned: AbandonedPolicy::TakeOver,
+        ..terms(0)
+    };
+    let t = claim(&cfg(), &RecordKey([0xab; 32]), &[1; 32], "t1", &take_over);
+    let v: serde_json::Value = serde_json::from_slice(&t.body).unwrap();
+    assert_eq!(v["abandoned"], "take_over");
+    let w = claim(&cfg(), &RecordKey([0xab; 32]), &[1; 32], "t1", &terms(2000));
     assert_eq!(w.timeout_ms, 2250, "the wait plus the usual timeout");
     let v: serde_json::Value = serde_json::from_slice(&w.body).unwrap();
     assert_eq!(v["wait_ms"], 2000);
@@ -53,7 +71,7 @@ fn compact_callouts_say_so_and_read_either_reply_format() {
         ..cfg()
     };
     let key = RecordKey([0xab; 32]);
-    let c = claim(&ks, &key, &[1; 32], 3000, "t1", 0);
+    let c = claim(&ks, &key, &[1; 32], "t1", &terms(0));
     assert!(c
         .headers
         .contains(&("content-type".into(), compact::CONTENT_TYPE.into())));
@@ -152,6 +170,28 @@ fn parses_every_claim_outcome() {
         Ok(Found::InFlight { retry_after_ms: 5 })
     );
     assert_eq!(parse(br#"{"outcome":"mismatch"}"#), Ok(Found::Mismatch));
+    assert_eq!(
+        parse(br#"{"outcome":"abandoned","lease_ended_ms_ago":1500}"#),
+        Ok(Found::Abandoned {
+            lease_ended_ms_ago: 1500
+        })
+    );
+    let looked_up = parse_lookup(
+        &cfg(),
+        &key,
+        Some(200),
+        br#"{"outcome":"abandoned","lease_ended_ms_ago":7}"#,
+    );
+    assert_eq!(
+        looked_up,
+        Ok(Found::Abandoned {
+            lease_ended_ms_ago: 7
+        })
+    );
+    // A lookup asks for the abandoned answer, so that the key store does not hide it.
+    let l = lookup(&cfg(), &key, &[1; 32]);
+    let v: serde_json::Value = serde_json::from_slice(&l.body).unwrap();
+    assert_eq!(v["abandoned"], "report");
 }
 
 #[test]

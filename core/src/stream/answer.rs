@@ -2,6 +2,7 @@
 //! input; how each is sent (or, in observe mode, only counted).
 
 use super::{Flow, Phase, Stream};
+use crate::config::RouteRule;
 use crate::found::Found;
 use crate::host::Host;
 use crate::metrics::Metric;
@@ -12,12 +13,20 @@ use log::{debug, warn};
 
 impl Stream {
     /// Answers a request from what its key holds ([`LocalReply::for_found`]); a key that is
-    /// claimed or absent answers nothing and the request goes on.
-    pub(super) fn answer_found(&mut self, host: &dyn Host, key: &RecordKey, found: Found) -> Flow {
+    /// claimed or absent answers nothing and the request goes on. `rule`: the request's route
+    /// (an abandoned claim is held for its `unknown_hold_ms`).
+    pub(super) fn answer_found(
+        &mut self,
+        host: &dyn Host,
+        key: &RecordKey,
+        found: Found,
+        rule: &RouteRule,
+    ) -> Flow {
         let cfg = &self.worker.cfg;
         let reply = LocalReply::for_found(
             found,
             host.now_ms(),
+            rule.unknown_hold_ms,
             &cfg.replay_headers,
             cfg.expires_header.as_deref(),
         );

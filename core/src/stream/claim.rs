@@ -9,7 +9,7 @@ use crate::budget::WAITER_BYTES;
 use crate::config::{Execution, FailureMode, Mode, WhileInFlight};
 use crate::found::Found;
 use crate::host::Host;
-use crate::keystore_client;
+use crate::keystore_client::{self, ClaimError};
 use crate::metrics::Metric;
 use crate::problem::Problem;
 use log::{debug, warn};
@@ -50,7 +50,7 @@ impl Stream {
             }
             // L1 claims a key it finds free; it never answers absent.
             Ok(Found::Absent) => {}
-            Ok(found) => return self.answer_found(host, &claim.key, found),
+            Ok(found) => return self.answer_found(host, &claim.key, found, &claim.rule),
             Err(e) => {
                 warn!("key {}: near cache unavailable: {e}", claim.key.short());
                 if self.worker.cfg.keystore.is_none() {
@@ -65,9 +65,8 @@ impl Stream {
             ks,
             &claim.key,
             &fingerprint,
-            lease_ms,
             &claim.proposed_token,
-            claim.wait_ms(),
+            &claim.terms(lease_ms),
         );
         match host.dispatch(&callout) {
             Ok(token) => {
@@ -222,22 +221,26 @@ impl Stream {
                         .cache
                         .complete(host, &claim.key, claim.owner, &record, now);
                 }
-                self.answer_found(host, &claim.key, Found::Completed(record))
+                self.answer_found(host, &claim.key, Found::Completed(record), &claim.rule)
             }
             Ok(Found::Completed(_)) => {
                 self.release_l1(host, &claim);
-                self.answer_found(host, &claim.key, Found::Mismatch)
+                self.answer_found(host, &claim.key, Found::Mismatch, &claim.rule)
             }
-            Ok(found @ (Found::Mismatch | Found::InFlight { .. })) => {
+            Ok(found @ (Found::Mismatch | Found::InFlight { .. } | Found::Abandoned { .. })) => {
                 self.release_l1(host, &claim);
-                self.answer_found(host, &claim.key, found)
+                self.answer_found(host, &claim.key, found, &claim.rule)
             }
             // A claim never finds the key absent; the parser cannot produce it.
             Ok(Found::Absent) => {
                 let why = "claim reply without a claim";
                 self.store_failed(host, claim, why)
             }
-            Err(e) => self.store_failed(host, claim, &e),
+            Err(ClaimError::Unverified) => {
+                self.release_l1(host, &claim);
+                self.answer_unverifiable(host)
+            }
+            Err(ClaimError::Failed(e)) => self.store_failed(host, claim, &e),
         }
     }
 

@@ -7,7 +7,7 @@
 //! previous secret.
 
 use super::{Admitted, Flow, Phase, Stream};
-use crate::config::FailureMode;
+use crate::config::{FailureMode, UnknownOutcome};
 use crate::fingerprint::keyed;
 use crate::found::Found;
 use crate::host::Host;
@@ -35,7 +35,7 @@ impl Stream {
             if let Some(found @ (Found::Completed(_) | Found::InFlight { .. } | Found::Mismatch)) =
                 worker.cache.peek(host, key, &fingerprint, now)
             {
-                return self.answer_found(host, key, found);
+                return self.answer_found(host, key, found, &admitted.rule);
             }
             let Some(ks) = &cfg.keystore else { continue };
             let callout = keystore_client::lookup(ks, key, &fingerprint);
@@ -84,20 +84,29 @@ impl Stream {
             .map(|secret| keyed(secret, &admitted.fingerprinter.digest()));
         match keystore_client::parse_lookup(ks, &key, status, body) {
             Ok(Found::Absent) => self.next_previous(host, admitted, index + 1),
-            Ok(Found::Completed(record)) if Some(record.fingerprint) != fingerprint => {
-                self.answer_found(host, &key, Found::Mismatch)
+            // Under `unknown_outcome: "release"` an abandoned claim frees its key: the request
+            // goes on, under the current secret.
+            Ok(Found::Abandoned { .. })
+                if admitted.rule.unknown_outcome == UnknownOutcome::Release =>
+            {
+                self.next_previous(host, admitted, index + 1)
             }
-            Ok(found @ (Found::Completed(_) | Found::InFlight { .. } | Found::Mismatch)) => {
-                self.answer_found(host, &key, found)
+            Ok(Found::Completed(record)) if Some(record.fingerprint) != fingerprint => {
+                let rule = admitted.rule.clone();
+                self.answer_found(host, &key, Found::Mismatch, &rule)
+            }
+            Ok(
+                found @ (Found::Completed(_)
+                | Found::InFlight { .. }
+                | Found::Mismatch
+                | Found::Abandoned { .. }),
+            ) => {
+                let rule = admitted.rule.clone();
+                self.answer_found(host, &key, found, &rule)
             }
             Err(ClaimError::Unverified) => {
                 self.unverified(host, &key);
-                self.lookup_failed(
-                    host,
-                    admitted,
-                    index,
-                    "record from the key store failed verification",
-                )
+                self.answer_unverifiable(host)
             }
             // A lookup claims nothing; the parser cannot produce it.
             Ok(Found::Claimed { .. }) => {

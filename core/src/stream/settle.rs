@@ -7,7 +7,7 @@
 //!   locked as "outcome unknown" and never executes again; the `release` policy frees it instead.
 
 use super::{Claim, Flow, Phase, Stream};
-use crate::background::deferred::Deferred;
+use crate::background::deferred::{retry_until, Deferred};
 use crate::expiry;
 use crate::host::{Callout, Host};
 use crate::keystore_client;
@@ -202,7 +202,8 @@ impl Stream {
             self.worker.defer(Deferred {
                 callout: keystore_client::release(ks, &claim.key, &claim.proposed_token),
                 not_before_ms: now.saturating_add(after_ms),
-                until_ms: now.saturating_add(self.worker.cfg.lock_lease_ms),
+                until_ms: retry_until(now, self.worker.cfg.lock_lease_ms, claim.rule.retention_ms),
+                failures: 0,
             });
         }
     }
@@ -213,8 +214,13 @@ impl Stream {
         let write = Deferred {
             callout,
             not_before_ms: 0,
-            // Past the lease the key store refuses the write as stale anyway.
-            until_ms: host.now_ms().saturating_add(self.worker.cfg.lock_lease_ms),
+            // A late write still lands while the key store keeps the claim, abandoned.
+            until_ms: retry_until(
+                host.now_ms(),
+                self.worker.cfg.lock_lease_ms,
+                claim.rule.retention_ms,
+            ),
+            failures: 0,
         };
         if self.ended {
             self.worker.defer(write);

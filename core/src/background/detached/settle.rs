@@ -2,7 +2,7 @@
 //! ([`crate::settlement`]) decides, this file stores or releases and answers the client.
 
 use super::{DetachedJob, Ending};
-use crate::background::deferred::Deferred;
+use crate::background::deferred::{retry_until, Deferred};
 use crate::background::worker::{Answer, Purpose, RootAction, Worker};
 use crate::expiry;
 use crate::host::{Headers, SharedData};
@@ -104,7 +104,12 @@ impl Worker {
                     Deferred {
                         callout,
                         not_before_ms: 0,
-                        until_ms: now_ms.saturating_add(self.cfg.lock_lease_ms),
+                        until_ms: retry_until(
+                            now_ms,
+                            self.cfg.lock_lease_ms,
+                            job.claim.rule.retention_ms,
+                        ),
+                        failures: 0,
                     },
                     answer,
                 ),

@@ -157,3 +157,27 @@ fn without_a_key_store_a_duplicate_waits_for_the_record_or_gets_409_past_the_wai
     );
     assert!(w.worker.waiters.borrow().is_empty());
 }
+
+#[test]
+fn unloading_settles_a_detached_request_at_the_upstream_as_unknown_and_releases_one_never_sent() {
+    let w = World::new(DETACHED);
+    let (_s, _h, _) = start(&w, "sent");
+    let (_s2, _h2, _) = w.send(&post("queued", b"{\"amount\":1}"));
+    let actions = w.worker.on_shutdown(&w.shared, w.clock.get());
+    // The running request may have executed: 502 upstream-reset for its client, the key locked
+    // in L1 as an unknown outcome; the queued one never left: its client gets 503 and L1 is free.
+    let statuses: Vec<u16> = answers(&actions).iter().map(|a| a.status).collect();
+    assert_eq!(statuses.len(), 2, "{statuses:?}");
+    assert!(
+        statuses.contains(&502) && statuses.contains(&503),
+        "{statuses:?}"
+    );
+    let (_, h, _) = w.send(&post("sent", b"{\"amount\":1}"));
+    assert_eq!(h.last_sent().unwrap().status, 409, "held: outcome unknown");
+    let (_, h, _) = w.send(&post("queued", b"{\"amount\":1}"));
+    assert_eq!(
+        h.count_of(Metric::DetachedExecuted),
+        1,
+        "released: runs again"
+    );
+}

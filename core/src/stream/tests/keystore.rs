@@ -2,6 +2,7 @@
 //! failure modes, and records that must never be replayed (another fingerprint, a bad signature).
 
 use super::*;
+use crate::background::deferred::MAX_RETRY_PAST_LEASE_MS;
 use base64::engine::general_purpose::STANDARD as B64;
 use base64::Engine;
 
@@ -166,9 +167,10 @@ fn a_record_the_key_store_did_not_take_is_handed_over_for_retry() {
     let deferred = w.handed_over();
     assert_eq!(deferred.len(), 1);
     assert_eq!(deferred[0].callout, complete);
+    // Retried past the lease, while the key store keeps the claim (abandoned): a late write wins.
     assert_eq!(
         deferred[0].until_ms,
-        w.clock.get() + w.worker.cfg.lock_lease_ms
+        w.clock.get() + w.worker.cfg.lock_lease_ms + MAX_RETRY_PAST_LEASE_MS
     );
     assert!(w.handed_over().is_empty());
 
@@ -232,7 +234,7 @@ fn claim_key(h: &FakeHost) -> crate::scope::RecordKey {
 }
 
 #[test]
-fn a_record_that_fails_verification_is_a_store_error_never_a_replay() {
+fn a_record_that_fails_verification_is_answered_as_such_never_replayed_nor_executed() {
     let w = World::new(CFG);
     // The first attempt's claim shows the record key and keyed fingerprint (what an attacker
     // with access to the store sees); the key store then fails, which frees L1.
@@ -266,10 +268,31 @@ fn a_record_that_fails_verification_is_a_store_error_never_a_replay() {
         let (mut s, h, _) = w.send(&post("k", b"a"));
         answer(&mut s, &h, Some(200), &completed_reply(&B64.encode(blob)));
         let sent = h.last_sent().unwrap();
-        assert_eq!(sent.status, 503, "forgery {i}: fail_closed");
+        assert_eq!(sent.status, 502, "forgery {i}");
+        assert!(problem(&sent)["type"]
+            .as_str()
+            .is_some_and(|t| t.ends_with("record-unverifiable")));
         assert_ne!(sent.body, b"forged");
         assert_eq!(h.count_of(Metric::UnverifiedRecord), 1, "forgery {i}");
-        assert_eq!(h.count_of(Metric::StoreError), 1, "forgery {i}");
+        assert_eq!(
+            h.count_of(Metric::StoreError),
+            0,
+            "forgery {i}: the key store answered"
+        );
         assert_eq!(h.count_of(Metric::Replayed), 0);
     }
+    // Under fail_open too: the key store answered, and the key may hold an execution.
+    let (mut s, h, _) = w.send(&Req {
+        path: "/open",
+        ..post("k", b"a")
+    });
+    answer(
+        &mut s,
+        &h,
+        Some(200),
+        &completed_reply(&B64.encode(forged.encode())),
+    );
+    assert_eq!(h.last_sent().unwrap().status, 502);
+    assert_eq!(h.count_of(Metric::Executed), 0);
+    assert_eq!(h.count_of(Metric::FailOpen), 0);
 }

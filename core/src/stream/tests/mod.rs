@@ -2,6 +2,7 @@
 //! (workers) over one shared-data map and one clock. This module is the driver; its children
 //! hold the tests, by the part of the behaviour they check.
 
+mod abandoned;
 mod admission;
 mod budget;
 mod claim;

@@ -164,7 +164,7 @@ mod with_keystore {
         let (token, lookup) = h.last_callout().unwrap();
         let forged = completed(&lookup, "a-guess-at-the-secret-0123456789abc");
         s.on_callout_response(&h, token, Some(200), forged.as_bytes());
-        assert_eq!(h.last_sent().unwrap().status, 503);
+        assert_eq!(h.last_sent().unwrap().status, 502);
         assert_eq!(h.count_of(Metric::UnverifiedRecord), 1);
         assert_eq!(h.count_of(Metric::Replayed), 0);
     }

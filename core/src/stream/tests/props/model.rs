@@ -1,6 +1,9 @@
 //! The model key store: README "Key-store API (v1)" in memory (claim, lookup, complete, release,
-//! renew, renew-batch; fenced by the current claim's token while its lease is live), reading and writing bodies
-//! with the protocol crate the real key store uses, so it refuses what the real one refuses.
+//! renew, renew-batch; fenced by the current claim's token while the key store keeps the claim),
+//! reading and writing bodies with the protocol crate the real key store uses, so it refuses what
+//! the real one refuses. A claim whose lease ran out is abandoned for its `retention_ms`: reported
+//! (`abandoned`) to a claim naming `report`, taken over by one naming `take_over`, and still
+//! completed, released or revived by its holder's late write.
 
 use super::*;
 
@@ -20,6 +23,8 @@ pub(super) enum Slot {
         until: u64,
         /// The request (L1 model) or the token (key store model) that owns it.
         owner: String,
+        /// How long the key store keeps the claim, abandoned, once its lease ran out (L1: 0).
+        keep: u64,
     },
     Completed {
         body: usize,
@@ -34,6 +39,10 @@ impl Slot {
             Slot::InFlight { until, .. } => now < *until,
             Slot::Completed { expires, .. } => now < *expires,
         }
+    }
+    /// A key-store claim whose lease ran out, still kept (its outcome is unknown).
+    pub(super) fn abandoned(&self, now: u64) -> bool {
+        matches!(self, Slot::InFlight { until, keep, .. } if *until <= now && now < until + keep)
     }
     pub(super) fn body(&self) -> usize {
         match self {
@@ -116,18 +125,26 @@ impl KeyStore {
 
     /// Renews the claim `r.token` holds, if it is the key's live claim.
     fn renew(&mut self, r: &RenewRequest, now: u64) -> Option<()> {
+        let keep = match self.map.get(r.key.as_str()) {
+            Some(Slot::InFlight { keep, .. }) => *keep,
+            _ => 0,
+        };
         self.fenced(&r.key, &r.token, now, |body, owner| {
             Some(Slot::InFlight {
                 body,
                 until: now + r.lease_ms,
                 owner,
+                keep,
             })
         })
     }
 
-    /// The live slot of `key`: expired claims are free to be taken over, expired records gone.
-    pub(super) fn live(&self, key: &Hex64, now: u64) -> Option<Slot> {
-        self.map.get(key.as_str()).filter(|s| s.live(now)).cloned()
+    /// What `key` holds for the key store: a live slot, or an abandoned claim.
+    pub(super) fn kept(&self, key: &Hex64, now: u64) -> Option<Slot> {
+        self.map
+            .get(key.as_str())
+            .filter(|s| s.live(now) || s.abandoned(now))
+            .cloned()
     }
 
     /// The body a fingerprint stands for, if the model learnt it from a claim the filter sent.
@@ -144,27 +161,22 @@ impl KeyStore {
         now: u64,
     ) -> Result<(u16, String), ProtocolError> {
         let fp_body = self.body_of(&r.fingerprint)?;
-        let response = match self.live(&r.key, now) {
-            None => {
-                // The caller's proposed token, as the real key store does; else a new one.
-                self.tokens += 1;
-                let token = r
-                    .token
-                    .clone()
-                    .unwrap_or_else(|| format!("T{}", self.tokens));
-                self.map.insert(
-                    r.key.as_str().to_string(),
-                    Slot::InFlight {
-                        body: fp_body,
-                        until: now + r.lease_ms,
-                        owner: token.clone(),
-                    },
-                );
-                ClaimResponse::Claimed { token }
-            }
+        let kept = self.kept(&r.key, now);
+        let takes_over = r.abandoned == Some(AbandonedPolicy::TakeOver);
+        let response = match kept {
+            Some(s) if s.abandoned(now) && takes_over => self.grant(r, fp_body, now),
+            None => self.grant(r, fp_body, now),
             Some(s) if s.body() != fp_body => ClaimResponse::Mismatch,
-            Some(Slot::InFlight { until, .. }) => ClaimResponse::InFlight {
+            Some(Slot::InFlight { until, .. }) if now < until => ClaimResponse::InFlight {
                 retry_after_ms: until - now,
+            },
+            Some(Slot::InFlight { until, .. }) => match r.abandoned {
+                Some(_) => ClaimResponse::Abandoned {
+                    lease_ended_ms_ago: now - until,
+                },
+                None => ClaimResponse::InFlight {
+                    retry_after_ms: ABANDONED_RETRY_AFTER_MS,
+                },
             },
             Some(Slot::Completed { record, .. }) => ClaimResponse::Completed { record },
         };
@@ -177,25 +189,53 @@ impl KeyStore {
         ))
     }
 
+    /// A new claim of `r.key` (or a takeover of an abandoned one).
+    fn grant(&mut self, r: &ClaimRequest, body: usize, now: u64) -> ClaimResponse {
+        // The caller's proposed token, as the real key store does; else a new one.
+        self.tokens += 1;
+        let token = r
+            .token
+            .clone()
+            .unwrap_or_else(|| format!("T{}", self.tokens));
+        self.map.insert(
+            r.key.as_str().to_string(),
+            Slot::InFlight {
+                body,
+                until: now + r.lease_ms,
+                owner: token.clone(),
+                keep: r.retention_ms.unwrap_or(DEFAULT_ABANDONED_RETENTION_MS),
+            },
+        );
+        ClaimResponse::Claimed { token }
+    }
+
     pub(super) fn lookup(
         &self,
         r: &LookupRequest,
         now: u64,
     ) -> Result<(u16, String), ProtocolError> {
         let fp_body = self.body_of(&r.fingerprint)?;
-        let response = match self.live(&r.key, now) {
+        let response = match self.kept(&r.key, now) {
             None => LookupResponse::Absent,
             Some(s) if s.body() != fp_body => LookupResponse::Mismatch,
-            Some(Slot::InFlight { until, .. }) => LookupResponse::InFlight {
+            Some(Slot::InFlight { until, .. }) if now < until => LookupResponse::InFlight {
                 retry_after_ms: until - now,
+            },
+            Some(Slot::InFlight { until, .. }) => match r.abandoned {
+                Some(_) => LookupResponse::Abandoned {
+                    lease_ended_ms_ago: now - until,
+                },
+                None => LookupResponse::InFlight {
+                    retry_after_ms: ABANDONED_RETRY_AFTER_MS,
+                },
             },
             Some(Slot::Completed { record, .. }) => LookupResponse::Completed { record },
         };
         Ok(reply(200, &response))
     }
 
-    /// Complete, release and renew: accepted only from the current claim's token, and only while
-    /// its lease is live (past it, the key is free to be taken over, whether or not someone did).
+    /// Complete, release and renew: accepted only from the current claim's token, while the key
+    /// store keeps the claim (live, or abandoned: a late answer still wins).
     /// `next` makes what the key then holds (from the claim's body and owner), if anything.
     pub(super) fn fenced(
         &mut self,
@@ -204,7 +244,7 @@ impl KeyStore {
         now: u64,
         next: impl FnOnce(usize, String) -> Option<Slot>,
     ) -> Option<()> {
-        let Some(Slot::InFlight { owner, body, .. }) = self.live(key, now) else {
+        let Some(Slot::InFlight { owner, body, .. }) = self.kept(key, now) else {
             return None;
         };
         if owner != token {

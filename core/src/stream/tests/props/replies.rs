@@ -37,7 +37,8 @@ impl World {
                 }));
             let store = match (&self.keystore, &r.ks_key) {
                 (Some(ks), Some(k)) => ks.map.get(k).is_some_and(|s| {
-                    s.live(now)
+                    // An abandoned claim is still the key store's (a 422 for another body).
+                    (s.live(now) || s.abandoned(now))
                         && (!other_body || s.body() != r.body)
                         && match s {
                             // Its own claim is no one else's.
@@ -48,6 +49,16 @@ impl World {
                 _ => false,
             };
             claims || records || store
+        };
+        // An abandoned key-store claim of this (caller, key) and body: when its lease ended.
+        let abandoned_since = match (&self.keystore, &r.ks_key) {
+            (Some(ks), Some(k)) => ks.map.get(k).and_then(|s| match s {
+                Slot::InFlight { until, body, .. } if s.abandoned(now) && *body == r.body => {
+                    Some(*until)
+                }
+                _ => None,
+            }),
+            _ => None,
         };
         // The unknown outcomes of this very request (same caller, key and body) still recorded.
         let unknown = |u: &Unknown| same(u.caller, u.key) && u.body == r.body && now < u.expires;
@@ -89,12 +100,18 @@ impl World {
                             && wait == Some(hold_left_s(u.hold_until, now))
                     });
                     let in_flight = wait == Some(1) && others_live(true, false);
+                    // An abandoned claim is held as an unknown outcome from its lease's end.
+                    let abandoned = abandoned_since.is_some_and(|until| {
+                        now < until + HOLD_MS && wait == Some(hold_left_s(until + HOLD_MS, now))
+                    });
                     prop_assert!(
-                        held || in_flight,
+                        held || in_flight || abandoned,
                         "409 (retry-after {:?}) with no live claim and no unknown outcome on hold",
                         wait
                     );
-                    if held {
+                    if abandoned {
+                        self.stats.abandoned += 1;
+                    } else if held {
                         self.stats.held += 1;
                     } else {
                         self.stats.conflict += 1;
@@ -107,8 +124,12 @@ impl World {
                     let gone = self
                         .unknowns
                         .iter()
-                        .any(|u| unknown(u) && u.hold_until <= now);
-                    prop_assert!(gone, "410 with no unknown outcome past its hold");
+                        .any(|u| unknown(u) && u.hold_until <= now)
+                        || abandoned_since.is_some_and(|until| until + HOLD_MS <= now);
+                    prop_assert!(
+                        gone,
+                        "410 with no unknown outcome, nor abandoned claim, past its hold"
+                    );
                     self.stats.gone += 1;
                 }
                 422 => {

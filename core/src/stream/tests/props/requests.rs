@@ -244,6 +244,7 @@ impl World {
                     body: r.body,
                     until: now + LEASE_MS,
                     owner: name,
+                    keep: 0,
                 };
                 self.l1_model.insert((caller, key), slot);
             }
