@@ -42,9 +42,11 @@ fn hex64(s: &str) -> bool {
     s.len() == 64 && s.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'))
 }
 
-/// The `abandoned` policy a JSON body names: absent or null is none, else its name.
+/// The `abandoned` policy a JSON body names: absent or null is none, else its name. Read lossily:
+/// the decoder skips the strings of unknown fields without checking their UTF-8, and a field it
+/// does read is valid UTF-8, so the replacement never touches the policy.
 fn json_policy(data: &[u8]) -> Option<AbandonedPolicy> {
-    let v: serde_json::Value = serde_json::from_slice(data).unwrap();
+    let v: serde_json::Value = serde_json::from_str(&String::from_utf8_lossy(data)).unwrap();
     match v["abandoned"].as_str() {
         None => None,
         Some(name) => Some(AbandonedPolicy::parse(name).unwrap()),
