@@ -28,6 +28,9 @@ pub enum Kind {
 pub struct Gateway {
     pub kind: Kind,
     pub envoy: Envoy,
+    /// A second listener, the same but for `proxy_100_continue: true`: the upstream, not Envoy,
+    /// answers `Expect: 100-continue`.
+    pub proxied_100_port: u16,
     pub upstream: Recorder,
 }
 
@@ -41,13 +44,33 @@ pub async fn start(scripts: &HashMap<String, Script>) -> Vec<Gateway> {
             ..EnvoyOptions::with_filter(upstream.port, "")
         };
         let envoy = Envoy::start(&options).await;
+        let proxied_100_port = listener_port(&envoy, "proxied_100").await;
         gateways.push(Gateway {
             kind,
             envoy,
+            proxied_100_port,
             upstream,
         });
     }
     gateways
+}
+
+/// The port of the listener named `name`, from the admin API.
+async fn listener_port(envoy: &Envoy, name: &str) -> u16 {
+    let listeners: serde_json::Value = reqwest::get(envoy.admin_url("/listeners?format=json"))
+        .await
+        .expect("admin /listeners")
+        .json()
+        .await
+        .expect("admin /listeners JSON");
+    listeners["listener_statuses"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .find(|l| l["name"] == name)
+        .and_then(|l| l["local_address"]["socket_address"]["port_value"].as_u64())
+        .and_then(|p| u16::try_from(p).ok())
+        .unwrap_or_else(|| panic!("no listener {name} in {listeners}"))
 }
 
 /// The plugin: every `POST`, `PATCH` and `PUT` under `/fid/` is covered, callers without
@@ -90,8 +113,15 @@ fn bootstrap(kind: Kind, port: u16) -> String {
     let (after, _) = after
         .split_once("  clusters:")
         .expect("the rendered bootstrap has clusters");
+    let (_, first_listener) = before
+        .split_once("  listeners:\n")
+        .expect("the rendered bootstrap has listeners");
+    let proxied_100 = format!(
+        "{}{listener}          proxy_100_continue: true\n{LISTENER_EXTRA}{after}",
+        first_listener.replace("- name: ingress", "- name: proxied_100")
+    );
     format!(
-        "{before}{listener}{LISTENER_EXTRA}{after}  clusters:{payments}{detached}\n",
+        "{before}{listener}{LISTENER_EXTRA}{after}{proxied_100}  clusters:{payments}{detached}\n",
         payments = trailers_cluster("payments", port),
         detached = detached_cluster_yaml("payments_detached", port),
     )

@@ -207,4 +207,22 @@ pub const KNOWN: &[Known] = &[
         tokens: &["body", "~content-length", "up:order"],
         why: "the detached answer is a local reply, rewritten by `local_reply_config`; a detached request is a callout: Envoy sets `content-length` itself after the fields the plugin passes (the plugin never forwards the client's), so the upstream sees it moved after `x-request-id`",
     },
+    Known {
+        row: "expect-100-proxied",
+        path: "inline",
+        tokens: &["interim"],
+        why: "with `proxy_100_continue: true` the upstream, not Envoy, answers `100 Continue`; in `headers_mode: \"hold\"` the filter holds the headers until the body is read, so no `100` reaches the client before it gives up waiting and sends the body (curl: 1 s; a client that waits for `100` hangs). `headers_mode: \"stream\"` lets the headers and so the `100` through (README, `headers_mode`)",
+    },
+    Known {
+        row: "expect-100-proxied",
+        path: "inline-replay",
+        tokens: &["interim"],
+        why: "a replay is a local reply: no upstream, so the interim answers differ from the first answer's",
+    },
+    Known {
+        row: "expect-100-proxied",
+        path: "detached",
+        tokens: &["interim", "up:-expect"],
+        why: "a callout never forwards `expect` and sends only after the body: no `100` reaches the client",
+    },
 ];

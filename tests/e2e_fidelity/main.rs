@@ -43,7 +43,11 @@ struct Seen {
 }
 
 async fn send(gateway: &Gateway, row: &Row) -> Seen {
-    let port = gateway.envoy.port;
+    let port = if row.proxied_100 {
+        gateway.proxied_100_port
+    } else {
+        gateway.envoy.port
+    };
     let answers = match &row.send {
         Send::H1 { bytes, answers } => {
             let mut conn = H1::connect(port).await;

@@ -27,6 +27,8 @@ pub struct Row {
     pub script: Script,
     /// Compare when each body part arrives (streams).
     pub timed: bool,
+    /// Sent to the listener with `proxy_100_continue: true`.
+    pub proxied_100: bool,
 }
 
 impl Row {
@@ -105,6 +107,13 @@ pub fn rows() -> Vec<Row> {
     sse.parts.push((Duration::ZERO, b"0\r\n\r\n".to_vec()));
     let mut expect_head = post("POST", "expect-100", b"expect: 100-continue\r\n", body);
     let expect_body = expect_head.split_off(expect_head.len() - body.len());
+    let mut proxied_head = post(
+        "POST",
+        "expect-100-proxied",
+        b"expect: 100-continue\r\n",
+        body,
+    );
+    let proxied_body = proxied_head.split_off(proxied_head.len() - body.len());
 
     vec![
         Row {
@@ -112,12 +121,14 @@ pub fn rows() -> Vec<Row> {
             send: h1(post("POST", "post-json", b"authorization: Bearer alice\r\n", body)),
             script: answer(CREATED),
             timed: false,
+            proxied_100: false,
         },
         Row {
             name: "outside-client-says-internal",
             send: h1(post("POST", "outside-client-says-internal", b"x-envoy-internal: true\r\n", body)),
             script: answer(CREATED),
             timed: false,
+            proxied_100: false,
         },
         Row {
             name: "chunked",
@@ -131,48 +142,56 @@ pub fn rows() -> Vec<Row> {
                 close: false,
             },
             timed: false,
+            proxied_100: false,
         },
         Row {
             name: "gzip",
             send: h1(post("POST", "gzip", b"accept-encoding: gzip\r\n", body)),
             script: answer(&gzip),
             timed: false,
+            proxied_100: false,
         },
         Row {
             name: "no-content-204",
             send: h1(post("POST", "no-content-204", b"", body)),
             script: answer(b"HTTP/1.1 204 No Content\r\nx-trace: 1\r\n\r\n"),
             timed: false,
+            proxied_100: false,
         },
         Row {
             name: "not-modified-304",
             send: h1(post("POST", "not-modified-304", b"if-none-match: \"v1\"\r\n", body)),
             script: answer(b"HTTP/1.1 304 Not Modified\r\netag: \"v1\"\r\n\r\n"),
             timed: false,
+            proxied_100: false,
         },
         Row {
             name: "patch",
             send: h1(post("PATCH", "patch", b"", body)),
             script: answer(b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: 11\r\n\r\n{\"id\":\"p1\"}"),
             timed: false,
+            proxied_100: false,
         },
         Row {
             name: "put",
             send: h1(post("PUT", "put", b"", body)),
             script: answer(b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: 11\r\n\r\n{\"id\":\"p1\"}"),
             timed: false,
+            proxied_100: false,
         },
         Row {
             name: "http-1.0",
             send: h1(post("POST", "http-1.0", b"", body).replace_key(" HTTP/1.1\r\n", " HTTP/1.0\r\n")),
             script: answer(CREATED),
             timed: false,
+            proxied_100: false,
         },
         Row {
             name: "pipelined",
             send: Send::H1 { bytes: pipelined, answers: 2 },
             script: answer(CREATED),
             timed: false,
+            proxied_100: false,
         },
         Row {
             name: "h2-client",
@@ -189,42 +208,56 @@ pub fn rows() -> Vec<Row> {
             },
             script: answer(CREATED),
             timed: false,
+            proxied_100: false,
         },
         Row {
             name: "repeated-headers",
             send: h1(post("POST", "repeated-headers", b"x-rep: a\r\nx-other: 1\r\nx-rep: b\r\nx-rep: a\r\n", body)),
             script: answer(b"HTTP/1.1 201 Created\r\nx-rep: 2\r\ncontent-type: application/json\r\nlink: </a>; rel=a\r\nx-rep: 1\r\nlink: </b>; rel=b\r\ncontent-length: 11\r\n\r\n{\"id\":\"p1\"}"),
             timed: false,
+            proxied_100: false,
         },
         Row {
             name: "non-utf8-value",
             send: h1(post("POST", "non-utf8-value", b"x-name: caf\xe9\r\n", body)),
             script: answer(b"HTTP/1.1 201 Created\r\nx-name: caf\xe9\r\ncontent-type: application/json\r\ncontent-length: 11\r\n\r\n{\"id\":\"p1\"}"),
             timed: false,
+            proxied_100: false,
         },
         Row {
             name: "empty-201-content-type",
             send: h1(post("POST", "empty-201-content-type", b"", body)),
             script: answer(b"HTTP/1.1 201 Created\r\ncontent-type: application/json\r\ncontent-length: 0\r\n\r\n"),
             timed: false,
+            proxied_100: false,
         },
         Row {
             name: "sse-stream",
             send: h1(post("POST", "sse-stream", b"accept: text/event-stream\r\n", body)),
             script: sse,
             timed: true,
+            proxied_100: false,
         },
         Row {
             name: "expect-100",
             send: Send::H1Expect { head: expect_head, body: expect_body },
             script: answer(CREATED),
             timed: false,
+            proxied_100: false,
+        },
+        Row {
+            name: "expect-100-proxied",
+            send: Send::H1Expect { head: proxied_head, body: proxied_body },
+            script: answer(CREATED),
+            timed: false,
+            proxied_100: true,
         },
         Row {
             name: "trailers-h1",
             send: h1(trailers_request),
             script: trailers_answer.clone(),
             timed: false,
+            proxied_100: false,
         },
         Row {
             name: "trailers-h2",
@@ -240,12 +273,14 @@ pub fn rows() -> Vec<Row> {
             },
             script: trailers_answer,
             timed: false,
+            proxied_100: false,
         },
         Row {
             name: "local-reply-config",
             send: h1(post("POST", "local-reply-config", b"x-fidelity-shape: on\r\n", body)),
             script: answer(CREATED),
             timed: false,
+            proxied_100: false,
         },
     ]
 }
