@@ -6,7 +6,7 @@
 //!   (content-length, chunked, close), `timing` (a body part came more than [`LATE`] after the
 //!   reference's), `answers` (another number of answers);
 //! - upstream side: the same with an `up:` prefix, plus `up:line` (request line) and `up:count`
-//!   (another number of requests reached the upstream).
+//!   (another number of requests reached the upstream), `up:cut` (a request ended before its body did).
 //!
 //! Normalised, because Envoy sets them per request whatever the filter does: the values (not the
 //! presence, nor the position) of `date` and `x-envoy-upstream-service-time` at the client and of
@@ -126,6 +126,9 @@ fn diff_recorded(reference: &Recorded, other: &Recorded, out: &mut BTreeSet<Stri
     if reference.trailers != other.trailers {
         out.insert("up:trailers".to_owned());
     }
+    if reference.complete != other.complete {
+        out.insert("up:cut".to_owned());
+    }
 }
 
 /// The differences of `other` from `reference`. `timed`: compare arrival times; `replay`:
@@ -180,7 +183,8 @@ impl fmt::Debug for Printable<'_> {
         for seen in &self.0.upstream {
             writeln!(
                 f,
-                "upstream {} {:?} body {:?} trailers {:?}",
+                "upstream {}{} {:?} body {:?} trailers {:?}",
+                if seen.complete { "" } else { "(cut) " },
                 text(&seen.line),
                 fields(&seen.headers),
                 text(&seen.body),

@@ -209,15 +209,9 @@ pub const KNOWN: &[Known] = &[
     },
     Known {
         row: "expect-100-proxied",
-        path: "inline",
-        tokens: &["interim"],
-        why: "with `proxy_100_continue: true` the upstream, not Envoy, answers `100 Continue`; in `headers_mode: \"hold\"` the filter holds the headers until the body is read, so no `100` reaches the client before it gives up waiting and sends the body (curl: 1 s; a client that waits for `100` hangs). `headers_mode: \"stream\"` lets the headers and so the `100` through (README, `headers_mode`)",
-    },
-    Known {
-        row: "expect-100-proxied",
         path: "inline-replay",
-        tokens: &["interim"],
-        why: "a replay is a local reply: no upstream, so the interim answers differ from the first answer's",
+        tokens: &["up:count"],
+        why: "with `Expect: 100-continue` past the connection manager, an inline rule lets the request headers go upstream before the decision (the client waits for the upstream's `100`), so a duplicate's head reaches the upstream, which gets a reset instead of the body when the filter replays",
     },
     Known {
         row: "expect-100-proxied",

@@ -21,6 +21,9 @@ pub struct Recorded {
     pub headers: Fields,
     pub body: Vec<u8>,
     pub trailers: Fields,
+    /// False: the connection ended before the body did (e.g. Envoy reset the request after the
+    /// head had gone upstream); recorded too, since the upstream saw that head.
+    pub complete: bool,
 }
 
 /// What the upstream answers: the head (status line, fields, blank line) then body parts, each
@@ -32,10 +35,14 @@ pub struct Script {
     pub close: bool,
 }
 
+/// Requests as they arrive: each is recorded as soon as its head is read (the upstream has seen
+/// it, whatever follows) and completed when its body is.
+type Seen = Arc<Mutex<Vec<Arc<Mutex<Recorded>>>>>;
+
 /// The recording upstream: scripts by request path, the requests seen so far.
 pub struct Recorder {
     pub port: u16,
-    seen: Arc<Mutex<Vec<Recorded>>>,
+    seen: Seen,
     task: tokio::task::JoinHandle<()>,
 }
 
@@ -60,6 +67,9 @@ impl Recorder {
     /// The requests recorded since the last call.
     pub fn take(&self) -> Vec<Recorded> {
         std::mem::take(&mut *self.seen.lock().expect("recorder lock"))
+            .iter()
+            .map(|r| r.lock().expect("record lock").clone())
+            .collect()
     }
 }
 
@@ -69,11 +79,7 @@ impl Drop for Recorder {
     }
 }
 
-async fn serve(
-    mut conn: TcpStream,
-    scripts: Arc<HashMap<String, Script>>,
-    seen: Arc<Mutex<Vec<Recorded>>>,
-) {
+async fn serve(mut conn: TcpStream, scripts: Arc<HashMap<String, Script>>, seen: Seen) {
     let mut buf = Vec::new();
     loop {
         let head_end = loop {
@@ -95,6 +101,14 @@ async fn serve(
                 .find(|(n, _)| n.eq_ignore_ascii_case(name.as_bytes()))
                 .map(|(_, v)| String::from_utf8_lossy(v).to_ascii_lowercase())
         };
+        let record = Arc::new(Mutex::new(Recorded {
+            line: line.clone(),
+            headers: headers.clone(),
+            body: Vec::new(),
+            trailers: Vec::new(),
+            complete: false,
+        }));
+        seen.lock().expect("recorder lock").push(record.clone());
         if get("expect").as_deref() == Some("100-continue")
             && conn
                 .write_all(b"HTTP/1.1 100 Continue\r\n\r\n")
@@ -132,12 +146,12 @@ async fn serve(
             .next()
             .unwrap_or_default()
             .to_owned();
-        seen.lock().expect("recorder lock").push(Recorded {
-            line,
-            headers,
-            body,
-            trailers,
-        });
+        {
+            let mut record = record.lock().expect("record lock");
+            record.body = body;
+            record.trailers = trailers;
+            record.complete = true;
+        }
         let not_found = Script {
             head: b"HTTP/1.1 404 Not Found\r\ncontent-length: 0\r\n\r\n".to_vec(),
             ..Script::default()

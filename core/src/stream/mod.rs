@@ -126,8 +126,14 @@ impl Stream {
             }
             return self.look_up_previous(host, admitted);
         }
+        let inline = admitted.detached_headers.is_none();
         self.phase = Phase::ReadingBody(Box::new(admitted));
         match self.worker.cfg.headers_mode {
+            // `Expect: 100-continue` reaches a filter only when the connection manager proxies it
+            // (`proxy_100_continue: true`; otherwise Envoy answers `100` and removes it). Such a
+            // client sends its body after the upstream's `100`, so holding its headers would stall
+            // it: on an inline rule they go ahead as in `stream` mode (docs/fidelity.md).
+            HeadersMode::Hold if inline && expects_continue(host) => Flow::Continue,
             HeadersMode::Hold => Flow::Pause,
             // The body callbacks hold the request instead; the upstream sees no end of stream yet.
             HeadersMode::Stream => Flow::Continue,
@@ -331,4 +337,10 @@ impl Stream {
         self.phase = Phase::Passthrough;
         Flow::Continue
     }
+}
+
+/// Whether the request asks for `100 Continue` before sending its body.
+fn expects_continue(host: &dyn Host) -> bool {
+    host.request_header("expect")
+        .is_some_and(|value| value.trim_ascii().eq_ignore_ascii_case(b"100-continue"))
 }
