@@ -52,72 +52,6 @@ pub const KNOWN: &[Known] = &[
         why: "a detached answer reaches the client as a local reply: no `x-envoy-upstream-service-time`",
     },
     Known {
-        row: "post-json",
-        path: "detached",
-        tokens: &["up:order"],
-        why: "a detached request is a callout: Envoy sets `content-length` itself after the fields the plugin passes (the plugin never forwards the client's), so the upstream sees it moved after `x-request-id`",
-    },
-    Known {
-        row: "outside-client-says-internal",
-        path: "detached",
-        tokens: &["up:order"],
-        why: "a detached request is a callout: Envoy sets `content-length` itself after the fields the plugin passes (the plugin never forwards the client's), so the upstream sees it moved after `x-request-id`",
-    },
-    Known {
-        row: "gzip",
-        path: "detached",
-        tokens: &["up:order"],
-        why: "a detached request is a callout: Envoy sets `content-length` itself after the fields the plugin passes (the plugin never forwards the client's), so the upstream sees it moved after `x-request-id`",
-    },
-    Known {
-        row: "no-content-204",
-        path: "detached",
-        tokens: &["up:order"],
-        why: "a detached request is a callout: Envoy sets `content-length` itself after the fields the plugin passes (the plugin never forwards the client's), so the upstream sees it moved after `x-request-id`",
-    },
-    Known {
-        row: "not-modified-304",
-        path: "detached",
-        tokens: &["up:order"],
-        why: "a detached request is a callout: Envoy sets `content-length` itself after the fields the plugin passes (the plugin never forwards the client's), so the upstream sees it moved after `x-request-id`",
-    },
-    Known {
-        row: "patch",
-        path: "detached",
-        tokens: &["up:order"],
-        why: "a detached request is a callout: Envoy sets `content-length` itself after the fields the plugin passes (the plugin never forwards the client's), so the upstream sees it moved after `x-request-id`",
-    },
-    Known {
-        row: "put",
-        path: "detached",
-        tokens: &["up:order"],
-        why: "a detached request is a callout: Envoy sets `content-length` itself after the fields the plugin passes (the plugin never forwards the client's), so the upstream sees it moved after `x-request-id`",
-    },
-    Known {
-        row: "http-1.0",
-        path: "detached",
-        tokens: &["up:order"],
-        why: "a detached request is a callout: Envoy sets `content-length` itself after the fields the plugin passes (the plugin never forwards the client's), so the upstream sees it moved after `x-request-id`",
-    },
-    Known {
-        row: "pipelined",
-        path: "detached",
-        tokens: &["up:order"],
-        why: "a detached request is a callout: Envoy sets `content-length` itself after the fields the plugin passes (the plugin never forwards the client's), so the upstream sees it moved after `x-request-id`",
-    },
-    Known {
-        row: "repeated-headers",
-        path: "detached",
-        tokens: &["up:order"],
-        why: "a detached request is a callout: Envoy sets `content-length` itself after the fields the plugin passes (the plugin never forwards the client's), so the upstream sees it moved after `x-request-id`",
-    },
-    Known {
-        row: "expect-100",
-        path: "detached",
-        tokens: &["up:order"],
-        why: "a detached request is a callout: Envoy sets `content-length` itself after the fields the plugin passes (the plugin never forwards the client's), so the upstream sees it moved after `x-request-id`",
-    },
-    Known {
         row: "chunked",
         path: "inline-replay",
         tokens: &["+content-length", "-transfer-encoding", "framing"],
@@ -150,8 +84,8 @@ pub const KNOWN: &[Known] = &[
     Known {
         row: "empty-201-content-type",
         path: "detached",
-        tokens: &["-content-type", "up:order"],
-        why: "Envoy drops `content-type` from a local reply without a body; a detached request is a callout: Envoy sets `content-length` itself after the fields the plugin passes (the plugin never forwards the client's), so the upstream sees it moved after `x-request-id`",
+        tokens: &["-content-type"],
+        why: "Envoy drops `content-type` from a local reply without a body",
     },
     Known {
         row: "sse-stream",
@@ -168,8 +102,8 @@ pub const KNOWN: &[Known] = &[
     Known {
         row: "sse-stream",
         path: "detached",
-        tokens: &["+content-length", "-transfer-encoding", "framing", "timing", "up:order"],
-        why: "a callout's answer arrives whole: headers and every event at the end of the stream, as a local reply; a detached request is a callout: Envoy sets `content-length` itself after the fields the plugin passes (the plugin never forwards the client's), so the upstream sees it moved after `x-request-id`",
+        tokens: &["+content-length", "-transfer-encoding", "framing", "timing"],
+        why: "a callout's answer arrives whole: headers and every event at the end of the stream, as a local reply",
     },
     Known {
         row: "trailers-h1",
@@ -204,8 +138,8 @@ pub const KNOWN: &[Known] = &[
     Known {
         row: "local-reply-config",
         path: "detached",
-        tokens: &["body", "~content-length", "up:order"],
-        why: "the detached answer is a local reply, rewritten by `local_reply_config`; a detached request is a callout: Envoy sets `content-length` itself after the fields the plugin passes (the plugin never forwards the client's), so the upstream sees it moved after `x-request-id`",
+        tokens: &["body", "~content-length"],
+        why: "the detached answer is a local reply, rewritten by `local_reply_config`",
     },
     Known {
         row: "expect-100-proxied",
