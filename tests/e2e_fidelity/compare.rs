@@ -2,7 +2,7 @@
 //! difference tokens:
 //! - client side: `status`, `interim` (the `1xx` before the answer), `+name` (a field only the
 //!   compared side has), `-name` (only the reference has), `~name` (same fields, another value),
-//!   `order` (same fields and values, another order), `body`, `trailers`, `framing`
+//!   `order` (the fields both sides have, in another order), `body`, `trailers`, `framing`
 //!   (content-length, chunked, close), `timing` (a body part came more than [`LATE`] after the
 //!   reference's), `answers` (another number of answers);
 //! - upstream side: the same with an `up:` prefix, plus `up:line` (request line) and `up:count`
@@ -68,7 +68,17 @@ fn diff_fields(prefix: &str, reference: &Fields, other: &Fields, out: &mut BTree
             field_diff = true;
         }
     }
-    if !field_diff && reference != other {
+    // The order of the fields both sides have, so that a missing or added field does not hide
+    // a move.
+    let common = |a: &Fields, b: &[Vec<u8>]| -> Vec<Vec<u8>> {
+        a.iter()
+            .filter(|(n, _)| b.contains(n))
+            .map(|(n, _)| n.clone())
+            .collect()
+    };
+    if !field_diff && reference != other
+        || common(reference, &other_names) != common(other, &ref_names)
+    {
         out.insert(format!("{prefix}order"));
     }
 }

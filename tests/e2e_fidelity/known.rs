@@ -78,14 +78,20 @@ pub const KNOWN: &[Known] = &[
     Known {
         row: "empty-201-content-type",
         path: "inline-replay",
-        tokens: &["-content-type"],
-        why: "Envoy drops `content-type` from a local reply without a body, so the replay of an empty `201` loses it",
+        tokens: &["order"],
+        why: "Envoy drops `content-type` from a local reply without a body and puts `content-length: 0` last; the filter sets `content-type` again in the reply's headers callback, so it is there, but the fields come in another order",
     },
     Known {
         row: "empty-201-content-type",
         path: "detached",
-        tokens: &["-content-type"],
-        why: "Envoy drops `content-type` from a local reply without a body",
+        tokens: &["-content-type", "order"],
+        why: "the root context sends the detached answer, and the stream's headers callback does not know the record: Envoy drops `content-type` from a local reply without a body and puts `content-length: 0` last",
+    },
+    Known {
+        row: "empty-201-content-type",
+        path: "detached-replay",
+        tokens: &["+content-type"],
+        why: "the replay gets its `content-type` back (the stream sent it), the detached first answer did not",
     },
     Known {
         row: "sse-stream",

@@ -102,6 +102,9 @@ pub struct Stream {
     ended: bool,
     /// The request's rule is in observe mode: count what enforce would do, forward everything.
     observe: bool,
+    /// The `content-type` of a local reply without a body: Envoy drops it from such a reply, so
+    /// the reply's own headers callback sets it again (an empty `201` replays as it was sent).
+    restore_content_type: Option<Vec<u8>>,
 }
 
 impl Stream {
@@ -112,6 +115,7 @@ impl Stream {
             detached_request: None,
             ended: false,
             observe: false,
+            restore_content_type: None,
         }
     }
 
@@ -233,6 +237,11 @@ impl Stream {
             // A local reply came while looking under a previous secret: nothing was claimed.
             Phase::LookingUp { .. } => Flow::Continue,
             other => {
+                if matches!(other, Phase::Answered) {
+                    if let Some(content_type) = self.restore_content_type.take() {
+                        host.set_response_header("content-type", &content_type);
+                    }
+                }
                 self.phase = other;
                 self.hold_response()
             }
