@@ -26,7 +26,7 @@ fn plugin(extra: Value, keystore: bool) -> String {
     let rule = merged(
         json!({
             "prefix": "/", "methods": ["POST"], "required": true,
-            "execution": "detached", "upstream_cluster": "payments", "upstream_timeout_ms": 5000,
+            "execution": "detached", "upstream_cluster": "payments_detached", "upstream_timeout_ms": 5000,
             "in_flight": "wait", "max_wait_ms": 5000, "unknown_hold_ms": 1500,
         }),
         &extra,

@@ -221,6 +221,11 @@ impl EnvoyOptions {
             .expect("write to String");
         }
         let mut clusters = cluster_yaml("payments", self.upstream_port);
+        // Where detached rules send their requests (`upstream_cluster`), as in the shipped configs.
+        clusters.push_str(&detached_cluster_yaml(
+            "payments_detached",
+            self.upstream_port,
+        ));
         for (name, port) in &self.clusters {
             clusters.push_str(&cluster_yaml(name, *port));
         }
@@ -282,6 +287,44 @@ fn cluster_yaml(name: &str, port: u16) -> String {
   - name: {name}
     type: STATIC
     connect_timeout: 1s
+    load_assignment:
+      cluster_name: {name}
+      endpoints:
+      - lb_endpoints:
+        - endpoint:
+            address:
+              socket_address: {{ address: 127.0.0.1, port_value: {port} }}"#
+    )
+}
+
+/// The cluster a detached rule names (`upstream_cluster`): the same endpoint as the routed one,
+/// plus an upstream HTTP filter that removes `x-envoy-internal`. Envoy marks every request the
+/// plugin sends itself as internal (its async client does, and a Wasm callout cannot say
+/// otherwise), while the router never sends that header for an outside client; without the
+/// filter an upstream that trusts the header would treat outside traffic as internal. HTTP/1
+/// trailers on, like the fidelity suite's routed cluster. The shipped `envoy/` configs carry the
+/// same cluster (README, "What detached execution skips").
+pub fn detached_cluster_yaml(name: &str, port: u16) -> String {
+    format!(
+        r#"
+  - name: {name}
+    type: STATIC
+    connect_timeout: 1s
+    typed_extension_protocol_options:
+      envoy.extensions.upstreams.http.v3.HttpProtocolOptions:
+        "@type": type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions
+        explicit_http_config:
+          http_protocol_options: {{ enable_trailers: true }}
+        http_filters:
+        - name: envoy.filters.http.header_mutation
+          typed_config:
+            "@type": type.googleapis.com/envoy.extensions.filters.http.header_mutation.v3.HeaderMutation
+            mutations:
+              request_mutations:
+              - remove: x-envoy-internal
+        - name: envoy.filters.http.upstream_codec
+          typed_config:
+            "@type": type.googleapis.com/envoy.extensions.filters.http.upstream_codec.v3.UpstreamCodec
     load_assignment:
       cluster_name: {name}
       endpoints:

@@ -77,6 +77,15 @@ impl Stream {
             debug!("observe mode: would answer {}", reply.status);
             return self.forward_untouched();
         }
+        self.restore_content_type = if reply.body.is_empty() {
+            reply
+                .headers
+                .iter()
+                .find(|(name, _)| name.eq_ignore_ascii_case("content-type"))
+                .map(|(_, value)| value.clone())
+        } else {
+            None
+        };
         host.send_response(reply.status, &reply.headers, &reply.body);
         self.phase = Phase::Answered;
         Flow::Pause

@@ -108,6 +108,9 @@ pub struct Stream {
     ended: bool,
     /// The request's rule is in observe mode: count what enforce would do, forward everything.
     observe: bool,
+    /// The `content-type` of a local reply without a body: Envoy drops it from such a reply, so
+    /// the reply's own headers callback sets it again (an empty `201` replays as it was sent).
+    restore_content_type: Option<Vec<u8>>,
 }
 
 impl Stream {
@@ -119,6 +122,7 @@ impl Stream {
             held: None,
             ended: false,
             observe: false,
+            restore_content_type: None,
         }
     }
 
@@ -138,8 +142,14 @@ impl Stream {
             }
             return self.look_up_previous(host, admitted);
         }
+        let inline = admitted.detached_headers.is_none();
         self.phase = Phase::ReadingBody(Box::new(admitted));
         match self.worker.cfg.headers_mode {
+            // `Expect: 100-continue` reaches a filter only when the connection manager proxies it
+            // (`proxy_100_continue: true`; otherwise Envoy answers `100` and removes it). Such a
+            // client sends its body after the upstream's `100`, so holding its headers would stall
+            // it: on an inline rule they go ahead as in `stream` mode (docs/fidelity.md).
+            HeadersMode::Hold if inline && expects_continue(host) => Flow::Continue,
             HeadersMode::Hold => Flow::Pause,
             // The body callbacks hold the request instead; the upstream sees no end of stream yet.
             HeadersMode::Stream => Flow::Continue,
@@ -242,6 +252,11 @@ impl Stream {
             // A local reply came while looking under a previous secret: nothing was claimed.
             Phase::LookingUp { .. } => Flow::Continue,
             other => {
+                if matches!(other, Phase::Answered) {
+                    if let Some(content_type) = self.restore_content_type.take() {
+                        host.set_response_header("content-type", &content_type);
+                    }
+                }
                 self.phase = other;
                 self.hold_response()
             }
@@ -368,4 +383,10 @@ fn header_bytes(headers: &[(String, Vec<u8>)]) -> usize {
         .iter()
         .map(|(n, v)| n.len().saturating_add(v.len()))
         .fold(0, usize::saturating_add)
+}
+
+/// Whether the request asks for `100 Continue` before sending its body.
+fn expects_continue(host: &dyn Host) -> bool {
+    host.request_header("expect")
+        .is_some_and(|value| value.trim_ascii().eq_ignore_ascii_case(b"100-continue"))
 }

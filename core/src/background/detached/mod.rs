@@ -23,7 +23,7 @@ const PSEUDO_FORWARDED: [&str; 3] = [":method", ":path", ":authority"];
 pub struct UnforwardableHeader(pub String);
 
 /// The client's request as a callout to `cluster`: method, path with query, authority, headers
-/// (less hop-by-hop), body.
+/// (less hop-by-hop; `content-length` stays when it is the body's), body.
 pub fn upstream_request(
     cluster: &str,
     timeout_ms: u64,
@@ -35,6 +35,10 @@ pub fn upstream_request(
         let lower = name.to_ascii_lowercase();
         let forwarded = if lower.starts_with(':') {
             PSEUDO_FORWARDED.contains(&lower.as_str())
+        } else if lower == "content-length" {
+            // Kept where the client put it, as the router forwards it: Envoy sets a callout's
+            // length in place when the field is there, and appends it after the others when not.
+            value.as_slice() == body.len().to_string().as_bytes()
         } else {
             !HOP_BY_HOP.contains(&lower.as_str()) && !NOT_FORWARDED.contains(&lower.as_str())
         };
@@ -99,8 +103,26 @@ mod tests {
         assert_eq!(c.cluster, "up");
         assert_eq!(c.timeout_ms, 900);
         let names: Vec<&str> = c.headers.iter().map(|(n, _)| n.as_str()).collect();
-        assert_eq!(names, [":method", ":path", ":authority", "x-a", "x-a"]);
+        assert_eq!(
+            names,
+            [
+                ":method",
+                ":path",
+                ":authority",
+                "content-length",
+                "x-a",
+                "x-a"
+            ]
+        );
         assert_eq!(c.body, b"{}");
+        let other_length = upstream_request("up", 900, &headers, b"{}!".to_vec()).unwrap();
+        assert!(
+            other_length
+                .headers
+                .iter()
+                .all(|(n, _)| n != "content-length"),
+            "a length that is not the body's is left to Envoy"
+        );
         let bad = vec![("x-bin".to_string(), vec![0xff])];
         assert_eq!(
             upstream_request("up", 1, &bad, vec![]).unwrap_err(),

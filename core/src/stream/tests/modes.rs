@@ -20,6 +20,37 @@ fn stream_headers_mode_lets_headers_go_and_holds_the_body() {
 }
 
 #[test]
+fn hold_mode_lets_the_headers_of_an_expect_100_continue_request_go_on_inline_rules_only() {
+    for (config, expect, want) in [
+        ("{}", None, Flow::Pause),
+        ("{}", Some(&b"100-continue"[..]), Flow::Continue),
+        ("{}", Some(&b"100-Continue "[..]), Flow::Continue),
+        (
+            r#"{"routes":[{"prefix":"/","execution":"detached","upstream_cluster":"up"}]}"#,
+            Some(&b"100-continue"[..]),
+            Flow::Pause,
+        ),
+    ] {
+        let w = World::new(config);
+        let mut host = w.host(&post("k", b"a"));
+        if let Some(value) = expect {
+            host.request_headers.push(("expect".into(), value.to_vec()));
+        }
+        let mut s = Stream::new(w.worker.clone());
+        assert_eq!(
+            s.on_request_headers(&host, false),
+            want,
+            "{config} expect {expect:?}"
+        );
+        assert_eq!(
+            s.on_request_body(&host, 1, false),
+            Flow::Pause,
+            "the body still waits for the decision"
+        );
+    }
+}
+
+#[test]
 fn observe_mode_forwards_everything_and_counts_what_enforce_would_answer() {
     let w = World::new(r#"{"mode":"observe","routes":[{"exact":"/payments","required":true}]}"#);
     let enforce_cfg =

@@ -28,6 +28,34 @@ fn first_request_executes_and_a_retry_replays_byte_exact() {
 }
 
 #[test]
+fn a_replay_without_a_body_gets_back_the_content_type_envoy_drops() {
+    let w = World::new("{}");
+    for (key, body) in [("empty", &b""[..]), ("full", &b"{}"[..])] {
+        let (mut s, mut h, _) = w.send(&post(key, b"a"));
+        w.respond(&mut s, &mut h, 201, body);
+        let (mut s, mut h, flow) = w.send(&post(key, b"a"));
+        assert_eq!(flow, Flow::Pause, "{key}: replayed");
+        assert_eq!(
+            h.last_sent().unwrap().header("content-type"),
+            Some(&b"application/json"[..])
+        );
+        // The local reply passes back through the response callbacks, as Envoy sent it: without
+        // `content-type` when it has no body.
+        h.response_headers = vec![(":status".into(), b"201".to_vec())];
+        s.on_response_headers(&h, body.is_empty());
+        let set = h.response_headers_set.borrow().clone();
+        if body.is_empty() {
+            assert_eq!(
+                set,
+                [("content-type".to_string(), b"application/json".to_vec())]
+            );
+        } else {
+            assert!(set.is_empty(), "a reply with a body keeps its own: {set:?}");
+        }
+    }
+}
+
+#[test]
 fn set_cookie_and_credentials_are_never_replayed() {
     let w = World::new("{}");
     let (mut s, mut h, _) = w.send(&post("k", b"a"));

@@ -1,0 +1,162 @@
+//! THE table of known differences: every (row, path) pair that is not exact today, with the
+//! difference tokens it shows (`compare`) and why. A pair not listed must be exact; a pair listed
+//! must differ by exactly these tokens, so a fix fails the suite until its entry goes (and
+//! docs/fidelity.md says "fixed").
+
+use std::collections::BTreeSet;
+
+/// One known difference.
+pub struct Known {
+    pub row: &'static str,
+    /// `inline`, `detached`, `inline-replay` or `detached-replay`.
+    pub path: &'static str,
+    pub tokens: &'static [&'static str],
+    pub why: &'static str,
+}
+
+/// The tokens a row shows on a path: those of its own entry plus those of the path's `*` entry
+/// (a difference every row shows on that path).
+pub fn expected(row: &str, path: &str) -> BTreeSet<String> {
+    KNOWN
+        .iter()
+        .filter(|k| (k.row == row || k.row == "*") && k.path == path)
+        .flat_map(|k| k.tokens.iter().map(|t| (*t).to_owned()))
+        .collect()
+}
+
+/// Why the row differs on that path (its entries' reasons), for failure messages.
+pub fn reasons(row: &str, path: &str) -> Vec<&'static str> {
+    KNOWN
+        .iter()
+        .filter(|k| (k.row == row || k.row == "*") && k.path == path)
+        .map(|k| k.why)
+        .collect()
+}
+
+/// Whether the row has an entry of its own on that path.
+pub fn listed(row: &str, path: &str) -> bool {
+    KNOWN.iter().any(|k| k.row == row && k.path == path)
+}
+
+pub const KNOWN: &[Known] = &[
+    Known {
+        row: "*",
+        path: "inline-replay",
+        tokens: &["-x-envoy-upstream-service-time"],
+        why: "a replay is a local reply: Envoy's router adds `x-envoy-upstream-service-time` only to answers from an upstream",
+    },
+    Known {
+        row: "*",
+        path: "detached",
+        tokens: &["-x-envoy-upstream-service-time"],
+        why: "a detached answer reaches the client as a local reply: no `x-envoy-upstream-service-time`",
+    },
+    Known {
+        row: "chunked",
+        path: "inline-replay",
+        tokens: &["+content-length", "-transfer-encoding", "framing"],
+        why: "a stored answer is replayed (and a detached answer sent) as a local reply with a whole body: `content-length` instead of the upstream's chunked framing",
+    },
+    Known {
+        row: "chunked",
+        path: "detached",
+        tokens: &["+content-length", "-transfer-encoding", "framing", "up:+content-length", "up:-transfer-encoding"],
+        why: "a stored answer is replayed (and a detached answer sent) as a local reply with a whole body: `content-length` instead of the upstream's chunked framing; a callout carries its body with `content-length`, never chunked: the upstream gets `content-length` where the router would forward `transfer-encoding: chunked`",
+    },
+    Known {
+        row: "h2-client",
+        path: "detached",
+        tokens: &["up:+content-length", "up:-transfer-encoding"],
+        why: "a callout carries its body with `content-length`, never chunked: the upstream gets `content-length` where the router would forward `transfer-encoding: chunked` (an h2 request without `content-length` is forwarded chunked to an HTTP/1.1 upstream)",
+    },
+    Known {
+        row: "non-utf8-value",
+        path: "detached",
+        tokens: &["+connection", "-x-name", "body", "status", "up:count", "~content-length", "~content-type"],
+        why: "a callout cannot carry a header value that is not UTF-8: the client gets `400` `header-not-forwardable` and the upstream nothing, where the router forwards the bytes as they are",
+    },
+    Known {
+        row: "empty-201-content-type",
+        path: "inline-replay",
+        tokens: &["order"],
+        why: "Envoy drops `content-type` from a local reply without a body and puts `content-length: 0` last; the filter sets `content-type` again in the reply's headers callback, so it is there, but the fields come in another order",
+    },
+    Known {
+        row: "empty-201-content-type",
+        path: "detached",
+        tokens: &["-content-type", "order"],
+        why: "the root context sends the detached answer, and the stream's headers callback does not know the record: Envoy drops `content-type` from a local reply without a body and puts `content-length: 0` last",
+    },
+    Known {
+        row: "empty-201-content-type",
+        path: "detached-replay",
+        tokens: &["+content-type"],
+        why: "the replay gets its `content-type` back (the stream sent it), the detached first answer did not",
+    },
+    Known {
+        row: "sse-stream",
+        path: "inline",
+        tokens: &["timing"],
+        why: "the filter holds the body of a first answer until its record is stored: every event arrives at the end of the stream (the headers at once)",
+    },
+    Known {
+        row: "sse-stream",
+        path: "inline-replay",
+        tokens: &["+content-length", "-transfer-encoding", "framing"],
+        why: "a stored answer is replayed (and a detached answer sent) as a local reply with a whole body: `content-length` instead of the upstream's chunked framing",
+    },
+    Known {
+        row: "sse-stream",
+        path: "detached",
+        tokens: &["+content-length", "-transfer-encoding", "framing", "timing"],
+        why: "a callout's answer arrives whole: headers and every event at the end of the stream, as a local reply",
+    },
+    Known {
+        row: "trailers-h1",
+        path: "inline-replay",
+        tokens: &["+content-length", "-transfer-encoding", "framing", "trailers"],
+        why: "a stored answer is replayed (and a detached answer sent) as a local reply with a whole body: `content-length` instead of the upstream's chunked framing; response trailers are not stored, so a replay (or a detached answer) has none",
+    },
+    Known {
+        row: "trailers-h1",
+        path: "detached",
+        tokens: &["+content-length", "-transfer-encoding", "framing", "trailers", "up:+content-length", "up:-te", "up:-transfer-encoding", "up:trailers"],
+        why: "`te: trailers` and request trailers are not forwarded by a callout (README, \"What detached execution skips\"); response trailers are not stored, so a replay (or a detached answer) has none; a callout carries its body with `content-length`, never chunked: the upstream gets `content-length` where the router would forward `transfer-encoding: chunked`",
+    },
+    Known {
+        row: "trailers-h2",
+        path: "inline-replay",
+        tokens: &["+content-length", "trailers"],
+        why: "response trailers are not stored, so a replay (or a detached answer) has none; a local reply carries `content-length`",
+    },
+    Known {
+        row: "trailers-h2",
+        path: "detached",
+        tokens: &["+content-length", "trailers", "up:+content-length", "up:-te", "up:-transfer-encoding", "up:trailers"],
+        why: "`te: trailers` and request trailers are not forwarded by a callout (README, \"What detached execution skips\"); response trailers are not stored, so a replay (or a detached answer) has none; a callout carries its body with `content-length`, never chunked: the upstream gets `content-length` where the router would forward `transfer-encoding: chunked`",
+    },
+    Known {
+        row: "local-reply-config",
+        path: "inline-replay",
+        tokens: &["body", "~content-length"],
+        why: "a replay is a local reply, and the connection manager's `local_reply_config` rewrites local replies: the stored body comes back wrapped in its format",
+    },
+    Known {
+        row: "local-reply-config",
+        path: "detached",
+        tokens: &["body", "~content-length"],
+        why: "the detached answer is a local reply, rewritten by `local_reply_config`",
+    },
+    Known {
+        row: "expect-100-proxied",
+        path: "inline-replay",
+        tokens: &["up:count"],
+        why: "with `Expect: 100-continue` past the connection manager, an inline rule lets the request headers go upstream before the decision (the client waits for the upstream's `100`), so a duplicate's head reaches the upstream, which gets a reset instead of the body when the filter replays",
+    },
+    Known {
+        row: "expect-100-proxied",
+        path: "detached",
+        tokens: &["interim", "up:-expect"],
+        why: "a callout never forwards `expect` and sends only after the body: no `100` reaches the client",
+    },
+];
