@@ -6,6 +6,7 @@
 //! Two listeners: `--listen` (everything), and optionally `--health-listen` (/healthz, /readyz,
 //! /metrics), whose own small cap keeps probes answered while the data port is saturated.
 
+mod activity;
 mod conn;
 mod io;
 
@@ -17,7 +18,7 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{watch, Semaphore};
 
 use crate::metrics::Metrics;
-pub use conn::Limits;
+pub use activity::Limits;
 
 /// Connections the health listener takes at once: probes and a scraper.
 pub const HEALTH_CONNECTIONS: usize = 64;

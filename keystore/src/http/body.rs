@@ -28,6 +28,18 @@ pub const SMALL_BODY_BYTES: usize = 64 * 1024;
 /// 32-character tokens; 256-character tokens written as `\u` escapes stay under it).
 pub const RENEW_BATCH_BODY_BYTES: usize = MAX_RENEW_BATCH * 2048;
 
+/// The operation label of a /v1 path (route_layer only sees our routes), for the metrics.
+pub(super) fn op_of(path: &str) -> &'static str {
+    match path.rsplit('/').next() {
+        Some("renew-batch") => "renew_batch",
+        Some("claim") => "claim",
+        Some("complete") => "complete",
+        Some("renew") => "renew",
+        Some("lookup") => "lookup",
+        _ => "release",
+    }
+}
+
 impl AppState {
     /// The body bound of the `/v1` call at `path`.
     fn body_limit(&self, path: &str) -> usize {
@@ -42,7 +54,7 @@ impl AppState {
 /// Reads the whole body (bounded), then hands the request on with it.
 pub(super) async fn read_whole(State(s): State<AppState>, req: Request, next: Next) -> Response {
     let limit = s.body_limit(req.uri().path());
-    let op = super::v1::op_of(req.uri().path());
+    let op = op_of(req.uri().path());
     let declared = req
         .headers()
         .get(header::CONTENT_LENGTH)

@@ -42,24 +42,14 @@ pub(super) fn router(state: &AppState) -> Router<AppState> {
 async fn authenticate(State(s): State<AppState>, req: Request, next: Next) -> Response {
     if let Some(expected) = &s.token {
         if !bearer_matches(&req, expected) {
-            s.metrics.op(op_of(req.uri().path()), "unauthorized");
+            s.metrics
+                .op(super::body::op_of(req.uri().path()), "unauthorized");
             return unauthorized();
         }
     }
     next.run(req).await
 }
 
-/// The operation label of a /v1 path (route_layer only sees our routes).
-pub(super) fn op_of(path: &str) -> &'static str {
-    match path.rsplit('/').next() {
-        Some("renew-batch") => "renew_batch",
-        Some("claim") => "claim",
-        Some("complete") => "complete",
-        Some("renew") => "renew",
-        Some("lookup") => "lookup",
-        _ => "release",
-    }
-}
 /// The formats of a request body (its `content-type`; JSON when it names neither) and of the
 /// answer (`accept`, when it names one, else the request's).
 fn formats(headers: &HeaderMap) -> (Format, Format) {

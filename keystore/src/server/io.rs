@@ -14,7 +14,7 @@ use prometheus::IntCounter;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::time::Sleep;
 
-use super::conn::Activity;
+use super::activity::Activity;
 
 /// A socket whose stalled writes time out, and whose reads are noted in its [`Activity`].
 pub struct Deadlined<S> {
