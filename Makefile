@@ -10,9 +10,12 @@ SETUP_FLAGS ?=
 setup:
 	scripts/setup.sh $(SETUP_FLAGS)
 
-## build: the filter (Wasm, release), the payments demo, the key store and the support tool
+## build: the filter (Wasm, release), the payments demo, the key store and the support tool; plus, for
+## tests/e2e_vm_reload.rs only, the filter with the test-only feature `fault-injection` in its own target
+## dir (<target>/fault-injection), never shipped
 build:
 	$(CARGO) build --release --target wasm32-wasip1
+	CARGO_TARGET_DIR=$${CARGO_TARGET_DIR:-target}/fault-injection $(CARGO) build --release --target wasm32-wasip1 --features fault-injection
 	$(CARGO) build -p payments-demo -p idempotency-keystore -p idempotency-admin
 
 ## test: setup, build, the deploy artifact checks (validate), every test of the workspace (the end-to-end

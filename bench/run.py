@@ -29,6 +29,8 @@ import urllib.error
 import urllib.request
 from pathlib import Path
 
+import vm_memory
+
 ROOT = Path(__file__).resolve().parent.parent
 BENCH = ROOT / "bench"
 LUA_IDEM = BENCH / "lua" / "idem.lua"
@@ -426,6 +428,11 @@ class Bench:
             "filter_config_l2": filter_config("ks_mem", l1_slots=1, max_response_bytes=512),
             "filter_config_renew": filter_config("ks_mem", lock_lease_ms=RENEW_LEASE_MS),
             "filter_config_mem_h1": filter_config("ks_mem_h1"),
+            # VM memory per in-flight detached request: no key store, payments-demo holds each request
+            "filter_config_vm_memory": filter_config(
+                None, routes=[{"exact": "/payments", "methods": ["POST"], "required": True,
+                               "execution": "detached", "upstream_cluster": "payments",
+                               "upstream_timeout_ms": 60000}]),
             # how Envoy speaks to the key store: HTTP/2 (h2c) as shipped, or HTTP/1.1 to compare
             "ks_http": "http_protocol_options" if a.keystore_http1 else "http2_protocol_options",
         }
@@ -457,6 +464,30 @@ class Bench:
         log(f"smoke: executed {executed}, upstream POSTs {ran}: {'ok' if ok else 'FAILED'}")
         if not ok:
             raise SystemExit(1)
+        # a small burst for the VM memory measurement, so that its code runs in make test
+        v = self.vm_memory(40, 100_000, 1500)
+        ok = (v["answered_201"] == v["requests"] == v["upstream_posts"] and v["vms"] > 0
+              and v.get("vm_bytes_per_in_flight") is not None and v["peak_in_flight"] > 0)
+        log(f"smoke: VM memory burst {v['statuses']}, {v['vms']} VMs found: {'ok' if ok else 'FAILED'}")
+        if not ok:
+            raise SystemExit(1)
+
+    def vm_memory(self, n, body_bytes, hold_ms):
+        """VM memory per in-flight detached request (bench/vm_memory.py), on an Envoy of its own."""
+        env = Envoy(self.envoy_bin, "envoy-vm-memory", "vm_memory.yaml.tmpl", self.values, self.tmp)
+        url = env.url("filter_detached", "/payments")
+        # one request first, so that what the VM creates lazily exists before the "before" reading
+        http("POST", url, BODY, {"content-type": "application/json", "authorization": "Bearer warm",
+                                 "idempotency-key": f'"{self.prefix}vmw"'})
+        log(f"VM memory: {n} concurrent detached POSTs of {body_bytes} bytes, upstream holding {hold_ms} ms")
+        v = vm_memory.burst(http, url, lambda: payments_posts(self.pay_port), env.proc.pid, n, body_bytes,
+                            hold_ms, self.prefix + "vm")
+        env.stop()
+        self.extra["vm_memory"] = v
+        log(f"VM memory: {v.get('vm_bytes_per_in_flight')} bytes of linear memory and "
+            f"{v['rss_bytes_per_in_flight']} bytes of Envoy RSS per in-flight request "
+            f"(peak in flight {v['peak_in_flight']}, answers {v['statuses']})")
+        return v
 
     # ------------------------------------------------------------ full
 
@@ -556,6 +587,9 @@ class Bench:
         a, e, c = self.args, self.envoy, self.conns
         p = self.prefix
         specs = self.scenarios()
+        if a.only == "vm_memory":
+            self.vm_memory(a.vm_burst, a.vm_body_bytes, a.vm_hold_ms)
+            return
         if a.only:
             # the named scenarios, their baselines, and the baselines' baselines
             wanted = {o for o in a.only.split(",") if o in specs}
@@ -665,6 +699,8 @@ class Bench:
         # 7. memory
         self.envoy.stop()
         self.memory()
+        # 8. VM memory per in-flight detached request
+        self.vm_memory(a.vm_burst, a.vm_body_bytes, a.vm_hold_ms)
 
     def paced(self):
         """The latency target's scenario: first execution and no filter, both paced at half the
@@ -966,6 +1002,8 @@ def render_md(res):
         for p in mem["curve"]:
             L.append(f"| {p['keys']} | {p['rps']:.0f} | {p['p99_ms']:.2f} | {p['allocated'] / 2**20:.1f} | "
                      f"{p['heap_size'] / 2**20:.1f} |")
+    if x.get("vm_memory"):
+        L.extend(vm_memory.render(x["vm_memory"]))
     for k in ("vm_start", "vm_start_memory_envoy"):
         if k in x:
             v = x[k]
@@ -1067,8 +1105,13 @@ def main():
     ap.add_argument("--memory-keys", type=int, default=1_000_000, help="distinct keys for the memory scenario")
     ap.add_argument("--memory-seconds", type=int, default=150, help="time cap of the memory scenario")
     ap.add_argument("--memory-chunk", type=int, default=15, help="seconds between /memory readings")
+    ap.add_argument("--vm-burst", type=int, default=300,
+                    help="concurrent detached POSTs of the VM memory measurement (default 300)")
+    ap.add_argument("--vm-body-bytes", type=int, default=900_000, help="their body size (default 900000)")
+    ap.add_argument("--vm-hold-ms", type=int, default=5000, help="how long payments-demo holds each (default 5000)")
     ap.add_argument("--rounds", type=int, default=6, help="round-robin slices per scenario (default 3)")
-    ap.add_argument("--only", help="comma-separated Envoy scenarios (and their baselines) only; no L2/key store/memory")
+    ap.add_argument("--only", help="comma-separated Envoy scenarios (and their baselines) only; no L2/key store/memory; "
+                    "`vm_memory` alone: only the VM memory burst")
     ap.add_argument("--profile", help="perf-record Envoy and the key store during an extra slice of this "
                     "scenario (one of --only's, or replay_l2)")
     ap.add_argument("--profile-seconds", type=int, default=5, help="length of the profiled slice (default 5)")

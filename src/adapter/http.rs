@@ -40,6 +40,8 @@ impl Context for Http {
 
 impl HttpContext for Http {
     fn on_http_request_headers(&mut self, _n: usize, end_of_stream: bool) -> Action {
+        #[cfg(feature = "fault-injection")]
+        super::fault::trap_if_asked();
         action(self.stream.on_request_headers(&self.host, end_of_stream))
     }
 

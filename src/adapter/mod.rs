@@ -1,8 +1,11 @@
 //! The thin layer between Envoy and the filter's decisions: [`root`] (one root context per Envoy
 //! worker), [`http`] (one context per stream, forwarding each callback to its `Stream`) and
-//! [`envoy`] ([`envoy::EnvoyHost`], which implements `Host` with hostcalls).
+//! [`envoy`] ([`envoy::EnvoyHost`], which implements `Host` with hostcalls). With the test-only
+//! cargo feature `fault-injection`, `fault` makes the VM trap on request (never shipped).
 
 mod envoy;
+#[cfg(feature = "fault-injection")]
+mod fault;
 mod http;
 mod root;
 
