@@ -141,7 +141,7 @@ async fn drain_ends_waits() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn full_of_claims_answers_503_and_keeps_every_claim() {
     // About twenty claims' worth of bytes.
-    let memory = Arc::new(MemoryBackend::new(20 * 300, 10_000));
+    let memory = Arc::new(MemoryBackend::new(20 * 600, 10_000));
     let ks = Keystore::start(memory.clone(), settings()).await;
     let fp = hex64();
     let mut held = Vec::new();
@@ -162,7 +162,7 @@ async fn full_of_claims_answers_503_and_keeps_every_claim() {
     );
     assert!(held.len() >= 10, "{}", held.len());
     let (bytes, _) = memory.usage();
-    assert!(bytes <= 20 * 300, "{bytes} bytes");
+    assert!(bytes <= 20 * 600, "{bytes} bytes");
     for (key, token) in &held {
         let (_, body) = ks.claim(key, &fp, 60_000).await;
         assert_eq!(
