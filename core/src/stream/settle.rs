@@ -6,7 +6,7 @@
 //! - the outcome is unknown (client gone, route timeout, reset, body cut): by default the key is
 //!   locked as "outcome unknown" and never executes again; the `release` policy frees it instead.
 
-use super::{Claim, Flow, Phase, Stream};
+use super::{Capture, Claim, Flow, Phase, Stream};
 use crate::background::deferred::{retry_until, Deferred};
 use crate::expiry;
 use crate::host::{Callout, Host};
@@ -78,6 +78,7 @@ impl Stream {
             claim,
             status,
             headers,
+            capture: Capture::new(),
             created_ms,
         };
         Flow::Continue
@@ -94,17 +95,20 @@ impl Stream {
         }
     }
 
-    /// The whole response is buffered (`None`: too large to keep).
-    pub(super) fn finish_capture(&mut self, host: &dyn Host, body: Option<Vec<u8>>) -> Flow {
+    /// The whole response has passed: its record (with the copied body, or "not replayable" if
+    /// the copy stopped) is stored before the client gets the end.
+    pub(super) fn finish_capture(&mut self, host: &dyn Host) -> Flow {
         let Phase::Capturing {
             claim,
             status,
             headers,
+            mut capture,
             created_ms,
         } = std::mem::replace(&mut self.phase, Phase::Passthrough)
         else {
             return Flow::Continue;
         };
+        let body = capture.take();
         self.finish_kept(host, claim, status, headers, created_ms, body)
     }
 
