@@ -19,14 +19,28 @@ pub(super) struct Capture {
     /// `None`: the copy stopped (over `max_response_bytes`, or no room in the budget or the VM).
     body: Option<Vec<u8>>,
     held: Option<Held>,
+    /// The body bytes that passed, copied or not.
+    passed: usize,
+    /// The response's `content-length`, if it announced one.
+    length: Option<usize>,
 }
 
 impl Capture {
-    pub(super) fn new() -> Capture {
+    /// `headers`: the response headers as the upstream sent them.
+    pub(super) fn new(headers: &Headers) -> Capture {
         Capture {
             body: Some(Vec::new()),
             held: None,
+            passed: 0,
+            length: content_length(headers),
         }
+    }
+
+    /// Whether every byte the response announced (`content-length`) has arrived. A client that
+    /// counts bytes holds a complete answer then, even if Envoy reports the end of the stream only
+    /// in a later, empty callback: the chunk that completes it is the end that waits.
+    pub(super) fn complete(&self) -> bool {
+        self.length.is_some_and(|length| self.passed >= length)
     }
 
     /// Copies the chunk Envoy holds now (`chunk_len` bytes) unless it would take the stored answer
@@ -39,6 +53,7 @@ impl Capture {
         max_response_bytes: usize,
         budget: &Rc<Budget>,
     ) {
+        self.passed = self.passed.saturating_add(chunk_len);
         let Some(body) = &mut self.body else {
             return;
         };
@@ -77,4 +92,14 @@ impl Capture {
         self.body = None;
         self.held = None;
     }
+}
+
+/// The one `content-length` value of `headers`, if there is exactly one and it is a number.
+fn content_length(headers: &Headers) -> Option<usize> {
+    let mut values = headers.iter().filter(|(n, _)| n == "content-length");
+    let (_, value) = values.next()?;
+    if values.next().is_some() {
+        return None;
+    }
+    std::str::from_utf8(value).ok()?.trim().parse().ok()
 }

@@ -267,8 +267,9 @@ impl Stream {
     }
 
     /// Each chunk goes on to the client as soon as it is copied; only the end of the response
-    /// (this callback with `end_of_stream`, or the trailers) waits until the record is stored, so a
-    /// client never holds a complete answer that a retry would not replay.
+    /// (this callback with `end_of_stream`, the chunk that completes its `content-length`, or the
+    /// trailers) waits until the record is stored, so a client never holds a complete answer that
+    /// a retry would not replay.
     pub fn on_response_body(
         &mut self,
         host: &dyn Host,
@@ -283,7 +284,7 @@ impl Stream {
         };
         let max = self.worker.cfg.max_response_bytes;
         capture.add(host, body_size, headers, max, &self.worker.budget);
-        if end_of_stream {
+        if end_of_stream || capture.complete() {
             return self.finish_capture(host);
         }
         Flow::Continue

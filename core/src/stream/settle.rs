@@ -67,6 +67,7 @@ impl Stream {
                 return self.release(host, claim);
             }
         };
+        let capture = Capture::new(&headers);
         let headers = storable_headers(headers, &self.worker.cfg.replay_headers);
         // The record is created as of now: the first answer's headers leave before its body is
         // kept, and they already carry its expiry.
@@ -78,7 +79,7 @@ impl Stream {
             claim,
             status,
             headers,
-            capture: Capture::new(),
+            capture,
             created_ms,
         };
         Flow::Continue

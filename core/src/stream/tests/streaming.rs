@@ -157,3 +157,55 @@ fn a_stream_cut_mid_body_is_an_unknown_outcome() {
     let (_, retry, _) = w.send(&post("k", b"a"));
     assert_eq!(retry.last_sent().unwrap().status, 409);
 }
+
+#[test]
+fn the_chunk_that_completes_the_content_length_is_the_end_that_waits() {
+    let w = World::new(CFG);
+    let (mut s, h, _) = w.send(&post("k", b"a"));
+    answer(
+        &mut s,
+        &h,
+        Some(200),
+        r#"{"outcome":"claimed","token":"T1"}"#,
+    );
+    let mut h = h;
+    let body = EVENTS.concat();
+    h.response_headers = vec![
+        (":status".into(), b"201".to_vec()),
+        ("content-length".into(), body.len().to_string().into_bytes()),
+    ];
+    assert_eq!(s.on_response_headers(&h, false), Flow::Continue);
+    let (head, tail) = body.split_at(5);
+    assert_eq!(chunk(&mut s, &mut h, head, false), Flow::Continue);
+    // Envoy may report the end only in a later, empty callback; a client that counts bytes
+    // holds the whole answer with this chunk, so this chunk waits for the record.
+    assert_eq!(chunk(&mut s, &mut h, tail, false), Flow::Pause);
+    assert_eq!(stored_body(&h), body);
+    // The empty end comes while the write is on its way: it waits too.
+    assert_eq!(chunk(&mut s, &mut h, b"", true), Flow::Pause);
+    answer(&mut s, &h, Some(200), r#"{"outcome":"stored"}"#);
+    assert_eq!(h.resumed_response.get(), 1);
+}
+
+#[test]
+fn the_record_lands_before_an_empty_end_that_comes_later() {
+    let w = World::new(CFG);
+    let (mut s, h, _) = w.send(&post("k", b"a"));
+    answer(
+        &mut s,
+        &h,
+        Some(200),
+        r#"{"outcome":"claimed","token":"T1"}"#,
+    );
+    let mut h = h;
+    h.response_headers = vec![
+        (":status".into(), b"201".to_vec()),
+        ("content-length".into(), b"9".to_vec()),
+    ];
+    assert_eq!(s.on_response_headers(&h, false), Flow::Continue);
+    assert_eq!(chunk(&mut s, &mut h, EVENTS[0], false), Flow::Pause);
+    answer(&mut s, &h, Some(200), r#"{"outcome":"stored"}"#);
+    assert_eq!(h.resumed_response.get(), 1);
+    assert_eq!(chunk(&mut s, &mut h, b"", true), Flow::Continue);
+    assert_eq!(h.callouts.borrow().len(), 2, "one claim, one record");
+}
