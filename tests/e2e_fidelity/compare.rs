@@ -22,7 +22,7 @@ use crate::wire::{Answer, Fields};
 use crate::Seen;
 
 /// How much later than the reference a body part may arrive before it counts as `timing`.
-pub const LATE: Duration = Duration::from_millis(250);
+pub const LATE: Duration = Duration::from_millis(50);
 
 fn normalise(fields: &Fields, drop_replay_mark: bool) -> Fields {
     fields

@@ -95,12 +95,6 @@ pub const KNOWN: &[Known] = &[
     },
     Known {
         row: "sse-stream",
-        path: "inline",
-        tokens: &["timing"],
-        why: "the filter holds the body of a first answer until its record is stored: every event arrives at the end of the stream (the headers at once)",
-    },
-    Known {
-        row: "sse-stream",
         path: "inline-replay",
         tokens: &["+content-length", "-transfer-encoding", "framing"],
         why: "a stored answer is replayed (and a detached answer sent) as a local reply with a whole body: `content-length` instead of the upstream's chunked framing",
@@ -109,7 +103,7 @@ pub const KNOWN: &[Known] = &[
         row: "sse-stream",
         path: "detached",
         tokens: &["+content-length", "-transfer-encoding", "framing", "timing"],
-        why: "a callout's answer arrives whole: headers and every event at the end of the stream, as a local reply",
+        why: "a callout's answer arrives whole: headers and every event at the end of the stream, as a local reply (detached execution cannot stream; a route that carries streams chooses inline)",
     },
     Known {
         row: "trailers-h1",

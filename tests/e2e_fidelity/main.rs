@@ -25,6 +25,7 @@ mod gateways;
 mod known;
 mod recorder;
 mod rows;
+mod streaming;
 #[path = "../support/mod.rs"]
 mod support;
 mod wire;

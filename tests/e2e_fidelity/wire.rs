@@ -122,6 +122,14 @@ impl H1 {
         }
     }
 
+    /// Reads until the bytes received so far contain `needle`; returns them (they stay buffered).
+    pub async fn read_until(&mut self, needle: &[u8]) -> Vec<u8> {
+        while find(&self.buf, needle).is_none() {
+            assert!(self.fill(None).await, "connection ended before {needle:?}");
+        }
+        self.buf.clone()
+    }
+
     /// Reads one answer (after any interim ones); `head_only`: the request was `HEAD`.
     pub async fn answer(&mut self, head_only: bool) -> Answer {
         let mut answer = Answer::default();

@@ -3,7 +3,7 @@
 //!
 //! ```text
 //! headers ─▶ ReadingBody ─▶ L1 lookup-or-claim ─▶ Claiming (key store) ─▶ Forwarded
-//!      ─▶ Capturing (response buffered) ─▶ Writing (record or release) ─▶ client
+//!      ─▶ Capturing (body streamed on and copied) ─▶ Writing (record or release) ─▶ end to client
 //! ```
 //! Each file is one part of the README's behaviour table: [`admission`] (which requests are
 //! covered, the key, the caller, the fingerprint), [`claim`] (the two tiers), [`settle`] (what the
@@ -12,6 +12,7 @@
 
 mod admission;
 mod answer;
+mod capture;
 mod claim;
 mod rotation;
 mod settle;
@@ -32,6 +33,7 @@ use crate::keystore_client::{self, AckReply};
 use crate::metrics::Metric;
 use crate::outcome::UnknownCause;
 use crate::scope::RecordKey;
+use capture::Capture;
 use log::warn;
 use std::rc::Rc;
 
@@ -76,11 +78,12 @@ enum Phase {
     ClaimAbandoned { claim: Claim, callout: u32 },
     /// The request went upstream; the claim is renewed until the response arrives.
     Forwarded(Claim),
-    /// The upstream's response is being buffered to be kept.
+    /// The upstream's response streams on to the client while its body is copied to be kept.
     Capturing {
         claim: Claim,
         status: u16,
         headers: Vec<(String, Vec<u8>)>,
+        capture: Capture,
         /// When the record is created: its expiry already left with the response headers.
         created_ms: u64,
     },
@@ -263,45 +266,37 @@ impl Stream {
         }
     }
 
+    /// Each chunk goes on to the client as soon as it is copied; only the end of the response
+    /// (this callback with `end_of_stream`, the chunk that completes its `content-length`, or the
+    /// trailers) waits until the record is stored, so a client never holds a complete answer that
+    /// a retry would not replay.
     pub fn on_response_body(
         &mut self,
         host: &dyn Host,
         body_size: usize,
         end_of_stream: bool,
     ) -> Flow {
-        let Phase::Capturing { headers, .. } = &self.phase else {
+        let Phase::Capturing {
+            headers, capture, ..
+        } = &mut self.phase
+        else {
             return self.hold_response();
         };
-        if !crate::settlement::fits(headers, body_size, self.worker.cfg.max_response_bytes) {
-            return self.finish_capture(host, None);
+        let max = self.worker.cfg.max_response_bytes;
+        capture.add(host, body_size, headers, max, &self.worker.budget);
+        if end_of_stream || capture.complete() {
+            return self.finish_capture(host);
         }
-        if end_of_stream {
-            // Read into the VM only with room in the budget; without, the answer still reaches
-            // the client, and its record keeps no body (as an answer over max_response_bytes).
-            let room = crate::budget::try_buffer(body_size);
-            let (Ok(_held), Ok(_)) = (self.worker.budget.take(body_size), room) else {
-                warn!(
-                    "memory budget: no room for a {body_size}-byte response; its body is not kept"
-                );
-                return self.finish_capture(host, None);
-            };
-            let body = host.response_body(body_size);
-            return self.finish_capture(host, Some(body));
-        }
-        Flow::Pause
+        Flow::Continue
     }
 
+    /// HTTP/2 responses with trailers never report end of stream in the body callback: every body
+    /// chunk has passed and been copied, and the trailers are the end that waits for the record.
     pub fn on_response_trailers(&mut self, host: &dyn Host) -> Flow {
         if !matches!(self.phase, Phase::Capturing { .. }) {
             return self.hold_response();
         }
-        // Only the size is needed here; it is read (bounded) when the VM can hold it.
-        let most = self.worker.cfg.max_response_bytes.saturating_add(1);
-        if crate::budget::try_buffer(most).is_err() {
-            return self.finish_capture(host, None);
-        }
-        let body = host.response_body(most);
-        self.on_response_body(host, body.len(), true)
+        self.finish_capture(host)
     }
 
     /// While a write about this response is pending, everything waits for it.

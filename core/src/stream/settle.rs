@@ -6,7 +6,7 @@
 //! - the outcome is unknown (client gone, route timeout, reset, body cut): by default the key is
 //!   locked as "outcome unknown" and never executes again; the `release` policy frees it instead.
 
-use super::{Claim, Flow, Phase, Stream};
+use super::{Capture, Claim, Flow, Phase, Stream};
 use crate::background::deferred::{retry_until, Deferred};
 use crate::expiry;
 use crate::host::{Callout, Host};
@@ -67,6 +67,7 @@ impl Stream {
                 return self.release(host, claim);
             }
         };
+        let capture = Capture::new(&headers);
         let headers = storable_headers(headers, &self.worker.cfg.replay_headers);
         // The record is created as of now: the first answer's headers leave before its body is
         // kept, and they already carry its expiry.
@@ -78,6 +79,7 @@ impl Stream {
             claim,
             status,
             headers,
+            capture,
             created_ms,
         };
         Flow::Continue
@@ -94,17 +96,20 @@ impl Stream {
         }
     }
 
-    /// The whole response is buffered (`None`: too large to keep).
-    pub(super) fn finish_capture(&mut self, host: &dyn Host, body: Option<Vec<u8>>) -> Flow {
+    /// The whole response has passed: its record (with the copied body, or "not replayable" if
+    /// the copy stopped) is stored before the client gets the end.
+    pub(super) fn finish_capture(&mut self, host: &dyn Host) -> Flow {
         let Phase::Capturing {
             claim,
             status,
             headers,
+            mut capture,
             created_ms,
         } = std::mem::replace(&mut self.phase, Phase::Passthrough)
         else {
             return Flow::Continue;
         };
+        let body = capture.take();
         self.finish_kept(host, claim, status, headers, created_ms, body)
     }
 

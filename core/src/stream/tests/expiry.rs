@@ -106,7 +106,8 @@ fn problem_answers_and_released_keys_carry_none() {
     let mut h = h;
     h.response_headers = vec![(":status".into(), b"200".to_vec())];
     let _ = s.on_response_headers(&h, false);
-    let _ = s.on_response_body(&h, 65, false);
+    h.response_body = vec![b'x'; 65];
+    let _ = s.on_response_body(&h, 65, true);
     let (_, retry, _) = w.send(&post("large", b"a"));
     assert_eq!(retry.last_sent().unwrap().status, 410);
     assert_eq!(retry.last_sent().unwrap().header(NAME), None);

@@ -187,7 +187,12 @@ fn a_route_timeout_is_an_unknown_outcome_and_a_refused_connection_is_not() {
     let (mut s, mut h, _) = w.send(&post("cut", b"a"));
     h.response_headers = vec![(":status".into(), b"201".to_vec())];
     assert_eq!(s.on_response_headers(&h, false), Flow::Continue);
-    assert_eq!(s.on_response_body(&h, 3, false), Flow::Pause);
+    h.response_body = b"abc".to_vec();
+    assert_eq!(
+        s.on_response_body(&h, 3, false),
+        Flow::Continue,
+        "the body streams on while it is copied"
+    );
     s.on_done(&h);
     assert_eq!(h.count_of(Metric::UnknownOutcome), 1);
     let (_, h2, _) = w.send(&post("cut", b"a"));
@@ -201,11 +206,22 @@ fn oversized_response_is_completed_but_not_replayable() {
     let (mut s, mut h, _) = w.send(&post("k", b"a"));
     h.response_headers = vec![(":status".into(), b"200".to_vec())];
     assert_eq!(s.on_response_headers(&h, false), Flow::Continue);
+    h.response_body = vec![b'x'; 65];
     assert_eq!(
         s.on_response_body(&h, 65, false),
         Flow::Continue,
         "too large: streamed on"
     );
+    assert_eq!(
+        w.worker.budget.used(),
+        0,
+        "the copy stopped, its bytes given back"
+    );
+    h.response_body = b"tail".to_vec();
+    assert_eq!(s.on_response_body(&h, 4, false), Flow::Continue);
+    assert_eq!(h.count_of(Metric::NotReplayable), 0, "settled at the end");
+    h.response_body.clear();
+    assert_eq!(s.on_response_body(&h, 0, true), Flow::Continue);
     assert_eq!(h.count_of(Metric::NotReplayable), 1);
     let (_, h2, _) = w.send(&post("k", b"a"));
     let sent = h2.last_sent().unwrap();

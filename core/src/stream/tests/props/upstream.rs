@@ -12,8 +12,10 @@ impl World {
     ) -> Result<(), TestCaseError> {
         let callouts = self.reqs[i].host.callouts.borrow().len();
         if self.reqs[i].stage == Stage::Capturing {
-            // The rest of the body.
+            // The rest of the body: Envoy holds only the chunk of this callback.
             let r = &mut self.reqs[i];
+            let whole = r.response.as_ref().map_or(0, |resp| resp.body.len());
+            r.host.response_body = r.host.response_body.split_off(whole / 2);
             let len = r.host.response_body.len();
             let flow = r.stream.on_response_body(&r.host, len, true);
             return self.executed(i, flow, callouts);
@@ -70,7 +72,7 @@ impl World {
             return self.executed(i, flow, callouts);
         }
         let flow = r.stream.on_response_body(&r.host, body.len() / 2, false);
-        prop_assert_eq!(flow, Flow::Pause, "buffered until the body ends");
+        prop_assert_eq!(flow, Flow::Continue, "streamed on while it is copied");
         prop_assert_eq!(r.host.callouts.borrow().len(), callouts);
         r.stage = Stage::Capturing;
         Ok(())

@@ -1,0 +1,105 @@
+//! The first answer's body, copied chunk by chunk while each chunk goes on to the client (README,
+//! "first request with a new key": the response flows as it arrives; only its end waits for the
+//! record).
+//!
+//! Why a copy and not Envoy's buffer: holding the body in Envoy until it ends would hold a
+//! streaming answer (server-sent events, a long export) back from its client until the last byte.
+//! Each chunk is instead read into the VM as it passes, within `max_response_bytes` and the
+//! worker's memory budget (`budget.rs`); past either the copy stops, the answer still streams, and
+//! its record says "completed, not replayable" (`settlement::captured`).
+
+use crate::budget::{Budget, Held};
+use crate::host::{Headers, Host};
+use crate::settlement;
+use log::warn;
+use std::rc::Rc;
+
+/// The body copied so far, and the bytes it holds in the worker's budget.
+pub(super) struct Capture {
+    /// `None`: the copy stopped (over `max_response_bytes`, or no room in the budget or the VM).
+    body: Option<Vec<u8>>,
+    held: Option<Held>,
+    /// The body bytes that passed, copied or not.
+    passed: usize,
+    /// The response's `content-length`, if it announced one.
+    length: Option<usize>,
+}
+
+impl Capture {
+    /// `headers`: the response headers as the upstream sent them.
+    pub(super) fn new(headers: &Headers) -> Capture {
+        Capture {
+            body: Some(Vec::new()),
+            held: None,
+            passed: 0,
+            length: content_length(headers),
+        }
+    }
+
+    /// Whether every byte the response announced (`content-length`) has arrived. A client that
+    /// counts bytes holds a complete answer then, even if Envoy reports the end of the stream only
+    /// in a later, empty callback: the chunk that completes it is the end that waits.
+    pub(super) fn complete(&self) -> bool {
+        self.length.is_some_and(|length| self.passed >= length)
+    }
+
+    /// Copies the chunk Envoy holds now (`chunk_len` bytes) unless it would take the stored answer
+    /// (`headers` plus body) past `max_response_bytes` or past the budget.
+    pub(super) fn add(
+        &mut self,
+        host: &dyn Host,
+        chunk_len: usize,
+        headers: &Headers,
+        max_response_bytes: usize,
+        budget: &Rc<Budget>,
+    ) {
+        self.passed = self.passed.saturating_add(chunk_len);
+        let Some(body) = &mut self.body else {
+            return;
+        };
+        if chunk_len == 0 {
+            return;
+        }
+        let total = body.len().saturating_add(chunk_len);
+        if !settlement::fits(headers, total, max_response_bytes) {
+            self.stop();
+            return;
+        }
+        let taken = match &mut self.held {
+            Some(held) => held.grow(chunk_len),
+            None => budget.take(chunk_len).map(|held| {
+                self.held = Some(held);
+            }),
+        };
+        // Reserved fallibly: the VM may have less room than the budget says.
+        if taken.is_err() || body.try_reserve(chunk_len).is_err() {
+            warn!("memory budget: no room for a {total}-byte response; its body is not kept");
+            self.stop();
+            return;
+        }
+        let chunk = host.response_body(chunk_len);
+        body.extend_from_slice(&chunk);
+    }
+
+    /// The whole body, or `None` if the copy stopped. Its bytes go back to the budget with `self`
+    /// once the record is built from them.
+    pub(super) fn take(&mut self) -> Option<Vec<u8>> {
+        self.body.take()
+    }
+
+    /// Stops copying and gives the bytes back.
+    fn stop(&mut self) {
+        self.body = None;
+        self.held = None;
+    }
+}
+
+/// The one `content-length` value of `headers`, if there is exactly one and it is a number.
+fn content_length(headers: &Headers) -> Option<usize> {
+    let mut values = headers.iter().filter(|(n, _)| n == "content-length");
+    let (_, value) = values.next()?;
+    if values.next().is_some() {
+        return None;
+    }
+    std::str::from_utf8(value).ok()?.trim().parse().ok()
+}
