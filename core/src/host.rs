@@ -48,6 +48,8 @@ pub trait Host: SharedData {
     fn request_body(&self, size: usize) -> Result<Vec<u8>, String>;
     fn response_headers(&self) -> Vec<(String, Vec<u8>)>;
     fn response_body(&self, size: usize) -> Vec<u8>;
+    /// The upstream response's trailers (HTTP/2 trailers, gRPC's status), once they arrived.
+    fn response_trailers(&self) -> Vec<(String, Vec<u8>)>;
     /// Sets a response header (replacing any of that name) while the response headers are held.
     fn set_response_header(&self, name: &str, value: &[u8]);
     /// An Envoy property (or dynamic metadata) by path.

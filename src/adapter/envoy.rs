@@ -172,6 +172,10 @@ impl Host for EnvoyHost {
         buffer(BufferType::HttpResponseBody, size)
     }
 
+    fn response_trailers(&self) -> Vec<(String, Vec<u8>)> {
+        map_bytes(MapType::HttpResponseTrailers)
+    }
+
     fn set_response_header(&self, name: &str, value: &[u8]) {
         if let Err(e) =
             hostcalls::set_map_value_bytes(MapType::HttpResponseHeaders, name, Some(value))

@@ -274,8 +274,7 @@ impl Worker {
                 return self.settle_detached(
                     *job,
                     crate::outcome::callout::dispatch_failed(),
-                    Vec::new(),
-                    Vec::new(),
+                    Default::default(),
                     shared,
                     now_ms,
                 );
@@ -298,9 +297,23 @@ impl Worker {
         shared: &dyn SharedData,
         now_ms: u64,
     ) -> (RootReply, Vec<RootAction>) {
+        self.on_reply_with_trailers(token, status, (headers, body, Vec::new()), shared, now_ms)
+    }
+
+    /// [`Worker::on_reply`] with the callout's trailers: a detached execution keeps them in its
+    /// record (`reply`: headers, body, trailers).
+    pub fn on_reply_with_trailers(
+        &self,
+        token: u32,
+        status: Option<u16>,
+        reply: (Headers, Vec<u8>, Headers),
+        shared: &dyn SharedData,
+        now_ms: u64,
+    ) -> (RootReply, Vec<RootAction>) {
+        let (headers, body, trailers) = reply;
         if let Some(job) = self.detached_running.borrow_mut().remove(&token) {
             let end = ending(status, &headers, &body);
-            let actions = self.settle_detached(job, end, headers, body, shared, now_ms);
+            let actions = self.settle_detached(job, end, (headers, body, trailers), shared, now_ms);
             return (RootReply::Detached, actions);
         }
         if let Some(keys) = self.renewals.borrow_mut().remove(&token) {

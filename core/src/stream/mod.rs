@@ -12,6 +12,7 @@
 
 mod admission;
 mod answer;
+mod capture;
 mod claim;
 mod rotation;
 mod settle;
@@ -133,7 +134,7 @@ impl Stream {
         if end_of_stream {
             let mut admitted = admitted;
             if let Some(headers) = admitted.detached_headers.take() {
-                let bytes = header_bytes(&headers);
+                let bytes = crate::settlement::header_bytes(&headers);
                 match self.worker.budget.take(bytes) {
                     Ok(held) => self.held = Some(held),
                     Err(_) => return self.over_budget(host, "a detached request", bytes),
@@ -263,47 +264,6 @@ impl Stream {
         }
     }
 
-    pub fn on_response_body(
-        &mut self,
-        host: &dyn Host,
-        body_size: usize,
-        end_of_stream: bool,
-    ) -> Flow {
-        let Phase::Capturing { headers, .. } = &self.phase else {
-            return self.hold_response();
-        };
-        if !crate::settlement::fits(headers, body_size, self.worker.cfg.max_response_bytes) {
-            return self.finish_capture(host, None);
-        }
-        if end_of_stream {
-            // Read into the VM only with room in the budget; without, the answer still reaches
-            // the client, and its record keeps no body (as an answer over max_response_bytes).
-            let room = crate::budget::try_buffer(body_size);
-            let (Ok(_held), Ok(_)) = (self.worker.budget.take(body_size), room) else {
-                warn!(
-                    "memory budget: no room for a {body_size}-byte response; its body is not kept"
-                );
-                return self.finish_capture(host, None);
-            };
-            let body = host.response_body(body_size);
-            return self.finish_capture(host, Some(body));
-        }
-        Flow::Pause
-    }
-
-    pub fn on_response_trailers(&mut self, host: &dyn Host) -> Flow {
-        if !matches!(self.phase, Phase::Capturing { .. }) {
-            return self.hold_response();
-        }
-        // Only the size is needed here; it is read (bounded) when the VM can hold it.
-        let most = self.worker.cfg.max_response_bytes.saturating_add(1);
-        if crate::budget::try_buffer(most).is_err() {
-            return self.finish_capture(host, None);
-        }
-        let body = host.response_body(most);
-        self.on_response_body(host, body.len(), true)
-    }
-
     /// While a write about this response is pending, everything waits for it.
     fn hold_response(&self) -> Flow {
         match self.phase {
@@ -375,14 +335,6 @@ impl Stream {
         self.phase = Phase::Passthrough;
         Flow::Continue
     }
-}
-
-/// What a request's headers take in memory: names and values.
-fn header_bytes(headers: &[(String, Vec<u8>)]) -> usize {
-    headers
-        .iter()
-        .map(|(n, v)| n.len().saturating_add(v.len()))
-        .fold(0, usize::saturating_add)
 }
 
 /// Whether the request asks for `100 Continue` before sending its body.

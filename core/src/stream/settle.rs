@@ -9,7 +9,7 @@
 use super::{Claim, Flow, Phase, Stream};
 use crate::background::deferred::{retry_until, Deferred};
 use crate::expiry;
-use crate::host::{Callout, Host};
+use crate::host::{Callout, Headers, Host};
 use crate::keystore_client;
 use crate::metrics::Metric;
 use crate::outcome::{classify, decode_flags, ResponseClass, UnknownCause};
@@ -72,7 +72,9 @@ impl Stream {
         // kept, and they already carry its expiry.
         self.announce_expiry(host, expires_ms);
         if end_of_stream {
-            return self.finish_kept(host, claim, status, headers, created_ms, Some(Vec::new()));
+            // Headers alone (a gRPC trailers-only answer among them): nothing else to keep.
+            let kept = Some((Vec::new(), Vec::new()));
+            return self.finish_kept(host, claim, status, headers, created_ms, kept);
         }
         self.phase = Phase::Capturing {
             claim,
@@ -94,8 +96,12 @@ impl Stream {
         }
     }
 
-    /// The whole response is buffered (`None`: too large to keep).
-    pub(super) fn finish_capture(&mut self, host: &dyn Host, body: Option<Vec<u8>>) -> Flow {
+    /// The whole response is buffered, body and trailers (`None`: too large to keep).
+    pub(super) fn finish_capture(
+        &mut self,
+        host: &dyn Host,
+        kept: Option<(Vec<u8>, Headers)>,
+    ) -> Flow {
         let Phase::Capturing {
             claim,
             status,
@@ -105,7 +111,7 @@ impl Stream {
         else {
             return Flow::Continue;
         };
-        self.finish_kept(host, claim, status, headers, created_ms, body)
+        self.finish_kept(host, claim, status, headers, created_ms, kept)
     }
 
     /// Stores what the settlement rule keeps of a whole answer.
@@ -116,9 +122,9 @@ impl Stream {
         status: u16,
         headers: Vec<(String, Vec<u8>)>,
         created_ms: u64,
-        body: Option<Vec<u8>>,
+        kept: Option<(Vec<u8>, Headers)>,
     ) -> Flow {
-        let (outcome, metric) = settlement::captured(status, headers, body);
+        let (outcome, metric) = settlement::captured(status, headers, kept);
         if let Some(metric) = metric {
             self.count(host, metric);
             info!(

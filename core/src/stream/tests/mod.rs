@@ -15,6 +15,7 @@ mod props;
 mod rotation;
 mod settle;
 mod settlement;
+mod trailers;
 
 use crate::background::deferred::Deferred;
 use crate::background::worker::{Purpose, RootAction, Worker};

@@ -1,0 +1,87 @@
+//! Answers with trailers (HTTP/2, gRPC): the trailers, and whether the answer was trailers-only,
+//! are kept in the record the key store gets, and count toward what may be kept.
+
+use super::keystore::{claimed, CFG};
+use super::*;
+use crate::record::StoredResponse;
+
+fn grpc_headers(extra: &[(&str, &[u8])]) -> Vec<(String, Vec<u8>)> {
+    let mut headers = vec![
+        (":status".to_string(), b"200".to_vec()),
+        ("content-type".to_string(), b"application/grpc".to_vec()),
+    ];
+    headers.extend(extra.iter().map(|(n, v)| (n.to_string(), v.to_vec())));
+    headers
+}
+
+fn trailers() -> Vec<(String, Vec<u8>)> {
+    vec![
+        ("grpc-status".into(), b"0".to_vec()),
+        ("grpc-message".into(), Vec::new()),
+        ("x-trailer-meta".into(), b"t1".to_vec()),
+        ("x-bin-bin".into(), b"AAEC".to_vec()),
+    ]
+}
+
+/// The response the record the stream sent to the key store holds.
+fn stored(h: &FakeHost) -> Outcome {
+    let (_, complete) = h.last_callout().unwrap();
+    crate::testing::record_of_complete(&complete.body).outcome
+}
+
+#[test]
+fn a_message_then_trailers_is_kept_whole() {
+    let w = World::new(CFG);
+    let (mut s, mut h) = claimed(&w, "k", "T1");
+    let message = b"\0\0\0\0\x02hi".to_vec();
+    h.response_headers = grpc_headers(&[]);
+    h.response_body = message.clone();
+    h.response_trailers = trailers();
+    assert_eq!(s.on_response_headers(&h, false), Flow::Continue);
+    assert_eq!(s.on_response_body(&h, message.len(), false), Flow::Pause);
+    assert_eq!(
+        s.on_response_trailers(&h),
+        Flow::Pause,
+        "waits for the write"
+    );
+    assert_eq!(
+        stored(&h),
+        Outcome::Replayable(StoredResponse {
+            status: 200,
+            headers: vec![("content-type".into(), b"application/grpc".to_vec())],
+            body: message,
+            trailers: trailers(),
+            trailers_only: false,
+        })
+    );
+}
+
+#[test]
+fn a_trailers_only_error_is_kept_as_such() {
+    let w = World::new(CFG);
+    let (mut s, mut h) = claimed(&w, "k", "T1");
+    h.response_headers = grpc_headers(&[("grpc-status", b"9"), ("grpc-message", b"nope: x")]);
+    assert_eq!(s.on_response_headers(&h, true), Flow::Pause);
+    let Outcome::Replayable(response) = stored(&h) else {
+        panic!("not replayable")
+    };
+    assert!(response.trailers_only);
+    assert!(response.body.is_empty() && response.trailers.is_empty());
+    assert_eq!(response.headers[1], ("grpc-status".into(), b"9".to_vec()));
+}
+
+#[test]
+fn trailers_count_toward_max_response_bytes() {
+    let cfg = CFG.replacen('{', r#"{"max_response_bytes":40,"#, 1);
+    let w = World::new(&cfg);
+    let (mut s, mut h) = claimed(&w, "k", "T1");
+    // 28 bytes of headers and 5 of body fit; the trailers (53 bytes) do not.
+    h.response_headers = grpc_headers(&[]);
+    h.response_body = b"\0\0\0\0\0".to_vec();
+    h.response_trailers = trailers();
+    s.on_response_headers(&h, false);
+    assert_eq!(s.on_response_body(&h, 5, false), Flow::Pause);
+    s.on_response_trailers(&h);
+    assert_eq!(stored(&h), Outcome::NotReplayable);
+    assert_eq!(h.count_of(Metric::NotReplayable), 1);
+}
