@@ -50,7 +50,11 @@ impl Root {
                         self.agenda.push_front(more);
                     }
                 },
-                RootAction::Answer(answer) => self.answer(&answer),
+                RootAction::Answer(answer) => {
+                    let (id, body) = (answer.stream_id, answer.body.len());
+                    worker.trailers.hand(id, body, &answer.trailers);
+                    self.answer(&answer);
+                }
                 RootAction::Count(metric) => count(&self.metrics, metric),
             }
         }

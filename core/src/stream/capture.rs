@@ -15,6 +15,19 @@ impl Stream {
         body_size: usize,
         end_of_stream: bool,
     ) -> Flow {
+        if end_of_stream {
+            match self.phase {
+                Phase::Answered => self.add_replay_trailers(host),
+                // Answered by the root context (a detached answer, a waiting duplicate's replay).
+                Phase::Detached | Phase::WaitingLocally => {
+                    if let Some(trailers) = self.worker.trailers.take(host.stream_id()) {
+                        self.replay_trailers = trailers;
+                        self.add_replay_trailers(host);
+                    }
+                }
+                _ => {}
+            }
+        }
         let Phase::Capturing { headers, .. } = &self.phase else {
             return self.hold_response();
         };

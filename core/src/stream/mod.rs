@@ -112,6 +112,9 @@ pub struct Stream {
     /// The `content-type` of a local reply without a body: Envoy drops it from such a reply, so
     /// the reply's own headers callback sets it again (an empty `201` replays as it was sent).
     restore_content_type: Option<Vec<u8>>,
+    /// A replay's stored trailers, added in its reply's last body callback (HTTP/2 and later:
+    /// Envoy takes trailers on a local reply with a body there, and sends them after the DATA).
+    replay_trailers: Headers,
 }
 
 impl Stream {
@@ -124,6 +127,7 @@ impl Stream {
             ended: false,
             observe: false,
             restore_content_type: None,
+            replay_trailers: Vec::new(),
         }
     }
 
@@ -277,6 +281,7 @@ impl Stream {
     /// lost with the stream, so whatever must still happen is handed to the root context.
     pub fn on_done(&mut self, host: &dyn Host) {
         self.ended = true;
+        self.worker.trailers.take(host.stream_id());
         match std::mem::replace(&mut self.phase, Phase::Passthrough) {
             Phase::Claiming { claim, .. } => {
                 // Never forwarded. The claim may still land in the key store: release it once

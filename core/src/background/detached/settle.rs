@@ -35,6 +35,8 @@ impl Worker {
             } => {
                 // The record keeps what replays may carry; the client got every header.
                 let kept = storable_headers(headers, &self.cfg.replay_headers);
+                // The client gets the upstream's trailers after its body, as a replay would.
+                answer.trailers.clone_from(&trailers);
                 let size = body
                     .len()
                     .saturating_add(settlement::header_bytes(&trailers));
@@ -135,6 +137,7 @@ impl Worker {
             status,
             headers,
             body,
+            trailers: Vec::new(),
         };
         match end {
             Ending::Answered(status) => (

@@ -85,3 +85,47 @@ fn trailers_count_toward_max_response_bytes() {
     assert_eq!(stored(&h), Outcome::NotReplayable);
     assert_eq!(h.count_of(Metric::NotReplayable), 1);
 }
+
+/// Sends `req` over `protocol` (Envoy's `request.protocol`), as [`World::send`] does.
+fn send_over(w: &World, req: &Req, protocol: &str) -> (Stream, FakeHost) {
+    let mut host = w.host(req);
+    host.properties.insert(
+        vec!["request".to_string(), "protocol".to_string()],
+        protocol.as_bytes().to_vec(),
+    );
+    let mut stream = Stream::new(w.worker.clone());
+    stream.on_request_headers(&host, false);
+    if host.sent.borrow().is_empty() {
+        stream.on_request_body(&host, req.body.len(), true);
+    }
+    (stream, host)
+}
+
+#[test]
+fn an_http2_replay_with_a_body_carries_the_stored_trailers() {
+    let w = World::new("{}");
+    let (mut s, mut h) = send_over(&w, &post("k", b"a"), "HTTP/2");
+    h.response_headers = grpc_headers(&[]);
+    h.response_headers[1].1 = b"application/json".to_vec();
+    h.response_body = b"{}".to_vec();
+    h.response_trailers = trailers();
+    s.on_response_headers(&h, false);
+    s.on_response_body(&h, 2, false);
+    assert_eq!(s.on_response_trailers(&h), Flow::Continue, "kept in L1");
+    assert!(h.response_trailers_added.borrow().is_empty());
+
+    for (protocol, expected) in [("HTTP/2", trailers()), ("HTTP/1.1", Vec::new())] {
+        let (mut s, mut h) = send_over(&w, &post("k", b"a"), protocol);
+        let sent = h.last_sent().unwrap();
+        assert_eq!((sent.status, sent.body.as_slice()), (200, &b"{}"[..]));
+        // The local reply passes back through the response callbacks.
+        h.response_headers = vec![(":status".into(), b"200".to_vec())];
+        s.on_response_headers(&h, false);
+        assert!(
+            h.response_trailers_added.borrow().is_empty(),
+            "not before the body"
+        );
+        s.on_response_body(&h, 2, true);
+        assert_eq!(*h.response_trailers_added.borrow(), expected, "{protocol}");
+    }
+}
