@@ -129,3 +129,39 @@ fn an_http2_replay_with_a_body_carries_the_stored_trailers() {
         assert_eq!(*h.response_trailers_added.borrow(), expected, "{protocol}");
     }
 }
+
+#[test]
+fn a_detached_answer_keeps_its_trailers_and_its_client_gets_them() {
+    use super::detached::{answers, start, DETACHED};
+    let w = World::new(DETACHED);
+    let (mut s, mut h, _) = start(&w, "k");
+    h.properties.insert(
+        vec!["request".to_string(), "protocol".to_string()],
+        b"HTTP/2".to_vec(),
+    );
+    let headers = vec![(":status".to_string(), b"200".to_vec())];
+    let (_, actions) = w.worker.on_reply_with_trailers(
+        40,
+        Some(200),
+        (headers, b"{}".to_vec(), trailers()),
+        &w.shared,
+        w.clock.get(),
+    );
+    let answer = answers(&actions)[0].clone();
+    assert_eq!(answer.trailers, trailers());
+    // The root context hands them over as it sends the reply; the stream's body callback adds them.
+    w.worker
+        .trailers
+        .hand(answer.stream_id, answer.body.len(), &answer.trailers);
+    s.on_response_headers(&h, false);
+    s.on_response_body(&h, 2, true);
+    assert_eq!(*h.response_trailers_added.borrow(), trailers());
+    assert!(w.worker.trailers.is_empty());
+    // A retry replays them too.
+    s.on_done(&h);
+    let (mut s, retry) = send_over(&w, &post("k", b"{\"amount\":1}"), "HTTP/2");
+    assert_eq!(retry.last_sent().unwrap().body, b"{}");
+    s.on_response_headers(&retry, false);
+    s.on_response_body(&retry, 2, true);
+    assert_eq!(*retry.response_trailers_added.borrow(), trailers());
+}
