@@ -48,8 +48,13 @@ pub trait Host: SharedData {
     fn request_body(&self, size: usize) -> Result<Vec<u8>, String>;
     fn response_headers(&self) -> Vec<(String, Vec<u8>)>;
     fn response_body(&self, size: usize) -> Vec<u8>;
+    /// The upstream response's trailers (HTTP/2 trailers, gRPC's status), once they arrived.
+    fn response_trailers(&self) -> Vec<(String, Vec<u8>)>;
     /// Sets a response header (replacing any of that name) while the response headers are held.
     fn set_response_header(&self, name: &str, value: &[u8]);
+    /// Adds a response trailer (from the last body callback of the response); false when Envoy
+    /// refuses (a response that cannot carry trailers).
+    fn add_response_trailer(&self, name: &str, value: &[u8]) -> bool;
     /// An Envoy property (or dynamic metadata) by path.
     fn property(&self, path: &[String]) -> Option<Vec<u8>>;
     /// Answers the client locally; the upstream is not called.

@@ -16,6 +16,9 @@ pub struct LocalReply {
     pub status: u16,
     pub headers: Headers,
     pub body: Vec<u8>,
+    /// Trailers to send after the body (a replayed answer's own); Envoy lets a local reply carry
+    /// them only over HTTP/2 or later, after a non-empty body (see [`crate::stream`]).
+    pub trailers: Headers,
     pub metric: Metric,
 }
 
@@ -26,6 +29,7 @@ impl LocalReply {
             status,
             headers,
             body,
+            trailers: Headers::new(),
             metric,
         }
     }
@@ -104,6 +108,7 @@ impl LocalReply {
                     status: response.status,
                     headers,
                     body: response.body,
+                    trailers: response.trailers,
                     metric: Metric::Replayed,
                 }
             }

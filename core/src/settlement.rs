@@ -83,25 +83,46 @@ pub fn settle(
     }
 }
 
-/// Whether an answer of these (storable) headers and `body_len` bytes of body is small enough to
-/// be kept whole.
+/// Whether an answer of these (storable) headers and `body_len` bytes of body (and trailers) is
+/// small enough to be kept whole.
 pub fn fits(headers: &Headers, body_len: usize, max_response_bytes: usize) -> bool {
-    let header_bytes: usize = headers.iter().map(|(n, v)| n.len() + v.len()).sum();
-    body_len.saturating_add(header_bytes) <= max_response_bytes
+    body_len.saturating_add(header_bytes(headers)) <= max_response_bytes
 }
 
-/// What is stored of a kept answer: the response, or, when its body was too large to keep
-/// (`None`), that it is not replayable (counted).
-pub fn captured(status: u16, headers: Headers, body: Option<Vec<u8>>) -> (Outcome, Option<Metric>) {
-    match body {
-        Some(body) => (
-            Outcome::Replayable(StoredResponse {
-                status,
-                headers,
-                body,
-            }),
-            None,
-        ),
+/// What header fields (or trailers) take: names and values.
+pub fn header_bytes(headers: &[(String, Vec<u8>)]) -> usize {
+    headers
+        .iter()
+        .map(|(n, v)| n.len().saturating_add(v.len()))
+        .fold(0, usize::saturating_add)
+}
+
+/// What is stored of a kept answer: the response with its body and trailers, or, when they were
+/// too large to keep (`None`), that it is not replayable (counted). An answer of headers only
+/// that carries a `grpc-status` is gRPC's trailers-only form (an error), replayed as such.
+pub fn captured(
+    status: u16,
+    headers: Headers,
+    kept: Option<(Vec<u8>, Headers)>,
+) -> (Outcome, Option<Metric>) {
+    match kept {
+        Some((body, trailers)) => {
+            let trailers_only = body.is_empty()
+                && trailers.is_empty()
+                && headers
+                    .iter()
+                    .any(|(name, _)| name.eq_ignore_ascii_case("grpc-status"));
+            (
+                Outcome::Replayable(StoredResponse {
+                    status,
+                    headers,
+                    body,
+                    trailers,
+                    trailers_only,
+                }),
+                None,
+            )
+        }
         None => (Outcome::NotReplayable, Some(Metric::NotReplayable)),
     }
 }

@@ -76,6 +76,9 @@ pub struct FakeHost {
     pub request_body: Vec<u8>,
     pub response_headers: Vec<(String, Vec<u8>)>,
     pub response_body: Vec<u8>,
+    pub response_trailers: Vec<(String, Vec<u8>)>,
+    /// What the filter added as response trailers, in order.
+    pub response_trailers_added: RefCell<Vec<(String, Vec<u8>)>>,
     /// What the filter set on the upstream's response headers, in order.
     pub response_headers_set: RefCell<Vec<(String, Vec<u8>)>>,
     pub properties: HashMap<Vec<String>, Vec<u8>>,
@@ -107,6 +110,8 @@ impl FakeHost {
             request_body: Vec::new(),
             response_headers: Vec::new(),
             response_body: Vec::new(),
+            response_trailers: Vec::new(),
+            response_trailers_added: RefCell::new(Vec::new()),
             response_headers_set: RefCell::new(Vec::new()),
             properties: HashMap::new(),
             sent: RefCell::new(Vec::new()),
@@ -176,6 +181,15 @@ impl Host for FakeHost {
     }
     fn response_body(&self, size: usize) -> Vec<u8> {
         self.response_body.iter().take(size).copied().collect()
+    }
+    fn response_trailers(&self) -> Vec<(String, Vec<u8>)> {
+        self.response_trailers.clone()
+    }
+    fn add_response_trailer(&self, name: &str, value: &[u8]) -> bool {
+        self.response_trailers_added
+            .borrow_mut()
+            .push((name.to_string(), value.to_vec()));
+        true
     }
     fn set_response_header(&self, name: &str, value: &[u8]) {
         self.response_headers_set

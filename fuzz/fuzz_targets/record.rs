@@ -19,6 +19,8 @@ fn built(data: &[u8]) -> arbitrary::Result<Record> {
             status: u16::arbitrary(&mut u)?,
             headers: Vec::<(String, Vec<u8>)>::arbitrary(&mut u)?,
             body: Vec::<u8>::arbitrary(&mut u)?,
+            trailers: Vec::<(String, Vec<u8>)>::arbitrary(&mut u)?,
+            trailers_only: bool::arbitrary(&mut u)?,
         }),
         1 => Outcome::NotReplayable,
         _ => Outcome::Unknown {

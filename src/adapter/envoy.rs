@@ -172,6 +172,29 @@ impl Host for EnvoyHost {
         buffer(BufferType::HttpResponseBody, size)
     }
 
+    fn response_trailers(&self) -> Vec<(String, Vec<u8>)> {
+        map_bytes(MapType::HttpResponseTrailers)
+    }
+
+    fn add_response_trailer(&self, name: &str, value: &[u8]) -> bool {
+        // The raw call: proxy-wasm's wrapper panics on a refusal (Envoy refuses trailers on a
+        // response it sends trailers-only), and a refusal here only means no trailers.
+        // SAFETY: both slices outlive the call, which only reads them.
+        let status = unsafe {
+            proxy_add_header_map_value(
+                MapType::HttpResponseTrailers as u32,
+                name.as_ptr(),
+                name.len(),
+                value.as_ptr(),
+                value.len(),
+            )
+        };
+        if status != 0 {
+            warn!("cannot add response trailer {name} (status {status})");
+        }
+        status == 0
+    }
+
     fn set_response_header(&self, name: &str, value: &[u8]) {
         if let Err(e) =
             hostcalls::set_map_value_bytes(MapType::HttpResponseHeaders, name, Some(value))
@@ -257,6 +280,13 @@ extern "C" {
         headers_data: *const u8,
         headers_size: usize,
         grpc_status: i32,
+    ) -> u32;
+    fn proxy_add_header_map_value(
+        map_type: u32,
+        key_data: *const u8,
+        key_size: usize,
+        value_data: *const u8,
+        value_size: usize,
     ) -> u32;
 }
 

@@ -50,7 +50,11 @@ impl Root {
                         self.agenda.push_front(more);
                     }
                 },
-                RootAction::Answer(answer) => self.answer(&answer),
+                RootAction::Answer(answer) => {
+                    let (id, body) = (answer.stream_id, answer.body.len());
+                    worker.trailers.hand(id, body, &answer.trailers);
+                    self.answer(&answer);
+                }
                 RootAction::Count(metric) => count(&self.metrics, metric),
             }
         }
@@ -83,19 +87,31 @@ impl Context for Root {
         token: u32,
         num_headers: usize,
         body_size: usize,
-        _trailers: usize,
+        num_trailers: usize,
     ) {
         let Some(worker) = self.worker.clone() else {
             return;
         };
         let (status, body) = callout_reply(num_headers, body_size);
-        let headers = if worker.is_detached(token) && num_headers > 0 {
+        let detached = worker.is_detached(token);
+        let headers = if detached && num_headers > 0 {
             map_bytes(MapType::HttpCallResponseHeaders)
         } else {
             Vec::new()
         };
-        let (reply, actions) =
-            worker.on_reply(token, status, headers, body, &EnvoyShared, now_ms());
+        // A detached request's answer keeps its trailers (HTTP/2, gRPC's status) in its record.
+        let trailers = if detached && num_trailers > 0 {
+            map_bytes(MapType::HttpCallResponseTrailers)
+        } else {
+            Vec::new()
+        };
+        let (reply, actions) = worker.on_reply_with_trailers(
+            token,
+            status,
+            (headers, body, trailers),
+            &EnvoyShared,
+            now_ms(),
+        );
         match reply {
             RootReply::Write(settled) => match settled {
                 crate::background::deferred::Settled::Retrying(e) => {

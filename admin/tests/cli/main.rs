@@ -118,6 +118,7 @@ fn created_201() -> Outcome {
         status: 201,
         headers: vec![("content-type".into(), b"application/json".to_vec())],
         body: br#"{"id":"pay_1"}"#.to_vec(),
+        ..StoredResponse::default()
     })
 }
 

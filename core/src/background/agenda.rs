@@ -83,6 +83,7 @@ mod tests {
             status: 201,
             headers: Vec::new(),
             body: Vec::new(),
+            trailers: Vec::new(),
         })
     }
 

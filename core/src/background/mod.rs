@@ -15,5 +15,6 @@ pub mod deferred;
 pub mod detached;
 pub mod leases;
 pub mod shutdown;
+pub mod trailers;
 pub mod waiting;
 pub mod worker;

@@ -31,8 +31,7 @@ impl Worker {
             actions.extend(self.settle_detached(
                 job,
                 Ending::NotSent,
-                vec![],
-                vec![],
+                Default::default(),
                 shared,
                 now_ms,
             ));
@@ -42,8 +41,7 @@ impl Worker {
             actions.extend(self.settle_detached(
                 job,
                 Ending::Reset,
-                vec![],
-                vec![],
+                Default::default(),
                 shared,
                 now_ms,
             ));

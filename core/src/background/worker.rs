@@ -7,6 +7,7 @@
 use crate::background::deferred::{Deferred, Retrier, Settled};
 use crate::background::detached::{ending, DetachedJob};
 use crate::background::leases::{HeldClaim, Leases};
+use crate::background::trailers::TrailerHandover;
 use crate::background::waiting::Waiters;
 use crate::budget::Budget;
 use crate::config::Config;
@@ -43,6 +44,8 @@ pub struct Worker {
     answer_after: RefCell<HashMap<u32, Answer>>,
     /// The shared queue that wakes this worker's root context (see [`Worker::set_doorbell`]).
     doorbell: Cell<Option<u32>>,
+    /// Trailers of root-context answers, until their stream's last body callback.
+    pub trailers: TrailerHandover,
 }
 
 /// A reply for a stream that the root context answers (if the stream is still there).
@@ -52,6 +55,8 @@ pub struct Answer {
     pub status: u16,
     pub headers: Headers,
     pub body: Vec<u8>,
+    /// Sent after the body (HTTP/2 and later), through [`TrailerHandover`].
+    pub trailers: Headers,
 }
 
 /// Why the root context sends a callout.
@@ -107,6 +112,7 @@ impl Worker {
             detached_running: RefCell::new(HashMap::new()),
             answer_after: RefCell::new(HashMap::new()),
             doorbell: Cell::new(None),
+            trailers: TrailerHandover::default(),
         }
     }
 
@@ -221,6 +227,7 @@ impl Worker {
                 status: reply.status,
                 headers: reply.headers,
                 body: reply.body,
+                trailers: reply.trailers,
             }));
             true
         });
@@ -274,8 +281,7 @@ impl Worker {
                 return self.settle_detached(
                     *job,
                     crate::outcome::callout::dispatch_failed(),
-                    Vec::new(),
-                    Vec::new(),
+                    Default::default(),
                     shared,
                     now_ms,
                 );
@@ -298,9 +304,23 @@ impl Worker {
         shared: &dyn SharedData,
         now_ms: u64,
     ) -> (RootReply, Vec<RootAction>) {
+        self.on_reply_with_trailers(token, status, (headers, body, Vec::new()), shared, now_ms)
+    }
+
+    /// [`Worker::on_reply`] with the callout's trailers: a detached execution keeps them in its
+    /// record (`reply`: headers, body, trailers).
+    pub fn on_reply_with_trailers(
+        &self,
+        token: u32,
+        status: Option<u16>,
+        reply: (Headers, Vec<u8>, Headers),
+        shared: &dyn SharedData,
+        now_ms: u64,
+    ) -> (RootReply, Vec<RootAction>) {
+        let (headers, body, trailers) = reply;
         if let Some(job) = self.detached_running.borrow_mut().remove(&token) {
             let end = ending(status, &headers, &body);
-            let actions = self.settle_detached(job, end, headers, body, shared, now_ms);
+            let actions = self.settle_detached(job, end, (headers, body, trailers), shared, now_ms);
             return (RootReply::Detached, actions);
         }
         if let Some(keys) = self.renewals.borrow_mut().remove(&token) {

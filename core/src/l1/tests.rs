@@ -14,6 +14,7 @@ fn record(fp: Fingerprint, body: usize) -> Record {
             status: 201,
             headers: vec![],
             body: vec![1; body],
+            ..Default::default()
         }),
     }
 }

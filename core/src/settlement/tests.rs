@@ -87,7 +87,38 @@ fn a_kept_answer_too_large_is_stored_as_not_replayable() {
         captured(201, headers.clone(), None),
         (Outcome::NotReplayable, Some(Metric::NotReplayable))
     );
-    let (outcome, metric) = captured(201, headers, Some(b"{}".to_vec()));
+    let (outcome, metric) = captured(201, headers, Some((b"{}".to_vec(), Vec::new())));
     assert!(matches!(outcome, Outcome::Replayable(ref r) if r.status == 201 && r.body == b"{}"));
     assert_eq!(metric, None);
+}
+
+#[test]
+fn trailers_are_kept_and_a_grpc_status_in_the_headers_alone_is_trailers_only() {
+    let grpc = |extra: &[(&str, &[u8])]| {
+        let mut headers = vec![("content-type".to_string(), b"application/grpc".to_vec())];
+        headers.extend(extra.iter().map(|(n, v)| (n.to_string(), v.to_vec())));
+        headers
+    };
+    let trailers = grpc(&[("grpc-status", b"0"), ("x-bin-bin", b"AAEC")]);
+    let replayable = |kept| match captured(200, grpc(&[]), Some(kept)).0 {
+        Outcome::Replayable(r) => r,
+        other => panic!("{other:?}"),
+    };
+    let message = replayable((b"\0\0\0\0\x01a".to_vec(), trailers.clone()));
+    assert_eq!((message.trailers, message.trailers_only), (trailers, false));
+    // An error sent trailers-only: the status is in the one header block.
+    let Outcome::Replayable(error) = captured(
+        200,
+        grpc(&[("grpc-status", b"9"), ("grpc-message", b"nope")]),
+        Some((Vec::new(), Vec::new())),
+    )
+    .0
+    else {
+        panic!("not replayable")
+    };
+    assert!(error.trailers_only);
+    // An empty plain answer is not.
+    assert!(!replayable((Vec::new(), Vec::new())).trailers_only);
+    // Trailers count toward the size kept.
+    assert_eq!(header_bytes(&grpc(&[("ab", b"cd")])), 32);
 }

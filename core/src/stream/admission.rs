@@ -158,7 +158,7 @@ impl Stream {
         let headers = admitted
             .detached_headers
             .as_deref()
-            .map_or(0, super::header_bytes);
+            .map_or(0, crate::settlement::header_bytes);
         let bytes = admitted.body_seen.min(limit).saturating_add(headers);
         // Envoy copies the body into memory the VM must grow for: check that it can, fallibly,
         // since a failed allocation there would abort the VM.

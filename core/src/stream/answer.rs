@@ -86,8 +86,33 @@ impl Stream {
         } else {
             None
         };
+        // Without a body the reply ends with its headers: nothing can follow them.
+        if !reply.body.is_empty() {
+            self.replay_trailers = reply.trailers;
+        }
         host.send_response(reply.status, &reply.headers, &reply.body);
         self.phase = Phase::Answered;
         Flow::Pause
     }
+
+    /// The last body callback of the filter's own reply: a replay's trailers go after its body.
+    /// Over HTTP/1 the reply is framed by its length, so trailers cannot follow it.
+    pub(super) fn add_replay_trailers(&mut self, host: &dyn Host) {
+        let trailers = std::mem::take(&mut self.replay_trailers);
+        if downstream_is_http1(host) {
+            return;
+        }
+        for (name, value) in trailers {
+            if !host.add_response_trailer(&name, &value) {
+                warn!("a replay's trailer {name} was refused; the replay ends without it");
+            }
+        }
+    }
+}
+
+/// Whether the client speaks HTTP/1 (Envoy's `request.protocol`, e.g. `HTTP/1.1`, `HTTP/2`).
+fn downstream_is_http1(host: &dyn Host) -> bool {
+    let path = ["request".to_string(), "protocol".to_string()];
+    host.property(&path)
+        .map_or(true, |protocol| protocol.starts_with(b"HTTP/1"))
 }

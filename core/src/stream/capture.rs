@@ -1,13 +1,17 @@
-//! The first answer's body, copied chunk by chunk while each chunk goes on to the client (README,
-//! "first request with a new key": the response flows as it arrives; only its end waits for the
-//! record).
+//! The first answer, copied while it passes (README, "first request with a new key": the response
+//! flows as it arrives; only its end waits for the record): each body chunk, then, when the answer
+//! ends with trailers (HTTP/2, gRPC's `grpc-status` and trailing metadata), those too.
 //!
 //! Why a copy and not Envoy's buffer: holding the body in Envoy until it ends would hold a
 //! streaming answer (server-sent events, a long export) back from its client until the last byte.
 //! Each chunk is instead read into the VM as it passes, within `max_response_bytes` and the
-//! worker's memory budget (`budget.rs`); past either the copy stops, the answer still streams, and
-//! its record says "completed, not replayable" (`settlement::captured`).
+//! worker's memory budget (`budget.rs`), trailers included; past either the copy stops, the answer
+//! still streams, and its record says "completed, not replayable" (`settlement::captured`).
+//!
+//! The end of a replay passes here too: a replay (or an answer the root context sent) adds its
+//! stored trailers in its last body callback.
 
+use super::{Flow, Phase, Stream};
 use crate::budget::{Budget, Held};
 use crate::host::{Headers, Host};
 use crate::settlement;
@@ -81,6 +85,35 @@ impl Capture {
         body.extend_from_slice(&chunk);
     }
 
+    /// Counts the answer's `trailers` in the copy (they are stored with the body): past
+    /// `max_response_bytes` or the budget the copy stops, as for a chunk.
+    pub(super) fn add_trailers(
+        &mut self,
+        trailers: &Headers,
+        headers: &Headers,
+        max_response_bytes: usize,
+        budget: &Rc<Budget>,
+    ) {
+        let Some(body) = &self.body else {
+            return;
+        };
+        let size = settlement::header_bytes(trailers);
+        if !settlement::fits(headers, body.len().saturating_add(size), max_response_bytes) {
+            self.stop();
+            return;
+        }
+        let taken = match &mut self.held {
+            Some(held) => held.grow(size),
+            None => budget.take(size).map(|held| {
+                self.held = Some(held);
+            }),
+        };
+        if taken.is_err() {
+            warn!("memory budget: no room for a response's trailers; its body is not kept");
+            self.stop();
+        }
+    }
+
     /// The whole body, or `None` if the copy stopped. Its bytes go back to the budget with `self`
     /// once the record is built from them.
     pub(super) fn take(&mut self) -> Option<Vec<u8>> {
@@ -91,6 +124,60 @@ impl Capture {
     fn stop(&mut self) {
         self.body = None;
         self.held = None;
+    }
+}
+
+impl Stream {
+    /// Each chunk goes on to the client as soon as it is copied; only the end of the response
+    /// (this callback with `end_of_stream`, the chunk that completes its `content-length`, or the
+    /// trailers) waits until the record is stored, so a client never holds a complete answer that
+    /// a retry would not replay.
+    pub fn on_response_body(
+        &mut self,
+        host: &dyn Host,
+        body_size: usize,
+        end_of_stream: bool,
+    ) -> Flow {
+        if end_of_stream {
+            match self.phase {
+                Phase::Answered => self.add_replay_trailers(host),
+                // Answered by the root context (a detached answer, a waiting duplicate's replay).
+                Phase::Detached | Phase::WaitingLocally => {
+                    if let Some(trailers) = self.worker.trailers.take(host.stream_id()) {
+                        self.replay_trailers = trailers;
+                        self.add_replay_trailers(host);
+                    }
+                }
+                _ => {}
+            }
+        }
+        let Phase::Capturing {
+            headers, capture, ..
+        } = &mut self.phase
+        else {
+            return self.hold_response();
+        };
+        let max = self.worker.cfg.max_response_bytes;
+        capture.add(host, body_size, headers, max, &self.worker.budget);
+        if end_of_stream || capture.complete() {
+            return self.finish_capture(host, Vec::new());
+        }
+        Flow::Continue
+    }
+
+    /// HTTP/2 responses with trailers never report end of stream in the body callback: every body
+    /// chunk has passed and been copied, and the trailers are the end that waits for the record.
+    pub fn on_response_trailers(&mut self, host: &dyn Host) -> Flow {
+        let Phase::Capturing {
+            headers, capture, ..
+        } = &mut self.phase
+        else {
+            return self.hold_response();
+        };
+        let trailers = host.response_trailers();
+        let max = self.worker.cfg.max_response_bytes;
+        capture.add_trailers(&trailers, headers, max, &self.worker.budget);
+        self.finish_capture(host, trailers)
     }
 }
 

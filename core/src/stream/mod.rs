@@ -114,6 +114,9 @@ pub struct Stream {
     /// The `content-type` of a local reply without a body: Envoy drops it from such a reply, so
     /// the reply's own headers callback sets it again (an empty `201` replays as it was sent).
     restore_content_type: Option<Vec<u8>>,
+    /// A replay's stored trailers, added in its reply's last body callback (HTTP/2 and later:
+    /// Envoy takes trailers on a local reply with a body there, and sends them after the DATA).
+    replay_trailers: Headers,
 }
 
 impl Stream {
@@ -126,6 +129,7 @@ impl Stream {
             ended: false,
             observe: false,
             restore_content_type: None,
+            replay_trailers: Vec::new(),
         }
     }
 
@@ -136,7 +140,7 @@ impl Stream {
         if end_of_stream {
             let mut admitted = admitted;
             if let Some(headers) = admitted.detached_headers.take() {
-                let bytes = header_bytes(&headers);
+                let bytes = crate::settlement::header_bytes(&headers);
                 match self.worker.budget.take(bytes) {
                     Ok(held) => self.held = Some(held),
                     Err(_) => return self.over_budget(host, "a detached request", bytes),
@@ -266,39 +270,6 @@ impl Stream {
         }
     }
 
-    /// Each chunk goes on to the client as soon as it is copied; only the end of the response
-    /// (this callback with `end_of_stream`, the chunk that completes its `content-length`, or the
-    /// trailers) waits until the record is stored, so a client never holds a complete answer that
-    /// a retry would not replay.
-    pub fn on_response_body(
-        &mut self,
-        host: &dyn Host,
-        body_size: usize,
-        end_of_stream: bool,
-    ) -> Flow {
-        let Phase::Capturing {
-            headers, capture, ..
-        } = &mut self.phase
-        else {
-            return self.hold_response();
-        };
-        let max = self.worker.cfg.max_response_bytes;
-        capture.add(host, body_size, headers, max, &self.worker.budget);
-        if end_of_stream || capture.complete() {
-            return self.finish_capture(host);
-        }
-        Flow::Continue
-    }
-
-    /// HTTP/2 responses with trailers never report end of stream in the body callback: every body
-    /// chunk has passed and been copied, and the trailers are the end that waits for the record.
-    pub fn on_response_trailers(&mut self, host: &dyn Host) -> Flow {
-        if !matches!(self.phase, Phase::Capturing { .. }) {
-            return self.hold_response();
-        }
-        self.finish_capture(host)
-    }
-
     /// While a write about this response is pending, everything waits for it.
     fn hold_response(&self) -> Flow {
         match self.phase {
@@ -312,6 +283,7 @@ impl Stream {
     /// lost with the stream, so whatever must still happen is handed to the root context.
     pub fn on_done(&mut self, host: &dyn Host) {
         self.ended = true;
+        self.worker.trailers.take(host.stream_id());
         match std::mem::replace(&mut self.phase, Phase::Passthrough) {
             Phase::Claiming { claim, .. } => {
                 // Never forwarded. The claim may still land in the key store: release it once
@@ -370,14 +342,6 @@ impl Stream {
         self.phase = Phase::Passthrough;
         Flow::Continue
     }
-}
-
-/// What a request's headers take in memory: names and values.
-fn header_bytes(headers: &[(String, Vec<u8>)]) -> usize {
-    headers
-        .iter()
-        .map(|(n, v)| n.len().saturating_add(v.len()))
-        .fold(0, usize::saturating_add)
 }
 
 /// Whether the request asks for `100 Continue` before sending its body.

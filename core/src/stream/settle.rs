@@ -9,7 +9,7 @@
 use super::{Capture, Claim, Flow, Phase, Stream};
 use crate::background::deferred::{retry_until, Deferred};
 use crate::expiry;
-use crate::host::{Callout, Host};
+use crate::host::{Callout, Headers, Host};
 use crate::keystore_client;
 use crate::metrics::Metric;
 use crate::outcome::{classify, decode_flags, ResponseClass, UnknownCause};
@@ -73,7 +73,9 @@ impl Stream {
         // kept, and they already carry its expiry.
         self.announce_expiry(host, expires_ms);
         if end_of_stream {
-            return self.finish_kept(host, claim, status, headers, created_ms, Some(Vec::new()));
+            // Headers alone (a gRPC trailers-only answer among them): nothing else to keep.
+            let kept = Some((Vec::new(), Vec::new()));
+            return self.finish_kept(host, claim, status, headers, created_ms, kept);
         }
         self.phase = Phase::Capturing {
             claim,
@@ -96,9 +98,9 @@ impl Stream {
         }
     }
 
-    /// The whole response has passed: its record (with the copied body, or "not replayable" if
-    /// the copy stopped) is stored before the client gets the end.
-    pub(super) fn finish_capture(&mut self, host: &dyn Host) -> Flow {
+    /// The whole response has passed: its record (with the copied body and its `trailers`, or
+    /// "not replayable" if the copy stopped) is stored before the client gets the end.
+    pub(super) fn finish_capture(&mut self, host: &dyn Host, trailers: Headers) -> Flow {
         let Phase::Capturing {
             claim,
             status,
@@ -109,8 +111,8 @@ impl Stream {
         else {
             return Flow::Continue;
         };
-        let body = capture.take();
-        self.finish_kept(host, claim, status, headers, created_ms, body)
+        let kept = capture.take().map(|body| (body, trailers));
+        self.finish_kept(host, claim, status, headers, created_ms, kept)
     }
 
     /// Stores what the settlement rule keeps of a whole answer.
@@ -121,9 +123,9 @@ impl Stream {
         status: u16,
         headers: Vec<(String, Vec<u8>)>,
         created_ms: u64,
-        body: Option<Vec<u8>>,
+        kept: Option<(Vec<u8>, Headers)>,
     ) -> Flow {
-        let (outcome, metric) = settlement::captured(status, headers, body);
+        let (outcome, metric) = settlement::captured(status, headers, kept);
         if let Some(metric) = metric {
             self.count(host, metric);
             info!(

@@ -19,8 +19,7 @@ impl Worker {
         &self,
         job: DetachedJob,
         end: Ending,
-        headers: Headers,
-        body: Vec<u8>,
+        (headers, body, trailers): (Headers, Vec<u8>, Headers),
         shared: &dyn SharedData,
         now_ms: u64,
     ) -> Vec<RootAction> {
@@ -36,8 +35,13 @@ impl Worker {
             } => {
                 // The record keeps what replays may carry; the client got every header.
                 let kept = storable_headers(headers, &self.cfg.replay_headers);
-                let body = settlement::fits(&kept, body.len(), self.cfg.max_response_bytes)
-                    .then_some(body);
+                // The client gets the upstream's trailers after its body, as a replay would.
+                answer.trailers.clone_from(&trailers);
+                let size = body
+                    .len()
+                    .saturating_add(settlement::header_bytes(&trailers));
+                let body = settlement::fits(&kept, size, self.cfg.max_response_bytes)
+                    .then_some((body, trailers));
                 let (outcome, metric) = settlement::captured(answer.status, kept, body);
                 actions.extend(metric.map(RootAction::Count));
                 // An upstream answer that created the record says until when its key is honoured.
@@ -133,6 +137,7 @@ impl Worker {
             status,
             headers,
             body,
+            trailers: Vec::new(),
         };
         match end {
             Ending::Answered(status) => (

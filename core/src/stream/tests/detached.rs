@@ -5,9 +5,9 @@ use super::*;
 use crate::background::worker::Answer;
 use crate::stream::REPLAYED_HEADER;
 
-const DETACHED: &str = r#"{"unknown_hold_ms":1000,"routes":[{"prefix":"/","execution":"detached","upstream_cluster":"up","upstream_timeout_ms":900}]}"#;
+pub(super) const DETACHED: &str = r#"{"unknown_hold_ms":1000,"routes":[{"prefix":"/","execution":"detached","upstream_cluster":"up","upstream_timeout_ms":900}]}"#;
 
-fn answers(actions: &[RootAction]) -> Vec<&Answer> {
+pub(super) fn answers(actions: &[RootAction]) -> Vec<&Answer> {
     actions
         .iter()
         .filter_map(|a| match a {
@@ -18,7 +18,7 @@ fn answers(actions: &[RootAction]) -> Vec<&Answer> {
 }
 
 /// Sends a detached request on stream 7; returns the root's callout token and the callout.
-fn start(w: &World, key: &str) -> (Stream, FakeHost, crate::host::Callout) {
+pub(super) fn start(w: &World, key: &str) -> (Stream, FakeHost, crate::host::Callout) {
     w.worker.set_doorbell(1);
     let (s, h, flow) = w.send(&post(key, b"{\"amount\":1}"));
     assert_eq!(flow, Flow::Pause, "the router never sees the request");

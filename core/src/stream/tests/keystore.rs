@@ -252,6 +252,7 @@ fn a_record_that_fails_verification_is_answered_as_such_never_replayed_nor_execu
             status: 200,
             headers: vec![("set-cookie".into(), b"session=attacker".to_vec())],
             body: b"forged".to_vec(),
+            ..Default::default()
         }),
     };
     for (i, blob) in [

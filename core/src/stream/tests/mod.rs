@@ -16,6 +16,7 @@ mod rotation;
 mod settle;
 mod settlement;
 mod streaming;
+mod trailers;
 
 use crate::background::deferred::Deferred;
 use crate::background::worker::{Purpose, RootAction, Worker};

@@ -75,6 +75,7 @@ mod with_keystore {
                 status: 201,
                 headers: vec![],
                 body: b"old".to_vec(),
+                ..Default::default()
             }),
         };
         let sealed = record.seal(

@@ -107,6 +107,7 @@ impl World {
                     status: response.status,
                     headers: response.headers,
                     body: response.body,
+                    ..StoredResponse::default()
                 }),
             };
             self.l1_keep(i, record);
