@@ -4,6 +4,7 @@
 use super::{Admitted, Flow, Phase, Stream};
 use crate::config::{CallerSource, Execution, Mode};
 use crate::fingerprint::Fingerprinter;
+use crate::grpc;
 use crate::host::Host;
 use crate::key::parse_key_header;
 use crate::metrics::Metric;
@@ -32,6 +33,9 @@ impl Stream {
             return None;
         };
         self.observe = rule.mode == Mode::Observe;
+        self.grpc = host
+            .request_header("content-type")
+            .is_some_and(|value| grpc::is_grpc(&value));
         let headers = host.request_headers();
         let key_values = headers
             .iter()

@@ -111,6 +111,8 @@ pub struct Stream {
     /// The `content-type` of a local reply without a body: Envoy drops it from such a reply, so
     /// the reply's own headers callback sets it again (an empty `201` replays as it was sent).
     restore_content_type: Option<Vec<u8>>,
+    /// The request is gRPC (`content-type`): the filter's own answers are gRPC statuses.
+    grpc: bool,
 }
 
 impl Stream {
@@ -123,6 +125,7 @@ impl Stream {
             ended: false,
             observe: false,
             restore_content_type: None,
+            grpc: false,
         }
     }
 
