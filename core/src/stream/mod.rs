@@ -13,6 +13,7 @@
 mod admission;
 mod answer;
 mod claim;
+mod key_field;
 mod rotation;
 mod settle;
 mod verify;
@@ -56,6 +57,9 @@ struct Admitted {
     previous: Vec<RecordKey>,
     /// The body bytes Envoy has buffered so far (the size the body callback last reported).
     body_seen: usize,
+    /// The rule reads the key from the request message: the record keys above are set once the
+    /// body is read.
+    key_from_body: Option<key_field::KeyFromBody>,
 }
 
 enum Phase {
@@ -135,6 +139,12 @@ impl Stream {
         };
         if end_of_stream {
             let mut admitted = admitted;
+            if let Some(pending) = admitted.key_from_body.take() {
+                // No body: no message to read the key from.
+                if let Err(flow) = self.key_from_body(host, &mut admitted, &pending, &[]) {
+                    return flow;
+                }
+            }
             if let Some(headers) = admitted.detached_headers.take() {
                 let bytes = header_bytes(&headers);
                 match self.worker.budget.take(bytes) {

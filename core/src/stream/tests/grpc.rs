@@ -125,3 +125,87 @@ fn a_held_unknown_outcome_pushes_back_for_its_hold_then_is_unknown() {
     assert_eq!(header(&terminal, "grpc-status"), Some(b"2".to_vec()));
     assert_eq!(header(&terminal, "grpc-retry-pushback-ms"), None);
 }
+
+/// One uncompressed gRPC message: field 1 = `key` (if any), field 2 = `payload`.
+fn message(key: Option<&str>, payload: &[u8]) -> Vec<u8> {
+    let mut m = Vec::new();
+    if let Some(key) = key {
+        m.extend([0x0a, u8::try_from(key.len()).unwrap()]);
+        m.extend(key.as_bytes());
+    }
+    m.extend([0x12, u8::try_from(payload.len()).unwrap()]);
+    m.extend(payload);
+    let mut body = vec![0];
+    body.extend(u32::try_from(m.len()).unwrap().to_be_bytes());
+    body.extend(m);
+    body
+}
+
+#[test]
+fn the_key_can_come_from_a_message_field() {
+    let w = World::new(r#"{"routes":[{"prefix":"/","required":true,"key_field":1}]}"#);
+    let no_header = |body: &'static [u8]| Req {
+        key: None,
+        ..post("", body)
+    };
+    let first = message(Some("req-1"), b"pay 10").leak();
+    let (mut s, mut h, flow) = send_grpc(&w, &no_header(first), "application/grpc");
+    assert_eq!(flow, Flow::Continue, "the first call runs");
+    assert!(h.sent.borrow().is_empty());
+    let (_, h2, _) = send_grpc(&w, &no_header(first), "application/grpc");
+    assert_eq!(grpc_status(&h2.last_sent().unwrap()).0, 14, "in flight");
+    let other = message(Some("req-1"), b"pay 99").leak();
+    let (_, h3, _) = send_grpc(&w, &no_header(other), "application/grpc");
+    assert_eq!(grpc_status(&h3.last_sent().unwrap()).0, 6, "reused");
+    let another_key = message(Some("req-2"), b"pay 10").leak();
+    let (_, h4, flow) = send_grpc(&w, &no_header(another_key), "application/grpc");
+    assert_eq!(flow, Flow::Continue, "another key is another request");
+    assert!(h4.sent.borrow().is_empty());
+    w.respond(&mut s, &mut h, 200, b"ok");
+    let (_, h5, _) = send_grpc(&w, &no_header(first), "application/grpc");
+    assert_eq!(h5.last_sent().unwrap().body, b"ok", "replayed");
+    // A key header does not stand in for the field.
+    let (_, h6, _) = send_grpc(&w, &post("req-1", first), "application/grpc");
+    assert_eq!(h6.last_sent().unwrap().body, b"ok", "the field decides");
+}
+
+#[test]
+fn a_message_that_gives_no_key_is_invalid_argument_saying_why() {
+    let w = World::new(r#"{"routes":[{"prefix":"/","required":true,"key_field":1}]}"#);
+    let refused = |body: Vec<u8>| {
+        let (_, h, flow) = send_grpc(
+            &w,
+            &Req {
+                key: None,
+                ..post("", body.leak())
+            },
+            "application/grpc",
+        );
+        assert_eq!(flow, Flow::Pause);
+        let (code, message, _) = grpc_status(&h.last_sent().unwrap());
+        assert_eq!(code, 3, "{message}");
+        message
+    };
+    assert!(refused(message(None, b"x")).contains("no key in field 1"));
+    let mut compressed = message(Some("k"), b"x");
+    compressed[0] = 1;
+    assert!(refused(compressed).contains("compressed"));
+    let mut two = message(Some("k"), b"x");
+    two.extend(message(Some("k"), b"y"));
+    assert!(refused(two).contains("more than one message"));
+    assert!(refused(b"not grpc at all".to_vec()).contains("field 1"));
+    assert!(refused(message(Some("bad\u{1}key"), b"x")).contains("field 1"));
+    let mut not_string = vec![0, 0, 0, 0, 2, 0x08, 0x01];
+    assert!(refused(std::mem::take(&mut not_string)).contains("not a string"));
+    // No body at all.
+    let (_, h, _) = {
+        let host = w.host(&Req {
+            key: None,
+            ..post("", b"")
+        });
+        let mut s = Stream::new(w.worker.clone());
+        let flow = s.on_request_headers(&host, true);
+        (s, host, flow)
+    };
+    assert_eq!(h.last_sent().unwrap().status, 400);
+}
