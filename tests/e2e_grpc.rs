@@ -94,7 +94,7 @@ impl Service {
 
     /// How many calls of `/test.Echo/Call` ran, asked of the service directly.
     fn calls(&self) -> u64 {
-        let answer = call_direct(self.port, "/test.Echo/Count", b"", None);
+        let answer = call_direct(self.port, "/test.Echo/Count", &[b""], None);
         let text = unhex(answer["answer"].as_str().unwrap());
         String::from_utf8(text).unwrap().parse().unwrap()
     }
@@ -110,12 +110,14 @@ impl Drop for Service {
     }
 }
 
-fn client(port: u16, method: &str, message: &[u8], key: Option<&str>) -> Command {
+/// One call; several messages make a client-streaming call.
+fn client(port: u16, method: &str, messages: &[&[u8]], key: Option<&str>) -> Command {
+    let messages: Vec<String> = messages.iter().map(|m| hex(m)).collect();
     let mut cmd = Command::new(python());
     cmd.arg(repo_root().join("tests/grpc/client.py"))
         .arg(format!("127.0.0.1:{port}"))
         .arg(method)
-        .arg(hex(message))
+        .arg(messages.join(","))
         .args(key)
         .stdout(Stdio::piped());
     cmd
@@ -126,8 +128,8 @@ fn outcome(output: std::process::Output) -> Value {
     serde_json::from_slice(&output.stdout).unwrap()
 }
 
-fn call_direct(port: u16, method: &str, message: &[u8], key: Option<&str>) -> Value {
-    outcome(client(port, method, message, key).output().unwrap())
+fn call_direct(port: u16, method: &str, messages: &[&[u8]], key: Option<&str>) -> Value {
+    outcome(client(port, method, messages, key).output().unwrap())
 }
 
 fn metadata<'a>(outcome: &'a Value, part: &str, name: &str) -> Option<&'a str> {
@@ -138,13 +140,10 @@ fn metadata<'a>(outcome: &'a Value, part: &str, name: &str) -> Option<&'a str> {
         .and_then(|pair| pair[1].as_str())
 }
 
-/// Envoy with the filter on `/test.Echo/Call` (the key required) in front of the service over
+/// Envoy with the filter on `rule`'s path (the key required) in front of the service over
 /// HTTP/2.
 async fn envoy(service: &Service, rule: Value) -> Envoy {
-    let rule = merged(
-        json!({"exact": CALL, "methods": ["POST"], "required": true}),
-        &rule,
-    );
+    let rule = merged(json!({"methods": ["POST"], "required": true}), &rule);
     let plugin = Plugin::signed("grpc-e2e-secret-0123456789abcdef0123456789abcdef")
         .set("routes", json!([rule]))
         .set("anonymous_scope", "grpc-e2e")
@@ -168,8 +167,9 @@ async fn envoy(service: &Service, rule: Value) -> Envoy {
 #[tokio::test(flavor = "multi_thread")]
 async fn the_filter_answers_grpc_callers_with_grpc_statuses() {
     let service = Service::start();
-    let envoy = envoy(&service, json!({})).await;
-    let via_envoy = |message: &[u8], key: Option<&str>| call_direct(envoy.port, CALL, message, key);
+    let envoy = envoy(&service, json!({"exact": CALL})).await;
+    let via_envoy =
+        |message: &[u8], key: Option<&str>| call_direct(envoy.port, CALL, &[message], key);
 
     // No key: INVALID_ARGUMENT, with the reason in the message, and nothing ran.
     let missing = via_envoy(b"m", None);
@@ -187,7 +187,7 @@ async fn the_filter_answers_grpc_callers_with_grpc_statuses() {
     assert_eq!(service.calls(), 0);
 
     // A first call held in the service; a duplicate meanwhile is told to come back later.
-    let first = client(envoy.port, CALL, b"hold-1", Some("key-1"))
+    let first = client(envoy.port, CALL, &[b"hold-1"], Some("key-1"))
         .spawn()
         .unwrap();
     assert_eq!(service.wait_for("STARTED "), hex(b"hold-1"));
@@ -210,7 +210,7 @@ async fn the_filter_answers_grpc_callers_with_grpc_statuses() {
     let reused = via_envoy(b"other", Some("key-1"));
     assert_eq!(reused["code"], "ALREADY_EXISTS", "{reused}");
 
-    call_direct(service.port, "/test.Echo/Release", b"", None);
+    call_direct(service.port, "/test.Echo/Release", &[b""], None);
     let first = outcome(first.wait_with_output().unwrap());
     assert_eq!(first["code"], "OK", "{first}");
     assert_eq!(first["answer"], hex(b"answer:hold-1"));
@@ -239,11 +239,11 @@ fn message(key: Option<&str>, payload: &[u8]) -> Vec<u8> {
 #[tokio::test(flavor = "multi_thread")]
 async fn the_key_can_come_from_a_message_field() {
     let service = Service::start();
-    let envoy = envoy(&service, json!({"key_field": 1})).await;
-    let via_envoy = |message: &[u8]| call_direct(envoy.port, CALL, message, None);
+    let envoy = envoy(&service, json!({"exact": CALL, "key_field": 1})).await;
+    let via_envoy = |message: &[u8]| call_direct(envoy.port, CALL, &[message], None);
 
     let first_message = message(Some("req-1"), b"hold");
-    let first = client(envoy.port, CALL, &first_message, None)
+    let first = client(envoy.port, CALL, &[&first_message], None)
         .spawn()
         .unwrap();
     assert_eq!(service.wait_for("STARTED "), hex(&first_message));
@@ -263,7 +263,7 @@ async fn the_key_can_come_from_a_message_field() {
     let not_a_string = via_envoy(&[0x08, 0x01]);
     assert_eq!(not_a_string["code"], "INVALID_ARGUMENT", "{not_a_string}");
 
-    call_direct(service.port, "/test.Echo/Release", b"", None);
+    call_direct(service.port, "/test.Echo/Release", &[b""], None);
     let first = outcome(first.wait_with_output().unwrap());
     assert_eq!(first["code"], "OK", "{first}");
     let _ = via_envoy(&first_message);
@@ -271,4 +271,26 @@ async fn the_key_can_come_from_a_message_field() {
     let second = via_envoy(&message(Some("req-2"), b"free"));
     assert_eq!(second["code"], "OK", "{second}");
     assert_eq!(service.calls(), 2);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_client_stream_passes_through_counted() {
+    let service = Service::start();
+    let envoy = envoy(&service, json!({"prefix": "/test.Echo/"})).await;
+    let messages: [&[u8]; 2] = [b"one", b"two"];
+    for round in 1..=2 {
+        let answer = call_direct(envoy.port, "/test.Echo/Collect", &messages, Some("key-s"));
+        assert_eq!(answer["code"], "OK", "{answer}");
+        assert_eq!(answer["answer"], hex(b"one+two"));
+        assert_eq!(
+            service.calls(),
+            round,
+            "a stream is never held back or replayed"
+        );
+    }
+    assert_eq!(envoy.metric("grpc_streaming").await, Some(2));
+    // A unary call on the same route and key still runs: the stream claimed nothing.
+    let unary = call_direct(envoy.port, CALL, &[b"u"], Some("key-s"));
+    assert_eq!(unary["code"], "OK", "{unary}");
+    assert_eq!(service.calls(), 3);
 }

@@ -3,8 +3,9 @@
 
 /test.Echo/Call answers b"answer:" + the request, with initial metadata `x-served` and trailing
 metadata `x-trailer`. A request that contains b"hold" is held until /test.Echo/Release is called,
-so that a test can send a duplicate while the first call is in the service. /test.Echo/Count
-answers how many Call requests ran, as ASCII. Prints `PORT <n>` once serving, and `STARTED <hex>`
+so that a test can send a duplicate while the first call is in the service. /test.Echo/Collect
+(client streaming) answers its messages joined by b"+". /test.Echo/Count
+answers how many Call and Collect requests ran, as ASCII. Prints `PORT <n>` once serving, and `STARTED <hex>`
 when a Call begins (the test's readiness signals). Listens on 127.0.0.1 only.
 """
 
@@ -36,6 +37,14 @@ def call(request, context):
     return b"answer:" + request
 
 
+def collect(requests, context):
+    """Client streaming: counts as one call, answers the messages joined by b"+"."""
+    global calls
+    with lock:
+        calls += 1
+    return b"+".join(requests)
+
+
 def count(request, context):
     with lock:
         return str(calls).encode()
@@ -56,7 +65,12 @@ def main():
     server = grpc.server(futures.ThreadPoolExecutor(max_workers=8))
     handler = grpc.method_handlers_generic_handler(
         "test.Echo",
-        {"Call": unary(call), "Count": unary(count), "Release": unary(do_release)},
+        {
+            "Call": unary(call),
+            "Collect": grpc.stream_unary_rpc_method_handler(collect),
+            "Count": unary(count),
+            "Release": unary(do_release),
+        },
     )
     server.add_generic_rpc_handlers((handler,))
     port = server.add_insecure_port("127.0.0.1:0")

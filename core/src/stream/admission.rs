@@ -215,6 +215,15 @@ impl Stream {
         if body.len() > limit {
             return self.body_too_large(host);
         }
+        // A stream of messages is not a call the filter can replay: it goes on untouched, counted.
+        // A rule that reads its key from the message declares its method unary, so there several
+        // messages are an invalid request instead.
+        let several =
+            grpc::wire::single_message(&body) == Err(grpc::wire::WireError::SeveralMessages);
+        if self.grpc && several && admitted.key_from_body.is_none() {
+            self.count(host, Metric::GrpcStreaming);
+            return Flow::Continue;
+        }
         if let Some(pending) = admitted.key_from_body.take() {
             if let Err(flow) = self.key_from_body(host, &mut admitted, &pending, &body) {
                 return flow;

@@ -209,3 +209,29 @@ fn a_message_that_gives_no_key_is_invalid_argument_saying_why() {
     };
     assert_eq!(h.last_sent().unwrap().status, 400);
 }
+
+#[test]
+fn a_stream_of_messages_passes_through_counted() {
+    let w = World::new(r#"{"routes":[{"prefix":"/","required":true}]}"#);
+    let mut two = message(Some("a"), b"1");
+    two.extend(message(Some("b"), b"2"));
+    let two = two.leak();
+    for _ in 0..2 {
+        let (_, h, flow) = send_grpc(&w, &post("k", two), "application/grpc");
+        assert_eq!(flow, Flow::Continue, "streams are not held back");
+        assert!(h.sent.borrow().is_empty(), "nor answered");
+        assert_eq!(h.count_of(Metric::GrpcStreaming), 1);
+    }
+    // The same key on a unary call is still free: the stream claimed nothing.
+    let (_, h, flow) = send_grpc(
+        &w,
+        &post("k", message(None, b"1").leak()),
+        "application/grpc",
+    );
+    assert_eq!(flow, Flow::Continue);
+    assert_eq!(h.count_of(Metric::GrpcStreaming), 0);
+    assert_eq!(h.count_of(Metric::Executed), 1);
+    // Not gRPC: the same bytes are an ordinary body.
+    let (_, h, _) = send_grpc(&w, &post("k2", two), "application/octet-stream");
+    assert_eq!(h.count_of(Metric::GrpcStreaming), 0);
+}
