@@ -155,7 +155,8 @@ async fn streams_abandoned_mid_claim_leave_envoy_memory_flat() {
     // steps now and then (a few MiB at once, in one round, then flat), while a leak adds the same
     // amount in every round: so the quietest of the last three rounds must add next to nothing
     // per stream (a leaked stream context or pending-callout entry costs far more than 100
-    // bytes), and the three together stay under 12 MiB.
+    // bytes), and the three together stay under 24 MiB (one step of 17 MiB in a single round,
+    // flat before and after it, was seen on a loaded 2-core machine).
     let later = rss[rounds] as i64 - rss[2] as i64;
     let quietest = rss[2..]
         .windows(2)
@@ -164,7 +165,7 @@ async fn streams_abandoned_mid_claim_leave_envoy_memory_flat() {
         .unwrap_or(0);
     let per_stream = quietest * 1024 / round.max(1) as i64;
     assert!(
-        later < 12 * 1024 && per_stream < 100,
+        later < 24 * 1024 && per_stream < 100,
         "Envoy grew by {later} KiB over the last {} abandoned streams, at least {quietest} KiB \
          ({per_stream} bytes a stream) in each of the last three rounds: {rss:?}",
         3 * round

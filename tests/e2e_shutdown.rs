@@ -32,20 +32,6 @@ fn plugin() -> String {
         .json()
 }
 
-/// Whether `text` shows up in Envoy's log within `within` (the log is flushed every 100 ms).
-async fn logged(envoy: &Envoy, text: &str, within: Duration) -> bool {
-    let deadline = Instant::now() + within;
-    loop {
-        if envoy.full_log().contains(text) {
-            return true;
-        }
-        if Instant::now() >= deadline {
-            return false;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-}
-
 /// The key store's count of `complete` requests that stored a record.
 async fn stored(keystore: &KeystoreProcess) -> u64 {
     let text = reqwest::get(keystore.url("/metrics"))
@@ -91,7 +77,7 @@ async fn sigterm_and_drain_listeners() {
         .await
         .unwrap();
     assert_eq!(drained.status(), 200);
-    let on_drain = logged(&envoy, UNLOADED, Duration::from_secs(2)).await;
+    let on_drain = envoy.wait_for_log(UNLOADED, Duration::from_secs(2)).await;
 
     let exit = envoy.sigterm(Duration::from_secs(10)).await;
     assert!(exit.is_some(), "Envoy still running 10 s after SIGTERM");
@@ -152,7 +138,7 @@ async fn a_listener_update_that_removes_the_filter_unloads_the_plugin() {
     let staged = dir.path().join("lds.next");
     std::fs::write(&staged, lds).unwrap();
     std::fs::rename(&staged, dir.path().join("lds.yaml")).unwrap();
-    let unloaded = logged(&envoy, UNLOADED, Duration::from_secs(15)).await;
+    let unloaded = envoy.wait_for_log(UNLOADED, Duration::from_secs(15)).await;
     let log = envoy.full_log();
     let settled: Vec<&str> = log.lines().filter(|l| l.contains("unloading")).collect();
     let deadline = Instant::now() + Duration::from_secs(5);

@@ -75,16 +75,13 @@ async fn a_trapped_vm_is_reloaded_and_keeps_the_near_cache() {
         1,
         "the trapping request never ran"
     );
-    // Envoy flushes its log file every 100 ms: poll for the line.
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while !envoy.full_log().contains("RuntimeError: unreachable") {
-        assert!(
-            Instant::now() < deadline,
-            "no VM trap in Envoy's log:\n{}",
-            envoy.log_tail(40)
-        );
-        tokio::time::sleep(POLL).await;
-    }
+    assert!(
+        envoy
+            .wait_for_log("RuntimeError: unreachable", Duration::from_secs(10))
+            .await,
+        "no VM trap in Envoy's log:\n{}",
+        envoy.log_tail(40)
+    );
 
     // Until the backoff has passed Envoy answers 503 without the filter (the VM is failed); the
     // first request after it reloads the VM and is served. One key throughout: a 503 from the

@@ -199,9 +199,9 @@ async fn redis_killed_and_restarted_under_the_key_store() {
     assert_eq!(upstream.post_requests().await, 2);
     let a1 = metrics(&a).await;
     assert_eq!(delta(&a0, &a1, "store_error"), 2, "{a1:?}");
-    let log = a.full_log();
     assert!(
-        log.contains("key store answered 503"),
+        a.wait_for_log("key store answered 503", Duration::from_secs(5))
+            .await,
         "the key store itself should have answered 503; Envoy log:\n{}",
         a.log_tail(30)
     );

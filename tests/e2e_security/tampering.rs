@@ -198,9 +198,13 @@ async fn records_altered_in_redis_are_never_replayed() {
     assert_eq!(upstream.post_requests().await, 2);
 
     assert_envoy_healthy(&mut b, "forged records").await;
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(
+        b.wait_for_log("fails verification", Duration::from_secs(5))
+            .await,
+        "{}",
+        b.log_tail(30)
+    );
     let log = b.full_log();
-    assert!(log.contains("fails verification"), "{}", b.log_tail(30));
     for secret in [
         SECRET,
         TOKEN,

@@ -154,6 +154,21 @@ impl Envoy {
         text
     }
 
+    /// Whether `text` shows up in [`Envoy::full_log`] within `within`: Envoy flushes its log file
+    /// every 100 ms, so a line written just now may not be there yet.
+    pub async fn wait_for_log(&self, text: &str, within: Duration) -> bool {
+        let deadline = std::time::Instant::now() + within;
+        loop {
+            if self.full_log().contains(text) {
+                return true;
+            }
+            if std::time::Instant::now() >= deadline {
+                return false;
+            }
+            tokio::time::sleep(POLL).await;
+        }
+    }
+
     /// The last `lines` lines of [`Envoy::full_log`].
     pub fn log_tail(&self, lines: usize) -> String {
         tail_of(&self.full_log(), lines)
