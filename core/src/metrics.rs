@@ -37,10 +37,13 @@ pub enum Metric {
     /// A request refused before it ran: the worker's memory budget (`memory_budget_bytes`) had no
     /// room for what the filter would hold for it.
     OverBudget,
+    /// A covered gRPC call whose request body held more than one message (a client or
+    /// bidirectional stream): passed through untouched, no key claimed.
+    GrpcStreaming,
 }
 
 impl Metric {
-    pub const ALL: [Metric; 22] = [
+    pub const ALL: [Metric; 23] = [
         Metric::Executed,
         Metric::Replayed,
         Metric::Conflict,
@@ -63,6 +66,7 @@ impl Metric {
         Metric::WaitTimedOut,
         Metric::UnverifiedRecord,
         Metric::OverBudget,
+        Metric::GrpcStreaming,
     ];
 
     pub fn name(self) -> &'static str {
@@ -89,6 +93,7 @@ impl Metric {
             Metric::WaitTimedOut => "idempotency.wait_timed_out",
             Metric::UnverifiedRecord => "idempotency.unverified_record",
             Metric::OverBudget => "idempotency.over_budget",
+            Metric::GrpcStreaming => "idempotency.grpc_streaming",
         }
     }
 

@@ -1,5 +1,6 @@
 //! RFC 9457 problem details for every answer the filter makes itself.
 
+use crate::grpc::Code;
 use crate::host::Headers;
 use serde::Serialize;
 
@@ -54,6 +55,42 @@ impl Problem {
             Problem::MemoryBudget => 503,
             Problem::RecordUnverifiable => 502,
         }
+    }
+
+    /// The gRPC status a gRPC caller gets for this problem, and whether it carries server
+    /// pushback: only the answers a retry may safely repeat (nothing ran, or the key stops a
+    /// second execution) are `UNAVAILABLE`, the one code retry policies and client libraries
+    /// retry by default; the README's "gRPC" section gives the reasons row by row.
+    pub fn grpc(self) -> (Code, bool) {
+        match self {
+            Problem::MissingKey | Problem::InvalidKey | Problem::HeaderNotForwardable => {
+                (Code::InvalidArgument, false)
+            }
+            Problem::Unauthenticated => (Code::Unauthenticated, false),
+            // The key is in flight (or held after an unknown outcome): a retry gets the record,
+            // or this answer again, and never a second execution.
+            Problem::Conflict => (Code::Unavailable, true),
+            // The key names another request: only a new key helps.
+            Problem::Mismatch => (Code::AlreadyExists, false),
+            Problem::NotReplayable => (Code::FailedPrecondition, false),
+            // It may have executed: nothing must retry it automatically.
+            Problem::OutcomeUnknown => (Code::Unknown, false),
+            Problem::BodyTooLarge => (Code::ResourceExhausted, false),
+            Problem::BodyUnreadable => (Code::Internal, false),
+            // Nothing ran.
+            Problem::StoreUnavailable | Problem::MemoryBudget | Problem::UpstreamUnavailable => {
+                (Code::Unavailable, true)
+            }
+            // May have executed; the key keeps a retry from running it again.
+            Problem::UpstreamTimeout => (Code::DeadlineExceeded, false),
+            Problem::UpstreamReset => (Code::Unknown, false),
+            Problem::RecordUnverifiable => (Code::DataLoss, false),
+        }
+    }
+
+    /// The title a client reads, the same in a problem body and a `grpc-message`.
+    pub fn title(self) -> &'static str {
+        self.slug_and_title().1
     }
 
     fn slug_and_title(self) -> (&'static str, &'static str) {

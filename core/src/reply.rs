@@ -1,10 +1,12 @@
 //! A reply the filter makes itself, and the counter it counts under: replays of stored responses,
 //! and problem details for conflicts, mismatches and keys whose outcome is unknown. Shared by the
 //! streams ([`crate::stream`]) and the root context's waiters ([`crate::background::worker`]), below both.
+//! A gRPC caller gets the filter's own answers as gRPC statuses ([`LocalReply::for_grpc`]).
 
 use crate::config::{ReplayHeaders, REPLAYED_HEADER};
 use crate::expiry;
 use crate::found::Found;
+use crate::grpc;
 use crate::host::Headers;
 use crate::metrics::Metric;
 use crate::problem::Problem;
@@ -20,17 +22,56 @@ pub struct LocalReply {
     /// them only over HTTP/2 or later, after a non-empty body (see [`crate::stream`]).
     pub trailers: Headers,
     pub metric: Metric,
+    /// The filter's own answer this reply carries (none for a replay), kept to answer a gRPC
+    /// caller in gRPC terms.
+    refusal: Option<Refusal>,
 }
 
+/// A problem answer as the filter decided it, before it is worded for HTTP or gRPC.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Refusal {
+    problem: Problem,
+    detail: String,
+    /// When the answer can change, in milliseconds (0: any moment).
+    wait_ms: u64,
+}
+
+/// The least server pushback a gRPC caller is told to wait, as `Retry-After: 1` for HTTP.
+const MIN_PUSHBACK_MS: u64 = 1000;
+
 impl LocalReply {
-    pub fn problem(problem: Problem, detail: &str, retry_after_s: u64, metric: Metric) -> Self {
-        let (status, headers, body) = problem.response(detail, retry_after_s);
+    /// The filter's own answer `problem`; `wait_ms` says when it can change (0: any moment).
+    pub fn problem(problem: Problem, detail: &str, wait_ms: u64, metric: Metric) -> Self {
+        let (status, headers, body) = problem.response(detail, wait_ms.div_ceil(1000));
         LocalReply {
             status,
             headers,
             body,
             trailers: Headers::new(),
             metric,
+            refusal: Some(Refusal {
+                problem,
+                detail: detail.to_string(),
+                wait_ms,
+            }),
+        }
+    }
+
+    /// The same answer for a gRPC caller: Envoy sends a local reply to a gRPC request
+    /// trailers-only, so a problem becomes status 200 with no body and headers carrying
+    /// `grpc-status`, the percent-encoded `grpc-message` (title and detail) and, where a retry is
+    /// safe, `grpc-retry-pushback-ms` ([`Problem::grpc`]). A replay is left as it is.
+    pub fn for_grpc(self) -> Self {
+        let Some(refusal) = &self.refusal else {
+            return self;
+        };
+        let (status, headers, body) =
+            grpc_refusal(refusal.problem, &refusal.detail, refusal.wait_ms);
+        LocalReply {
+            status,
+            headers,
+            body,
+            ..self
         }
     }
 
@@ -39,7 +80,7 @@ impl LocalReply {
         LocalReply::problem(
             Problem::Conflict,
             "a request with this key is still being processed; retry later",
-            wait_ms.div_ceil(1000),
+            wait_ms,
             Metric::Conflict,
         )
     }
@@ -110,6 +151,7 @@ impl LocalReply {
                     body: response.body,
                     trailers: response.trailers,
                     metric: Metric::Replayed,
+                    refusal: None,
                 }
             }
             Outcome::NotReplayable => LocalReply::problem(
@@ -136,4 +178,17 @@ impl LocalReply {
             Metric::UnknownOutcomeAnswered,
         )
     }
+}
+
+/// The filter's own answer `problem` to a gRPC caller ([`LocalReply::for_grpc`]): status, headers
+/// and the (empty) body of a trailers-only reply. `wait_ms`: when the answer can change.
+pub fn grpc_refusal(problem: Problem, detail: &str, wait_ms: u64) -> (u16, Headers, Vec<u8>) {
+    let (code, pushback) = problem.grpc();
+    let message = format!("{}: {}", problem.title(), detail);
+    let pushback_ms = pushback.then(|| wait_ms.max(MIN_PUSHBACK_MS));
+    (
+        200,
+        grpc::trailers_only(code, &message, pushback_ms),
+        Vec::new(),
+    )
 }

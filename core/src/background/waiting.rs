@@ -14,6 +14,8 @@ pub struct Waiter {
     pub fingerprint: Fingerprint,
     /// Past this time the duplicate gets 409.
     pub until_ms: u64,
+    /// The duplicate is a gRPC call: a refusal is answered as a gRPC status.
+    pub grpc: bool,
 }
 
 /// The waiting streams of one worker, each with its share of the memory budget (given back when

@@ -218,6 +218,7 @@ impl Worker {
                     )
                 })
                 .unwrap_or_else(|| LocalReply::conflict(0));
+            let reply = if w.grpc { reply.for_grpc() } else { reply };
             if reply.metric == Metric::Replayed {
                 replies.push(Metric::WaitReplayed);
             }

@@ -79,6 +79,7 @@ pub(super) struct RawRule {
     pub(super) in_flight: Option<WhileInFlight>,
     pub(super) max_wait_ms: Option<u64>,
     pub(super) mode: Option<Mode>,
+    pub(super) key_field: Option<u64>,
 }
 
 #[derive(Deserialize)]

@@ -59,6 +59,9 @@ pub struct RouteRule {
     pub in_flight: WhileInFlight,
     pub max_wait_ms: u64,
     pub mode: Mode,
+    /// The key is this top-level string field of a gRPC request message (by field number), not
+    /// the key header (`core/src/grpc/wire.rs`).
+    pub key_field: Option<u32>,
 }
 
 impl RouteRule {
@@ -77,6 +80,8 @@ pub(super) const DEFAULT_MAX_WAIT_MS: u64 = 10_000;
 pub(super) const MAX_WAIT_MS: u64 = 60_000;
 pub(super) const DEFAULT_UPSTREAM_TIMEOUT_MS: u64 = 30_000;
 pub(super) const MAX_UPSTREAM_TIMEOUT_MS: u64 = 600_000;
+/// Protobuf's largest field number.
+const MAX_FIELD_NUMBER: u64 = (1 << 29) - 1;
 
 /// The routes with their effective settings: the top-level defaults (`methods`, `retention_s`,
 /// ... taken from `raw`) under each rule's own values; without `routes`, one rule for every path.
@@ -112,6 +117,7 @@ pub(super) fn validate_routes(raw: &mut RawConfig) -> Result<Vec<RouteRule>, Con
             in_flight: None,
             max_wait_ms: None,
             mode: None,
+            key_field: None,
         }]
     });
     let mut routes = Vec::with_capacity(raw_rules.len());
@@ -169,6 +175,13 @@ pub(super) fn validate_routes(raw: &mut RawConfig) -> Result<Vec<RouteRule>, Con
                 }
             }
         };
+        let key_field = match r.key_field {
+            None => None,
+            Some(n) => {
+                check_range(&at("key_field"), n, 1, MAX_FIELD_NUMBER)?;
+                u32::try_from(n).ok()
+            }
+        };
         routes.push(RouteRule {
             path,
             methods: validate_methods(&at("methods"), r.methods)?
@@ -183,6 +196,7 @@ pub(super) fn validate_routes(raw: &mut RawConfig) -> Result<Vec<RouteRule>, Con
             in_flight: r.in_flight.unwrap_or(in_flight),
             max_wait_ms: rule_wait,
             mode: r.mode.unwrap_or(mode),
+            key_field,
         });
     }
     Ok(routes)

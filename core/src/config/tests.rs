@@ -308,6 +308,14 @@ fn errors_name_the_field() {
         ),
         (r#"{"max_wait_ms":60001}"#, "max_wait_ms"),
         (
+            r#"{"routes":[{"prefix":"/","key_field":0}]}"#,
+            "routes[0].key_field",
+        ),
+        (
+            r#"{"routes":[{"prefix":"/","key_field":536870912}]}"#,
+            "routes[0].key_field",
+        ),
+        (
             r#"{"routes":[{"prefix":"/","unknown_hold_ms":99999999}]}"#,
             "routes[0].unknown_hold_ms",
         ),

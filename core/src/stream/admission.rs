@@ -1,11 +1,14 @@
 //! Which requests the filter covers, and what it needs to know about a covered one: the rule, the
 //! record key (caller and key, keyed-hashed) and the fingerprint of method, path, headers and body.
 
+use super::key_field::{derive_keys, KeyFromBody};
 use super::{Admitted, Flow, Phase, Stream};
+use crate::config::RouteRule;
 use crate::config::{CallerSource, Execution, Mode};
 use crate::fingerprint::Fingerprinter;
+use crate::grpc;
 use crate::host::Host;
-use crate::key::parse_key_header;
+use crate::key::{parse_key_header, IdempotencyKey};
 use crate::metrics::Metric;
 use crate::problem::Problem;
 use crate::scope::{Caller, RecordKey};
@@ -21,7 +24,8 @@ impl Stream {
     /// Decides coverage from the request headers. `None`: not covered (the phase stays
     /// passthrough) or answered locally (the phase is answered).
     pub(super) fn admit(&mut self, host: &dyn Host) -> Option<Admitted> {
-        let cfg = &self.worker.cfg;
+        let worker = std::rc::Rc::clone(&self.worker);
+        let cfg = &worker.cfg;
         // Two lookups decide coverage; the whole header map is copied into the VM only when covered.
         let pseudo = |name| {
             String::from_utf8_lossy(&host.request_header(name).unwrap_or_default()).into_owned()
@@ -32,32 +36,14 @@ impl Stream {
             return None;
         };
         self.observe = rule.mode == Mode::Observe;
+        self.grpc = host
+            .request_header("content-type")
+            .is_some_and(|value| grpc::is_grpc(&value));
         let headers = host.request_headers();
-        let key_values = headers
-            .iter()
-            .filter(|(n, _)| n.eq_ignore_ascii_case(&cfg.header_name))
-            .map(|(_, v)| v.as_slice());
-        let key = match parse_key_header(key_values) {
-            Ok(Some(key)) => key,
-            Ok(None) if rule.required => {
-                self.count(host, Metric::MissingKey);
-                let detail = format!(
-                    "{method} {} requires the {} header",
-                    rule.path.scope(),
-                    cfg.header_name
-                );
-                self.answer(host, Problem::MissingKey, &detail);
-                return None;
-            }
-            Ok(None) => {
-                self.count(host, Metric::NotCovered);
-                return None;
-            }
-            Err(e) => {
-                self.count(host, Metric::InvalidKey);
-                self.answer(host, Problem::InvalidKey, &e.to_string());
-                return None;
-            }
+        // A rule that names a message field reads the key from the body (`key_field.rs`).
+        let key = match rule.key_field {
+            Some(_) => None,
+            None => Some(self.header_key(host, &rule, &method, &headers)?),
         };
         // The first source that names the caller wins; none: the named anonymous scope, or 401.
         let caller = cfg.callers.iter().find_map(|source| {
@@ -83,12 +69,19 @@ impl Stream {
         };
         let secret = cfg.secrets.current();
         let scope = rule.path.scope();
-        let record_key = RecordKey::derive(secret, &scope, &caller, key.as_str());
-        let previous = cfg
-            .secrets
-            .previous()
-            .map(|s| RecordKey::derive(s, &scope, &caller, key.as_str()))
-            .collect();
+        let (record_key, previous, key_from_body) = match (&key, rule.key_field) {
+            (None, Some(field)) => (
+                // Derived once the body is read; until then nothing uses the record key.
+                RecordKey::derive(secret, &scope, &caller, ""),
+                Vec::new(),
+                Some(KeyFromBody::new(field, scope, &caller)),
+            ),
+            _ => {
+                let text = key.as_ref().map_or("", IdempotencyKey::as_str);
+                let (current, previous) = derive_keys(cfg, &scope, &caller, text);
+                (current, previous, None)
+            }
+        };
         let fp_headers: Vec<(&str, Vec<&[u8]>)> = cfg
             .fingerprint_headers
             .iter()
@@ -126,7 +119,46 @@ impl Stream {
             previous,
             detached_headers,
             body_seen: 0,
+            key_from_body,
         })
+    }
+
+    /// The key from the key header. `None`: not covered (no key, optional rule) or answered
+    /// (missing on a required rule, invalid).
+    fn header_key(
+        &mut self,
+        host: &dyn Host,
+        rule: &RouteRule,
+        method: &str,
+        headers: &[(String, Vec<u8>)],
+    ) -> Option<IdempotencyKey> {
+        let cfg = &self.worker.cfg;
+        let key_values = headers
+            .iter()
+            .filter(|(n, _)| n.eq_ignore_ascii_case(&cfg.header_name))
+            .map(|(_, v)| v.as_slice());
+        match parse_key_header(key_values) {
+            Ok(Some(key)) => Some(key),
+            Ok(None) if rule.required => {
+                self.count(host, Metric::MissingKey);
+                let detail = format!(
+                    "{method} {} requires the {} header",
+                    rule.path.scope(),
+                    cfg.header_name
+                );
+                self.answer(host, Problem::MissingKey, &detail);
+                None
+            }
+            Ok(None) => {
+                self.count(host, Metric::NotCovered);
+                None
+            }
+            Err(e) => {
+                self.count(host, Metric::InvalidKey);
+                self.answer(host, Problem::InvalidKey, &e.to_string());
+                None
+            }
+        }
     }
 
     /// The flow of the headers callback when [`Stream::admit`] decided without a claim.
@@ -182,6 +214,20 @@ impl Stream {
         };
         if body.len() > limit {
             return self.body_too_large(host);
+        }
+        // A stream of messages is not a call the filter can replay: it goes on untouched, counted.
+        // A rule that reads its key from the message declares its method unary, so there several
+        // messages are an invalid request instead.
+        let several =
+            grpc::wire::single_message(&body) == Err(grpc::wire::WireError::SeveralMessages);
+        if self.grpc && several && admitted.key_from_body.is_none() {
+            self.count(host, Metric::GrpcStreaming);
+            return Flow::Continue;
+        }
+        if let Some(pending) = admitted.key_from_body.take() {
+            if let Err(flow) = self.key_from_body(host, &mut admitted, &pending, &body) {
+                return flow;
+            }
         }
         admitted.fingerprinter.update_body(&body);
         if let Some(headers) = admitted.detached_headers.take() {

@@ -7,7 +7,7 @@ use crate::found::Found;
 use crate::host::Host;
 use crate::metrics::Metric;
 use crate::problem::Problem;
-use crate::reply::LocalReply;
+use crate::reply::{self, LocalReply};
 use crate::scope::RecordKey;
 use log::{debug, warn};
 
@@ -48,7 +48,12 @@ impl Stream {
             debug!("observe mode: would answer {}", problem.status());
             return self.forward_untouched();
         }
-        let (status, headers, body) = problem.response(detail, 0);
+        let (status, headers, body) = if self.grpc {
+            reply::grpc_refusal(problem, detail, 0)
+        } else {
+            problem.response(detail, 0)
+        };
+        self.restore_content_type = grpc_content_type(self.grpc, &headers);
         host.send_response(status, &headers, &body);
         self.phase = Phase::Answered;
         Flow::Pause
@@ -77,12 +82,9 @@ impl Stream {
             debug!("observe mode: would answer {}", reply.status);
             return self.forward_untouched();
         }
+        let reply = if self.grpc { reply.for_grpc() } else { reply };
         self.restore_content_type = if reply.body.is_empty() {
-            reply
-                .headers
-                .iter()
-                .find(|(name, _)| name.eq_ignore_ascii_case("content-type"))
-                .map(|(_, value)| value.clone())
+            content_type(&reply.headers)
         } else {
             None
         };
@@ -115,4 +117,21 @@ fn downstream_is_http1(host: &dyn Host) -> bool {
     let path = ["request".to_string(), "protocol".to_string()];
     host.property(&path)
         .map_or(true, |protocol| protocol.starts_with(b"HTTP/1"))
+}
+
+fn content_type(headers: &[(String, Vec<u8>)]) -> Option<Vec<u8>> {
+    headers
+        .iter()
+        .find(|(name, _)| name.eq_ignore_ascii_case("content-type"))
+        .map(|(_, value)| value.clone())
+}
+
+/// A gRPC answer has no body, and Envoy drops `content-type` from a body-less local reply: the
+/// reply's headers callback sets it again. A problem body keeps its own.
+fn grpc_content_type(grpc: bool, headers: &[(String, Vec<u8>)]) -> Option<Vec<u8>> {
+    if grpc {
+        content_type(headers)
+    } else {
+        None
+    }
 }

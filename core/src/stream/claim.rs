@@ -157,6 +157,7 @@ impl Stream {
                 key: claim.key,
                 fingerprint: claim.fingerprint,
                 until_ms: host.now_ms().saturating_add(claim.rule.max_wait_ms),
+                grpc: self.grpc,
             },
             held,
         );

@@ -14,6 +14,7 @@ mod admission;
 mod answer;
 mod capture;
 mod claim;
+mod key_field;
 mod rotation;
 mod settle;
 mod verify;
@@ -58,6 +59,9 @@ struct Admitted {
     previous: Vec<RecordKey>,
     /// The body bytes Envoy has buffered so far (the size the body callback last reported).
     body_seen: usize,
+    /// The rule reads the key from the request message: the record keys above are set once the
+    /// body is read.
+    key_from_body: Option<key_field::KeyFromBody>,
 }
 
 enum Phase {
@@ -117,6 +121,8 @@ pub struct Stream {
     /// A replay's stored trailers, added in its reply's last body callback (HTTP/2 and later:
     /// Envoy takes trailers on a local reply with a body there, and sends them after the DATA).
     replay_trailers: Headers,
+    /// The request is gRPC (`content-type`): the filter's own answers are gRPC statuses.
+    grpc: bool,
 }
 
 impl Stream {
@@ -130,6 +136,7 @@ impl Stream {
             observe: false,
             restore_content_type: None,
             replay_trailers: Vec::new(),
+            grpc: false,
         }
     }
 
@@ -139,6 +146,12 @@ impl Stream {
         };
         if end_of_stream {
             let mut admitted = admitted;
+            if let Some(pending) = admitted.key_from_body.take() {
+                // No body: no message to read the key from.
+                if let Err(flow) = self.key_from_body(host, &mut admitted, &pending, &[]) {
+                    return flow;
+                }
+            }
             if let Some(headers) = admitted.detached_headers.take() {
                 let bytes = crate::settlement::header_bytes(&headers);
                 match self.worker.budget.take(bytes) {

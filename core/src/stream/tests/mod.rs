@@ -8,6 +8,7 @@ mod budget;
 mod claim;
 mod detached;
 mod expiry;
+mod grpc;
 mod handover;
 mod keystore;
 mod modes;

@@ -1,0 +1,85 @@
+"""A unary gRPC service for the gRPC end-to-end test, with raw-bytes messages (identity
+(de)serializers, no protobuf code generation).
+
+/test.Echo/Call answers b"answer:" + the request, with initial metadata `x-served` and trailing
+metadata `x-trailer`. A request that contains b"hold" is held until /test.Echo/Release is called,
+so that a test can send a duplicate while the first call is in the service. /test.Echo/Collect
+(client streaming) answers its messages joined by b"+". /test.Echo/Count
+answers how many Call and Collect requests ran, as ASCII. Prints `PORT <n>` once serving, and `STARTED <hex>`
+when a Call begins (the test's readiness signals). Listens on 127.0.0.1 only.
+"""
+
+import sys
+import threading
+from concurrent import futures
+
+import grpc
+
+lock = threading.Lock()
+calls = 0
+release = threading.Event()
+
+
+def out(line):
+    sys.stdout.write(line + "\n")
+    sys.stdout.flush()
+
+
+def call(request, context):
+    global calls
+    with lock:
+        calls += 1
+    out("STARTED " + request.hex())
+    if b"hold" in request:
+        release.wait(30)
+    context.send_initial_metadata((("x-served", "yes"),))
+    context.set_trailing_metadata((("x-trailer", "t1"),))
+    return b"answer:" + request
+
+
+def collect(requests, context):
+    """Client streaming: counts as one call, answers the messages joined by b"+"."""
+    global calls
+    with lock:
+        calls += 1
+    return b"+".join(requests)
+
+
+def count(request, context):
+    with lock:
+        return str(calls).encode()
+
+
+def do_release(request, context):
+    release.set()
+    return b"released"
+
+
+def unary(fn):
+    return grpc.unary_unary_rpc_method_handler(
+        fn, request_deserializer=None, response_serializer=None
+    )
+
+
+def main():
+    server = grpc.server(futures.ThreadPoolExecutor(max_workers=8))
+    handler = grpc.method_handlers_generic_handler(
+        "test.Echo",
+        {
+            "Call": unary(call),
+            "Collect": grpc.stream_unary_rpc_method_handler(collect),
+            "Count": unary(count),
+            "Release": unary(do_release),
+        },
+    )
+    server.add_generic_rpc_handlers((handler,))
+    port = server.add_insecure_port("127.0.0.1:0")
+    server.start()
+    out("PORT %d" % port)
+    # Ends when the test closes stdin (or dies): no server outlives its test.
+    sys.stdin.read()
+    server.stop(0)
+
+
+if __name__ == "__main__":
+    main()
