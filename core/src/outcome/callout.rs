@@ -5,14 +5,16 @@
 //!
 //! - The dispatch failed: Envoy finished the request inside the call, which only a local reply
 //!   does (no healthy host, circuit breaker open, pending overflow, no cluster): never sent.
-//! - `x-envoy-upstream-service-time` is present: Envoy's router adds it to every upstream answer,
-//!   so this is the upstream's answer, whatever it says (even another proxy's "upstream connect
-//!   error" 503).
-//! - Otherwise Envoy answered. A 503 is never sent when it carries `x-envoy-overloaded`, says
+//! - Envoy's own texts are read whether this Envoy wrote them or a proxy on the way did (a
+//!   sidecar, or a listener of this gateway the cluster points at: then the answer carries
+//!   `x-envoy-upstream-service-time`, as any answer through a router does). They say what the last
+//!   proxy before the service saw. A 503 is never sent when it carries `x-envoy-overloaded`, says
 //!   `no healthy upstream`, or is "upstream connect error ... reset reason: R" with R one of
 //!   [`NEVER_SENT_REASONS`] (the connection never opened, or the peer refused the stream). Any
 //!   other reset, a cut answer (no headers) and a timeout may come after the request was written:
-//!   the outcome is unknown.
+//!   the outcome is unknown. Read as the service's own 5xx, a proxied reset would release the key
+//!   and let a retry execute a second time.
+//! - Anything else is the service's answer.
 
 /// How the plugin's own upstream request ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -62,9 +64,6 @@ pub fn ending(status: Option<u16>, headers: &[(String, Vec<u8>)], body: &[u8]) -
         return Ending::Reset;
     };
     let has = |name: &str| headers.iter().any(|(n, _)| n.eq_ignore_ascii_case(name));
-    if has("x-envoy-upstream-service-time") {
-        return Ending::Answered(status);
-    }
     let text = String::from_utf8_lossy(body);
     match status {
         504 if text == TIMEOUT_TEXT => Ending::TimedOut,
@@ -139,14 +138,23 @@ mod tests {
             ("headers, then the body cut: no headers at all", None, Vec::new(), Vec::new(), Ending::Reset),
             ("callout timeout", Some(504), envoy(), b"upstream request timeout".to_vec(), Ending::TimedOut),
             ("the upstream's 201", Some(201), upstream(), b"{}".to_vec(), Ending::Answered(201)),
-            ("the upstream's own 504", Some(504), upstream(), b"upstream request timeout".to_vec(), Ending::Answered(504)),
+            ("the service's own 504", Some(504), upstream(), b"gateway timeout".to_vec(), Ending::Answered(504)),
+            ("a proxy's route timeout on the way", Some(504), upstream(), b"upstream request timeout".to_vec(), Ending::TimedOut),
             (
-                "another proxy's connect error, passed on by the upstream",
+                "a proxy on the way could not connect to the service",
                 Some(503),
                 upstream(),
                 reset("connection timeout"),
-                Ending::Answered(503),
+                Ending::NotSent,
             ),
+            (
+                "a proxy on the way saw the service reset after the request was written",
+                Some(503),
+                upstream(),
+                reset("connection termination"),
+                Ending::Reset,
+            ),
+            ("the service's own 503", Some(503), upstream(), b"busy".to_vec(), Ending::Answered(503)),
             ("an unknown 503 text from Envoy", Some(503), envoy(), b"something".to_vec(), Ending::Answered(503)),
         ];
         for (cause, status, headers, body, expected) in cases {
