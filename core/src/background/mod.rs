@@ -1,6 +1,7 @@
 //! The root context's background work, in one place: what must happen after, or apart from, a
 //! stream's own callbacks.
 //!
+//! - [`actions`]: what the root context is asked to do, and what its callouts' replies meant;
 //! - [`agenda`]: the actions the root context carries out, a few local replies per callback;
 //! - [`worker`]: the state the streams of one Envoy worker share with its root context, and the
 //!   root context's steps (`on_tick`, `on_reply`) returning the actions it carries out;
@@ -10,6 +11,7 @@
 //! - [`detached`]: requests the plugin sends upstream itself, and how their end is carried out;
 //! - [`shutdown`]: what the root context settles when Envoy unloads the plugin.
 
+pub mod actions;
 pub mod agenda;
 pub mod deferred;
 pub mod detached;

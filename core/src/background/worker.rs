@@ -4,6 +4,7 @@
 //! [`Worker::on_tick`], [`Worker::start_detached`] and [`Worker::on_reply`] and carries out the
 //! [`RootAction`]s they return; every decision here is plain Rust.
 
+pub use crate::background::actions::{Answer, Purpose, RootAction, RootReply};
 use crate::background::deferred::{Deferred, Retrier, Settled};
 use crate::background::detached::{ending, DetachedJob};
 use crate::background::leases::{HeldClaim, Leases};
@@ -12,7 +13,7 @@ use crate::background::waiting::Waiters;
 use crate::budget::Budget;
 use crate::config::Config;
 use crate::found::Found;
-use crate::host::{Callout, Headers, SharedData};
+use crate::host::{Headers, SharedData};
 use crate::keystore_client::{self, AckReply};
 use crate::l1::NearCache;
 use crate::metrics::Metric;
@@ -46,55 +47,6 @@ pub struct Worker {
     doorbell: Cell<Option<u32>>,
     /// Trailers of root-context answers, until their stream's last body callback.
     pub trailers: TrailerHandover,
-}
-
-/// A reply for a stream that the root context answers (if the stream is still there).
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Answer {
-    pub stream_id: u32,
-    pub status: u16,
-    pub headers: Headers,
-    pub body: Vec<u8>,
-    /// Sent after the body (HTTP/2 and later), through [`TrailerHandover`].
-    pub trailers: Headers,
-}
-
-/// Why the root context sends a callout.
-#[derive(Debug, Clone)]
-pub enum Purpose {
-    Write(Deferred),
-    /// A write, then an answer to a stream that waits for it.
-    WriteThenAnswer(Deferred, Answer),
-    /// One batch of renewals: the keys, in the order of the batch's entries.
-    Renewal(Vec<RecordKey>),
-    Detached(Box<DetachedJob>),
-}
-
-/// What the root context does next.
-#[derive(Debug, Clone)]
-pub enum RootAction {
-    Send(Callout, Purpose),
-    Answer(Answer),
-    Count(Metric),
-}
-
-/// What a reply to one of the root context's callouts meant (for its log line).
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum RootReply {
-    Write(Settled),
-    /// A batch of renewals answered: how many were renewed, and the keys whose claim the key
-    /// store no longer knows as ours (taken over, or expired).
-    Renewals {
-        renewed: usize,
-        refused: Vec<RecordKey>,
-    },
-    /// A batch of renewals failed as a whole: each of its keys is retried at the next period.
-    RenewalFailed {
-        keys: usize,
-        error: String,
-    },
-    Detached,
-    Unknown,
 }
 
 impl Worker {
