@@ -5,7 +5,7 @@
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use http::{HeaderMap, HeaderName, HeaderValue};
+use http::{HeaderMap, HeaderValue};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
@@ -275,14 +275,9 @@ pub async fn h2_exchange(
             .expect("send data");
     }
     if !trailers.is_empty() {
-        let mut map = HeaderMap::new();
-        for (name, value) in trailers {
-            map.append(
-                HeaderName::from_bytes(name.as_bytes()).expect("trailer name"),
-                HeaderValue::from_str(value).expect("trailer value"),
-            );
-        }
-        stream.send_trailers(map).expect("send trailers");
+        stream
+            .send_trailers(crate::support::trailer_map(trailers))
+            .expect("send trailers");
     }
     let response = tokio::time::timeout(Duration::from_secs(20), response)
         .await

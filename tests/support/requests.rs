@@ -142,6 +142,18 @@ pub async fn send_payment(
     send(post_payment(client, envoy, caller, key, body)).await
 }
 
+/// Request trailers as an HTTP/2 header map (names and values as the test wrote them).
+pub fn trailer_map(trailers: &[(&str, &str)]) -> HeaderMap {
+    let mut map = HeaderMap::new();
+    for (name, value) in trailers {
+        map.append(
+            HeaderName::from_bytes(name.as_bytes()).expect("trailer name"),
+            HeaderValue::from_str(value).expect("trailer value"),
+        );
+    }
+    map
+}
+
 /// An h2c request with a body split in two DATA frames and request trailers, read to the end.
 pub async fn h2c_with_trailers(
     port: u16,
@@ -174,14 +186,9 @@ pub async fn h2c_with_trailers(
     stream
         .send_data(Bytes::copy_from_slice(second), false)
         .expect("send data");
-    let mut trailer_map = HeaderMap::new();
-    for (name, value) in trailers {
-        trailer_map.append(
-            HeaderName::from_bytes(name.as_bytes()).expect("trailer name"),
-            HeaderValue::from_str(value).expect("trailer value"),
-        );
-    }
-    stream.send_trailers(trailer_map).expect("send trailers");
+    stream
+        .send_trailers(trailer_map(trailers))
+        .expect("send trailers");
 
     let response = tokio::time::timeout(Duration::from_secs(30), response)
         .await
