@@ -13,12 +13,15 @@ use crate::host::Callout;
 use crate::record::{OpenError, Record};
 use crate::scope::RecordKey;
 use idempotency_protocol::{
-    body, ClaimAnswer, ClaimRequest, ClaimResponse, Compact, CompleteRequest, FencedResponse,
-    Hex64, LookupRequest, LookupResponse, ReleaseRequest, RenewBatchRequest, RenewBatchResponse,
-    RenewOutcome, RenewRequest, Request,
+    body, BatchEntry, ClaimAnswer, ClaimRequest, ClaimResponse, Compact, CompleteRequest,
+    FencedResponse, Hex64, LookupRequest, LookupResponse, ReleaseRequest, RenewBatchRequest,
+    RenewBatchResponse, RenewOutcome, RenewRequest, Request,
 };
 
+pub use batch::{batch, batchable, parse_batch, EntryReply};
 pub use idempotency_protocol::AbandonedPolicy;
+
+mod batch;
 
 /// What the key store said to complete or release, or to one renewal of a batch.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -113,7 +116,12 @@ pub fn claim(
     token: &str,
     terms: &ClaimTerms,
 ) -> Callout {
-    let body = ClaimRequest {
+    single(cfg, &claim_call(key, fp, token, terms))
+}
+
+/// The claim of [`claim`], before it is put on the wire (alone, or in a batch).
+pub fn claim_call(key: &RecordKey, fp: &Fingerprint, token: &str, terms: &ClaimTerms) -> StoreCall {
+    StoreCall::Claim(ClaimRequest {
         key: key_hex(key),
         fingerprint: Hex64::from_bytes(fp),
         lease_ms: terms.lease_ms,
@@ -121,10 +129,26 @@ pub fn claim(
         token: Some(token.to_string()),
         abandoned: Some(terms.abandoned),
         retention_ms: Some(terms.retention_ms),
-    };
-    let mut c = callout(cfg, "claim", &body);
-    c.timeout_ms = c.timeout_ms.saturating_add(terms.wait_ms);
-    c
+    })
+}
+
+/// One call a stream makes to the key store, before it goes out on its own endpoint ([`single`])
+/// or as an entry of a batch ([`batch()`]): the protocol's batch entry, which is exactly the single
+/// call's request.
+pub type StoreCall = BatchEntry;
+
+/// The callout of `call` on its own endpoint.
+pub fn single(cfg: &KeystoreConfig, call: &StoreCall) -> Callout {
+    match call {
+        StoreCall::Claim(body) => {
+            let mut c = callout(cfg, "claim", body);
+            c.timeout_ms = c.timeout_ms.saturating_add(body.wait_ms);
+            c
+        }
+        StoreCall::Lookup(body) => callout(cfg, "lookup", body),
+        StoreCall::Complete(body) => callout(cfg, "complete", body),
+        StoreCall::Release(body) => callout(cfg, "release", body),
+    }
 }
 
 /// Whether the key store held a waiting claim before answering (its `waited` flag).
@@ -135,12 +159,16 @@ pub fn claim_waited(body: &[u8]) -> bool {
 /// Asks what `key` holds, claiming nothing: how a key stored under a previous secret is found.
 /// It names `report`, so an abandoned claim reads as [`Found::Abandoned`].
 pub fn lookup(cfg: &KeystoreConfig, key: &RecordKey, fp: &Fingerprint) -> Callout {
-    let body = LookupRequest {
+    single(cfg, &lookup_call(key, fp))
+}
+
+/// The lookup of [`lookup`], before it is put on the wire.
+pub fn lookup_call(key: &RecordKey, fp: &Fingerprint) -> StoreCall {
+    StoreCall::Lookup(LookupRequest {
         key: key_hex(key),
         fingerprint: Hex64::from_bytes(fp),
         abandoned: Some(AbandonedPolicy::Report),
-    };
-    callout(cfg, "lookup", &body)
+    })
 }
 
 /// Parses the reply to a lookup of `key`; a record in it must open for `key`.
@@ -170,22 +198,36 @@ pub fn complete(
     record: &Record,
     retention_ms: u64,
 ) -> Callout {
-    let body = CompleteRequest {
+    single(cfg, &complete_call(cfg, key, token, record, retention_ms))
+}
+
+/// The write of [`complete`], before it is put on the wire.
+pub fn complete_call(
+    cfg: &KeystoreConfig,
+    key: &RecordKey,
+    token: &str,
+    record: &Record,
+    retention_ms: u64,
+) -> StoreCall {
+    StoreCall::Complete(CompleteRequest {
         key: key_hex(key),
         token: token.to_string(),
         record: record.seal(key, cfg.secrets.current()),
         retention_ms,
-    };
-    callout(cfg, "complete", &body)
+    })
 }
 
 /// Gives up the claim `token` holds, so that the key is free at once.
 pub fn release(cfg: &KeystoreConfig, key: &RecordKey, token: &str) -> Callout {
-    let body = ReleaseRequest {
+    single(cfg, &release_call(key, token))
+}
+
+/// The release of [`release`], before it is put on the wire.
+pub fn release_call(key: &RecordKey, token: &str) -> StoreCall {
+    StoreCall::Release(ReleaseRequest {
         key: key_hex(key),
         token: token.to_string(),
-    };
-    callout(cfg, "release", &body)
+    })
 }
 
 /// Extends the leases of several claims (each a key and the token its claim holds) in one call,

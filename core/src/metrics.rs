@@ -40,10 +40,15 @@ pub enum Metric {
     /// A covered gRPC call whose request body held more than one message (a client or
     /// bidirectional stream): passed through untouched, no key claimed.
     GrpcStreaming,
+    /// A callout of the root context carrying streams' key-store calls gathered while others
+    /// travelled (group commit, `keystore.batch_max_entries`); a batch of one included.
+    KeystoreBatches,
+    /// The calls those batches carried: over `keystore_batches`, the mean batch size.
+    KeystoreBatchEntries,
 }
 
 impl Metric {
-    pub const ALL: [Metric; 23] = [
+    pub const ALL: [Metric; 25] = [
         Metric::Executed,
         Metric::Replayed,
         Metric::Conflict,
@@ -67,6 +72,8 @@ impl Metric {
         Metric::UnverifiedRecord,
         Metric::OverBudget,
         Metric::GrpcStreaming,
+        Metric::KeystoreBatches,
+        Metric::KeystoreBatchEntries,
     ];
 
     pub fn name(self) -> &'static str {
@@ -94,6 +101,8 @@ impl Metric {
             Metric::UnverifiedRecord => "idempotency.unverified_record",
             Metric::OverBudget => "idempotency.over_budget",
             Metric::GrpcStreaming => "idempotency.grpc_streaming",
+            Metric::KeystoreBatches => "idempotency.keystore_batches",
+            Metric::KeystoreBatchEntries => "idempotency.keystore_batch_entries",
         }
     }
 

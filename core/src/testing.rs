@@ -100,6 +100,12 @@ fn next_stream_id() -> u32 {
     NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
 }
 
+/// Callout tokens, unique across the fake streams of a test run.
+fn next_token() -> u32 {
+    static NEXT: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(100);
+    NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+}
+
 impl FakeHost {
     pub fn new(shared: &FakeShared, clock: &Rc<Cell<u64>>, ids: &Rc<Cell<u64>>) -> FakeHost {
         FakeHost {
@@ -211,7 +217,8 @@ impl Host for FakeHost {
         if self.refuse_dispatch.get() {
             return Err("cluster not found".to_string());
         }
-        let token = self.callouts.borrow().len() as u32 + 100;
+        // Unique across streams, as Envoy's are (every callout is the root context's).
+        let token = next_token();
         self.callouts.borrow_mut().push((token, callout.clone()));
         Ok(token)
     }

@@ -22,6 +22,7 @@ proxy_wasm::main! {{
             worker: None,
             metrics: Rc::new(Vec::new()),
             agenda: Default::default(),
+            streams: Default::default(),
         })
     });
 }}

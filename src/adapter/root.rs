@@ -6,8 +6,9 @@ use super::envoy::{
     callout_reply, count, map_bytes, now_ms, send_callout, send_local_response, EnvoyHost,
     EnvoyShared,
 };
-use super::http::Http;
+use super::http::{Http, Streams};
 use crate::background::agenda::Agenda;
+use crate::background::batch::Delivery;
 use crate::background::worker::{Answer, RootAction, RootReply, Worker};
 use crate::configure::configure;
 use crate::metrics::Metric;
@@ -16,7 +17,7 @@ use log::{error, info, warn};
 use proxy_wasm::hostcalls;
 use proxy_wasm::traits::{Context, HttpContext, RootContext};
 use proxy_wasm::types::{BufferType, ContextType, MapType, MetricType};
-use std::cell::Cell;
+use std::cell::{Cell, RefCell};
 use std::rc::Rc;
 use std::time::Duration;
 
@@ -31,6 +32,8 @@ pub(super) struct Root {
     pub(super) worker: Option<Rc<Worker>>,
     pub(super) metrics: Rc<Vec<u32>>,
     pub(super) agenda: Agenda,
+    /// The worker's live streams, to hand them the answers of calls that travelled in a batch.
+    pub(super) streams: Streams,
 }
 
 impl Root {
@@ -55,6 +58,7 @@ impl Root {
                     worker.trailers.hand(id, body, &answer.trailers);
                     self.answer(&answer);
                 }
+                RootAction::Deliver(delivery) => self.deliver(&delivery),
                 RootAction::Count(metric) => count(&self.metrics, metric),
             }
         }
@@ -65,6 +69,41 @@ impl Root {
                     warn!("cannot ring the doorbell ({e:?}); the next tick answers the rest");
                 }
             }
+        }
+    }
+
+    /// Hands a stream the answer to its key-store call that travelled in a batch: its callout
+    /// callback runs with the stream as Envoy's effective context (so that it can resume its
+    /// request or answer it); a stream that is gone is skipped.
+    fn deliver(&self, d: &Delivery) {
+        let stream = self
+            .streams
+            .borrow()
+            .get(&d.stream_id)
+            .and_then(|w| w.upgrade());
+        let Some(stream) = stream else {
+            info!("the client left before its key-store answer; dropped");
+            return;
+        };
+        if hostcalls::set_effective_context(d.stream_id).is_err() {
+            info!("the client left before its key-store answer; dropped");
+            return;
+        }
+        let host = EnvoyHost {
+            metrics: self.metrics.clone(),
+            counter: Cell::new(0),
+            root_id: self.context_id,
+            stream_id: d.stream_id,
+        };
+        match stream.try_borrow_mut() {
+            Ok(mut stream) => stream.on_callout_response(&host, d.token, d.status, &d.body),
+            Err(_) => error!(
+                "stream {} busy; its key-store answer is dropped",
+                d.stream_id
+            ),
+        }
+        if let Err(e) = hostcalls::set_effective_context(self.context_id) {
+            warn!("cannot switch back to the root context: {e:?}");
         }
     }
 
@@ -133,7 +172,7 @@ impl Context for Root {
             RootReply::RenewalFailed { keys, error } => {
                 warn!("lease renewal of {keys} key(s) failed: {error}")
             }
-            RootReply::Detached | RootReply::Unknown => {}
+            RootReply::Detached | RootReply::Batch | RootReply::Unknown => {}
         }
         self.run(&worker, actions);
     }
@@ -228,21 +267,28 @@ impl RootContext for Root {
     fn on_queue_ready(&mut self, queue_id: u32) {
         while let Ok(Some(_)) = hostcalls::dequeue_shared_queue(queue_id) {}
         if let Some(worker) = self.worker.clone() {
-            let actions = worker.start_detached();
+            let mut actions = worker.start_detached();
+            // A stream's call came back (or a stream ended): send the calls that wait.
+            actions.extend(worker.flush_batches());
             self.run(&worker, actions);
         }
     }
 
     fn create_http_context(&self, context_id: u32) -> Option<Box<dyn HttpContext>> {
         let worker = self.worker.as_ref()?;
+        let stream = Rc::new(RefCell::new(Stream::new(worker.clone())));
+        self.streams
+            .borrow_mut()
+            .insert(context_id, Rc::downgrade(&stream));
         Some(Box::new(Http {
-            stream: Stream::new(worker.clone()),
+            stream,
             host: EnvoyHost {
                 metrics: self.metrics.clone(),
                 counter: Cell::new(0),
                 root_id: self.context_id,
                 stream_id: context_id,
             },
+            streams: self.streams.clone(),
         }))
     }
 

@@ -2,6 +2,7 @@
 //! [`super::worker::Worker`]'s steps and the adapter that carries them out (`src/adapter/root.rs`),
 //! apart so that a reader of either finds it in one short file.
 
+use crate::background::batch::{Delivery, Flight};
 use crate::background::deferred::{Deferred, Settled};
 use crate::background::detached::DetachedJob;
 use crate::host::{Callout, Headers};
@@ -28,6 +29,8 @@ pub enum Purpose {
     /// One batch of renewals: the keys, in the order of the batch's entries.
     Renewal(Vec<RecordKey>),
     Detached(Box<DetachedJob>),
+    /// Streams' key-store calls gathered while others travelled (`super::batch`).
+    Batch(Flight),
 }
 
 /// What the root context does next.
@@ -35,6 +38,9 @@ pub enum Purpose {
 pub enum RootAction {
     Send(Callout, Purpose),
     Answer(Answer),
+    /// The answer to a stream's key-store call that travelled in a batch: the stream's callout
+    /// callback runs with it (a stream that is gone is skipped).
+    Deliver(Delivery),
     Count(Metric),
 }
 
@@ -54,5 +60,7 @@ pub enum RootReply {
         error: String,
     },
     Detached,
+    /// A callout carrying streams' calls (`super::batch`): its answers go to their streams.
+    Batch,
     Unknown,
 }

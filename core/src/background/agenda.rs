@@ -48,7 +48,11 @@ impl Agenda {
     /// The next action to carry out in this callback, or `None` when nothing is left or the next
     /// one is a local reply past the cap (it waits for the next callback).
     pub fn take_next(&mut self) -> Option<RootAction> {
-        if matches!(self.todo.front(), Some(RootAction::Answer(_))) {
+        // An answer handed to a stream may send its local reply too.
+        if matches!(
+            self.todo.front(),
+            Some(RootAction::Answer(_) | RootAction::Deliver(_))
+        ) {
             if self.answered >= ANSWERS_PER_CALLBACK {
                 return None;
             }

@@ -5,6 +5,7 @@
 //! - [`agenda`]: the actions the root context carries out, a few local replies per callback;
 //! - [`worker`]: the state the streams of one Envoy worker share with its root context, and the
 //!   root context's steps (`on_tick`, `on_reply`) returning the actions it carries out;
+//! - [`batch`]: the streams' key-store calls, gathered while others travel (group commit);
 //! - [`leases`]: the claims held while their request is upstream, renewed in batches;
 //! - [`deferred`]: key-store writes a stream could not finish itself, retried until they land;
 //! - [`waiting`]: duplicates that wait (no key store) for the record of their key;
@@ -13,6 +14,7 @@
 
 pub mod actions;
 pub mod agenda;
+pub mod batch;
 pub mod deferred;
 pub mod detached;
 pub mod leases;

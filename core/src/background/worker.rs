@@ -5,6 +5,7 @@
 //! [`RootAction`]s they return; every decision here is plain Rust.
 
 pub use crate::background::actions::{Answer, Purpose, RootAction, RootReply};
+use crate::background::batch::Batcher;
 use crate::background::deferred::{Deferred, Retrier, Settled};
 use crate::background::detached::{ending, DetachedJob};
 use crate::background::leases::{HeldClaim, Leases};
@@ -47,11 +48,17 @@ pub struct Worker {
     doorbell: Cell<Option<u32>>,
     /// Trailers of root-context answers, until their stream's last body callback.
     pub trailers: TrailerHandover,
+    /// The streams' key-store calls gathered while others travel (`keystore.batch_max_entries`).
+    pub batcher: RefCell<Batcher>,
 }
 
 impl Worker {
     pub fn new(cfg: Config, cache: NearCache) -> Worker {
         let budget = Budget::new(cfg.memory_budget_bytes);
+        let batcher = cfg.keystore.as_ref().map_or_else(Batcher::default, |k| {
+            let max_bytes = usize::try_from(k.max_record_bytes).unwrap_or(usize::MAX);
+            Batcher::new(k.batch_max_entries, k.batches_in_flight, max_bytes)
+        });
         Worker {
             cfg,
             cache,
@@ -65,6 +72,7 @@ impl Worker {
             answer_after: RefCell::new(HashMap::new()),
             doorbell: Cell::new(None),
             trailers: TrailerHandover::default(),
+            batcher: RefCell::new(batcher),
         }
     }
 
@@ -139,6 +147,9 @@ impl Worker {
                 out.push(RootAction::Send(callout, Purpose::Renewal(keys)));
             }
         }
+        // Calls that wait for a batch while no callout of theirs travels (a safety net: a
+        // returning callout or an ending stream sends them at once).
+        out.extend(self.flush_batches());
         self.answer_waiters(shared, now_ms, &mut out);
         out
     }
@@ -207,6 +218,7 @@ impl Worker {
                     .hold(HeldClaim::of(&job.claim, now_ms));
                 self.detached_running.borrow_mut().insert(token, *job);
             }
+            Purpose::Batch(flight) => self.batch_sent(token, flight),
         }
     }
 
@@ -239,6 +251,7 @@ impl Worker {
                     now_ms,
                 );
             }
+            Purpose::Batch(flight) => return self.batch_not_sent(flight, why),
         }
         Vec::new()
     }
@@ -276,8 +289,12 @@ impl Worker {
             let actions = self.settle_detached(job, end, (headers, body, trailers), shared, now_ms);
             return (RootReply::Detached, actions);
         }
-        if let Some(keys) = self.renewals.borrow_mut().remove(&token) {
+        let renewal = self.renewals.borrow_mut().remove(&token);
+        if let Some(keys) = renewal {
             return Worker::on_renewals(keys, status, &body);
+        }
+        if let Some(actions) = self.batch_reply(token, status, &body) {
+            return (RootReply::Batch, actions);
         }
         let settled = self
             .writes

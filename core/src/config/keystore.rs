@@ -10,6 +10,9 @@ use idempotency_protocol::Format;
 /// stored response (headers and body), at most `max_response_bytes`, plus [`RECORD_OVERHEAD`].
 pub const DEFAULT_KEYSTORE_MAX_RECORD_BYTES: u64 = 3 << 20;
 
+/// `keystore.batch_max_entries` when unset (0: off until measured otherwise).
+pub const DEFAULT_BATCH_MAX_ENTRIES: u64 = 0;
+
 /// Bytes a record holds besides the response's headers and body: status, fingerprint, times,
 /// field lengths and the signature.
 pub const RECORD_OVERHEAD: u64 = 4096;
@@ -29,6 +32,12 @@ pub struct KeystoreConfig {
     /// The plugin's secrets (see [`Secrets`]): records sent to the key store are sealed with the
     /// current one, and a record read back must open under one of them.
     pub secrets: Secrets,
+    /// Group commit (`background/batch.rs`): the most key-store calls of this worker's streams
+    /// that leave as one batch callout; 0 sends every call on its own callout.
+    pub batch_max_entries: usize,
+    /// How many callouts (single or batch) the worker's streams keep in flight at most before
+    /// their calls gather for the next batch.
+    pub batches_in_flight: usize,
 }
 
 /// The key store's settings, if `keystore` is set; `max_response_bytes` must fit the records it
@@ -103,6 +112,15 @@ pub(super) fn validate_keystore(
             ))
         }
     };
+    let batch_max_entries = k.batch_max_entries.unwrap_or(DEFAULT_BATCH_MAX_ENTRIES);
+    check_range(
+        "keystore.batch_max_entries",
+        batch_max_entries,
+        0,
+        idempotency_protocol::MAX_BATCH_ENTRIES as u64,
+    )?;
+    let batches_in_flight = k.batches_in_flight.unwrap_or(2);
+    check_range("keystore.batches_in_flight", batches_in_flight, 1, 64)?;
     Ok(Some(KeystoreConfig {
         authority: k.authority.unwrap_or_else(|| cluster.clone()),
         cluster,
@@ -112,5 +130,7 @@ pub(super) fn validate_keystore(
         max_record_bytes,
         body_format,
         secrets: secrets.clone(),
+        batch_max_entries: usize::try_from(batch_max_entries).unwrap_or(0),
+        batches_in_flight: usize::try_from(batches_in_flight).unwrap_or(1),
     }))
 }

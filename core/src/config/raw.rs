@@ -114,6 +114,8 @@ pub(super) struct RawKeystore {
     pub(super) path_prefix: Option<String>,
     pub(super) max_record_bytes: Option<u64>,
     pub(super) body_format: Option<String>,
+    pub(super) batch_max_entries: Option<u64>,
+    pub(super) batches_in_flight: Option<u64>,
 }
 
 /// Deserializes with the path of the failing field kept, so a type error names it.

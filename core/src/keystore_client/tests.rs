@@ -12,6 +12,8 @@ fn cfg() -> KeystoreConfig {
         max_record_bytes: 3 << 20,
         body_format: idempotency_protocol::Format::Json,
         secrets: crate::config::Secrets::from_bytes(vec![b"s".repeat(32)]),
+        batch_max_entries: 0,
+        batches_in_flight: 2,
     }
 }
 

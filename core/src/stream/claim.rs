@@ -61,14 +61,14 @@ impl Stream {
         let Some(ks) = &self.worker.cfg.keystore else {
             return self.execute(host, claim);
         };
-        let callout = keystore_client::claim(
-            ks,
+        let call = keystore_client::claim_call(
             &claim.key,
             &fingerprint,
             &claim.proposed_token,
             &claim.terms(lease_ms),
         );
-        match host.dispatch(&callout) {
+        let callout = keystore_client::single(ks, &call);
+        match self.send_call(host, call, callout) {
             Ok(token) => {
                 self.phase = Phase::Claiming {
                     claim,

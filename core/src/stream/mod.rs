@@ -12,6 +12,7 @@
 
 mod admission;
 mod answer;
+mod call;
 mod capture;
 mod claim;
 mod key_field;
@@ -217,6 +218,16 @@ impl Stream {
         status: Option<u16>,
         body: &[u8],
     ) {
+        // A call of this stream on its own callout came back: its slot is free for what waits.
+        let freed = self
+            .worker
+            .batcher
+            .borrow_mut()
+            .single_landed(token)
+            .is_some();
+        if freed && self.worker.batcher.borrow().ready() {
+            self.ring_for_batch(host);
+        }
         // The one place a paused request resumes: the reply of the callout it is paused on
         // decided that it goes on.
         let flow = match std::mem::replace(&mut self.phase, Phase::Passthrough) {
@@ -297,6 +308,11 @@ impl Stream {
     pub fn on_done(&mut self, host: &dyn Host) {
         self.ended = true;
         self.worker.trailers.take(host.stream_id());
+        // Its calls waiting for a batch leave the queue; answers to its calls in flight are
+        // dropped (what must still happen is handed over below, as without batches).
+        if self.worker.batcher.borrow_mut().forget(host.stream_id()) {
+            self.ring_for_batch(host);
+        }
         match std::mem::replace(&mut self.phase, Phase::Passthrough) {
             Phase::Claiming { claim, .. } => {
                 // Never forwarded. The claim may still land in the key store: release it once

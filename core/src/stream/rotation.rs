@@ -38,8 +38,9 @@ impl Stream {
                 return self.answer_found(host, key, found, &admitted.rule);
             }
             let Some(ks) = &cfg.keystore else { continue };
-            let callout = keystore_client::lookup(ks, key, &fingerprint);
-            match host.dispatch(&callout) {
+            let call = keystore_client::lookup_call(key, &fingerprint);
+            let callout = keystore_client::single(ks, &call);
+            match self.send_call(host, call, callout) {
                 Ok(token) => {
                     self.phase = Phase::LookingUp {
                         admitted: Box::new(admitted),

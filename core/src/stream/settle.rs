@@ -9,8 +9,8 @@
 use super::{Capture, Claim, Flow, Phase, Stream};
 use crate::background::deferred::{retry_until, Deferred};
 use crate::expiry;
-use crate::host::{Callout, Headers, Host};
-use crate::keystore_client;
+use crate::host::{Headers, Host};
+use crate::keystore_client::{self, StoreCall};
 use crate::metrics::Metric;
 use crate::outcome::{classify, decode_flags, ResponseClass, UnknownCause};
 use crate::record::{storable_headers, Record};
@@ -183,9 +183,9 @@ impl Stream {
         let (Some(ks), Some(token)) = (&self.worker.cfg.keystore, &claim.token) else {
             return Flow::Continue;
         };
-        let callout =
-            keystore_client::complete(ks, &claim.key, token, &record, claim.rule.retention_ms);
-        self.write(host, &claim, callout)
+        let call =
+            keystore_client::complete_call(ks, &claim.key, token, &record, claim.rule.retention_ms);
+        self.write(host, &claim, call)
     }
 
     /// The request did not really run (5xx, 429, never sent, ...): free the key so a retry
@@ -194,11 +194,11 @@ impl Stream {
     pub(super) fn release(&mut self, host: &dyn Host, claim: Claim) -> Flow {
         self.drop_lease(&claim);
         self.release_l1(host, &claim);
-        let (Some(ks), Some(token)) = (&self.worker.cfg.keystore, &claim.token) else {
+        let (Some(_), Some(token)) = (&self.worker.cfg.keystore, &claim.token) else {
             return Flow::Continue;
         };
-        let callout = keystore_client::release(ks, &claim.key, token);
-        self.write(host, &claim, callout)
+        let call = keystore_client::release_call(&claim.key, token);
+        self.write(host, &claim, call)
     }
 
     /// A release of the key-store claim (granted or maybe granted) for the root context to send:
@@ -217,9 +217,12 @@ impl Stream {
 
     /// Sends a key-store write and holds the response until it lands. Inside a callback of a
     /// stream that is over (`on_done`), the write can only be handed over.
-    fn write(&mut self, host: &dyn Host, claim: &Claim, callout: Callout) -> Flow {
+    fn write(&mut self, host: &dyn Host, claim: &Claim, call: StoreCall) -> Flow {
+        let Some(ks) = &self.worker.cfg.keystore else {
+            return Flow::Continue;
+        };
         let write = Deferred {
-            callout,
+            callout: keystore_client::single(ks, &call),
             not_before_ms: 0,
             // A late write still lands while the key store keeps the claim, abandoned.
             until_ms: retry_until(
@@ -233,7 +236,7 @@ impl Stream {
             self.worker.defer(write);
             return Flow::Continue;
         }
-        match host.dispatch(&write.callout) {
+        match self.send_call(host, call, write.callout.clone()) {
             Ok(callout) => {
                 self.phase = Phase::Writing { callout, write };
                 Flow::Pause

@@ -4,6 +4,7 @@
 
 mod abandoned;
 mod admission;
+mod batch;
 mod budget;
 mod claim;
 mod detached;

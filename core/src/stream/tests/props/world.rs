@@ -329,7 +329,7 @@ impl World {
                     };
                     prop_assert_eq!(counted, expected, "one count per refused or failed key");
                 }
-                Purpose::WriteThenAnswer(..) | Purpose::Detached(_) => {}
+                Purpose::WriteThenAnswer(..) | Purpose::Detached(_) | Purpose::Batch(_) => {}
                 Purpose::Write(_) => {
                     let ok = match fault {
                         Fault::None => root == RootReply::Write(Settled::Done),
