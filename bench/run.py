@@ -236,7 +236,22 @@ def keystore_metrics(port):
         m = re.match(r'keystore_backend_duration_seconds_count\{backend="[\w-]+",op="(\w+)"\} (\d+)', line)
         if m:
             out[f"{m.group(1)}.calls"] = out.get(f"{m.group(1)}.calls", 0) + int(m.group(2))
+        # entries per /v1/batch: the histogram's cumulative buckets
+        m = re.match(r'keystore_batch_entries_bucket\{le="([\w.+]+)"\} (\d+)', line)
+        if m:
+            out[f"batch_le.{m.group(1)}"] = int(m.group(2))
     return out
+
+
+def batch_sizes(stats, ks):
+    """Entries per batch: the mean from the filter's counters (every flight of the root context, a
+    batch of one included), the p99 from the key store's histogram of /v1/batch (a bucket's bound)."""
+    batches = stats.get("keystore_batches", 0)
+    mean = round(stats.get("keystore_batch_entries", 0) / batches, 1) if batches else None
+    buckets = sorted(((float(k.split(".", 1)[1]), v) for k, v in ks.items() if k.startswith("batch_le.")))
+    total = buckets[-1][1] if buckets else 0
+    p99 = next((le for le, n in buckets if total and n >= 0.99 * total), None)
+    return {"batches": batches, "batch_mean": mean, "batch_p99_le": p99, "store_batches": total}
 
 
 def payments_posts(port):
@@ -428,6 +443,9 @@ class Bench:
             "filter_config_l2": filter_config("ks_mem", l1_slots=1, max_response_bytes=512),
             "filter_config_renew": filter_config("ks_mem", lock_lease_ms=RENEW_LEASE_MS),
             "filter_config_mem_h1": filter_config("ks_mem_h1"),
+            "filter_config_mem_batch": filter_config("ks_mem", keystore={
+                "cluster": "ks_mem", "timeout_ms": 500, "batch_max_entries": self.args.batch_max_entries,
+                "batches_in_flight": self.args.batches_in_flight}),
             # VM memory per in-flight detached request: no key store, payments-demo holds each request
             "filter_config_vm_memory": filter_config(
                 None, routes=[{"exact": "/payments", "methods": ["POST"], "required": True,
@@ -521,6 +539,10 @@ class Bench:
                                         "first_exec_memory",
                                         "as first_exec_memory, Envoy to the key store over HTTP/1.1 (a connection "
                                         "pool); ratio to first_exec_memory (HTTP/2, one connection)"),
+            "first_exec_memory_batch": ("3. first execution", "filter_mem_batch", "POST", "/payments", "fresh", 0,
+                                        "no_filter_post",
+                                        f"as first_exec_memory, key-store calls in batches (batch_max_entries "
+                                        f"{a.batch_max_entries}, batches_in_flight {a.batches_in_flight})"),
             "first_exec_renew": ("3. first execution", "filter_renew", "POST", "/payments", "fresh", 0,
                                  "no_filter_post_slow",
                                  f"fresh key per request, upstream {SLOW_UPSTREAM_MS} ms, lease {RENEW_LEASE_MS} ms: "
@@ -579,7 +601,7 @@ class Bench:
         """(process name, port) of the key store behind a listener, None without one."""
         if listener == "filter_redis":
             return ("keystore_redis", self.ks_redis_port)
-        if listener in ("filter_mem", "filter_detached", "filter_renew", "filter_mem_h1"):
+        if listener in ("filter_mem", "filter_detached", "filter_renew", "filter_mem_h1", "filter_mem_batch"):
             return ("keystore_memory", self.ks_mem_port)
         return None
 
@@ -602,7 +624,8 @@ class Bench:
 
         log("warm-up")
         for name in ("no_filter_post", "direct_response", "first_exec_memory", "first_exec_redis",
-                     "first_exec_l1_only", "first_exec_detached", "first_exec_memory_http1"):
+                     "first_exec_l1_only", "first_exec_detached", "first_exec_memory_http1",
+                     "first_exec_memory_batch"):
             if name in specs:
                 self.slice_run(e, name, specs[name], a.warmup, "w")
 
@@ -651,6 +674,11 @@ class Bench:
                 extra["renewal_calls"] = calls
                 note += (f"; key-store renewals {renewed} ({renewed / max(1, agg['requests']):.1f} per request) "
                          f"in {calls} calls")
+            if name == "first_exec_memory_batch":
+                log(f"DEBUG {st} {agg['keystore_delta']}")
+                extra.update(batch_sizes(st, agg["keystore_delta"]))
+                note += (f"; {extra['batches']} batch callouts, entries per batch mean {extra['batch_mean']} "
+                         f"(key store: p99 <= {extra['batch_p99_le']})")
             ks = self.keystore_of(spec[1])
             self.row(name, group, agg, baseline=baseline, note=note, keystore=ks and ks[0], **extra)
         if "first_exec_memory" in specs and "no_filter_post" in specs:
@@ -1097,6 +1125,10 @@ def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--smoke", action="store_true", help="one ~3 s scenario; exit 1 without numbers")
     ap.add_argument("--duration", type=int, default=6, help="seconds per scenario, over all rounds (default 6)")
+    ap.add_argument("--batch-max-entries", type=int, default=32,
+                    help="keystore.batch_max_entries of first_exec_memory_batch (default 32)")
+    ap.add_argument("--batches-in-flight", type=int, default=1,
+                    help="keystore.batches_in_flight of first_exec_memory_batch (default 1)")
     ap.add_argument("--warmup", type=int, default=2, help="warm-up seconds per listener (default 2)")
     ap.add_argument("--connections", type=int, default=16, help="wrk connections (default 16)")
     ap.add_argument("--keystore-connections", type=int, default=16)

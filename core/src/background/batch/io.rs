@@ -60,12 +60,16 @@ impl Worker {
                 entries: entries.iter().map(|e| (e.stream_id, e.id)).collect(),
                 ops: entries.iter().map(|e| e.call.op()).collect(),
                 single: entries.len() == 1,
+                singles: Vec::new(),
             };
+            let mut flight = flight;
             let callout = match entries.as_slice() {
                 [one] => one.single.clone(),
                 many => {
                     let calls: Vec<&StoreCall> = many.iter().map(|e| &e.call).collect();
-                    keystore_client::batch(ks, &calls)
+                    let batch = keystore_client::batch(ks, &calls);
+                    flight.singles = entries.into_iter().map(|e| e.single).collect();
+                    batch
                 }
             };
             out.push(RootAction::Send(callout, Purpose::Batch(flight)));
@@ -116,6 +120,9 @@ impl Worker {
             }));
         } else {
             let (flight, live) = self.batcher.borrow_mut().batch_landed(token)?;
+            if status == Some(404) && !flight.single {
+                return Some(self.without_batches(flight, live));
+            }
             let answers = self.answers(&flight, status, body);
             out.push(RootAction::Count(Metric::KeystoreBatches));
             out.extend(
@@ -143,6 +150,36 @@ impl Worker {
         }
         out.extend(self.flush_batches());
         Some(out)
+    }
+
+    /// The key store answered 404 to a batch: it predates `/v1/batch`. Batching stops on this
+    /// worker and the batch's calls go again, each on its own endpoint.
+    fn without_batches(&self, flight: Flight, live: Vec<bool>) -> Vec<RootAction> {
+        warn!("the key store has no /v1/batch (404): key-store calls are no longer batched");
+        let mut batcher = self.batcher.borrow_mut();
+        batcher.turn_off();
+        let again: Vec<RootAction> = flight
+            .entries
+            .into_iter()
+            .zip(flight.ops)
+            .zip(flight.singles)
+            .zip(live)
+            .filter(|(_, live)| *live)
+            .map(|(((entry, op), single), _)| {
+                let alone = Flight {
+                    entries: vec![entry],
+                    ops: vec![op],
+                    single: true,
+                    singles: Vec::new(),
+                };
+                RootAction::Send(single, Purpose::Batch(alone))
+            })
+            .collect();
+        batcher.reserve(again.len());
+        drop(batcher);
+        let mut out = again;
+        out.extend(self.flush_batches());
+        out
     }
 
     /// Each entry's answer, in the batch's order, as its own endpoint would have given it.

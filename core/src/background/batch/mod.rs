@@ -62,12 +62,18 @@ pub struct Flight {
     pub ops: Vec<&'static str>,
     /// Sent on the single endpoint: its reply is the one entry's answer as it is.
     pub single: bool,
+    /// Each entry's call on its own endpoint, kept while a batch travels: a key store that
+    /// predates `/v1/batch` answers 404, and the calls go again one by one.
+    pub singles: Vec<Callout>,
 }
 
 /// The queue and the callouts in flight of one worker.
 #[derive(Debug, Default)]
 pub struct Batcher {
     max_entries: usize,
+    /// The streams' callouts are known by token: batching is (or was) on, so the root context may
+    /// have handed a stream an answer, and a call the stream made then replies to the root context.
+    track: bool,
     /// The bytes of calls one batch carries at most (the key store's request body limit is
     /// larger than its largest record, `keystore.max_record_bytes`); a call alone may be larger.
     max_bytes: usize,
@@ -95,6 +101,7 @@ impl Batcher {
     pub fn new(max_entries: usize, max_in_flight: usize, max_bytes: usize) -> Batcher {
         Batcher {
             max_entries,
+            track: max_entries > 0,
             max_bytes,
             max_in_flight: max_in_flight.max(1),
             ..Batcher::default()
@@ -103,6 +110,18 @@ impl Batcher {
 
     pub fn enabled(&self) -> bool {
         self.max_entries > 0
+    }
+
+    /// The key store has no batch endpoint (it predates it): from now on every call goes alone;
+    /// what waits leaves one by one.
+    pub fn turn_off(&mut self) {
+        self.max_entries = 0;
+    }
+
+    /// Slots for `n` callouts the root context sends outside [`Batcher::take`] (each then
+    /// [`Batcher::batch_sent`] or [`Batcher::batch_not_sent`]).
+    pub fn reserve(&mut self, n: usize) {
+        self.reserved += n;
     }
 
     /// Callouts of the streams' calls travelling now (or being sent).
@@ -117,7 +136,7 @@ impl Batcher {
     /// A stream's call: at once if a slot is free and nothing waits ahead of it, else queued.
     pub fn submit(&mut self, stream_id: u32, call: StoreCall, single: Callout) -> Submitted {
         if !self.enabled() || (self.queue.is_empty() && self.in_flight() < self.max_in_flight) {
-            if self.enabled() {
+            if self.track {
                 self.reserved += 1;
             }
             return Submitted::Now(single);
@@ -135,7 +154,7 @@ impl Batcher {
 
     /// The stream sent the call [`Submitted::Now`] gave it, as callout `token`.
     pub fn sent_single(&mut self, token: u32, stream_id: u32) {
-        if self.enabled() {
+        if self.track {
             self.reserved = self.reserved.saturating_sub(1);
             self.singles.insert(token, stream_id);
         }
@@ -143,7 +162,7 @@ impl Batcher {
 
     /// The stream sent a call [`Submitted::Alone`] gave it, as callout `token`.
     pub fn sent_alone(&mut self, token: u32, stream_id: u32) {
-        if self.enabled() {
+        if self.track {
             self.alone.insert(token, stream_id);
         }
     }
@@ -163,7 +182,7 @@ impl Batcher {
 
     /// Whether the root context should send a batch now (something waits and a slot is free).
     pub fn ready(&self) -> bool {
-        !self.queue.is_empty() && self.in_flight() < self.max_in_flight
+        !self.queue.is_empty() && (!self.enabled() || self.in_flight() < self.max_in_flight)
     }
 
     /// The next batch to send, if [`Batcher::ready`]: at most `max_entries` entries, oldest first.
@@ -174,7 +193,7 @@ impl Batcher {
         }
         let mut n = 0;
         let mut bytes = 0usize;
-        for entry in self.queue.iter().take(self.max_entries) {
+        for entry in self.queue.iter().take(self.max_entries.max(1)) {
             bytes = bytes.saturating_add(entry.single.body.len() + ENTRY_OVERHEAD);
             if n > 0 && bytes > self.max_bytes {
                 break;

@@ -116,6 +116,8 @@ enum Fault {
     /// One answer short.
     Short,
     NotSent,
+    /// A key store that predates `/v1/batch`: 404 to a batch (then every call goes alone).
+    NoBatchEndpoint,
 }
 
 #[derive(Debug, Clone)]
@@ -135,6 +137,7 @@ fn op() -> impl Strategy<Value = Op> {
         1 => Just(Fault::Garbage),
         1 => Just(Fault::Short),
         1 => Just(Fault::NotSent),
+        1 => Just(Fault::NoBatchEndpoint),
     ];
     prop_oneof![
         6 => (0..STREAMS, any::<u8>()).prop_map(|(s, k)| Op::Submit(s, k)),
@@ -236,7 +239,7 @@ impl Sim {
         let b = self.worker.batcher.borrow();
         prop_assert!(!b.ready(), "calls wait while a slot is free");
         prop_assert!(
-            b.in_flight() <= self.max_in_flight,
+            !b.enabled() || b.in_flight() <= self.max_in_flight,
             "{} in flight",
             b.in_flight()
         );
@@ -260,6 +263,10 @@ impl Sim {
                         continue;
                     };
                     prop_assert!(flight.entries.len() <= self.max_entries);
+                    prop_assert!(
+                        flight.single || self.worker.batcher.borrow().enabled(),
+                        "a batch after the key store said it has no batch endpoint"
+                    );
                     if refuse {
                         // One refusal per step: the next batch goes.
                         refuse = false;
@@ -330,6 +337,7 @@ impl Sim {
             Fault::Status503 => (Some(503), b"{}".to_vec()),
             Fault::Reset => (None, Vec::new()),
             Fault::Garbage => (Some(200), b"\x01\xff\xff".to_vec()),
+            Fault::NoBatchEndpoint if path.ends_with("/batch") => (Some(404), b"{}".to_vec()),
             _ if path.ends_with("/batch") => {
                 let req: BatchRequest = body::decode_request(&t.callout.body).unwrap();
                 let mut answers: Vec<BatchAnswer> = req.entries.iter().map(answer_to).collect();
@@ -358,7 +366,10 @@ impl Sim {
             // A stream's own call: Envoy gives the reply to the stream, if it is still there.
             let freed = self.worker.batcher.borrow_mut().single_landed(t.token);
             if !self.ended.contains(&stream) {
-                let ok = matches!(fault, Fault::None | Fault::Short | Fault::NotSent);
+                let ok = matches!(
+                    fault,
+                    Fault::None | Fault::Short | Fault::NotSent | Fault::NoBatchEndpoint
+                );
                 let (expected, call) = self.waiting.remove(&stream).unwrap();
                 prop_assert_eq!(expected, Some(t.token));
                 prop_assert!(freed.is_some());
@@ -439,6 +450,29 @@ fn a_quiet_worker_sends_at_once_and_a_busy_one_gathers() {
         .iter()
         .any(|(_, v)| v == "/v1/batch"));
     assert_eq!(sim.worker.batcher.borrow().sent_entries, 4);
+    sim.drain().unwrap();
+}
+
+#[test]
+fn a_key_store_without_the_batch_endpoint_gets_each_call_alone() {
+    let mut sim = Sim::new(8, 1);
+    for s in 0..4 {
+        sim.step(Op::Submit(s, s as u8)).unwrap();
+    }
+    sim.step(Op::Land(0, Fault::None)).unwrap();
+    sim.step(Op::Land(0, Fault::NoBatchEndpoint)).unwrap();
+    assert!(!sim.worker.batcher.borrow().enabled());
+    assert_eq!(
+        sim.travelling.len(),
+        3,
+        "the batch's three calls go again, alone"
+    );
+    assert!(sim.travelling.iter().all(|t| !t
+        .callout
+        .headers
+        .iter()
+        .any(|(_, v)| v == "/v1/batch")));
+    assert_eq!(sim.waiting.len(), 3, "nobody was answered the 404");
     sim.drain().unwrap();
 }
 
