@@ -675,7 +675,6 @@ class Bench:
                 note += (f"; key-store renewals {renewed} ({renewed / max(1, agg['requests']):.1f} per request) "
                          f"in {calls} calls")
             if name == "first_exec_memory_batch":
-                log(f"DEBUG {st} {agg['keystore_delta']}")
                 extra.update(batch_sizes(st, agg["keystore_delta"]))
                 note += (f"; {extra['batches']} batch callouts, entries per batch mean {extra['batch_mean']} "
                          f"(key store: p99 <= {extra['batch_p99_le']})")
@@ -683,6 +682,8 @@ class Bench:
             self.row(name, group, agg, baseline=baseline, note=note, keystore=ks and ks[0], **extra)
         if "first_exec_memory" in specs and "no_filter_post" in specs:
             self.paced()
+        if all(n in specs for n in SWEEP) and a.sweep_points:
+            self.sweep()
         if a.only and "replay_l2" not in a.only.split(","):
             return
 
@@ -754,6 +755,26 @@ class Bench:
             self.row(name, "3. first execution" if baseline else "1. baseline", agg, baseline=baseline,
                      note=note, keystore=ks and ks[0], paced_rps=rate, achieved=round(achieved, 3),
                      stats_delta=agg["stats_delta"], upstream_posts=agg["upstream_posts"])
+
+    def sweep(self):
+        """Latency against offered load: each scenario of SWEEP paced at fractions of no_filter_post's
+        saturating rate (this run's), one slice per load and scenario, interleaved; p50 and p99 per
+        point go to extra["sweep"] and to the plot results/latency-vs-load.png."""
+        a, e = self.args, self.envoy
+        top = self.get("no_filter_post")["rps"]
+        specs = self.scenarios()
+        points = []
+        fractions = [round(0.8 * (i + 1) / a.sweep_points, 3) for i in range(a.sweep_points)]
+        log(f"sweep: {len(SWEEP)} scenarios at {fractions} of {top:.0f} req/s, {a.sweep_seconds} s each")
+        for f in fractions:
+            rate = max(50, round(top * f))
+            for name in SWEEP:
+                r = self.slice_run(e, name, specs[name], a.sweep_seconds, f"s{f}", rate=rate)
+                points.append({"scenario": name, "offered_rps": rate, "achieved_rps": round(r["rps"], 1),
+                               "p50_ms": r["latency_us"]["p50"] / 1000, "p99_ms": r["latency_us"]["p99"] / 1000})
+        self.extra["sweep"] = points
+        if not a.no_write and not a.smoke:
+            plot_sweep(points, BENCH / "results" / "latency-vs-load.png")
 
     def profile(self, envoy, name, spec):
         """perf record -g (cpu-clock: this machine has no hardware counters) on Envoy and on the
@@ -989,6 +1010,38 @@ class Bench:
             log(f"wrote {out / (name + '.md')} and {name}.json")
 
 
+# The scenarios of the latency-against-load sweep (and its plot).
+SWEEP = ("no_filter_post", "first_exec_memory", "first_exec_memory_batch", "replay_l1")
+
+
+def plot_sweep(points, path):
+    """p50 (solid) and p99 (dashed) latency against offered load, one colour per scenario."""
+    try:
+        import matplotlib
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        log("matplotlib missing (scripts/setup.sh installs it): no plot")
+        return
+    fig, ax = plt.subplots(figsize=(8, 5))
+    for i, name in enumerate(SWEEP):
+        pts = [p for p in points if p["scenario"] == name]
+        xs = [p["offered_rps"] for p in pts]
+        colour = f"C{i}"
+        ax.plot(xs, [p["p50_ms"] for p in pts], "-o", color=colour, label=f"{name} p50")
+        ax.plot(xs, [p["p99_ms"] for p in pts], "--", color=colour, label=f"{name} p99")
+    ax.set_xlabel("offered load (req/s, paced)")
+    ax.set_ylabel("latency (ms)")
+    ax.set_yscale("log")
+    ax.grid(True, which="both", alpha=0.3)
+    ax.legend(fontsize=8)
+    ax.set_title("Latency against offered load (Envoy --concurrency 1)")
+    fig.tight_layout()
+    path.parent.mkdir(exist_ok=True)
+    fig.savefig(path, dpi=100)
+    log(f"wrote {path}")
+
+
 def render_md(res):
     L = []
     L.append(f"# Benchmark results ({res['date']})\n")
@@ -1017,6 +1070,18 @@ def render_md(res):
         L.append("| --- | ---: | ---: | --- | --- |")
         for t in res["targets"]:
             L.append(f"| {t['target']} | {t['value']} | {t['goal']} | {'met' if t['met'] else 'MISSED'} | {t['detail']} |")
+    sweep = x.get("sweep")
+    if sweep:
+        L.append("\n## Latency against offered load (plot: latency-vs-load.png)\n")
+        L.append("| offered req/s | " + " | ".join(f"{n} p50 / p99 ms" for n in SWEEP) + " |")
+        L.append("| ---: |" + " ---: |" * len(SWEEP))
+        for rate in sorted({p["offered_rps"] for p in sweep}):
+            cells = []
+            for n in SWEEP:
+                p = next((p for p in sweep if p["scenario"] == n and p["offered_rps"] == rate), None)
+                cells.append("" if p is None else f"{p['p50_ms']:.2f} / {p['p99_ms']:.2f}"
+                             + ("" if p["achieved_rps"] >= 0.95 * rate else f" ({p['achieved_rps']:.0f} achieved)"))
+            L.append(f"| {rate} | " + " | ".join(cells) + " |")
     mem = x.get("memory")
     if mem:
         L.append("\n## Memory (Envoy admin /memory, filter with no key store, direct_response route)\n")
@@ -1125,6 +1190,9 @@ def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--smoke", action="store_true", help="one ~3 s scenario; exit 1 without numbers")
     ap.add_argument("--duration", type=int, default=6, help="seconds per scenario, over all rounds (default 6)")
+    ap.add_argument("--sweep-points", type=int, default=5,
+                    help="offered loads of the latency sweep, up to 0.8 of no_filter_post's rate (0: none)")
+    ap.add_argument("--sweep-seconds", type=int, default=1, help="seconds per sweep point and scenario")
     ap.add_argument("--batch-max-entries", type=int, default=32,
                     help="keystore.batch_max_entries of first_exec_memory_batch (default 32)")
     ap.add_argument("--batches-in-flight", type=int, default=1,

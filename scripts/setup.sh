@@ -42,6 +42,10 @@ fi
 if ! .venv/bin/python -c 'import grpc' 2>/dev/null; then
     .venv/bin/pip install --quiet --disable-pip-version-check 'grpcio==1.85.4'
 fi
+# matplotlib: the benchmark's plot of latency against offered load (bench/run.py, `--sweep`).
+if ! .venv/bin/python -c 'import matplotlib' 2>/dev/null; then
+    .venv/bin/pip install --quiet --disable-pip-version-check 'matplotlib>=3.8'
+fi
 
 missing=()
 tools=(redis-server:redis-server redis-cli:redis-tools redis-benchmark:redis-tools

@@ -342,6 +342,30 @@ fn keystore_defaults() {
     assert_eq!(k.timeout_ms, 500);
     assert_eq!(k.path_prefix, "/v1");
     assert_eq!(k.body_format, idempotency_protocol::Format::Compact);
+    assert_eq!((k.batch_max_entries, k.batches_in_flight), (32, 2));
+}
+
+#[test]
+fn keystore_batches_are_bounded_and_zero_turns_them_off() {
+    let batch = |fields: &str| {
+        parse(&format!(r#"{{"keystore":{{"cluster":"ks",{fields}}}}}"#)).map(|c| {
+            c.keystore
+                .map(|k| (k.batch_max_entries, k.batches_in_flight))
+        })
+    };
+    assert_eq!(batch(r#""batch_max_entries":0"#).unwrap(), Some((0, 2)));
+    assert_eq!(
+        batch(r#""batch_max_entries":256,"batches_in_flight":1"#).unwrap(),
+        Some((256, 1))
+    );
+    for (fields, field) in [
+        (r#""batch_max_entries":257"#, "keystore.batch_max_entries"),
+        (r#""batches_in_flight":0"#, "keystore.batches_in_flight"),
+        (r#""batches_in_flight":65"#, "keystore.batches_in_flight"),
+    ] {
+        let e = batch(fields).unwrap_err();
+        assert!(e.to_string().contains(field), "{fields}: {e}");
+    }
 }
 
 #[test]

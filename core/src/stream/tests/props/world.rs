@@ -5,8 +5,10 @@ use super::*;
 
 impl World {
     pub(super) fn new(with_keystore: bool, stream_mode: bool, release_policy: bool) -> World {
+        // Each stream's key-store call on its own callout, as the model answers them: batches
+        // (group commit) have their own property test, `background/batch/tests.rs`.
         let ks = if with_keystore {
-            r#","keystore":{"cluster":"ks","token":"s3cret"}"#
+            r#","keystore":{"cluster":"ks","token":"s3cret","batch_max_entries":0}"#
         } else {
             ""
         };
