@@ -310,7 +310,9 @@ def filter_config(cluster, **more):
         "caller": {"header": "authorization"},
         "hmac_secret": HMAC_SECRET,
         "failure_mode": "fail_closed",
-        "keystore": {"cluster": cluster, "timeout_ms": 500} if cluster else None,
+        # one callout per key-store call, as before group commit, so that these rows compare with
+        # earlier runs; first_exec_memory_batch sets its own keystore (the default, batched)
+        "keystore": {"cluster": cluster, "timeout_ms": 500, "batch_max_entries": 0} if cluster else None,
     }
     cfg.update(more)
     return json.dumps(cfg, separators=(",", ":"))
@@ -1195,8 +1197,8 @@ def main():
     ap.add_argument("--sweep-seconds", type=int, default=1, help="seconds per sweep point and scenario")
     ap.add_argument("--batch-max-entries", type=int, default=32,
                     help="keystore.batch_max_entries of first_exec_memory_batch (default 32)")
-    ap.add_argument("--batches-in-flight", type=int, default=1,
-                    help="keystore.batches_in_flight of first_exec_memory_batch (default 1)")
+    ap.add_argument("--batches-in-flight", type=int, default=2,
+                    help="keystore.batches_in_flight of first_exec_memory_batch (default 2, the filter's)")
     ap.add_argument("--warmup", type=int, default=2, help="warm-up seconds per listener (default 2)")
     ap.add_argument("--connections", type=int, default=16, help="wrk connections (default 16)")
     ap.add_argument("--keystore-connections", type=int, default=16)
