@@ -14,8 +14,8 @@ pub const DEFAULT_KEYSTORE_MAX_RECORD_BYTES: u64 = 3 << 20;
 /// executions per second, and a third less key-store CPU per request, than one callout per call).
 pub const DEFAULT_BATCH_MAX_ENTRIES: u64 = 32;
 
-/// `keystore.batches_in_flight` when unset: with one, calls wait for each batch in turn (a
-/// longer tail at saturation in the bench); two keep the tail of one-by-one calls.
+/// `keystore.batches_in_flight` when unset: with one, calls wait for each batch in turn, which
+/// lengthened the saturated tail most in the bench (bench/README.md, "Group commit").
 pub const DEFAULT_BATCHES_IN_FLIGHT: u64 = 2;
 
 /// Bytes a record holds besides the response's headers and body: status, fingerprint, times,
