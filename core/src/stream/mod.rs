@@ -90,6 +90,9 @@ enum Phase {
         capture: Capture,
         /// When the record is created: its expiry already left with the response headers.
         created_ms: u64,
+        /// The verdict waits for the body: a `503`/`504` that would free the key, whose text may
+        /// be Envoy's own, written by a proxy on the way (`settle::read_proxy_text`).
+        read_text: bool,
     },
     /// A record or a release is on its way to the key store; the response waits for it. The
     /// write is kept so that the root context can retry it if this stream cannot.
