@@ -15,13 +15,25 @@ pub enum SharedSetError {
     Failed(String),
 }
 
-/// An HTTP request to the key store, through an Envoy cluster.
+/// An HTTP request through an Envoy cluster: to the key store, or a client's request the plugin
+/// sends on itself (detached execution, [`Forwarded`]).
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Callout {
     pub cluster: String,
     pub headers: Vec<(String, String)>,
     pub body: Vec<u8>,
     pub timeout_ms: u64,
+    /// A client's request: sent with these fields (as bytes) in place of `headers`, and its
+    /// trailers.
+    pub forwarded: Option<Box<Forwarded>>,
+}
+
+/// A client's request as the plugin sends it on: its header fields in order and its trailers,
+/// values as the client sent them (they need not be UTF-8).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Forwarded {
+    pub headers: Headers,
+    pub trailers: Headers,
 }
 
 /// Envoy shared data: a key-value map per Envoy process, shared by its workers, with CAS.
@@ -46,6 +58,8 @@ pub trait Host: SharedData {
     /// The first `size` bytes of the buffered request body (empty when there is none); an error
     /// when the host could not give it.
     fn request_body(&self, size: usize) -> Result<Vec<u8>, String>;
+    /// The request's trailers, once they arrived (empty when it has none).
+    fn request_trailers(&self) -> Headers;
     fn response_headers(&self) -> Vec<(String, Vec<u8>)>;
     fn response_body(&self, size: usize) -> Vec<u8>;
     /// The upstream response's trailers (HTTP/2 trailers, gRPC's status), once they arrived.

@@ -74,6 +74,7 @@ pub struct FakeHost {
     pub ids: Rc<Cell<u64>>,
     pub request_headers: Vec<(String, Vec<u8>)>,
     pub request_body: Vec<u8>,
+    pub request_trailers: Vec<(String, Vec<u8>)>,
     pub response_headers: Vec<(String, Vec<u8>)>,
     pub response_body: Vec<u8>,
     pub response_trailers: Vec<(String, Vec<u8>)>,
@@ -108,6 +109,7 @@ impl FakeHost {
             ids: ids.clone(),
             request_headers: Vec::new(),
             request_body: Vec::new(),
+            request_trailers: Vec::new(),
             response_headers: Vec::new(),
             response_body: Vec::new(),
             response_trailers: Vec::new(),
@@ -175,6 +177,9 @@ impl Host for FakeHost {
             return Err("BadArgument".to_string());
         }
         Ok(self.request_body.iter().take(size).copied().collect())
+    }
+    fn request_trailers(&self) -> Vec<(String, Vec<u8>)> {
+        self.request_trailers.clone()
     }
     fn response_headers(&self) -> Vec<(String, Vec<u8>)> {
         self.response_headers.clone()

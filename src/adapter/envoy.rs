@@ -99,21 +99,48 @@ impl SharedData for EnvoyHost {
     }
 }
 
-/// Dispatches a callout from the current Envoy context.
+/// Dispatches a callout from the current Envoy context. A client's request (detached execution)
+/// is sent with its header values and trailers as bytes ([`crate::host::Forwarded`]).
 pub(super) fn send_callout(callout: &Callout) -> Result<u32, String> {
-    let headers: Vec<(&str, &str)> = callout
-        .headers
-        .iter()
-        .map(|(n, v)| (n.as_str(), v.as_str()))
-        .collect();
+    type Pairs<'a> = Vec<(&'a str, &'a str)>;
+    let (headers, trailers): (Pairs, Pairs) = match &callout.forwarded {
+        Some(forwarded) => (as_pairs(&forwarded.headers), as_pairs(&forwarded.trailers)),
+        None => (
+            callout
+                .headers
+                .iter()
+                .map(|(n, v)| (n.as_str(), v.as_str()))
+                .collect(),
+            Vec::new(),
+        ),
+    };
     hostcalls::dispatch_http_call(
         &callout.cluster,
         headers,
         Some(&callout.body),
-        Vec::new(),
+        trailers,
         Duration::from_millis(callout.timeout_ms),
     )
     .map_err(|e| format!("{e:?}"))
+}
+
+/// A client's header fields as the `&str` pairs the SDK's `dispatch_http_call` takes, values as
+/// the client sent them, UTF-8 or not (the router forwards `caf\xe9` as those bytes).
+///
+/// Why not the raw `proxy_http_call` with a byte map, as the local replies do: the SDK routes a
+/// callout's reply to its context through a token table that only its own `dispatch_http_call`
+/// fills, and a reply with a token it does not know aborts the VM (`expect("invalid token_id")`
+/// in proxy-wasm 0.2.5's dispatcher), so every callout must go through that call.
+fn as_pairs(map: &[(String, Vec<u8>)]) -> Vec<(&str, &str)> {
+    map.iter()
+        .map(|(name, value)| {
+            // SAFETY: proxy-wasm 0.2.5 (pinned in Cargo.toml) only serialises these pairs
+            // (`serialize_map`: `len` and `as_bytes`, then the bytes are copied into the host's
+            // map); no code that relies on UTF-8 reads the value. The slice outlives the call.
+            let value = unsafe { std::str::from_utf8_unchecked(value) };
+            (name.as_str(), value)
+        })
+        .collect()
 }
 
 impl EnvoyHost {
@@ -162,6 +189,10 @@ impl Host for EnvoyHost {
         hostcalls::get_buffer(BufferType::HttpRequestBody, 0, size)
             .map(Option::unwrap_or_default)
             .map_err(|e| format!("{e:?}"))
+    }
+
+    fn request_trailers(&self) -> Vec<(String, Vec<u8>)> {
+        map_bytes(MapType::HttpRequestTrailers)
     }
 
     fn response_headers(&self) -> Vec<(String, Vec<u8>)> {

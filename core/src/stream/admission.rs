@@ -97,20 +97,7 @@ impl Stream {
         let detached_headers = match (&rule.execution, rule.mode) {
             // Observe mode forwards through the router, as without the filter.
             (Execution::Inline, _) | (_, Mode::Observe) => None,
-            (Execution::Detached { .. }, Mode::Enforce) => {
-                // The callout carries text only: refuse now rather than after claiming the key.
-                if let Some((name, _)) = headers
-                    .iter()
-                    .find(|(_, v)| std::str::from_utf8(v).is_err())
-                {
-                    let detail = format!(
-                        "header {name} is not UTF-8, which this route's detached execution cannot forward"
-                    );
-                    self.answer(host, Problem::HeaderNotForwardable, &detail);
-                    return None;
-                }
-                Some(headers.clone())
-            }
+            (Execution::Detached { .. }, Mode::Enforce) => Some(headers.clone()),
         };
         Some(Admitted {
             rule,
@@ -187,10 +174,17 @@ impl Stream {
         let limit = self.worker.cfg.max_body_bytes;
         // The body is read into the VM: its bytes come from the budget first. An inline request
         // gives them back once fingerprinted; a detached one keeps them until it is dispatched.
+        // A detached request is sent on with its trailers (HTTP/2 and chunked HTTP/1 requests
+        // may end with them; the body is then finished from the trailers callback).
+        let trailers = match admitted.detached_headers {
+            Some(_) => host.request_trailers(),
+            None => Vec::new(),
+        };
         let headers = admitted
             .detached_headers
             .as_deref()
-            .map_or(0, crate::settlement::header_bytes);
+            .map_or(0, crate::settlement::header_bytes)
+            .saturating_add(crate::settlement::header_bytes(&trailers));
         let bytes = admitted.body_seen.min(limit).saturating_add(headers);
         // Envoy copies the body into memory the VM must grow for: check that it can, fallibly,
         // since a failed allocation there would abort the VM.
@@ -231,7 +225,7 @@ impl Stream {
         }
         admitted.fingerprinter.update_body(&body);
         if let Some(headers) = admitted.detached_headers.take() {
-            self.detached_request = Some((headers, body));
+            self.detached_request = Some((headers, body, trailers));
             self.held = Some(held);
         }
         self.look_up_previous(host, admitted)

@@ -109,8 +109,8 @@ enum Phase {
 pub struct Stream {
     worker: Rc<Worker>,
     phase: Phase,
-    /// The request (headers, body) a detached execution sends upstream.
-    detached_request: Option<(Headers, Vec<u8>)>,
+    /// The request (headers, body, trailers) a detached execution sends upstream.
+    detached_request: Option<(Headers, Vec<u8>, Headers)>,
     /// The detached request's bytes in the worker's memory budget; they go with it to the root
     /// context.
     held: Option<Held>,
@@ -161,7 +161,7 @@ impl Stream {
                     Ok(held) => self.held = Some(held),
                     Err(_) => return self.over_budget(host, "a detached request", bytes),
                 }
-                self.detached_request = Some((headers, Vec::new()));
+                self.detached_request = Some((headers, Vec::new(), Vec::new()));
             }
             return self.look_up_previous(host, admitted);
         }
