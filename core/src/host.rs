@@ -23,17 +23,16 @@ pub struct Callout {
     pub headers: Vec<(String, String)>,
     pub body: Vec<u8>,
     pub timeout_ms: u64,
-    /// A client's request: sent with these fields (as bytes) in place of `headers`, and its
-    /// trailers.
+    /// A client's request: sent with these fields (as bytes) in place of `headers`.
     pub forwarded: Option<Box<Forwarded>>,
 }
 
-/// A client's request as the plugin sends it on: its header fields in order and its trailers,
-/// values as the client sent them (they need not be UTF-8).
+/// A client's request as the plugin sends it on: its header fields in order, values as the
+/// client sent them (they need not be UTF-8). No trailers: Envoy's async client, which carries
+/// every callout, sends none (a request that has them runs inline, `stream/mod.rs`).
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Forwarded {
     pub headers: Headers,
-    pub trailers: Headers,
 }
 
 /// Envoy shared data: a key-value map per Envoy process, shared by its workers, with CAS.
@@ -58,8 +57,6 @@ pub trait Host: SharedData {
     /// The first `size` bytes of the buffered request body (empty when there is none); an error
     /// when the host could not give it.
     fn request_body(&self, size: usize) -> Result<Vec<u8>, String>;
-    /// The request's trailers, once they arrived (empty when it has none).
-    fn request_trailers(&self) -> Headers;
     fn response_headers(&self) -> Vec<(String, Vec<u8>)>;
     fn response_body(&self, size: usize) -> Vec<u8>;
     /// The upstream response's trailers (HTTP/2 trailers, gRPC's status), once they arrived.

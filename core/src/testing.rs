@@ -74,7 +74,6 @@ pub struct FakeHost {
     pub ids: Rc<Cell<u64>>,
     pub request_headers: Vec<(String, Vec<u8>)>,
     pub request_body: Vec<u8>,
-    pub request_trailers: Vec<(String, Vec<u8>)>,
     pub response_headers: Vec<(String, Vec<u8>)>,
     pub response_body: Vec<u8>,
     pub response_trailers: Vec<(String, Vec<u8>)>,
@@ -109,7 +108,6 @@ impl FakeHost {
             ids: ids.clone(),
             request_headers: Vec::new(),
             request_body: Vec::new(),
-            request_trailers: Vec::new(),
             response_headers: Vec::new(),
             response_body: Vec::new(),
             response_trailers: Vec::new(),
@@ -177,9 +175,6 @@ impl Host for FakeHost {
             return Err("BadArgument".to_string());
         }
         Ok(self.request_body.iter().take(size).copied().collect())
-    }
-    fn request_trailers(&self) -> Vec<(String, Vec<u8>)> {
-        self.request_trailers.clone()
     }
     fn response_headers(&self) -> Vec<(String, Vec<u8>)> {
         self.response_headers.clone()

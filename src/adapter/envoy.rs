@@ -100,25 +100,21 @@ impl SharedData for EnvoyHost {
 }
 
 /// Dispatches a callout from the current Envoy context. A client's request (detached execution)
-/// is sent with its header values and trailers as bytes ([`crate::host::Forwarded`]).
+/// is sent with its header values as bytes ([`crate::host::Forwarded`]).
 pub(super) fn send_callout(callout: &Callout) -> Result<u32, String> {
-    type Pairs<'a> = Vec<(&'a str, &'a str)>;
-    let (headers, trailers): (Pairs, Pairs) = match &callout.forwarded {
-        Some(forwarded) => (as_pairs(&forwarded.headers), as_pairs(&forwarded.trailers)),
-        None => (
-            callout
-                .headers
-                .iter()
-                .map(|(n, v)| (n.as_str(), v.as_str()))
-                .collect(),
-            Vec::new(),
-        ),
+    let headers = match &callout.forwarded {
+        Some(forwarded) => as_pairs(&forwarded.headers),
+        None => callout
+            .headers
+            .iter()
+            .map(|(n, v)| (n.as_str(), v.as_str()))
+            .collect(),
     };
     hostcalls::dispatch_http_call(
         &callout.cluster,
         headers,
         Some(&callout.body),
-        trailers,
+        Vec::new(),
         Duration::from_millis(callout.timeout_ms),
     )
     .map_err(|e| format!("{e:?}"))
@@ -189,10 +185,6 @@ impl Host for EnvoyHost {
         hostcalls::get_buffer(BufferType::HttpRequestBody, 0, size)
             .map(Option::unwrap_or_default)
             .map_err(|e| format!("{e:?}"))
-    }
-
-    fn request_trailers(&self) -> Vec<(String, Vec<u8>)> {
-        map_bytes(MapType::HttpRequestTrailers)
     }
 
     fn response_headers(&self) -> Vec<(String, Vec<u8>)> {

@@ -94,22 +94,10 @@ pub const KNOWN: &[Known] = &[
         why: "a stored answer is replayed (and a detached answer sent) as a local reply with a whole body: `content-length` instead of the upstream's chunked framing, so its stored trailers cannot follow over HTTP/1",
     },
     Known {
-        row: "trailers-h1",
-        path: "detached",
-        tokens: &["+content-length", "-transfer-encoding", "framing", "trailers", "up:+content-length", "up:-transfer-encoding", "up:trailers"],
-        why: "Envoy frames a callout with a body by `content-length`, so its HTTP/1.1 codec drops the request trailers the plugin hands it (README, \"What detached execution skips\"); a local reply framed by `content-length` cannot carry the stored trailers over HTTP/1; a callout carries its body with `content-length`, never chunked: the upstream gets `content-length` where the router would forward `transfer-encoding: chunked`",
-    },
-    Known {
         row: "trailers-h2",
         path: "inline-replay",
         tokens: &["+content-length"],
         why: "a local reply carries `content-length` (its stored trailers are sent after its body: HTTP/2 lets a local reply carry them)",
-    },
-    Known {
-        row: "trailers-h2",
-        path: "detached",
-        tokens: &["+content-length", "up:+content-length", "up:-transfer-encoding", "up:trailers"],
-        why: "Envoy frames a callout with a body by `content-length`, so its HTTP/1.1 codec drops the request trailers the plugin hands it (README, \"What detached execution skips\"); a callout carries its body with `content-length`, never chunked: the upstream gets `content-length` where the router would forward `transfer-encoding: chunked`; the answer's trailers come back after its body (HTTP/2)",
     },
     Known {
         row: "local-reply-config",
@@ -130,9 +118,21 @@ pub const KNOWN: &[Known] = &[
         why: "with `Expect: 100-continue` past the connection manager, an inline rule lets the request headers go upstream before the decision (the client waits for the upstream's `100`), so a duplicate's head reaches the upstream, which gets a reset instead of the body when the filter replays",
     },
     Known {
+        row: "trailers-h1",
+        path: "detached-replay",
+        tokens: &["+content-length", "-transfer-encoding", "framing", "trailers"],
+        why: "a request with trailers runs inline on a detached rule (Envoy's async client sends no request trailers), so its replay is an inline replay: a local reply framed by `content-length`, without the stored trailers over HTTP/1",
+    },
+    Known {
+        row: "trailers-h2",
+        path: "detached-replay",
+        tokens: &["+content-length"],
+        why: "a request with trailers runs inline on a detached rule (Envoy's async client sends no request trailers), so its replay is an inline replay: a local reply carries `content-length`",
+    },
+    Known {
         row: "expect-100-proxied",
-        path: "detached",
-        tokens: &["interim", "up:-expect"],
-        why: "a callout never forwards `expect` and sends only after the body: no `100` reaches the client",
+        path: "detached-replay",
+        tokens: &["up:count"],
+        why: "a proxied `Expect: 100-continue` runs inline on a detached rule (only the router can bring back the upstream's `100`), so a duplicate's head reaches the upstream, which gets a reset instead of the body when the filter replays, as on an inline rule",
     },
 ];

@@ -31,10 +31,19 @@ impl Stream {
             String::from_utf8_lossy(&host.request_header(name).unwrap_or_default()).into_owned()
         };
         let (method, path) = (pseudo(":method"), pseudo(":path"));
-        let Some(rule) = cfg.route_for(&method, &path).cloned() else {
+        let Some(mut rule) = cfg.route_for(&method, &path).cloned() else {
             self.count(host, Metric::NotCovered);
             return None;
         };
+        // `Expect: 100-continue` reaches a filter only when the connection manager proxies it
+        // (`proxy_100_continue: true`). Its client sends the body after the upstream's `100`,
+        // which only the router can bring back (a callout sends nothing before it has the body,
+        // and a filter cannot send a `1xx`): a detached rule runs such a request inline, with its
+        // headers let through as on any inline rule (docs/fidelity.md, README "detached").
+        if matches!(rule.execution, Execution::Detached { .. }) && super::expects_continue(host) {
+            log::info!("{method} {path}: `Expect: 100-continue` proxied; executing inline");
+            rule.execution = Execution::Inline;
+        }
         self.observe = rule.mode == Mode::Observe;
         self.grpc = host
             .request_header("content-type")
@@ -174,17 +183,10 @@ impl Stream {
         let limit = self.worker.cfg.max_body_bytes;
         // The body is read into the VM: its bytes come from the budget first. An inline request
         // gives them back once fingerprinted; a detached one keeps them until it is dispatched.
-        // A detached request is sent on with its trailers (HTTP/2 and chunked HTTP/1 requests
-        // may end with them; the body is then finished from the trailers callback).
-        let trailers = match admitted.detached_headers {
-            Some(_) => host.request_trailers(),
-            None => Vec::new(),
-        };
         let headers = admitted
             .detached_headers
             .as_deref()
-            .map_or(0, crate::settlement::header_bytes)
-            .saturating_add(crate::settlement::header_bytes(&trailers));
+            .map_or(0, crate::settlement::header_bytes);
         let bytes = admitted.body_seen.min(limit).saturating_add(headers);
         // Envoy copies the body into memory the VM must grow for: check that it can, fallibly,
         // since a failed allocation there would abort the VM.
@@ -225,7 +227,7 @@ impl Stream {
         }
         admitted.fingerprinter.update_body(&body);
         if let Some(headers) = admitted.detached_headers.take() {
-            self.detached_request = Some((headers, body, trailers));
+            self.detached_request = Some((headers, body));
             self.held = Some(held);
         }
         self.look_up_previous(host, admitted)

@@ -104,8 +104,8 @@ impl Stream {
     /// Hands the request to the root context, which sends it upstream, stores the answer and
     /// answers this stream if it is still there. The request never goes through the router.
     fn detach(&mut self, host: &dyn Host, claim: Claim, cluster: &str, timeout_ms: u64) -> Flow {
-        let (headers, body, trailers) = self.detached_request.take().unwrap_or_default();
-        let upstream = upstream_request(cluster, timeout_ms, &headers, body, trailers);
+        let (headers, body) = self.detached_request.take().unwrap_or_default();
+        let upstream = upstream_request(cluster, timeout_ms, &headers, body);
         let Some(queue) = self.worker.doorbell() else {
             self.release_l1(host, &claim);
             self.release_later(host, &claim, 0);

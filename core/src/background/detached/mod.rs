@@ -5,7 +5,7 @@
 
 use crate::budget::Held;
 use crate::claim::Claim;
-use crate::host::{Callout, Forwarded, Headers};
+use crate::host::{Callout, Forwarded};
 use crate::record::HOP_BY_HOP;
 
 /// How a detached request ended, and how that is read from its callout's reply.
@@ -20,14 +20,13 @@ const PSEUDO_FORWARDED: [&str; 3] = [":method", ":path", ":authority"];
 
 /// The client's request as a callout to `cluster`, as the router would forward it: method, path
 /// with query, authority, headers in order with their values as bytes (less hop-by-hop ones;
-/// `content-length` stays when it is the body's; `te: trailers` stays, as the router keeps it),
-/// body and trailers.
+/// `content-length` stays when it is the body's; `te: trailers` stays, as the router keeps it)
+/// and body.
 pub fn upstream_request(
     cluster: &str,
     timeout_ms: u64,
     headers: &[(String, Vec<u8>)],
     body: Vec<u8>,
-    trailers: Headers,
 ) -> Callout {
     let forwarded = headers
         .iter()
@@ -52,10 +51,7 @@ pub fn upstream_request(
         headers: Vec::new(),
         body,
         timeout_ms,
-        forwarded: Some(Box::new(Forwarded {
-            headers: forwarded,
-            trailers,
-        })),
+        forwarded: Some(Box::new(Forwarded { headers: forwarded })),
     }
 }
 
@@ -114,8 +110,7 @@ mod tests {
             ("x-a".to_string(), b"2".to_vec()),
             ("expect".to_string(), b"100-continue".to_vec()),
         ];
-        let trailers = vec![("x-sum".to_string(), b"9".to_vec())];
-        let c = upstream_request("up", 900, &headers, b"{}".to_vec(), trailers.clone());
+        let c = upstream_request("up", 900, &headers, b"{}".to_vec());
         assert_eq!(c.cluster, "up");
         assert_eq!(c.timeout_ms, 900);
         assert!(c.headers.is_empty(), "every field is in `forwarded`");
@@ -138,15 +133,14 @@ mod tests {
             [0xff, b'a'],
             "bytes as the client sent them"
         );
-        assert_eq!(forwarded.trailers, trailers);
         assert_eq!(c.body, b"{}");
-        let other_length = upstream_request("up", 900, &headers, b"{}!".to_vec(), Vec::new());
+        let other_length = upstream_request("up", 900, &headers, b"{}!".to_vec());
         assert!(
             !names(&other_length).contains(&"content-length"),
             "a length that is not the body's is left to Envoy"
         );
         let te_other = vec![("te".to_string(), b"gzip".to_vec())];
-        let c = upstream_request("up", 1, &te_other, Vec::new(), Vec::new());
+        let c = upstream_request("up", 1, &te_other, Vec::new());
         assert!(
             names(&c).is_empty(),
             "the router drops `te` unless it is `trailers`"
