@@ -154,7 +154,7 @@ fn inline_reads_a_sidecars_reset_text_as_the_detached_path_does() {
     let reset = |reason: &str| {
         format!("upstream connect error or disconnect/reset before headers. reset reason: {reason}")
     };
-    let rows: [(&str, u16, String, Retry); 7] = [
+    let rows: [(&str, u16, String, Retry); 8] = [
         ("", 503, reset("connection termination"), Retry::Locked),
         ("", 503, reset("remote reset"), Retry::Locked),
         ("", 504, "upstream request timeout".into(), Retry::Locked),
@@ -166,6 +166,8 @@ fn inline_reads_a_sidecars_reset_text_as_the_detached_path_does() {
         ),
         ("", 503, reset("remote connection failure"), Retry::Executes),
         ("", 503, "busy".into(), Retry::Executes),
+        // Longer than any text of Envoy's: only its start is copied, and it is the service's.
+        ("", 503, "busy ".repeat(2000), Retry::Executes),
         // A rule that keeps 5xx keeps the answer whoever wrote it: it never executes again either.
         (
             r#""store_5xx":true,"#,
