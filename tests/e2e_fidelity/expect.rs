@@ -72,3 +72,49 @@ async fn a_client_that_waits_for_100_continue_gets_it_in_every_mode() {
         }
     }
 }
+
+/// The figures in docs/fidelity.md ("`Expect: 100-continue` with `proxy_100_continue: true`"):
+/// curl (which waits 1 s for a `100`, then sends anyway) against each gateway's
+/// `proxy_100_continue` listener, seconds per request, a first request and its retry.
+/// `cargo test --test e2e_fidelity curl_timings -- --ignored --nocapture`
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "a measurement: prints the table, checks nothing"]
+async fn curl_timings() {
+    let scripts: HashMap<String, Script> = HashMap::from([(
+        "/fid/expect-waits".to_owned(),
+        Script {
+            head: CREATED.to_vec(),
+            ..Script::default()
+        },
+    )]);
+    for headers_mode in ["hold", "stream"] {
+        for kind in [Kind::None, Kind::Inline, Kind::Detached] {
+            let upstream = Recorder::start(scripts.clone()).await;
+            let gateway = start_one(kind, headers_mode, upstream).await;
+            let url = format!(
+                "http://127.0.0.1:{}/fid/expect-waits",
+                gateway.proxied_100_port
+            );
+            let mut times = Vec::new();
+            for _ in 0..2 {
+                let out = std::process::Command::new("curl")
+                    .args(["-s", "-o", "/dev/null", "-w", "%{time_total}"])
+                    .args([
+                        "-H",
+                        "expect: 100-continue",
+                        "-H",
+                        "idempotency-key: curl-1",
+                    ])
+                    .args(["-H", "content-type: application/json"])
+                    .args(["--data-binary", "{\"amount\":100}", &url])
+                    .output()
+                    .expect("curl");
+                times.push(String::from_utf8_lossy(&out.stdout).into_owned());
+            }
+            println!(
+                "CURL|{headers_mode}|{kind:?}|first {}|retry {}",
+                times[0], times[1]
+            );
+        }
+    }
+}
