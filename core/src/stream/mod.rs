@@ -16,6 +16,7 @@ mod capture;
 mod claim;
 mod key_field;
 mod rotation;
+mod routed;
 mod settle;
 mod verify;
 
@@ -100,6 +101,8 @@ enum Phase {
     Detached,
     /// The filter answered locally; the local reply passes back through the response callbacks.
     Answered,
+    /// A replay sent to the replay listener (`routed.rs`); its answer comes back as a response.
+    Routed,
 }
 
 /// One HTTP stream.
@@ -123,6 +126,12 @@ pub struct Stream {
     replay_trailers: Headers,
     /// The request is gRPC (`content-type`): the filter's own answers are gRPC statuses.
     grpc: bool,
+    /// The request headers went on before the decision (`stream` mode, `Expect: 100-continue`):
+    /// the request can no longer be routed elsewhere.
+    headers_forwarded: bool,
+    /// The filter's own reply must leave without the `content-length` Envoy adds to local
+    /// replies (a gRPC answer, or one with trailers, from the replay listener).
+    strip_content_length: bool,
 }
 
 impl Stream {
@@ -137,10 +146,15 @@ impl Stream {
             restore_content_type: None,
             replay_trailers: Vec::new(),
             grpc: false,
+            headers_forwarded: false,
+            strip_content_length: false,
         }
     }
 
     pub fn on_request_headers(&mut self, host: &dyn Host, end_of_stream: bool) -> Flow {
+        if self.worker.cfg.replay_listener {
+            return self.serve_replay(host);
+        }
         let Some(admitted) = self.admit(host) else {
             return self.flow_after_admission();
         };
@@ -164,7 +178,7 @@ impl Stream {
         }
         let inline = admitted.detached_headers.is_none();
         self.phase = Phase::ReadingBody(Box::new(admitted));
-        match self.worker.cfg.headers_mode {
+        let flow = match self.worker.cfg.headers_mode {
             // `Expect: 100-continue` reaches a filter only when the connection manager proxies it
             // (`proxy_100_continue: true`; otherwise Envoy answers `100` and removes it). Such a
             // client sends its body after the upstream's `100`, so holding its headers would stall
@@ -173,7 +187,9 @@ impl Stream {
             HeadersMode::Hold => Flow::Pause,
             // The body callbacks hold the request instead; the upstream sees no end of stream yet.
             HeadersMode::Stream => Flow::Continue,
-        }
+        };
+        self.headers_forwarded = flow == Flow::Continue;
+        flow
     }
 
     pub fn on_request_body(
@@ -271,10 +287,14 @@ impl Stream {
             }
             // A local reply came while looking under a previous secret: nothing was claimed.
             Phase::LookingUp { .. } => Flow::Continue,
+            Phase::Routed => self.on_routed_answer(host),
             other => {
                 if matches!(other, Phase::Answered) {
                     if let Some(content_type) = self.restore_content_type.take() {
                         host.set_response_header("content-type", &content_type);
+                    }
+                    if std::mem::take(&mut self.strip_content_length) {
+                        host.remove_response_header("content-length");
                     }
                 }
                 self.phase = other;
