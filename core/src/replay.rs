@@ -24,10 +24,9 @@ use sha2::Sha256;
 pub const FILTER_STATE: &str = "idempotency_replay";
 /// The value of [`FILTER_STATE`] (the route matches it exactly).
 pub const FILTER_STATE_VALUE: &[u8] = b"routed";
-/// The name the route to the replay listener must have (`name:` of the route in Envoy's route
-/// configuration): after asking Envoy to choose the route again, the filter checks that it chose
-/// this one, so that a configuration without it never sends a replay to the service.
-pub const REPLAY_ROUTE: &str = "idempotency_replay";
+/// A routed replay's `:path`: one no service serves, so that a request the routes do not send to
+/// the replay listener (a configuration without that route) cannot run the call again.
+pub const PATH: &str = "/.well-known/idempotency-replay";
 /// The request header that carries the ticket.
 pub const TICKET_HEADER: &str = "x-idempotency-replay";
 /// The request's own `content-type`, kept while the request travels as [`CONTENT_TYPE`].

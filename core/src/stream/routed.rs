@@ -4,9 +4,11 @@
 //! or a rule with `replay: "routed"`, is not answered locally. The record is put into L1 (a record
 //! from the key store is not there yet), the request's `content-type` becomes a non-gRPC one
 //! (the original kept in a header), a ticket naming the record key is added, and filter state
-//! set for the route to the replay listener; Envoy then chooses the route again. The filter
-//! checks that the chosen route is the replay route before it changes anything a service could
-//! see: a request that would reach the service instead is answered locally, never executed twice.
+//! set for the route to the replay listener; Envoy then chooses the route again. Its `:path`
+//! becomes [`replay::PATH`], which no service serves: should a configuration lack the route to the
+//! replay listener, the service gets a request for a path it does not have, never the call again.
+//! (Envoy 1.40 gives a filter no way to read the route it will choose after `clear_route_cache`:
+//! `xds.route_name` reads empty until the router asks for the route.)
 //!
 //! The replay listener's filter ([`Stream::serve_replay`], `replay_listener: true`): checks the
 //! ticket, reads the record from L1 and answers with it. Its request is not gRPC, so Envoy keeps
@@ -25,7 +27,7 @@ use crate::host::Host;
 use crate::metrics::Metric;
 use crate::problem::Problem;
 use crate::record::{Outcome, Record};
-use crate::replay::{self, REPLAY_ROUTE};
+use crate::replay;
 use crate::reply::LocalReply;
 use crate::scope::RecordKey;
 use log::{debug, warn};
@@ -71,21 +73,11 @@ impl Stream {
         {
             return self.replay_unrouted(host, key, record, "Envoy refused the filter state");
         }
-        let route = host.property(&["route_name".to_string()]);
-        if route.as_deref() != Some(REPLAY_ROUTE.as_bytes()) {
-            // Without the route the request would reach the service: take the state back.
-            host.set_filter_state(replay::FILTER_STATE, b"");
-            host.clear_route_cache();
-            let why = format!(
-                "Envoy chose route {:?}, not {REPLAY_ROUTE:?} (is the route to the replay listener configured?)",
-                String::from_utf8_lossy(&route.unwrap_or_default())
-            );
-            return self.replay_unrouted(host, key, record, &why);
-        }
         if let Some(content_type) = host.request_header("content-type") {
             host.set_request_header(replay::CONTENT_TYPE_HEADER, &content_type);
         }
         host.set_request_header("content-type", replay::CONTENT_TYPE);
+        host.set_request_header(":path", replay::PATH.as_bytes());
         let ticket = replay::ticket(self.worker.cfg.secrets.current(), key, now);
         host.set_request_header(replay::TICKET_HEADER, ticket.as_bytes());
         debug!("key {}: replay routed to the replay listener", key.short());

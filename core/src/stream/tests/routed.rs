@@ -3,7 +3,7 @@
 
 use super::*;
 use crate::host::SharedData;
-use crate::replay::{CONTENT_TYPE, CONTENT_TYPE_HEADER, FILTER_STATE, REPLAY_ROUTE, TICKET_HEADER};
+use crate::replay::{CONTENT_TYPE, CONTENT_TYPE_HEADER, FILTER_STATE, PATH, TICKET_HEADER};
 
 const OUTER: &str = r#"{"routed_replay":true,"routes":[{"prefix":"/payments","required":true},{"prefix":"/routed","required":true,"replay":"routed"}],"anonymous_scope":"t"}"#;
 const LISTENER: &str = r#"{"replay_listener":true,"routes":[{"prefix":"/payments"}]}"#;
@@ -12,13 +12,11 @@ fn grpc_req<'a>(key: &'a str, body: &'a [u8]) -> Req<'a> {
     post(key, body)
 }
 
-/// Sends `req` with `content-type`; Envoy's route, once recomputed, is `route`.
-fn send_as(w: &World, req: &Req, content_type: &str, route: &str) -> (Stream, FakeHost, Flow) {
+/// Sends `req` with `content-type`.
+fn send_as(w: &World, req: &Req, content_type: &str) -> (Stream, FakeHost, Flow) {
     let mut host = w.host(req);
     host.request_headers
         .push(("content-type".into(), content_type.as_bytes().to_vec()));
-    host.properties
-        .insert(vec!["route_name".into()], route.as_bytes().to_vec());
     let mut stream = Stream::new(w.worker.clone());
     let mut flow = stream.on_request_headers(&host, req.body.is_empty());
     if !req.body.is_empty() && host.sent.borrow().is_empty() {
@@ -39,7 +37,7 @@ const MESSAGE: &[u8] = b"\0\0\0\0\x02ok";
 
 /// The first call of `key` runs and its answer (message and trailers) is kept in L1.
 fn first_call(w: &World, key: &str) {
-    let (mut s, mut h, flow) = send_as(w, &grpc_req(key, b"m"), "application/grpc", "default");
+    let (mut s, mut h, flow) = send_as(w, &grpc_req(key, b"m"), "application/grpc");
     assert_eq!(flow, Flow::Continue, "the first call executes");
     h.response_headers = vec![
         (":status".into(), b"200".to_vec()),
@@ -75,7 +73,7 @@ fn at_listener(w: &World, outer: &FakeHost) -> (Stream, FakeHost, Flow) {
 fn a_grpc_retry_is_routed_and_the_listener_answers_it_whole() {
     let w = World::new(OUTER);
     first_call(&w, "k1");
-    let (mut s, mut h, flow) = send_as(&w, &grpc_req("k1", b"m"), "application/grpc", REPLAY_ROUTE);
+    let (mut s, mut h, flow) = send_as(&w, &grpc_req("k1", b"m"), "application/grpc");
     assert_eq!(flow, Flow::Continue, "routed: the request goes on");
     assert!(h.sent.borrow().is_empty(), "no local reply");
     assert_eq!(
@@ -87,6 +85,8 @@ fn a_grpc_retry_is_routed_and_the_listener_answers_it_whole() {
     assert!(set.contains(&("content-type".into(), CONTENT_TYPE.to_vec())));
     assert!(set.contains(&(CONTENT_TYPE_HEADER.into(), b"application/grpc".to_vec())));
     assert!(set.iter().any(|(n, _)| n == TICKET_HEADER));
+    // A path no service serves: without the route to the listener, nothing runs again.
+    assert!(set.contains(&(":path".into(), PATH.as_bytes().to_vec())));
 
     let (mut ls, lh, flow) = at_listener(&w, &h);
     assert_eq!(flow, Flow::Pause);
@@ -114,32 +114,13 @@ fn a_grpc_retry_is_routed_and_the_listener_answers_it_whole() {
 fn envoys_own_answer_on_the_replay_route_is_not_a_replay() {
     let w = World::new(OUTER);
     first_call(&w, "k1");
-    let (mut s, mut h, _) = send_as(&w, &grpc_req("k1", b"m"), "application/grpc", REPLAY_ROUTE);
+    let (mut s, mut h, _) = send_as(&w, &grpc_req("k1", b"m"), "application/grpc");
     h.response_headers = vec![
         (":status".into(), b"200".to_vec()),
         ("grpc-status".into(), b"14".to_vec()),
     ];
     assert_eq!(s.on_response_headers(&h, true), Flow::Continue);
     assert_eq!(h.count_of(Metric::Replayed), 0);
-}
-
-#[test]
-fn without_the_replay_route_nothing_is_changed_and_the_call_is_unavailable() {
-    let w = World::new(OUTER);
-    first_call(&w, "k1");
-    let (_, h, flow) = send_as(&w, &grpc_req("k1", b"m"), "application/grpc", "default");
-    assert_eq!(flow, Flow::Pause);
-    assert!(
-        h.request_headers_set.borrow().is_empty(),
-        "headers untouched"
-    );
-    assert_eq!(
-        h.filter_state.borrow().get(FILTER_STATE).map(Vec::as_slice),
-        Some(&b""[..]),
-        "the filter state is taken back"
-    );
-    let sent = h.last_sent().unwrap();
-    assert_eq!(sent.header("grpc-status"), Some(&b"14"[..]));
 }
 
 #[test]
@@ -150,9 +131,9 @@ fn plain_http_is_routed_only_where_the_rule_says() {
             path,
             ..post("h1", b"{}")
         };
-        let (mut s, mut h, _) = send_as(&w, &req, "application/json", REPLAY_ROUTE);
+        let (mut s, mut h, _) = send_as(&w, &req, "application/json");
         w.respond(&mut s, &mut h, 201, b"{\"id\":1}");
-        let (_, h, flow) = send_as(&w, &req, "application/json", REPLAY_ROUTE);
+        let (_, h, flow) = send_as(&w, &req, "application/json");
         if path == "/routed" {
             assert_eq!(flow, Flow::Continue);
             assert!(h.sent.borrow().is_empty());
@@ -172,7 +153,7 @@ fn plain_http_is_routed_only_where_the_rule_says() {
 #[test]
 fn a_trailers_only_record_is_one_header_block_with_its_content_type() {
     let w = World::new(OUTER);
-    let (mut s, mut h, _) = send_as(&w, &grpc_req("e1", b"m"), "application/grpc", "default");
+    let (mut s, mut h, _) = send_as(&w, &grpc_req("e1", b"m"), "application/grpc");
     h.response_headers = vec![
         (":status".into(), b"200".to_vec()),
         ("content-type".into(), b"application/grpc".to_vec()),
@@ -180,7 +161,7 @@ fn a_trailers_only_record_is_one_header_block_with_its_content_type() {
         ("grpc-message".into(), b"nope".to_vec()),
     ];
     s.on_response_headers(&h, true);
-    let (_, h, _) = send_as(&w, &grpc_req("e1", b"m"), "application/grpc", REPLAY_ROUTE);
+    let (_, h, _) = send_as(&w, &grpc_req("e1", b"m"), "application/grpc");
     let (mut ls, lh, _) = at_listener(&w, &h);
     let sent = lh.last_sent().unwrap();
     assert!(sent.body.is_empty());
@@ -200,7 +181,7 @@ fn a_trailers_only_record_is_one_header_block_with_its_content_type() {
 fn the_listener_refuses_requests_without_a_valid_ticket_and_evicted_records_are_unavailable() {
     let w = World::new(OUTER);
     first_call(&w, "k1");
-    let (_, h, _) = send_as(&w, &grpc_req("k1", b"m"), "application/grpc", REPLAY_ROUTE);
+    let (_, h, _) = send_as(&w, &grpc_req("k1", b"m"), "application/grpc");
 
     // No ticket, or a forged one: refused (PERMISSION_DENIED for a gRPC caller).
     let mut forged = FakeHost::new(&w.shared, &w.clock, &w.ids);
@@ -239,7 +220,7 @@ fn the_listener_refuses_requests_without_a_valid_ticket_and_evicted_records_are_
     // answer.
     let w = World::new(OUTER);
     first_call(&w, "k2");
-    let (_, h, _) = send_as(&w, &grpc_req("k2", b"m"), "application/grpc", REPLAY_ROUTE);
+    let (_, h, _) = send_as(&w, &grpc_req("k2", b"m"), "application/grpc");
     for slot in 0..w.worker.cfg.l1_slots {
         let _ = w
             .shared
