@@ -28,7 +28,10 @@ pub(super) fn route(timeout: &str) -> String {
                 match:
                   prefix: "/"
                   filter_state: [{{ key: wasm.idempotency_replay, string_match: {{ exact: routed }} }}]
-                route: {{ cluster: idempotency_replay, timeout: {timeout} }}"#
+                route: {{ cluster: idempotency_replay, timeout: {timeout} }}
+                # The replay listener's connection manager adds its own; without them this one adds
+                # them after `x-envoy-upstream-service-time`, in the order of an upstream's answer.
+                response_headers_to_remove: [date, server]"#
     )
 }
 
@@ -39,7 +42,7 @@ const HTTP2: &str = r#"
         explicit_http_config:
           http2_protocol_options: {}"#;
 
-pub(super) fn cluster(listener: ReplayListener) -> String {
+pub fn cluster(listener: ReplayListener) -> String {
     let (transport, address) = match listener {
         ReplayListener::Internal => (
             r#"

@@ -102,7 +102,8 @@ pub(super) fn validate_routes(raw: &mut RawConfig) -> Result<Vec<RouteRule>, Con
     let mode = raw.mode.unwrap_or(Mode::Enforce);
     let max_wait_ms = raw.max_wait_ms.unwrap_or(DEFAULT_MAX_WAIT_MS);
     check_range("max_wait_ms", max_wait_ms, 1, MAX_WAIT_MS)?;
-    let routed_replay = raw.routed_replay.unwrap_or(false);
+    // The replay listener's filter may carry the outer filter's rules unchanged (it ignores them).
+    let routed_replay = raw.routed_replay.unwrap_or(false) || raw.replay_listener.unwrap_or(false);
     let replay = check_replay("replay", raw.replay, Replay::Local, routed_replay)?;
 
     let raw_rules = raw.routes.take().unwrap_or_else(|| {
