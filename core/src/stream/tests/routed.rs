@@ -232,3 +232,37 @@ fn the_listener_refuses_requests_without_a_valid_ticket_and_evicted_records_are_
     assert!(sent.header("grpc-retry-pushback-ms").is_some());
     assert!(sent.header("idempotent-replayed").is_none());
 }
+
+#[test]
+fn observe_mode_forwards_the_retry_and_counts_it() {
+    let w = World::new(&OUTER.replacen('{', r#"{"mode":"observe","#, 1));
+    first_call(&w, "o1");
+    let (_, h, flow) = send_as(&w, &grpc_req("o1", b"m"), "application/grpc");
+    assert_eq!(flow, Flow::Continue);
+    assert!(
+        h.request_headers_set.borrow().is_empty(),
+        "nothing rerouted"
+    );
+    assert_eq!(h.route_cache_cleared.get(), 0);
+    assert_eq!(h.observed_of(Metric::Replayed), 1);
+}
+
+#[test]
+fn a_request_whose_headers_went_ahead_is_not_rerouted() {
+    let w = World::new(OUTER);
+    let req = Req {
+        path: "/routed",
+        ..post("c1", b"{}")
+    };
+    let (mut s, mut h, _) = send_as(&w, &req, "application/json");
+    w.respond(&mut s, &mut h, 201, b"{\"id\":1}");
+    // `Expect: 100-continue` on an inline rule: the headers go on before the body is read.
+    let mut host = w.host(&req);
+    host.request_headers
+        .push(("expect".into(), b"100-continue".to_vec()));
+    let mut stream = Stream::new(w.worker.clone());
+    assert_eq!(stream.on_request_headers(&host, false), Flow::Continue);
+    stream.on_request_body(&host, 2, true);
+    assert_eq!(host.route_cache_cleared.get(), 0);
+    assert_eq!(host.last_sent().unwrap().status, 201, "the local reply");
+}
