@@ -7,8 +7,9 @@
 //! ```
 //! Each file is one part of the README's behaviour table: [`admission`] (which requests are
 //! covered, the key, the caller, the fingerprint), [`claim`] (the two tiers), [`settle`] (what the
-//! attempt's end means for the key: keep, release, or lock as "outcome unknown"), and [`answer`]
-//! (every reply the filter makes itself).
+//! attempt's end means for the key: keep, release, or lock as "outcome unknown"), [`answer`]
+//! (every reply the filter makes itself) and [`routed`] (a replay sent through the replay listener,
+//! and the replay listener's own answers).
 
 mod admission;
 mod answer;
