@@ -266,3 +266,29 @@ fn a_request_whose_headers_went_ahead_is_not_rerouted() {
     assert_eq!(host.route_cache_cleared.get(), 0);
     assert_eq!(host.last_sent().unwrap().status, 201, "the local reply");
 }
+
+#[test]
+fn a_record_under_a_previous_secret_is_routed_and_found_by_the_listener() {
+    const OLD: &str = "old-secret-0123456789abcdef0123456789";
+    const NEW: &str = "new-secret-0123456789abcdef0123456789";
+    let routes = r#""routes":[{"prefix":"/payments","required":true}],"anonymous_scope":"t""#;
+    let old = World::new(&format!(
+        r#"{{"hmac_secret":"{OLD}","routed_replay":true,{routes}}}"#
+    ));
+    first_call(&old, "r1");
+    let rotated = old.sharing(&format!(
+        r#"{{"hmac_secrets":["{NEW}","{OLD}"],"routed_replay":true,{routes}}}"#
+    ));
+    let (_, h, flow) = send_as(&rotated, &grpc_req("r1", b"m"), "application/grpc");
+    assert_eq!(flow, Flow::Continue, "routed");
+    // The listener checks the ticket under the current secret and finds the record under the
+    // previous secret's record key, which the ticket names.
+    let listener = old.sharing(&format!(
+        r#"{{"hmac_secrets":["{NEW}","{OLD}"],"replay_listener":true}}"#
+    ));
+    let mut host = FakeHost::new(&old.shared, &old.clock, &old.ids);
+    host.request_headers = h.request_headers_set.borrow().clone();
+    Stream::new(listener.worker.clone()).on_request_headers(&host, false);
+    let sent = host.last_sent().unwrap();
+    assert_eq!((sent.status, sent.body.as_slice()), (200, MESSAGE));
+}
