@@ -66,6 +66,16 @@ pub trait Host: SharedData {
     /// Adds a response trailer (from the last body callback of the response); false when Envoy
     /// refuses (a response that cannot carry trailers).
     fn add_response_trailer(&self, name: &str, value: &[u8]) -> bool;
+    /// Removes a response header while the response headers are held.
+    fn remove_response_header(&self, name: &str);
+    /// Sets a request header (replacing any of that name) while the request headers are held.
+    fn set_request_header(&self, name: &str, value: &[u8]);
+    /// Sets this stream's filter state `wasm.<name>` (Envoy's `set_property`), which a route can
+    /// match; false when Envoy refuses.
+    fn set_filter_state(&self, name: &str, value: &[u8]) -> bool;
+    /// Makes Envoy choose the request's route again (the foreign function `clear_route_cache`),
+    /// after the filter changed what the routes match on; false when Envoy refuses.
+    fn clear_route_cache(&self) -> bool;
     /// An Envoy property (or dynamic metadata) by path.
     fn property(&self, path: &[String]) -> Option<Vec<u8>>;
     /// Answers the client locally; the upstream is not called.

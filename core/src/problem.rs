@@ -25,6 +25,11 @@ pub enum Problem {
     /// The key store returned a record for the key that fails its seal check: the filter cannot
     /// vouch for it, so it neither replays it nor executes the request again.
     RecordUnverifiable,
+    /// A request to the replay listener without a valid ticket from the outer filter.
+    ReplayRefused,
+    /// A routed replay found no record to answer with (evicted from L1 between the outer filter
+    /// and the replay listener): nothing ran, a retry gets the record from the key store or here.
+    ReplayUnavailable,
 }
 
 #[derive(Serialize)]
@@ -52,6 +57,8 @@ impl Problem {
             Problem::StoreUnavailable => 503,
             Problem::MemoryBudget => 503,
             Problem::RecordUnverifiable => 502,
+            Problem::ReplayRefused => 403,
+            Problem::ReplayUnavailable => 503,
         }
     }
 
@@ -81,6 +88,9 @@ impl Problem {
             Problem::UpstreamTimeout => (Code::DeadlineExceeded, false),
             Problem::UpstreamReset => (Code::Unknown, false),
             Problem::RecordUnverifiable => (Code::DataLoss, false),
+            Problem::ReplayRefused => (Code::PermissionDenied, false),
+            // Nothing ran; the record is still kept (key store) or the key answers again.
+            Problem::ReplayUnavailable => (Code::Unavailable, true),
         }
     }
 
@@ -127,6 +137,14 @@ impl Problem {
                 "record-unverifiable",
                 "The stored record for this Idempotency-Key fails verification",
             ),
+            Problem::ReplayRefused => (
+                "replay-refused",
+                "The replay listener answers only replays routed by the gateway's filter",
+            ),
+            Problem::ReplayUnavailable => (
+                "replay-unavailable",
+                "The stored answer could not be replayed right now",
+            ),
         }
     }
 
@@ -144,7 +162,10 @@ impl Problem {
             "content-type".to_string(),
             b"application/problem+json".to_vec(),
         )];
-        if matches!(self, Problem::Conflict | Problem::MemoryBudget) {
+        if matches!(
+            self,
+            Problem::Conflict | Problem::MemoryBudget | Problem::ReplayUnavailable
+        ) {
             let seconds = retry_after_s.max(1).to_string();
             headers.push(("retry-after".to_string(), seconds.into_bytes()));
         }

@@ -4,8 +4,10 @@
 //! Connections themselves (timeouts, caps, shutdown) are [`crate::server`]'s.
 
 mod admin;
+mod batch;
 mod bearer;
 mod body;
+mod calls;
 mod held;
 mod v1;
 

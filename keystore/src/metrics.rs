@@ -2,8 +2,8 @@
 //! in one process, as in the tests, do not mix their counts.
 
 use prometheus::{
-    Encoder, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts,
-    Registry, TextEncoder,
+    Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge,
+    IntGaugeVec, Opts, Registry, TextEncoder,
 };
 
 /// The key store's metrics.
@@ -11,7 +11,8 @@ use prometheus::{
 pub struct Metrics {
     registry: Registry,
     /// Requests per operation and outcome (claimed, in_flight, completed, mismatch, stored,
-    /// released, renewed, stale, bad_request, unauthorized, error).
+    /// released, renewed, stale, bad_request, unauthorized, error; a batch's entries under their
+    /// own call's name, the batch itself as `batch` `answered`, or `bad_entry` per malformed entry).
     pub ops: IntCounterVec,
     /// Backend call latency per operation, errors included.
     pub backend_seconds: HistogramVec,
@@ -29,6 +30,10 @@ pub struct Metrics {
     pub waiters: IntGauge,
     /// Claims answered at once because `--max-waiters` claims were already waiting.
     pub waiters_refused: IntCounter,
+    /// Batches (`/v1/batch`) whose entries ran (the envelope was valid).
+    pub batches: IntCounter,
+    /// Entries per batch that ran.
+    pub batch_entries: Histogram,
 }
 
 impl Metrics {
@@ -87,8 +92,18 @@ impl Metrics {
             "keystore_waiters_refused_total",
             "Claims answered without waiting: --max-waiters reached",
         )?;
+        let batches = IntCounter::new(
+            "keystore_batches_total",
+            "Batches (/v1/batch) whose entries ran",
+        )?;
+        let batch_entries = Histogram::with_opts(
+            HistogramOpts::new("keystore_batch_entries", "Entries per batch (/v1/batch)")
+                .buckets(vec![1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0, 256.0]),
+        )?;
         for c in [
-            Box::new(connections_open.clone()) as Box<dyn prometheus::core::Collector>,
+            Box::new(batches.clone()) as Box<dyn prometheus::core::Collector>,
+            Box::new(batch_entries.clone()),
+            Box::new(connections_open.clone()),
             Box::new(connections.clone()),
             Box::new(connections_refused.clone()),
             Box::new(timeouts.clone()),
@@ -111,6 +126,8 @@ impl Metrics {
             timeouts,
             waiters,
             waiters_refused,
+            batches,
+            batch_entries,
         })
     }
 

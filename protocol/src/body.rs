@@ -87,7 +87,7 @@ pub fn decode<T: DeserializeOwned + Compact>(body: &[u8]) -> Result<T, ProtocolE
 }
 
 /// A request body of `endpoint` (`claim`, `lookup`, `complete`, `release`, `renew`,
-/// `renew-batch`), in whichever
+/// `renew-batch`, `batch`), in whichever
 /// format it is in, as JSON text: what a person reads in a test failure or a capture.
 pub fn request_as_json(endpoint: &str, body: &[u8]) -> Result<Vec<u8>, ProtocolError> {
     use crate::request::{
@@ -101,6 +101,7 @@ pub fn request_as_json(endpoint: &str, body: &[u8]) -> Result<Vec<u8>, ProtocolE
         "release" => json::encode(&decode_request::<ReleaseRequest>(body)?),
         "renew" => json::encode(&decode_request::<RenewRequest>(body)?),
         "renew-batch" => json::encode(&decode_request::<RenewBatchRequest>(body)?),
+        "batch" => json::encode(&decode_request::<crate::batch::BatchRequest>(body)?),
         other => return Err(ProtocolError::body(format!("no request body on /{other}"))),
     })
 }

@@ -339,6 +339,7 @@ impl Compact for RenewBatchRequest {
 }
 
 pub mod answers;
+pub mod batch;
 #[cfg(test)]
 #[allow(clippy::unwrap_used)]
 mod tests;

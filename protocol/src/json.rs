@@ -30,7 +30,7 @@ pub fn encode<T: Serialize>(value: &T) -> Vec<u8> {
     serde_json::to_vec(value).unwrap_or_default()
 }
 
-fn path_error(e: serde_path_to_error::Error<serde_json::Error>) -> ProtocolError {
+pub(crate) fn path_error(e: serde_path_to_error::Error<serde_json::Error>) -> ProtocolError {
     let path = e.path().to_string();
     let inner = e.into_inner();
     if !inner.is_data() {

@@ -19,3 +19,8 @@ pub const DEFAULT_ABANDONED_RETENTION_MS: u64 = 24 * 60 * 60 * 1000;
 /// The `retry_after_ms` of the `in_flight` answer a caller that does not understand `abandoned`
 /// gets for an abandoned key: nothing will free the key soon, so a second is as good as any.
 pub const ABANDONED_RETRY_AFTER_MS: u64 = 1000;
+/// Most entries in one `batch` (README, "Key-store API"): a filter with more calls pending sends
+/// several batches. A batch body is also bounded by the key store's `--max-body-bytes`, which its
+/// completes' records count toward; the count bounds the backend work of one call, and is checked
+/// before any entry is read.
+pub const MAX_BATCH_ENTRIES: usize = 256;

@@ -6,7 +6,7 @@
 use serde::Deserialize;
 
 use crate::bounded::{BoundedVec, Listed};
-use crate::limits::MAX_RENEW_BATCH;
+use crate::limits::{MAX_BATCH_ENTRIES, MAX_RENEW_BATCH};
 
 /// `POST /v1/claim`, unvalidated.
 #[derive(Debug, Clone, Default, Deserialize)]
@@ -62,4 +62,11 @@ impl Listed for Renew {
 #[derive(Debug, Clone, Default, Deserialize)]
 pub struct RenewBatch {
     pub renewals: Option<BoundedVec<Renew, MAX_RENEW_BATCH>>,
+}
+
+/// `POST /v1/batch`, unvalidated: each entry kept as JSON, to be read as the call its `op` names
+/// ([`crate::batch`]); a list of more than [`MAX_BATCH_ENTRIES`] entries is refused while it is read.
+#[derive(Debug, Clone, Default, Deserialize)]
+pub struct Batch {
+    pub entries: Option<BoundedVec<crate::batch::JsonEntry, MAX_BATCH_ENTRIES>>,
 }

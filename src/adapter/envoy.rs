@@ -226,6 +226,44 @@ impl Host for EnvoyHost {
         }
     }
 
+    fn remove_response_header(&self, name: &str) {
+        if let Err(e) = hostcalls::set_map_value_bytes(MapType::HttpResponseHeaders, name, None) {
+            warn!("cannot remove response header {name}: {e:?}");
+        }
+    }
+
+    fn set_request_header(&self, name: &str, value: &[u8]) {
+        if let Err(e) =
+            hostcalls::set_map_value_bytes(MapType::HttpRequestHeaders, name, Some(value))
+        {
+            warn!("cannot set request header {name}: {e:?}");
+        }
+    }
+
+    fn set_filter_state(&self, name: &str, value: &[u8]) -> bool {
+        // The raw call: the SDK's wrapper panics on any status but Ok. A one-part path makes
+        // Envoy store the value as filter state `wasm.<name>` (proxy-wasm separates the parts of
+        // a path by NUL bytes, so one part is the name itself).
+        let path = name.as_bytes();
+        // SAFETY: both slices outlive the call, which only reads them.
+        let status =
+            unsafe { proxy_set_property(path.as_ptr(), path.len(), value.as_ptr(), value.len()) };
+        if status != 0 {
+            warn!("cannot set filter state {name} (status {status})");
+        }
+        status == 0
+    }
+
+    fn clear_route_cache(&self) -> bool {
+        match hostcalls::call_foreign_function("clear_route_cache", None) {
+            Ok(_) => true,
+            Err(e) => {
+                warn!("clear_route_cache refused: {e:?}");
+                false
+            }
+        }
+    }
+
     fn property(&self, path: &[String]) -> Option<Vec<u8>> {
         hostcalls::get_property(path.iter().map(String::as_str).collect())
             .ok()
@@ -303,6 +341,12 @@ extern "C" {
         headers_data: *const u8,
         headers_size: usize,
         grpc_status: i32,
+    ) -> u32;
+    fn proxy_set_property(
+        path_data: *const u8,
+        path_size: usize,
+        value_data: *const u8,
+        value_size: usize,
     ) -> u32;
     fn proxy_add_header_map_value(
         map_type: u32,

@@ -8,7 +8,7 @@ use std::collections::BTreeSet;
 /// One known difference.
 pub struct Known {
     pub row: &'static str,
-    /// `inline`, `detached`, `inline-replay` or `detached-replay`.
+    /// `inline`, `detached`, `routed`, `inline-replay`, `detached-replay` or `routed-replay`.
     pub path: &'static str,
     pub tokens: &'static [&'static str],
     pub why: &'static str,
@@ -134,5 +134,31 @@ pub const KNOWN: &[Known] = &[
         path: "detached-replay",
         tokens: &["up:count"],
         why: "a proxied `Expect: 100-continue` runs inline on a detached rule (only the router can bring back the upstream's `100`), so a duplicate's head reaches the upstream, which gets a reset instead of the body when the filter replays, as on an inline rule",
+    },
+    // Routed replays (`replay: "routed"`): the stored answer comes back as an upstream's, through
+    // the replay listener (README, "Routed replays").
+    Known {
+        row: "chunked",
+        path: "routed-replay",
+        tokens: &["+content-length", "-transfer-encoding", "framing"],
+        why: "a record keeps no framing (a chunked answer has no `content-length` to keep its place, and `transfer-encoding` is never stored): the replay listener's answer has a whole body and its length, which the outer listener passes on",
+    },
+    Known {
+        row: "sse-stream",
+        path: "routed-replay",
+        tokens: &["+content-length", "-transfer-encoding", "framing"],
+        why: "a record keeps no framing: the replay listener's answer has a whole body and its length",
+    },
+    Known {
+        row: "empty-201-content-type",
+        path: "routed-replay",
+        tokens: &["order"],
+        why: "the replay listener's reply has no body, so Envoy drops its `content-type` and puts `content-length: 0` last; the filter sets `content-type` again, after it",
+    },
+    Known {
+        row: "expect-100-proxied",
+        path: "routed-replay",
+        tokens: &["up:count"],
+        why: "the request headers went upstream before the decision (the client waits for the upstream's `100`), so the request can no longer be routed: the replay is a local reply, as inline (with the stored `x-envoy-upstream-service-time`)",
     },
 ];

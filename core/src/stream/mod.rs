@@ -7,8 +7,9 @@
 //! ```
 //! Each file is one part of the README's behaviour table: [`admission`] (which requests are
 //! covered, the key, the caller, the fingerprint), [`claim`] (the two tiers), [`settle`] (what the
-//! attempt's end means for the key: keep, release, or lock as "outcome unknown"), and [`answer`]
-//! (every reply the filter makes itself).
+//! attempt's end means for the key: keep, release, or lock as "outcome unknown"), [`answer`]
+//! (every reply the filter makes itself) and [`routed`] (a replay sent through the replay listener,
+//! and the replay listener's own answers).
 
 mod admission;
 mod answer;
@@ -16,6 +17,7 @@ mod capture;
 mod claim;
 mod key_field;
 mod rotation;
+mod routed;
 mod settle;
 mod verify;
 
@@ -103,6 +105,8 @@ enum Phase {
     Detached,
     /// The filter answered locally; the local reply passes back through the response callbacks.
     Answered,
+    /// A replay sent to the replay listener (`routed.rs`); its answer comes back as a response.
+    Routed,
 }
 
 /// One HTTP stream.
@@ -126,6 +130,12 @@ pub struct Stream {
     replay_trailers: Headers,
     /// The request is gRPC (`content-type`): the filter's own answers are gRPC statuses.
     grpc: bool,
+    /// The request headers went on before the decision (`stream` mode, `Expect: 100-continue`):
+    /// the request can no longer be routed elsewhere.
+    headers_forwarded: bool,
+    /// The filter's own reply must leave without the `content-length` Envoy adds to local
+    /// replies (a gRPC answer, or one with trailers, from the replay listener).
+    strip_content_length: bool,
 }
 
 impl Stream {
@@ -140,10 +150,15 @@ impl Stream {
             restore_content_type: None,
             replay_trailers: Vec::new(),
             grpc: false,
+            headers_forwarded: false,
+            strip_content_length: false,
         }
     }
 
     pub fn on_request_headers(&mut self, host: &dyn Host, end_of_stream: bool) -> Flow {
+        if self.worker.cfg.replay_listener {
+            return self.serve_replay(host);
+        }
         let Some(admitted) = self.admit(host) else {
             return self.flow_after_admission();
         };
@@ -167,7 +182,7 @@ impl Stream {
         }
         let inline = admitted.detached_headers.is_none();
         self.phase = Phase::ReadingBody(Box::new(admitted));
-        match self.worker.cfg.headers_mode {
+        let flow = match self.worker.cfg.headers_mode {
             // `Expect: 100-continue` reaches a filter only when the connection manager proxies it
             // (`proxy_100_continue: true`; otherwise Envoy answers `100` and removes it). Such a
             // client sends its body after the upstream's `100`, so holding its headers would stall
@@ -176,7 +191,9 @@ impl Stream {
             HeadersMode::Hold => Flow::Pause,
             // The body callbacks hold the request instead; the upstream sees no end of stream yet.
             HeadersMode::Stream => Flow::Continue,
-        }
+        };
+        self.headers_forwarded = flow == Flow::Continue;
+        flow
     }
 
     pub fn on_request_body(
@@ -284,10 +301,14 @@ impl Stream {
             }
             // A local reply came while looking under a previous secret: nothing was claimed.
             Phase::LookingUp { .. } => Flow::Continue,
+            Phase::Routed => self.on_routed_answer(host),
             other => {
                 if matches!(other, Phase::Answered) {
                     if let Some(content_type) = self.restore_content_type.take() {
                         host.set_response_header("content-type", &content_type);
+                    }
+                    if std::mem::take(&mut self.strip_content_length) {
+                        host.remove_response_header("content-length");
                     }
                 }
                 self.phase = other;

@@ -1,7 +1,7 @@
 //! Reading a `/v1` request body, bounded in time and size before the handler sees it.
 //!
 //! A body must arrive whole within `--body-timeout-ms` of its headers (else 408), and within its
-//! route's size: a `complete` carries a record (up to `--max-body-bytes`), a `renew-batch` at most
+//! route's size: a `complete` or a `batch` carries records (up to `--max-body-bytes`), a `renew-batch` at most
 //! [`MAX_RENEW_BATCH`] renewals, every other call a few hundred bytes. A declared
 //! `content-length` past the bound is refused before a byte of the body is read; a body without
 //! one is cut at the bound. Bodies held at once are bounded in bytes too (`--max-body-memory`):
@@ -32,6 +32,7 @@ pub const RENEW_BATCH_BODY_BYTES: usize = MAX_RENEW_BATCH * 2048;
 pub(super) fn op_of(path: &str) -> &'static str {
     match path.rsplit('/').next() {
         Some("renew-batch") => "renew_batch",
+        Some("batch") => super::batch::OP,
         Some("claim") => "claim",
         Some("complete") => "complete",
         Some("renew") => "renew",
@@ -44,7 +45,7 @@ impl AppState {
     /// The body bound of the `/v1` call at `path`.
     fn body_limit(&self, path: &str) -> usize {
         match path.rsplit('/').next() {
-            Some("complete") => self.max_body_bytes,
+            Some("complete" | "batch") => self.max_body_bytes,
             Some("renew-batch") => RENEW_BATCH_BODY_BYTES.min(self.max_body_bytes),
             _ => SMALL_BODY_BYTES.min(self.max_body_bytes),
         }

@@ -9,6 +9,7 @@ mod memory;
 mod redis_cluster;
 mod redis_fast_fail;
 mod redis_full;
+mod redis_pipelined;
 mod redis_single;
 mod redis_tls;
 mod suite;

@@ -2,7 +2,7 @@
 //! `#[tokio::test]`s for an `async fn factory() -> Arc<dyn Backend>`.
 //!
 //! The tests are grouped by what they exercise: [`claims`], [`abandoned`] (claims whose lease ran
-//! out without an answer), [`batch`] (renewals in a batch),
+//! out without an answer), [`batch`] (renewals in a batch), [`group`] (mixed calls in one batch),
 //! [`http`], [`waiting`], [`admin`] and [`formats`] (JSON and compact bodies).
 
 mod abandoned;
@@ -10,6 +10,7 @@ mod admin;
 mod batch;
 mod claims;
 mod formats;
+mod group;
 mod http;
 mod waiting;
 
@@ -18,6 +19,7 @@ pub use admin::*;
 pub use batch::*;
 pub use claims::*;
 pub use formats::*;
+pub use group::*;
 pub use http::*;
 pub use waiting::*;
 
@@ -49,7 +51,9 @@ macro_rules! backend_suite {
             late_release_frees_the_key, renew_revives_an_abandoned_claim,
             takeover_under_release_policy_fences_the_old_token,
             abandoned_claim_lives_for_its_retention,
-            waiter_is_told_abandoned_when_the_lease_ends);
+            waiter_is_told_abandoned_when_the_lease_ends,
+            batch_answers_each_entry_as_its_single_call,
+            batch_compact_and_a_malformed_envelope, batch_entries_run_concurrently);
     };
     (@tests $factory:path; $($name:ident),*) => {
         $(
