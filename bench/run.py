@@ -29,6 +29,7 @@ import urllib.error
 import urllib.request
 from pathlib import Path
 
+import grpc_replay
 import vm_memory
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -158,7 +159,9 @@ class Envoy:
         _, _, body = http("GET", self.admin + "/listeners?format=json")
         self.ports = {}
         for ls in json.loads(body)["listener_statuses"]:
-            self.ports[ls["name"]] = ls["local_address"]["socket_address"]["port_value"]
+            # an internal listener (the replay listener) has no address
+            if "socket_address" in ls.get("local_address", {}):
+                self.ports[ls["name"]] = ls["local_address"]["socket_address"]["port_value"]
 
     def url(self, listener, path):
         return f"http://127.0.0.1:{self.ports[listener]}{path}"
@@ -432,7 +435,7 @@ class Bench:
             wait_until("keystore-redis /readyz",
                        lambda: http("GET", f"http://127.0.0.1:{self.ks_redis_port}/readyz", timeout=1)[0] == 200)
         self.values = {
-            "wasm": str(self.wasm), "payments_port": self.pay_port, "ks_mem_port": self.ks_mem_port,
+            "wasm": str(self.wasm), "root": ROOT, "payments_port": self.pay_port, "ks_mem_port": self.ks_mem_port,
             "ks_redis_port": self.ks_redis_port,
             "filter_config_mem": filter_config("ks_mem"), "filter_config_redis": filter_config("ks_redis"),
             "filter_config_l1": filter_config(None),
@@ -453,6 +456,13 @@ class Bench:
                 None, routes=[{"exact": "/payments", "methods": ["POST"], "required": True,
                                "execution": "detached", "upstream_cluster": "payments",
                                "upstream_timeout_ms": 60000}]),
+            # gRPC replays (bench/grpc_replay.py): one rule, no key store (L1 holds the record)
+            "filter_config_grpc_routed": filter_config(
+                None, routes=[{"exact": "/test.Echo/Call", "methods": ["POST"], "required": True}],
+                routed_replay=True),
+            "filter_config_grpc_local": filter_config(
+                None, routes=[{"exact": "/test.Echo/Call", "methods": ["POST"], "required": True}]),
+            "filter_config_grpc_listener": filter_config(None, replay_listener=True),
             # how Envoy speaks to the key store: HTTP/2 (h2c) as shipped, or HTTP/1.1 to compare
             "ks_http": "http_protocol_options" if a.keystore_http1 else "http2_protocol_options",
         }
@@ -686,6 +696,8 @@ class Bench:
             self.paced()
         if all(n in specs for n in SWEEP) and a.sweep_points:
             self.sweep()
+        if not a.only or "grpc_replay" in a.only.split(","):
+            grpc_replay.measure(self, Envoy, PROCS, log, a.rounds, max(1, round(a.duration / a.rounds)))
         if a.only and "replay_l2" not in a.only.split(","):
             return
 

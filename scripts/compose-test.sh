@@ -205,6 +205,9 @@ teardown() {
     echo "compose-test: timings"
     printf '  %s\n' "${timings[@]}"
     echo "compose-test: total $(( $(date +%s) - t_start )) s"
+    # Why the chaos run failed, last, where the tail of a CI log shows it.
+    local summary="${CHAOS_DIR:-$repo/.tmp/chaos}/last/summary.txt"
+    if [ "$status" -ne 0 ] && [ -f "$summary" ]; then cat "$summary"; fi
     exit "$status"
 }
 trap teardown EXIT

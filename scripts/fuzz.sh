@@ -17,7 +17,7 @@ secs="${1:-60}"
 shift || true
 targets=("$@")
 if [ "${#targets[@]}" -eq 0 ]; then
-    targets=(key_header config record keystore_reply keystore_request grpc_wire)
+    targets=(key_header config record keystore_reply keystore_request keystore_batch grpc_wire)
 fi
 
 if ! cargo fuzz --version >/dev/null 2>&1; then

@@ -166,11 +166,25 @@ fn every_shipped_filter_config_parses_and_matches_its_host() {
                 "{}: the secret must come from the VM's environment: {secret}",
                 e.source
             );
+            // The replay listener's filter never calls the key store (README, "Routed replays").
             assert!(
-                raw["keystore"]["token"]["env"].is_string(),
+                config.replay_listener || raw["keystore"]["token"]["env"].is_string(),
                 "{}: the key-store token must come from the VM's environment",
                 e.source
             );
+        }
+        // A filter that routes replays needs, in the same file, the replay listener's filter
+        // with the same secret (it checks the outer filter's tickets) and L1 (it reads records).
+        if config.routed_replay {
+            let file = e.source.split('#').next().unwrap_or_default();
+            let listener = entries
+                .iter()
+                .filter(|other| other.source.starts_with(&format!("{file}#")))
+                .filter_map(|other| parse(&other.config).ok())
+                .find(|other| other.replay_listener)
+                .unwrap_or_else(|| panic!("{}: routed_replay without a replay listener", e.source));
+            assert_eq!(listener.secrets, config.secrets, "{}: secrets", e.source);
+            assert_eq!(listener.l1_slots, config.l1_slots, "{}: l1_slots", e.source);
         }
         // Every shipped configuration with a key store sends its token.
         if let Some(ks) = &config.keystore {

@@ -15,13 +15,24 @@ pub enum SharedSetError {
     Failed(String),
 }
 
-/// An HTTP request to the key store, through an Envoy cluster.
+/// An HTTP request through an Envoy cluster: to the key store, or a client's request the plugin
+/// sends on itself (detached execution, [`Forwarded`]).
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Callout {
     pub cluster: String,
     pub headers: Vec<(String, String)>,
     pub body: Vec<u8>,
     pub timeout_ms: u64,
+    /// A client's request: sent with these fields (as bytes) in place of `headers`.
+    pub forwarded: Option<Box<Forwarded>>,
+}
+
+/// A client's request as the plugin sends it on: its header fields in order, values as the
+/// client sent them (they need not be UTF-8). No trailers: Envoy's async client, which carries
+/// every callout, sends none (a request that has them runs inline, `stream/mod.rs`).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Forwarded {
+    pub headers: Headers,
 }
 
 /// Envoy shared data: a key-value map per Envoy process, shared by its workers, with CAS.
@@ -55,6 +66,16 @@ pub trait Host: SharedData {
     /// Adds a response trailer (from the last body callback of the response); false when Envoy
     /// refuses (a response that cannot carry trailers).
     fn add_response_trailer(&self, name: &str, value: &[u8]) -> bool;
+    /// Removes a response header while the response headers are held.
+    fn remove_response_header(&self, name: &str);
+    /// Sets a request header (replacing any of that name) while the request headers are held.
+    fn set_request_header(&self, name: &str, value: &[u8]);
+    /// Sets this stream's filter state `wasm.<name>` (Envoy's `set_property`), which a route can
+    /// match; false when Envoy refuses.
+    fn set_filter_state(&self, name: &str, value: &[u8]) -> bool;
+    /// Makes Envoy choose the request's route again (the foreign function `clear_route_cache`),
+    /// after the filter changed what the routes match on; false when Envoy refuses.
+    fn clear_route_cache(&self) -> bool;
     /// An Envoy property (or dynamic metadata) by path.
     fn property(&self, path: &[String]) -> Option<Vec<u8>>;
     /// Answers the client locally; the upstream is not called.

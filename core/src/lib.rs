@@ -21,6 +21,7 @@ pub mod metrics;
 pub mod outcome;
 pub mod problem;
 pub mod record;
+pub mod replay;
 pub mod reply;
 pub mod scope;
 pub mod settlement;

@@ -20,12 +20,16 @@ pub enum Problem {
     UpstreamUnavailable,
     UpstreamTimeout,
     UpstreamReset,
-    HeaderNotForwardable,
     /// The worker holds its whole memory budget for other requests: this one did not run.
     MemoryBudget,
     /// The key store returned a record for the key that fails its seal check: the filter cannot
     /// vouch for it, so it neither replays it nor executes the request again.
     RecordUnverifiable,
+    /// A request to the replay listener without a valid ticket from the outer filter.
+    ReplayRefused,
+    /// A routed replay found no record to answer with (evicted from L1 between the outer filter
+    /// and the replay listener): nothing ran, a retry gets the record from the key store or here.
+    ReplayUnavailable,
 }
 
 #[derive(Serialize)]
@@ -50,10 +54,11 @@ impl Problem {
             Problem::UpstreamReset => 502,
             Problem::UpstreamUnavailable => 503,
             Problem::UpstreamTimeout => 504,
-            Problem::HeaderNotForwardable => 400,
             Problem::StoreUnavailable => 503,
             Problem::MemoryBudget => 503,
             Problem::RecordUnverifiable => 502,
+            Problem::ReplayRefused => 403,
+            Problem::ReplayUnavailable => 503,
         }
     }
 
@@ -63,9 +68,7 @@ impl Problem {
     /// retry by default; the README's "gRPC" section gives the reasons row by row.
     pub fn grpc(self) -> (Code, bool) {
         match self {
-            Problem::MissingKey | Problem::InvalidKey | Problem::HeaderNotForwardable => {
-                (Code::InvalidArgument, false)
-            }
+            Problem::MissingKey | Problem::InvalidKey => (Code::InvalidArgument, false),
             Problem::Unauthenticated => (Code::Unauthenticated, false),
             // The key is in flight (or held after an unknown outcome): a retry gets the record,
             // or this answer again, and never a second execution.
@@ -85,6 +88,9 @@ impl Problem {
             Problem::UpstreamTimeout => (Code::DeadlineExceeded, false),
             Problem::UpstreamReset => (Code::Unknown, false),
             Problem::RecordUnverifiable => (Code::DataLoss, false),
+            Problem::ReplayRefused => (Code::PermissionDenied, false),
+            // Nothing ran; the record is still kept (key store) or the key answers again.
+            Problem::ReplayUnavailable => (Code::Unavailable, true),
         }
     }
 
@@ -119,10 +125,6 @@ impl Problem {
             Problem::UpstreamUnavailable => ("upstream-unavailable", "The upstream could not be reached"),
             Problem::UpstreamTimeout => ("upstream-timeout", "The upstream did not answer in time"),
             Problem::UpstreamReset => ("upstream-reset", "The upstream reset the request"),
-            Problem::HeaderNotForwardable => (
-                "header-not-forwardable",
-                "A request header cannot be forwarded by detached execution",
-            ),
             Problem::StoreUnavailable => (
                 "store-unavailable",
                 "The idempotency key store is unavailable",
@@ -134,6 +136,14 @@ impl Problem {
             Problem::RecordUnverifiable => (
                 "record-unverifiable",
                 "The stored record for this Idempotency-Key fails verification",
+            ),
+            Problem::ReplayRefused => (
+                "replay-refused",
+                "The replay listener answers only replays routed by the gateway's filter",
+            ),
+            Problem::ReplayUnavailable => (
+                "replay-unavailable",
+                "The stored answer could not be replayed right now",
             ),
         }
     }
@@ -152,7 +162,10 @@ impl Problem {
             "content-type".to_string(),
             b"application/problem+json".to_vec(),
         )];
-        if matches!(self, Problem::Conflict | Problem::MemoryBudget) {
+        if matches!(
+            self,
+            Problem::Conflict | Problem::MemoryBudget | Problem::ReplayUnavailable
+        ) {
             let seconds = retry_after_s.max(1).to_string();
             headers.push(("retry-after".to_string(), seconds.into_bytes()));
         }

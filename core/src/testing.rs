@@ -82,6 +82,14 @@ pub struct FakeHost {
     /// What the filter set on the upstream's response headers, in order.
     pub response_headers_set: RefCell<Vec<(String, Vec<u8>)>>,
     pub properties: HashMap<Vec<String>, Vec<u8>>,
+    /// Response headers the filter removed, in order.
+    pub response_headers_removed: RefCell<Vec<String>>,
+    /// Request headers the filter set, in order.
+    pub request_headers_set: RefCell<Vec<(String, Vec<u8>)>>,
+    /// Filter state the filter set (`wasm.<name>` in Envoy), by name.
+    pub filter_state: RefCell<HashMap<String, Vec<u8>>>,
+    /// How often the filter made Envoy choose the route again.
+    pub route_cache_cleared: Cell<u32>,
     pub sent: RefCell<Vec<Sent>>,
     pub callouts: RefCell<Vec<(u32, Callout)>>,
     pub refuse_dispatch: Cell<bool>,
@@ -120,6 +128,10 @@ impl FakeHost {
             response_trailers_added: RefCell::new(Vec::new()),
             response_headers_set: RefCell::new(Vec::new()),
             properties: HashMap::new(),
+            response_headers_removed: RefCell::new(Vec::new()),
+            request_headers_set: RefCell::new(Vec::new()),
+            filter_state: RefCell::new(HashMap::new()),
+            route_cache_cleared: Cell::new(0),
             sent: RefCell::new(Vec::new()),
             callouts: RefCell::new(Vec::new()),
             refuse_dispatch: Cell::new(false),
@@ -201,6 +213,27 @@ impl Host for FakeHost {
         self.response_headers_set
             .borrow_mut()
             .push((name.to_string(), value.to_vec()));
+    }
+    fn remove_response_header(&self, name: &str) {
+        self.response_headers_removed
+            .borrow_mut()
+            .push(name.to_string());
+    }
+    fn set_request_header(&self, name: &str, value: &[u8]) {
+        self.request_headers_set
+            .borrow_mut()
+            .push((name.to_string(), value.to_vec()));
+    }
+    fn set_filter_state(&self, name: &str, value: &[u8]) -> bool {
+        self.filter_state
+            .borrow_mut()
+            .insert(name.to_string(), value.to_vec());
+        true
+    }
+    fn clear_route_cache(&self) -> bool {
+        self.route_cache_cleared
+            .set(self.route_cache_cleared.get() + 1);
+        true
     }
 
     fn property(&self, path: &[String]) -> Option<Vec<u8>> {

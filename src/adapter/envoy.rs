@@ -99,13 +99,17 @@ impl SharedData for EnvoyHost {
     }
 }
 
-/// Dispatches a callout from the current Envoy context.
+/// Dispatches a callout from the current Envoy context. A client's request (detached execution)
+/// is sent with its header values as bytes ([`crate::host::Forwarded`]).
 pub(super) fn send_callout(callout: &Callout) -> Result<u32, String> {
-    let headers: Vec<(&str, &str)> = callout
-        .headers
-        .iter()
-        .map(|(n, v)| (n.as_str(), v.as_str()))
-        .collect();
+    let headers = match &callout.forwarded {
+        Some(forwarded) => as_pairs(&forwarded.headers),
+        None => callout
+            .headers
+            .iter()
+            .map(|(n, v)| (n.as_str(), v.as_str()))
+            .collect(),
+    };
     hostcalls::dispatch_http_call(
         &callout.cluster,
         headers,
@@ -114,6 +118,25 @@ pub(super) fn send_callout(callout: &Callout) -> Result<u32, String> {
         Duration::from_millis(callout.timeout_ms),
     )
     .map_err(|e| format!("{e:?}"))
+}
+
+/// A client's header fields as the `&str` pairs the SDK's `dispatch_http_call` takes, values as
+/// the client sent them, UTF-8 or not (the router forwards `caf\xe9` as those bytes).
+///
+/// Why not the raw `proxy_http_call` with a byte map, as the local replies do: the SDK routes a
+/// callout's reply to its context through a token table that only its own `dispatch_http_call`
+/// fills, and a reply with a token it does not know aborts the VM (`expect("invalid token_id")`
+/// in proxy-wasm 0.2.5's dispatcher), so every callout must go through that call.
+fn as_pairs(map: &[(String, Vec<u8>)]) -> Vec<(&str, &str)> {
+    map.iter()
+        .map(|(name, value)| {
+            // SAFETY: proxy-wasm 0.2.5 (pinned in Cargo.toml) only serialises these pairs
+            // (`serialize_map`: `len` and `as_bytes`, then the bytes are copied into the host's
+            // map); no code that relies on UTF-8 reads the value. The slice outlives the call.
+            let value = unsafe { std::str::from_utf8_unchecked(value) };
+            (name.as_str(), value)
+        })
+        .collect()
 }
 
 impl EnvoyHost {
@@ -203,6 +226,44 @@ impl Host for EnvoyHost {
         }
     }
 
+    fn remove_response_header(&self, name: &str) {
+        if let Err(e) = hostcalls::set_map_value_bytes(MapType::HttpResponseHeaders, name, None) {
+            warn!("cannot remove response header {name}: {e:?}");
+        }
+    }
+
+    fn set_request_header(&self, name: &str, value: &[u8]) {
+        if let Err(e) =
+            hostcalls::set_map_value_bytes(MapType::HttpRequestHeaders, name, Some(value))
+        {
+            warn!("cannot set request header {name}: {e:?}");
+        }
+    }
+
+    fn set_filter_state(&self, name: &str, value: &[u8]) -> bool {
+        // The raw call: the SDK's wrapper panics on any status but Ok. A one-part path makes
+        // Envoy store the value as filter state `wasm.<name>` (proxy-wasm separates the parts of
+        // a path by NUL bytes, so one part is the name itself).
+        let path = name.as_bytes();
+        // SAFETY: both slices outlive the call, which only reads them.
+        let status =
+            unsafe { proxy_set_property(path.as_ptr(), path.len(), value.as_ptr(), value.len()) };
+        if status != 0 {
+            warn!("cannot set filter state {name} (status {status})");
+        }
+        status == 0
+    }
+
+    fn clear_route_cache(&self) -> bool {
+        match hostcalls::call_foreign_function("clear_route_cache", None) {
+            Ok(_) => true,
+            Err(e) => {
+                warn!("clear_route_cache refused: {e:?}");
+                false
+            }
+        }
+    }
+
     fn property(&self, path: &[String]) -> Option<Vec<u8>> {
         hostcalls::get_property(path.iter().map(String::as_str).collect())
             .ok()
@@ -280,6 +341,12 @@ extern "C" {
         headers_data: *const u8,
         headers_size: usize,
         grpc_status: i32,
+    ) -> u32;
+    fn proxy_set_property(
+        path_data: *const u8,
+        path_size: usize,
+        value_data: *const u8,
+        value_size: usize,
     ) -> u32;
     fn proxy_add_header_map_value(
         map_type: u32,

@@ -141,6 +141,16 @@ def containers_at_end(docker, containers, logs_dir):
     return out
 
 
+def write_summary(run_dir, lines):
+    """summary.txt: why the run failed, in a few lines; scripts/compose-test.sh prints it last, so the tail of a
+    CI log says it."""
+    try:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        (run_dir / "summary.txt").write_text("\n".join(lines) + "\n")
+    except OSError:
+        pass
+
+
 def main():
     seconds = float(os.environ.get("CHAOS_SECONDS", "300"))
     seed = os.environ.get("CHAOS_SEED") or str(random.SystemRandom().randrange(1, 10 ** 9))
@@ -232,6 +242,9 @@ def main():
     if violations:
         kept = base / f"failed-seed{seed}-{time.strftime('%Y%m%dT%H%M%SZ', time.gmtime())}"
         shutil.copytree(run_dir, kept)
+        lines = [f"chaos: FAILED: {len(violations)} violation(s); seed {seed}; run kept in {kept}"]
+        lines += [f"  {v.invariant} op {v.op}: {v.message}" for v in violations[:10]]
+        write_summary(run_dir, lines)
         say(f"FAILED: {len(violations)} violation(s); seed {seed}; run kept in {kept}")
         say(f"replay: CHAOS_SEED={seed} CHAOS_SECONDS={seconds:.0f} make chaos; "
             f"check again: python3 tests/chaos/checker.py {kept}")
@@ -248,6 +261,7 @@ if __name__ == "__main__":
         detail = getattr(e, "stderr", "") or ""
         print(f"chaos: FAILED: {e} {detail}".rstrip(), file=sys.stderr, flush=True)
         last = Path(os.environ.get("CHAOS_DIR", ROOT / ".tmp" / "chaos")) / "last"
+        write_summary(last, [f"chaos: FAILED: {e} {detail}".rstrip()])
         if last.exists():
             print(f"chaos: what the run wrote is in {last}", file=sys.stderr, flush=True)
         sys.exit(1)

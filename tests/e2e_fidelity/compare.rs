@@ -1,4 +1,4 @@
-//! The normalisation (one, for all three gateways) and the comparison of two sends, as a set of
+//! The normalisation (one, for every gateway) and the comparison of two sends, as a set of
 //! difference tokens:
 //! - client side: `status`, `interim` (the `1xx` before the answer), `+name` (a field only the
 //!   compared side has), `-name` (only the reference has), `~name` (same fields, another value),

@@ -1,5 +1,6 @@
-//! The three gateways side by side, each in front of its own recording upstream: no filter, the
-//! filter inline, the filter detached. Their bootstraps differ only in the filter: the same
+//! The four gateways side by side, each in front of its own recording upstream: no filter, the
+//! filter inline, the filter detached, the filter inline with routed replays (`replay: "routed"`,
+//! the replay listener of README, "Routed replays"). Their bootstraps differ only in the filter: the same
 //! listener (HTTP/1.0 accepted, HTTP/1 trailers on, a `local_reply_config`), the same routes
 //! and timeouts, the same clusters. The `local_reply_config` maps only requests that carry
 //! `x-fidelity-shape`, so one row can show what it does to replays while every other row runs
@@ -10,6 +11,7 @@ use std::collections::HashMap;
 use serde_json::json;
 
 use crate::recorder::{Recorder, Script};
+use crate::support::replay_listener::{self, ReplayListener};
 use crate::support::{detached_cluster_yaml, Envoy, EnvoyOptions, Plugin};
 
 /// The route timeout and the detached requests' timeout, equal so that the upstream sees the
@@ -22,6 +24,8 @@ pub enum Kind {
     None,
     Inline,
     Detached,
+    /// Inline, and every replay routed through the replay listener.
+    Routed,
 }
 
 /// A gateway and the upstream only it talks to.
@@ -34,25 +38,31 @@ pub struct Gateway {
     pub upstream: Recorder,
 }
 
-/// Starts the three gateways, each with its own upstream serving `scripts`.
+/// Starts the gateways, each with its own upstream serving `scripts`.
 pub async fn start(scripts: &HashMap<String, Script>) -> Vec<Gateway> {
     let mut gateways = Vec::new();
-    for kind in [Kind::None, Kind::Inline, Kind::Detached] {
+    for kind in [Kind::None, Kind::Inline, Kind::Detached, Kind::Routed] {
         let upstream = Recorder::start(scripts.clone()).await;
-        let options = EnvoyOptions {
-            bootstrap: Some(bootstrap(kind, upstream.port)),
-            ..EnvoyOptions::with_filter(upstream.port, "")
-        };
-        let envoy = Envoy::start(&options).await;
-        let proxied_100_port = listener_port(&envoy, "proxied_100").await;
-        gateways.push(Gateway {
-            kind,
-            envoy,
-            proxied_100_port,
-            upstream,
-        });
+        gateways.push(start_one(kind, "hold", upstream).await);
     }
     gateways
+}
+
+/// One gateway of `kind` with the filter's `headers_mode` (`hold` or `stream`) in front of
+/// `upstream`.
+pub async fn start_one(kind: Kind, headers_mode: &str, upstream: Recorder) -> Gateway {
+    let options = EnvoyOptions {
+        bootstrap: Some(bootstrap(kind, headers_mode, upstream.port)),
+        ..EnvoyOptions::with_filter(upstream.port, "")
+    };
+    let envoy = Envoy::start(&options).await;
+    let proxied_100_port = listener_port(&envoy, "proxied_100").await;
+    Gateway {
+        kind,
+        envoy,
+        proxied_100_port,
+        upstream,
+    }
 }
 
 /// The port of the listener named `name`, from the admin API.
@@ -76,11 +86,16 @@ async fn listener_port(envoy: &Envoy, name: &str) -> u16 {
 /// The plugin: every `POST`, `PATCH` and `PUT` under `/fid/` is covered, callers without
 /// credentials share one scope, and `Idempotency-Expires` is off (a documented addition of the
 /// filter, not a fidelity question).
-fn plugin(kind: Kind) -> Option<String> {
+fn plugin(kind: Kind, headers_mode: &str) -> Option<String> {
     let mut rule = json!({"prefix": "/fid/", "methods": ["POST", "PATCH", "PUT"]});
+    let mut plugin = Plugin::signed("fidelity-e2e-secret-0123456789abcdef0123456789abcdef");
     match kind {
         Kind::None => return None,
         Kind::Inline => {}
+        Kind::Routed => {
+            rule["replay"] = json!("routed");
+            plugin = plugin.set("routed_replay", true);
+        }
         Kind::Detached => {
             rule["execution"] = json!("detached");
             rule["upstream_cluster"] = json!("payments_detached");
@@ -88,16 +103,17 @@ fn plugin(kind: Kind) -> Option<String> {
         }
     }
     Some(
-        Plugin::signed("fidelity-e2e-secret-0123456789abcdef0123456789abcdef")
+        plugin
             .set("routes", json!([rule]))
             .set("anonymous_scope", "fidelity")
             .set("expires_header", false)
+            .set("headers_mode", headers_mode)
             .json(),
     )
 }
 
-fn bootstrap(kind: Kind, port: u16) -> String {
-    let mut options = match plugin(kind) {
+fn bootstrap(kind: Kind, headers_mode: &str, port: u16) -> String {
+    let mut options = match plugin(kind, headers_mode) {
         Some(plugin) => EnvoyOptions::with_filter(port, plugin),
         None => EnvoyOptions {
             plugin: None,
@@ -105,6 +121,9 @@ fn bootstrap(kind: Kind, port: u16) -> String {
         },
     };
     options.route_timeout = Some(std::time::Duration::from_millis(TIMEOUT_MS));
+    if kind == Kind::Routed {
+        options.replay = Some(ReplayListener::Internal);
+    }
     let rendered = options.render();
     let listener = "          merge_slashes: true\n";
     let (before, after) = rendered
@@ -113,6 +132,20 @@ fn bootstrap(kind: Kind, port: u16) -> String {
     let (after, _) = after
         .split_once("  clusters:")
         .expect("the rendered bootstrap has clusters");
+    // The replay listener is rendered after the ingress listener: it is not copied as the
+    // `proxied_100` listener is, and its cluster joins the clusters.
+    let (after, replay) = match after.split_once("\n  - name: idempotency_replay\n") {
+        Some((after, replay)) => (
+            format!("{after}\n"),
+            format!("  - name: idempotency_replay\n{replay}"),
+        ),
+        None => (after.to_owned(), String::new()),
+    };
+    let replay_cluster = if kind == Kind::Routed {
+        replay_listener::cluster(ReplayListener::Internal)
+    } else {
+        String::new()
+    };
     let (_, first_listener) = before
         .split_once("  listeners:\n")
         .expect("the rendered bootstrap has listeners");
@@ -121,7 +154,7 @@ fn bootstrap(kind: Kind, port: u16) -> String {
         first_listener.replace("- name: ingress", "- name: proxied_100")
     );
     format!(
-        "{before}{listener}{LISTENER_EXTRA}{after}{proxied_100}  clusters:{payments}{detached}\n",
+        "{before}{listener}{LISTENER_EXTRA}{after}{proxied_100}{replay}  clusters:{payments}{detached}{replay_cluster}\n",
         payments = trailers_cluster("payments", port),
         detached = detached_cluster_yaml("payments_detached", port),
     )

@@ -1,7 +1,7 @@
-//! Fidelity: is the filter invisible where it does not answer a duplicate? Three gateways side by
-//! side (no filter, filter inline, filter detached; `gateways`), each in front of its own raw
+//! Fidelity: is the filter invisible where it does not answer a duplicate? Four gateways side by
+//! side (no filter, filter inline, filter detached, filter inline with routed replays; `gateways`), each in front of its own raw
 //! recording upstream (`recorder`), get the same request bytes for every row of `rows`. The
-//! suite compares, after one normalisation applied to all three (`compare`), what the client got
+//! suite compares, after one normalisation applied to all of them (`compare`), what the client got
 //! (interim statuses, status, header fields with their order and repeats, body, trailers,
 //! framing, and for streams when each event arrived) and what the upstream got (request line,
 //! fields, body, trailers), then sends every row again to the filter gateways and compares the
@@ -21,6 +21,7 @@
 )]
 
 mod compare;
+mod expect;
 mod gateways;
 mod known;
 mod recorder;
@@ -109,6 +110,7 @@ async fn the_filter_is_invisible_except_where_listed() {
             let name = match gateway.kind {
                 Kind::Inline => "inline",
                 Kind::Detached => "detached",
+                Kind::Routed => "routed",
                 Kind::None => unreachable!("the baseline is not compared with itself"),
             };
             let first_diff = compare::diff(&baseline, &first, row.timed, false);

@@ -2,10 +2,11 @@
 (de)serializers, no protobuf code generation).
 
 /test.Echo/Call answers b"answer:" + the request, with initial metadata `x-served` and trailing
-metadata `x-trailer`. A request that contains b"hold" is held until /test.Echo/Release is called,
+metadata `x-trailer` and the binary `x-trailer-bin`. /test.Echo/Fail aborts with
+FAILED_PRECONDITION "nope: " + the request and trailing metadata `x-why` (a trailers-only answer). A request that contains b"hold" is held until /test.Echo/Release is called,
 so that a test can send a duplicate while the first call is in the service. /test.Echo/Collect
 (client streaming) answers its messages joined by b"+". /test.Echo/Count
-answers how many Call and Collect requests ran, as ASCII. Prints `PORT <n>` once serving, and `STARTED <hex>`
+answers how many Call, Fail and Collect requests ran, as ASCII. Prints `PORT <n>` once serving, and `STARTED <hex>`
 when a Call begins (the test's readiness signals). Listens on 127.0.0.1 only.
 """
 
@@ -33,8 +34,16 @@ def call(request, context):
     if b"hold" in request:
         release.wait(30)
     context.send_initial_metadata((("x-served", "yes"),))
-    context.set_trailing_metadata((("x-trailer", "t1"),))
+    context.set_trailing_metadata((("x-trailer", "t1"), ("x-trailer-bin", b"\x00\x01\x02")))
     return b"answer:" + request
+
+
+def fail(request, context):
+    global calls
+    with lock:
+        calls += 1
+    context.set_trailing_metadata((("x-why", "w1"),))
+    context.abort(grpc.StatusCode.FAILED_PRECONDITION, "nope: " + request.decode(errors="replace"))
 
 
 def collect(requests, context):
@@ -67,6 +76,7 @@ def main():
         "test.Echo",
         {
             "Call": unary(call),
+            "Fail": unary(fail),
             "Collect": grpc.stream_unary_rpc_method_handler(collect),
             "Count": unary(count),
             "Release": unary(do_release),

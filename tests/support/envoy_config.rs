@@ -6,6 +6,8 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use super::process::{repo_root, target_dir};
+use super::replay_listener as replay;
+pub use super::replay_listener::ReplayListener;
 
 /// The Envoy binary, or a panic that says how to get one.
 pub fn envoy_bin() -> PathBuf {
@@ -99,6 +101,9 @@ pub struct EnvoyOptions {
     pub fail_reload: bool,
     /// Another build of the filter (e.g. the `fault-injection` variant); `None`: [`wasm_path`].
     pub wasm: Option<PathBuf>,
+    /// The replay listener for routed replays (README, "Routed replays"), with its cluster and
+    /// the route on the filter's filter state; the plugin must say `routed_replay: true`.
+    pub replay: Option<ReplayListener>,
 }
 
 impl EnvoyOptions {
@@ -119,6 +124,7 @@ impl EnvoyOptions {
             clusters: Vec::new(),
             fail_reload: false,
             wasm: None,
+            replay: None,
         }
     }
 
@@ -171,6 +177,12 @@ impl EnvoyOptions {
         self
     }
 
+    /// Adds the replay listener (`routed_replay`), its cluster and the route to it.
+    pub fn replay_listener(mut self, listener: ReplayListener) -> EnvoyOptions {
+        self.replay = Some(listener);
+        self
+    }
+
     /// Adds an Envoy command-line argument.
     pub fn envoy_arg(mut self, arg: impl Into<String>) -> EnvoyOptions {
         self.extra_args.push(arg.into());
@@ -189,12 +201,8 @@ impl EnvoyOptions {
         self
     }
 
-    /// The bootstrap YAML: listener and admin on port 0 (read back from the admin API), codec
-    /// AUTO (HTTP/1.1 and h2c), the Wasm filter (if any) then the router.
-    pub fn render(&self) -> String {
-        if let Some(bootstrap) = &self.bootstrap {
-            return bootstrap.clone();
-        }
+    /// The Wasm filter's entry in `http_filters` (empty without a plugin).
+    pub(super) fn filter_yaml(&self) -> String {
         let mut filters = String::new();
         if let Some(plugin) = &self.plugin {
             let wasm = self.wasm.clone().unwrap_or_else(wasm_path);
@@ -245,6 +253,16 @@ impl EnvoyOptions {
             )
             .expect("write to String");
         }
+        filters
+    }
+
+    /// The bootstrap YAML: listener and admin on port 0 (read back from the admin API), codec
+    /// AUTO (HTTP/1.1 and h2c), the Wasm filter (if any) then the router.
+    pub fn render(&self) -> String {
+        if let Some(bootstrap) = &self.bootstrap {
+            return bootstrap.clone();
+        }
+        let filters = self.filter_yaml();
         let route_timeout = format!(
             "{:.3}s",
             self.route_timeout
@@ -283,10 +301,21 @@ impl EnvoyOptions {
                 clusters.push_str(KEYSTORE_HTTP2);
             }
         }
+        let (extensions, replay_route, replay_listener) = match self.replay {
+            Some(listener) => {
+                clusters.push_str(&replay::cluster(listener));
+                (
+                    replay::BOOTSTRAP_EXTENSION,
+                    replay::route(&route_timeout),
+                    replay::listener(self),
+                )
+            }
+            None => ("", String::new(), String::new()),
+        };
         format!(
             r#"admin:
   address:
-    socket_address: {{ address: 127.0.0.1, port_value: 0 }}
+    socket_address: {{ address: 127.0.0.1, port_value: 0 }}{extensions}
 static_resources:
   listeners:
   - name: ingress
@@ -307,13 +336,13 @@ static_resources:
             virtual_hosts:
             - name: all
               domains: ["*"]
-              routes:{routes}
+              routes:{replay_route}{routes}
               - match: {{ prefix: "/" }}
                 route: {{ cluster: payments, timeout: {route_timeout} }}
           http_filters:{filters}
           - name: envoy.filters.http.router
             typed_config:
-              "@type": type.googleapis.com/envoy.extensions.filters.http.router.v3.Router
+              "@type": type.googleapis.com/envoy.extensions.filters.http.router.v3.Router{replay_listener}
   clusters:{clusters}
 "#
         )

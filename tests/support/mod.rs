@@ -26,6 +26,8 @@ pub mod mesh;
 pub mod plugin;
 /// Process guards, binaries and free ports.
 pub mod process;
+/// The replay listener of routed replays.
+pub mod replay_listener;
 /// Clients, requests and responses.
 pub mod requests;
 /// A TCP link with latency, to make the key store slow.

@@ -21,7 +21,7 @@ pub use headers::{
     HeadersMode, ReplayHeaders, DEFAULT_EXPIRES_HEADER, DEFAULT_REPLAY_DENY, REPLAYED_HEADER,
 };
 pub use keystore::{KeystoreConfig, DEFAULT_KEYSTORE_MAX_RECORD_BYTES, RECORD_OVERHEAD};
-pub use policy::{FailureMode, Mode, UnknownOutcome, WhileInFlight};
+pub use policy::{FailureMode, Mode, Replay, UnknownOutcome, WhileInFlight};
 pub use rules::{Execution, PathMatch, RouteRule, NEVER_STORED};
 pub use secrets::{Secrets, MIN_SECRET_BYTES, PLACEHOLDER_SECRETS};
 
@@ -52,6 +52,12 @@ pub struct Config {
     /// The response header (lower-case) that says until when a stored or replayed answer's key
     /// is honoured; `None`: not sent.
     pub expires_header: Option<String>,
+    /// This Envoy has a replay listener, and a route on the filter state the filter sets sends a
+    /// replay there (README, "Routed replays"): gRPC retries, and rules with `replay: "routed"`.
+    pub routed_replay: bool,
+    /// This filter is the replay listener's: it answers only replays that the outer filter of
+    /// the same Envoy routed to it, from L1.
+    pub replay_listener: bool,
 }
 
 /// A configuration error that names the offending field.
@@ -115,6 +121,14 @@ impl Config {
             return Err(err("header_name", "must be a non-empty HTTP header name"));
         }
         let routes = rules::validate_routes(&mut raw)?;
+        let routed_replay = raw.routed_replay.unwrap_or(false);
+        let replay_listener = raw.replay_listener.unwrap_or(false);
+        if routed_replay && replay_listener {
+            return Err(err(
+                "replay_listener",
+                "cannot be set with `routed_replay`: the replay listener's filter answers replays, the outer filter routes them (two filter configurations)",
+            ));
+        }
         let callers = caller::validate_callers(raw.caller)?;
         let anonymous_scope = caller::validate_anonymous_scope(raw.anonymous, raw.anonymous_scope)?;
         let secrets = secrets::validate_secrets(raw.hmac_secret, raw.hmac_secrets, env)?;
@@ -147,6 +161,13 @@ impl Config {
         check_range("l1_slots", u64::from(l1_slots), 1, u64::from(MAX_SLOTS))?;
         let keystore =
             keystore::validate_keystore(raw.keystore, max_response_bytes, &secrets, env)?;
+        let headers_mode = raw.headers_mode.unwrap_or(HeadersMode::Hold);
+        if routed_replay && headers_mode == HeadersMode::Stream {
+            return Err(err(
+                "routed_replay",
+                "needs `headers_mode: \"hold\"`: a replay is routed by changing the request's headers, which `stream` mode has already sent upstream",
+            ));
+        }
 
         Ok(Config {
             header_name,
@@ -161,9 +182,11 @@ impl Config {
             memory_budget_bytes: to_usize(memory_budget_bytes),
             lock_lease_ms,
             l1_slots,
-            headers_mode: raw.headers_mode.unwrap_or(HeadersMode::Hold),
+            headers_mode,
             keystore,
             expires_header: headers::validate_expires_header(raw.expires_header)?,
+            routed_replay,
+            replay_listener,
         })
     }
 

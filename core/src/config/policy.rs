@@ -44,3 +44,15 @@ pub enum WhileInFlight {
     /// Wait (up to `max_wait_ms`) for the first request's record and replay it; 409 past that.
     Wait,
 }
+
+/// How a retry gets a stored answer (README, "Routed replays").
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Replay {
+    /// A local reply from the filter: the fastest path, but Envoy sends a local reply to a gRPC
+    /// call trailers-only, and the connection manager's `local_reply_config` rewrites it.
+    Local,
+    /// Routed through the replay listener of the same Envoy (`routed_replay`), which answers
+    /// as an upstream does: body, trailers and all, untouched by `local_reply_config`.
+    Routed,
+}

@@ -3,7 +3,7 @@
 
 use serde::Deserialize;
 
-use super::policy::{FailureMode, Mode, UnknownOutcome, WhileInFlight};
+use super::policy::{FailureMode, Mode, Replay, UnknownOutcome, WhileInFlight};
 use super::{err, ConfigError, HeadersMode};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
@@ -52,6 +52,9 @@ pub(super) struct RawConfig {
     /// Absent: the default name; `null` or `false`: off. Kept apart so that `null` is not absent.
     #[serde(default, deserialize_with = "present")]
     pub(super) expires_header: Option<serde_json::Value>,
+    pub(super) replay: Option<Replay>,
+    pub(super) routed_replay: Option<bool>,
+    pub(super) replay_listener: Option<bool>,
 }
 
 /// A field that is present, even as `null`.
@@ -80,6 +83,7 @@ pub(super) struct RawRule {
     pub(super) max_wait_ms: Option<u64>,
     pub(super) mode: Option<Mode>,
     pub(super) key_field: Option<u64>,
+    pub(super) replay: Option<Replay>,
 }
 
 #[derive(Deserialize)]

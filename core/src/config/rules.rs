@@ -2,7 +2,7 @@
 //! each rule's own values over the top-level defaults.
 
 use super::checks::{check_range, is_token};
-use super::policy::{FailureMode, Mode, UnknownOutcome, WhileInFlight};
+use super::policy::{FailureMode, Mode, Replay, UnknownOutcome, WhileInFlight};
 use super::raw::{RawConfig, RawExecution, RawRule};
 use super::{err, ConfigError};
 
@@ -62,6 +62,9 @@ pub struct RouteRule {
     /// The key is this top-level string field of a gRPC request message (by field number), not
     /// the key header (`core/src/grpc/wire.rs`).
     pub key_field: Option<u32>,
+    /// How a retry gets the stored answer; a gRPC call is always routed when the Envoy has a
+    /// replay listener (`routed_replay`), whatever this says.
+    pub replay: Replay,
 }
 
 impl RouteRule {
@@ -99,6 +102,9 @@ pub(super) fn validate_routes(raw: &mut RawConfig) -> Result<Vec<RouteRule>, Con
     let mode = raw.mode.unwrap_or(Mode::Enforce);
     let max_wait_ms = raw.max_wait_ms.unwrap_or(DEFAULT_MAX_WAIT_MS);
     check_range("max_wait_ms", max_wait_ms, 1, MAX_WAIT_MS)?;
+    // The replay listener's filter may carry the outer filter's rules unchanged (it ignores them).
+    let routed_replay = raw.routed_replay.unwrap_or(false) || raw.replay_listener.unwrap_or(false);
+    let replay = check_replay("replay", raw.replay, Replay::Local, routed_replay)?;
 
     let raw_rules = raw.routes.take().unwrap_or_else(|| {
         vec![RawRule {
@@ -118,6 +124,7 @@ pub(super) fn validate_routes(raw: &mut RawConfig) -> Result<Vec<RouteRule>, Con
             max_wait_ms: None,
             mode: None,
             key_field: None,
+            replay: None,
         }]
     });
     let mut routes = Vec::with_capacity(raw_rules.len());
@@ -197,9 +204,27 @@ pub(super) fn validate_routes(raw: &mut RawConfig) -> Result<Vec<RouteRule>, Con
             max_wait_ms: rule_wait,
             mode: r.mode.unwrap_or(mode),
             key_field,
+            replay: check_replay(&at("replay"), r.replay, replay, routed_replay)?,
         });
     }
     Ok(routes)
+}
+
+/// A rule's replay choice (`default` when it makes none); `"routed"` needs the replay listener.
+fn check_replay(
+    field: &str,
+    replay: Option<Replay>,
+    default: Replay,
+    routed_replay: bool,
+) -> Result<Replay, ConfigError> {
+    match replay {
+        Some(Replay::Routed) if !routed_replay => Err(err(
+            field,
+            "`\"routed\"` needs `routed_replay: true` (a replay listener and a route to it in the Envoy configuration)",
+        )),
+        Some(replay) => Ok(replay),
+        None => Ok(default),
+    }
 }
 
 pub(super) fn check_path(field: &str, p: String) -> Result<String, ConfigError> {

@@ -407,3 +407,42 @@ fn the_expiry_header_is_on_by_default_renamed_or_off() {
         assert_eq!(e.field, "expires_header", "{doc}: {}", e.reason);
     }
 }
+
+#[test]
+fn routed_replays_are_validated_at_load() {
+    let c = parse("").unwrap();
+    assert!(!c.routed_replay && !c.replay_listener);
+    assert_eq!(c.routes[0].replay, Replay::Local);
+    let c = parse(
+        r#"{"routed_replay":true,"routes":[{"prefix":"/a","replay":"routed"},{"prefix":"/b"}]}"#,
+    )
+    .unwrap();
+    assert!(c.routed_replay);
+    assert_eq!(
+        (c.routes[0].replay, c.routes[1].replay),
+        (Replay::Routed, Replay::Local)
+    );
+    let c =
+        parse(r#"{"routed_replay":true,"replay":"routed","routes":[{"prefix":"/a"}]}"#).unwrap();
+    assert_eq!(c.routes[0].replay, Replay::Routed);
+    assert!(
+        parse(r#"{"replay_listener":true}"#)
+            .unwrap()
+            .replay_listener
+    );
+    let field = |s: &str| parse(s).unwrap_err().field;
+    assert_eq!(
+        field(r#"{"routes":[{"prefix":"/a","replay":"routed"}]}"#),
+        "routes[0].replay"
+    );
+    assert_eq!(field(r#"{"replay":"routed"}"#), "replay");
+    assert_eq!(field(r#"{"replay":"elsewhere"}"#), "replay");
+    assert_eq!(
+        field(r#"{"routed_replay":true,"replay_listener":true}"#),
+        "replay_listener"
+    );
+    assert_eq!(
+        field(r#"{"routed_replay":true,"headers_mode":"stream"}"#),
+        "routed_replay"
+    );
+}

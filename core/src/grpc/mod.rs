@@ -16,6 +16,7 @@ pub enum Code {
     InvalidArgument = 3,
     DeadlineExceeded = 4,
     AlreadyExists = 6,
+    PermissionDenied = 7,
     ResourceExhausted = 8,
     FailedPrecondition = 9,
     Internal = 13,

@@ -123,6 +123,26 @@ impl NearCache {
         }
     }
 
+    /// The completed record L1 holds for `key`, whatever its fingerprint: what the replay
+    /// listener answers with (the outer filter checked the fingerprint before it routed the
+    /// replay). `None` when the key holds no live completed record (evicted, expired, in flight).
+    pub fn completed(
+        &self,
+        shared: &dyn SharedData,
+        key: &RecordKey,
+        now_ms: u64,
+    ) -> Option<Record> {
+        let (value, _) = shared.shared_get(&slot_key(key.slot(self.slots)));
+        let bucket = decode_bucket(value.as_deref());
+        let entry = bucket
+            .iter()
+            .find(|e| e.key == key.0 && e.is_live(now_ms))?;
+        match &entry.state {
+            State::Completed { record, .. } => Record::decode(record).ok(),
+            State::InFlight { .. } => None,
+        }
+    }
+
     /// Reads the slot for `key` and, if nobody holds or completed the key, claims it for `owner`.
     pub fn lookup_or_claim(
         &self,

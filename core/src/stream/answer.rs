@@ -22,6 +22,13 @@ impl Stream {
         found: Found,
         rule: &RouteRule,
     ) -> Flow {
+        if let Found::Completed(record) = &found {
+            if self.routes_replay(rule, record) {
+                if let Found::Completed(record) = found {
+                    return self.route_replay(host, key, record);
+                }
+            }
+        }
         let cfg = &self.worker.cfg;
         let reply = LocalReply::for_found(
             found,
@@ -76,12 +83,17 @@ impl Stream {
         )
     }
 
-    fn reply(&mut self, host: &dyn Host, reply: LocalReply) -> Flow {
+    pub(super) fn reply(&mut self, host: &dyn Host, reply: LocalReply) -> Flow {
         self.count(host, reply.metric);
         if self.observe {
             debug!("observe mode: would answer {}", reply.status);
             return self.forward_untouched();
         }
+        self.send_reply(host, reply)
+    }
+
+    /// Sends `reply` (counted by the caller, if at all).
+    pub(super) fn send_reply(&mut self, host: &dyn Host, reply: LocalReply) -> Flow {
         let reply = if self.grpc { reply.for_grpc() } else { reply };
         self.restore_content_type = if reply.body.is_empty() {
             content_type(&reply.headers)

@@ -45,11 +45,33 @@ impl Stream {
     }
 
     /// Wakes the root context to send the calls waiting for a batch (a slot just came free).
-    pub(super) fn ring_for_batch(&self, host: &dyn Host) {
+    fn ring_for_batch(&self, host: &dyn Host) {
         if let Some(queue) = self.worker.doorbell() {
             if let Err(e) = host.wake_root(queue) {
                 warn!("cannot wake the root context ({e}); waiting calls go on its next tick");
             }
+        }
+    }
+
+    /// A reply to callout `token` reached this stream: if it was its own call, its slot is free
+    /// for the calls that wait.
+    pub(super) fn call_landed(&self, host: &dyn Host, token: u32) {
+        let freed = self
+            .worker
+            .batcher
+            .borrow_mut()
+            .single_landed(token)
+            .is_some();
+        if freed && self.worker.batcher.borrow().ready() {
+            self.ring_for_batch(host);
+        }
+    }
+
+    /// The stream ends: its calls waiting for a batch leave the queue, and answers to its calls
+    /// in flight are dropped.
+    pub(super) fn forget_calls(&self, host: &dyn Host) {
+        if self.worker.batcher.borrow_mut().forget(host.stream_id()) {
+            self.ring_for_batch(host);
         }
     }
 }

@@ -7,8 +7,9 @@
 //! ```
 //! Each file is one part of the README's behaviour table: [`admission`] (which requests are
 //! covered, the key, the caller, the fingerprint), [`claim`] (the two tiers), [`settle`] (what the
-//! attempt's end means for the key: keep, release, or lock as "outcome unknown"), and [`answer`]
-//! (every reply the filter makes itself).
+//! attempt's end means for the key: keep, release, or lock as "outcome unknown"), [`answer`]
+//! (every reply the filter makes itself) and [`routed`] (a replay sent through the replay listener,
+//! and the replay listener's own answers).
 
 mod admission;
 mod answer;
@@ -17,6 +18,7 @@ mod capture;
 mod claim;
 mod key_field;
 mod rotation;
+mod routed;
 mod settle;
 mod verify;
 
@@ -91,6 +93,9 @@ enum Phase {
         capture: Capture,
         /// When the record is created: its expiry already left with the response headers.
         created_ms: u64,
+        /// The verdict waits for the body: a `503`/`504` that would free the key, whose text may
+        /// be Envoy's own, written by a proxy on the way (`settle::read_proxy_text`).
+        read_text: bool,
     },
     /// A record or a release is on its way to the key store; the response waits for it. The
     /// write is kept so that the root context can retry it if this stream cannot.
@@ -101,6 +106,8 @@ enum Phase {
     Detached,
     /// The filter answered locally; the local reply passes back through the response callbacks.
     Answered,
+    /// A replay sent to the replay listener (`routed.rs`); its answer comes back as a response.
+    Routed,
 }
 
 /// One HTTP stream.
@@ -124,6 +131,12 @@ pub struct Stream {
     replay_trailers: Headers,
     /// The request is gRPC (`content-type`): the filter's own answers are gRPC statuses.
     grpc: bool,
+    /// The request headers went on before the decision (`stream` mode, `Expect: 100-continue`):
+    /// the request can no longer be routed elsewhere.
+    headers_forwarded: bool,
+    /// The filter's own reply must leave without the `content-length` Envoy adds to local
+    /// replies (a gRPC answer, or one with trailers, from the replay listener).
+    strip_content_length: bool,
 }
 
 impl Stream {
@@ -138,10 +151,15 @@ impl Stream {
             restore_content_type: None,
             replay_trailers: Vec::new(),
             grpc: false,
+            headers_forwarded: false,
+            strip_content_length: false,
         }
     }
 
     pub fn on_request_headers(&mut self, host: &dyn Host, end_of_stream: bool) -> Flow {
+        if self.worker.cfg.replay_listener {
+            return self.serve_replay(host);
+        }
         let Some(admitted) = self.admit(host) else {
             return self.flow_after_admission();
         };
@@ -165,7 +183,7 @@ impl Stream {
         }
         let inline = admitted.detached_headers.is_none();
         self.phase = Phase::ReadingBody(Box::new(admitted));
-        match self.worker.cfg.headers_mode {
+        let flow = match self.worker.cfg.headers_mode {
             // `Expect: 100-continue` reaches a filter only when the connection manager proxies it
             // (`proxy_100_continue: true`; otherwise Envoy answers `100` and removes it). Such a
             // client sends its body after the upstream's `100`, so holding its headers would stall
@@ -174,7 +192,9 @@ impl Stream {
             HeadersMode::Hold => Flow::Pause,
             // The body callbacks hold the request instead; the upstream sees no end of stream yet.
             HeadersMode::Stream => Flow::Continue,
-        }
+        };
+        self.headers_forwarded = flow == Flow::Continue;
+        flow
     }
 
     pub fn on_request_body(
@@ -202,8 +222,18 @@ impl Stream {
 
     /// HTTP/2 requests with trailers never report end of stream in the body callback.
     pub fn on_request_trailers(&mut self, host: &dyn Host) -> Flow {
-        match &self.phase {
-            Phase::ReadingBody(_) => self.finish_body(host),
+        match &mut self.phase {
+            Phase::ReadingBody(admitted) => {
+                // Envoy's async client, which carries a detached request, sends no request
+                // trailers (measured on Envoy 1.40: none reach the upstream, with a body or
+                // without): a detached rule runs such a request inline, through the router,
+                // which forwards them (docs/fidelity.md).
+                if admitted.detached_headers.take().is_some() {
+                    log::info!("request trailers on a detached rule; executing inline");
+                    admitted.rule.execution = crate::config::Execution::Inline;
+                }
+                self.finish_body(host)
+            }
             Phase::Claiming { .. } | Phase::WaitingLocally | Phase::Detached | Phase::Answered => {
                 Flow::Pause
             }
@@ -218,16 +248,7 @@ impl Stream {
         status: Option<u16>,
         body: &[u8],
     ) {
-        // A call of this stream on its own callout came back: its slot is free for what waits.
-        let freed = self
-            .worker
-            .batcher
-            .borrow_mut()
-            .single_landed(token)
-            .is_some();
-        if freed && self.worker.batcher.borrow().ready() {
-            self.ring_for_batch(host);
-        }
+        self.call_landed(host, token);
         // The one place a paused request resumes: the reply of the callout it is paused on
         // decided that it goes on.
         let flow = match std::mem::replace(&mut self.phase, Phase::Passthrough) {
@@ -282,10 +303,14 @@ impl Stream {
             }
             // A local reply came while looking under a previous secret: nothing was claimed.
             Phase::LookingUp { .. } => Flow::Continue,
+            Phase::Routed => self.on_routed_answer(host),
             other => {
                 if matches!(other, Phase::Answered) {
                     if let Some(content_type) = self.restore_content_type.take() {
                         host.set_response_header("content-type", &content_type);
+                    }
+                    if std::mem::take(&mut self.strip_content_length) {
+                        host.remove_response_header("content-length");
                     }
                 }
                 self.phase = other;
@@ -308,11 +333,8 @@ impl Stream {
     pub fn on_done(&mut self, host: &dyn Host) {
         self.ended = true;
         self.worker.trailers.take(host.stream_id());
-        // Its calls waiting for a batch leave the queue; answers to its calls in flight are
-        // dropped (what must still happen is handed over below, as without batches).
-        if self.worker.batcher.borrow_mut().forget(host.stream_id()) {
-            self.ring_for_batch(host);
-        }
+        // What must still happen is handed over below, as without batches.
+        self.forget_calls(host);
         match std::mem::replace(&mut self.phase, Phase::Passthrough) {
             Phase::Claiming { claim, .. } => {
                 // Never forwarded. The claim may still land in the key store: release it once

@@ -15,6 +15,7 @@ mod keystore;
 mod modes;
 mod props;
 mod rotation;
+mod routed;
 mod settle;
 mod settlement;
 mod streaming;
