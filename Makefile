@@ -82,7 +82,7 @@ chaos: setup
 bench: setup
 	$(CARGO) build --release --target wasm32-wasip1
 	$(CARGO) build --release -p payments-demo -p idempotency-keystore
-	python3 bench/run.py
+	.venv/bin/python bench/run.py
 
 clean:
 	$(CARGO) clean

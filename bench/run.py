@@ -873,8 +873,15 @@ class Bench:
             self.notes.append("redis-benchmark skipped: the key store's Redis scripts were not found")
             return
         claim, complete = scripts
-        rc = redis_benchmark(self.redis_port, ks_c, d, claim, ["ab" * 32, "tok" * 10, "30000"])
-        rm = redis_benchmark(self.redis_port, ks_c, d, complete, ["tok" * 10, "x" * 150, "600000"])
+        try:
+            rc = redis_benchmark(self.redis_port, ks_c, d, claim, ["ab" * 32, "tok" * 10, "30000"])
+            rm = redis_benchmark(self.redis_port, ks_c, d, complete, ["tok" * 10, "x" * 150, "600000"])
+        except RuntimeError as e:
+            # a script redis-benchmark cannot run (e.g. the key store's scripts changed shape) costs
+            # this comparison, not the rest of the results
+            self.notes.append(f"redis-benchmark failed, comparison skipped: {str(e)[:200]}")
+            log(f"redis-benchmark failed: {e}")
+            return
         mixed = 2 / (1 / rc[0] + 1 / rm[0])
         self.extra["redis_benchmark"] = {"claim_eval": rc, "complete_eval": rm, "mixed_rps": round(mixed, 1)}
         for name, (rps, p50, p99), base in [("redis_benchmark_claim_eval", rc, "keystore_redis_claim"),
@@ -1042,14 +1049,19 @@ def plot_sweep(points, path):
         pts = [p for p in points if p["scenario"] == name]
         xs = [p["offered_rps"] for p in pts]
         colour = f"C{i}"
-        ax.plot(xs, [p["p50_ms"] for p in pts], "-o", color=colour, label=f"{name} p50")
+        ax.plot(xs, [p["p50_ms"] for p in pts], "-", color=colour, label=f"{name} p50")
         ax.plot(xs, [p["p99_ms"] for p in pts], "--", color=colour, label=f"{name} p99")
+        # filled: the pace was kept; hollow: the scenario saturated below the offered load
+        for p in pts:
+            kept = p["achieved_rps"] >= 0.95 * p["offered_rps"]
+            for y in (p["p50_ms"], p["p99_ms"]):
+                ax.plot([p["offered_rps"]], [y], "o", color=colour, markerfacecolor=colour if kept else "white")
     ax.set_xlabel("offered load (req/s, paced)")
     ax.set_ylabel("latency (ms)")
     ax.set_yscale("log")
     ax.grid(True, which="both", alpha=0.3)
     ax.legend(fontsize=8)
-    ax.set_title("Latency against offered load (Envoy --concurrency 1)")
+    ax.set_title("Latency against offered load (Envoy --concurrency 1; hollow: pace not kept)")
     fig.tight_layout()
     path.parent.mkdir(exist_ok=True)
     fig.savefig(path, dpi=100)
@@ -1206,7 +1218,7 @@ def main():
     ap.add_argument("--duration", type=int, default=6, help="seconds per scenario, over all rounds (default 6)")
     ap.add_argument("--sweep-points", type=int, default=5,
                     help="offered loads of the latency sweep, up to 0.8 of no_filter_post's rate (0: none)")
-    ap.add_argument("--sweep-seconds", type=int, default=1, help="seconds per sweep point and scenario")
+    ap.add_argument("--sweep-seconds", type=int, default=2, help="seconds per sweep point and scenario")
     ap.add_argument("--batch-max-entries", type=int, default=32,
                     help="keystore.batch_max_entries of first_exec_memory_batch (default 32)")
     ap.add_argument("--batches-in-flight", type=int, default=2,
