@@ -5,6 +5,7 @@
 mod abandoned;
 mod admission;
 mod batch;
+mod batch_props;
 mod budget;
 mod claim;
 mod detached;
