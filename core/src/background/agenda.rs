@@ -84,6 +84,7 @@ mod tests {
             headers: Vec::new(),
             body: Vec::new(),
             trailers: Vec::new(),
+            route: None,
         })
     }
 

@@ -7,6 +7,7 @@
 //!   root context's steps (`on_tick`, `on_reply`) returning the actions it carries out;
 //! - [`leases`]: the claims held while their request is upstream, renewed in batches;
 //! - [`deferred`]: key-store writes a stream could not finish itself, retried until they land;
+//! - [`routed`]: root-context answers sent through the replay listener (gRPC callers);
 //! - [`waiting`]: duplicates that wait (no key store) for the record of their key;
 //! - [`detached`]: requests the plugin sends upstream itself, and how their end is carried out;
 //! - [`shutdown`]: what the root context settles when Envoy unloads the plugin.
@@ -16,6 +17,7 @@ pub mod agenda;
 pub mod deferred;
 pub mod detached;
 pub mod leases;
+pub mod routed;
 pub mod shutdown;
 pub mod trailers;
 pub mod waiting;

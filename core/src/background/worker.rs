@@ -8,6 +8,7 @@ pub use crate::background::actions::{Answer, Purpose, RootAction, RootReply};
 use crate::background::deferred::{Deferred, Retrier, Settled};
 use crate::background::detached::{ending, DetachedJob};
 use crate::background::leases::{HeldClaim, Leases};
+use crate::background::routed::{RouteTo, RoutedStreams};
 use crate::background::trailers::TrailerHandover;
 use crate::background::waiting::Waiters;
 use crate::budget::Budget;
@@ -47,6 +48,8 @@ pub struct Worker {
     doorbell: Cell<Option<u32>>,
     /// Trailers of root-context answers, until their stream's last body callback.
     pub trailers: TrailerHandover,
+    /// Streams whose root-context answer went through the replay listener.
+    pub routed: RoutedStreams,
 }
 
 impl Worker {
@@ -65,6 +68,7 @@ impl Worker {
             answer_after: RefCell::new(HashMap::new()),
             doorbell: Cell::new(None),
             trailers: TrailerHandover::default(),
+            routed: RoutedStreams::default(),
         }
     }
 
@@ -150,6 +154,18 @@ impl Worker {
         let mut replies = Vec::new();
         let answered = self.waiters.borrow_mut().settle(|w| {
             let found = self.cache.peek(shared, &w.key, &w.fingerprint, now_ms);
+            // A replay to a gRPC caller goes through the replay listener (`super::routed`).
+            let route = match &found {
+                Some(Found::Completed(record)) if w.routed && record.is_replayable() => {
+                    Some(Box::new(RouteTo {
+                        key: w.key,
+                        record: record.clone(),
+                        first: false,
+                        grpc: w.grpc,
+                    }))
+                }
+                _ => None,
+            };
             if let Some(Found::InFlight { .. }) = found {
                 if now_ms < w.until_ms {
                     return false;
@@ -181,6 +197,7 @@ impl Worker {
                 headers: reply.headers,
                 body: reply.body,
                 trailers: reply.trailers,
+                route,
             }));
             true
         });

@@ -17,7 +17,7 @@ mod capture;
 mod claim;
 mod key_field;
 mod rotation;
-mod routed;
+pub(crate) mod routed;
 mod settle;
 mod verify;
 
@@ -277,6 +277,11 @@ impl Stream {
     }
 
     pub fn on_response_headers(&mut self, host: &dyn Host, end_of_stream: bool) -> Flow {
+        if matches!(self.phase, Phase::Detached | Phase::WaitingLocally) {
+            if let Some(first) = self.worker.routed.take(host.stream_id()) {
+                return self.on_root_routed_answer(host, first);
+            }
+        }
         match std::mem::replace(&mut self.phase, Phase::Passthrough) {
             Phase::Forwarded(claim) => self.on_upstream_response(host, claim, end_of_stream),
             Phase::Claiming { claim, callout } => {
@@ -318,6 +323,7 @@ impl Stream {
     pub fn on_done(&mut self, host: &dyn Host) {
         self.ended = true;
         self.worker.trailers.take(host.stream_id());
+        self.worker.routed.take(host.stream_id());
         match std::mem::replace(&mut self.phase, Phase::Passthrough) {
             Phase::Claiming { claim, .. } => {
                 // Never forwarded. The claim may still land in the key store: release it once

@@ -67,6 +67,10 @@ pub struct DetachedJob {
     /// The request's bytes in the worker's memory budget, given back once it is dispatched
     /// (Envoy then holds its own copy) or settled without being sent.
     pub held: Option<Held>,
+    /// The client's call is gRPC: the filter's own answers are gRPC statuses.
+    pub grpc: bool,
+    /// The first answer goes through the replay listener (`crate::background::routed`).
+    pub routed: bool,
 }
 
 /// A copy of a job holds no share of the budget: the bytes are given back once, by the original.
@@ -77,6 +81,8 @@ impl Clone for DetachedJob {
             upstream: self.upstream.clone(),
             claim: self.claim.clone(),
             held: None,
+            grpc: self.grpc,
+            routed: self.routed,
         }
     }
 }

@@ -6,14 +6,14 @@ use crate::host::SharedData;
 use crate::replay::{CONTENT_TYPE, CONTENT_TYPE_HEADER, FILTER_STATE, PATH, TICKET_HEADER};
 
 const OUTER: &str = r#"{"routed_replay":true,"routes":[{"prefix":"/payments","required":true},{"prefix":"/routed","required":true,"replay":"routed"}],"anonymous_scope":"t"}"#;
-const LISTENER: &str = r#"{"replay_listener":true,"routes":[{"prefix":"/payments"}]}"#;
+pub(super) const LISTENER: &str = r#"{"replay_listener":true,"routes":[{"prefix":"/payments"}]}"#;
 
 fn grpc_req<'a>(key: &'a str, body: &'a [u8]) -> Req<'a> {
     post(key, body)
 }
 
 /// Sends `req` with `content-type`.
-fn send_as(w: &World, req: &Req, content_type: &str) -> (Stream, FakeHost, Flow) {
+pub(super) fn send_as(w: &World, req: &Req, content_type: &str) -> (Stream, FakeHost, Flow) {
     let mut host = w.host(req);
     host.request_headers
         .push(("content-type".into(), content_type.as_bytes().to_vec()));
@@ -52,7 +52,7 @@ fn first_call(w: &World, key: &str) {
 }
 
 /// The replay listener's filter given the request the outer filter routed.
-fn at_listener(w: &World, outer: &FakeHost) -> (Stream, FakeHost, Flow) {
+pub(super) fn at_listener(w: &World, outer: &FakeHost) -> (Stream, FakeHost, Flow) {
     let listener = w.sharing(LISTENER);
     let mut host = FakeHost::new(&w.shared, &w.clock, &w.ids);
     host.request_headers = outer.request_headers.clone();
