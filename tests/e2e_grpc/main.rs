@@ -10,6 +10,7 @@
     clippy::indexing_slicing
 )]
 
+mod answers;
 mod harness;
 mod replay;
 #[path = "../support/mod.rs"]
