@@ -15,13 +15,24 @@ pub enum SharedSetError {
     Failed(String),
 }
 
-/// An HTTP request to the key store, through an Envoy cluster.
+/// An HTTP request through an Envoy cluster: to the key store, or a client's request the plugin
+/// sends on itself (detached execution, [`Forwarded`]).
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Callout {
     pub cluster: String,
     pub headers: Vec<(String, String)>,
     pub body: Vec<u8>,
     pub timeout_ms: u64,
+    /// A client's request: sent with these fields (as bytes) in place of `headers`.
+    pub forwarded: Option<Box<Forwarded>>,
+}
+
+/// A client's request as the plugin sends it on: its header fields in order, values as the
+/// client sent them (they need not be UTF-8). No trailers: Envoy's async client, which carries
+/// every callout, sends none (a request that has them runs inline, `stream/mod.rs`).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Forwarded {
+    pub headers: Headers,
 }
 
 /// Envoy shared data: a key-value map per Envoy process, shared by its workers, with CAS.

@@ -62,6 +62,7 @@ fn callout(cfg: &KeystoreConfig, op: &str, body: &(impl Request + Compact)) -> C
         headers,
         body: cfg.body_format.encode(body),
         timeout_ms: cfg.timeout_ms,
+        forwarded: None,
     }
 }
 

@@ -20,7 +20,6 @@ pub enum Problem {
     UpstreamUnavailable,
     UpstreamTimeout,
     UpstreamReset,
-    HeaderNotForwardable,
     /// The worker holds its whole memory budget for other requests: this one did not run.
     MemoryBudget,
     /// The key store returned a record for the key that fails its seal check: the filter cannot
@@ -55,7 +54,6 @@ impl Problem {
             Problem::UpstreamReset => 502,
             Problem::UpstreamUnavailable => 503,
             Problem::UpstreamTimeout => 504,
-            Problem::HeaderNotForwardable => 400,
             Problem::StoreUnavailable => 503,
             Problem::MemoryBudget => 503,
             Problem::RecordUnverifiable => 502,
@@ -70,9 +68,7 @@ impl Problem {
     /// retry by default; the README's "gRPC" section gives the reasons row by row.
     pub fn grpc(self) -> (Code, bool) {
         match self {
-            Problem::MissingKey | Problem::InvalidKey | Problem::HeaderNotForwardable => {
-                (Code::InvalidArgument, false)
-            }
+            Problem::MissingKey | Problem::InvalidKey => (Code::InvalidArgument, false),
             Problem::Unauthenticated => (Code::Unauthenticated, false),
             // The key is in flight (or held after an unknown outcome): a retry gets the record,
             // or this answer again, and never a second execution.
@@ -129,10 +125,6 @@ impl Problem {
             Problem::UpstreamUnavailable => ("upstream-unavailable", "The upstream could not be reached"),
             Problem::UpstreamTimeout => ("upstream-timeout", "The upstream did not answer in time"),
             Problem::UpstreamReset => ("upstream-reset", "The upstream reset the request"),
-            Problem::HeaderNotForwardable => (
-                "header-not-forwardable",
-                "A request header cannot be forwarded by detached execution",
-            ),
             Problem::StoreUnavailable => (
                 "store-unavailable",
                 "The idempotency key store is unavailable",

@@ -28,7 +28,7 @@ const SEALED: u8 = 5;
 const MAC_LEN: usize = 32;
 
 /// Headers that describe one connection, not the message (RFC 9110 section 7.6.1), plus the
-/// length, which Envoy recomputes.
+/// length, which Envoy recomputes (a record keeps it only to mark its place: `message_headers`).
 pub const HOP_BY_HOP: [&str; 8] = [
     "connection",
     "keep-alive",
@@ -41,7 +41,10 @@ pub const HOP_BY_HOP: [&str; 8] = [
 ];
 
 /// Response headers Envoy sets anew on every answer, so a replay carries its own.
-const RECOMPUTED: [&str; 3] = ["date", "server", "x-envoy-upstream-service-time"];
+/// `x-envoy-upstream-service-time` is not one of them: the router adds it only to answers from an
+/// upstream, never to a local reply, so a replay carries the stored one and reads as its first
+/// answer did (docs/fidelity.md).
+const RECOMPUTED: [&str; 2] = ["date", "server"];
 
 /// A response as the client first received it.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -197,26 +200,33 @@ impl Record {
 }
 
 /// Keeps the headers a replay may carry: no pseudo-headers, nothing hop-by-hop or recomputed,
-/// and only what `policy` lets through (by default, no `set-cookie` and no credentials).
+/// and only what `policy` lets through (by default, no `set-cookie` and no credentials), plus
+/// `content-length` where the answer had it.
 pub fn storable_headers(
     headers: Vec<(String, Vec<u8>)>,
     policy: &ReplayHeaders,
 ) -> Vec<(String, Vec<u8>)> {
     message_headers(headers)
         .into_iter()
-        .filter(|(name, _)| policy.keeps(&name.to_ascii_lowercase()))
+        .filter(|(name, _)| {
+            let lower = name.to_ascii_lowercase();
+            lower == "content-length" || policy.keeps(&lower)
+        })
         .collect()
 }
 
 /// The headers of a response as its own client gets it (the first answer, not a replay): all of
-/// them but pseudo-headers and those Envoy sets itself for the connection.
+/// them but pseudo-headers and those Envoy sets itself for the connection. `content-length`
+/// stays in its place: a local reply (a replay, a detached answer) that carries it gets its
+/// length set there, where one without it gets it appended after every other field (and so
+/// after `x-envoy-upstream-service-time`, which the router puts after the upstream's fields).
 pub fn message_headers(headers: Vec<(String, Vec<u8>)>) -> Vec<(String, Vec<u8>)> {
     headers
         .into_iter()
         .filter(|(name, _)| {
             let lower = name.to_ascii_lowercase();
             !lower.starts_with(':')
-                && !HOP_BY_HOP.contains(&lower.as_str())
+                && (lower == "content-length" || !HOP_BY_HOP.contains(&lower.as_str()))
                 && !RECOMPUTED.contains(&lower.as_str())
         })
         .collect()

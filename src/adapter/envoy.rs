@@ -99,13 +99,17 @@ impl SharedData for EnvoyHost {
     }
 }
 
-/// Dispatches a callout from the current Envoy context.
+/// Dispatches a callout from the current Envoy context. A client's request (detached execution)
+/// is sent with its header values as bytes ([`crate::host::Forwarded`]).
 pub(super) fn send_callout(callout: &Callout) -> Result<u32, String> {
-    let headers: Vec<(&str, &str)> = callout
-        .headers
-        .iter()
-        .map(|(n, v)| (n.as_str(), v.as_str()))
-        .collect();
+    let headers = match &callout.forwarded {
+        Some(forwarded) => as_pairs(&forwarded.headers),
+        None => callout
+            .headers
+            .iter()
+            .map(|(n, v)| (n.as_str(), v.as_str()))
+            .collect(),
+    };
     hostcalls::dispatch_http_call(
         &callout.cluster,
         headers,
@@ -114,6 +118,25 @@ pub(super) fn send_callout(callout: &Callout) -> Result<u32, String> {
         Duration::from_millis(callout.timeout_ms),
     )
     .map_err(|e| format!("{e:?}"))
+}
+
+/// A client's header fields as the `&str` pairs the SDK's `dispatch_http_call` takes, values as
+/// the client sent them, UTF-8 or not (the router forwards `caf\xe9` as those bytes).
+///
+/// Why not the raw `proxy_http_call` with a byte map, as the local replies do: the SDK routes a
+/// callout's reply to its context through a token table that only its own `dispatch_http_call`
+/// fills, and a reply with a token it does not know aborts the VM (`expect("invalid token_id")`
+/// in proxy-wasm 0.2.5's dispatcher), so every callout must go through that call.
+fn as_pairs(map: &[(String, Vec<u8>)]) -> Vec<(&str, &str)> {
+    map.iter()
+        .map(|(name, value)| {
+            // SAFETY: proxy-wasm 0.2.5 (pinned in Cargo.toml) only serialises these pairs
+            // (`serialize_map`: `len` and `as_bytes`, then the bytes are copied into the host's
+            // map); no code that relies on UTF-8 reads the value. The slice outlives the call.
+            let value = unsafe { std::str::from_utf8_unchecked(value) };
+            (name.as_str(), value)
+        })
+        .collect()
 }
 
 impl EnvoyHost {

@@ -43,20 +43,26 @@ pub async fn start(scripts: &HashMap<String, Script>) -> Vec<Gateway> {
     let mut gateways = Vec::new();
     for kind in [Kind::None, Kind::Inline, Kind::Detached, Kind::Routed] {
         let upstream = Recorder::start(scripts.clone()).await;
-        let options = EnvoyOptions {
-            bootstrap: Some(bootstrap(kind, upstream.port)),
-            ..EnvoyOptions::with_filter(upstream.port, "")
-        };
-        let envoy = Envoy::start(&options).await;
-        let proxied_100_port = listener_port(&envoy, "proxied_100").await;
-        gateways.push(Gateway {
-            kind,
-            envoy,
-            proxied_100_port,
-            upstream,
-        });
+        gateways.push(start_one(kind, "hold", upstream).await);
     }
     gateways
+}
+
+/// One gateway of `kind` with the filter's `headers_mode` (`hold` or `stream`) in front of
+/// `upstream`.
+pub async fn start_one(kind: Kind, headers_mode: &str, upstream: Recorder) -> Gateway {
+    let options = EnvoyOptions {
+        bootstrap: Some(bootstrap(kind, headers_mode, upstream.port)),
+        ..EnvoyOptions::with_filter(upstream.port, "")
+    };
+    let envoy = Envoy::start(&options).await;
+    let proxied_100_port = listener_port(&envoy, "proxied_100").await;
+    Gateway {
+        kind,
+        envoy,
+        proxied_100_port,
+        upstream,
+    }
 }
 
 /// The port of the listener named `name`, from the admin API.
@@ -80,7 +86,7 @@ async fn listener_port(envoy: &Envoy, name: &str) -> u16 {
 /// The plugin: every `POST`, `PATCH` and `PUT` under `/fid/` is covered, callers without
 /// credentials share one scope, and `Idempotency-Expires` is off (a documented addition of the
 /// filter, not a fidelity question).
-fn plugin(kind: Kind) -> Option<String> {
+fn plugin(kind: Kind, headers_mode: &str) -> Option<String> {
     let mut rule = json!({"prefix": "/fid/", "methods": ["POST", "PATCH", "PUT"]});
     let mut plugin = Plugin::signed("fidelity-e2e-secret-0123456789abcdef0123456789abcdef");
     match kind {
@@ -101,12 +107,13 @@ fn plugin(kind: Kind) -> Option<String> {
             .set("routes", json!([rule]))
             .set("anonymous_scope", "fidelity")
             .set("expires_header", false)
+            .set("headers_mode", headers_mode)
             .json(),
     )
 }
 
-fn bootstrap(kind: Kind, port: u16) -> String {
-    let mut options = match plugin(kind) {
+fn bootstrap(kind: Kind, headers_mode: &str, port: u16) -> String {
+    let mut options = match plugin(kind, headers_mode) {
         Some(plugin) => EnvoyOptions::with_filter(port, plugin),
         None => EnvoyOptions {
             plugin: None,

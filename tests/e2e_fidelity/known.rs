@@ -40,18 +40,6 @@ pub fn listed(row: &str, path: &str) -> bool {
 
 pub const KNOWN: &[Known] = &[
     Known {
-        row: "*",
-        path: "inline-replay",
-        tokens: &["-x-envoy-upstream-service-time"],
-        why: "a replay is a local reply: Envoy's router adds `x-envoy-upstream-service-time` only to answers from an upstream",
-    },
-    Known {
-        row: "*",
-        path: "detached",
-        tokens: &["-x-envoy-upstream-service-time"],
-        why: "a detached answer reaches the client as a local reply: no `x-envoy-upstream-service-time`",
-    },
-    Known {
         row: "chunked",
         path: "inline-replay",
         tokens: &["+content-length", "-transfer-encoding", "framing"],
@@ -68,12 +56,6 @@ pub const KNOWN: &[Known] = &[
         path: "detached",
         tokens: &["up:+content-length", "up:-transfer-encoding"],
         why: "a callout carries its body with `content-length`, never chunked: the upstream gets `content-length` where the router would forward `transfer-encoding: chunked` (an h2 request without `content-length` is forwarded chunked to an HTTP/1.1 upstream)",
-    },
-    Known {
-        row: "non-utf8-value",
-        path: "detached",
-        tokens: &["+connection", "-x-name", "body", "status", "up:count", "~content-length", "~content-type"],
-        why: "a callout cannot carry a header value that is not UTF-8: the client gets `400` `header-not-forwardable` and the upstream nothing, where the router forwards the bytes as they are",
     },
     Known {
         row: "empty-201-content-type",
@@ -112,22 +94,10 @@ pub const KNOWN: &[Known] = &[
         why: "a stored answer is replayed (and a detached answer sent) as a local reply with a whole body: `content-length` instead of the upstream's chunked framing, so its stored trailers cannot follow over HTTP/1",
     },
     Known {
-        row: "trailers-h1",
-        path: "detached",
-        tokens: &["+content-length", "-transfer-encoding", "framing", "trailers", "up:+content-length", "up:-te", "up:-transfer-encoding", "up:trailers"],
-        why: "`te: trailers` and request trailers are not forwarded by a callout (README, \"What detached execution skips\"); a local reply framed by `content-length` cannot carry the stored trailers over HTTP/1; a callout carries its body with `content-length`, never chunked: the upstream gets `content-length` where the router would forward `transfer-encoding: chunked`",
-    },
-    Known {
         row: "trailers-h2",
         path: "inline-replay",
         tokens: &["+content-length"],
         why: "a local reply carries `content-length` (its stored trailers are sent after its body: HTTP/2 lets a local reply carry them)",
-    },
-    Known {
-        row: "trailers-h2",
-        path: "detached",
-        tokens: &["+content-length", "up:+content-length", "up:-te", "up:-transfer-encoding", "up:trailers"],
-        why: "`te: trailers` and request trailers are not forwarded by a callout (README, \"What detached execution skips\"); a callout carries its body with `content-length`, never chunked: the upstream gets `content-length` where the router would forward `transfer-encoding: chunked`; the answer's trailers come back after its body (HTTP/2)",
     },
     Known {
         row: "local-reply-config",
@@ -148,10 +118,22 @@ pub const KNOWN: &[Known] = &[
         why: "with `Expect: 100-continue` past the connection manager, an inline rule lets the request headers go upstream before the decision (the client waits for the upstream's `100`), so a duplicate's head reaches the upstream, which gets a reset instead of the body when the filter replays",
     },
     Known {
+        row: "trailers-h1",
+        path: "detached-replay",
+        tokens: &["+content-length", "-transfer-encoding", "framing", "trailers"],
+        why: "a request with trailers runs inline on a detached rule (Envoy's async client sends no request trailers), so its replay is an inline replay: a local reply framed by `content-length`, without the stored trailers over HTTP/1",
+    },
+    Known {
+        row: "trailers-h2",
+        path: "detached-replay",
+        tokens: &["+content-length"],
+        why: "a request with trailers runs inline on a detached rule (Envoy's async client sends no request trailers), so its replay is an inline replay: a local reply carries `content-length`",
+    },
+    Known {
         row: "expect-100-proxied",
-        path: "detached",
-        tokens: &["interim", "up:-expect"],
-        why: "a callout never forwards `expect` and sends only after the body: no `100` reaches the client",
+        path: "detached-replay",
+        tokens: &["up:count"],
+        why: "a proxied `Expect: 100-continue` runs inline on a detached rule (only the router can bring back the upstream's `100`), so a duplicate's head reaches the upstream, which gets a reset instead of the body when the filter replays, as on an inline rule",
     },
     // Routed replays (`replay: "routed"`): the stored answer comes back as an upstream's, through
     // the replay listener (README, "Routed replays").
@@ -159,7 +141,7 @@ pub const KNOWN: &[Known] = &[
         row: "chunked",
         path: "routed-replay",
         tokens: &["+content-length", "-transfer-encoding", "framing"],
-        why: "a record keeps no framing (`content-length` and `transfer-encoding` are never stored): the replay listener's answer has a whole body and its length, which the outer listener passes on",
+        why: "a record keeps no framing (a chunked answer has no `content-length` to keep its place, and `transfer-encoding` is never stored): the replay listener's answer has a whole body and its length, which the outer listener passes on",
     },
     Known {
         row: "sse-stream",
@@ -176,7 +158,7 @@ pub const KNOWN: &[Known] = &[
     Known {
         row: "expect-100-proxied",
         path: "routed-replay",
-        tokens: &["-x-envoy-upstream-service-time", "up:count"],
-        why: "the request headers went upstream before the decision (the client waits for the upstream's `100`), so the request can no longer be routed: the replay is a local reply, as inline",
+        tokens: &["up:count"],
+        why: "the request headers went upstream before the decision (the client waits for the upstream's `100`), so the request can no longer be routed: the replay is a local reply, as inline (with the stored `x-envoy-upstream-service-time`)",
     },
 ];

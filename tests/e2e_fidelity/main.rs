@@ -21,6 +21,7 @@
 )]
 
 mod compare;
+mod expect;
 mod gateways;
 mod known;
 mod recorder;

@@ -124,6 +124,13 @@ pub fn rows() -> Vec<Row> {
             proxied_100: false,
         },
         Row {
+            name: "te-trailers",
+            send: h1(post("POST", "te-trailers", b"te: trailers\r\n", body)),
+            script: answer(CREATED),
+            timed: false,
+            proxied_100: false,
+        },
+        Row {
             name: "outside-client-says-internal",
             send: h1(post("POST", "outside-client-says-internal", b"x-envoy-internal: true\r\n", body)),
             script: answer(CREATED),

@@ -12,6 +12,7 @@
 )]
 
 mod across_gateways;
+mod sidecar;
 #[path = "../support/mod.rs"]
 mod support;
 mod timeouts;

@@ -133,6 +133,7 @@ mod tests {
                 headers: vec![],
                 body: b"{}".to_vec(),
                 timeout_ms: 100,
+                forwarded: None,
             },
             not_before_ms: 0,
             until_ms,

@@ -219,6 +219,7 @@ impl Worker {
             Purpose::Detached(mut job) => {
                 // Dispatched: Envoy has its own copy of the request.
                 job.held = None;
+                job.sent_ms = now_ms;
                 self.leases
                     .borrow_mut()
                     .hold(HeldClaim::of(&job.claim, now_ms));

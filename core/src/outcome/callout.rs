@@ -1,6 +1,8 @@
 //! Was a detached request executed? The plugin's own callout has no response flags (the root
 //! context can read no stream property), so the answer comes from what Envoy hands back: the
-//! dispatch's error, the reply's status, its headers and Envoy's own reply text. Checked on
+//! dispatch's error, the reply's status, its headers and Envoy's own reply text. An inline
+//! stream reads the same texts with the same function ([`ending`]) when its router saw a plain
+//! `503`/`504` (no response flags) that would free the key: a sidecar wrote it. Checked on
 //! Envoy 1.40 cause by cause (the table in docs/hardening.md, "Detached: never sent").
 //!
 //! - The dispatch failed: Envoy finished the request inside the call, which only a local reply
@@ -51,6 +53,13 @@ const NO_HEALTHY_UPSTREAM: &str = "no healthy upstream";
 
 /// Envoy's reply text when the callout's own timeout fired.
 const TIMEOUT_TEXT: &str = "upstream request timeout";
+
+/// Whether an answer with this status may be Envoy's own text (a reset or timeout, written by
+/// this Envoy or by a proxy on the way), which [`ending`] reads from its body. An inline stream
+/// reads such an answer whole before it frees a key (`stream/settle.rs`).
+pub fn may_be_envoy_text(status: u16) -> bool {
+    matches!(status, 503 | 504)
+}
 
 /// The ending of a callout whose dispatch Envoy refused (an error from the dispatch call).
 pub fn dispatch_failed() -> Ending {

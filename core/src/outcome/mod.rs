@@ -75,6 +75,9 @@ pub enum UnknownCause {
     EnvoyAnswered { flags: u64 },
     /// The stream ended while the record was being stored.
     StoreInterrupted,
+    /// A proxy on the way (a sidecar) answered with Envoy's reset or timeout text after the
+    /// request may have reached the service ([`callout::ending`] reads it).
+    ProxyAnswered { status: u16 },
 }
 
 /// What a response says about the attempt that produced it.

@@ -229,15 +229,23 @@ fn drops_hop_by_hop_pseudo_and_credential_headers() {
         ("Set-Cookie".into(), b"session=abc".to_vec()),
         ("www-authenticate".into(), b"Bearer".to_vec()),
     ];
+    // `content-length` stays where it was (Envoy sets a local reply's length in place), whatever
+    // the policy says: it is framing, not content.
     assert_eq!(
         storable_headers(response.clone(), &default_policy()),
-        vec![("content-type".to_string(), b"text/plain".to_vec())]
+        vec![
+            ("content-length".to_string(), b"2".to_vec()),
+            ("content-type".to_string(), b"text/plain".to_vec())
+        ]
     );
     // An allowlist cannot bring back what is hop-by-hop.
     let allow = ReplayHeaders::Allow(vec!["set-cookie".into(), "connection".into()]);
     assert_eq!(
         storable_headers(response, &allow),
-        vec![("Set-Cookie".to_string(), b"session=abc".to_vec())]
+        vec![
+            ("content-length".to_string(), b"2".to_vec()),
+            ("Set-Cookie".to_string(), b"session=abc".to_vec())
+        ]
     );
 }
 

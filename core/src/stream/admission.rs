@@ -31,10 +31,19 @@ impl Stream {
             String::from_utf8_lossy(&host.request_header(name).unwrap_or_default()).into_owned()
         };
         let (method, path) = (pseudo(":method"), pseudo(":path"));
-        let Some(rule) = cfg.route_for(&method, &path).cloned() else {
+        let Some(mut rule) = cfg.route_for(&method, &path).cloned() else {
             self.count(host, Metric::NotCovered);
             return None;
         };
+        // `Expect: 100-continue` reaches a filter only when the connection manager proxies it
+        // (`proxy_100_continue: true`). Its client sends the body after the upstream's `100`,
+        // which only the router can bring back (a callout sends nothing before it has the body,
+        // and a filter cannot send a `1xx`): a detached rule runs such a request inline, with its
+        // headers let through as on any inline rule (docs/fidelity.md, README "detached").
+        if matches!(rule.execution, Execution::Detached { .. }) && super::expects_continue(host) {
+            log::info!("{method} {path}: `Expect: 100-continue` proxied; executing inline");
+            rule.execution = Execution::Inline;
+        }
         self.observe = rule.mode == Mode::Observe;
         self.grpc = host
             .request_header("content-type")
@@ -97,20 +106,7 @@ impl Stream {
         let detached_headers = match (&rule.execution, rule.mode) {
             // Observe mode forwards through the router, as without the filter.
             (Execution::Inline, _) | (_, Mode::Observe) => None,
-            (Execution::Detached { .. }, Mode::Enforce) => {
-                // The callout carries text only: refuse now rather than after claiming the key.
-                if let Some((name, _)) = headers
-                    .iter()
-                    .find(|(_, v)| std::str::from_utf8(v).is_err())
-                {
-                    let detail = format!(
-                        "header {name} is not UTF-8, which this route's detached execution cannot forward"
-                    );
-                    self.answer(host, Problem::HeaderNotForwardable, &detail);
-                    return None;
-                }
-                Some(headers.clone())
-            }
+            (Execution::Detached { .. }, Mode::Enforce) => Some(headers.clone()),
         };
         Some(Admitted {
             rule,

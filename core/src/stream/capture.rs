@@ -18,6 +18,10 @@ use crate::settlement;
 use log::warn;
 use std::rc::Rc;
 
+/// How much of a `503`/`504` is read to find Envoy's reset or timeout text in it (headers
+/// included, as `max_response_bytes` counts them): the texts are under 200 bytes.
+const ENVOY_TEXT_BYTES: usize = 4096;
+
 /// The body copied so far, and the bytes it holds in the worker's budget.
 pub(super) struct Capture {
     /// `None`: the copy stopped (over `max_response_bytes`, or no room in the budget or the VM).
@@ -152,12 +156,20 @@ impl Stream {
             }
         }
         let Phase::Capturing {
-            headers, capture, ..
+            headers,
+            capture,
+            read_text,
+            ..
         } = &mut self.phase
         else {
             return self.hold_response();
         };
-        let max = self.worker.cfg.max_response_bytes;
+        let max = match read_text {
+            // Only Envoy's own text is read (`settle::read_proxy_text`): a longer body is the
+            // service's, and needs no copy.
+            true => ENVOY_TEXT_BYTES.min(self.worker.cfg.max_response_bytes),
+            false => self.worker.cfg.max_response_bytes,
+        };
         capture.add(host, body_size, headers, max, &self.worker.budget);
         if end_of_stream || capture.complete() {
             return self.finish_capture(host, Vec::new());

@@ -3,7 +3,7 @@
 //! release it.
 
 use super::{Admitted, Claim, Flow, Phase, Stream};
-use crate::background::detached::{upstream_request, DetachedJob, UnforwardableHeader};
+use crate::background::detached::{upstream_request, DetachedJob};
 use crate::background::waiting::Waiter;
 use crate::budget::WAITER_BYTES;
 use crate::config::{Execution, FailureMode, Mode, WhileInFlight};
@@ -105,16 +105,7 @@ impl Stream {
     /// answers this stream if it is still there. The request never goes through the router.
     fn detach(&mut self, host: &dyn Host, claim: Claim, cluster: &str, timeout_ms: u64) -> Flow {
         let (headers, body) = self.detached_request.take().unwrap_or_default();
-        let upstream = match upstream_request(cluster, timeout_ms, &headers, body) {
-            Ok(callout) => callout,
-            Err(UnforwardableHeader(name)) => {
-                // Checked at admission; kept as a guard.
-                self.release_l1(host, &claim);
-                self.release_later(host, &claim, 0);
-                let detail = format!("header {name} cannot be forwarded");
-                return self.answer(host, Problem::HeaderNotForwardable, &detail);
-            }
-        };
+        let upstream = upstream_request(cluster, timeout_ms, &headers, body);
         let Some(queue) = self.worker.doorbell() else {
             self.release_l1(host, &claim);
             self.release_later(host, &claim, 0);
@@ -131,6 +122,7 @@ impl Stream {
             stream_id: host.stream_id(),
             upstream,
             claim,
+            sent_ms: 0,
             held: self.held.take(),
             grpc: self.grpc,
             routed,

@@ -92,6 +92,9 @@ enum Phase {
         capture: Capture,
         /// When the record is created: its expiry already left with the response headers.
         created_ms: u64,
+        /// The verdict waits for the body: a `503`/`504` that would free the key, whose text may
+        /// be Envoy's own, written by a proxy on the way (`settle::read_proxy_text`).
+        read_text: bool,
     },
     /// A record or a release is on its way to the key store; the response waits for it. The
     /// write is kept so that the root context can retry it if this stream cannot.
@@ -218,8 +221,18 @@ impl Stream {
 
     /// HTTP/2 requests with trailers never report end of stream in the body callback.
     pub fn on_request_trailers(&mut self, host: &dyn Host) -> Flow {
-        match &self.phase {
-            Phase::ReadingBody(_) => self.finish_body(host),
+        match &mut self.phase {
+            Phase::ReadingBody(admitted) => {
+                // Envoy's async client, which carries a detached request, sends no request
+                // trailers (measured on Envoy 1.40: none reach the upstream, with a body or
+                // without): a detached rule runs such a request inline, through the router,
+                // which forwards them (docs/fidelity.md).
+                if admitted.detached_headers.take().is_some() {
+                    log::info!("request trailers on a detached rule; executing inline");
+                    admitted.rule.execution = crate::config::Execution::Inline;
+                }
+                self.finish_body(host)
+            }
             Phase::Claiming { .. } | Phase::WaitingLocally | Phase::Detached | Phase::Answered => {
                 Flow::Pause
             }

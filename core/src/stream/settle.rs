@@ -3,6 +3,9 @@
 //!   its end, or, for a 5xx or a status that says the request never ran, the key is released;
 //! - Envoy answered and no upstream saw the request (connection refused, no healthy host): the
 //!   key is released;
+//! - a `503`/`504` that would release the key is read whole first: a proxy on the way (a sidecar)
+//!   that writes Envoy's reset or timeout text saw the service reset or time out after the
+//!   request was written, which is an unknown outcome (`read_proxy_text`);
 //! - the outcome is unknown (client gone, route timeout, reset, body cut): by default the key is
 //!   locked as "outcome unknown" and never executes again; the `release` policy frees it instead.
 
@@ -12,7 +15,7 @@ use crate::expiry;
 use crate::host::{Callout, Headers, Host};
 use crate::keystore_client;
 use crate::metrics::Metric;
-use crate::outcome::{classify, decode_flags, ResponseClass, UnknownCause};
+use crate::outcome::{callout, classify, decode_flags, ResponseClass, UnknownCause};
 use crate::record::{storable_headers, Record};
 use crate::settlement::{self, Ending, Settlement, Verdict};
 use log::{info, warn};
@@ -48,6 +51,22 @@ impl Stream {
             }
             ResponseClass::FromUpstream => Ending::Answered(status),
         };
+        if ending == Ending::Answered(status)
+            && !end_of_stream
+            && callout::may_be_envoy_text(status)
+            && !claim.rule.keeps_status(status)
+        {
+            // Freeing the key waits for the body: a proxy on the way may have written it.
+            self.phase = Phase::Capturing {
+                claim,
+                status,
+                capture: Capture::new(&headers),
+                headers,
+                created_ms: 0,
+                read_text: true,
+            };
+            return Flow::Continue;
+        }
         let Settlement { verdict, counts } =
             settlement::settle(&claim.rule, claim.fingerprint, ending, host.now_ms());
         for metric in counts {
@@ -83,6 +102,7 @@ impl Stream {
             headers,
             capture,
             created_ms,
+            read_text: false,
         };
         Flow::Continue
     }
@@ -107,12 +127,59 @@ impl Stream {
             headers,
             mut capture,
             created_ms,
+            read_text,
         } = std::mem::replace(&mut self.phase, Phase::Passthrough)
         else {
             return Flow::Continue;
         };
+        if read_text {
+            // A body past `max_response_bytes` is no proxy's text: the service's own answer.
+            let body = capture.take().unwrap_or_default();
+            return self.read_proxy_text(host, claim, status, &headers, &body);
+        }
         let kept = capture.take().map(|body| (body, trailers));
         self.finish_kept(host, claim, status, headers, created_ms, kept)
+    }
+
+    /// A `503`/`504` the rule would not keep, read whole: Envoy's reset or timeout text says a
+    /// proxy on the way (a sidecar in front of the service) answered, and what it saw, read by
+    /// the one function that reads a detached callout's answer ([`callout::ending`]). Without
+    /// it, a sidecar's "reset before headers" after the service read the request would free the
+    /// key and let a retry execute a second time; so a reset or timeout past the sidecar is an
+    /// unknown outcome, a connection it never opened is "never sent", anything else the
+    /// service's own answer.
+    fn read_proxy_text(
+        &mut self,
+        host: &dyn Host,
+        claim: Claim,
+        status: u16,
+        headers: &Headers,
+        body: &[u8],
+    ) -> Flow {
+        let ending = match callout::ending(Some(status), headers, body) {
+            callout::Ending::Reset | callout::Ending::TimedOut => {
+                let cause = UnknownCause::ProxyAnswered { status };
+                return self.unknown_outcome(host, claim, cause);
+            }
+            callout::Ending::NotSent => Ending::NotExecuted,
+            callout::Ending::Answered(_) => Ending::Answered(status),
+        };
+        let Settlement { verdict, counts } =
+            settlement::settle(&claim.rule, claim.fingerprint, ending, host.now_ms());
+        for metric in counts {
+            self.count(host, metric);
+        }
+        match verdict {
+            Verdict::Lock(record) => self.keep(host, claim, record),
+            // Read only for a status the rule does not keep, and "never sent" is never kept.
+            Verdict::Release | Verdict::Keep { .. } => {
+                info!(
+                    "key {}: upstream answered {status}; releasing the claim",
+                    claim.key.short()
+                );
+                self.release(host, claim)
+            }
+        }
     }
 
     /// Stores what the settlement rule keeps of a whole answer.

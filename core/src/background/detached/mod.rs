@@ -5,7 +5,7 @@
 
 use crate::budget::Held;
 use crate::claim::Claim;
-use crate::host::Callout;
+use crate::host::{Callout, Forwarded};
 use crate::record::HOP_BY_HOP;
 
 /// How a detached request ended, and how that is read from its callout's reply.
@@ -18,42 +18,41 @@ const NOT_FORWARDED: [&str; 1] = ["expect"];
 /// The pseudo-headers a callout carries (Envoy requires all three).
 const PSEUDO_FORWARDED: [&str; 3] = [":method", ":path", ":authority"];
 
-/// A header whose value is not UTF-8, which a callout cannot carry.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct UnforwardableHeader(pub String);
-
-/// The client's request as a callout to `cluster`: method, path with query, authority, headers
-/// (less hop-by-hop; `content-length` stays when it is the body's), body.
+/// The client's request as a callout to `cluster`, as the router would forward it: method, path
+/// with query, authority, headers in order with their values as bytes (less hop-by-hop ones;
+/// `content-length` stays when it is the body's; `te: trailers` stays, as the router keeps it)
+/// and body.
 pub fn upstream_request(
     cluster: &str,
     timeout_ms: u64,
     headers: &[(String, Vec<u8>)],
     body: Vec<u8>,
-) -> Result<Callout, UnforwardableHeader> {
-    let mut out = Vec::with_capacity(headers.len());
-    for (name, value) in headers {
-        let lower = name.to_ascii_lowercase();
-        let forwarded = if lower.starts_with(':') {
-            PSEUDO_FORWARDED.contains(&lower.as_str())
-        } else if lower == "content-length" {
-            // Kept where the client put it, as the router forwards it: Envoy sets a callout's
-            // length in place when the field is there, and appends it after the others when not.
-            value.as_slice() == body.len().to_string().as_bytes()
-        } else {
-            !HOP_BY_HOP.contains(&lower.as_str()) && !NOT_FORWARDED.contains(&lower.as_str())
-        };
-        if !forwarded {
-            continue;
-        }
-        let text = String::from_utf8(value.clone()).map_err(|_| UnforwardableHeader(lower))?;
-        out.push((name.clone(), text));
-    }
-    Ok(Callout {
+) -> Callout {
+    let forwarded = headers
+        .iter()
+        .filter(|(name, value)| {
+            let lower = name.to_ascii_lowercase();
+            if lower.starts_with(':') {
+                PSEUDO_FORWARDED.contains(&lower.as_str())
+            } else if lower == "content-length" {
+                // Kept where the client put it, as the router forwards it: Envoy sets a callout's
+                // length in place when the field is there, and appends it after the others when not.
+                value.as_slice() == body.len().to_string().as_bytes()
+            } else if lower == "te" {
+                value.trim_ascii().eq_ignore_ascii_case(b"trailers")
+            } else {
+                !HOP_BY_HOP.contains(&lower.as_str()) && !NOT_FORWARDED.contains(&lower.as_str())
+            }
+        })
+        .cloned()
+        .collect();
+    Callout {
         cluster: cluster.to_string(),
-        headers: out,
+        headers: Vec::new(),
         body,
         timeout_ms,
-    })
+        forwarded: Some(Box::new(Forwarded { headers: forwarded })),
+    }
 }
 
 /// A detached execution: the request, where to answer, and the claim it runs under.
@@ -64,6 +63,9 @@ pub struct DetachedJob {
     /// The request to send; moved out (and its body freed) when the root context sends it.
     pub upstream: Callout,
     pub claim: Claim,
+    /// When the root context dispatched it (0 until then): its answer's
+    /// `x-envoy-upstream-service-time` counts from here.
+    pub sent_ms: u64,
     /// The request's bytes in the worker's memory budget, given back once it is dispatched
     /// (Envoy then holds its own copy) or settled without being sent.
     pub held: Option<Held>,
@@ -80,6 +82,7 @@ impl Clone for DetachedJob {
             stream_id: self.stream_id,
             upstream: self.upstream.clone(),
             claim: self.claim.clone(),
+            sent_ms: self.sent_ms,
             held: None,
             grpc: self.grpc,
             routed: self.routed,
@@ -93,6 +96,11 @@ mod settle;
 mod tests {
     use super::*;
 
+    fn names(c: &Callout) -> Vec<&str> {
+        let forwarded = c.forwarded.as_ref().unwrap();
+        forwarded.headers.iter().map(|(n, _)| n.as_str()).collect()
+    }
+
     #[test]
     fn forwards_the_request_less_hop_by_hop_headers() {
         let headers = vec![
@@ -102,37 +110,46 @@ mod tests {
             (":scheme".to_string(), b"http".to_vec()),
             ("connection".to_string(), b"keep-alive".to_vec()),
             ("content-length".to_string(), b"2".to_vec()),
+            ("te".to_string(), b"trailers".to_vec()),
             ("x-a".to_string(), b"1".to_vec()),
+            ("x-bin".to_string(), vec![0xff, b'a']),
             ("x-a".to_string(), b"2".to_vec()),
+            ("expect".to_string(), b"100-continue".to_vec()),
         ];
-        let c = upstream_request("up", 900, &headers, b"{}".to_vec()).unwrap();
+        let c = upstream_request("up", 900, &headers, b"{}".to_vec());
         assert_eq!(c.cluster, "up");
         assert_eq!(c.timeout_ms, 900);
-        let names: Vec<&str> = c.headers.iter().map(|(n, _)| n.as_str()).collect();
+        assert!(c.headers.is_empty(), "every field is in `forwarded`");
         assert_eq!(
-            names,
+            names(&c),
             [
                 ":method",
                 ":path",
                 ":authority",
                 "content-length",
+                "te",
                 "x-a",
+                "x-bin",
                 "x-a"
             ]
         );
+        let forwarded = c.forwarded.as_ref().unwrap();
+        assert_eq!(
+            forwarded.headers[6].1,
+            [0xff, b'a'],
+            "bytes as the client sent them"
+        );
         assert_eq!(c.body, b"{}");
-        let other_length = upstream_request("up", 900, &headers, b"{}!".to_vec()).unwrap();
+        let other_length = upstream_request("up", 900, &headers, b"{}!".to_vec());
         assert!(
-            other_length
-                .headers
-                .iter()
-                .all(|(n, _)| n != "content-length"),
+            !names(&other_length).contains(&"content-length"),
             "a length that is not the body's is left to Envoy"
         );
-        let bad = vec![("x-bin".to_string(), vec![0xff])];
-        assert_eq!(
-            upstream_request("up", 1, &bad, vec![]).unwrap_err(),
-            UnforwardableHeader("x-bin".into())
+        let te_other = vec![("te".to_string(), b"gzip".to_vec())];
+        let c = upstream_request("up", 1, &te_other, Vec::new());
+        assert!(
+            names(&c).is_empty(),
+            "the router drops `te` unless it is `trailers`"
         );
     }
 }

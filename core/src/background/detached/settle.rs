@@ -26,6 +26,10 @@ impl Worker {
         now_ms: u64,
     ) -> Vec<RootAction> {
         self.leases.borrow_mut().drop_claim(job.claim.owner);
+        let headers = match end {
+            Ending::Answered(_) => with_service_time(headers, now_ms.saturating_sub(job.sent_ms)),
+            _ => headers,
+        };
         let (ending, mut answer) = self.detached_answer(&job, end, &headers, &body);
         let Settlement { verdict, counts } =
             settlement::settle(&job.claim.rule, job.claim.fingerprint, ending, now_ms);
@@ -188,4 +192,25 @@ impl Worker {
             ),
         }
     }
+}
+
+/// The field Envoy's router adds after the fields of every answer that came from an upstream.
+const SERVICE_TIME: &str = "x-envoy-upstream-service-time";
+
+/// An upstream's answer to a detached request, with `x-envoy-upstream-service-time` where the
+/// router would have put it (after the upstream's fields), as the time from dispatch to the whole
+/// answer in milliseconds: a callout's router does not add it, and without it a detached first
+/// answer would read as a local reply. The record keeps it, so a replay carries the same value.
+/// An answer that already has one (a proxy on the way added it) keeps its own.
+fn with_service_time(mut headers: Headers, elapsed_ms: u64) -> Headers {
+    if !headers
+        .iter()
+        .any(|(n, _)| n.eq_ignore_ascii_case(SERVICE_TIME))
+    {
+        headers.push((
+            SERVICE_TIME.to_string(),
+            elapsed_ms.to_string().into_bytes(),
+        ));
+    }
+    headers
 }

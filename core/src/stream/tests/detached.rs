@@ -32,8 +32,11 @@ pub(super) fn start(w: &World, key: &str) -> (Stream, FakeHost, crate::host::Cal
     assert_eq!(callout.cluster, "up");
     assert_eq!(callout.timeout_ms, 900);
     assert!(callout
+        .forwarded
+        .as_ref()
+        .unwrap()
         .headers
-        .contains(&(":path".into(), "/payments".into())));
+        .contains(&(":path".into(), b"/payments".to_vec())));
     assert_eq!(callout.body, b"{\"amount\":1}");
     w.worker.sent(40, purpose, w.clock.get());
     (s, h, callout)
@@ -180,4 +183,88 @@ fn unloading_settles_a_detached_request_at_the_upstream_as_unknown_and_releases_
         1,
         "released: runs again"
     );
+}
+
+/// The router forwards a header value that is not UTF-8 as it is: so does a detached execution
+/// (its fields go to the callout as bytes), with `te: trailers`.
+#[test]
+fn a_value_that_is_not_utf8_is_sent_on() {
+    let w = World::new(DETACHED);
+    w.worker.set_doorbell(1);
+    let mut h = w.host(&post("bytes", b"{\"amount\":1}"));
+    h.request_headers
+        .push(("x-name".into(), b"caf\xe9".to_vec()));
+    h.request_headers.push(("te".into(), b"trailers".to_vec()));
+    let mut s = Stream::new(w.worker.clone());
+    assert_eq!(s.on_request_headers(&h, false), Flow::Pause);
+    assert_eq!(s.on_request_body(&h, 12, true), Flow::Pause);
+    assert!(h.sent.borrow().is_empty(), "no refusal");
+    let mut out = w.worker.start_detached();
+    let RootAction::Send(callout, _) = out.remove(0) else {
+        panic!("no detached execution")
+    };
+    let forwarded = callout.forwarded.unwrap();
+    assert!(forwarded
+        .headers
+        .contains(&("x-name".into(), b"caf\xe9".to_vec())));
+    assert!(forwarded
+        .headers
+        .contains(&("te".into(), b"trailers".to_vec())));
+    assert_eq!(callout.body, b"{\"amount\":1}");
+}
+
+/// Envoy's async client sends no request trailers: a detached rule runs a request that has them
+/// inline (the router forwards them), and its answer is kept and replayed as any inline one.
+#[test]
+fn a_request_with_trailers_runs_inline_on_a_detached_rule() {
+    let w = World::new(DETACHED);
+    w.worker.set_doorbell(1);
+    let mut h = w.host(&post("trailed", b"{\"amount\":1}"));
+    let mut s = Stream::new(w.worker.clone());
+    assert_eq!(s.on_request_headers(&h, false), Flow::Pause);
+    // With trailers, the body never reports its end: the trailers do.
+    assert_eq!(s.on_request_body(&h, 12, false), Flow::Pause);
+    assert_eq!(
+        s.on_request_trailers(&h),
+        Flow::Continue,
+        "through the router"
+    );
+    assert!(w.worker.start_detached().is_empty(), "no callout");
+    assert_eq!(h.count_of(Metric::DetachedExecuted), 0);
+    w.respond(&mut s, &mut h, 201, b"{\"id\":2}");
+    let (_, retry, _) = w.send(&post("trailed", b"{\"amount\":1}"));
+    assert_eq!(retry.last_sent().unwrap().body, b"{\"id\":2}");
+}
+
+/// The router adds `x-envoy-upstream-service-time` after an upstream's fields; a callout's answer
+/// has none, so the detached answer gets the time from dispatch to the whole answer there (and
+/// before the length Envoy sets in place), and a retry replays the same value.
+#[test]
+fn a_detached_answer_carries_its_service_time_and_the_replay_the_same() {
+    let w = World::new(DETACHED);
+    let (mut s, h, _) = start(&w, "timed");
+    w.clock.set(w.clock.get() + 25);
+    let headers = vec![
+        (":status".to_string(), b"201".to_vec()),
+        ("content-type".to_string(), b"application/json".to_vec()),
+        ("content-length".to_string(), b"8".to_vec()),
+    ];
+    let (_, actions) = w.worker.on_reply(
+        40,
+        Some(201),
+        headers,
+        b"{\"id\":1}".to_vec(),
+        &w.shared,
+        w.clock.get(),
+    );
+    let expected = [
+        ("content-type".to_string(), b"application/json".to_vec()),
+        ("content-length".to_string(), b"8".to_vec()),
+        ("x-envoy-upstream-service-time".to_string(), b"25".to_vec()),
+    ];
+    assert_eq!(answers(&actions)[0].headers[..3], expected[..]);
+    s.on_done(&h);
+    let (_, retry, _) = w.send(&post("timed", b"{\"amount\":1}"));
+    let replay = retry.last_sent().unwrap();
+    assert_eq!(replay.headers[..3], expected[..], "stored as it was sent");
 }

@@ -20,14 +20,20 @@ fn stream_headers_mode_lets_headers_go_and_holds_the_body() {
 }
 
 #[test]
-fn hold_mode_lets_the_headers_of_an_expect_100_continue_request_go_on_inline_rules_only() {
+fn hold_mode_lets_the_headers_of_an_expect_100_continue_request_go() {
     for (config, expect, want) in [
         ("{}", None, Flow::Pause),
         ("{}", Some(&b"100-continue"[..]), Flow::Continue),
         ("{}", Some(&b"100-Continue "[..]), Flow::Continue),
+        // A detached rule runs it inline (below).
         (
             r#"{"routes":[{"prefix":"/","execution":"detached","upstream_cluster":"up"}]}"#,
             Some(&b"100-continue"[..]),
+            Flow::Continue,
+        ),
+        (
+            r#"{"routes":[{"prefix":"/","execution":"detached","upstream_cluster":"up"}]}"#,
+            None,
             Flow::Pause,
         ),
     ] {
@@ -100,4 +106,33 @@ fn observe_mode_forwards_everything_and_counts_what_enforce_would_answer() {
     s.on_request_headers(&host, false);
     s.on_request_body(&host, 1, true);
     assert_eq!(host.last_sent().unwrap().body, b"paid", "warm store");
+}
+
+/// A proxied `Expect: 100-continue` on a detached rule: the client waits for the upstream's `100`
+/// before it sends the body, and only the router can bring that back, so the request runs inline
+/// (in either headers mode): forwarded by the router, captured, and replayed to a retry.
+#[test]
+fn a_detached_rule_runs_an_expect_100_continue_request_inline() {
+    for mode in ["hold", "stream"] {
+        let w = World::new(&format!(
+            r#"{{"headers_mode":"{mode}","routes":[{{"prefix":"/","execution":"detached","upstream_cluster":"up"}}]}}"#
+        ));
+        w.worker.set_doorbell(1);
+        let mut h = w.host(&post("k", b"a"));
+        h.request_headers
+            .push(("expect".into(), b"100-continue".to_vec()));
+        let mut s = Stream::new(w.worker.clone());
+        assert_eq!(s.on_request_headers(&h, false), Flow::Continue, "{mode}");
+        assert_eq!(
+            s.on_request_body(&h, 1, true),
+            Flow::Continue,
+            "{mode}: executed through the router"
+        );
+        assert!(w.worker.start_detached().is_empty(), "{mode}: no callout");
+        assert_eq!(h.count_of(Metric::DetachedExecuted), 0);
+        w.respond(&mut s, &mut h, 201, b"paid");
+        let (_, retry, flow) = w.send(&post("k", b"a"));
+        assert_eq!(flow, Flow::Pause);
+        assert_eq!(retry.last_sent().unwrap().body, b"paid", "{mode}: replayed");
+    }
 }

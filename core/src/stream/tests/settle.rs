@@ -230,3 +230,36 @@ fn oversized_response_is_completed_but_not_replayable() {
     assert_eq!(h2.count_of(Metric::Executed), 0);
     let _ = &mut h;
 }
+
+/// A replay is a local reply, to which the router adds no `x-envoy-upstream-service-time`: the
+/// stored one comes back, in its place, with `content-length` before it as in the first answer.
+#[test]
+fn a_replay_carries_the_stored_service_time_and_length_in_place() {
+    let w = World::new("{}");
+    let (mut s, mut h, _) = w.send(&post("svc", b"a"));
+    h.response_headers = vec![
+        (":status".into(), b"201".to_vec()),
+        ("content-type".into(), b"application/json".to_vec()),
+        ("content-length".into(), b"2".to_vec()),
+        ("x-envoy-upstream-service-time".into(), b"7".to_vec()),
+        ("date".into(), b"Mon".to_vec()),
+    ];
+    h.response_body = b"{}".to_vec();
+    s.on_response_headers(&h, false);
+    s.on_response_body(&h, 2, true);
+    let (_, h, _) = w.send(&post("svc", b"a"));
+    let sent = h.last_sent().unwrap();
+    let names: Vec<(&str, &[u8])> = sent
+        .headers
+        .iter()
+        .map(|(n, v)| (n.as_str(), v.as_slice()))
+        .collect();
+    assert_eq!(
+        names[..3],
+        [
+            ("content-type", &b"application/json"[..]),
+            ("content-length", b"2"),
+            ("x-envoy-upstream-service-time", b"7")
+        ]
+    );
+}

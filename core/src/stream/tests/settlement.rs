@@ -145,3 +145,68 @@ fn inline_and_detached_settle_every_ending_as_the_rule_says() {
         assert_eq!(retry, row.retry, "detached {what}");
     }
 }
+
+/// An inline route whose upstream is another proxy (a sidecar): its `503`/`504` carrying Envoy's
+/// reset or timeout text reaches this filter with no response flags, and is read as the detached
+/// path reads a callout's answer, by the same function.
+#[test]
+fn inline_reads_a_sidecars_reset_text_as_the_detached_path_does() {
+    let reset = |reason: &str| {
+        format!("upstream connect error or disconnect/reset before headers. reset reason: {reason}")
+    };
+    let rows: [(&str, u16, String, Retry); 8] = [
+        ("", 503, reset("connection termination"), Retry::Locked),
+        ("", 503, reset("remote reset"), Retry::Locked),
+        ("", 504, "upstream request timeout".into(), Retry::Locked),
+        (
+            r#""unknown_outcome":"release","#,
+            503,
+            reset("connection termination"),
+            Retry::Executes,
+        ),
+        ("", 503, reset("remote connection failure"), Retry::Executes),
+        ("", 503, "busy".into(), Retry::Executes),
+        // Longer than any text of Envoy's: only its start is copied, and it is the service's.
+        ("", 503, "busy ".repeat(2000), Retry::Executes),
+        // A rule that keeps 5xx keeps the answer whoever wrote it: it never executes again either.
+        (
+            r#""store_5xx":true,"#,
+            503,
+            reset("connection termination"),
+            Retry::Replays(503),
+        ),
+    ];
+    for (settings, status, text, expected) in rows {
+        let w = World::new(&format!(r#"{{{settings}"routes":[{{"prefix":"/"}}]}}"#));
+        let (mut s, mut h, _) = w.send(&post("k", b"{\"amount\":1}"));
+        // Headers first, then the body in two parts: the verdict waits for the whole text.
+        h.response_headers = vec![
+            (":status".into(), status.to_string().into_bytes()),
+            ("content-length".into(), text.len().to_string().into_bytes()),
+            ("content-type".into(), b"text/plain".to_vec()),
+            ("x-envoy-upstream-service-time".into(), b"2".to_vec()),
+        ];
+        assert_eq!(s.on_response_headers(&h, false), Flow::Continue);
+        let (head, tail) = text.as_bytes().split_at(text.len() / 2);
+        h.response_body = head.to_vec();
+        assert_eq!(s.on_response_body(&h, head.len(), false), Flow::Continue);
+        assert_eq!(
+            h.count_of(Metric::Released),
+            0,
+            "{settings} {text}: not yet"
+        );
+        h.response_body = tail.to_vec();
+        s.on_response_body(&h, tail.len(), true);
+        s.on_done(&h);
+        let what = format!("{settings} {status} {text}");
+        let (unknown, released) = match expected {
+            Retry::Locked => (1, 0),
+            Retry::Executes if settings.contains("release") => (1, 1),
+            Retry::Executes => (0, 1),
+            Retry::Replays(_) => (0, 0),
+        };
+        assert_eq!(h.count_of(Metric::UnknownOutcome), unknown, "{what}");
+        assert_eq!(h.count_of(Metric::Released), released, "{what}");
+        assert_eq!(retry_meets(&w, "k"), expected, "{what}");
+    }
+}

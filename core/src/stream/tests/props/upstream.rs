@@ -2,6 +2,7 @@
 //! keeps, releases or locks, in L1 and in the key store.
 
 use super::*;
+use crate::outcome::callout;
 
 impl World {
     pub(super) fn respond(
@@ -52,9 +53,16 @@ impl World {
         let now = self.now();
         let r = &mut self.reqs[i];
         r.created_at = now;
-        let flow = r.stream.on_response_headers(&r.host, false);
+        let mut flow = r.stream.on_response_headers(&r.host, false);
         if !ok {
-            // The request did not really run: the key is released, the body streams on.
+            // The request did not really run: the key is released, the body streams on. A 503
+            // or 504 is read whole first (a proxy on the way may have written Envoy's reset
+            // text): its key is released at the end of its body.
+            if callout::may_be_envoy_text(status) {
+                prop_assert_eq!(flow, Flow::Continue, "the body is read before the release");
+                prop_assert_eq!(r.host.callouts.borrow().len(), callouts);
+                flow = r.stream.on_response_body(&r.host, body.len(), true);
+            }
             self.l1_release(i);
             return self.settled(i, flow, callouts);
         }
