@@ -13,6 +13,7 @@
 mod answers;
 mod harness;
 mod replay;
+mod retries;
 #[path = "../support/mod.rs"]
 mod support;
 
