@@ -201,7 +201,14 @@ impl Stream {
             &cfg.replay_headers,
             cfg.expires_header.as_deref(),
         );
-        self.strip_content_length |= !reply.trailers.is_empty();
+        // A record keeps `content-length` where the first answer had one; an answer without one
+        // was framed by chunks (HTTP/1.1) or by its stream's end, and the replay is framed so too.
+        let framed_by_length = reply
+            .headers
+            .iter()
+            .any(|(name, _)| name.eq_ignore_ascii_case("content-length"));
+        self.strip_content_length |=
+            !reply.trailers.is_empty() || (!framed_by_length && !reply.body.is_empty());
         debug!(
             "key {}: replay listener: answering {}",
             key.short(),

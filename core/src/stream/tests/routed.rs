@@ -292,3 +292,38 @@ fn a_record_under_a_previous_secret_is_routed_and_found_by_the_listener() {
     let sent = host.last_sent().unwrap();
     assert_eq!((sent.status, sent.body.as_slice()), (200, MESSAGE));
 }
+
+#[test]
+fn the_listener_frames_a_replay_as_the_first_answer_was_framed() {
+    let w = World::new(OUTER);
+    for (key, length) in [("chunked", None), ("sized", Some(&b"8"[..]))] {
+        let req = Req {
+            path: "/routed",
+            ..post(key, b"{}")
+        };
+        let (mut s, mut h, _) = send_as(&w, &req, "application/json");
+        h.response_headers = vec![
+            (":status".into(), b"201".to_vec()),
+            ("content-type".into(), b"application/json".to_vec()),
+        ];
+        if let Some(length) = length {
+            h.response_headers
+                .push(("content-length".into(), length.to_vec()));
+        }
+        h.response_body = b"{\"id\":1}".to_vec();
+        s.on_response_headers(&h, false);
+        s.on_response_body(&h, 8, true);
+
+        let (_, h, _) = send_as(&w, &req, "application/json");
+        let (mut ls, lh, _) = at_listener(&w, &h);
+        assert_eq!(lh.last_sent().unwrap().body, b"{\"id\":1}");
+        ls.on_response_headers(&lh, false);
+        let removed = lh.response_headers_removed.borrow().clone();
+        // Envoy gives every local reply a length: an answer that had none loses it again.
+        let expected: Vec<String> = match length {
+            None => vec!["content-length".into()],
+            Some(_) => vec![],
+        };
+        assert_eq!(removed, expected, "{key}");
+    }
+}
