@@ -1,5 +1,6 @@
-"""gRPC replays (bench/README.md, "gRPC replays"): what a routed replay costs next to a local reply, in
-the same run and the same Envoy.
+"""gRPC replays and first executions (bench/README.md, "gRPC replays"): what a routed replay costs next
+to a local reply, and what the filter costs a gRPC call's first execution next to the same call through
+Envoy without it, in the same run and the same Envoy.
 
 One Envoy (bench/envoy/grpc.yaml.tmpl) runs two listeners with the filter over the same VM id, so they
 share L1 and the record: `grpc_routed` (`routed_replay`: a gRPC retry goes to the internal replay
@@ -7,13 +8,16 @@ listener, whose filter answers with the stored message and trailers) and `grpc_l
 which Envoy sends a gRPC caller trailers-only: the wrong answer, and the cheapest path there is). The
 `grpcio` service of the end-to-end tests (tests/grpc/server.py) answers the one first call; every
 measured request is a retry of that call's key, by h2load over h2c, rounds interleaved. The check: the
-service's cluster sees no request during the measurement, and every routed request is counted as
-`replayed`. Standard library only (plus h2load and the .venv's grpcio service).
+service's cluster sees no request during the replays, and every routed request is counted as
+`replayed`. First executions: listeners `grpc_first` (the filter, `routed_replay` on) and `grpc_plain`
+(no filter) both give each call a key of its own (the request id, by a header rewrite before the
+filter), so every call through `grpc_first` executes once, counted `executed`. Standard library only (plus h2load and the .venv's grpcio service).
 """
 
 import re
 import select
 import subprocess
+import threading
 import time
 
 METHOD = "/test.Echo/Call"
@@ -37,6 +41,8 @@ def start_service(root, procs, tmp):
             line += proc.stdout.readline()
             m = re.search(rb"PORT (\d+)", line)
             if m:
+                # The service prints a line per call: drain them, or its pipe fills and it stalls.
+                threading.Thread(target=lambda: proc.stdout.read(), daemon=True).start()
                 return proc, int(m.group(1))
         if proc.poll() is not None:
             break
@@ -98,22 +104,28 @@ def measure(bench, envoy_class, procs, log, rounds, per_round):
     first = h2load(env.url("grpc_routed", METHOD), body, tmp / "grpc-first.log", requests=1, conns=1)
     if first["requests"] != 1 or env.stats().get("executed", 0) != 1:
         raise RuntimeError(f"gRPC first call not recorded: {first}, stats {env.stats()}")
-    upstream0 = env.counter("cluster.grpc_service.upstream_rq_total")
-    # replays of the routed slices only (a local reply counts as `replayed` too)
-    replayed = 0
-    slices = {"grpc_replay_local": [], "grpc_replay_routed": []}
-    listener = {"grpc_replay_local": "grpc_local", "grpc_replay_routed": "grpc_routed"}
-    log(f"gRPC replays: {rounds} rounds x {per_round} s per scenario, h2load -c 8 -m {STREAMS}")
+    # replays of the routed slices only (a local reply counts as `replayed` too); requests the
+    # service got during the replay slices; first executions the filter counted
+    replayed, upstream, executed = 0, 0, 0
+    listener = {"grpc_replay_local": "grpc_local", "grpc_replay_routed": "grpc_routed",
+                "grpc_first_plain": "grpc_plain", "grpc_first_execution": "grpc_first"}
+    slices = {name: [] for name in listener}
+    log(f"gRPC replays and first executions: {rounds} rounds x {per_round} s per scenario, "
+        f"h2load -c 8 -m {STREAMS}")
     for rnd in range(rounds):
         for name, out in slices.items():
-            cpu0, replayed0 = bench.cpu(env), env.stats().get("replayed", 0)
+            stats0, cpu0 = env.stats(), bench.cpu(env)
+            upstream0 = env.counter("cluster.grpc_service.upstream_rq_total")
             r = h2load(env.url(listener[name], METHOD), body, tmp / f"{name}-{rnd}.log", seconds=per_round)
-            cpu1 = bench.cpu(env)
+            cpu1, stats1 = bench.cpu(env), env.stats()
             if name == "grpc_replay_routed":
-                replayed += env.stats().get("replayed", 0) - replayed0
+                replayed += stats1.get("replayed", 0) - stats0.get("replayed", 0)
+            if name.startswith("grpc_replay"):
+                upstream += env.counter("cluster.grpc_service.upstream_rq_total") - upstream0
+            if name == "grpc_first_execution":
+                executed += stats1.get("executed", 0) - stats0.get("executed", 0)
             r["cpu_s"] = {k: cpu1[k] - cpu0[k] for k in cpu0}
             out.append(r)
-    upstream = env.counter("cluster.grpc_service.upstream_rq_total") - upstream0
     local, routed = merge(slices["grpc_replay_local"]), merge(slices["grpc_replay_routed"])
     bench.row("grpc_replay_local", "4. replay", local,
               note="gRPC retry answered by a local reply (trailers-only: the client gets UNKNOWN, no message; "
@@ -123,5 +135,13 @@ def measure(bench, envoy_class, procs, log, rounds, per_round):
                     f"(README, \"Routed replays\"); {replayed} of {routed['requests']} counted replayed, "
                     f"requests to the service during the runs: {upstream}"),
               replayed=replayed, upstream_requests=upstream)
+    plain, first = merge(slices["grpc_first_plain"]), merge(slices["grpc_first_execution"])
+    bench.row("grpc_first_plain", "3. first execution", plain,
+              note="gRPC call through Envoy without the filter (the grpcio service of the tests), "
+                   "a fresh idempotency-key per call by a header rewrite, as grpc_first_execution")
+    bench.row("grpc_first_execution", "3. first execution", first, baseline="grpc_first_plain",
+              note=(f"gRPC call's first execution through the filter (no key store: L1; routed_replay on), "
+                    f"a fresh key per call; {executed} of {first['requests']} counted executed"),
+              executed=executed)
     env.stop()
     procs.stop(proc)

@@ -463,6 +463,10 @@ class Bench:
             "filter_config_grpc_local": filter_config(
                 None, routes=[{"exact": "/test.Echo/Call", "methods": ["POST"], "required": True}]),
             "filter_config_grpc_listener": filter_config(None, replay_listener=True),
+            # gRPC first executions: every call a fresh key (bench/envoy/grpc.yaml.tmpl)
+            "filter_config_grpc_first": filter_config(
+                None, routes=[{"exact": "/test.Echo/Call", "methods": ["POST"], "required": True}],
+                routed_replay=True),
             # how Envoy speaks to the key store: HTTP/2 (h2c) as shipped, or HTTP/1.1 to compare
             "ks_http": "http_protocol_options" if a.keystore_http1 else "http2_protocol_options",
         }

@@ -122,6 +122,11 @@ fn mac_of(secret: &[u8], key: &RecordKey, tag: u8, payload: &[u8]) -> Option<Hma
 }
 
 impl Record {
+    /// Whether a retry gets this record's response (not a problem).
+    pub fn is_replayable(&self) -> bool {
+        matches!(self.outcome, Outcome::Replayable(_))
+    }
+
     pub fn encode(&self) -> Vec<u8> {
         let mut out = vec![VERSION];
         // Serializing plain owned data into a Vec cannot fail; an empty body would only decode as an error.

@@ -53,11 +53,7 @@ impl Root {
                         self.agenda.push_front(more);
                     }
                 },
-                RootAction::Answer(answer) => {
-                    let (id, body) = (answer.stream_id, answer.body.len());
-                    worker.trailers.hand(id, body, &answer.trailers);
-                    self.answer(&answer);
-                }
+                RootAction::Answer(answer) => self.answer(worker, answer),
                 RootAction::Deliver(delivery) => self.deliver(&delivery),
                 RootAction::Count(metric) => count(&self.metrics, metric),
             }
@@ -107,13 +103,27 @@ impl Root {
         }
     }
 
-    /// Answers a stream from the root context; a stream that is gone is skipped.
-    fn answer(&self, answer: &Answer) {
-        if hostcalls::set_effective_context(answer.stream_id).is_err() {
+    /// Answers a stream from the root context, through the replay listener when the worker
+    /// routes it (`Worker::route_or_answer`), else as a local reply; a stream that is gone is
+    /// skipped.
+    fn answer(&self, worker: &Worker, answer: Answer) {
+        let id = answer.stream_id;
+        if hostcalls::set_effective_context(id).is_err() {
             info!("the client left before its answer; the answer is stored");
             return;
         }
-        send_local_response(answer.status, &answer.headers, &answer.body);
+        let host = EnvoyHost {
+            metrics: self.metrics.clone(),
+            counter: Cell::new(0),
+            root_id: self.context_id,
+            stream_id: id,
+        };
+        if let Some(answer) = worker.route_or_answer(&host, answer) {
+            worker
+                .trailers
+                .hand(id, answer.body.len(), &answer.trailers);
+            send_local_response(answer.status, &answer.headers, &answer.body);
+        }
         if let Err(e) = hostcalls::set_effective_context(self.context_id) {
             warn!("cannot switch back to the root context: {e:?}");
         }

@@ -138,18 +138,6 @@ pub const KNOWN: &[Known] = &[
     // Routed replays (`replay: "routed"`): the stored answer comes back as an upstream's, through
     // the replay listener (README, "Routed replays").
     Known {
-        row: "chunked",
-        path: "routed-replay",
-        tokens: &["+content-length", "-transfer-encoding", "framing"],
-        why: "a record keeps no framing (a chunked answer has no `content-length` to keep its place, and `transfer-encoding` is never stored): the replay listener's answer has a whole body and its length, which the outer listener passes on",
-    },
-    Known {
-        row: "sse-stream",
-        path: "routed-replay",
-        tokens: &["+content-length", "-transfer-encoding", "framing"],
-        why: "a record keeps no framing: the replay listener's answer has a whole body and its length",
-    },
-    Known {
         row: "empty-201-content-type",
         path: "routed-replay",
         tokens: &["order"],

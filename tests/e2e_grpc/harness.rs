@@ -162,6 +162,38 @@ pub fn options(
         explicit_http_config:
           http2_protocol_options: {{}}"
     );
-    options.bootstrap = Some(options.render().replacen(&cluster_end, &http2, 1));
+    // The cluster of detached rules (`payments_detached`) reaches the same service: HTTP/2 too.
+    let bootstrap = options.render().replacen(&cluster_end, &http2, 1).replacen(
+        "http_protocol_options: { enable_trailers: true }",
+        "http2_protocol_options: {}",
+        1,
+    );
+    options.bootstrap = Some(bootstrap);
     options
+}
+
+/// `threads` concurrent calls of `method` with `message` and `key`, thread i on `ports[i % n]`,
+/// each with deadline `timeout_s` and, with `retry`, a retry policy that retries `UNAVAILABLE`
+/// (tests/grpc/retrying.py); one outcome per thread.
+pub fn calls(
+    ports: &[u16],
+    method: &str,
+    message: &[u8],
+    key: &str,
+    threads: usize,
+    timeout_s: f64,
+    retry: bool,
+) -> Vec<Value> {
+    let targets: Vec<String> = ports.iter().map(|p| format!("127.0.0.1:{p}")).collect();
+    let spec = json!({
+        "targets": targets, "method": method, "message": hex(message), "key": key,
+        "threads": threads, "timeout": timeout_s, "retry": retry,
+    });
+    let output = Command::new(python())
+        .arg(repo_root().join("tests/grpc/retrying.py"))
+        .arg(spec.to_string())
+        .output()
+        .unwrap();
+    assert!(output.status.success(), "retrying.py failed: {output:?}");
+    serde_json::from_slice(&output.stdout).unwrap()
 }

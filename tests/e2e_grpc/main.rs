@@ -1,7 +1,9 @@
 //! gRPC callers through a real Envoy (h2c in, HTTP/2 to the service) and a real `grpcio` service
 //! and client (tests/grpc/, raw-bytes methods): the filter's own answers arrive as gRPC statuses
-//! (README, "gRPC"), and the service runs once per key. Needs `.venv/bin/python` with `grpcio`
-//! (scripts/setup.sh).
+//! (README, "gRPC"), and the service runs once per key. `replay.rs`: retries through the replay
+//! listener; `answers.rs`: the root context's answers (detached first answer, waiting duplicate)
+//! through it; `retries.rs`: deadlines, a retry policy, concurrent duplicates, two gateways.
+//! Needs `.venv/bin/python` with `grpcio` (scripts/setup.sh).
 
 #![allow(
     clippy::unwrap_used,
@@ -10,8 +12,10 @@
     clippy::indexing_slicing
 )]
 
+mod answers;
 mod harness;
 mod replay;
+mod retries;
 #[path = "../support/mod.rs"]
 mod support;
 

@@ -7,10 +7,10 @@ use serde_json::{json, Value};
 use crate::harness::*;
 use crate::support::*;
 
-const FAIL: &str = "/test.Echo/Fail";
+pub const FAIL: &str = "/test.Echo/Fail";
 
 /// The metadata a client sees, without what Envoy sets anew on every answer.
-fn stable(outcome: &Value, part: &str) -> Vec<(String, String)> {
+pub fn stable(outcome: &Value, part: &str) -> Vec<(String, String)> {
     outcome[part]
         .as_array()
         .unwrap()
@@ -30,7 +30,7 @@ fn stable(outcome: &Value, part: &str) -> Vec<(String, String)> {
         .collect()
 }
 
-fn replayed(outcome: &Value) -> bool {
+pub fn replayed(outcome: &Value) -> bool {
     ["initial", "trailing"]
         .iter()
         .any(|part| metadata(outcome, part, "idempotent-replayed") == Some("true"))
@@ -47,7 +47,7 @@ fn assert_same_answer(first: &Value, retry: &Value) {
     assert!(!replayed(first), "{first}");
 }
 
-fn routed(plugin: Plugin) -> Plugin {
+pub fn routed(plugin: Plugin) -> Plugin {
     plugin.set("routed_replay", true)
 }
 

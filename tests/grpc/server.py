@@ -4,7 +4,9 @@
 /test.Echo/Call answers b"answer:" + the request, with initial metadata `x-served` and trailing
 metadata `x-trailer` and the binary `x-trailer-bin`. /test.Echo/Fail aborts with
 FAILED_PRECONDITION "nope: " + the request and trailing metadata `x-why` (a trailers-only answer). A request that contains b"hold" is held until /test.Echo/Release is called,
-so that a test can send a duplicate while the first call is in the service. /test.Echo/Collect
+so that a test can send a duplicate while the first call is in the service; one that contains
+b"slow" takes 1.5 s (and finishes whether or not its caller is still there, as grpcio runs a
+handler to its end after a cancellation). /test.Echo/Collect
 (client streaming) answers its messages joined by b"+". /test.Echo/Count
 answers how many Call, Fail and Collect requests ran, as ASCII. Prints `PORT <n>` once serving, and `STARTED <hex>`
 when a Call begins (the test's readiness signals). Listens on 127.0.0.1 only.
@@ -12,6 +14,7 @@ when a Call begins (the test's readiness signals). Listens on 127.0.0.1 only.
 
 import sys
 import threading
+import time
 from concurrent import futures
 
 import grpc
@@ -33,6 +36,8 @@ def call(request, context):
     out("STARTED " + request.hex())
     if b"hold" in request:
         release.wait(30)
+    if b"slow" in request:
+        time.sleep(1.5)
     context.send_initial_metadata((("x-served", "yes"),))
     context.set_trailing_metadata((("x-trailer", "t1"), ("x-trailer-bin", b"\x00\x01\x02")))
     return b"answer:" + request

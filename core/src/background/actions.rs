@@ -5,6 +5,7 @@
 use crate::background::batch::{Delivery, Flight};
 use crate::background::deferred::{Deferred, Settled};
 use crate::background::detached::DetachedJob;
+use crate::background::routed::RouteTo;
 use crate::host::{Callout, Headers};
 use crate::metrics::Metric;
 use crate::scope::RecordKey;
@@ -18,6 +19,9 @@ pub struct Answer {
     pub body: Vec<u8>,
     /// Sent after the body (HTTP/2 and later), through [`super::trailers::TrailerHandover`].
     pub trailers: Headers,
+    /// Sent through the replay listener instead, when the request can still be re-routed
+    /// (`super::routed`).
+    pub route: Option<Box<RouteTo>>,
 }
 
 /// Why the root context sends a callout.

@@ -88,6 +88,7 @@ mod tests {
             headers: Vec::new(),
             body: Vec::new(),
             trailers: Vec::new(),
+            route: None,
         })
     }
 

@@ -8,6 +8,7 @@
 //! - [`batch`]: the streams' key-store calls, gathered while others travel (group commit);
 //! - [`leases`]: the claims held while their request is upstream, renewed in batches;
 //! - [`deferred`]: key-store writes a stream could not finish itself, retried until they land;
+//! - [`routed`]: root-context answers sent through the replay listener (gRPC callers);
 //! - [`waiting`]: duplicates that wait (no key store) for the record of their key;
 //! - [`detached`]: requests the plugin sends upstream itself, and how their end is carried out;
 //! - [`shutdown`]: what the root context settles when Envoy unloads the plugin.
@@ -18,6 +19,7 @@ pub mod batch;
 pub mod deferred;
 pub mod detached;
 pub mod leases;
+pub mod routed;
 pub mod shutdown;
 pub mod trailers;
 pub mod waiting;

@@ -16,6 +16,9 @@ pub struct Waiter {
     pub until_ms: u64,
     /// The duplicate is a gRPC call: a refusal is answered as a gRPC status.
     pub grpc: bool,
+    /// A replay goes through the replay listener (`routed_replay`, and the request's headers are
+    /// still held).
+    pub routed: bool,
 }
 
 /// The waiting streams of one worker, each with its share of the memory budget (given back when

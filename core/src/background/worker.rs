@@ -9,6 +9,7 @@ use crate::background::batch::Batcher;
 use crate::background::deferred::{Deferred, Retrier, Settled};
 use crate::background::detached::{ending, DetachedJob};
 use crate::background::leases::{HeldClaim, Leases};
+use crate::background::routed::{RouteTo, RoutedStreams};
 use crate::background::trailers::TrailerHandover;
 use crate::background::waiting::Waiters;
 use crate::budget::Budget;
@@ -50,15 +51,14 @@ pub struct Worker {
     pub trailers: TrailerHandover,
     /// The streams' key-store calls gathered while others travel (`keystore.batch_max_entries`).
     pub batcher: RefCell<Batcher>,
+    /// Streams whose root-context answer went through the replay listener.
+    pub routed: RoutedStreams,
 }
 
 impl Worker {
     pub fn new(cfg: Config, cache: NearCache) -> Worker {
         let budget = Budget::new(cfg.memory_budget_bytes);
-        let batcher = cfg.keystore.as_ref().map_or_else(Batcher::default, |k| {
-            let max_bytes = usize::try_from(k.max_record_bytes).unwrap_or(usize::MAX);
-            Batcher::new(k.batch_max_entries, k.batches_in_flight, max_bytes)
-        });
+        let batcher = Batcher::of(cfg.keystore.as_ref());
         Worker {
             cfg,
             cache,
@@ -73,6 +73,7 @@ impl Worker {
             doorbell: Cell::new(None),
             trailers: TrailerHandover::default(),
             batcher: RefCell::new(batcher),
+            routed: RoutedStreams::default(),
         }
     }
 
@@ -161,6 +162,18 @@ impl Worker {
         let mut replies = Vec::new();
         let answered = self.waiters.borrow_mut().settle(|w| {
             let found = self.cache.peek(shared, &w.key, &w.fingerprint, now_ms);
+            // A replay to a gRPC caller goes through the replay listener (`super::routed`).
+            let route = match &found {
+                Some(Found::Completed(record)) if w.routed && record.is_replayable() => {
+                    Some(Box::new(RouteTo {
+                        key: w.key,
+                        record: record.clone(),
+                        first: false,
+                        grpc: w.grpc,
+                    }))
+                }
+                _ => None,
+            };
             if let Some(Found::InFlight { .. }) = found {
                 if now_ms < w.until_ms {
                     return false;
@@ -192,6 +205,7 @@ impl Worker {
                 headers: reply.headers,
                 body: reply.body,
                 trailers: reply.trailers,
+                route,
             }));
             true
         });

@@ -117,12 +117,15 @@ impl Stream {
         };
         self.count(host, Metric::DetachedExecuted);
         debug!("key {}: executing detached", claim.key.short());
+        let routed = self.replay_routed(&claim.rule) && !self.headers_forwarded;
         self.worker.queue_detached(DetachedJob {
             stream_id: host.stream_id(),
             upstream,
             claim,
             sent_ms: 0,
             held: self.held.take(),
+            grpc: self.grpc,
+            routed,
         });
         if let Err(e) = host.wake_root(queue) {
             // The next tick starts it anyway.
@@ -150,6 +153,7 @@ impl Stream {
                 fingerprint: claim.fingerprint,
                 until_ms: host.now_ms().saturating_add(claim.rule.max_wait_ms),
                 grpc: self.grpc,
+                routed: self.replay_routed(&claim.rule) && !self.headers_forwarded,
             },
             held,
         );

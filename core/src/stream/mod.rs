@@ -18,7 +18,7 @@ mod capture;
 mod claim;
 mod key_field;
 mod rotation;
-mod routed;
+pub(crate) mod routed;
 mod settle;
 mod verify;
 
@@ -292,6 +292,11 @@ impl Stream {
     }
 
     pub fn on_response_headers(&mut self, host: &dyn Host, end_of_stream: bool) -> Flow {
+        if matches!(self.phase, Phase::Detached | Phase::WaitingLocally) {
+            if let Some(first) = self.worker.routed.take(host.stream_id()) {
+                return self.on_root_routed_answer(host, first);
+            }
+        }
         match std::mem::replace(&mut self.phase, Phase::Passthrough) {
             Phase::Forwarded(claim) => self.on_upstream_response(host, claim, end_of_stream),
             Phase::Claiming { claim, callout } => {
@@ -333,6 +338,7 @@ impl Stream {
     pub fn on_done(&mut self, host: &dyn Host) {
         self.ended = true;
         self.worker.trailers.take(host.stream_id());
+        self.worker.routed.take(host.stream_id());
         // What must still happen is handed over below, as without batches.
         self.forget_calls(host);
         match std::mem::replace(&mut self.phase, Phase::Passthrough) {

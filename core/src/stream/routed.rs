@@ -21,6 +21,7 @@
 //! own 503, when the listener is down, runs the same callbacks).
 
 use super::{Flow, Phase, Stream};
+use crate::background::worker::Worker;
 use crate::config::{Replay, RouteRule, REPLAYED_HEADER};
 use crate::grpc;
 use crate::host::Host;
@@ -32,12 +33,43 @@ use crate::reply::LocalReply;
 use crate::scope::RecordKey;
 use log::{debug, warn};
 
+/// Re-routes the held request on `host`'s stream to the replay listener, which answers with
+/// `record`: puts the record into L1 (one from the key store is not there yet; a live record there
+/// is left as it is) and checks that L1 holds it, sets the filter state the replay route matches
+/// and makes Envoy choose the route again, then rewrites `content-type` (the original kept) and
+/// `:path` and adds the ticket. The caller resumes the request. Used by the stream for a retry and
+/// by the root context for the answers it sends (`crate::background::routed`).
+pub(crate) fn to_listener(
+    host: &dyn Host,
+    worker: &Worker,
+    key: &RecordKey,
+    record: &Record,
+) -> Result<(), &'static str> {
+    let now = host.now_ms();
+    let cache = &worker.cache;
+    let _ = cache.complete(host, key, host.random_u64(), record, now);
+    if cache.completed(host, key, now).is_none() {
+        return Err("L1 could not take the record");
+    }
+    if !host.set_filter_state(replay::FILTER_STATE, replay::FILTER_STATE_VALUE)
+        || !host.clear_route_cache()
+    {
+        return Err("Envoy refused the filter state");
+    }
+    if let Some(content_type) = host.request_header("content-type") {
+        host.set_request_header(replay::CONTENT_TYPE_HEADER, &content_type);
+    }
+    host.set_request_header("content-type", replay::CONTENT_TYPE);
+    host.set_request_header(":path", replay::PATH.as_bytes());
+    let ticket = replay::ticket(worker.cfg.secrets.current(), key, now);
+    host.set_request_header(replay::TICKET_HEADER, ticket.as_bytes());
+    Ok(())
+}
+
 impl Stream {
     /// Whether a replay of `record` on `rule` goes through the replay listener.
     pub(super) fn routes_replay(&self, rule: &RouteRule, record: &Record) -> bool {
-        self.worker.cfg.routed_replay
-            && matches!(record.outcome, Outcome::Replayable(_))
-            && (self.grpc || rule.replay == Replay::Routed)
+        matches!(record.outcome, Outcome::Replayable(_)) && self.replay_routed(rule)
     }
 
     /// Sends the request to the replay listener (the module's doc says how).
@@ -60,29 +92,18 @@ impl Stream {
                 "the request headers were sent already",
             );
         }
-        let now = host.now_ms();
-        let cache = &self.worker.cache;
-        // The listener reads the record from L1: one from the key store is put there first (a
-        // live record there already is left as it is).
-        let _ = cache.complete(host, key, host.random_u64(), &record, now);
-        if cache.completed(host, key, now).is_none() {
-            return self.replay_unrouted(host, key, record, "L1 could not take the record");
+        if let Err(why) = to_listener(host, &self.worker, key, &record) {
+            return self.replay_unrouted(host, key, record, why);
         }
-        if !host.set_filter_state(replay::FILTER_STATE, replay::FILTER_STATE_VALUE)
-            || !host.clear_route_cache()
-        {
-            return self.replay_unrouted(host, key, record, "Envoy refused the filter state");
-        }
-        if let Some(content_type) = host.request_header("content-type") {
-            host.set_request_header(replay::CONTENT_TYPE_HEADER, &content_type);
-        }
-        host.set_request_header("content-type", replay::CONTENT_TYPE);
-        host.set_request_header(":path", replay::PATH.as_bytes());
-        let ticket = replay::ticket(self.worker.cfg.secrets.current(), key, now);
-        host.set_request_header(replay::TICKET_HEADER, ticket.as_bytes());
         debug!("key {}: replay routed to the replay listener", key.short());
         self.phase = Phase::Routed;
         Flow::Continue
+    }
+
+    /// Whether a replay on `rule` goes through the replay listener, whatever its record (a
+    /// waiting duplicate's, a detached execution's answer, decided before the record is known).
+    pub(super) fn replay_routed(&self, rule: &RouteRule) -> bool {
+        self.worker.cfg.routed_replay && (self.grpc || rule.replay == Replay::Routed)
     }
 
     /// A replay that cannot be routed: a plain HTTP request gets the local reply, a gRPC call
@@ -127,6 +148,23 @@ impl Stream {
         Flow::Continue
     }
 
+    /// The answer to a request the root context routed (`crate::background::routed`): a detached
+    /// execution's first answer (`first`), which loses the listener's `idempotent-replayed`, or a
+    /// waiting duplicate's replay. The root context counted both when it sent them.
+    pub(super) fn on_root_routed_answer(&mut self, host: &dyn Host, first: bool) -> Flow {
+        self.phase = Phase::Passthrough;
+        let headers = host.response_headers();
+        let replayed = headers
+            .iter()
+            .any(|(name, _)| name.eq_ignore_ascii_case(REPLAYED_HEADER));
+        if !replayed {
+            warn!("a routed answer was answered by Envoy, not by the replay listener (is it up?)");
+        } else if first {
+            host.remove_response_header(REPLAYED_HEADER);
+        }
+        Flow::Continue
+    }
+
     /// The replay listener's filter: every request is a replay routed by the outer filter.
     pub(super) fn serve_replay(&mut self, host: &dyn Host) -> Flow {
         let worker = std::rc::Rc::clone(&self.worker);
@@ -163,7 +201,14 @@ impl Stream {
             &cfg.replay_headers,
             cfg.expires_header.as_deref(),
         );
-        self.strip_content_length |= !reply.trailers.is_empty();
+        // A record keeps `content-length` where the first answer had one; an answer without one
+        // was framed by chunks (HTTP/1.1) or by its stream's end, and the replay is framed so too.
+        let framed_by_length = reply
+            .headers
+            .iter()
+            .any(|(name, _)| name.eq_ignore_ascii_case("content-length"));
+        self.strip_content_length |=
+            !reply.trailers.is_empty() || (!framed_by_length && !reply.body.is_empty());
         debug!(
             "key {}: replay listener: answering {}",
             key.short(),

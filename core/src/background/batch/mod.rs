@@ -108,6 +108,14 @@ impl Batcher {
         }
     }
 
+    /// The batcher a worker's key-store settings ask for (off without a key store).
+    pub fn of(keystore: Option<&crate::config::KeystoreConfig>) -> Batcher {
+        keystore.map_or_else(Batcher::default, |k| {
+            let max_bytes = usize::try_from(k.max_record_bytes).unwrap_or(usize::MAX);
+            Batcher::new(k.batch_max_entries, k.batches_in_flight, max_bytes)
+        })
+    }
+
     pub fn enabled(&self) -> bool {
         self.max_entries > 0
     }

@@ -12,8 +12,11 @@ use crate::record::HOP_BY_HOP;
 pub use crate::outcome::callout::{ending, Ending};
 
 /// Request headers the plugin does not forward besides the hop-by-hop ones: `expect` asks the
-/// client's connection for a `100 Continue` the callout never sends.
-const NOT_FORWARDED: [&str; 1] = ["expect"];
+/// client's connection for a `100 Continue` the callout never sends; `grpc-timeout` is the gRPC
+/// client's deadline, which a gRPC service enforces by abandoning the call with
+/// `DEADLINE_EXCEEDED` when the client gives up, the very case detached execution is for (the
+/// rule's `upstream_timeout_ms` bounds the call instead).
+const NOT_FORWARDED: [&str; 2] = ["expect", "grpc-timeout"];
 
 /// The pseudo-headers a callout carries (Envoy requires all three).
 const PSEUDO_FORWARDED: [&str; 3] = [":method", ":path", ":authority"];
@@ -69,6 +72,10 @@ pub struct DetachedJob {
     /// The request's bytes in the worker's memory budget, given back once it is dispatched
     /// (Envoy then holds its own copy) or settled without being sent.
     pub held: Option<Held>,
+    /// The client's call is gRPC: the filter's own answers are gRPC statuses.
+    pub grpc: bool,
+    /// The first answer goes through the replay listener (`crate::background::routed`).
+    pub routed: bool,
 }
 
 /// A copy of a job holds no share of the budget: the bytes are given back once, by the original.
@@ -80,6 +87,8 @@ impl Clone for DetachedJob {
             claim: self.claim.clone(),
             sent_ms: self.sent_ms,
             held: None,
+            grpc: self.grpc,
+            routed: self.routed,
         }
     }
 }
@@ -109,6 +118,7 @@ mod tests {
             ("x-bin".to_string(), vec![0xff, b'a']),
             ("x-a".to_string(), b"2".to_vec()),
             ("expect".to_string(), b"100-continue".to_vec()),
+            ("grpc-timeout".to_string(), b"499m".to_vec()),
         ];
         let c = upstream_request("up", 900, &headers, b"{}".to_vec());
         assert_eq!(c.cluster, "up");

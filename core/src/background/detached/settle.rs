@@ -3,12 +3,14 @@
 
 use super::{DetachedJob, Ending};
 use crate::background::deferred::{retry_until, Deferred};
+use crate::background::routed::RouteTo;
 use crate::background::worker::{Answer, Purpose, RootAction, Worker};
 use crate::expiry;
 use crate::host::{Headers, SharedData};
 use crate::keystore_client;
 use crate::problem::Problem;
 use crate::record::{message_headers, storable_headers};
+use crate::reply::grpc_refusal;
 use crate::settlement::{self, Settlement, Verdict};
 use log::{info, warn};
 
@@ -74,6 +76,16 @@ impl Worker {
                 None
             }
         };
+        // A replayable first answer to a gRPC caller goes through the replay listener
+        // (`crate::background::routed`): as a local reply it would arrive trailers-only.
+        if let Some(record) = record.as_ref().filter(|r| job.routed && r.is_replayable()) {
+            answer.route = Some(Box::new(RouteTo {
+                key: job.claim.key,
+                record: record.clone(),
+                first: true,
+                grpc: job.grpc,
+            }));
+        }
         let write = match record {
             Some(record) => {
                 if job.claim.l1 {
@@ -142,6 +154,15 @@ impl Worker {
             headers,
             body,
             trailers: Vec::new(),
+            route: None,
+        };
+        // The filter's own answer: a gRPC status to a gRPC caller, as Envoy's router maps them.
+        let problem = |problem: Problem, detail: &str| {
+            if job.grpc {
+                grpc_refusal(problem, detail, 0)
+            } else {
+                problem.response(detail, 0)
+            }
         };
         match end {
             Ending::Answered(status) => (
@@ -150,24 +171,24 @@ impl Worker {
             ),
             Ending::NotSent => (
                 settlement::Ending::NotExecuted,
-                answer(Problem::UpstreamUnavailable.response(
+                answer(problem(
+                    Problem::UpstreamUnavailable,
                     "the upstream could not be reached; the request was not sent",
-                    0,
                 )),
             ),
             Ending::TimedOut => (
                 settlement::Ending::Unknown,
-                answer(Problem::UpstreamTimeout.response(
+                answer(problem(
+                    Problem::UpstreamTimeout,
                     "the upstream did not answer in time; the request may have executed",
-                    0,
                 )),
             ),
             Ending::Reset => (
                 settlement::Ending::Unknown,
-                answer(
-                    Problem::UpstreamReset
-                        .response("the upstream reset the request; it may have executed", 0),
-                ),
+                answer(problem(
+                    Problem::UpstreamReset,
+                    "the upstream reset the request; it may have executed",
+                )),
             ),
         }
     }

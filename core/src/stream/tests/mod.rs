@@ -15,6 +15,7 @@ mod handover;
 mod keystore;
 mod modes;
 mod props;
+mod root_routed;
 mod rotation;
 mod routed;
 mod settle;

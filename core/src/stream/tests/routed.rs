@@ -6,14 +6,14 @@ use crate::host::SharedData;
 use crate::replay::{CONTENT_TYPE, CONTENT_TYPE_HEADER, FILTER_STATE, PATH, TICKET_HEADER};
 
 const OUTER: &str = r#"{"routed_replay":true,"routes":[{"prefix":"/payments","required":true},{"prefix":"/routed","required":true,"replay":"routed"}],"anonymous_scope":"t"}"#;
-const LISTENER: &str = r#"{"replay_listener":true,"routes":[{"prefix":"/payments"}]}"#;
+pub(super) const LISTENER: &str = r#"{"replay_listener":true,"routes":[{"prefix":"/payments"}]}"#;
 
 fn grpc_req<'a>(key: &'a str, body: &'a [u8]) -> Req<'a> {
     post(key, body)
 }
 
 /// Sends `req` with `content-type`.
-fn send_as(w: &World, req: &Req, content_type: &str) -> (Stream, FakeHost, Flow) {
+pub(super) fn send_as(w: &World, req: &Req, content_type: &str) -> (Stream, FakeHost, Flow) {
     let mut host = w.host(req);
     host.request_headers
         .push(("content-type".into(), content_type.as_bytes().to_vec()));
@@ -52,7 +52,7 @@ fn first_call(w: &World, key: &str) {
 }
 
 /// The replay listener's filter given the request the outer filter routed.
-fn at_listener(w: &World, outer: &FakeHost) -> (Stream, FakeHost, Flow) {
+pub(super) fn at_listener(w: &World, outer: &FakeHost) -> (Stream, FakeHost, Flow) {
     let listener = w.sharing(LISTENER);
     let mut host = FakeHost::new(&w.shared, &w.clock, &w.ids);
     host.request_headers = outer.request_headers.clone();
@@ -291,4 +291,39 @@ fn a_record_under_a_previous_secret_is_routed_and_found_by_the_listener() {
     Stream::new(listener.worker.clone()).on_request_headers(&host, false);
     let sent = host.last_sent().unwrap();
     assert_eq!((sent.status, sent.body.as_slice()), (200, MESSAGE));
+}
+
+#[test]
+fn the_listener_frames_a_replay_as_the_first_answer_was_framed() {
+    let w = World::new(OUTER);
+    for (key, length) in [("chunked", None), ("sized", Some(&b"8"[..]))] {
+        let req = Req {
+            path: "/routed",
+            ..post(key, b"{}")
+        };
+        let (mut s, mut h, _) = send_as(&w, &req, "application/json");
+        h.response_headers = vec![
+            (":status".into(), b"201".to_vec()),
+            ("content-type".into(), b"application/json".to_vec()),
+        ];
+        if let Some(length) = length {
+            h.response_headers
+                .push(("content-length".into(), length.to_vec()));
+        }
+        h.response_body = b"{\"id\":1}".to_vec();
+        s.on_response_headers(&h, false);
+        s.on_response_body(&h, 8, true);
+
+        let (_, h, _) = send_as(&w, &req, "application/json");
+        let (mut ls, lh, _) = at_listener(&w, &h);
+        assert_eq!(lh.last_sent().unwrap().body, b"{\"id\":1}");
+        ls.on_response_headers(&lh, false);
+        let removed = lh.response_headers_removed.borrow().clone();
+        // Envoy gives every local reply a length: an answer that had none loses it again.
+        let expected: Vec<String> = match length {
+            None => vec!["content-length".into()],
+            Some(_) => vec![],
+        };
+        assert_eq!(removed, expected, "{key}");
+    }
 }
