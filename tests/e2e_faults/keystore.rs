@@ -249,3 +249,66 @@ async fn redis_killed_and_restarted_under_the_key_store() {
         &count,
     );
 }
+
+#[tokio::test]
+async fn a_key_store_without_the_batch_endpoint_gets_each_call_alone() {
+    // The stand-in predates group commit (`/v1/batch` is 404): the filter tries one batch per
+    // worker, then sends every call alone; no request fails for it.
+    let fake = FakeKeystore::start().await;
+    let upstream = Upstream::start().await;
+    let plugin = Plugin::payments("faults-secret-0123456789abcdef0123456789abcdef")
+        .caller_header("authorization")
+        .set("failure_mode", "fail_closed")
+        .merge(&serde_json::json!({"keystore": {
+            "cluster": "keystore", "timeout_ms": 2000, "batch_max_entries": 8, "batches_in_flight": 1,
+        }}))
+        .json();
+    let options = EnvoyOptions::with_filter(upstream.port, plugin)
+        .keystore(fake.port)
+        .keystore_over_http1();
+    let mut envoy = Envoy::start(&options).await;
+    let http = client();
+    let url = envoy.url("/payments");
+    let burst = |n: usize| {
+        let tasks: Vec<_> = (0..n)
+            .map(|i| {
+                let req = http
+                    .post(&url)
+                    .header("content-type", "application/json")
+                    .header("authorization", "alice")
+                    .header("idempotency-key", new_key())
+                    .body(format!(r#"{{"amount":{i}}}"#));
+                tokio::spawn(send(req))
+            })
+            .collect();
+        async move {
+            let mut out = Vec::new();
+            for t in tasks {
+                out.push(t.await.unwrap());
+            }
+            out
+        }
+    };
+    for resp in burst(40).await {
+        assert_eq!(resp.status, 201, "{}", resp.describe());
+    }
+    let batches = |fake: &FakeKeystore| {
+        fake.recorded()
+            .iter()
+            .filter(|r| r.path.ends_with("/batch"))
+            .count()
+    };
+    let tried = batches(&fake);
+    assert!(tried >= 1, "the burst never gathered calls into a batch");
+    for resp in burst(40).await {
+        assert_eq!(resp.status, 201, "{}", resp.describe());
+    }
+    assert_eq!(
+        batches(&fake),
+        tried,
+        "batching stays off once the key store said 404"
+    );
+    assert_eq!(upstream.post_requests().await, 80);
+    assert_eq!(metric(&envoy, "store_error").await, 0);
+    assert_envoy_healthy(&mut envoy, "a key store without /v1/batch").await;
+}

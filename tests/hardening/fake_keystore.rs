@@ -14,7 +14,8 @@ use super::find;
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 #[repr(u8)]
 pub enum Mode {
-    /// Speaks the v1 protocol: every claim is granted (a fresh token), complete and release succeed.
+    /// Speaks the v1 protocol of a key store from before group commit: every claim is granted (a
+    /// fresh token), complete and release succeed, `/v1/batch` is `404`.
     Healthy = 0,
     /// Waits 3 s before answering (past the filter's callout timeout).
     Slow = 1,
@@ -136,6 +137,9 @@ async fn serve_fake(
                 )
             } else if path.ends_with("/complete") {
                 http_answer("200 OK", r#"{"outcome":"stored"}"#)
+            } else if path.ends_with("/batch") {
+                // A key store from before group commit: no such endpoint.
+                http_answer("404 Not Found", r#"{"error":"not found"}"#)
             } else {
                 http_answer("200 OK", r#"{"outcome":"released"}"#)
             }
