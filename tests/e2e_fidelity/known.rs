@@ -58,18 +58,6 @@ pub const KNOWN: &[Known] = &[
         why: "a callout carries its body with `content-length`, never chunked: the upstream gets `content-length` where the router would forward `transfer-encoding: chunked` (an h2 request without `content-length` is forwarded chunked to an HTTP/1.1 upstream)",
     },
     Known {
-        row: "empty-201-content-type",
-        path: "detached",
-        tokens: &["-content-type", "order"],
-        why: "the root context sends the detached answer, and the stream's headers callback does not know the record: Envoy drops `content-type` from a local reply without a body and puts `content-length: 0` last",
-    },
-    Known {
-        row: "empty-201-content-type",
-        path: "detached-replay",
-        tokens: &["+content-type", "order"],
-        why: "the replay is exact (the stream sent it: its headers callback sets `content-type` again and the fields after it in their order), the detached first answer was not (the root context sent it)",
-    },
-    Known {
         row: "sse-stream",
         path: "inline-replay",
         tokens: &["+content-length", "-transfer-encoding", "framing"],

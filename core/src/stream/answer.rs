@@ -140,6 +140,19 @@ impl Stream {
         }
     }
 
+    /// The headers callback of a body-less reply the root context sent (a detached answer, a
+    /// waiting duplicate's replay; `crate::background::trailers`): fixed as the stream's own. A
+    /// gRPC caller's answer is left as Envoy sends it (trailers-only).
+    pub(super) fn fix_root_reply_headers(&mut self, host: &dyn Host) {
+        let Some(headers) = self.worker.trailers.take_bodiless(host.stream_id()) else {
+            return;
+        };
+        if !self.grpc {
+            self.restore_content_type = Bodiless::of(&headers, true);
+            self.fix_reply_headers(host);
+        }
+    }
+
     /// The last body callback of the filter's own reply: a replay's trailers go after its body.
     /// Over HTTP/1 the reply is framed by its length, so trailers cannot follow it.
     pub(super) fn add_replay_trailers(&mut self, host: &dyn Host) {

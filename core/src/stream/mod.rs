@@ -294,6 +294,7 @@ impl Stream {
             if let Some(first) = self.worker.routed.take(host.stream_id()) {
                 return self.on_root_routed_answer(host, first);
             }
+            self.fix_root_reply_headers(host);
         }
         match std::mem::replace(&mut self.phase, Phase::Passthrough) {
             Phase::Forwarded(claim) => self.on_upstream_response(host, claim, end_of_stream),
@@ -331,6 +332,7 @@ impl Stream {
     pub fn on_done(&mut self, host: &dyn Host) {
         self.ended = true;
         self.worker.trailers.take(host.stream_id());
+        self.worker.trailers.take_bodiless(host.stream_id());
         self.worker.routed.take(host.stream_id());
         match std::mem::replace(&mut self.phase, Phase::Passthrough) {
             Phase::Claiming { claim, .. } => {
