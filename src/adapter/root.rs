@@ -119,9 +119,9 @@ impl Root {
             stream_id: id,
         };
         if let Some(answer) = worker.route_or_answer(&host, answer) {
-            worker
-                .trailers
-                .hand(id, answer.body.len(), &answer.trailers);
+            let handover = &worker.trailers;
+            handover.hand(id, answer.body.len(), &answer.trailers);
+            handover.hand_bodiless(id, answer.body.len(), &answer.headers);
             send_local_response(answer.status, &answer.headers, &answer.body);
         }
         if let Err(e) = hostcalls::set_effective_context(self.context_id) {

@@ -1,6 +1,7 @@
-//! The four gateways side by side, each in front of its own recording upstream: no filter, the
+//! The five gateways side by side, each in front of its own recording upstream: no filter, the
 //! filter inline, the filter detached, the filter inline with routed replays (`replay: "routed"`,
-//! the replay listener of README, "Routed replays"). Their bootstraps differ only in the filter: the same
+//! the replay listener of README, "Routed replays"), and the filter detached with routed replays
+//! (the first answer too comes through the replay listener). Their bootstraps differ only in the filter: the same
 //! listener (HTTP/1.0 accepted, HTTP/1 trailers on, a `local_reply_config`), the same routes
 //! and timeouts, the same clusters. The `local_reply_config` maps only requests that carry
 //! `x-fidelity-shape`, so one row can show what it does to replays while every other row runs
@@ -26,6 +27,15 @@ pub enum Kind {
     Detached,
     /// Inline, and every replay routed through the replay listener.
     Routed,
+    /// Detached, and every answer (the first one too) routed through the replay listener.
+    DetachedRouted,
+}
+
+impl Kind {
+    /// Whether the gateway has the replay listener (`replay: "routed"`).
+    fn routed(self) -> bool {
+        matches!(self, Kind::Routed | Kind::DetachedRouted)
+    }
 }
 
 /// A gateway and the upstream only it talks to.
@@ -41,7 +51,13 @@ pub struct Gateway {
 /// Starts the gateways, each with its own upstream serving `scripts`.
 pub async fn start(scripts: &HashMap<String, Script>) -> Vec<Gateway> {
     let mut gateways = Vec::new();
-    for kind in [Kind::None, Kind::Inline, Kind::Detached, Kind::Routed] {
+    for kind in [
+        Kind::None,
+        Kind::Inline,
+        Kind::Detached,
+        Kind::Routed,
+        Kind::DetachedRouted,
+    ] {
         let upstream = Recorder::start(scripts.clone()).await;
         gateways.push(start_one(kind, "hold", upstream).await);
     }
@@ -96,11 +112,15 @@ fn plugin(kind: Kind, headers_mode: &str) -> Option<String> {
             rule["replay"] = json!("routed");
             plugin = plugin.set("routed_replay", true);
         }
-        Kind::Detached => {
+        Kind::Detached | Kind::DetachedRouted => {
             rule["execution"] = json!("detached");
             rule["upstream_cluster"] = json!("payments_detached");
             rule["upstream_timeout_ms"] = json!(TIMEOUT_MS);
         }
+    }
+    if kind == Kind::DetachedRouted {
+        rule["replay"] = json!("routed");
+        plugin = plugin.set("routed_replay", true);
     }
     Some(
         plugin
@@ -121,7 +141,7 @@ fn bootstrap(kind: Kind, headers_mode: &str, port: u16) -> String {
         },
     };
     options.route_timeout = Some(std::time::Duration::from_millis(TIMEOUT_MS));
-    if kind == Kind::Routed {
+    if kind.routed() {
         options.replay = Some(ReplayListener::Internal);
     }
     let rendered = options.render();
@@ -141,7 +161,7 @@ fn bootstrap(kind: Kind, headers_mode: &str, port: u16) -> String {
         ),
         None => (after.to_owned(), String::new()),
     };
-    let replay_cluster = if kind == Kind::Routed {
+    let replay_cluster = if kind.routed() {
         replay_listener::cluster(ReplayListener::Internal)
     } else {
         String::new()

@@ -1,5 +1,6 @@
-//! Fidelity: is the filter invisible where it does not answer a duplicate? Four gateways side by
-//! side (no filter, filter inline, filter detached, filter inline with routed replays; `gateways`), each in front of its own raw
+//! Fidelity: is the filter invisible where it does not answer a duplicate? Five gateways side by
+//! side (no filter, filter inline, filter detached, filter inline with routed replays, filter
+//! detached with routed replays; `gateways`), each in front of its own raw
 //! recording upstream (`recorder`), get the same request bytes for every row of `rows`. The
 //! suite compares, after one normalisation applied to all of them (`compare`), what the client got
 //! (interim statuses, status, header fields with their order and repeats, body, trailers,
@@ -111,6 +112,7 @@ async fn the_filter_is_invisible_except_where_listed() {
                 Kind::Inline => "inline",
                 Kind::Detached => "detached",
                 Kind::Routed => "routed",
+                Kind::DetachedRouted => "detached-routed",
                 Kind::None => unreachable!("the baseline is not compared with itself"),
             };
             let first_diff = compare::diff(&baseline, &first, row.timed, false);

@@ -5,6 +5,7 @@
 //! status of 200 with these headers and no body is the whole answer. Which problem maps to which
 //! code, and why, is the README's "gRPC" section; the mapping itself is `Problem::grpc`.
 
+pub mod settling;
 pub mod wire;
 
 use crate::host::Headers;

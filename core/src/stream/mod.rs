@@ -123,9 +123,9 @@ pub struct Stream {
     ended: bool,
     /// The request's rule is in observe mode: count what enforce would do, forward everything.
     observe: bool,
-    /// The `content-type` of a local reply without a body: Envoy drops it from such a reply, so
-    /// the reply's own headers callback sets it again (an empty `201` replays as it was sent).
-    restore_content_type: Option<Vec<u8>>,
+    /// A local reply without a body: Envoy drops its `content-type`, which the reply's own
+    /// headers callback sets again in place (an empty `201` replays as it was sent).
+    restore_content_type: Option<answer::Bodiless>,
     /// A replay's stored trailers, added in its reply's last body callback (HTTP/2 and later:
     /// Envoy takes trailers on a local reply with a body there, and sends them after the DATA).
     replay_trailers: Headers,
@@ -296,6 +296,7 @@ impl Stream {
             if let Some(first) = self.worker.routed.take(host.stream_id()) {
                 return self.on_root_routed_answer(host, first);
             }
+            self.fix_root_reply_headers(host);
         }
         match std::mem::replace(&mut self.phase, Phase::Passthrough) {
             Phase::Forwarded(claim) => self.on_upstream_response(host, claim, end_of_stream),
@@ -311,12 +312,7 @@ impl Stream {
             Phase::Routed => self.on_routed_answer(host),
             other => {
                 if matches!(other, Phase::Answered) {
-                    if let Some(content_type) = self.restore_content_type.take() {
-                        host.set_response_header("content-type", &content_type);
-                    }
-                    if std::mem::take(&mut self.strip_content_length) {
-                        host.remove_response_header("content-length");
-                    }
+                    self.fix_reply_headers(host);
                 }
                 self.phase = other;
                 self.hold_response()
@@ -338,6 +334,7 @@ impl Stream {
     pub fn on_done(&mut self, host: &dyn Host) {
         self.ended = true;
         self.worker.trailers.take(host.stream_id());
+        self.worker.trailers.take_bodiless(host.stream_id());
         self.worker.routed.take(host.stream_id());
         // What must still happen is handed over below, as without batches.
         self.forget_calls(host);

@@ -12,6 +12,7 @@
 use super::{Capture, Claim, Flow, Phase, Stream};
 use crate::background::deferred::{retry_until, Deferred};
 use crate::expiry;
+use crate::grpc;
 use crate::host::{Headers, Host};
 use crate::keystore_client::{self, StoreCall};
 use crate::metrics::Metric;
@@ -49,6 +50,10 @@ impl Stream {
                 );
                 Ending::NotExecuted
             }
+            // A trailers-only gRPC answer says its outcome now (`crate::grpc::settling`).
+            ResponseClass::FromUpstream if end_of_stream => Ending::Answered(
+                grpc::settling::settling_status(status, &headers, &Vec::new()),
+            ),
             ResponseClass::FromUpstream => Ending::Answered(status),
         };
         if ending == Ending::Answered(status)
@@ -136,6 +141,22 @@ impl Stream {
             // A body past `max_response_bytes` is no proxy's text: the service's own answer.
             let body = capture.take().unwrap_or_default();
             return self.read_proxy_text(host, claim, status, &headers, &body);
+        }
+        // A gRPC answer says its outcome in its trailers (`crate::grpc::settling`): one the rule
+        // would not keep (`UNAVAILABLE` as a `503`) frees the key, as that HTTP status would.
+        let settling = grpc::settling::settling_status(status, &headers, &trailers);
+        if settling != status && !claim.rule.keeps_status(settling) {
+            let ending = Ending::Answered(settling);
+            let Settlement { counts, .. } =
+                settlement::settle(&claim.rule, claim.fingerprint, ending, host.now_ms());
+            for metric in counts {
+                self.count(host, metric);
+            }
+            info!(
+                "key {}: the gRPC answer's status settles as {settling}; releasing the claim",
+                claim.key.short()
+            );
+            return self.release(host, claim);
         }
         let kept = capture.take().map(|body| (body, trailers));
         self.finish_kept(host, claim, status, headers, created_ms, kept)

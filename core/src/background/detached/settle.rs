@@ -6,6 +6,7 @@ use crate::background::deferred::{retry_until, Deferred};
 use crate::background::routed::RouteTo;
 use crate::background::worker::{Answer, Purpose, RootAction, Worker};
 use crate::expiry;
+use crate::grpc;
 use crate::host::{Headers, SharedData};
 use crate::keystore_client;
 use crate::problem::Problem;
@@ -31,6 +32,13 @@ impl Worker {
             _ => headers,
         };
         let (ending, mut answer) = self.detached_answer(&job, end, &headers, &body);
+        // A gRPC answer is settled by its `grpc-status` (`crate::grpc::settling`).
+        let ending = match ending {
+            settlement::Ending::Answered(status) => settlement::Ending::Answered(
+                grpc::settling::settling_status(status, &headers, &trailers),
+            ),
+            other => other,
+        };
         let Settlement { verdict, counts } =
             settlement::settle(&job.claim.rule, job.claim.fingerprint, ending, now_ms);
         let mut actions: Vec<RootAction> = counts.into_iter().map(RootAction::Count).collect();

@@ -235,3 +235,52 @@ fn a_stream_of_messages_passes_through_counted() {
     let (_, h, _) = send_grpc(&w, &post("k2", two), "application/octet-stream");
     assert_eq!(h.count_of(Metric::GrpcStreaming), 0);
 }
+
+/// The service answers the call `key` with a message and `grpc-status: code` in its trailers, or
+/// trailers-only (`code` in the one header block).
+fn answer_grpc(w: &World, key: &str, code: &str, trailers_only: bool) {
+    let (mut s, mut h, flow) = send_grpc(w, &post(key, b"a"), "application/grpc");
+    assert_eq!(flow, Flow::Continue, "{key}: the first call runs");
+    h.response_headers = vec![
+        (":status".into(), b"200".to_vec()),
+        ("content-type".into(), b"application/grpc".to_vec()),
+    ];
+    let status = vec![("grpc-status".to_string(), code.as_bytes().to_vec())];
+    if trailers_only {
+        h.response_headers.extend(status);
+        s.on_response_headers(&h, true);
+        return;
+    }
+    h.response_body = b"\0\0\0\0\x01m".to_vec();
+    h.response_trailers = status;
+    s.on_response_headers(&h, false);
+    s.on_response_body(&h, 6, false);
+    s.on_response_trailers(&h);
+}
+
+#[test]
+fn a_grpc_status_that_means_a_5xx_frees_the_key_as_that_5xx_would() {
+    let w = World::new("{}");
+    for trailers_only in [false, true] {
+        // UNAVAILABLE (a 503) and INTERNAL (a 500): not kept, the retry executes.
+        for (key, code) in [("unavailable", "14"), ("internal", "13")] {
+            let key = format!("{key}-{trailers_only}");
+            answer_grpc(&w, &key, code, trailers_only);
+            let (_, h, flow) = send_grpc(&w, &post(&key, b"a"), "application/grpc");
+            assert_eq!(flow, Flow::Continue, "{key}: the retry executes");
+            assert!(h.sent.borrow().is_empty(), "{key}: no replay");
+        }
+        // OK and FAILED_PRECONDITION (a 400): kept and replayed.
+        for (key, code) in [("ok", "0"), ("precondition", "9")] {
+            let key = format!("{key}-{trailers_only}");
+            answer_grpc(&w, &key, code, trailers_only);
+            let (_, h, _) = send_grpc(&w, &post(&key, b"a"), "application/grpc");
+            let sent = h.last_sent().unwrap_or_else(|| panic!("{key}: replayed"));
+            assert_eq!(
+                sent.header("idempotent-replayed"),
+                Some(&b"true"[..]),
+                "{key}"
+            );
+        }
+    }
+}

@@ -327,3 +327,60 @@ fn the_listener_frames_a_replay_as_the_first_answer_was_framed() {
         assert_eq!(removed, expected, "{key}");
     }
 }
+
+#[test]
+fn a_bodiless_routed_replay_gets_its_content_type_back_in_place() {
+    let w = World::new(OUTER);
+    let req = Req {
+        path: "/routed",
+        ..post("e201", b"{}")
+    };
+    let (mut s, mut h, _) = send_as(&w, &req, "application/json");
+    h.response_headers = vec![
+        (":status".into(), b"201".to_vec()),
+        ("content-type".into(), b"application/json".to_vec()),
+        ("content-length".into(), b"0".to_vec()),
+        ("x-envoy-upstream-service-time".into(), b"3".to_vec()),
+    ];
+    s.on_response_headers(&h, true);
+    let (_, h, flow) = send_as(&w, &req, "application/json");
+    assert_eq!(flow, Flow::Continue, "routed");
+    let (mut ls, mut lh, _) = at_listener(&w, &h);
+    let sent = lh.last_sent().unwrap();
+    assert!(sent.body.is_empty());
+    let after: Vec<String> = sent
+        .headers
+        .iter()
+        .skip_while(|(n, _)| n != "content-type")
+        .skip(1)
+        .map(|(n, _)| n.clone())
+        .collect();
+    assert_eq!(
+        after.first().map(String::as_str),
+        Some("content-length"),
+        "the record keeps the length in place: {:?}",
+        sent.headers
+    );
+    // What the filter sees of it: no `content-type` (Envoy drops it from a reply without a body)
+    // and no `content-length` (the HTTP/1 codec appends `content-length: 0` after every field).
+    lh.response_headers = sent
+        .headers
+        .iter()
+        .filter(|(n, _)| n != "content-type" && n != "content-length")
+        .cloned()
+        .collect();
+    ls.on_response_headers(&lh, true);
+    // `content-type` is set again, then every field the reply had after it is moved after it
+    // (removed, then set: appended), the length included, so the fields come in the stored order.
+    let set = lh.response_headers_set.borrow().clone();
+    let set_names: Vec<&str> = set.iter().map(|(n, _)| n.as_str()).collect();
+    let mut expected = vec!["content-type"];
+    expected.extend(after.iter().map(String::as_str));
+    assert_eq!(set_names, expected);
+    assert_eq!(
+        set.first().map(|(_, v)| v.as_slice()),
+        Some(&b"application/json"[..])
+    );
+    assert_eq!(*lh.response_headers_removed.borrow(), after);
+    assert!(set.contains(&("content-length".into(), b"0".to_vec())));
+}

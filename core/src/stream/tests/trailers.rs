@@ -166,3 +166,56 @@ fn a_detached_answer_keeps_its_trailers_and_its_client_gets_them() {
     s.on_response_body(&retry, 2, true);
     assert_eq!(*retry.response_trailers_added.borrow(), trailers());
 }
+
+#[test]
+fn a_bodiless_detached_answer_gets_its_content_type_back_in_place() {
+    use super::detached::{answers, start, DETACHED};
+    let w = World::new(DETACHED);
+    let (mut s, mut h, _) = start(&w, "k");
+    let headers = vec![
+        (":status".to_string(), b"201".to_vec()),
+        ("content-type".to_string(), b"application/json".to_vec()),
+        ("content-length".to_string(), b"0".to_vec()),
+    ];
+    let (_, actions) = w.worker.on_reply_with_trailers(
+        40,
+        Some(201),
+        (headers, Vec::new(), Vec::new()),
+        &w.shared,
+        w.clock.get(),
+    );
+    let answer = answers(&actions)[0].clone();
+    assert!(answer.body.is_empty());
+    // The root context hands the headers over as it sends the reply.
+    let handover = &w.worker.trailers;
+    handover.hand(answer.stream_id, answer.body.len(), &answer.trailers);
+    handover.hand_bodiless(answer.stream_id, answer.body.len(), &answer.headers);
+    // What the stream sees of that reply: no `content-type`, no `content-length`.
+    h.response_headers = answer
+        .headers
+        .iter()
+        .filter(|(n, _)| n != "content-type" && n != "content-length")
+        .cloned()
+        .collect();
+    s.on_response_headers(&h, true);
+    let set = h.response_headers_set.borrow().clone();
+    assert_eq!(
+        set.first(),
+        Some(&("content-type".to_string(), b"application/json".to_vec())),
+        "{set:?}"
+    );
+    // Every field the answer had after `content-type` is set again after it, in order.
+    let after: Vec<(String, Vec<u8>)> = answer
+        .headers
+        .iter()
+        .skip_while(|(n, _)| n != "content-type")
+        .skip(1)
+        .cloned()
+        .collect();
+    assert_eq!(
+        after.first().map(|(n, _)| n.as_str()),
+        Some("content-length")
+    );
+    assert_eq!(set.get(1..), Some(after.as_slice()));
+    assert!(w.worker.trailers.is_empty());
+}
