@@ -23,6 +23,7 @@ pub mod problem;
 pub mod record;
 pub mod replay;
 pub mod reply;
+pub mod reroute;
 pub mod scope;
 pub mod settlement;
 pub mod stream;

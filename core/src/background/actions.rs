@@ -5,9 +5,9 @@
 use crate::background::batch::{Delivery, Flight};
 use crate::background::deferred::{Deferred, Settled};
 use crate::background::detached::DetachedJob;
-use crate::background::routed::RouteTo;
 use crate::host::{Callout, Headers};
 use crate::metrics::Metric;
+use crate::reroute::RouteTo;
 use crate::scope::RecordKey;
 
 /// A reply for a stream that the root context answers (if the stream is still there).

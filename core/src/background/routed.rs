@@ -3,9 +3,9 @@
 //! reaches the client trailers-only (`UNKNOWN`, the message in `grpc-message`), so with
 //! `routed_replay` on, such an answer whose record is replayable is sent the way a retry's replay
 //! is: the record in L1, the waiting request re-routed to the replay listener and resumed
-//! (`crate::stream::routed::to_listener`). Its answer then comes back through the stream's
-//! response callbacks as an upstream's; [`RoutedStreams`] tells the stream that it was routed, and
-//! whether the answer is a first answer (which must not say `idempotent-replayed`).
+//! (`crate::reroute::to_listener`). Its answer then comes back through the stream's response
+//! callbacks as an upstream's; `crate::reroute::RoutedStreams` tells the stream that it was
+//! routed, and whether the answer is a first answer (which must not say `idempotent-replayed`).
 //!
 //! The decision (which answers go this way) is made where the answer is built
 //! (`super::detached::settle`, `super::worker`); this file carries it out for the adapter.
@@ -14,51 +14,9 @@ use crate::background::actions::Answer;
 use crate::background::worker::Worker;
 use crate::host::Host;
 use crate::problem::Problem;
-use crate::record::Record;
 use crate::reply::grpc_refusal;
-use crate::scope::RecordKey;
+use crate::reroute::{to_listener, RouteTo};
 use log::{debug, warn};
-use std::cell::RefCell;
-use std::collections::HashMap;
-
-/// Where an [`Answer`] goes instead of a local reply: the record the replay listener serves.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct RouteTo {
-    pub key: RecordKey,
-    pub record: Record,
-    /// The first answer of a detached execution, not a replay.
-    pub first: bool,
-    /// The caller is gRPC: when the answer cannot be routed, it gets a retryable `UNAVAILABLE`
-    /// rather than a local reply it would read as `UNKNOWN`.
-    pub grpc: bool,
-}
-
-/// Streams the root context routed to the replay listener, until their answer's headers arrive.
-#[derive(Debug, Default)]
-pub struct RoutedStreams {
-    /// By stream id: whether the answer is a first answer.
-    streams: RefCell<HashMap<u32, bool>>,
-}
-
-impl RoutedStreams {
-    pub fn mark(&self, stream_id: u32, first: bool) {
-        self.streams.borrow_mut().insert(stream_id, first);
-    }
-
-    /// Whether `stream_id` was routed (and, if so, whether its answer is a first answer); taken
-    /// once.
-    pub fn take(&self, stream_id: u32) -> Option<bool> {
-        self.streams.borrow_mut().remove(&stream_id)
-    }
-
-    pub fn len(&self) -> usize {
-        self.streams.borrow().len()
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.streams.borrow().is_empty()
-    }
-}
 
 impl Worker {
     /// Carries out `answer` on its stream (`host` is that stream, the root context having made it
@@ -74,7 +32,7 @@ impl Worker {
             first,
             grpc,
         } = *route;
-        match crate::stream::routed::to_listener(host, self, &key, &record) {
+        match to_listener(host, &self.cache, self.cfg.secrets.current(), &key, &record) {
             Ok(()) => {
                 debug!(
                     "key {}: the root context's answer routed to the replay listener",

@@ -21,7 +21,6 @@
 //! own 503, when the listener is down, runs the same callbacks).
 
 use super::{Flow, Phase, Stream};
-use crate::background::worker::Worker;
 use crate::config::{Replay, RouteRule, REPLAYED_HEADER};
 use crate::grpc;
 use crate::host::Host;
@@ -30,41 +29,9 @@ use crate::problem::Problem;
 use crate::record::{Outcome, Record};
 use crate::replay;
 use crate::reply::LocalReply;
+use crate::reroute::to_listener;
 use crate::scope::RecordKey;
 use log::{debug, warn};
-
-/// Re-routes the held request on `host`'s stream to the replay listener, which answers with
-/// `record`: puts the record into L1 (one from the key store is not there yet; a live record there
-/// is left as it is) and checks that L1 holds it, sets the filter state the replay route matches
-/// and makes Envoy choose the route again, then rewrites `content-type` (the original kept) and
-/// `:path` and adds the ticket. The caller resumes the request. Used by the stream for a retry and
-/// by the root context for the answers it sends (`crate::background::routed`).
-pub(crate) fn to_listener(
-    host: &dyn Host,
-    worker: &Worker,
-    key: &RecordKey,
-    record: &Record,
-) -> Result<(), &'static str> {
-    let now = host.now_ms();
-    let cache = &worker.cache;
-    let _ = cache.complete(host, key, host.random_u64(), record, now);
-    if cache.completed(host, key, now).is_none() {
-        return Err("L1 could not take the record");
-    }
-    if !host.set_filter_state(replay::FILTER_STATE, replay::FILTER_STATE_VALUE)
-        || !host.clear_route_cache()
-    {
-        return Err("Envoy refused the filter state");
-    }
-    if let Some(content_type) = host.request_header("content-type") {
-        host.set_request_header(replay::CONTENT_TYPE_HEADER, &content_type);
-    }
-    host.set_request_header("content-type", replay::CONTENT_TYPE);
-    host.set_request_header(":path", replay::PATH.as_bytes());
-    let ticket = replay::ticket(worker.cfg.secrets.current(), key, now);
-    host.set_request_header(replay::TICKET_HEADER, ticket.as_bytes());
-    Ok(())
-}
 
 impl Stream {
     /// Whether a replay of `record` on `rule` goes through the replay listener.
@@ -92,7 +59,13 @@ impl Stream {
                 "the request headers were sent already",
             );
         }
-        if let Err(why) = to_listener(host, &self.worker, key, &record) {
+        if let Err(why) = to_listener(
+            host,
+            &self.worker.cache,
+            self.worker.cfg.secrets.current(),
+            key,
+            &record,
+        ) {
             return self.replay_unrouted(host, key, record, why);
         }
         debug!("key {}: replay routed to the replay listener", key.short());

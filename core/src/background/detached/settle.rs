@@ -3,7 +3,6 @@
 
 use super::{DetachedJob, Ending};
 use crate::background::deferred::{retry_until, Deferred};
-use crate::background::routed::RouteTo;
 use crate::background::worker::{Answer, Purpose, RootAction, Worker};
 use crate::expiry;
 use crate::grpc;
@@ -12,6 +11,7 @@ use crate::keystore_client;
 use crate::problem::Problem;
 use crate::record::{message_headers, storable_headers};
 use crate::reply::grpc_refusal;
+use crate::reroute::RouteTo;
 use crate::settlement::{self, Settlement, Verdict};
 use log::{info, warn};
 
