@@ -1,4 +1,4 @@
-//! The batch (`/v1/batch`) in both body formats: the key store's reader (`batch::read_entries`,
+//! The batch (`/v1/batch`) in both body formats: the key store's reader (`Format::read_entries`,
 //! which keeps each entry's own result), the strict reader of a caller's batch, and the reader of
 //! the key store's batch answer (the filter's side). Whatever arrives is a batch, a batch whose
 //! malformed entries are each their own error naming a field, or an envelope error naming a
@@ -6,7 +6,6 @@
 //! answer writes back to itself; an answer's status is the one its body goes with.
 #![no_main]
 
-use idempotency_protocol::batch::read_entries;
 use idempotency_protocol::{
     body, json, BatchAnswer, BatchEntry, BatchRequest, BatchResponse, Compact, Format,
     ProtocolError, MAX_BATCH_ENTRIES,
@@ -19,7 +18,7 @@ fn named(e: &ProtocolError) {
 
 /// What the key store reads from `data` in `format`, checked.
 fn entries(format: Format, data: &[u8]) {
-    match read_entries(format, data) {
+    match format.read_entries(data) {
         Ok(read) => {
             assert!((1..=MAX_BATCH_ENTRIES).contains(&read.len()));
             let mut valid = Vec::new();

@@ -8,6 +8,7 @@ mod batch;
 mod bearer;
 mod body;
 mod calls;
+mod formats;
 mod held;
 mod v1;
 

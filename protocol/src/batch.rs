@@ -23,10 +23,8 @@
 //! the entry's call (`error` for an answer that is an error), `body` the single call's JSON body.
 //! The compact layout is in [`crate::compact`]'s `batch` module.
 
-use serde::de::Deserializer;
 use serde::{Deserialize, Serialize};
 
-use crate::body::Format;
 use crate::bounded::{too_many, BoundedVec, Listed};
 use crate::error::ProtocolError;
 use crate::limits::MAX_BATCH_ENTRIES;
@@ -58,8 +56,8 @@ impl BatchEntry {
 
 /// `POST /v1/batch` as a caller writes it: 1 to [`MAX_BATCH_ENTRIES`] valid entries. Read
 /// strictly (the first bad entry fails the read, named `entries[i].field`) by
-/// [`Request::from_wire`] and [`Compact::from_compact`]; the key store reads with [`read_entries`],
-/// which keeps every entry's own result.
+/// [`Request::from_wire`] and [`Compact::from_compact`]; the key store reads with
+/// `Format::read_entries` (the `body` module), which keeps every entry's own result.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct BatchRequest {
     pub entries: Vec<BatchEntry>,
@@ -69,38 +67,25 @@ pub struct BatchRequest {
 /// request or the 400 the single call would answer.
 pub type ReadEntries = Vec<Result<BatchEntry, ProtocolError>>;
 
-/// Reads a batch body in `format`, keeping each entry's own validation result.
-pub fn read_entries(format: Format, body: &[u8]) -> Result<ReadEntries, ProtocolError> {
-    match format {
-        Format::Json => read_json(body),
-        Format::Compact => crate::compact::batch::read_entries(body),
-    }
-}
-
 /// The refusal of a batch with no entries or too many, in either format.
 pub(crate) fn count_error() -> ProtocolError {
     ProtocolError::field("entries", too_many(MAX_BATCH_ENTRIES, "entries"))
 }
 
-/// One JSON entry before it is read as its call's body.
-#[derive(Debug, Clone)]
-pub struct JsonEntry(pub serde_json::Value);
-
-impl Listed for JsonEntry {
-    const PLURAL: &'static str = "entries";
-}
-
-impl<'de> Deserialize<'de> for JsonEntry {
-    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        serde_json::Value::deserialize(d).map(Self)
-    }
-}
-
-fn read_json(body: &[u8]) -> Result<ReadEntries, ProtocolError> {
+/// Reads a JSON batch, keeping each entry's own result; the error is the envelope's.
+pub(crate) fn read_json(body: &[u8]) -> Result<ReadEntries, ProtocolError> {
     if body.trim_ascii_start().first() != Some(&b'{') {
         return Err(ProtocolError::body("must be a JSON object"));
     }
     let w: wire::Batch = crate::json::decode(body)?;
+    Ok(json_entries(w)?.collect())
+}
+
+/// The entries of a JSON batch, each read as its call; the error is the envelope's (no `entries`,
+/// or none in it).
+fn json_entries(
+    w: wire::Batch,
+) -> Result<impl Iterator<Item = Result<BatchEntry, ProtocolError>>, ProtocolError> {
     let entries = w
         .entries
         .ok_or_else(|| ProtocolError::field("entries", "missing"))?
@@ -108,7 +93,7 @@ fn read_json(body: &[u8]) -> Result<ReadEntries, ProtocolError> {
     if entries.is_empty() {
         return Err(count_error());
     }
-    Ok(entries.into_iter().map(|e| json_entry(e.0)).collect())
+    Ok(entries.into_iter().map(|e| json_entry(e.0)))
 }
 
 /// Reads one JSON entry as the call its `op` names; the error is the single call's.
@@ -149,14 +134,7 @@ impl Request for BatchRequest {
     type Wire = wire::Batch;
 
     fn from_wire(w: wire::Batch) -> Result<Self, ProtocolError> {
-        let entries = w
-            .entries
-            .ok_or_else(|| ProtocolError::field("entries", "missing"))?
-            .into_inner();
-        if entries.is_empty() {
-            return Err(count_error());
-        }
-        strict(entries.into_iter().map(|e| json_entry(e.0)).collect())
+        strict(json_entries(w)?.collect())
     }
 }
 

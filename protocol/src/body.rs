@@ -3,6 +3,7 @@
 //! `content-type` names and answers in the one `accept` names (else the request's); errors stay
 //! JSON. A reader that has no header to go by tells the two apart by the first byte.
 
+use crate::batch::{self, BatchRequest, ReadEntries};
 use crate::compact::{self, Compact};
 use crate::error::ProtocolError;
 use crate::json;
@@ -67,6 +68,15 @@ impl Format {
         }
     }
 
+    /// Reads a batch body (`/v1/batch`) in this format, keeping each entry's own validation
+    /// result (the key store's reading; [`crate::batch`]).
+    pub fn read_entries(self, body: &[u8]) -> Result<ReadEntries, ProtocolError> {
+        match self {
+            Self::Json => batch::read_json(body),
+            Self::Compact => compact::batch::read_entries(body),
+        }
+    }
+
     /// Writes a message in this format.
     pub fn encode<T: Serialize + Compact>(self, value: &T) -> Vec<u8> {
         match self {
@@ -101,7 +111,7 @@ pub fn request_as_json(endpoint: &str, body: &[u8]) -> Result<Vec<u8>, ProtocolE
         "release" => json::encode(&decode_request::<ReleaseRequest>(body)?),
         "renew" => json::encode(&decode_request::<RenewRequest>(body)?),
         "renew-batch" => json::encode(&decode_request::<RenewBatchRequest>(body)?),
-        "batch" => json::encode(&decode_request::<crate::batch::BatchRequest>(body)?),
+        "batch" => json::encode(&decode_request::<BatchRequest>(body)?),
         other => return Err(ProtocolError::body(format!("no request body on /{other}"))),
     })
 }

@@ -3,6 +3,7 @@
 //! deserializer reporting it for the whole message. Unknown fields are ignored, for forward
 //! compatibility.
 
+use serde::de::Deserializer;
 use serde::Deserialize;
 
 use crate::bounded::{BoundedVec, Listed};
@@ -68,5 +69,19 @@ pub struct RenewBatch {
 /// ([`crate::batch`]); a list of more than [`MAX_BATCH_ENTRIES`] entries is refused while it is read.
 #[derive(Debug, Clone, Default, Deserialize)]
 pub struct Batch {
-    pub entries: Option<BoundedVec<crate::batch::JsonEntry, MAX_BATCH_ENTRIES>>,
+    pub entries: Option<BoundedVec<JsonEntry, MAX_BATCH_ENTRIES>>,
+}
+
+/// One JSON entry before it is read as its call's body.
+#[derive(Debug, Clone)]
+pub struct JsonEntry(pub serde_json::Value);
+
+impl Listed for JsonEntry {
+    const PLURAL: &'static str = "entries";
+}
+
+impl<'de> Deserialize<'de> for JsonEntry {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        serde_json::Value::deserialize(d).map(Self)
+    }
 }

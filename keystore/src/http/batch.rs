@@ -16,13 +16,10 @@ use axum::http::{HeaderMap, StatusCode};
 use axum::response::Response;
 use futures_util::future::join_all;
 
-use super::v1::{answer, formats};
+use super::body::BATCH_OP as OP;
+use super::formats::{answer, formats};
 use super::{AppState, Failure};
-use crate::protocol::batch::read_entries;
 use crate::protocol::{BatchAnswer, BatchEntry, BatchResponse, ProtocolError};
-
-/// The metrics label of a batch (and of the envelope's own failures).
-pub(super) const OP: &str = "batch";
 
 /// Answers a batch: 400 naming the problem when the envelope is malformed (then no entry ran),
 /// else 200 with one answer per entry.
@@ -33,7 +30,7 @@ pub(super) async fn batch(
 ) -> Result<Response, Failure> {
     let (format, reply) = formats(&headers);
     let bytes = s.body_or_failure(OP, body)?;
-    let entries = read_entries(format, &bytes).map_err(|e| {
+    let entries = format.read_entries(&bytes).map_err(|e| {
         s.metrics.op(OP, "bad_request");
         Failure(StatusCode::BAD_REQUEST, e.to_string())
     })?;

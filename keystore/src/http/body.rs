@@ -11,6 +11,7 @@
 //! the server drains, a body still arriving gets 503 at once.
 
 use axum::body::{Body, Bytes};
+use axum::extract::rejection::BytesRejection;
 use axum::extract::{Request, State};
 use axum::http::{header, StatusCode};
 use axum::middleware::Next;
@@ -28,11 +29,14 @@ pub const SMALL_BODY_BYTES: usize = 64 * 1024;
 /// 32-character tokens; 256-character tokens written as `\u` escapes stay under it).
 pub const RENEW_BATCH_BODY_BYTES: usize = MAX_RENEW_BATCH * 2048;
 
+/// The metrics label of a batch (and of the envelope's own failures).
+pub(super) const BATCH_OP: &str = "batch";
+
 /// The operation label of a /v1 path (route_layer only sees our routes), for the metrics.
 pub(super) fn op_of(path: &str) -> &'static str {
     match path.rsplit('/').next() {
         Some("renew-batch") => "renew_batch",
-        Some("batch") => super::batch::OP,
+        Some("batch") => BATCH_OP,
         Some("claim") => "claim",
         Some("complete") => "complete",
         Some("renew") => "renew",
@@ -42,6 +46,24 @@ pub(super) fn op_of(path: &str) -> &'static str {
 }
 
 impl AppState {
+    /// The body as read by the body layer, or the 400/413 it was refused with.
+    pub(super) fn body_or_failure(
+        &self,
+        op: &str,
+        body: Result<Bytes, BytesRejection>,
+    ) -> Result<Bytes, Failure> {
+        body.map_err(|rejection| {
+            let status = rejection.status();
+            let label = if status == StatusCode::PAYLOAD_TOO_LARGE {
+                "too_large"
+            } else {
+                "bad_request"
+            };
+            self.metrics.op(op, label);
+            Failure(status, format!("body: {}", rejection.body_text()))
+        })
+    }
+
     /// The body bound of the `/v1` call at `path`.
     fn body_limit(&self, path: &str) -> usize {
         match path.rsplit('/').next() {

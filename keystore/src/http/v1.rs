@@ -5,15 +5,15 @@
 use axum::body::Bytes;
 use axum::extract::rejection::BytesRejection;
 use axum::extract::{Request, State};
-use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
+use axum::http::{HeaderMap, StatusCode};
 use axum::middleware::{self, Next};
-use axum::response::{IntoResponse, Response};
+use axum::response::Response;
 use axum::routing::post;
 use axum::Router;
-use serde::Serialize;
 
 use super::bearer::{bearer_matches, unauthorized};
 use super::calls::fenced_status;
+use super::formats::{answer, formats};
 use super::{AppState, Failure};
 use crate::backend::Fenced;
 use crate::protocol::{
@@ -50,52 +50,7 @@ async fn authenticate(State(s): State<AppState>, req: Request, next: Next) -> Re
     next.run(req).await
 }
 
-/// The formats of a request body (its `content-type`; JSON when it names neither) and of the
-/// answer (`accept`, when it names one, else the request's).
-pub(super) fn formats(headers: &HeaderMap) -> (Format, Format) {
-    let named = |name| {
-        headers
-            .get(name)
-            .and_then(|v: &HeaderValue| Format::of_media_type(v.as_bytes()))
-    };
-    let request = named(header::CONTENT_TYPE).unwrap_or_default();
-    (request, named(header::ACCEPT).unwrap_or(request))
-}
-
-/// A 2xx or 409 answer in the format the caller reads.
-pub(super) fn answer<T: Serialize + Compact>(
-    format: Format,
-    status: StatusCode,
-    body: &T,
-) -> Response {
-    let content_type = HeaderValue::from_static(format.content_type());
-    (
-        status,
-        [(header::CONTENT_TYPE, content_type)],
-        format.encode(body),
-    )
-        .into_response()
-}
-
 impl AppState {
-    /// The body as read by the body layer, or the 400/413 it was refused with.
-    pub(super) fn body_or_failure(
-        &self,
-        op: &str,
-        body: Result<Bytes, BytesRejection>,
-    ) -> Result<Bytes, Failure> {
-        body.map_err(|rejection| {
-            let status = rejection.status();
-            let label = if status == StatusCode::PAYLOAD_TOO_LARGE {
-                "too_large"
-            } else {
-                "bad_request"
-            };
-            self.metrics.op(op, label);
-            Failure(status, format!("body: {}", rejection.body_text()))
-        })
-    }
-
     /// Reads and validates a body in `format`, or answers 400/413 naming the problem.
     fn parse<T: WireRequest + Compact>(
         &self,

@@ -1,9 +1,14 @@
 use super::*;
 use crate::compact::{Compact, MARKER};
 use crate::response::ClaimResponse;
-use crate::{body, json, AbandonedPolicy, Hex64};
+use crate::{body, json, AbandonedPolicy, Format, Hex64};
 
 const H: &str = "0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef";
+
+/// The key store's reading of a batch body in `format`.
+fn read_entries(format: Format, body: &[u8]) -> Result<ReadEntries, ProtocolError> {
+    format.read_entries(body)
+}
 
 fn hex64() -> Hex64 {
     Hex64::parse(H).unwrap()
