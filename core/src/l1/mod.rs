@@ -94,6 +94,15 @@ impl NearCache {
         Ok(())
     }
 
+    /// The state of `key`'s live entry in its slot, if it has one (an expired entry is none).
+    fn live_state(&self, shared: &dyn SharedData, key: &RecordKey, now_ms: u64) -> Option<State> {
+        let (value, _) = shared.shared_get(&slot_key(key.slot(self.slots)));
+        decode_bucket(value.as_deref())
+            .into_iter()
+            .find(|e| e.key == key.0 && e.is_live(now_ms))
+            .map(|e| e.state)
+    }
+
     /// Reads what L1 holds for `key`, without claiming it: `None` when the key is free. Used by
     /// duplicates that wait locally, and to look for a key stored under a previous secret.
     pub fn peek(
@@ -103,17 +112,12 @@ impl NearCache {
         fingerprint: &Fingerprint,
         now_ms: u64,
     ) -> Option<Found> {
-        let (value, _) = shared.shared_get(&slot_key(key.slot(self.slots)));
-        let bucket = decode_bucket(value.as_deref());
-        let entry = bucket
-            .iter()
-            .find(|e| e.key == key.0 && e.is_live(now_ms))?;
-        match &entry.state {
-            State::InFlight { fingerprint: f, .. } if f != fingerprint => Some(Found::Mismatch),
+        match self.live_state(shared, key, now_ms)? {
+            State::InFlight { fingerprint: f, .. } if &f != fingerprint => Some(Found::Mismatch),
             State::InFlight { lease_until_ms, .. } => Some(Found::InFlight {
                 retry_after_ms: lease_until_ms.saturating_sub(now_ms),
             }),
-            State::Completed { record, .. } => match Record::decode(record) {
+            State::Completed { record, .. } => match Record::decode(&record) {
                 Ok(r) if &r.fingerprint != fingerprint => Some(Found::Mismatch),
                 Ok(r) => Some(Found::Completed(r)),
                 // A record that no longer decodes answers nothing: the caller goes on as if the
@@ -132,13 +136,8 @@ impl NearCache {
         key: &RecordKey,
         now_ms: u64,
     ) -> Option<Record> {
-        let (value, _) = shared.shared_get(&slot_key(key.slot(self.slots)));
-        let bucket = decode_bucket(value.as_deref());
-        let entry = bucket
-            .iter()
-            .find(|e| e.key == key.0 && e.is_live(now_ms))?;
-        match &entry.state {
-            State::Completed { record, .. } => Record::decode(record).ok(),
+        match self.live_state(shared, key, now_ms)? {
+            State::Completed { record, .. } => Record::decode(&record).ok(),
             State::InFlight { .. } => None,
         }
     }

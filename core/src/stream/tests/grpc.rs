@@ -3,19 +3,6 @@
 
 use super::*;
 
-/// `req` sent as a gRPC call.
-fn send_grpc(w: &World, req: &Req, content_type: &str) -> (Stream, FakeHost, Flow) {
-    let mut host = w.host(req);
-    host.request_headers
-        .push(("content-type".into(), content_type.as_bytes().to_vec()));
-    let mut stream = Stream::new(w.worker.clone());
-    let mut flow = stream.on_request_headers(&host, req.body.is_empty());
-    if !req.body.is_empty() && host.sent.borrow().is_empty() {
-        flow = stream.on_request_body(&host, req.body.len(), true);
-    }
-    (stream, host, flow)
-}
-
 fn grpc_status(sent: &Sent) -> (u8, String, Option<String>) {
     assert_eq!(sent.status, 200, "a gRPC answer is HTTP 200");
     assert!(sent.body.is_empty(), "trailers-only: no body");
@@ -34,7 +21,7 @@ fn grpc_status(sent: &Sent) -> (u8, String, Option<String>) {
 #[test]
 fn refusals_are_grpc_statuses() {
     let w = World::new(r#"{"routes":[{"prefix":"/","required":true}],"max_body_bytes":4}"#);
-    let (_, h, _) = send_grpc(
+    let (_, h, _) = send_as(
         &w,
         &Req {
             key: None,
@@ -49,15 +36,15 @@ fn refusals_are_grpc_statuses() {
         "{message}"
     );
     assert_eq!(pushback, None);
-    let (_, h, _) = send_grpc(&w, &post("\"bad", b"a"), "application/grpc+proto");
+    let (_, h, _) = send_as(&w, &post("\"bad", b"a"), "application/grpc+proto");
     assert_eq!(grpc_status(&h.last_sent().unwrap()).0, 3);
-    let (_, h, _) = send_grpc(&w, &post("k", b"12345"), "application/grpc");
+    let (_, h, _) = send_as(&w, &post("k", b"12345"), "application/grpc");
     assert_eq!(
         grpc_status(&h.last_sent().unwrap()).0,
         8,
         "RESOURCE_EXHAUSTED"
     );
-    let (_, h, _) = send_grpc(
+    let (_, h, _) = send_as(
         &w,
         &Req {
             caller: None,
@@ -71,7 +58,7 @@ fn refusals_are_grpc_statuses() {
         "UNAUTHENTICATED"
     );
     // gRPC-Web is not gRPC here: it gets the HTTP problem.
-    let (_, h, _) = send_grpc(
+    let (_, h, _) = send_as(
         &w,
         &Req {
             key: None,
@@ -85,21 +72,21 @@ fn refusals_are_grpc_statuses() {
 #[test]
 fn in_flight_is_unavailable_with_pushback_and_reuse_is_already_exists() {
     let w = World::new("{}");
-    let (mut s, mut h, _) = send_grpc(&w, &post("k", b"a"), "application/grpc");
+    let (mut s, mut h, _) = send_as(&w, &post("k", b"a"), "application/grpc");
     assert!(h.sent.borrow().is_empty(), "the first call runs");
-    let (_, h2, _) = send_grpc(&w, &post("k", b"a"), "application/grpc");
+    let (_, h2, _) = send_as(&w, &post("k", b"a"), "application/grpc");
     let (code, message, pushback) = grpc_status(&h2.last_sent().unwrap());
     assert_eq!(code, 14, "in flight: UNAVAILABLE, safe to retry");
     assert_eq!(pushback.as_deref(), Some("1000"));
     assert!(message.contains("still being processed"), "{message}");
     assert_eq!(h2.count_of(Metric::Conflict), 1);
-    let (_, h3, _) = send_grpc(&w, &post("k", b"b"), "application/grpc");
+    let (_, h3, _) = send_as(&w, &post("k", b"b"), "application/grpc");
     let (code, _, pushback) = grpc_status(&h3.last_sent().unwrap());
     assert_eq!(code, 6, "another message: ALREADY_EXISTS, never retried");
     assert_eq!(pushback, None);
     // The replay of a stored answer is not a refusal: it is left as it is.
     w.respond(&mut s, &mut h, 200, b"ok");
-    let (_, h4, _) = send_grpc(&w, &post("k", b"a"), "application/grpc");
+    let (_, h4, _) = send_as(&w, &post("k", b"a"), "application/grpc");
     let replay = h4.last_sent().unwrap();
     assert_eq!(replay.body, b"ok");
     assert_eq!(replay.header("idempotent-replayed"), Some(&b"true"[..]));
@@ -149,23 +136,23 @@ fn the_key_can_come_from_a_message_field() {
         ..post("", body)
     };
     let first = message(Some("req-1"), b"pay 10").leak();
-    let (mut s, mut h, flow) = send_grpc(&w, &no_header(first), "application/grpc");
+    let (mut s, mut h, flow) = send_as(&w, &no_header(first), "application/grpc");
     assert_eq!(flow, Flow::Continue, "the first call runs");
     assert!(h.sent.borrow().is_empty());
-    let (_, h2, _) = send_grpc(&w, &no_header(first), "application/grpc");
+    let (_, h2, _) = send_as(&w, &no_header(first), "application/grpc");
     assert_eq!(grpc_status(&h2.last_sent().unwrap()).0, 14, "in flight");
     let other = message(Some("req-1"), b"pay 99").leak();
-    let (_, h3, _) = send_grpc(&w, &no_header(other), "application/grpc");
+    let (_, h3, _) = send_as(&w, &no_header(other), "application/grpc");
     assert_eq!(grpc_status(&h3.last_sent().unwrap()).0, 6, "reused");
     let another_key = message(Some("req-2"), b"pay 10").leak();
-    let (_, h4, flow) = send_grpc(&w, &no_header(another_key), "application/grpc");
+    let (_, h4, flow) = send_as(&w, &no_header(another_key), "application/grpc");
     assert_eq!(flow, Flow::Continue, "another key is another request");
     assert!(h4.sent.borrow().is_empty());
     w.respond(&mut s, &mut h, 200, b"ok");
-    let (_, h5, _) = send_grpc(&w, &no_header(first), "application/grpc");
+    let (_, h5, _) = send_as(&w, &no_header(first), "application/grpc");
     assert_eq!(h5.last_sent().unwrap().body, b"ok", "replayed");
     // A key header does not stand in for the field.
-    let (_, h6, _) = send_grpc(&w, &post("req-1", first), "application/grpc");
+    let (_, h6, _) = send_as(&w, &post("req-1", first), "application/grpc");
     assert_eq!(h6.last_sent().unwrap().body, b"ok", "the field decides");
 }
 
@@ -173,7 +160,7 @@ fn the_key_can_come_from_a_message_field() {
 fn a_message_that_gives_no_key_is_invalid_argument_saying_why() {
     let w = World::new(r#"{"routes":[{"prefix":"/","required":true,"key_field":1}]}"#);
     let refused = |body: Vec<u8>| {
-        let (_, h, flow) = send_grpc(
+        let (_, h, flow) = send_as(
             &w,
             &Req {
                 key: None,
@@ -217,13 +204,13 @@ fn a_stream_of_messages_passes_through_counted() {
     two.extend(message(Some("b"), b"2"));
     let two = two.leak();
     for _ in 0..2 {
-        let (_, h, flow) = send_grpc(&w, &post("k", two), "application/grpc");
+        let (_, h, flow) = send_as(&w, &post("k", two), "application/grpc");
         assert_eq!(flow, Flow::Continue, "streams are not held back");
         assert!(h.sent.borrow().is_empty(), "nor answered");
         assert_eq!(h.count_of(Metric::GrpcStreaming), 1);
     }
     // The same key on a unary call is still free: the stream claimed nothing.
-    let (_, h, flow) = send_grpc(
+    let (_, h, flow) = send_as(
         &w,
         &post("k", message(None, b"1").leak()),
         "application/grpc",
@@ -232,14 +219,14 @@ fn a_stream_of_messages_passes_through_counted() {
     assert_eq!(h.count_of(Metric::GrpcStreaming), 0);
     assert_eq!(h.count_of(Metric::Executed), 1);
     // Not gRPC: the same bytes are an ordinary body.
-    let (_, h, _) = send_grpc(&w, &post("k2", two), "application/octet-stream");
+    let (_, h, _) = send_as(&w, &post("k2", two), "application/octet-stream");
     assert_eq!(h.count_of(Metric::GrpcStreaming), 0);
 }
 
 /// The service answers the call `key` with a message and `grpc-status: code` in its trailers, or
 /// trailers-only (`code` in the one header block).
 fn answer_grpc(w: &World, key: &str, code: &str, trailers_only: bool) {
-    let (mut s, mut h, flow) = send_grpc(w, &post(key, b"a"), "application/grpc");
+    let (mut s, mut h, flow) = send_as(w, &post(key, b"a"), "application/grpc");
     assert_eq!(flow, Flow::Continue, "{key}: the first call runs");
     h.response_headers = vec![
         (":status".into(), b"200".to_vec()),
@@ -266,7 +253,7 @@ fn a_grpc_status_that_means_a_5xx_frees_the_key_as_that_5xx_would() {
         for (key, code) in [("unavailable", "14"), ("internal", "13")] {
             let key = format!("{key}-{trailers_only}");
             answer_grpc(&w, &key, code, trailers_only);
-            let (_, h, flow) = send_grpc(&w, &post(&key, b"a"), "application/grpc");
+            let (_, h, flow) = send_as(&w, &post(&key, b"a"), "application/grpc");
             assert_eq!(flow, Flow::Continue, "{key}: the retry executes");
             assert!(h.sent.borrow().is_empty(), "{key}: no replay");
         }
@@ -274,7 +261,7 @@ fn a_grpc_status_that_means_a_5xx_frees_the_key_as_that_5xx_would() {
         for (key, code) in [("ok", "0"), ("precondition", "9")] {
             let key = format!("{key}-{trailers_only}");
             answer_grpc(&w, &key, code, trailers_only);
-            let (_, h, _) = send_grpc(&w, &post(&key, b"a"), "application/grpc");
+            let (_, h, _) = send_as(&w, &post(&key, b"a"), "application/grpc");
             let sent = h.last_sent().unwrap_or_else(|| panic!("{key}: replayed"));
             assert_eq!(
                 sent.header("idempotent-replayed"),

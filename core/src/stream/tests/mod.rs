@@ -34,6 +34,14 @@ use serde_json::Value;
 use std::cell::Cell;
 use std::rc::Rc;
 
+/// Sends `req` with `content-type` (a gRPC call with `application/grpc`).
+fn send_as(w: &World, req: &Req, content_type: &str) -> (Stream, FakeHost, Flow) {
+    let mut host = w.host(req);
+    host.request_headers
+        .push(("content-type".into(), content_type.as_bytes().to_vec()));
+    w.run(host, req)
+}
+
 struct World {
     worker: Rc<Worker>,
     shared: FakeShared,
@@ -90,7 +98,11 @@ impl World {
 
     /// Runs the request side; returns the stream, its host and what the last request callback returned.
     fn send(&self, req: &Req) -> (Stream, FakeHost, Flow) {
-        let host = self.host(req);
+        self.run(self.host(req), req)
+    }
+
+    /// Runs the request side of `req` on `host` (a fake Envoy holding it, see [`World::host`]).
+    fn run(&self, host: FakeHost, req: &Req) -> (Stream, FakeHost, Flow) {
         let mut stream = Stream::new(self.worker.clone());
         let mut flow = stream.on_request_headers(&host, req.body.is_empty());
         if !req.body.is_empty() && host.sent.borrow().is_empty() {

@@ -3,7 +3,7 @@
 //! with it off they stay local replies.
 
 use super::detached::answers;
-use super::routed::{at_listener, send_as};
+use super::routed::at_listener;
 use super::*;
 use crate::background::worker::Answer;
 use crate::host::Headers;

@@ -12,19 +12,6 @@ fn grpc_req<'a>(key: &'a str, body: &'a [u8]) -> Req<'a> {
     post(key, body)
 }
 
-/// Sends `req` with `content-type`.
-pub(super) fn send_as(w: &World, req: &Req, content_type: &str) -> (Stream, FakeHost, Flow) {
-    let mut host = w.host(req);
-    host.request_headers
-        .push(("content-type".into(), content_type.as_bytes().to_vec()));
-    let mut stream = Stream::new(w.worker.clone());
-    let mut flow = stream.on_request_headers(&host, req.body.is_empty());
-    if !req.body.is_empty() && host.sent.borrow().is_empty() {
-        flow = stream.on_request_body(&host, req.body.len(), true);
-    }
-    (stream, host, flow)
-}
-
 fn trailers() -> Vec<(String, Vec<u8>)> {
     vec![
         ("grpc-status".into(), b"0".to_vec()),
