@@ -2,7 +2,8 @@
 //! and client (tests/grpc/, raw-bytes methods): the filter's own answers arrive as gRPC statuses
 //! (README, "gRPC"), and the service runs once per key. `replay.rs`: retries through the replay
 //! listener; `answers.rs`: the root context's answers (detached first answer, waiting duplicate)
-//! through it; `retries.rs`: deadlines, a retry policy, concurrent duplicates, two gateways.
+//! through it; `retries.rs`: deadlines, a retry policy, concurrent duplicates, two gateways;
+//! `settling.rs`: a service's own status settles the key (`UNAVAILABLE` frees it).
 //! Needs `.venv/bin/python` with `grpcio` (scripts/setup.sh).
 
 #![allow(
@@ -16,6 +17,7 @@ mod answers;
 mod harness;
 mod replay;
 mod retries;
+mod settling;
 #[path = "../support/mod.rs"]
 mod support;
 

@@ -8,7 +8,12 @@ so that a test can send a duplicate while the first call is in the service; one 
 b"slow" takes 1.5 s (and finishes whether or not its caller is still there, as grpcio runs a
 handler to its end after a cancellation). /test.Echo/Collect
 (client streaming) answers its messages joined by b"+". /test.Echo/Count
-answers how many Call, Fail and Collect requests ran, as ASCII. Prints `PORT <n>` once serving, and `STARTED <hex>`
+answers how many Call, Fail, Collect and FirstFails requests ran, as ASCII.
+/test.Echo/FirstFails fails the first time it runs for a given request and answers OK
+(b"answer:" + the request) afterwards, to show how a service's own status settles a key: the
+request is b"<STATUS CODE NAME>:..."; the failure is that code with trailing metadata `x-why`,
+trailers-only (`context.abort`) or, when the request contains b"late", after initial metadata
+and a message (gRPC clients drop a message that ends in an error status, but it is on the wire). Prints `PORT <n>` once serving, and `STARTED <hex>`
 when a Call begins (the test's readiness signals). Listens on 127.0.0.1 only.
 """
 
@@ -51,6 +56,27 @@ def fail(request, context):
     context.abort(grpc.StatusCode.FAILED_PRECONDITION, "nope: " + request.decode(errors="replace"))
 
 
+runs = {}
+
+
+def first_fails(request, context):
+    global calls
+    with lock:
+        calls += 1
+        runs[request] = runs.get(request, 0) + 1
+        first = runs[request] == 1
+    if not first:
+        return b"answer:" + request
+    code = grpc.StatusCode[request.split(b":", 1)[0].decode()]
+    context.set_trailing_metadata((("x-why", "first"),))
+    if b"late" in request:
+        context.send_initial_metadata((("x-served", "yes"),))
+        context.set_code(code)
+        context.set_details("first run")
+        return b"partial:" + request
+    context.abort(code, "first run")
+
+
 def collect(requests, context):
     """Client streaming: counts as one call, answers the messages joined by b"+"."""
     global calls
@@ -83,6 +109,7 @@ def main():
             "Call": unary(call),
             "Fail": unary(fail),
             "Collect": grpc.stream_unary_rpc_method_handler(collect),
+            "FirstFails": unary(first_fails),
             "Count": unary(count),
             "Release": unary(do_release),
         },

@@ -38,6 +38,23 @@ pub fn settling_status(status: u16, headers: &Headers, trailers: &Headers) -> u1
     }
 }
 
+/// Makes a gRPC answer that ended in `trailers` a trailers-only one: the trailers (its
+/// `grpc-status`, `grpc-message`, trailing metadata) join `headers` and the message is dropped.
+/// For a released answer sent as a local reply, which Envoy sends a gRPC caller trailers-only:
+/// without this the client would get `UNKNOWN` with the message's bytes as its text instead of
+/// the service's status. A gRPC client drops the message of an answer that ends in an error
+/// status, so it loses nothing. Answers without `grpc-status` in `trailers` are left as they are.
+pub fn into_trailers_only(headers: &mut Headers, body: &mut Vec<u8>, trailers: &Headers) {
+    if !trailers
+        .iter()
+        .any(|(name, _)| name.eq_ignore_ascii_case("grpc-status"))
+    {
+        return;
+    }
+    headers.extend(trailers.iter().cloned());
+    body.clear();
+}
+
 /// gRPC's mapping of a status code to an HTTP status (the one grpc-gateway and Envoy's gRPC
 /// bridges use). An unknown code is `UNKNOWN`, a `500`.
 pub fn http_equivalent(code: u32) -> u16 {
@@ -103,6 +120,28 @@ mod tests {
             500,
             "unreadable status"
         );
+    }
+
+    #[test]
+    fn trailers_join_the_headers_of_a_trailers_only_answer() {
+        let mut headers = h(&[("content-type", "application/grpc")]);
+        let mut body = b"\0\0\0\0\x01m".to_vec();
+        let trailers = h(&[("grpc-status", "14"), ("x-why", "w")]);
+        into_trailers_only(&mut headers, &mut body, &trailers);
+        assert_eq!(
+            headers,
+            h(&[
+                ("content-type", "application/grpc"),
+                ("grpc-status", "14"),
+                ("x-why", "w")
+            ])
+        );
+        assert!(body.is_empty());
+        // Already trailers-only (no trailers): unchanged.
+        let mut body = b"x".to_vec();
+        into_trailers_only(&mut headers, &mut body, &Vec::new());
+        assert_eq!(headers.len(), 3);
+        assert_eq!(body, b"x");
     }
 
     #[test]

@@ -81,6 +81,15 @@ impl Worker {
                     "key {}: detached request ended {end:?}; releasing",
                     job.claim.key.short()
                 );
+                // Not stored, so not routed: a local reply, which reaches a gRPC caller
+                // trailers-only; the service's status goes in that one block.
+                if job.grpc {
+                    grpc::settling::into_trailers_only(
+                        &mut answer.headers,
+                        &mut answer.body,
+                        &trailers,
+                    );
+                }
                 None
             }
         };
