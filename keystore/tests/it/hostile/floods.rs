@@ -97,16 +97,26 @@ async fn stalled_bodies_get_408_at_the_body_timeout() {
     for _ in 0..40 {
         let addr = ks.addr;
         stalled.push(tokio::spawn(async move {
-            let mut s = TcpStream::connect(addr).await.unwrap();
-            s.write_all(complete_head(4_000_000).as_bytes())
-                .await
-                .unwrap();
-            s.write_all(&vec![b'a'; 1 << 20]).await.unwrap();
+            let (mut rd, mut wr) = TcpStream::connect(addr).await.unwrap().into_split();
             let start = Instant::now();
-            let answer = tokio::time::timeout(Duration::from_secs(5), read_answer(&mut s))
+            // The answer is read while the body is written: the key store may answer (503 at
+            // once, or 408 at its body timeout when writing 1 MiB takes long on a loaded
+            // machine) and close while the client still writes, so a failed write is the
+            // server's choice, and its answer is what counts. The write half is handed back
+            // and kept until the answer is in: dropping it would end the body early (FIN).
+            let writer = tokio::spawn(async move {
+                let head = complete_head(4_000_000);
+                if wr.write_all(head.as_bytes()).await.is_ok() {
+                    let _ = wr.write_all(&vec![b'a'; 1 << 20]).await;
+                }
+                wr
+            });
+            let answer = tokio::time::timeout(Duration::from_secs(5), read_answer(&mut rd))
                 .await
                 .expect("no answer to a stalled body within 5 s");
-            (answer, start.elapsed())
+            let took = start.elapsed();
+            drop(writer.await);
+            (answer, took)
         }));
     }
     tokio::time::sleep(Duration::from_millis(300)).await;
