@@ -21,6 +21,8 @@ fn cfg() -> KeystoreConfig {
         max_record_bytes: 3 << 20,
         body_format: idempotency_protocol::Format::Compact,
         secrets: Secrets::from_bytes(vec![b"fuzz-secret-fuzz-secret-fuzz-sec".to_vec()]),
+        batch_max_entries: 32,
+        batches_in_flight: 2,
     }
 }
 
