@@ -166,10 +166,11 @@ async fn stalled_bodies_get_408_at_the_body_timeout() {
     assert!(during - base < 64.0, "{base} -> {during}");
 }
 
-/// 8 clients that ask twice for a 3 MiB record and read nothing: the answers that fit in
-/// `--max-body-memory` (10 MiB: three) are held until the write timeout cuts their connections,
-/// the others are refused with 503 at once; RSS stays within the budget and every connection
-/// ends.
+/// 32 clients that ask twice for a 3 MiB record and read nothing (192 MiB of answers if each were
+/// held): the answers that fit in `--max-body-memory` (10 MiB) are held until the write timeout
+/// cuts their connections, the others are refused with 503 at once; RSS grows by well under half
+/// of what holding them all would take (about 45 MiB measured: the held answers, their encoding
+/// and the allocator's slack), and every connection ends.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn clients_that_never_read_are_cut_at_the_write_timeout() {
     let ks = start(&[
@@ -213,6 +214,7 @@ async fn clients_that_never_read_are_cut_at_the_write_timeout() {
     .unwrap();
     assert_eq!(status, 200, "{body}");
     let base = ks.rss_mib();
+    const DEAF_CLIENTS: usize = 32;
     let mut deaf = Vec::new();
     // Each answer is the 3 MiB record, raw in the compact format.
     let asks = post("claim", &claim)
@@ -222,7 +224,7 @@ async fn clients_that_never_read_are_cut_at_the_write_timeout() {
             1,
         )
         .repeat(2);
-    for _ in 0..8 {
+    for _ in 0..DEAF_CLIENTS {
         let socket = TcpSocket::new_v4().unwrap();
         socket.set_recv_buffer_size(4096).unwrap();
         let mut s = socket.connect(ks.addr).await.unwrap();
@@ -259,7 +261,7 @@ async fn clients_that_never_read_are_cut_at_the_write_timeout() {
         "non-reading clients: RSS {base:.1} MiB before, {peak:.1} MiB when {cut} write \
          timeouts had fired; {refused} answers refused"
     );
-    assert!(peak - base < 64.0, "{base} -> {peak}");
+    assert!(peak - base < 96.0, "{base} -> {peak}");
     drop(deaf);
 }
 
