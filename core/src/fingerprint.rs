@@ -3,7 +3,7 @@
 //! plugin's secret, so whoever reads the key store cannot confirm a guessed body.
 //! A retry with the same key but another fingerprint is a different request (422).
 
-use hmac::{Hmac, Mac};
+use hmac::Mac;
 use sha2::{Digest, Sha256};
 
 /// A finished, keyed fingerprint.
@@ -18,7 +18,7 @@ pub struct Fingerprinter {
 /// The keyed fingerprint of an unkeyed request digest under `secret`.
 pub fn keyed(secret: &[u8], digest: &[u8; 32]) -> Fingerprint {
     // HMAC accepts keys of any length, so this never fails; the fallback keeps clippy's no-panic rule.
-    let Ok(mut mac) = Hmac::<Sha256>::new_from_slice(secret) else {
+    let Some(mut mac) = crate::mac::keyed(secret) else {
         return [0; 32];
     };
     mac.update(b"idempotency-fingerprint-key-v1");

@@ -50,6 +50,11 @@ pub trait Host: SharedData {
     fn now_ms(&self) -> u64;
     /// An identifier unique across the workers of one Envoy, for claim ownership.
     fn random_u64(&self) -> u64;
+    /// Two of [`Host::random_u64`], in that order; a host may draw both at once (one host call).
+    fn random_pair(&self) -> (u64, u64) {
+        let first = self.random_u64();
+        (first, self.random_u64())
+    }
     /// Request headers, including pseudo-headers; values as bytes.
     fn request_headers(&self) -> Vec<(String, Vec<u8>)>;
     /// One request header (or pseudo-header) by its lower-case name.

@@ -17,6 +17,7 @@ pub mod host;
 pub mod key;
 pub mod keystore_client;
 pub mod l1;
+pub mod mac;
 pub mod metrics;
 pub mod outcome;
 pub mod problem;

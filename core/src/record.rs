@@ -113,7 +113,7 @@ pub enum OpenError {
 /// The seal of `payload` under `secret` for `key`; `tag` is the sealed layout's leading byte, so a
 /// payload cannot be passed off as another version's.
 fn mac_of(secret: &[u8], key: &RecordKey, tag: u8, payload: &[u8]) -> Option<Hmac<Sha256>> {
-    let mut mac = Hmac::<Sha256>::new_from_slice(secret).ok()?;
+    let mut mac = crate::mac::keyed(secret)?;
     mac.update(b"idempotency-record-seal-v1");
     mac.update(&key.0);
     mac.update(&[tag]);

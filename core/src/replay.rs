@@ -61,7 +61,7 @@ impl TicketError {
 }
 
 fn mac(secret: &[u8], key: &RecordKey, issued_ms: u64) -> Option<Hmac<Sha256>> {
-    let mut mac = Hmac::<Sha256>::new_from_slice(secret).ok()?;
+    let mut mac = crate::mac::keyed(secret)?;
     mac.update(b"idempotency-replay-ticket-v1");
     mac.update(&key.0);
     mac.update(&issued_ms.to_be_bytes());

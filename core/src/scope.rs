@@ -4,8 +4,7 @@
 //! anonymous scope: the same bytes from two sources, or a caller and an anonymous scope of the
 //! same name, are never one caller.
 
-use hmac::{Hmac, Mac};
-use sha2::Sha256;
+use hmac::Mac;
 use std::fmt;
 
 /// The keyed hash under which a record is stored, in L1 and in the key store.
@@ -25,7 +24,7 @@ impl RecordKey {
     /// Derives the record key under `secret`.
     pub fn derive(secret: &[u8], route_scope: &str, caller: &Caller, key: &str) -> RecordKey {
         // HMAC accepts keys of any length, so this never fails; the fallback keeps clippy's no-panic rule.
-        let Ok(mut mac) = Hmac::<Sha256>::new_from_slice(secret) else {
+        let Some(mut mac) = crate::mac::keyed(secret) else {
             return RecordKey([0; 32]);
         };
         mac.update(b"idempotency-record-v2");

@@ -73,6 +73,9 @@ impl SharedData for EnvoyShared {
 pub(super) struct EnvoyHost {
     pub(super) metrics: Rc<Vec<u32>>,
     pub(super) counter: Cell<u64>,
+    /// The time read in this callback (one host call per callback, not one per decision that
+    /// reads the clock); `None` at the start of each callback (`http.rs`, `Http::with`).
+    pub(super) now: Cell<Option<u64>>,
     /// The worker's root context, which makes the stream's callouts.
     pub(super) root_id: u32,
     pub(super) stream_id: u32,
@@ -140,6 +143,12 @@ fn as_pairs(map: &[(String, Vec<u8>)]) -> Vec<(&str, &str)> {
 }
 
 impl EnvoyHost {
+    /// WASI random_get should not fail; if it does, time and a counter still separate requests.
+    fn fallback_random(&self) -> u64 {
+        self.counter.set(self.counter.get().wrapping_add(1));
+        self.now_ms().rotate_left(20) ^ self.counter.get()
+    }
+
     /// Runs `f` with the root context as Envoy's effective context, then comes back to the stream.
     /// A callout made there belongs to the root context, so Envoy does not cancel it when the
     /// stream ends: a record or release always reaches the key store, and every callout gets a
@@ -158,7 +167,12 @@ impl EnvoyHost {
 
 impl Host for EnvoyHost {
     fn now_ms(&self) -> u64 {
-        now_ms()
+        if let Some(now) = self.now.get() {
+            return now;
+        }
+        let now = now_ms();
+        self.now.set(Some(now));
+        now
     }
 
     fn random_u64(&self) -> u64 {
@@ -166,9 +180,18 @@ impl Host for EnvoyHost {
         if getrandom::getrandom(&mut bytes).is_ok() {
             return u64::from_le_bytes(bytes);
         }
-        // WASI random_get should not fail; if it does, time and a counter still separate requests.
-        self.counter.set(self.counter.get().wrapping_add(1));
-        self.now_ms().rotate_left(20) ^ self.counter.get()
+        self.fallback_random()
+    }
+
+    fn random_pair(&self) -> (u64, u64) {
+        // One WASI `random_get` for both.
+        let mut bytes = [0u8; 16];
+        if getrandom::getrandom(&mut bytes).is_ok() {
+            let (first, second) = bytes.split_at(8);
+            let word = |b: &[u8]| u64::from_le_bytes(b.try_into().unwrap_or([0; 8]));
+            return (word(first), word(second));
+        }
+        (self.fallback_random(), self.fallback_random())
     }
 
     fn request_headers(&self) -> Vec<(String, Vec<u8>)> {

@@ -33,6 +33,8 @@ impl Http {
     /// Runs `f` on the stream; `fallback` if the stream is busy (a callback nested in one of its
     /// own, which Envoy does not do: logged, never a panic).
     fn with<T>(&self, fallback: T, f: impl FnOnce(&mut Stream, &EnvoyHost) -> T) -> T {
+        // A new callback: the clock is read again (once).
+        self.host.now.set(None);
         match self.stream.try_borrow_mut() {
             Ok(mut stream) => f(&mut stream, &self.host),
             Err(_) => {

@@ -88,6 +88,7 @@ impl Root {
         let host = EnvoyHost {
             metrics: self.metrics.clone(),
             counter: Cell::new(0),
+            now: Cell::new(None),
             root_id: self.context_id,
             stream_id: d.stream_id,
         };
@@ -115,6 +116,7 @@ impl Root {
         let host = EnvoyHost {
             metrics: self.metrics.clone(),
             counter: Cell::new(0),
+            now: Cell::new(None),
             root_id: self.context_id,
             stream_id: id,
         };
@@ -295,6 +297,7 @@ impl RootContext for Root {
             host: EnvoyHost {
                 metrics: self.metrics.clone(),
                 counter: Cell::new(0),
+                now: Cell::new(None),
                 root_id: self.context_id,
                 stream_id: context_id,
             },

@@ -12,6 +12,7 @@ use crate::host::{SharedData, SharedSetError};
 use crate::record::Record;
 use crate::scope::RecordKey;
 use serde::{Deserialize, Serialize};
+use std::borrow::Cow;
 
 const SLOT_PREFIX: &str = "idempotency.v1.slot";
 /// How often a CAS that lost a race is retried before giving up on L1 for this request.
@@ -19,31 +20,77 @@ const CAS_ATTEMPTS: usize = 16;
 /// Completed records kept per slot. Every L1 operation copies its slot in and out of shared data,
 /// so a slot stays small: capacity is `l1_slots × 8` records, and the byte budget bounds memory.
 pub const RECORDS_PER_SLOT: usize = 8;
+/// An entry's encoded size at most, besides its record's bytes and their length.
+const ENTRY_BYTES: usize = 112;
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-enum State {
+enum State<'a> {
     InFlight {
         fingerprint: Fingerprint,
         lease_until_ms: u64,
         owner: u64,
     },
     /// The encoded [`Record`], kept encoded so that a lookup decodes only the entry it needs.
+    /// Read, it borrows from the slot's bytes: the records a change leaves alone are copied once,
+    /// into the slot's new value (`cow_bytes`).
     Completed {
         expires_ms: u64,
-        #[serde(with = "serde_bytes")]
-        record: Vec<u8>,
+        #[serde(borrow, with = "cow_bytes")]
+        record: Cow<'a, [u8]>,
     },
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-struct Entry {
+struct Entry<'a> {
     key: [u8; 32],
     /// When the entry was written: eviction order.
     written_ms: u64,
-    state: State,
+    #[serde(borrow)]
+    state: State<'a>,
 }
 
-impl Entry {
+/// A record's bytes on the wire as `serde_bytes` writes a `Vec<u8>` (the slot layout is
+/// unchanged), read without a copy from the slot's value.
+mod cow_bytes {
+    use serde::{Deserializer, Serializer};
+    use std::borrow::Cow;
+
+    // serde's `with` hands the field itself by reference.
+    #[allow(clippy::ptr_arg)]
+    pub(super) fn serialize<S: Serializer>(v: &Cow<'_, [u8]>, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_bytes(v)
+    }
+
+    pub(super) fn deserialize<'de: 'a, 'a, D: Deserializer<'de>>(
+        d: D,
+    ) -> Result<Cow<'a, [u8]>, D::Error> {
+        let bytes: &'de [u8] = serde_bytes::deserialize(d)?;
+        Ok(Cow::Borrowed(bytes))
+    }
+}
+
+impl State<'_> {
+    /// The state with its record owned, to outlive the slot's bytes it was read from.
+    fn into_owned(self) -> State<'static> {
+        match self {
+            State::InFlight {
+                fingerprint,
+                lease_until_ms,
+                owner,
+            } => State::InFlight {
+                fingerprint,
+                lease_until_ms,
+                owner,
+            },
+            State::Completed { expires_ms, record } => State::Completed {
+                expires_ms,
+                record: Cow::Owned(record.into_owned()),
+            },
+        }
+    }
+}
+
+impl Entry<'_> {
     fn is_live(&self, now_ms: u64) -> bool {
         match &self.state {
             State::InFlight { lease_until_ms, .. } => now_ms < *lease_until_ms,
@@ -69,7 +116,7 @@ fn slot_key(slot: u32) -> String {
     format!("{SLOT_PREFIX}.{slot}")
 }
 
-fn decode_bucket(value: Option<&[u8]>) -> Vec<Entry> {
+fn decode_bucket(value: Option<&[u8]>) -> Vec<Entry<'_>> {
     // A slot that does not decode (an older layout, a torn value) is treated as empty: L1 is a cache.
     value
         .filter(|v| !v.is_empty())
@@ -78,7 +125,25 @@ fn decode_bucket(value: Option<&[u8]>) -> Vec<Entry> {
 }
 
 fn encode_bucket(entries: &[Entry]) -> Vec<u8> {
-    postcard::to_allocvec(entries).unwrap_or_default()
+    // An upper bound of the encoding (an entry takes at most ~100 bytes besides its record).
+    let capacity = entries
+        .iter()
+        .map(|e| match &e.state {
+            State::InFlight { .. } => ENTRY_BYTES,
+            State::Completed { record, .. } => ENTRY_BYTES + 10 + record.len(),
+        })
+        .sum::<usize>()
+        + 10;
+    // Written in place into a buffer of that size (postcard's fastest writer), then cut to length;
+    // should the bound ever be short, the growing writer does it.
+    let mut out = vec![0u8; capacity];
+    match postcard::to_slice(entries, &mut out).map(|used| used.len()) {
+        Ok(len) => {
+            out.truncate(len);
+            out
+        }
+        Err(_) => postcard::to_allocvec(entries).unwrap_or_default(),
+    }
 }
 
 impl NearCache {
@@ -95,12 +160,17 @@ impl NearCache {
     }
 
     /// The state of `key`'s live entry in its slot, if it has one (an expired entry is none).
-    fn live_state(&self, shared: &dyn SharedData, key: &RecordKey, now_ms: u64) -> Option<State> {
+    fn live_state(
+        &self,
+        shared: &dyn SharedData,
+        key: &RecordKey,
+        now_ms: u64,
+    ) -> Option<State<'static>> {
         let (value, _) = shared.shared_get(&slot_key(key.slot(self.slots)));
         decode_bucket(value.as_deref())
             .into_iter()
             .find(|e| e.key == key.0 && e.is_live(now_ms))
-            .map(|e| e.state)
+            .map(|e| e.state.into_owned())
     }
 
     /// Reads what L1 holds for `key`, without claiming it: `None` when the key is free. Used by
@@ -225,7 +295,7 @@ impl NearCache {
                 written_ms: now_ms,
                 state: State::Completed {
                     expires_ms: record.expires_ms,
-                    record: encoded.clone(),
+                    record: Cow::Owned(encoded.clone()),
                 },
             });
             true
@@ -289,7 +359,7 @@ impl NearCache {
         shared: &dyn SharedData,
         key: &RecordKey,
         now_ms: u64,
-        mut change: impl FnMut(&mut Vec<Entry>) -> bool,
+        mut change: impl FnMut(&mut Vec<Entry<'_>>) -> bool,
     ) -> Result<(), String> {
         let slot = slot_key(key.slot(self.slots));
         for _ in 0..CAS_ATTEMPTS {
@@ -316,7 +386,7 @@ impl NearCache {
 
     /// Evicts the oldest completed entries (never `keep`'s, never a claim) until the bucket fits
     /// its byte budget and holds at most [`RECORDS_PER_SLOT`] records.
-    fn trim(&self, bucket: &mut Vec<Entry>, keep: &RecordKey) {
+    fn trim(&self, bucket: &mut Vec<Entry<'_>>, keep: &RecordKey) {
         let mut total: usize = bucket.iter().map(Entry::size).sum();
         let completed = |b: &[Entry]| {
             b.iter()

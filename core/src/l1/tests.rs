@@ -243,3 +243,68 @@ fn ensure_slots_keeps_existing_data() {
         Ok(Found::InFlight { .. })
     ));
 }
+
+/// The slot layout as it was written before records were read in place: a filter of either
+/// version reads what the other wrote.
+#[derive(Serialize, Deserialize, PartialEq, Debug)]
+enum OwnedState {
+    InFlight {
+        fingerprint: Fingerprint,
+        lease_until_ms: u64,
+        owner: u64,
+    },
+    Completed {
+        expires_ms: u64,
+        #[serde(with = "serde_bytes")]
+        record: Vec<u8>,
+    },
+}
+
+#[derive(Serialize, Deserialize, PartialEq, Debug)]
+struct OwnedEntry {
+    key: [u8; 32],
+    written_ms: u64,
+    state: OwnedState,
+}
+
+#[test]
+fn the_slot_layout_is_unchanged_and_its_size_bound_holds() {
+    let owned = vec![
+        OwnedEntry {
+            key: [1; 32],
+            written_ms: u64::MAX,
+            state: OwnedState::InFlight {
+                fingerprint: [2; 32],
+                lease_until_ms: u64::MAX,
+                owner: u64::MAX,
+            },
+        },
+        OwnedEntry {
+            key: [3; 32],
+            written_ms: u64::MAX,
+            state: OwnedState::Completed {
+                expires_ms: u64::MAX,
+                record: vec![9; 300],
+            },
+        },
+    ];
+    let old = postcard::to_allocvec(&owned).unwrap();
+    let read = decode_bucket(Some(&old));
+    assert_eq!(read.len(), 2);
+    let written = encode_bucket(&read);
+    assert_eq!(written, old, "same bytes as the owned layout");
+    let back: Vec<OwnedEntry> = postcard::from_bytes(&written).unwrap();
+    assert_eq!(back, owned);
+    // The widest entries fit the buffer `encode_bucket` sizes (no fallback needed).
+    let many: Vec<Entry> = (0..64).flat_map(|_| read.clone()).collect();
+    let capacity: usize = many
+        .iter()
+        .map(|e| match &e.state {
+            State::InFlight { .. } => ENTRY_BYTES,
+            State::Completed { record, .. } => ENTRY_BYTES + 10 + record.len(),
+        })
+        .sum::<usize>()
+        + 10;
+    let mut buf = vec![0u8; capacity];
+    assert!(postcard::to_slice(&many, &mut buf).is_ok());
+}

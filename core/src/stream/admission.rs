@@ -40,15 +40,16 @@ impl Stream {
         // which only the router can bring back (a callout sends nothing before it has the body,
         // and a filter cannot send a `1xx`): a detached rule runs such a request inline, with its
         // headers let through as on any inline rule (docs/fidelity.md, README "detached").
-        if matches!(rule.execution, Execution::Detached { .. }) && super::expects_continue(host) {
+        // Read once for a covered request: every header below comes from this copy.
+        let headers = host.request_headers();
+        let expects_continue = super::expects_continue(&headers);
+        if matches!(rule.execution, Execution::Detached { .. }) && expects_continue {
             log::info!("{method} {path}: `Expect: 100-continue` proxied; executing inline");
             rule.execution = Execution::Inline;
         }
         self.observe = rule.mode == Mode::Observe;
-        self.grpc = host
-            .request_header("content-type")
-            .is_some_and(|value| grpc::is_grpc(&value));
-        let headers = host.request_headers();
+        // The first value, as Envoy's single-header read gives it.
+        self.grpc = header(&headers, "content-type").is_some_and(grpc::is_grpc);
         // A rule that names a message field reads the key from the body (`key_field.rs`).
         let key = match rule.key_field {
             Some(_) => None,
@@ -116,6 +117,7 @@ impl Stream {
             detached_headers,
             body_seen: 0,
             key_from_body,
+            expects_continue,
         })
     }
 

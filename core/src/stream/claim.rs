@@ -18,14 +18,14 @@ impl Stream {
     pub(super) fn decide(&mut self, host: &dyn Host, admitted: Admitted) -> Flow {
         let fingerprint = admitted.fingerprinter.finish();
         let now = host.now_ms();
-        let owner = host.random_u64();
+        let (owner, nonce) = host.random_pair();
         let mut claim = Claim {
             rule: admitted.rule,
             key: admitted.key,
             fingerprint,
             owner,
             l1: false,
-            proposed_token: format!("{:016x}{:016x}", owner, host.random_u64()),
+            proposed_token: format!("{owner:016x}{nonce:016x}"),
             token: None,
         };
         let lease_ms = self.worker.cfg.lock_lease_ms;

@@ -65,6 +65,8 @@ struct Admitted {
     /// The rule reads the key from the request message: the record keys above are set once the
     /// body is read.
     key_from_body: Option<key_field::KeyFromBody>,
+    /// The request asks for `100 Continue` before sending its body.
+    expects_continue: bool,
 }
 
 enum Phase {
@@ -182,13 +184,14 @@ impl Stream {
             return self.look_up_previous(host, admitted);
         }
         let inline = admitted.detached_headers.is_none();
+        let expects_continue = admitted.expects_continue;
         self.phase = Phase::ReadingBody(Box::new(admitted));
         let flow = match self.worker.cfg.headers_mode {
             // `Expect: 100-continue` reaches a filter only when the connection manager proxies it
             // (`proxy_100_continue: true`; otherwise Envoy answers `100` and removes it). Such a
             // client sends its body after the upstream's `100`, so holding its headers would stall
             // it: on an inline rule they go ahead as in `stream` mode (docs/fidelity.md).
-            HeadersMode::Hold if inline && expects_continue(host) => Flow::Continue,
+            HeadersMode::Hold if inline && expects_continue => Flow::Continue,
             HeadersMode::Hold => Flow::Pause,
             // The body callbacks hold the request instead; the upstream sees no end of stream yet.
             HeadersMode::Stream => Flow::Continue,
@@ -398,8 +401,11 @@ impl Stream {
     }
 }
 
-/// Whether the request asks for `100 Continue` before sending its body.
-fn expects_continue(host: &dyn Host) -> bool {
-    host.request_header("expect")
-        .is_some_and(|value| value.trim_ascii().eq_ignore_ascii_case(b"100-continue"))
+/// Whether the request asks for `100 Continue` before sending its body (its first `expect`
+/// field, as Envoy's single-header read gives it).
+fn expects_continue(headers: &[(String, Vec<u8>)]) -> bool {
+    headers
+        .iter()
+        .find(|(name, _)| name.eq_ignore_ascii_case("expect"))
+        .is_some_and(|(_, value)| value.trim_ascii().eq_ignore_ascii_case(b"100-continue"))
 }

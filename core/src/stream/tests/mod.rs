@@ -8,6 +8,7 @@ mod batch;
 mod batch_props;
 mod budget;
 mod claim;
+mod cost;
 mod detached;
 mod expiry;
 mod grpc;
