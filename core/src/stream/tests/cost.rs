@@ -2,8 +2,9 @@
 //! (each copies across the VM boundary in Envoy) and how many bytes they carry, counted through a
 //! fake host that counts every call. The budgets below are today's counts: a change that adds a
 //! call to this path fails here and must say why (bench/README.md, "Group commit").
-//! `first_execution_native_time` (ignored; `cargo test -p idempotency-filter-core --release
-//! first_execution_native_time -- --ignored --nocapture`) times the same path natively.
+//! `first_execution_native_time` (ignored) times the same path: natively with `cargo test -p
+//! idempotency-filter-core --release first_execution_native_time -- --ignored --nocapture`, under
+//! V8 (Envoy's engine) with `bench/core_wasm_time.js`.
 
 use super::*;
 use crate::host::{Callout, Host, SharedData, SharedSetError};
