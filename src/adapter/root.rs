@@ -112,8 +112,7 @@ impl Root {
         // context (its deletion is deferred to the end of the event-loop turn): the SDK has
         // forgotten it, and the reply's callbacks would reach a context the SDK does not have,
         // which traps the VM.
-        if !self.streams.borrow().contains_key(&id)
-            || hostcalls::set_effective_context(id).is_err()
+        if !self.streams.borrow().contains_key(&id) || hostcalls::set_effective_context(id).is_err()
         {
             info!("the client left before its answer; the answer is stored");
             return;
