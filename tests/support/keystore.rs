@@ -100,6 +100,21 @@ impl KeystoreProcess {
         format!("http://127.0.0.1:{}{path}", self.port)
     }
 
+    /// The sum of the samples on the lines of its Prometheus metrics (`GET /metrics`) that
+    /// `keep` keeps.
+    pub async fn metric_sum(&self, keep: impl Fn(&str) -> bool) -> f64 {
+        let text = reqwest::get(self.url("/metrics"))
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
+        text.lines()
+            .filter(|l| keep(l))
+            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+            .sum()
+    }
+
     /// Whether the process runs.
     pub fn running(&mut self) -> bool {
         self.proc
