@@ -17,7 +17,14 @@ pub struct Keystore {
 impl Keystore {
     /// The memory backend on a free port.
     pub async fn start() -> Keystore {
-        Keystore::start_with(&["--listen", "127.0.0.1:0", "--backend", "memory"]).await
+        Keystore::start_backend("memory", &[]).await
+    }
+
+    /// On a free port with `--backend backend` and `args` after it (`--redis-url`, `--token`).
+    pub async fn start_backend(backend: &str, args: &[&str]) -> Keystore {
+        let mut all = vec!["--listen", "127.0.0.1:0", "--backend", backend];
+        all.extend_from_slice(args);
+        Keystore::start_with(&all).await
     }
 
     /// The key store with these arguments, which must include `--listen` (e.g. a fixed port for
