@@ -7,7 +7,7 @@
 use serde_json::{json, Value};
 
 use crate::harness::*;
-use crate::replay::{replayed, routed, stable};
+use crate::replay::{replayed, stable};
 use crate::support::*;
 
 const SLOW: &[u8] = b"slow-pay";
@@ -30,14 +30,8 @@ fn assert_all_the_same_ok(outcomes: &[Value]) {
 #[tokio::test(flavor = "multi_thread")]
 async fn a_deadline_passes_during_a_detached_call_and_the_retries_get_the_stored_answer() {
     let service = Service::start();
-    let rule = json!({
-        "exact": CALL, "execution": "detached",
-        "upstream_cluster": "payments_detached", "upstream_timeout_ms": 5000,
-    });
-    let options = options(&service, rule, routed, |o| {
-        o.replay_listener(ReplayListener::Internal)
-    });
-    let envoy = Envoy::start(&options).await;
+    let rule = detached_rule(json!({"exact": CALL}));
+    let envoy = routed_envoy(&service, rule).await;
     let port = [envoy.port];
     // The client gives up after 0.5 s; the call takes 1.5 s and is executed detached.
     let gone = calls(&port, CALL, SLOW, "d-slow", 1, 0.5, true);
@@ -101,10 +95,7 @@ async fn twenty_concurrent_duplicates_run_the_service_once_and_get_the_same_answ
     // Duplicates wait at the gateway (no key store) and are answered by the root context
     // through the replay listener, more than one callback's worth of them.
     let rule = json!({"exact": CALL, "in_flight": "wait", "max_wait_ms": 10000});
-    let options = options(&service, rule, routed, |o| {
-        o.replay_listener(ReplayListener::Internal)
-    });
-    let envoy = Envoy::start(&options).await;
+    let envoy = routed_envoy(&service, rule).await;
     let outcomes = calls(&[envoy.port], CALL, SLOW, "many", 20, 15.0, true);
     assert_all_the_same_ok(&outcomes);
     let replays = outcomes.iter().filter(|o| replayed(o)).count();
@@ -115,20 +106,8 @@ async fn twenty_concurrent_duplicates_run_the_service_once_and_get_the_same_answ
 #[tokio::test(flavor = "multi_thread")]
 async fn duplicates_on_two_gateways_sharing_a_key_store_run_the_service_once() {
     let service = Service::start();
-    let keystore = Keystore::start().await;
-    let gateway = || {
-        options(
-            &service,
-            json!({"exact": CALL}),
-            |p| routed(p).keystore(2000, None),
-            |o| {
-                o.replay_listener(ReplayListener::Internal)
-                    .keystore(keystore.port)
-            },
-        )
-    };
-    let a = Envoy::start(&gateway()).await;
-    let b = Envoy::start(&gateway()).await;
+    let gateways = SharedGateways::start(&service).await;
+    let (a, b) = (&gateways.a, &gateways.b);
     // 20 callers, alternating gateways; the losers get UNAVAILABLE (in flight, pushback) and
     // their retry policy comes back for the stored answer.
     let outcomes = calls(&[a.port, b.port], CALL, SLOW, "shared", 20, 15.0, true);
