@@ -4,7 +4,7 @@
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
-use super::{exchange, hex64, start, TOKEN};
+use super::{alone, exchange, hex64, start, TOKEN};
 
 const JSON: &str = "application/json";
 const POSTCARD: &str = "application/vnd.idempotency.v1+postcard";
@@ -106,6 +106,7 @@ fn post(path: &str, content_type: &str, body: &[u8], declare_length: bool) -> Ve
 /// and `/readyz` as they were.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn renew_batch_amplification_is_refused_before_parsing() {
+    let _alone = alone().await;
     let ks = start(&[]).await;
     let base = ks.rss_mib();
     let empties = RENEW_BATCH.empties(4 * 1024 * 1024);
@@ -132,6 +133,7 @@ async fn renew_batch_amplification_is_refused_before_parsing() {
 /// a compact body declaring a million entries on the count. Forty rounds leave RSS as it was.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn batch_amplification_is_refused_before_parsing() {
+    let _alone = alone().await;
     let ks = start(&[]).await;
     let base = ks.rss_mib();
     // Past the body bound: refused on the length; within it: read, and refused at entry 257.
@@ -161,6 +163,7 @@ async fn batch_amplification_is_refused_before_parsing() {
 /// a string where an entry should be): each is its own 400 and the good entries are answered.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn hostile_entries_are_their_own_errors() {
+    let _alone = alone().await;
     let ks = start(&[]).await;
     let key = hex64(1);
     let good = format!(r#"{{"op":"lookup","key":"{key}","fingerprint":"{key}"}}"#);
