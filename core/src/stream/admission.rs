@@ -42,7 +42,7 @@ impl Stream {
         // headers let through as on any inline rule (docs/fidelity.md, README "detached").
         // Read once for a covered request: every header below comes from this copy.
         let headers = host.request_headers();
-        let expects_continue = super::expects_continue(&headers);
+        let expects_continue = expects_continue(&headers);
         if matches!(rule.execution, Execution::Detached { .. }) && expects_continue {
             log::info!("{method} {path}: `Expect: 100-continue` proxied; executing inline");
             rule.execution = Execution::Inline;
@@ -234,4 +234,13 @@ impl Stream {
         }
         self.look_up_previous(host, admitted)
     }
+}
+
+/// Whether the request asks for `100 Continue` before sending its body (its first `expect`
+/// field, as Envoy's single-header read gives it).
+fn expects_continue(headers: &[(String, Vec<u8>)]) -> bool {
+    headers
+        .iter()
+        .find(|(name, _)| name.eq_ignore_ascii_case("expect"))
+        .is_some_and(|(_, value)| value.trim_ascii().eq_ignore_ascii_case(b"100-continue"))
 }

@@ -4,6 +4,7 @@
 
 use super::{Admitted, Claim, Flow, Phase, Stream};
 use crate::background::detached::{upstream_request, DetachedJob};
+use crate::background::leases::HeldClaim;
 use crate::background::waiting::Waiter;
 use crate::budget::WAITER_BYTES;
 use crate::config::{Execution, FailureMode, Mode, WhileInFlight};
@@ -78,6 +79,19 @@ impl Stream {
             }
             Err(e) => self.store_failed(host, claim, &format!("claim callout not dispatched: {e}")),
         }
+    }
+
+    /// The claim now protects a request on its way upstream: renew it until the answer.
+    pub(super) fn hold_lease(&self, host: &dyn Host, claim: &Claim) {
+        self.worker
+            .leases
+            .borrow_mut()
+            .hold(HeldClaim::of(claim, host.now_ms()));
+    }
+
+    /// The attempt is settled: the claim needs no more renewals.
+    pub(super) fn drop_lease(&self, claim: &Claim) {
+        self.worker.leases.borrow_mut().drop_claim(claim.owner);
     }
 
     /// Forwards the request upstream under its claim: through Envoy's router, or (detached)

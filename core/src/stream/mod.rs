@@ -26,7 +26,6 @@ mod verify;
 mod tests;
 
 use crate::background::deferred::Deferred;
-use crate::background::leases::HeldClaim;
 use crate::background::worker::Worker;
 use crate::budget::Held;
 use crate::claim::Claim;
@@ -372,18 +371,6 @@ impl Stream {
         }
     }
 
-    /// The claim now protects a request on its way upstream: renew it until the answer.
-    fn hold_lease(&self, host: &dyn Host, claim: &Claim) {
-        self.worker
-            .leases
-            .borrow_mut()
-            .hold(HeldClaim::of(claim, host.now_ms()));
-    }
-
-    fn drop_lease(&self, claim: &Claim) {
-        self.worker.leases.borrow_mut().drop_claim(claim.owner);
-    }
-
     /// Counts under the rule's mode: `idempotency.*`, or `idempotency.observe.*`.
     fn count(&self, host: &dyn Host, metric: Metric) {
         if self.observe {
@@ -399,13 +386,4 @@ impl Stream {
         self.phase = Phase::Passthrough;
         Flow::Continue
     }
-}
-
-/// Whether the request asks for `100 Continue` before sending its body (its first `expect`
-/// field, as Envoy's single-header read gives it).
-fn expects_continue(headers: &[(String, Vec<u8>)]) -> bool {
-    headers
-        .iter()
-        .find(|(name, _)| name.eq_ignore_ascii_case("expect"))
-        .is_some_and(|(_, value)| value.trim_ascii().eq_ignore_ascii_case(b"100-continue"))
 }
