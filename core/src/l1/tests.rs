@@ -1,4 +1,6 @@
+use super::bucket::ENTRY_BYTES;
 use super::*;
+use serde::{Deserialize, Serialize};
 use crate::testing::FakeShared;
 
 fn rk(n: u8) -> RecordKey {
