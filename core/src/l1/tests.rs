@@ -1,7 +1,7 @@
 use super::bucket::ENTRY_BYTES;
 use super::*;
-use serde::{Deserialize, Serialize};
 use crate::testing::FakeShared;
+use serde::{Deserialize, Serialize};
 
 fn rk(n: u8) -> RecordKey {
     RecordKey([n; 32])
