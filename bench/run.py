@@ -752,11 +752,14 @@ class Bench:
         agg = aggregate(l2s)
         st = agg["stats_delta"]
         from_l2 = agg["keystore_delta"].get("claim.completed", 0)
+        sizes = batch_sizes(st, agg["keystore_delta"]) if st.get("keystore_batches") else {}
         self.row("replay_l2", "4. replay", agg, baseline="direct_response_fresh", keystore="keystore_memory",
                  note=(f"fresh Envoy, L1 of one small slot; cycling over {recorded} keys recorded through the main "
                        f"Envoy: {from_l2} of {st.get('replayed', 0)} replays came from the key store; "
-                       f"upstream POSTs {agg['upstream_posts']}"),
-                 replayed=st.get("replayed", 0), from_l2=from_l2, stats_delta=st, upstream_posts=agg["upstream_posts"])
+                       f"upstream POSTs {agg['upstream_posts']}"
+                       + (f"; entries per batch mean {sizes['batch_mean']} (key store: p99 <= "
+                          f"{sizes['batch_p99_le']})" if sizes else "")),
+                 **sizes, replayed=st.get("replayed", 0), from_l2=from_l2, stats_delta=st, upstream_posts=agg["upstream_posts"])
         fresh.stop()
         if a.only:
             return
@@ -792,9 +795,13 @@ class Bench:
             note = (f"paced at {rate} req/s ({PACED_FRACTION} of no_filter_post's saturating rate), achieved "
                     f"{achieved:.0%} of it")
             ks = self.keystore_of(specs[name.removesuffix("_paced")][1])
+            sizes = batch_sizes(agg["stats_delta"], agg["keystore_delta"]) if agg["stats_delta"].get(
+                "keystore_batches") else {}
+            if sizes:
+                note += f"; entries per batch mean {sizes['batch_mean']} (key store: p99 <= {sizes['batch_p99_le']})"
             self.row(name, "3. first execution" if baseline else "1. baseline", agg, baseline=baseline,
                      note=note, keystore=ks and ks[0], paced_rps=rate, achieved=round(achieved, 3),
-                     stats_delta=agg["stats_delta"], upstream_posts=agg["upstream_posts"])
+                     stats_delta=agg["stats_delta"], upstream_posts=agg["upstream_posts"], **sizes)
 
     def sweep(self):
         """Latency against offered load: each scenario of SWEEP paced at fractions of no_filter_post's

@@ -53,16 +53,9 @@ async fn mesh(a_keystore_delay: Option<Duration>) -> Mesh {
 
 /// The key store's `name` (a counter, or a histogram's `_sum`/`_count`), from its metrics.
 async fn keystore_metric(keystore: &KeystoreProcess, name: &str) -> f64 {
-    let text = reqwest::get(keystore.url("/metrics"))
+    keystore
+        .metric_sum(|l| l.starts_with(name) && l[name.len()..].starts_with([' ', '{']))
         .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
-    text.lines()
-        .filter(|l| l.starts_with(name) && l[name.len()..].starts_with([' ', '{']))
-        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-        .sum()
 }
 
 fn body_of(i: usize) -> String {

@@ -51,16 +51,9 @@ async fn mesh(plugin: String) -> Mesh {
 
 /// The key store's count of `claim` requests (all outcomes), from its Prometheus metrics.
 async fn keystore_claims(keystore: &KeystoreProcess) -> u64 {
-    let text = reqwest::get(keystore.url("/metrics"))
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
-    text.lines()
-        .filter(|l| l.starts_with("keystore_requests_total") && l.contains("op=\"claim\""))
-        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-        .sum::<f64>() as u64
+    keystore
+        .metric_sum(|l| l.starts_with("keystore_requests_total") && l.contains("op=\"claim\""))
+        .await as u64
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

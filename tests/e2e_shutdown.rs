@@ -34,17 +34,12 @@ fn plugin() -> String {
 
 /// The key store's count of `complete` requests that stored a record.
 async fn stored(keystore: &KeystoreProcess) -> u64 {
-    let text = reqwest::get(keystore.url("/metrics"))
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
-    text.lines()
-        .filter(|l| l.starts_with("keystore_requests_total") && l.contains("op=\"complete\""))
-        .filter(|l| l.contains("outcome=\"stored\""))
-        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-        .sum::<f64>() as u64
+    let stored = |l: &str| {
+        l.starts_with("keystore_requests_total")
+            && l.contains("op=\"complete\"")
+            && l.contains("outcome=\"stored\"")
+    };
+    keystore.metric_sum(stored).await as u64
 }
 
 /// A request the upstream works on for 3 s, through `envoy`, left running.

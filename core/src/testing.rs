@@ -324,3 +324,16 @@ pub fn callout_json(c: &Callout) -> serde_json::Value {
     let text = idempotency_protocol::body::request_as_json(endpoint, &c.body).unwrap();
     serde_json::from_slice(&text).unwrap()
 }
+
+/// The settings of a property test: `PROPTEST_CASES` cases when set, else `default_cases`, and no
+/// file of past failures (a failing case prints its input).
+pub fn proptest_config(default_cases: u32) -> proptest::test_runner::Config {
+    proptest::test_runner::Config {
+        cases: std::env::var("PROPTEST_CASES")
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(default_cases),
+        failure_persistence: None,
+        ..proptest::test_runner::Config::default()
+    }
+}

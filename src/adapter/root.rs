@@ -108,7 +108,12 @@ impl Root {
     /// skipped.
     fn answer(&self, worker: &Worker, answer: Answer) {
         let id = answer.stream_id;
-        if hostcalls::set_effective_context(id).is_err() {
+        // A stream whose end Envoy reported is not answered, even while Envoy still knows its
+        // context (its deletion is deferred to the end of the event-loop turn): the SDK has
+        // forgotten it, and the reply's callbacks would reach a context the SDK does not have,
+        // which traps the VM.
+        if !self.streams.borrow().contains_key(&id) || hostcalls::set_effective_context(id).is_err()
+        {
             info!("the client left before its answer; the answer is stored");
             return;
         }

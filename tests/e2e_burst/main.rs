@@ -11,6 +11,7 @@
 )]
 
 mod fanout;
+mod leaving;
 mod memory;
 mod never_sent;
 #[path = "../support/mod.rs"]

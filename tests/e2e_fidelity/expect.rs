@@ -30,15 +30,20 @@ async fn waits_for_100(port: u16, key: &str, what: &str) -> u16 {
     conn.answer(false).await.status
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_client_that_waits_for_100_continue_gets_it_in_every_mode() {
-    let scripts: HashMap<String, Script> = HashMap::from([(
+/// The upstream's script: `/fid/expect-waits` is answered `201`.
+fn created() -> HashMap<String, Script> {
+    HashMap::from([(
         "/fid/expect-waits".to_owned(),
         Script {
             head: CREATED.to_vec(),
             ..Script::default()
         },
-    )]);
+    )])
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_that_waits_for_100_continue_gets_it_in_every_mode() {
+    let scripts = created();
     for headers_mode in ["hold", "stream"] {
         for kind in [Kind::Inline, Kind::Detached] {
             let what = format!("{kind:?} {headers_mode}");
@@ -80,13 +85,7 @@ async fn a_client_that_waits_for_100_continue_gets_it_in_every_mode() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[ignore = "a measurement: prints the table, checks nothing"]
 async fn curl_timings() {
-    let scripts: HashMap<String, Script> = HashMap::from([(
-        "/fid/expect-waits".to_owned(),
-        Script {
-            head: CREATED.to_vec(),
-            ..Script::default()
-        },
-    )]);
+    let scripts = created();
     for headers_mode in ["hold", "stream"] {
         for kind in [Kind::None, Kind::Inline, Kind::Detached] {
             let upstream = Recorder::start(scripts.clone()).await;

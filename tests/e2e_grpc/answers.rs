@@ -5,7 +5,7 @@
 use serde_json::{json, Value};
 
 use crate::harness::*;
-use crate::replay::{replayed, routed, stable, FAIL};
+use crate::replay::{replayed, stable, FAIL};
 use crate::support::*;
 
 /// The service's metadata in an answer through Envoy: without what Envoy (`server`) and the
@@ -30,10 +30,7 @@ fn assert_is(original: &Value, through: &Value) {
 }
 
 fn detached(service: &Service, routed_on: bool) -> EnvoyOptions {
-    let rule = json!({
-        "prefix": "/test.Echo/", "execution": "detached",
-        "upstream_cluster": "payments_detached", "upstream_timeout_ms": 5000,
-    });
+    let rule = detached_rule(json!({"prefix": "/test.Echo/"}));
     options(
         service,
         rule,
@@ -86,10 +83,7 @@ async fn without_routed_replay_a_detached_first_answer_is_a_trailers_only_local_
 async fn a_waiting_duplicate_gets_the_first_calls_answer_through_the_listener() {
     let service = Service::start();
     let rule = json!({"exact": CALL, "in_flight": "wait", "max_wait_ms": 10000});
-    let options = options(&service, rule, routed, |o| {
-        o.replay_listener(ReplayListener::Internal)
-    });
-    let envoy = Envoy::start(&options).await;
+    let envoy = routed_envoy(&service, rule).await;
     let first = crate::harness::client(envoy.port, CALL, &[b"hold-w"], Some("w1"))
         .spawn()
         .unwrap();

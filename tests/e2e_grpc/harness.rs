@@ -135,6 +135,62 @@ pub async fn envoy(service: &Service, rule: Value) -> Envoy {
     Envoy::start(&options(service, rule, |plugin| plugin, |options| options)).await
 }
 
+/// The route `matches` (`{"exact": …}` or `{"prefix": …}`) executed detached: the root context
+/// sends the call to the service (the `payments_detached` cluster), 5 s at most.
+pub fn detached_rule(matches: Value) -> Value {
+    let detached = json!({
+        "execution": "detached",
+        "upstream_cluster": "payments_detached", "upstream_timeout_ms": 5000,
+    });
+    merged(matches, &detached)
+}
+
+/// Routed replays on (README, "Routed replays").
+pub fn routed(plugin: Plugin) -> Plugin {
+    plugin.set("routed_replay", true)
+}
+
+/// [`envoy`] with routed replays, through the replay listener inside the same Envoy.
+pub async fn routed_envoy(service: &Service, rule: Value) -> Envoy {
+    let options = options(service, rule, routed, |o| {
+        o.replay_listener(ReplayListener::Internal)
+    });
+    Envoy::start(&options).await
+}
+
+/// Two gateways in front of one service, sharing one key store: routed replays of `CALL`
+/// (the key required) through each one's own replay listener. The key store lives as long as
+/// they do.
+pub struct SharedGateways {
+    pub a: Envoy,
+    pub b: Envoy,
+    _keystore: Keystore,
+}
+
+impl SharedGateways {
+    pub async fn start(service: &Service) -> SharedGateways {
+        let keystore = Keystore::start().await;
+        let gateway = || {
+            options(
+                service,
+                json!({"exact": CALL}),
+                |p| routed(p).keystore(2000, None),
+                |o| {
+                    o.replay_listener(ReplayListener::Internal)
+                        .keystore(keystore.port)
+                },
+            )
+        };
+        let a = Envoy::start(&gateway()).await;
+        let b = Envoy::start(&gateway()).await;
+        SharedGateways {
+            a,
+            b,
+            _keystore: keystore,
+        }
+    }
+}
+
 /// The options of [`envoy`], with the plugin and the options changed by `plugin` and `more`
 /// before the bootstrap is rendered.
 pub fn options(

@@ -47,18 +47,11 @@ fn assert_same_answer(first: &Value, retry: &Value) {
     assert!(!replayed(first), "{first}");
 }
 
-pub fn routed(plugin: Plugin) -> Plugin {
-    plugin.set("routed_replay", true)
-}
-
 #[tokio::test(flavor = "multi_thread")]
 async fn a_retry_gets_the_stored_answer_and_a_stored_error_through_the_replay_listener() {
     let service = Service::start();
     let rule = json!({"prefix": "/test.Echo/"});
-    let options = options(&service, rule, routed, |o| {
-        o.replay_listener(ReplayListener::Internal)
-    });
-    let envoy = Envoy::start(&options).await;
+    let envoy = routed_envoy(&service, rule).await;
 
     let first = call_direct(envoy.port, CALL, &[b"pay-1"], Some("r1"));
     assert_eq!(first["code"], "OK", "{first}");
@@ -88,20 +81,8 @@ async fn a_retry_gets_the_stored_answer_and_a_stored_error_through_the_replay_li
 #[tokio::test(flavor = "multi_thread")]
 async fn a_second_gateway_replays_a_record_from_the_key_store() {
     let service = Service::start();
-    let keystore = Keystore::start().await;
-    let gateway = || {
-        options(
-            &service,
-            json!({"exact": CALL}),
-            |p| routed(p).keystore(2000, None),
-            |o| {
-                o.replay_listener(ReplayListener::Internal)
-                    .keystore(keystore.port)
-            },
-        )
-    };
-    let a = Envoy::start(&gateway()).await;
-    let b = Envoy::start(&gateway()).await;
+    let gateways = SharedGateways::start(&service).await;
+    let (a, b) = (&gateways.a, &gateways.b);
     let first = call_direct(a.port, CALL, &[b"pay-2"], Some("k2"));
     assert_eq!(first["code"], "OK", "{first}");
     // B's L1 is empty: the record comes from the key store, into L1, then to the listener.
@@ -174,13 +155,7 @@ async fn the_replay_listener_refuses_a_request_without_a_valid_ticket() {
 #[tokio::test(flavor = "multi_thread")]
 async fn a_key_from_a_message_field_replays_too() {
     let service = Service::start();
-    let options = options(
-        &service,
-        json!({"exact": CALL, "key_field": 1}),
-        routed,
-        |o| o.replay_listener(ReplayListener::Internal),
-    );
-    let envoy = Envoy::start(&options).await;
+    let envoy = routed_envoy(&service, json!({"exact": CALL, "key_field": 1})).await;
     // Field 1 "req-9", field 2 "pay".
     let message = b"\x0a\x05req-9\x12\x03pay";
     let first = call_direct(envoy.port, CALL, &[message], None);

@@ -8,7 +8,7 @@
 use serde_json::{json, Value};
 
 use crate::harness::*;
-use crate::replay::{replayed, routed};
+use crate::replay::replayed;
 use crate::support::*;
 
 const FIRST_FAILS: &str = "/test.Echo/FirstFails";
@@ -70,10 +70,7 @@ fn deadline_exceeded_is_kept(service: &Service, envoy: &Envoy, message: &[u8], k
 #[tokio::test(flavor = "multi_thread")]
 async fn unavailable_from_the_service_frees_the_key_and_deadline_exceeded_is_kept() {
     let service = Service::start();
-    let options = options(&service, json!({"exact": FIRST_FAILS}), routed, |o| {
-        o.replay_listener(ReplayListener::Internal)
-    });
-    let envoy = Envoy::start(&options).await;
+    let envoy = routed_envoy(&service, json!({"exact": FIRST_FAILS})).await;
     // Trailers-only (`context.abort`): the status is in the answer's one header block.
     unavailable_frees_the_key(&service, &envoy, b"UNAVAILABLE:only", "u1");
     // After initial metadata and a message: the status is in the trailers.
@@ -85,14 +82,8 @@ async fn unavailable_from_the_service_frees_the_key_and_deadline_exceeded_is_kep
 #[tokio::test(flavor = "multi_thread")]
 async fn a_detached_execution_settles_on_the_services_status_too() {
     let service = Service::start();
-    let rule = json!({
-        "exact": FIRST_FAILS, "execution": "detached",
-        "upstream_cluster": "payments_detached", "upstream_timeout_ms": 5000,
-    });
-    let options = options(&service, rule, routed, |o| {
-        o.replay_listener(ReplayListener::Internal)
-    });
-    let envoy = Envoy::start(&options).await;
+    let rule = detached_rule(json!({"exact": FIRST_FAILS}));
+    let envoy = routed_envoy(&service, rule).await;
     unavailable_frees_the_key(&service, &envoy, b"UNAVAILABLE:only", "du1");
     unavailable_frees_the_key(&service, &envoy, b"UNAVAILABLE:late", "du2");
     deadline_exceeded_is_kept(&service, &envoy, b"DEADLINE_EXCEEDED:only", "dd1");

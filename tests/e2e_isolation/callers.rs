@@ -74,15 +74,7 @@ async fn same_key_from_two_callers_never_shares_a_record_across_gateways() {
 async fn key_store_requires_its_bearer_token() {
     const TOKEN: &str = "ks-token-5d1f0a";
     let upstream = Upstream::start().await;
-    let keystore = Keystore::start_with(&[
-        "--listen",
-        "127.0.0.1:0",
-        "--backend",
-        "memory",
-        "--token",
-        TOKEN,
-    ])
-    .await;
+    let keystore = Keystore::start_backend("memory", &["--token", TOKEN]).await;
 
     // Straight at the key store: no token or a wrong one gets 401; the right one works.
     let claim = json!({"key": "ab".repeat(32), "fingerprint": "cd".repeat(32), "lease_ms": 1000});

@@ -159,15 +159,7 @@ fn redis_dump(port: u16) -> Vec<(String, Vec<u8>)> {
 async fn redis_holds_only_keyed_hashes_and_no_log_line_holds_a_secret() {
     let redis = RedisServer::durable();
     let upstream = Upstream::start().await;
-    let keystore = Keystore::start_with(&[
-        "--listen",
-        "127.0.0.1:0",
-        "--backend",
-        "redis",
-        "--redis-url",
-        &redis.url(),
-    ])
-    .await;
+    let keystore = Keystore::start_backend("redis", &["--redis-url", &redis.url()]).await;
     keystore.wait_ready().await;
     // The filter's own debug lines on; the rest of Envoy at info (Envoy's own debug lines dump
     // request headers, which is Envoy's business, not the filter's).

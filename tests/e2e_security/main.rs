@@ -53,15 +53,7 @@ fn plugin(extra: Value) -> String {
 }
 
 async fn keystore() -> Keystore {
-    Keystore::start_with(&[
-        "--listen",
-        "127.0.0.1:0",
-        "--backend",
-        "memory",
-        "--token",
-        TOKEN,
-    ])
-    .await
+    Keystore::start_backend("memory", &["--token", TOKEN]).await
 }
 
 fn anonymous(

@@ -69,17 +69,8 @@ fn redis_key(caller: &str, key: &str) -> (RecordKey, String) {
 async fn records_altered_in_redis_are_never_replayed() {
     let redis = RedisServer::durable();
     let upstream = Upstream::start().await;
-    let ks = Keystore::start_with(&[
-        "--listen",
-        "127.0.0.1:0",
-        "--backend",
-        "redis",
-        "--redis-url",
-        &redis.url(),
-        "--token",
-        TOKEN,
-    ])
-    .await;
+    let ks =
+        Keystore::start_backend("redis", &["--redis-url", &redis.url(), "--token", TOKEN]).await;
     ks.wait_ready().await;
     let options = EnvoyOptions::with_filter(upstream.port, plugin(json!({}))).keystore(ks.port);
     // A executes; B never saw the key, so every retry on B reads the record from Redis.

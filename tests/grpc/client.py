@@ -13,11 +13,7 @@ import sys
 
 import grpc
 
-
-def pairs(metadata):
-    return [
-        [k, v.hex() if isinstance(v, bytes) else v] for k, v in (metadata or ())
-    ]
+from outcome import outcome
 
 
 def main():
@@ -35,25 +31,8 @@ def main():
                 method, request_serializer=None, response_deserializer=None
             )
             request = messages[0]
-        try:
-            answer, outcome = call.with_call(request, metadata=metadata, timeout=20)
-            code, details = outcome.code(), outcome.details()
-            initial, trailing = outcome.initial_metadata(), outcome.trailing_metadata()
-        except grpc.RpcError as err:
-            answer = None
-            code, details = err.code(), err.details()
-            initial, trailing = err.initial_metadata(), err.trailing_metadata()
-    print(
-        json.dumps(
-            {
-                "code": code.name,
-                "details": details,
-                "answer": answer.hex() if answer is not None else None,
-                "initial": pairs(initial),
-                "trailing": pairs(trailing),
-            }
-        )
-    )
+        ended = outcome(call, request, metadata=metadata, timeout=20)
+    print(json.dumps(ended))
 
 
 if __name__ == "__main__":

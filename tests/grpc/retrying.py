@@ -18,6 +18,8 @@ import threading
 
 import grpc
 
+from outcome import outcome
+
 RETRY = {
     "methodConfig": [
         {
@@ -34,10 +36,6 @@ RETRY = {
 }
 
 
-def pairs(metadata):
-    return [[k, v.hex() if isinstance(v, bytes) else v] for k, v in (metadata or ())]
-
-
 def one(spec, target, barrier, out, i):
     options = [("grpc.enable_retries", 1 if spec.get("retry") else 0)]
     if spec.get("retry"):
@@ -47,25 +45,12 @@ def one(spec, target, barrier, out, i):
             spec["method"], request_serializer=None, response_deserializer=None
         )
         barrier.wait()
-        try:
-            answer, outcome = call.with_call(
-                bytes.fromhex(spec["message"]),
-                metadata=(("idempotency-key", spec["key"]),),
-                timeout=spec.get("timeout", 20),
-            )
-            code, details = outcome.code(), outcome.details()
-            initial, trailing = outcome.initial_metadata(), outcome.trailing_metadata()
-        except grpc.RpcError as err:
-            answer = None
-            code, details = err.code(), err.details()
-            initial, trailing = err.initial_metadata(), err.trailing_metadata()
-    out[i] = {
-        "code": code.name,
-        "details": details,
-        "answer": answer.hex() if answer is not None else None,
-        "initial": pairs(initial),
-        "trailing": pairs(trailing),
-    }
+        out[i] = outcome(
+            call,
+            bytes.fromhex(spec["message"]),
+            metadata=(("idempotency-key", spec["key"]),),
+            timeout=spec.get("timeout", 20),
+        )
 
 
 def main():

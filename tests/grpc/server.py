@@ -5,7 +5,7 @@
 metadata `x-trailer` and the binary `x-trailer-bin`. /test.Echo/Fail aborts with
 FAILED_PRECONDITION "nope: " + the request and trailing metadata `x-why` (a trailers-only answer). A request that contains b"hold" is held until /test.Echo/Release is called,
 so that a test can send a duplicate while the first call is in the service; one that contains
-b"slow" takes 1.5 s (and finishes whether or not its caller is still there, as grpcio runs a
+b"slow" takes 1.5 s, one with b"sloth" 3 s (and either finishes whether or not its caller is still there, as grpcio runs a
 handler to its end after a cancellation). /test.Echo/Collect
 (client streaming) answers its messages joined by b"+". /test.Echo/Count
 answers how many Call, Fail, Collect and FirstFails requests ran, as ASCII.
@@ -41,7 +41,9 @@ def call(request, context):
     out("STARTED " + request.hex())
     if b"hold" in request:
         release.wait(30)
-    if b"slow" in request:
+    if b"sloth" in request:
+        time.sleep(3.0)
+    elif b"slow" in request:
         time.sleep(1.5)
     context.send_initial_metadata((("x-served", "yes"),))
     context.set_trailing_metadata((("x-trailer", "t1"), ("x-trailer-bin", b"\x00\x01\x02")))

@@ -17,7 +17,14 @@ pub struct Keystore {
 impl Keystore {
     /// The memory backend on a free port.
     pub async fn start() -> Keystore {
-        Keystore::start_with(&["--listen", "127.0.0.1:0", "--backend", "memory"]).await
+        Keystore::start_backend("memory", &[]).await
+    }
+
+    /// On a free port with `--backend backend` and `args` after it (`--redis-url`, `--token`).
+    pub async fn start_backend(backend: &str, args: &[&str]) -> Keystore {
+        let mut all = vec!["--listen", "127.0.0.1:0", "--backend", backend];
+        all.extend_from_slice(args);
+        Keystore::start_with(&all).await
     }
 
     /// The key store with these arguments, which must include `--listen` (e.g. a fixed port for
@@ -98,6 +105,21 @@ impl KeystoreProcess {
     /// `http://127.0.0.1:<port><path>`.
     pub fn url(&self, path: &str) -> String {
         format!("http://127.0.0.1:{}{path}", self.port)
+    }
+
+    /// The sum of the samples on the lines of its Prometheus metrics (`GET /metrics`) that
+    /// `keep` keeps.
+    pub async fn metric_sum(&self, keep: impl Fn(&str) -> bool) -> f64 {
+        let text = reqwest::get(self.url("/metrics"))
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
+        text.lines()
+            .filter(|l| keep(l))
+            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+            .sum()
     }
 
     /// Whether the process runs.

@@ -412,11 +412,7 @@ impl Sim {
 }
 
 proptest! {
-    #![proptest_config(ProptestConfig {
-        cases: std::env::var("PROPTEST_CASES").ok().and_then(|v| v.parse().ok()).unwrap_or(64),
-        failure_persistence: None,
-        ..ProptestConfig::default()
-    })]
+    #![proptest_config(crate::testing::proptest_config(64))]
 
     #[test]
     fn batches_split_fail_and_answer_out_of_order(

@@ -106,13 +106,10 @@ fn body_over_the_limit_is_413() {
 #[test]
 fn a_body_that_cannot_be_read_is_refused_not_fingerprinted_as_empty() {
     let w = World::new("{}");
-    let mut host = FakeHost::new(&w.shared, &w.clock, &w.ids);
-    host.request_headers = vec![
-        (":method".into(), b"POST".to_vec()),
-        (":path".into(), b"/p".to_vec()),
-        ("authorization".into(), b"Bearer alice".to_vec()),
-        ("idempotency-key".into(), b"k".to_vec()),
-    ];
+    let host = w.host(&Req {
+        path: "/p",
+        ..post("k", b"")
+    });
     host.body_unreadable.set(true);
     let mut s = Stream::new(w.worker.clone());
     assert_eq!(s.on_request_headers(&host, false), Flow::Pause);
@@ -126,14 +123,10 @@ fn a_body_that_cannot_be_read_is_refused_not_fingerprinted_as_empty() {
 #[test]
 fn trailers_end_the_request_body() {
     let w = World::new("{}");
-    let mut host = FakeHost::new(&w.shared, &w.clock, &w.ids);
-    host.request_headers = vec![
-        (":method".into(), b"POST".to_vec()),
-        (":path".into(), b"/p".to_vec()),
-        ("authorization".into(), b"Bearer alice".to_vec()),
-        ("idempotency-key".into(), b"t".to_vec()),
-    ];
-    host.request_body = b"chunk".to_vec();
+    let host = w.host(&Req {
+        path: "/p",
+        ..post("t", b"chunk")
+    });
     let mut s = Stream::new(w.worker.clone());
     assert_eq!(s.on_request_headers(&host, false), Flow::Pause);
     assert_eq!(s.on_request_body(&host, 5, false), Flow::Pause);

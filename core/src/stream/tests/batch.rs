@@ -18,27 +18,29 @@ fn world() -> World {
     w
 }
 
+/// The key store's answer to one call of a batch: a claim is granted with its key as the token,
+/// a record stored, a claim released; a lookup fails.
+pub(super) fn granted(call: &StoreCall) -> BatchAnswer {
+    match call {
+        StoreCall::Claim(c) => BatchAnswer::Claim(ClaimAnswer {
+            response: ClaimResponse::Claimed {
+                token: c.key.as_str().to_string(),
+            },
+            waited: false,
+        }),
+        StoreCall::Complete(_) => BatchAnswer::Complete(FencedResponse::Stored),
+        StoreCall::Release(_) => BatchAnswer::Release(FencedResponse::Released),
+        StoreCall::Lookup(_) => BatchAnswer::Error {
+            status: 503,
+            error: "no lookups here".into(),
+        },
+    }
+}
+
 /// The key store grants every claim of the batch (its key as the token) and stores every record.
 fn grant_all(req: &BatchRequest) -> BatchResponse {
     BatchResponse {
-        answers: req
-            .entries
-            .iter()
-            .map(|e| match e {
-                StoreCall::Claim(c) => BatchAnswer::Claim(ClaimAnswer {
-                    response: ClaimResponse::Claimed {
-                        token: c.key.as_str().to_string(),
-                    },
-                    waited: false,
-                }),
-                StoreCall::Complete(_) => BatchAnswer::Complete(FencedResponse::Stored),
-                StoreCall::Release(_) => BatchAnswer::Release(FencedResponse::Released),
-                StoreCall::Lookup(_) => BatchAnswer::Error {
-                    status: 503,
-                    error: "no".into(),
-                },
-            })
-            .collect(),
+        answers: req.entries.iter().map(granted).collect(),
     }
 }
 
@@ -61,9 +63,7 @@ fn flush(w: &World) -> (u32, BatchRequest) {
 /// The batch's reply: the deliveries the root context hands to streams. A batch it sends next is
 /// sent as callout `token + 1`.
 fn land(w: &World, token: u32, status: Option<u16>, reply: Vec<u8>) -> Vec<Delivery> {
-    let (_, actions) =
-        w.worker
-            .on_reply(token, status, Vec::new(), reply, &w.shared, w.clock.get());
+    let actions = w.reply(token, status, Vec::new(), &reply);
     let mut out = Vec::new();
     for a in actions {
         match a {
@@ -101,12 +101,7 @@ fn calls_made_while_one_travels_leave_as_one_batch_and_each_stream_gets_its_answ
             (s, h)
         })
         .collect();
-    keystore::answer(
-        &mut first,
-        &h_first,
-        Some(200),
-        r#"{"outcome":"claimed","token":"T0"}"#,
-    );
+    keystore::grant(&mut first, &h_first, "T0");
     assert_eq!(h_first.resumed_request.get(), 1);
     assert_eq!(
         h_first.woke_root.get(),
@@ -150,12 +145,7 @@ fn a_failed_batch_applies_each_routes_failure_mode() {
             ..post("k2", b"a")
         });
         let mut streams = vec![(closed.0, closed.1), (open.0, open.1)];
-        keystore::answer(
-            &mut first,
-            &h_first,
-            Some(200),
-            r#"{"outcome":"claimed","token":"T0"}"#,
-        );
+        keystore::grant(&mut first, &h_first, "T0");
         let (token, _) = flush(&w);
         for d in land(&w, token, status, reply.clone()) {
             deliver(&d, &mut streams);
@@ -188,12 +178,7 @@ fn a_stream_that_ends_while_its_call_waits_or_travels_gets_nothing() {
     // Ends while its claim waits: it leaves the queue; its release goes after the callout timeout.
     gone_early.on_done(&h_early);
     assert_eq!(w.worker.batcher.borrow().queued(), 1);
-    keystore::answer(
-        &mut first,
-        &h_first,
-        Some(200),
-        r#"{"outcome":"claimed","token":"T0"}"#,
-    );
+    keystore::grant(&mut first, &h_first, "T0");
     let (token, callout) = flush_one(&w);
     assert!(
         callout

@@ -11,13 +11,13 @@
 //! - at the end, with every callout answered, each stream still there has finished (its response
 //!   went on after its record was stored, or it got its 503), and nothing waits in the batcher.
 
+use super::batch::granted;
 use super::*;
 use crate::background::batch::Delivery;
 use crate::host::Callout;
 use crate::keystore_client::StoreCall;
 use idempotency_protocol::{
-    body, BatchAnswer, BatchRequest, BatchResponse, ClaimAnswer, ClaimRequest, ClaimResponse,
-    Compact, CompleteRequest, FencedResponse, Format,
+    body, BatchAnswer, BatchRequest, BatchResponse, ClaimRequest, Compact, CompleteRequest, Format,
 };
 use proptest::prelude::*;
 
@@ -95,24 +95,6 @@ fn path(c: &Callout) -> String {
         .find(|(n, _)| n == ":path")
         .map(|(_, v)| v.clone())
         .unwrap_or_default()
-}
-
-/// The key store's answer to one call.
-fn answer_to(call: &StoreCall) -> BatchAnswer {
-    match call {
-        StoreCall::Claim(c) => BatchAnswer::Claim(ClaimAnswer {
-            response: ClaimResponse::Claimed {
-                token: c.key.as_str().to_string(),
-            },
-            waited: false,
-        }),
-        StoreCall::Complete(_) => BatchAnswer::Complete(FencedResponse::Stored),
-        StoreCall::Release(_) => BatchAnswer::Release(FencedResponse::Released),
-        StoreCall::Lookup(_) => BatchAnswer::Error {
-            status: 503,
-            error: "no lookups here".into(),
-        },
-    }
 }
 
 fn single_call(c: &Callout) -> StoreCall {
@@ -232,14 +214,14 @@ impl Sim {
             Fault::Garbage => (Some(200), b"<html>".to_vec()),
             _ if p.ends_with("/batch") => {
                 let req: BatchRequest = body::decode_request(&f.callout.body).unwrap();
-                let mut answers: Vec<BatchAnswer> = req.entries.iter().map(answer_to).collect();
+                let mut answers: Vec<BatchAnswer> = req.entries.iter().map(granted).collect();
                 if fault == Fault::Short {
                     answers.pop();
                 }
                 (Some(200), BatchResponse { answers }.to_compact())
             }
             _ => {
-                let a = answer_to(&single_call(&f.callout));
+                let a = granted(&single_call(&f.callout));
                 let status = a.status();
                 let body = match a {
                     BatchAnswer::Claim(c) => Format::Compact.encode(&c),
@@ -265,14 +247,7 @@ impl Sim {
             }
             return Ok(());
         }
-        let (_, actions) = self.w.worker.on_reply(
-            f.token,
-            status,
-            Vec::new(),
-            reply,
-            &self.w.shared,
-            self.w.clock.get(),
-        );
+        let actions = self.w.reply(f.token, status, Vec::new(), &reply);
         self.carry_out(actions)
     }
 
@@ -391,11 +366,7 @@ impl Sim {
 }
 
 proptest! {
-    #![proptest_config(ProptestConfig {
-        cases: std::env::var("PROPTEST_CASES").ok().and_then(|v| v.parse().ok()).unwrap_or(48),
-        failure_persistence: None,
-        ..ProptestConfig::default()
-    })]
+    #![proptest_config(crate::testing::proptest_config(48))]
 
     #[test]
     fn streams_get_their_own_answers_whatever_the_batches_do(

@@ -17,18 +17,12 @@ pub(super) fn answers(actions: &[RootAction]) -> Vec<&Answer> {
         .collect()
 }
 
-/// Sends a detached request on stream 7; returns the root's callout token and the callout.
+/// Sends a detached request; the root context sends it as its callout 40, returned.
 pub(super) fn start(w: &World, key: &str) -> (Stream, FakeHost, crate::host::Callout) {
-    w.worker.set_doorbell(1);
-    let (s, h, flow) = w.send(&post(key, b"{\"amount\":1}"));
-    assert_eq!(flow, Flow::Pause, "the router never sees the request");
+    let (s, h) = w.hold_detached(&post(key, b"{\"amount\":1}"), None);
     assert_eq!(h.woke_root.get(), 1);
     assert_eq!(h.count_of(Metric::DetachedExecuted), 1);
-    let mut out = w.worker.start_detached();
-    assert_eq!(out.len(), 1);
-    let RootAction::Send(callout, purpose) = out.remove(0) else {
-        panic!()
-    };
+    let callout = w.dispatch();
     assert_eq!(callout.cluster, "up");
     assert_eq!(callout.timeout_ms, 900);
     assert!(callout
@@ -38,7 +32,6 @@ pub(super) fn start(w: &World, key: &str) -> (Stream, FakeHost, crate::host::Cal
         .headers
         .contains(&(":path".into(), b"/payments".to_vec())));
     assert_eq!(callout.body, b"{\"amount\":1}");
-    w.worker.sent(40, purpose, w.clock.get());
     (s, h, callout)
 }
 
@@ -52,14 +45,7 @@ fn the_root_context_stores_the_answer_and_answers_the_client() {
         ("set-cookie".to_string(), b"b=2".to_vec()),
         ("x-envoy-upstream-service-time".to_string(), b"3".to_vec()),
     ];
-    let (_, actions) = w.worker.on_reply(
-        40,
-        Some(201),
-        headers,
-        b"{\"id\":1}".to_vec(),
-        &w.shared,
-        w.clock.get(),
-    );
+    let actions = w.reply(40, Some(201), headers, b"{\"id\":1}");
     let answered = answers(&actions);
     assert_eq!(answered.len(), 1);
     assert_eq!(
@@ -90,14 +76,7 @@ fn the_root_context_stores_the_answer_and_answers_the_client() {
 fn a_detached_timeout_locks_the_key_and_a_refused_connection_frees_it() {
     let w = World::new(DETACHED);
     start(&w, "slow");
-    let (_, actions) = w.worker.on_reply(
-        40,
-        Some(504),
-        vec![],
-        b"upstream request timeout".to_vec(),
-        &w.shared,
-        w.clock.get(),
-    );
+    let actions = w.reply(40, Some(504), vec![], ENVOY_TIMEOUT);
     assert_eq!(answers(&actions)[0].status, 504);
     assert!(actions
         .iter()
@@ -106,14 +85,7 @@ fn a_detached_timeout_locks_the_key_and_a_refused_connection_frees_it() {
     assert_eq!(retry.last_sent().unwrap().status, 409);
 
     start(&w, "down");
-    let (_, actions) = w.worker.on_reply(
-        40,
-        Some(503),
-        vec![],
-        b"upstream connect error or disconnect/reset before headers. reset reason: remote connection failure".to_vec(),
-        &w.shared,
-        w.clock.get(),
-    );
+    let actions = w.reply(40, Some(503), vec![], ENVOY_REFUSED);
     assert_eq!(answers(&actions)[0].status, 503);
     let (_, retry, flow) = w.send(&post("down", b"{\"amount\":1}"));
     assert_eq!(flow, Flow::Pause);
@@ -249,14 +221,7 @@ fn a_detached_answer_carries_its_service_time_and_the_replay_the_same() {
         ("content-type".to_string(), b"application/json".to_vec()),
         ("content-length".to_string(), b"8".to_vec()),
     ];
-    let (_, actions) = w.worker.on_reply(
-        40,
-        Some(201),
-        headers,
-        b"{\"id\":1}".to_vec(),
-        &w.shared,
-        w.clock.get(),
-    );
+    let actions = w.reply(40, Some(201), headers, b"{\"id\":1}");
     let expected = [
         ("content-type".to_string(), b"application/json".to_vec()),
         ("content-length".to_string(), b"8".to_vec()),

@@ -133,8 +133,7 @@ fn a_replay_from_the_key_store_carries_the_same_value() {
         s.on_callout_response(h, token, Some(200), body.as_bytes());
     };
     let w = World::new(CFG);
-    let (mut s, mut h, _) = w.send(&post("k", b"a"));
-    answer(&mut s, &h, r#"{"outcome":"claimed","token":"T1"}"#);
+    let (mut s, mut h) = super::keystore::claimed(&w, "k", "T1");
     w.respond(&mut s, &mut h, 201, b"{}");
     let first = set_on_first_answer(&h).unwrap();
     let (_, complete) = h.last_callout().unwrap();
@@ -164,21 +163,14 @@ fn a_replay_from_the_key_store_carries_the_same_value() {
 fn a_detached_answer_and_its_replay_carry_the_same_value() {
     let w =
         World::new(r#"{"routes":[{"prefix":"/","execution":"detached","upstream_cluster":"up"}]}"#);
-    w.worker.set_doorbell(1);
-    let (_s, _h, _) = w.send(&post("k", b"a"));
-    let mut out = w.worker.start_detached();
-    let RootAction::Send(_, purpose) = out.remove(0) else {
-        panic!("the detached request is sent")
-    };
-    w.worker.sent(40, purpose, w.clock.get());
+    let (_s, _h) = w.hold_detached(&post("k", b"a"), None);
+    w.dispatch();
     let now = w.clock.get();
-    let (_, actions) = w.worker.on_reply(
+    let actions = w.reply(
         40,
         Some(201),
         vec![(":status".to_string(), b"201".to_vec())],
-        b"{}".to_vec(),
-        &w.shared,
-        now,
+        b"{}",
     );
     let first = actions
         .iter()

@@ -2,7 +2,7 @@
 //! (the client gone, a local reply during the claim, a claim answered after the stream ended), and
 //! renewals sent with the claim's token.
 
-use super::keystore::{answer, body_of, claimed, CFG};
+use super::keystore::{body_of, claimed, grant, CFG};
 use super::*;
 use crate::background::deferred::MAX_RETRY_PAST_LEASE_MS;
 
@@ -50,6 +50,17 @@ fn a_client_gone_while_the_record_is_stored_hands_the_write_over() {
     assert_eq!(h.count_of(Metric::UnknownOutcome), 0);
 }
 
+/// The root context was handed one write: the release of the claim `token` names.
+fn assert_release_handed_over(w: &World, token: &str) {
+    let deferred = w.handed_over();
+    assert_eq!(deferred.len(), 1);
+    assert_eq!(body_of(&deferred[0].callout)["token"], token);
+    assert!(deferred[0]
+        .callout
+        .headers
+        .contains(&(":path".into(), "/v1/release".into())));
+}
+
 #[test]
 fn a_local_reply_during_the_claim_releases_what_the_claim_gets() {
     let w = World::new(CFG);
@@ -60,21 +71,10 @@ fn a_local_reply_during_the_claim_releases_what_the_claim_gets() {
     // Envoy's request timeout answers 408 while the claim is on its way.
     h.response_headers = vec![(":status".into(), b"408".to_vec())];
     assert_eq!(s.on_response_headers(&h, true), Flow::Continue);
-    answer(
-        &mut s,
-        &h,
-        Some(200),
-        &format!(r#"{{"outcome":"claimed","token":"{proposed}"}}"#),
-    );
+    grant(&mut s, &h, &proposed);
     assert_eq!(h.resumed_request.get(), 0, "never forwarded");
     assert_eq!(h.count_of(Metric::Executed), 0);
-    let deferred = w.handed_over();
-    assert_eq!(deferred.len(), 1);
-    assert_eq!(body_of(&deferred[0].callout)["token"], proposed.as_str());
-    assert!(deferred[0]
-        .callout
-        .headers
-        .contains(&(":path".into(), "/v1/release".into())));
+    assert_release_handed_over(&w, &proposed);
     let (_, h2, flow) = w.send(&post("k", b"a"));
     assert_eq!(
         flow,
@@ -97,13 +97,7 @@ fn a_stream_gone_before_the_claim_answer_releases_its_proposed_token_later() {
         "not before the claim callout has surely landed"
     );
     w.advance(w.worker.cfg.keystore.as_ref().unwrap().timeout_ms);
-    let deferred = w.handed_over();
-    assert_eq!(deferred.len(), 1);
-    assert_eq!(body_of(&deferred[0].callout)["token"], proposed.as_str());
-    assert!(deferred[0]
-        .callout
-        .headers
-        .contains(&(":path".into(), "/v1/release".into())));
+    assert_release_handed_over(&w, &proposed);
     let (_, h2, _) = w.send(&post("k", b"a"));
     assert!(h2.last_sent().is_none(), "L1 was released at once");
 }

@@ -13,6 +13,12 @@ pub(super) fn answer(s: &mut Stream, h: &FakeHost, status: Option<u16>, body: &s
     s.on_callout_response(h, token, status, body.as_bytes());
 }
 
+/// The key store grants the claim the stream's last callout made, with `token`.
+pub(super) fn grant(s: &mut Stream, h: &FakeHost, token: &str) {
+    let claimed = format!(r#"{{"outcome":"claimed","token":"{token}"}}"#);
+    answer(s, h, Some(200), &claimed);
+}
+
 #[test]
 fn claim_execute_store_then_a_fresh_envoy_replays_from_the_key_store() {
     let w = World::new(CFG);
@@ -27,12 +33,7 @@ fn claim_execute_store_then_a_fresh_envoy_replays_from_the_key_store() {
         !body.contains("alice") && !body.contains("\"k\""),
         "only hashes leave Envoy: {body}"
     );
-    answer(
-        &mut s,
-        &h,
-        Some(200),
-        r#"{"outcome":"claimed","token":"T1"}"#,
-    );
+    grant(&mut s, &h, "T1");
     assert_eq!(h.resumed_request.get(), 1);
     assert_eq!(
         w.respond(&mut s, &mut h, 201, b"{\"id\":1}"),
@@ -180,14 +181,10 @@ fn a_record_the_key_store_did_not_take_is_handed_over_for_retry() {
     assert!(w.handed_over().is_empty(), "stored: nothing to retry");
 }
 
+/// A request whose claim the key store granted with `token`: it goes on to the upstream.
 pub(super) fn claimed(w: &World, key: &str, token: &str) -> (Stream, FakeHost) {
     let (mut s, h, _) = w.send(&post(key, b"a"));
-    answer(
-        &mut s,
-        &h,
-        Some(200),
-        &format!(r#"{{"outcome":"claimed","token":"{token}"}}"#),
-    );
+    grant(&mut s, &h, token);
     (s, h)
 }
 

@@ -26,6 +26,7 @@ mod trailers;
 use crate::background::deferred::Deferred;
 use crate::background::worker::{Purpose, RootAction, Worker};
 use crate::configure::configure;
+use crate::host::{Callout, Headers};
 use crate::metrics::Metric;
 use crate::record::Outcome;
 use crate::stream::{Flow, Stream};
@@ -48,6 +49,11 @@ struct World {
     clock: Rc<Cell<u64>>,
     ids: Rc<Cell<u64>>,
 }
+
+/// Envoy's own answer bodies to a request it sent: its timeout, and a connection refused.
+const ENVOY_TIMEOUT: &[u8] = b"upstream request timeout";
+const ENVOY_REFUSED: &[u8] =
+    b"upstream connect error or disconnect/reset before headers. reset reason: remote connection failure";
 
 /// What the test sends.
 struct Req<'a> {
@@ -130,6 +136,57 @@ impl World {
         host
     }
 
+    /// Sends `req` on a detached rule (as `content_type`, if any): the request is held for the
+    /// root context, which is rung; the router never sees it.
+    fn hold_detached(&self, req: &Req, content_type: Option<&str>) -> (Stream, FakeHost) {
+        self.worker.set_doorbell(1);
+        let (s, h, flow) = match content_type {
+            Some(content_type) => send_as(self, req, content_type),
+            None => self.send(req),
+        };
+        assert_eq!(flow, Flow::Pause, "the router never sees the request");
+        (s, h)
+    }
+
+    /// The root context sends the one detached request waiting, as its callout 40.
+    fn dispatch(&self) -> Callout {
+        let mut out = self.worker.start_detached();
+        assert_eq!(out.len(), 1, "one detached request waits");
+        let RootAction::Send(callout, purpose) = out.remove(0) else {
+            panic!("no detached callout")
+        };
+        self.worker.sent(40, purpose, self.clock.get());
+        callout
+    }
+
+    /// What the root context does when its callout `token` comes back (no trailers).
+    fn reply(
+        &self,
+        token: u32,
+        status: Option<u16>,
+        headers: Headers,
+        body: &[u8],
+    ) -> Vec<RootAction> {
+        self.reply_with_trailers(token, status, (headers, body.to_vec(), Vec::new()))
+    }
+
+    /// What the root context does when its callout `token` comes back: headers, body, trailers.
+    fn reply_with_trailers(
+        &self,
+        token: u32,
+        status: Option<u16>,
+        reply: (Headers, Vec<u8>, Headers),
+    ) -> Vec<RootAction> {
+        let (_, actions) = self.worker.on_reply_with_trailers(
+            token,
+            status,
+            reply,
+            &self.shared,
+            self.clock.get(),
+        );
+        actions
+    }
+
     /// The key-store writes streams handed to the root context so far.
     fn handed_over(&self) -> Vec<Deferred> {
         self.worker.writes.borrow_mut().take_due(self.clock.get())
@@ -172,5 +229,5 @@ fn respond_as_envoy(w: &World, s: &mut Stream, h: &mut FakeHost, status: u16, fl
         vec!["response".into(), "flags".into()],
         flags.to_le_bytes().to_vec(),
     );
-    w.respond(s, h, status, b"upstream request timeout")
+    w.respond(s, h, status, ENVOY_TIMEOUT)
 }

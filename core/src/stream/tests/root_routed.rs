@@ -32,25 +32,17 @@ fn grpc_trailers() -> Headers {
 
 /// A detached gRPC call on `w`: the stream (held), its host, and the root's callout token 40.
 fn start_grpc(w: &World, key: &str) -> (Stream, FakeHost) {
-    w.worker.set_doorbell(1);
-    let (s, h, flow) = send_as(w, &post(key, b"m"), "application/grpc");
-    assert_eq!(flow, Flow::Pause, "the router never sees the request");
-    let mut out = w.worker.start_detached();
-    let RootAction::Send(_, purpose) = out.remove(0) else {
-        panic!("no detached callout")
-    };
-    w.worker.sent(40, purpose, w.clock.get());
-    (s, h)
+    let held = w.hold_detached(&post(key, b"m"), Some("application/grpc"));
+    w.dispatch();
+    held
 }
 
 /// The upstream's gRPC answer to the detached callout: the root context's answer to the stream.
 fn upstream_answers(w: &World) -> Answer {
-    let (_, actions) = w.worker.on_reply_with_trailers(
+    let actions = w.reply_with_trailers(
         40,
         Some(200),
         (grpc_headers(), MESSAGE.to_vec(), grpc_trailers()),
-        &w.shared,
-        w.clock.get(),
     );
     let answered = answers(&actions);
     assert_eq!(answered.len(), 1);
@@ -113,14 +105,7 @@ fn without_routed_replay_the_first_answer_stays_a_local_reply() {
 fn a_detached_grpc_call_gets_grpc_statuses_for_the_upstreams_endings() {
     let w = World::new(DETACHED_GRPC);
     start_grpc(&w, "slow");
-    let (_, actions) = w.worker.on_reply(
-        40,
-        Some(504),
-        vec![],
-        b"upstream request timeout".to_vec(),
-        &w.shared,
-        w.clock.get(),
-    );
+    let actions = w.reply(40, Some(504), vec![], ENVOY_TIMEOUT);
     let answer = answers(&actions)[0].clone();
     assert!(answer.route.is_none(), "nothing replayable to route");
     assert_eq!(answer.status, 200, "trailers-only");
@@ -133,14 +118,7 @@ fn a_detached_grpc_call_gets_grpc_statuses_for_the_upstreams_endings() {
     assert_eq!(status(&answer), Some(b"4".to_vec()), "DEADLINE_EXCEEDED");
 
     start_grpc(&w, "down");
-    let (_, actions) = w.worker.on_reply(
-        40,
-        Some(503),
-        vec![],
-        b"upstream connect error or disconnect/reset before headers. reset reason: remote connection failure".to_vec(),
-        &w.shared,
-        w.clock.get(),
-    );
+    let actions = w.reply(40, Some(503), vec![], ENVOY_REFUSED);
     assert_eq!(
         status(answers(&actions)[0]),
         Some(b"14".to_vec()),

@@ -50,22 +50,15 @@ fn inline(w: &World, key: &str, ending: Ending) -> FakeHost {
 
 /// Ends a detached attempt as `ending` says; returns the counters it added.
 fn detached(w: &World, key: &str, ending: Ending) -> Vec<Metric> {
-    w.worker.set_doorbell(1);
-    let (mut s, h, _) = w.send(&post(key, b"{\"amount\":1}"));
-    let mut out = w.worker.start_detached();
-    let RootAction::Send(_, purpose) = out.remove(0) else {
-        panic!("no detached execution")
-    };
-    w.worker.sent(40, purpose, w.clock.get());
+    let (mut s, h) = w.hold_detached(&post(key, b"{\"amount\":1}"), None);
+    w.dispatch();
     let upstream = vec![("x-envoy-upstream-service-time".to_string(), b"1".to_vec())];
     let (status, headers, body) = match ending {
         Ending::Answered(status) => (Some(status), upstream, b"{}".to_vec()),
         Ending::NotExecuted => (Some(503), vec![], b"no healthy upstream".to_vec()),
-        Ending::Unknown => (Some(504), vec![], b"upstream request timeout".to_vec()),
+        Ending::Unknown => (Some(504), vec![], ENVOY_TIMEOUT.to_vec()),
     };
-    let (_, actions) = w
-        .worker
-        .on_reply(40, status, headers, body, &w.shared, w.clock.get());
+    let actions = w.reply(40, status, headers, &body);
     s.on_done(&h);
     actions
         .iter()

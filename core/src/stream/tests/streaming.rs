@@ -1,29 +1,29 @@
 //! The first answer streams: each body chunk goes on to the client as it is copied, and only the
 //! end (the last body callback, or the trailers) waits until the record is stored.
 
-use super::keystore::{answer, CFG};
+use super::keystore::{answer, claimed, CFG};
 use super::*;
+use crate::host::Headers;
 use crate::record::StoredResponse;
 use crate::testing::record_of_complete;
 
 const EVENTS: [&[u8]; 3] = [b"data: 1\n\n", b"data: 2\n\n", b"data: 3\n\n"];
 
+/// A claimed request whose response `headers` went to the client.
+fn answering(w: &World, key: &str, headers: Headers) -> (Stream, FakeHost) {
+    let (mut s, mut h) = claimed(w, key, "T1");
+    h.response_headers = headers;
+    assert_eq!(s.on_response_headers(&h, false), Flow::Continue);
+    (s, h)
+}
+
 /// A claimed request whose `201 text/event-stream` headers went to the client.
 fn streaming(w: &World, key: &str) -> (Stream, FakeHost) {
-    let (mut s, h, _) = w.send(&post(key, b"a"));
-    answer(
-        &mut s,
-        &h,
-        Some(200),
-        r#"{"outcome":"claimed","token":"T1"}"#,
-    );
-    let mut h = h;
-    h.response_headers = vec![
+    let headers = vec![
         (":status".into(), b"201".to_vec()),
         ("content-type".into(), b"text/event-stream".to_vec()),
     ];
-    assert_eq!(s.on_response_headers(&h, false), Flow::Continue);
-    (s, h)
+    answering(w, key, headers)
 }
 
 /// Passes `chunk` as Envoy does: the body buffer holds only this callback's chunk.
@@ -161,20 +161,12 @@ fn a_stream_cut_mid_body_is_an_unknown_outcome() {
 #[test]
 fn the_chunk_that_completes_the_content_length_is_the_end_that_waits() {
     let w = World::new(CFG);
-    let (mut s, h, _) = w.send(&post("k", b"a"));
-    answer(
-        &mut s,
-        &h,
-        Some(200),
-        r#"{"outcome":"claimed","token":"T1"}"#,
-    );
-    let mut h = h;
     let body = EVENTS.concat();
-    h.response_headers = vec![
+    let headers = vec![
         (":status".into(), b"201".to_vec()),
         ("content-length".into(), body.len().to_string().into_bytes()),
     ];
-    assert_eq!(s.on_response_headers(&h, false), Flow::Continue);
+    let (mut s, mut h) = answering(&w, "k", headers);
     let (head, tail) = body.split_at(5);
     assert_eq!(chunk(&mut s, &mut h, head, false), Flow::Continue);
     // Envoy may report the end only in a later, empty callback; a client that counts bytes
@@ -190,19 +182,11 @@ fn the_chunk_that_completes_the_content_length_is_the_end_that_waits() {
 #[test]
 fn the_record_lands_before_an_empty_end_that_comes_later() {
     let w = World::new(CFG);
-    let (mut s, h, _) = w.send(&post("k", b"a"));
-    answer(
-        &mut s,
-        &h,
-        Some(200),
-        r#"{"outcome":"claimed","token":"T1"}"#,
-    );
-    let mut h = h;
-    h.response_headers = vec![
+    let headers = vec![
         (":status".into(), b"201".to_vec()),
         ("content-length".into(), b"9".to_vec()),
     ];
-    assert_eq!(s.on_response_headers(&h, false), Flow::Continue);
+    let (mut s, mut h) = answering(&w, "k", headers);
     assert_eq!(chunk(&mut s, &mut h, EVENTS[0], false), Flow::Pause);
     answer(&mut s, &h, Some(200), r#"{"outcome":"stored"}"#);
     assert_eq!(h.resumed_response.get(), 1);

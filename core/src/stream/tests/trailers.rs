@@ -177,13 +177,7 @@ fn a_bodiless_detached_answer_gets_its_content_type_back_in_place() {
         ("content-type".to_string(), b"application/json".to_vec()),
         ("content-length".to_string(), b"0".to_vec()),
     ];
-    let (_, actions) = w.worker.on_reply_with_trailers(
-        40,
-        Some(201),
-        (headers, Vec::new(), Vec::new()),
-        &w.shared,
-        w.clock.get(),
-    );
+    let actions = w.reply(40, Some(201), headers, b"");
     let answer = answers(&actions)[0].clone();
     assert!(answer.body.is_empty());
     // The root context hands the headers over as it sends the reply.

@@ -1,12 +1,82 @@
 //! Batch amplification: renew-batch and batch bodies built to cost the server far more than the
 //! client; and a batch whose entries are hostile one by one, which costs only those entries.
 
+use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
-use super::{exchange, hex64, start, TOKEN};
+use super::{alone, exchange, hex64, start, TOKEN};
 
-fn renew_batch(content_type: &str, body: &[u8], declare_length: bool) -> Vec<u8> {
-    post("/v1/renew-batch", content_type, body, declare_length)
+const JSON: &str = "application/json";
+const POSTCARD: &str = "application/vnd.idempotency.v1+postcard";
+/// A compact body: its marker, then a varint count of 1,000,000.
+const A_MILLION: [u8; 4] = [0x01, 0xc0, 0x84, 0x3d];
+
+/// A batch endpoint: the list its JSON body carries, and its refusal of a list past 256.
+struct Endpoint {
+    path: &'static str,
+    list: &'static str,
+    too_many: &'static str,
+}
+
+const RENEW_BATCH: Endpoint = Endpoint {
+    path: "/v1/renew-batch",
+    list: "renewals",
+    too_many: "renewals: must hold 1 to 256 renewals",
+};
+
+const BATCH: Endpoint = Endpoint {
+    path: "/v1/batch",
+    list: "entries",
+    too_many: "entries: must hold 1 to 256 entries",
+};
+
+impl Endpoint {
+    /// A JSON body whose list holds `entries` (each a JSON value).
+    fn body<T: AsRef<str>>(&self, entries: &[T]) -> Vec<u8> {
+        let entries: Vec<&str> = entries.iter().map(AsRef::as_ref).collect();
+        format!("{{\"{}\":[{}]}}", self.list, entries.join(",")).into_bytes()
+    }
+
+    /// A JSON body of empty entries (`{}`), `size` bytes or a few more.
+    fn empties(&self, size: usize) -> Vec<u8> {
+        let mut body = format!("{{\"{}\":[", self.list).into_bytes();
+        while body.len() < size {
+            body.extend_from_slice(b"{},");
+        }
+        body.extend_from_slice(b"{}]}");
+        body
+    }
+
+    fn request(&self, content_type: &str, body: &[u8], declare_length: bool) -> Vec<u8> {
+        post(self.path, content_type, body, declare_length)
+    }
+
+    /// 300 empty entries, and a compact body declaring a million: each refused on the count.
+    async fn assert_count_refused(&self, at: SocketAddr) {
+        let within = Duration::from_secs(1);
+        let few = self.body(&["{}"; 300]);
+        let json = self.request(JSON, &few, true);
+        answer_is(at, &json, within, 400, Some(self.too_many)).await;
+        let compact = self.request(POSTCARD, &A_MILLION, true);
+        answer_is(at, &compact, within, 400, Some(self.too_many)).await;
+    }
+}
+
+/// Sends `request` and asserts the answer's status and, if given, a part of its body; returns
+/// the body.
+async fn answer_is(
+    at: SocketAddr,
+    request: &[u8],
+    within: Duration,
+    status: u16,
+    says: Option<&str>,
+) -> String {
+    let (got, body) = exchange(at, request, within).await.unwrap();
+    assert_eq!(got, status, "{body}");
+    if let Some(says) = says {
+        assert!(body.contains(says), "{body}");
+    }
+    body
 }
 
 fn post(path: &str, content_type: &str, body: &[u8], declare_length: bool) -> Vec<u8> {
@@ -36,53 +106,20 @@ fn post(path: &str, content_type: &str, body: &[u8], declare_length: bool) -> Ve
 /// and `/readyz` as they were.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn renew_batch_amplification_is_refused_before_parsing() {
+    let _alone = alone().await;
     let ks = start(&[]).await;
     let base = ks.rss_mib();
-    let mut empties = b"{\"renewals\":[".to_vec();
-    while empties.len() < 4 * 1024 * 1024 {
-        empties.extend_from_slice(b"{},");
-    }
-    empties.extend_from_slice(b"{}]}");
+    let empties = RENEW_BATCH.empties(4 * 1024 * 1024);
     let mut slowest = Duration::ZERO;
     for round in 0..40 {
         let start = Instant::now();
-        let request = renew_batch("application/json", &empties, round % 2 == 0);
-        let (status, body) = exchange(ks.addr, &request, Duration::from_secs(2))
-            .await
-            .unwrap();
-        assert_eq!(status, 413, "{body}");
-        assert!(body.contains("limit of 524288 bytes"), "{body}");
+        let request = RENEW_BATCH.request(JSON, &empties, round % 2 == 0);
+        let too_long = Some("limit of 524288 bytes");
+        answer_is(ks.addr, &request, Duration::from_secs(2), 413, too_long).await;
         slowest = slowest.max(start.elapsed());
     }
     let after = ks.rss_mib();
-    let few: Vec<&str> = vec!["{}"; 300];
-    let body = format!("{{\"renewals\":[{}]}}", few.join(","));
-    let (status, answer) = exchange(
-        ks.addr,
-        &renew_batch("application/json", body.as_bytes(), true),
-        Duration::from_secs(1),
-    )
-    .await
-    .unwrap();
-    assert_eq!(status, 400, "{answer}");
-    assert!(
-        answer.contains("renewals: must hold 1 to 256 renewals"),
-        "{answer}"
-    );
-    // The compact marker, then a varint count of 1,000,000.
-    let compact = [0x01, 0xc0, 0x84, 0x3d];
-    let (status, answer) = exchange(
-        ks.addr,
-        &renew_batch("application/vnd.idempotency.v1+postcard", &compact, true),
-        Duration::from_secs(1),
-    )
-    .await
-    .unwrap();
-    assert_eq!(status, 400, "{answer}");
-    assert!(
-        answer.contains("renewals: must hold 1 to 256 renewals"),
-        "{answer}"
-    );
+    RENEW_BATCH.assert_count_refused(ks.addr).await;
     ks.assert_ready().await;
     eprintln!(
         "renew-batch amplification: 40 bodies of 4 MiB of {{}} refused, slowest in \
@@ -96,64 +133,24 @@ async fn renew_batch_amplification_is_refused_before_parsing() {
 /// a compact body declaring a million entries on the count. Forty rounds leave RSS as it was.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn batch_amplification_is_refused_before_parsing() {
+    let _alone = alone().await;
     let ks = start(&[]).await;
     let base = ks.rss_mib();
-    let empties = |size: usize| {
-        let mut body = b"{\"entries\":[".to_vec();
-        while body.len() < size {
-            body.extend_from_slice(b"{},");
-        }
-        body.extend_from_slice(b"{}]}");
-        body
-    };
     // Past the body bound: refused on the length; within it: read, and refused at entry 257.
-    let (over, within) = (empties(8 * 1024 * 1024), empties(3 * 1024 * 1024));
+    let over = BATCH.empties(8 * 1024 * 1024);
+    let within = BATCH.empties(3 * 1024 * 1024);
     let mut slowest = Duration::ZERO;
     for round in 0..40 {
-        let request = post("/v1/batch", "application/json", &over, round % 2 == 0);
-        let (status, body) = exchange(ks.addr, &request, Duration::from_secs(2))
-            .await
-            .unwrap();
-        assert_eq!(status, 413, "{body}");
+        let request = BATCH.request(JSON, &over, round % 2 == 0);
+        answer_is(ks.addr, &request, Duration::from_secs(2), 413, None).await;
         let start = Instant::now();
-        let request = post("/v1/batch", "application/json", &within, true);
-        let (status, body) = exchange(ks.addr, &request, Duration::from_secs(2))
-            .await
-            .unwrap();
-        assert_eq!(status, 400, "{body}");
-        assert!(
-            body.contains("entries: must hold 1 to 256 entries"),
-            "{body}"
-        );
+        let request = BATCH.request(JSON, &within, true);
+        let too_many = Some(BATCH.too_many);
+        answer_is(ks.addr, &request, Duration::from_secs(2), 400, too_many).await;
         slowest = slowest.max(start.elapsed());
     }
     let after = ks.rss_mib();
-    let few: Vec<&str> = vec!["{}"; 300];
-    let body = format!("{{\"entries\":[{}]}}", few.join(","));
-    let request = post("/v1/batch", "application/json", body.as_bytes(), true);
-    let (status, answer) = exchange(ks.addr, &request, Duration::from_secs(1))
-        .await
-        .unwrap();
-    assert_eq!(status, 400, "{answer}");
-    assert!(
-        answer.contains("entries: must hold 1 to 256 entries"),
-        "{answer}"
-    );
-    let compact = [0x01, 0xc0, 0x84, 0x3d];
-    let request = post(
-        "/v1/batch",
-        "application/vnd.idempotency.v1+postcard",
-        &compact,
-        true,
-    );
-    let (status, answer) = exchange(ks.addr, &request, Duration::from_secs(1))
-        .await
-        .unwrap();
-    assert_eq!(status, 400, "{answer}");
-    assert!(
-        answer.contains("entries: must hold 1 to 256 entries"),
-        "{answer}"
-    );
+    BATCH.assert_count_refused(ks.addr).await;
     ks.assert_ready().await;
     eprintln!(
         "batch amplification: 40 bodies of 8 MiB refused (413) and 40 of 3 MiB of {{}} (400, \
@@ -166,6 +163,7 @@ async fn batch_amplification_is_refused_before_parsing() {
 /// a string where an entry should be): each is its own 400 and the good entries are answered.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn hostile_entries_are_their_own_errors() {
+    let _alone = alone().await;
     let ks = start(&[]).await;
     let key = hex64(1);
     let good = format!(r#"{{"op":"lookup","key":"{key}","fingerprint":"{key}"}}"#);
@@ -186,12 +184,8 @@ async fn hostile_entries_are_their_own_errors() {
         r#""claim""#.to_owned(),
         good,
     ];
-    let body = format!("{{\"entries\":[{}]}}", entries.join(","));
-    let request = post("/v1/batch", "application/json", body.as_bytes(), true);
-    let (status, answer) = exchange(ks.addr, &request, Duration::from_secs(2))
-        .await
-        .unwrap();
-    assert_eq!(status, 200, "{answer}");
+    let request = BATCH.request(JSON, &BATCH.body(&entries), true);
+    let answer = answer_is(ks.addr, &request, Duration::from_secs(2), 200, None).await;
     let v: serde_json::Value = serde_json::from_str(&answer).unwrap();
     let statuses: Vec<u64> = v["answers"]
         .as_array()
@@ -205,11 +199,8 @@ async fn hostile_entries_are_their_own_errors() {
         "token: must be 1 to 256 characters"
     );
     // Nesting past serde_json's depth limit is not an entry at all: the envelope fails.
-    let deeper = format!(r#"{{"entries":[{}1{}]}}"#, "[".repeat(200), "]".repeat(200));
-    let request = post("/v1/batch", "application/json", deeper.as_bytes(), true);
-    let (status, answer) = exchange(ks.addr, &request, Duration::from_secs(2))
-        .await
-        .unwrap();
-    assert_eq!(status, 400, "{answer}");
+    let deeper = BATCH.body(&[format!("{}1{}", "[".repeat(200), "]".repeat(200))]);
+    let request = BATCH.request(JSON, &deeper, true);
+    answer_is(ks.addr, &request, Duration::from_secs(2), 400, None).await;
     ks.assert_ready().await;
 }

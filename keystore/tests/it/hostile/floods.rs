@@ -6,13 +6,14 @@ use std::time::{Duration, Instant};
 use tokio::io::AsyncWriteExt as _;
 use tokio::net::{TcpSocket, TcpStream};
 
-use super::{closed_within, exchange, hex64, read_answer, start, TOKEN};
+use super::{alone, closed_within, exchange, hex64, read_answer, start, TOKEN};
 
 /// 300 connections sending headers a byte every 50 ms, and 50 holding 200 KB of an unfinished
 /// header: every one is closed (or answered 431) within the header timeout and a tick, RSS stays
 /// low, and `/readyz` answers throughout.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn slowloris_headers_are_cut_at_the_header_timeout() {
+    let _alone = alone().await;
     let ks = start(&["--header-timeout-ms", "400"]).await;
     let base = ks.rss_mib();
     let mut dribblers = Vec::new();
@@ -85,6 +86,7 @@ fn complete_head(len: usize) -> String {
 /// gets 413 at once.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn stalled_bodies_get_408_at_the_body_timeout() {
+    let _alone = alone().await;
     let ks = start(&[
         "--body-timeout-ms",
         "500",
@@ -173,6 +175,7 @@ async fn stalled_bodies_get_408_at_the_body_timeout() {
 /// and the allocator's slack), and every connection ends.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn clients_that_never_read_are_cut_at_the_write_timeout() {
+    let _alone = alone().await;
     let ks = start(&[
         "--write-timeout-ms",
         "500",
@@ -269,6 +272,7 @@ async fn clients_that_never_read_are_cut_at_the_write_timeout() {
 /// answers `/readyz`; closing some frees room on the data port.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_connection_flood_past_the_cap_is_refused_and_readyz_answers() {
+    let _alone = alone().await;
     let ks = start(&["--max-connections", "100", "--health-listen", "127.0.0.1:0"]).await;
     let base = ks.rss_mib();
     let mut held = Vec::new();

@@ -4,10 +4,11 @@
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
-use super::{start, TOKEN};
+use super::{alone, start, TOKEN};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn max_bytes_bounds_what_the_process_holds() {
+    let _alone = alone().await;
     // Large enough that the allocator's own noise (a few MiB either way on a loaded machine)
     // stays well under the margin, small enough to fill in seconds.
     const BOUND_MIB: f64 = 16.0;

@@ -20,6 +20,14 @@ use tokio::process::{Child, Command};
 
 pub const TOKEN: &str = "tok";
 
+/// One hostile test at a time: each floods a key store and bounds its RSS and its answers' time,
+/// which other floods running beside it on a small machine would distort (a test's own
+/// `/metrics` read waited past its bound behind another test's 5,000 connections).
+pub async fn alone() -> tokio::sync::MutexGuard<'static, ()> {
+    static ONE: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+    ONE.lock().await
+}
+
 /// The key store binary, running on a free loopback port.
 pub struct Proc {
     pub child: Child,

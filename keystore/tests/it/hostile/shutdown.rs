@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 use tokio::io::AsyncWriteExt as _;
 use tokio::net::TcpStream;
 
-use super::{exchange, hex64, start, TOKEN};
+use super::{alone, exchange, hex64, start, TOKEN};
 
 fn post(path: &str, body: &str) -> String {
     format!(
@@ -19,6 +19,7 @@ fn post(path: &str, body: &str) -> String {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigterm_with_stalled_clients_exits_within_the_shutdown_timeout() {
+    let _alone = alone().await;
     let mut ks = start(&["--shutdown-timeout-ms", "1500"]).await;
     let (key, fp) = (hex64(3), hex64(4));
     let claim = format!(r#"{{"key":"{key}","fingerprint":"{fp}","lease_ms":60000}}"#);

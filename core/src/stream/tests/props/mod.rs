@@ -77,7 +77,7 @@ use idempotency_protocol::{
     DEFAULT_ABANDONED_RETENTION_MS,
 };
 use proptest::prelude::*;
-use proptest::test_runner::{Config as PtConfig, FileFailurePersistence};
+use proptest::test_runner::Config as PtConfig;
 use serde_json::Value;
 use std::cell::Cell;
 use std::collections::HashMap;
@@ -100,21 +100,6 @@ const UPSTREAM_REQUEST_TIMEOUT: u64 = 0x4;
 const UPSTREAM_REMOTE_RESET: u64 = 0x10;
 const UPSTREAM_CONNECTION_FAILURE: u64 = 0x20;
 const UPSTREAM_OVERFLOW: u64 = 0x80;
-
-fn cases() -> u32 {
-    std::env::var("PROPTEST_CASES")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(48)
-}
-
-fn pt_config() -> PtConfig {
-    PtConfig {
-        cases: cases(),
-        failure_persistence: Some(Box::new(FileFailurePersistence::Off)),
-        ..PtConfig::default()
-    }
-}
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Stage {
@@ -400,7 +385,7 @@ fn the_generated_runs_reach_every_outcome() {
 }
 
 proptest! {
-    #![proptest_config(pt_config())]
+    #![proptest_config(crate::testing::proptest_config(48))]
 
     #[test]
     fn one_envoy_without_a_key_store_follows_the_model(
