@@ -102,6 +102,13 @@ fn check_url(url: &str) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// `TCP_NODELAY` on every connection to Redis: the multiplexed connection writes the scripts of a
+/// batch's entries one after another as their calls come, and with Nagle's algorithm on, one written
+/// while the previous is unacknowledged would wait for that acknowledgement.
+fn tcp_settings() -> redis::io::tcp::TcpSettings {
+    redis::io::tcp::TcpSettings::default().set_nodelay(true)
+}
+
 type Connect<C> =
     Box<dyn Fn() -> Pin<Box<dyn Future<Output = RedisResult<C>> + Send>> + Send + Sync>;
 
@@ -148,7 +155,8 @@ impl RedisBackend<ConnectionManager> {
             .set_response_timeout(timeout)
             .set_number_of_retries(1)
             .set_factor(50)
-            .set_max_delay(500);
+            .set_max_delay(500)
+            .set_tcp_settings(tcp_settings());
         let connect: Connect<ConnectionManager> = Box::new(move || {
             let (client, config) = (client.clone(), config.clone());
             Box::pin(async move { ConnectionManager::new_with_config(client, config).await })
@@ -176,7 +184,8 @@ impl RedisBackend<ClusterConnection> {
         let mut builder = ClusterClientBuilder::new(urls.to_vec())
             .connection_timeout(timeout)
             .response_timeout(timeout)
-            .retries(2);
+            .retries(2)
+            .tcp_settings(tcp_settings());
         if let Some(certs) = tls.certificates() {
             builder = builder.certs(certs);
         }
