@@ -68,6 +68,34 @@ impl Root {
         }
     }
 
+    /// The host a stream's code sees when the root context runs it.
+    fn host_for(&self, stream_id: u32) -> EnvoyHost {
+        EnvoyHost {
+            metrics: self.metrics.clone(),
+            counter: Cell::new(0),
+            now: Cell::new(None),
+            root_id: self.context_id,
+            stream_id,
+        }
+    }
+
+    /// Runs `f` as stream `id` (Envoy's effective context switched to it, then back); false, and
+    /// nothing run, for a stream whose end Envoy reported. Envoy deletes an ended stream's context
+    /// only at the end of the event-loop turn, so switching to it would still succeed, but the SDK
+    /// has forgotten it: a reply sent then would reach callbacks of a context the SDK does not
+    /// have, which traps the VM.
+    fn as_stream(&self, id: u32, f: impl FnOnce(&EnvoyHost)) -> bool {
+        if !self.streams.borrow().contains_key(&id) || hostcalls::set_effective_context(id).is_err()
+        {
+            return false;
+        }
+        f(&self.host_for(id));
+        if let Err(e) = hostcalls::set_effective_context(self.context_id) {
+            warn!("cannot switch back to the root context: {e:?}");
+        }
+        true
+    }
+
     /// Hands a stream the answer to its key-store call that travelled in a batch: its callout
     /// callback runs with the stream as Envoy's effective context (so that it can resume its
     /// request or answer it); a stream that is gone is skipped.
@@ -77,30 +105,17 @@ impl Root {
             .borrow()
             .get(&d.stream_id)
             .and_then(|w| w.upgrade());
-        let Some(stream) = stream else {
+        let delivered = stream.is_some_and(|stream| {
+            self.as_stream(d.stream_id, |host| match stream.try_borrow_mut() {
+                Ok(mut stream) => stream.on_callout_response(host, d.token, d.status, &d.body),
+                Err(_) => error!(
+                    "stream {} busy; its key-store answer is dropped",
+                    d.stream_id
+                ),
+            })
+        });
+        if !delivered {
             info!("the client left before its key-store answer; dropped");
-            return;
-        };
-        if hostcalls::set_effective_context(d.stream_id).is_err() {
-            info!("the client left before its key-store answer; dropped");
-            return;
-        }
-        let host = EnvoyHost {
-            metrics: self.metrics.clone(),
-            counter: Cell::new(0),
-            now: Cell::new(None),
-            root_id: self.context_id,
-            stream_id: d.stream_id,
-        };
-        match stream.try_borrow_mut() {
-            Ok(mut stream) => stream.on_callout_response(&host, d.token, d.status, &d.body),
-            Err(_) => error!(
-                "stream {} busy; its key-store answer is dropped",
-                d.stream_id
-            ),
-        }
-        if let Err(e) = hostcalls::set_effective_context(self.context_id) {
-            warn!("cannot switch back to the root context: {e:?}");
         }
     }
 
@@ -109,30 +124,16 @@ impl Root {
     /// skipped.
     fn answer(&self, worker: &Worker, answer: Answer) {
         let id = answer.stream_id;
-        // A stream whose end Envoy reported is not answered, even while Envoy still knows its
-        // context (its deletion is deferred to the end of the event-loop turn): the SDK has
-        // forgotten it, and the reply's callbacks would reach a context the SDK does not have,
-        // which traps the VM.
-        if !self.streams.borrow().contains_key(&id) || hostcalls::set_effective_context(id).is_err()
-        {
+        let answered = self.as_stream(id, |host| {
+            if let Some(answer) = worker.route_or_answer(host, answer) {
+                let handover = &worker.trailers;
+                handover.hand(id, answer.body.len(), &answer.trailers);
+                handover.hand_bodiless(id, answer.body.len(), &answer.headers);
+                send_local_response(answer.status, &answer.headers, &answer.body);
+            }
+        });
+        if !answered {
             info!("the client left before its answer; the answer is stored");
-            return;
-        }
-        let host = EnvoyHost {
-            metrics: self.metrics.clone(),
-            counter: Cell::new(0),
-            now: Cell::new(None),
-            root_id: self.context_id,
-            stream_id: id,
-        };
-        if let Some(answer) = worker.route_or_answer(&host, answer) {
-            let handover = &worker.trailers;
-            handover.hand(id, answer.body.len(), &answer.trailers);
-            handover.hand_bodiless(id, answer.body.len(), &answer.headers);
-            send_local_response(answer.status, &answer.headers, &answer.body);
-        }
-        if let Err(e) = hostcalls::set_effective_context(self.context_id) {
-            warn!("cannot switch back to the root context: {e:?}");
         }
     }
 }
@@ -299,13 +300,7 @@ impl RootContext for Root {
             .insert(context_id, Rc::downgrade(&stream));
         Some(Box::new(Http {
             stream,
-            host: EnvoyHost {
-                metrics: self.metrics.clone(),
-                counter: Cell::new(0),
-                now: Cell::new(None),
-                root_id: self.context_id,
-                stream_id: context_id,
-            },
+            host: self.host_for(context_id),
             streams: self.streams.clone(),
         }))
     }
