@@ -10,6 +10,7 @@ const DUPLICATES: usize = 2_000;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn two_thousand_waiting_duplicates_all_get_the_replay() {
+    let _alone = alone().await;
     let upstream = Upstream::start().await;
     let config = plugin(
         json!({"in_flight": "wait", "max_wait_ms": 30_000}),

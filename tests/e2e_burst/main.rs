@@ -37,6 +37,14 @@ fn plugin(rule: Value, extra: Value) -> String {
         .json()
 }
 
+/// One burst at a time: each sends more than one Envoy worker can take at once and bounds what it
+/// sees (who got which answer, what ran), which a second burst on the same small machine would
+/// distort (a detached request's connection to the upstream timed out behind another burst).
+async fn alone() -> tokio::sync::MutexGuard<'static, ()> {
+    static ONE: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+    ONE.lock().await
+}
+
 /// Asserts Envoy is up, its VM never failed (a failed VM logs the function that failed and
 /// answers every later request 503), and a new key still executes.
 async fn assert_alive_and_serving(envoy: &mut Envoy, upstream: &Upstream, what: &str) {

@@ -76,6 +76,7 @@ async fn burst(rule: Value, what: &str) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_detached_burst_of_large_bodies_stays_within_the_budget() {
+    let _alone = alone().await;
     let rule = json!({
         "execution": "detached", "upstream_cluster": "payments", "upstream_timeout_ms": 20_000,
     });
@@ -84,5 +85,6 @@ async fn a_detached_burst_of_large_bodies_stays_within_the_budget() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn an_inline_burst_of_large_bodies_stays_within_the_budget() {
+    let _alone = alone().await;
     burst(json!({}), "inline").await;
 }

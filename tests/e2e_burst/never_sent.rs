@@ -116,6 +116,7 @@ where
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn detached_requests_envoy_never_sent_are_released() {
+    let _alone = alone().await;
     let upstream = Upstream::start().await;
     let stalled = Stalled::open();
     let detached = |cluster: &str, path: &str| {
