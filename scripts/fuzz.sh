@@ -4,6 +4,11 @@
 # runs 10 s each.
 #
 #   scripts/fuzz.sh [SECONDS] [TARGET...]
+#   FUZZ_SEED=N scripts/fuzz.sh ...   # libFuzzer's random seed (default: a new one each run)
+#
+# `make fuzz-smoke` fixes the seed: on a fresh checkout (only the committed seeds) the smoke run of
+# `make test` then explores the same inputs every time, so CI is red only for a change, never for a
+# lucky draw; `make fuzz` draws a new seed each run to explore (libFuzzer logs it: "Seed: N").
 #
 # The machine has a stable toolchain only: RUSTC_BOOTSTRAP=1 lets it take cargo-fuzz's
 # instrumentation flags. No sanitizer (the code under test is safe Rust; what we hunt is panics,
@@ -28,6 +33,8 @@ fi
 export RUSTC_BOOTSTRAP=1
 export CARGO_TARGET_DIR="${FUZZ_TARGET_DIR:-$PWD/target-fuzz}"
 flags=(--fuzz-dir fuzz --sanitizer none --debug-assertions)
+seed=()
+if [ -n "${FUZZ_SEED:-}" ]; then seed=(-seed="$FUZZ_SEED"); fi
 
 cargo fuzz build "${flags[@]}"
 bin_dir="$CARGO_TARGET_DIR/$(rustc -vV | sed -n 's/^host: //p')/release"
@@ -42,7 +49,7 @@ for t in "${targets[@]}"; do
     status=ok
     # The binary that `cargo fuzz build` made, run directly: `cargo fuzz run` would rebuild.
     if ! "$bin_dir/$t" "$work" "fuzz/corpus/$t" \
-        -max_total_time="$secs" -print_final_stats=1 -artifact_prefix="fuzz/artifacts/$t/" \
+        -max_total_time="$secs" "${seed[@]}" -print_final_stats=1 -artifact_prefix="fuzz/artifacts/$t/" \
         >"$log" 2>&1; then
         status=FAILED
         failed=1
